@@ -1,0 +1,1 @@
+"""Private helpers of sink_interp. Nothing here is public API."""

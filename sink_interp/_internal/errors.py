@@ -1,0 +1,90 @@
+"""Argument checks that raise errors naming the argument and the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency is not installed; the message says how to install it."""
+
+
+def require(module: str, pip_name: str | None = None, purpose: str = "") -> Any:
+    """Import an optional dependency or raise an error that says how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:  # pragma: no cover - exercised by tests with monkeypatch
+        what = f" for {purpose}" if purpose else ""
+        raise MissingDependencyError(
+            f"the optional dependency '{module}' is needed{what} but is not installed; "
+            f"fix: pip install {pip_name or module}"
+        ) from e
+
+
+def check_eps(eps: float, name: str = "eps") -> float:
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in (0, 1), got {eps!r}") from None
+    if not 0.0 < value < 1.0:
+        raise ValueError(
+            f"{name} must lie strictly between 0 and 1 (a head is a sink head when alpha > {name}); "
+            f"got {eps!r}. The paper's default is {name}=0.3."
+        )
+    return value
+
+
+def check_tokens(tokens: Any, d_vocab: int | None = None, min_length: int = 2, name: str = "tokens") -> torch.Tensor:
+    """Validate a [batch, pos] tensor of token ids and return it as int64."""
+    if isinstance(tokens, (list, tuple)):
+        try:
+            tokens = torch.tensor(tokens)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"{name} must be a [batch, pos] tensor of token ids (equal-length rows); got a ragged list: {e}"
+            ) from None
+    if not isinstance(tokens, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of token ids with shape [batch, pos], got {type(tokens).__name__}. "
+            "Fix: build it with sink_interp.probe_tokens(model, ...) or model.to_tokens(text, prepend_bos=...)."
+        )
+    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
+    if tokens.ndim == 1:
+        raise ValueError(
+            f"{name} must be 2-D [batch, pos], got shape {tuple(tokens.shape)}; fix: pass {name}[None] for one sample"
+        )
+    if tokens.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [batch, pos], got shape {tuple(tokens.shape)}")
+    if tokens.shape[0] == 0:
+        raise ValueError(f"{name} is empty (batch size 0); pass at least one sample")
+    if tokens.shape[1] < min_length:
+        raise ValueError(
+            f"{name} has length {tokens.shape[1]}; the sink score needs at least {min_length} positions "
+            f"(length >= {min_length})"
+        )
+    if d_vocab is not None:
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= d_vocab:
+            raise ValueError(
+                f"{name} holds ids outside the model's vocabulary [0, {d_vocab}): min {lo}, max {hi}. "
+                "Fix: tokenize with this model's tokenizer (model.to_tokens or sink_interp.probe_tokens)."
+            )
+    return tokens.long()
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            if float(value) != int(value):
+                raise ValueError
+            value = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value

@@ -1,0 +1,320 @@
+"""Capture engine: attach TransformerLens hooks, stream tensors into reducers.
+
+The engine is the one place where sink_interp touches hook points:
+
+* :func:`attach_hooks` adds hook functions inside a context manager and, on
+  exit (also after an exception), removes exactly the handles it added, so the
+  model carries the same hooks as before.
+* A :class:`Reducer` declares the hook names it needs and folds each hooked
+  tensor into a small running result (a column sum of the attention pattern,
+  a running maximum...). Nothing keeps all layers' T x T maps unless a reducer
+  such as :class:`Keep` is asked to.
+* :func:`run_reducers` batches the inputs (with a progress bar), runs the
+  forward pass once per batch for all reducers together, and stops the forward
+  pass right after the last hook any reducer needs (no unembedding is computed
+  when nobody reads the logits).
+
+Example:
+    >>> import torch
+    >>> from sink_interp import tiny_model
+    >>> from sink_interp.capture import Keep, run_reducers
+    >>> model = tiny_model()
+    >>> keep = Keep(["blocks.0.hook_resid_pre"])
+    >>> _ = run_reducers(model, torch.randint(4, 128, (3, 8)), [keep], progress=False)
+    >>> keep.result()["blocks.0.hook_resid_pre"].shape
+    torch.Size([3, 8, 64])
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from ._internal import hooknames
+from ._internal.errors import check_positive_int, check_tokens
+
+HookFn = Callable[..., Any]
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+def hook_point(model: Any, name: str, points: dict[str, Any] | None = None) -> Any:
+    """The ``HookPoint`` called ``name`` on a TransformerBridge, or a clear error.
+
+    ``points`` is ``model.hook_dict`` when the caller already has it (building it costs ms).
+    """
+    points = model.hook_dict if points is None else points
+    hp = points.get(name)
+    if hp is None:
+        stem = name.rsplit(".", 1)[-1]
+        similar = sorted(n for n in points if n.endswith(stem))[:6]
+        raise KeyError(
+            f"the model has no hook point {name!r}"
+            + (f"; hook points with the same ending: {similar}" if similar else "")
+            + ". Fix: check the layer index (model.cfg.n_layers) and the architecture's hook names."
+        )
+    return hp
+
+
+def has_hook_point(model: Any, name: str) -> bool:
+    return name in model.hook_dict
+
+
+def hook_snapshot(model: Any) -> dict[str, tuple[int, ...]]:
+    """Identity of every hook on the model (TransformerLens hook points and raw torch hooks).
+
+    Two snapshots are equal exactly when the model carries the same hooks.
+    Tests compare snapshots taken before and after a call.
+    """
+    snap: dict[str, tuple[int, ...]] = {}
+    for name, module in model.named_modules():
+        ids: list[int] = []
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            ids.extend(getattr(module, attr, {}).keys())
+        for attr in ("fwd_hooks", "bwd_hooks"):
+            ids.extend(id(h) for h in getattr(module, attr, []) or [])
+        if ids:
+            snap[name] = tuple(ids)
+    return snap
+
+
+@contextlib.contextmanager
+def attach_hooks(
+    model: Any,
+    fwd_hooks: Iterable[tuple[str, HookFn]] = (),
+    bwd_hooks: Iterable[tuple[str, HookFn]] = (),
+    prepend: bool = False,
+) -> Iterator[None]:
+    """Attach ``(hook_name, fn)`` pairs for the duration of a ``with`` block.
+
+    ``fn(tensor, hook=hook_point)`` may return a replacement tensor. On exit,
+    also after an exception, exactly the handles added here are removed; hooks
+    that were on the model before stay, in the same order.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model
+        >>> model = tiny_model()
+        >>> seen = []
+        >>> with attach_hooks(model, [("blocks.0.hook_resid_pre", lambda x, hook: seen.append(x.shape))]):
+        ...     _ = model(torch.randint(4, 128, (1, 5)))
+        >>> seen
+        [torch.Size([1, 5, 64])]
+    """
+    added: list[tuple[Any, Any, str]] = []
+    points = model.hook_dict
+    try:
+        for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
+            for name, fn in pairs:
+                hp = hook_point(model, name, points)
+                handle = hp.add_hook(fn, dir=direction, prepend=prepend)
+                added.append((hp, handle, direction))
+        yield
+    finally:
+        for hp, handle, direction in reversed(added):
+            handle.hook.remove()
+            visible = hp.fwd_hooks if direction == "fwd" else hp.bwd_hooks
+            for i, h in enumerate(visible):
+                if h is handle:
+                    del visible[i]
+                    break
+
+
+# --------------------------------------------------------------------------- reducers
+
+
+class Reducer:
+    """Folds hooked tensors into a small result, one batch at a time.
+
+    Subclasses set :meth:`hook_names` and implement :meth:`update`. The engine
+    calls :meth:`begin` once, then :meth:`begin_batch` before each batch's
+    forward pass, :meth:`update` each time one of the hooks fires, and
+    :meth:`result` at the end.
+    """
+
+    #: True when the reducer needs the model's final output (logits / loss).
+    needs_logits: bool = False
+
+    def hook_names(self, model: Any) -> list[str]:
+        raise NotImplementedError
+
+    def begin(self, model: Any, n_samples: int, length: int) -> None:
+        """Called once before the first batch."""
+
+    def begin_batch(self, tokens: Tensor, start: int) -> None:
+        """Called before each batch; ``start`` is the index of its first sample."""
+        self.batch_start = start
+        self.batch_tokens = tokens
+
+    def update(self, name: str, tensor: Tensor) -> None:
+        raise NotImplementedError
+
+    def update_logits(self, logits: Tensor) -> None:
+        """Receives the logits of each batch when :attr:`needs_logits` is True."""
+
+    def result(self) -> Any:
+        raise NotImplementedError
+
+
+class Keep(Reducer):
+    """Keep the hooked tensors named in ``names`` (on the CPU, concatenated over batches).
+
+    ``select`` maps a tensor to the part to keep (e.g. ``lambda x: x[:, 0]``
+    for the first position only); default keeps everything.
+    """
+
+    def __init__(self, names: Sequence[str], select: Callable[[Tensor], Tensor] | None = None, dtype: torch.dtype | None = torch.float32):
+        self.names = list(names)
+        self.select = select
+        self.dtype = dtype
+        self._parts: dict[str, list[Tensor]] = {n: [] for n in self.names}
+
+    def hook_names(self, model: Any) -> list[str]:
+        return self.names
+
+    def update(self, name: str, tensor: Tensor) -> None:
+        x = tensor.detach()
+        if self.select is not None:
+            x = self.select(x)
+        if self.dtype is not None and x.is_floating_point():
+            x = x.to(self.dtype)
+        self._parts[name].append(x.cpu())
+
+    def result(self) -> dict[str, Tensor]:
+        return {n: torch.cat(p, dim=0) for n, p in self._parts.items() if p}
+
+
+class Reduce(Reducer):
+    """Apply ``fn(name, tensor, start)`` to every hooked tensor; ``fn`` keeps its own state."""
+
+    def __init__(self, names: Sequence[str], fn: Callable[[str, Tensor, int], None], result: Callable[[], Any] = lambda: None):
+        self.names = list(names)
+        self.fn = fn
+        self._result = result
+
+    def hook_names(self, model: Any) -> list[str]:
+        return self.names
+
+    def update(self, name: str, tensor: Tensor) -> None:
+        self.fn(name, tensor, self.batch_start)
+
+    def result(self) -> Any:
+        return self._result()
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class _StopForward(Exception):
+    """Raised from the last needed hook to skip the rest of the forward pass."""
+
+
+def model_device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover
+        return torch.device("cpu")
+
+
+def auto_batch_size(model: Any, length: int, budget_bytes: float = 512e6) -> int:
+    """A batch size whose per-layer attention maps (scores + pattern, float32) fit ``budget_bytes``."""
+    per_sample = 4 * 4 * model.cfg.n_heads * length * length + 64 * model.cfg.d_model * length
+    return int(max(1, min(64, budget_bytes // max(per_sample, 1))))
+
+
+@dataclass
+class RunStats:
+    """What :func:`run_reducers` did: batches, samples and whether it stopped early."""
+
+    n_samples: int
+    length: int
+    batch_size: int
+    n_batches: int
+    stopped_after: str | None
+
+
+def run_reducers(
+    model: Any,
+    tokens: Tensor,
+    reducers: Sequence[Reducer],
+    batch_size: int | None = None,
+    progress: bool = True,
+    desc: str = "forward",
+    stop_early: bool = True,
+    grad: bool = False,
+) -> RunStats:
+    """Run ``tokens`` through ``model`` once per batch, feeding every reducer.
+
+    Args:
+        model: a TransformerBridge.
+        tokens: ``[batch, pos]`` token ids.
+        reducers: reducers to feed; their results are read with ``r.result()``.
+        batch_size: samples per forward pass (default: :func:`auto_batch_size`).
+        progress: show a tqdm progress bar over batches.
+        stop_early: stop each forward pass after the last hook any reducer
+            needs, when none needs the logits.
+        grad: run with autograd enabled (default: ``torch.no_grad``).
+    """
+    tokens = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=1)
+    n, length = tokens.shape
+    bs = auto_batch_size(model, length) if batch_size is None else check_positive_int(batch_size, "batch_size")
+    device = model_device(model)
+
+    needs_logits = any(r.needs_logits for r in reducers)
+    wanted: dict[str, list[Reducer]] = {}
+    for r in reducers:
+        r.begin(model, n, length)
+        for name in r.hook_names(model):
+            wanted.setdefault(name, []).append(r)
+
+    # the last hook to fire: the highest layer's names; we stop once all of them fired
+    last_names: set[str] = set()
+    if stop_early and not needs_logits and wanted:
+        layers = [hooknames.layer_of(nm) for nm in wanted]
+        if all(layer is not None for layer in layers):
+            top = max(layers)  # type: ignore[type-var]
+            last_names = {nm for nm, layer in zip(wanted, layers) if layer == top}
+
+    fired: set[str] = set()
+
+    def make_hook(name: str, targets: list[Reducer]) -> HookFn:
+        def hook(tensor: Tensor, hook: Any) -> None:
+            for r in targets:
+                r.update(name, tensor)
+            if last_names and name in last_names:
+                fired.add(name)
+                if fired >= last_names:
+                    raise _StopForward
+            return None
+
+        return hook
+
+    n_batches = (n + bs - 1) // bs
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, desc=desc, unit="sample", disable=not progress, leave=False)
+    grad_ctx = contextlib.nullcontext() if grad else torch.no_grad()
+    try:
+        with attach_hooks(model, [(name, make_hook(name, rs)) for name, rs in wanted.items()]), grad_ctx:
+            for b in range(n_batches):
+                batch = tokens[b * bs : (b + 1) * bs].to(device)
+                for r in reducers:
+                    r.begin_batch(batch, b * bs)
+                fired.clear()
+                try:
+                    out = model(batch, return_type="logits" if needs_logits else None)
+                except _StopForward:
+                    out = None
+                if needs_logits:
+                    for r in reducers:
+                        if r.needs_logits:
+                            r.update_logits(out)
+                bar.update(batch.shape[0])
+    finally:
+        bar.close()
+    return RunStats(n, length, bs, n_batches, ",".join(sorted(last_names)) or None)

@@ -1,0 +1,176 @@
+"""Probe sets: the inputs sink scores are measured on.
+
+``probe_tokens(model, source, n, length, bos, seed)`` returns an ``[n, length]``
+tensor of token ids. ``source`` is one of:
+
+* ``"natural"`` — natural English shipped with the library
+  (``sink_interp/data/natural.jsonl``: Wikipedia, the Python documentation and
+  the KJV Bible; see ``NOTICE.md`` there), read like a user JSONL file;
+* ``"random"`` — ids drawn uniformly from the non-special vocabulary;
+* ``"repeat"`` — one token repeated ``length`` times, a different token per sample;
+* a path to a JSONL file with a ``"text"`` field per line (the format of the
+  official ``probe_valid_natural.jsonl``).
+
+Text is tokenised without special tokens and truncated to ``length``; with
+``bos=True`` the BOS id takes the first position and the text fills the other
+``length - 1`` (the total length stays ``length``, as in the official code).
+The returned tensor carries ``tensor.probe_info`` (source, BOS policy, seed,
+skipped lines), which :func:`sink_interp.measure_sinks` records.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._internal.errors import check_positive_int
+
+SOURCES = ("natural", "random", "repeat")
+
+
+def natural_path() -> Path:
+    """Path of the natural-text probe file shipped with the library."""
+    return Path(str(resources.files("sink_interp") / "data" / "natural.jsonl"))
+
+
+def read_jsonl_texts(path: str | Path) -> list[str]:
+    """The ``"text"`` field of every line of a JSONL file, with errors that name the line."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"data file {str(path)!r} does not exist; pass 'natural', 'random', 'repeat' or the path of a JSONL file"
+        )
+    texts: list[str] = []
+    with p.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}:{i}: not valid JSON ({e.msg}); each line must be an object like {{\"text\": \"...\"}}") from None
+            if not isinstance(obj, dict) or "text" not in obj:
+                raise ValueError(f"{p}:{i}: line has no \"text\" field; each line must be an object like {{\"text\": \"...\"}}")
+            if not isinstance(obj["text"], str):
+                raise ValueError(f"{p}:{i}: \"text\" must be a string, got {type(obj['text']).__name__}")
+            texts.append(obj["text"])
+    if not texts:
+        raise ValueError(f"{p} is empty: it holds no JSONL lines with a \"text\" field")
+    return texts
+
+
+def _special_ids(tokenizer: Any) -> set[int]:
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        v = getattr(tokenizer, attr, None)
+        if v is not None:
+            ids.add(int(v))
+    return ids
+
+
+def _bos_id(model: Any) -> int:
+    tok = getattr(model, "tokenizer", None)
+    bos = getattr(tok, "bos_token_id", None)
+    if bos is None:
+        raise ValueError("bos=True but the model's tokenizer has no BOS token; fix: bos=False")
+    return int(bos)
+
+
+def _tokenizer(model: Any) -> Any:
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        raise ValueError("the model has no tokenizer; text probes need one (fix: pass token ids, or source='random')")
+    return tok
+
+
+def probe_tokens(
+    model: Any,
+    source: str | Path = "natural",
+    n: int = 100,
+    length: int = 64,
+    bos: bool = False,
+    seed: int = 0,
+) -> Tensor:
+    """An ``[n, length]`` probe set of token ids for ``model``.
+
+    Args:
+        model: a TransformerBridge with a tokenizer.
+        source: ``"natural"``, ``"random"``, ``"repeat"`` or a JSONL path.
+        n: number of samples.
+        length: tokens per sample, BOS included when ``bos=True`` (>= 2).
+        bos: put the tokenizer's BOS id first.
+        seed: seed for ``"random"`` and ``"repeat"`` (text sources keep file order).
+
+    Example:
+        >>> from sink_interp import tiny_model
+        >>> toks = probe_tokens(tiny_model(), "repeat", n=3, length=5, bos=True)
+        >>> toks.shape, toks.probe_info["bos"]
+        (torch.Size([3, 5]), True)
+        >>> bool((toks[:, 1:] == toks[:, 1:2]).all())
+        True
+    """
+    n = check_positive_int(n, "n")
+    length = check_positive_int(length, "length", minimum=2)
+    if isinstance(bos, str) or not isinstance(bos, (bool, int)):
+        raise ValueError(f"bos must be True or False, got {bos!r}")
+    bos = bool(bos)
+    body = length - 1 if bos else length
+    d_vocab = int(model.cfg.d_vocab)
+    info: dict[str, Any] = {"bos": bos, "n": n, "length": length, "seed": seed}
+    gen = torch.Generator().manual_seed(int(seed))
+    src = str(source)
+
+    if src in ("random", "repeat"):
+        special = _special_ids(getattr(model, "tokenizer", None)) if getattr(model, "tokenizer", None) is not None else set()
+        allowed = torch.tensor([i for i in range(d_vocab) if i not in special], dtype=torch.long)
+        if src == "random":
+            idx = torch.randint(0, len(allowed), (n, body), generator=gen)
+            toks = allowed[idx]
+        else:
+            if n > len(allowed):
+                raise ValueError(f"source='repeat' uses a different token per sample; n={n} exceeds the {len(allowed)} non-special tokens")
+            pick = allowed[torch.randperm(len(allowed), generator=gen)[:n]]
+            toks = pick[:, None].expand(n, body).clone()
+        info["source"] = src
+    else:
+        if src == "natural":
+            path = natural_path()
+            info["source"] = "natural"
+        else:
+            path = Path(src).expanduser()
+            if not path.exists() and src not in SOURCES:
+                raise FileNotFoundError(
+                    f"data source {src!r} is neither one of {SOURCES} nor an existing JSONL file"
+                )
+            info["source"] = str(path)
+        texts = read_jsonl_texts(path)
+        tok = _tokenizer(model)
+        rows: list[list[int]] = []
+        skipped = 0
+        for text in texts:
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            if len(ids) < body:
+                skipped += 1
+                continue
+            rows.append(ids[:body])
+            if len(rows) == n:
+                break
+        if len(rows) < n:
+            raise ValueError(
+                f"{path} has only {len(rows)} lines with at least {body} tokens ({skipped} shorter lines skipped, "
+                f"{len(texts)} lines in all) but n={n} were asked; fix: lower n or length, or add longer texts"
+            )
+        info["skipped"] = skipped
+        info["lines_read"] = len(rows) + skipped
+        toks = torch.tensor(rows, dtype=torch.long)
+
+    if bos:
+        toks = torch.cat([torch.full((n, 1), _bos_id(model), dtype=torch.long), toks], dim=1)
+    toks = toks.contiguous()
+    toks.probe_info = info  # type: ignore[attr-defined]
+    return toks

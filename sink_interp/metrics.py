@@ -1,0 +1,447 @@
+"""The Gu et al. attention-sink metric.
+
+For head ``h`` of layer ``l`` with attention ``A[t, j]`` over ``T`` tokens,
+the sink score of key position ``k`` (1-indexed, as in the paper) is
+
+    alpha_k = 1 / (T - k + 1) * sum_{t >= k} A[t, k]
+
+(the mean attention that the queries able to see ``k`` pay to it; the
+official ``eval_sink_open_source.py`` computes the same thing). A head is a
+sink head on ``k`` when ``alpha_k > eps`` (strictly), and
+
+    Sink_k^eps = 100 * mean over (sample, layer, head) of [alpha_k > eps].
+
+Patterns whose rows do not sum to 1 (sigmoid or elu+1 kernels, a learned
+sink logit) are scored through the proxy ``A / (sum_j A + 1e-8)`` (or
+``|A| / (sum_j |A| + 1e-8)`` for kernels with negative weights); the mass a
+row does not give to any token, ``1 - sum_j A[t, j]``, is reported as the
+sink mass.
+
+Keys near the end are averaged over very few queries (``alpha_T`` is a single
+attention weight), so ``Sink_T`` is noisy: it is reported, but
+:meth:`SinkReport.sink_positions` marks such positions unreliable.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ._internal import hooknames
+from ._internal.errors import check_eps, check_tokens
+from ._internal.provenance import dumps, versions, write_atomic
+from .capture import Reducer, run_reducers
+from .models import model_info
+
+SCORES = ("auto", "softmax", "proxy", "abs-proxy")
+PROXY_EPS = 1e-8
+
+
+def sink_alpha(
+    pattern: Float[Tensor, "... q k"], score: str = "softmax"
+) -> Float[Tensor, "... k"]:
+    """``alpha_k`` for every key position of a causal attention pattern, in float32.
+
+    ``score``: ``"softmax"`` uses the pattern as is; ``"proxy"`` divides each
+    row by its sum (+1e-8); ``"abs-proxy"`` uses ``|A| / (sum |A| + 1e-8)``.
+
+    Example:
+        >>> import torch
+        >>> uniform = torch.tril(torch.ones(4, 4)) / torch.arange(1, 5)[:, None]
+        >>> sink_alpha(uniform)  # key 1 gets 1, 1/2, 1/3, 1/4 -> mean 0.5208
+        tensor([0.5208, 0.2778, 0.1944, 0.2500])
+    """
+    p = pattern.float()
+    if score == "proxy":
+        p = p / (p.sum(-1, keepdim=True) + PROXY_EPS)
+    elif score == "abs-proxy":
+        p = p.abs()
+        p = p / (p.sum(-1, keepdim=True) + PROXY_EPS)
+    elif score != "softmax":
+        raise ValueError(f"score must be one of {SCORES[1:]}, got {score!r}")
+    T = p.shape[-1]
+    n_queries = torch.arange(T, 0, -1, device=p.device, dtype=torch.float32)  # T - k + 1 for k = 1..T
+    return p.sum(-2) / n_queries
+
+
+def _row_tolerance(dtype: torch.dtype) -> float:
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+
+
+class SinkScoreReducer(Reducer):
+    """Streams ``alpha`` [sample, layer, head, key] and mean row sums from ``hook_pattern``."""
+
+    def __init__(self, layers: Sequence[int] | None = None, score: str = "auto"):
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        self.layers = None if layers is None else list(layers)
+        self.score = score
+        self.proxy_layers: dict[int, str] = {}
+
+    def hook_names(self, model: Any) -> list[str]:
+        return [hooknames.pattern(layer) for layer in self.layers]
+
+    def begin(self, model: Any, n_samples: int, length: int) -> None:
+        L = int(model.cfg.n_layers)
+        if self.layers is None:
+            self.layers = list(range(L))
+        bad = [layer for layer in self.layers if not 0 <= layer < L]
+        if bad:
+            raise ValueError(f"layers {bad} out of range; the model has layers 0..{L - 1}")
+        self._index = {layer: i for i, layer in enumerate(self.layers)}
+        H = int(model.cfg.n_heads)
+        self.alpha = torch.zeros(n_samples, len(self.layers), H, length, dtype=torch.float32)
+        self.row_sum = torch.zeros(n_samples, len(self.layers), H, dtype=torch.float32)
+
+    def update(self, name: str, tensor: Tensor) -> None:
+        layer = hooknames.layer_of(name)
+        p = tensor.detach()
+        score = self.score
+        rows = p.float().sum(-1)  # [b, H, q]
+        if score == "auto":
+            if (rows - 1).abs().max().item() <= _row_tolerance(p.dtype):
+                score = "softmax"
+            else:
+                score = "abs-proxy" if (p < 0).any().item() else "proxy"
+        if score != "softmax":
+            self.proxy_layers[layer] = score
+        a = sink_alpha(p, score)
+        s = self.batch_start
+        i = self._index[layer]
+        self.alpha[s : s + a.shape[0], i] = a.cpu()
+        self.row_sum[s : s + a.shape[0], i] = rows.mean(-1).cpu()
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        return self.alpha, self.row_sum
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class SinkReport:
+    """Sink scores of every (sample, layer, head, key position), with what produced them.
+
+    ``alpha`` has shape ``[n, layers, heads, length]``; positions ``k`` in the
+    methods are 1-indexed like the paper (``k=1`` is the first token).
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, measure_sinks
+        >>> report = measure_sinks(tiny_model(), torch.randint(4, 128, (4, 16)), progress=False)
+        >>> report.alpha.shape
+        (4, 2, 4, 16)
+        >>> 0.0 <= report.rate(k=1) <= 100.0
+        True
+    """
+
+    alpha: Float[np.ndarray, "n layer head pos"]
+    row_sum: Float[np.ndarray, "n layer head"]
+    eps: float
+    model: str
+    bos: bool | None
+    data: str
+    score: str
+    proxy_layers: dict[int, str]
+    layers: tuple[int, ...]
+    model_info: dict[str, Any]
+    versions: dict[str, str]
+    method: str = "pattern"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- shape facts
+    @property
+    def n(self) -> int:
+        return int(self.alpha.shape[0])
+
+    @property
+    def length(self) -> int:
+        return int(self.alpha.shape[-1])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.alpha.shape[2])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.model_info.get("dtype"))
+
+    @property
+    def device(self) -> str:
+        return str(self.model_info.get("device"))
+
+    def n_queries(self, k: int) -> int:
+        """How many queries ``alpha_k`` averages over (``T - k + 1``)."""
+        return self.length - self._k(k) + 1
+
+    def _k(self, k: int) -> int:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.length:
+            raise ValueError(f"k must be a key position in 1..{self.length} (1 = first token), got {k!r}")
+        return int(k)
+
+    def _eps(self, eps: float | None) -> float:
+        return self.eps if eps is None else check_eps(eps)
+
+    def _layer_index(self, layer: int) -> int:
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer} was not measured; measured layers: {list(self.layers)}")
+        return self.layers.index(layer)
+
+    # ---------------------------------------------------------------- rates
+    def is_sink(self, eps: float | None = None) -> np.ndarray:
+        """Boolean ``[n, layers, heads, length]``: ``alpha > eps`` (strict)."""
+        return self.alpha > self._eps(eps)
+
+    def rates(self, eps: float | None = None) -> np.ndarray:
+        """``Sink_k^eps`` in percent for every ``k = 1..length`` (array index ``k - 1``)."""
+        return 100.0 * self.is_sink(eps).mean(axis=(0, 1, 2))
+
+    def rate(self, k: int = 1, eps: float | None = None) -> float:
+        """``Sink_k^eps`` in percent: the share of (sample, layer, head) with ``alpha_k > eps``."""
+        k = self._k(k)
+        return float(100.0 * (self.alpha[..., k - 1] > self._eps(eps)).mean())
+
+    def layer_rates(self, k: int = 1, eps: float | None = None) -> np.ndarray:
+        """``Sink_k^eps`` in percent for each measured layer (over samples and heads)."""
+        k = self._k(k)
+        return 100.0 * (self.alpha[..., k - 1] > self._eps(eps)).mean(axis=(0, 2))
+
+    def head_rates(self, k: int = 1, eps: float | None = None) -> np.ndarray:
+        """``[layers, heads]``: percent of samples in which the head is a sink head on ``k``."""
+        k = self._k(k)
+        return 100.0 * (self.alpha[..., k - 1] > self._eps(eps)).mean(axis=0)
+
+    def mean_alpha(self, k: int = 1) -> np.ndarray:
+        """``[layers, heads]`` mean ``alpha_k`` over samples."""
+        return self.alpha[..., self._k(k) - 1].mean(axis=0)
+
+    def sink_mass(self) -> np.ndarray:
+        """``[layers, heads]`` mean of ``1 - sum_j A[t, j]``: attention given to no token (0 for softmax)."""
+        return 1.0 - self.row_sum.mean(axis=0)
+
+    def sweep(self, eps_values: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5), k: int = 1) -> pd.DataFrame:
+        """``Sink_k`` and mean ``alpha_k`` for several thresholds, from the stored scores (no recompute)."""
+        k = self._k(k)
+        rows = [
+            {"eps": float(check_eps(e)), f"Sink_{k}": self.rate(k, e), f"mean_alpha_{k}": float(self.alpha[..., k - 1].mean())}
+            for e in eps_values
+        ]
+        return pd.DataFrame(rows)
+
+    # ---------------------------------------------------------------- tables
+    def head_table(self, k: int = 1, eps: float | None = None) -> pd.DataFrame:
+        """One row per (layer, head): mean ``alpha_k``, sink rate over samples, sink mass; strongest first."""
+        k = self._k(k)
+        mean = self.mean_alpha(k)
+        rate = self.head_rates(k, eps)
+        mass = self.sink_mass()
+        n_kv = int(self.model_info.get("n_kv_heads") or self.n_heads)
+        group = max(1, self.n_heads // n_kv)
+        rows = []
+        for li, layer in enumerate(self.layers):
+            for h in range(self.n_heads):
+                rows.append(
+                    {
+                        "layer": layer,
+                        "head": h,
+                        "kv_head": h // group,
+                        f"mean_alpha_{k}": float(mean[li, h]),
+                        f"sink_rate_{k}": float(rate[li, h]),
+                        "sink_mass": float(mass[li, h]),
+                    }
+                )
+        df = pd.DataFrame(rows)
+        return df.sort_values(f"mean_alpha_{k}", ascending=False, kind="stable").reset_index(drop=True)
+
+    def sink_positions(self, eps: float | None = None, min_rate: float = 1.0, min_queries: int = 8) -> pd.DataFrame:
+        """Key positions whose ``Sink_k`` is at least ``min_rate`` percent.
+
+        ``reliable`` is False where ``alpha_k`` averages fewer than
+        ``min_queries`` queries: the last keys are scored by a handful of
+        attention weights, so a high rate there is not evidence of a sink.
+        """
+        rates = self.rates(eps)
+        mean = self.alpha.mean(axis=(0, 1, 2))
+        rows = [
+            {
+                "k": k + 1,
+                f"Sink_k (eps={self._eps(eps)})": float(rates[k]),
+                "mean_alpha": float(mean[k]),
+                "n_queries": self.length - k,
+                "reliable": bool(self.length - k >= min_queries),
+            }
+            for k in range(self.length)
+            if rates[k] >= min_rate
+        ]
+        cols = ["k", f"Sink_k (eps={self._eps(eps)})", "mean_alpha", "n_queries", "reliable"]
+        return pd.DataFrame(rows, columns=cols)
+
+    def secondary_sinks(self, eps: float | None = None, min_rate: float = 1.0, min_queries: int = 8) -> list[int]:
+        """Reliable sink positions other than the first token."""
+        df = self.sink_positions(eps, min_rate, min_queries)
+        return [int(k) for k, ok in zip(df["k"], df["reliable"]) if k > 1 and ok]
+
+    def to_frame(self, eps: float | None = None) -> pd.DataFrame:
+        """Long table, one row per (layer, head, k): mean ``alpha_k`` and sink rate (percent of samples)."""
+        L, H, T = len(self.layers), self.n_heads, self.length
+        mean = self.alpha.mean(axis=0)
+        rate = 100.0 * self.is_sink(eps).mean(axis=0)
+        return pd.DataFrame(
+            {
+                "layer": np.repeat(np.asarray(self.layers), H * T),
+                "head": np.tile(np.repeat(np.arange(H), T), L),
+                "k": np.tile(np.arange(1, T + 1), L * H),
+                "mean_alpha": mean.reshape(-1),
+                "sink_rate": rate.reshape(-1),
+            }
+        )
+
+    # ---------------------------------------------------------------- export
+    def summary(self) -> dict[str, Any]:
+        """Provenance and headline numbers (what :meth:`to_json` writes, minus the full scores)."""
+        top = self.head_table().head(10)
+        return {
+            "model": self.model,
+            "data": self.data,
+            "bos": self.bos,
+            "eps": self.eps,
+            "length": self.length,
+            "n": self.n,
+            "dtype": self.dtype,
+            "device": self.device,
+            "method": self.method,
+            "score": self.score,
+            "proxy_layers": {str(k): v for k, v in sorted(self.proxy_layers.items())},
+            "layers": list(self.layers),
+            "sink_rate_1": self.rate(1),
+            "rates": [float(x) for x in self.rates()],
+            "layer_rates": [float(x) for x in self.layer_rates(1)],
+            "mean_alpha_1": float(self.alpha[..., 0].mean()),
+            "top_heads": top.to_dict(orient="records"),
+            "sink_positions": self.sink_positions().to_dict(orient="records"),
+            "model_info": self.model_info,
+            "versions": self.versions,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    def to_json(self, path: str | None = None, include_alpha: bool = False) -> str:
+        """JSON text of :meth:`summary` (plus the full ``alpha`` if asked); written atomically to ``path`` if given."""
+        d = self.summary()
+        if include_alpha:
+            d["alpha"] = self.alpha
+            d["row_sum"] = self.row_sum
+        text = dumps(d)
+        if path is not None:
+            write_atomic(path, text)
+        return text
+
+    def __repr__(self) -> str:
+        return (
+            f"SinkReport(model={self.model!r}, data={self.data!r}, bos={self.bos}, eps={self.eps}, "
+            f"n={self.n}, length={self.length}, Sink_1={self.rate(1):.2f}%)"
+        )
+
+    def _repr_html_(self) -> str:
+        try:
+            from .views import sink_report_html  # richer view when available
+        except ImportError:
+            sink_report_html = None
+        if sink_report_html is not None:
+            return sink_report_html(self)
+        return self._summary_html()
+
+    def _summary_html(self) -> str:
+        e = html.escape
+        top = self.head_table().head(8)
+        rows = "".join(
+            f"<tr><td>{int(r.layer)}</td><td>{int(r.head)}</td><td>{r.mean_alpha_1:.3f}</td><td>{r.sink_rate_1:.1f}%</td></tr>"
+            for r in top.itertuples()
+        )
+        return (
+            f"<div><b>SinkReport</b> &mdash; {e(self.model)} on {e(self.data)} "
+            f"(n={self.n}, length={self.length}, BOS={self.bos}, eps={self.eps}, {e(self.dtype)})<br>"
+            f"<b>Sink<sub>1</sub> = {self.rate(1):.2f}%</b> of (sample, layer, head) triples have "
+            f"&alpha;<sub>1</sub> &gt; {self.eps}."
+            f"<table><tr><th>layer</th><th>head</th><th>mean &alpha;<sub>1</sub></th><th>sink rate</th></tr>{rows}</table></div>"
+        )
+
+
+def _bos_policy(model: Any, tokens: Tensor, bos: bool | None) -> bool | None:
+    if bos is not None:
+        return bool(bos)
+    info = getattr(tokens, "probe_info", None)
+    if isinstance(info, dict) and "bos" in info:
+        return bool(info["bos"])
+    bos_id = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+    if bos_id is None:
+        return None
+    return bool((tokens[:, 0] == bos_id).all().item())
+
+
+def measure_sinks(
+    model: Any,
+    tokens: Tensor,
+    eps: float = 0.3,
+    *,
+    bos: bool | None = None,
+    data: str | None = None,
+    layers: Sequence[int] | None = None,
+    score: str = "auto",
+    batch_size: int | None = None,
+    progress: bool = True,
+    method: str = "pattern",
+) -> SinkReport:
+    """Measure the sink score of every head, layer and key position.
+
+    Args:
+        model: a TransformerBridge (see :func:`sink_interp.load_model`).
+        tokens: ``[n, length]`` token ids, e.g. from :func:`sink_interp.probe_tokens`.
+            The model sees exactly these tokens: no BOS is added.
+        eps: sink threshold in (0, 1); change it later with ``report.rate(k, eps=...)``.
+        bos: whether ``tokens`` start with BOS, recorded in the report
+            (default: read from ``probe_tokens`` output, else inferred from the first column).
+        data: label of the inputs recorded in the report (default: the probe source).
+        layers: layers to measure (default: all).
+        score: ``"auto"`` (softmax rows as they are; the proxy for rows that do not
+            sum to 1), ``"softmax"``, ``"proxy"`` or ``"abs-proxy"``.
+        batch_size: samples per forward pass (default: chosen from the length).
+        progress: show a progress bar.
+        method: ``"pattern"``: reduce ``hook_pattern`` of every layer as it is computed.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model
+        >>> report = measure_sinks(tiny_model(), torch.randint(4, 128, (4, 16)), eps=0.3, progress=False)
+        >>> report.layer_rates().shape
+        (2,)
+    """
+    eps = check_eps(eps)
+    tokens_checked = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=2)
+    if method != "pattern":
+        raise ValueError(f"method must be 'pattern', got {method!r}")
+    info = getattr(tokens, "probe_info", None)
+    if data is None:
+        data = str(info.get("source")) if isinstance(info, dict) and "source" in info else "tokens"
+    reducer = SinkScoreReducer(layers=layers, score=score)
+    run_reducers(model, tokens_checked, [reducer], batch_size=batch_size, progress=progress, desc="sink scores")
+    alpha, row_sum = reducer.result()
+    used = sorted(set(reducer.proxy_layers.values()))
+    return SinkReport(
+        alpha=alpha.numpy(),
+        row_sum=row_sum.numpy(),
+        eps=eps,
+        model=model_info(model).name,
+        bos=_bos_policy(model, tokens_checked if info is None else tokens, bos),
+        data=data,
+        score=score if score != "auto" else ("softmax" if not used else "auto:" + "+".join(used)),
+        proxy_layers=dict(reducer.proxy_layers),
+        layers=tuple(reducer.layers),
+        model_info=model_info(model).to_dict(),
+        versions=versions(),
+        method=method,
+        extra={"probe": info} if isinstance(info, dict) else {},
+    )
