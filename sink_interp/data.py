@@ -4,7 +4,7 @@
 tensor of token ids. ``source`` is one of:
 
 * ``"natural"`` — natural English shipped with the library
-  (``sink_interp/data/natural.jsonl``: Wikipedia, the Python documentation and
+  (``sink_interp/assets/natural.jsonl``: Wikipedia, the Python documentation and
   the KJV Bible; see ``NOTICE.md`` there), read like a user JSONL file;
 * ``"random"`` — ids drawn uniformly from the non-special vocabulary;
 * ``"repeat"`` — one token repeated ``length`` times, a different token per sample;
@@ -35,7 +35,7 @@ SOURCES = ("natural", "random", "repeat")
 
 def natural_path() -> Path:
     """Path of the natural-text probe file shipped with the library."""
-    return Path(str(resources.files("sink_interp") / "data" / "natural.jsonl"))
+    return Path(str(resources.files("sink_interp") / "assets" / "natural.jsonl"))
 
 
 def read_jsonl_texts(path: str | Path) -> list[str]:

@@ -284,20 +284,21 @@ def smollm2_checkpoint(refresh: bool = False) -> Path:
 
 
 def tiny_tokenizer(d_vocab: int) -> Any:
-    """A whitespace word-level tokenizer over ``t0 .. t{d_vocab-1}`` (BOS ``t1``, EOS ``t2``)."""
+    """A whitespace word-level tokenizer: ids 0-3 are ``<pad> <bos> <eos> <unk>``, id ``i >= 4`` is the word ``t{i}``."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tk = Tokenizer(models.WordLevel({f"t{i}": i for i in range(d_vocab)}, unk_token="t3"))
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3, **{f"t{i}": i for i in range(4, d_vocab)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(
         tokenizer_object=tk,
         name_or_path="sink-interp-tiny",
         add_bos_token=True,
-        bos_token="t1",
-        eos_token="t2",
-        unk_token="t3",
-        pad_token="t0",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        pad_token="<pad>",
     )
 
 
