@@ -55,8 +55,8 @@ def sink_alpha(
     Example:
         >>> import torch
         >>> uniform = torch.tril(torch.ones(4, 4)) / torch.arange(1, 5)[:, None]
-        >>> sink_alpha(uniform)  # key 1 gets 1, 1/2, 1/3, 1/4 -> mean 0.5208
-        tensor([0.5208, 0.2778, 0.1944, 0.2500])
+        >>> sink_alpha(uniform)  # key 1 gets 1, 1/2, 1/3, 1/4 -> mean 0.5208; key 2: (1/2+1/3+1/4)/3
+        tensor([0.5208, 0.3611, 0.2917, 0.2500])
     """
     p = pattern.float()
     if score == "proxy":

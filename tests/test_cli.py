@@ -1,0 +1,46 @@
+"""The sink-interp command: output, JSON contents and error exits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sink_interp.cli import main
+
+
+def test_measure_prints_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code = main(["measure", "--model", "tiny-gqa", "--data", "random", "--n", "6", "--length", "12", "--json", str(out), "--quiet"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "Sink_1 =" in text and "per layer" in text and "top" in text
+    d = json.loads(out.read_text())
+    for key in ("model", "eps", "length", "n", "bos", "rates", "layer_rates"):
+        assert key in d
+    assert d["model"] == "tiny-gqa" and d["n"] == 6 and d["length"] == 12 and d["bos"] is False and d["eps"] == 0.3
+    assert len(d["rates"]) == 12 and len(d["layer_rates"]) == 2
+    assert d["rates"][0] == pytest.approx(d["sink_rate_1"])
+
+
+def test_measure_jsonl_with_bos(tmp_path, capsys):
+    data = tmp_path / "p.jsonl"
+    data.write_text("\n".join(json.dumps({"text": " ".join(f"t{i}" for i in range(5, 30))}) for _ in range(4)))
+    out = tmp_path / "r.json"
+    assert main(["measure", "--model", "tiny-mha", "--data", str(data), "--n", "3", "--length", "8", "--bos", "--json", str(out), "--quiet"]) == 0
+    d = json.loads(out.read_text())
+    assert d["bos"] is True and d["data"] == str(data)
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--model", "no-such-model"], "unknown model name"),
+        (["--model", "tiny-gqa", "--eps", "1.5"], "eps"),
+        (["--model", "tiny-gqa", "--length", "1"], "length"),
+        (["--model", "tiny-gqa", "--data", "missing.jsonl"], "neither"),
+    ],
+)
+def test_measure_errors_exit_2_with_a_message(capsys, args, match):
+    assert main(["measure", "--quiet", "--n", "2", *args]) == 2
+    assert match in capsys.readouterr().err
