@@ -8,7 +8,8 @@ batches. For each it reports
 * ``kl``: mean ``KL(p_clean || p_intervened)`` of the next-token distributions;
 * ``top1``: share of positions whose arg-max prediction is unchanged;
 * ``Sink_1`` (percent of (sample, layer, head) with ``alpha_1 > eps``) and mean
-  ``alpha_1`` of the attention pattern the model actually used (after the
+  ``alpha_1``, and ``Sink_2`` (a sink that moved to the second token shows
+  there), of the attention pattern the model actually used (after the
   intervention; patterns whose rows do not sum to 1 are scored through the
   proxy ``A / sum A``, see :mod:`sink_interp.metrics`), and the sink mass
   ``1 - sum_j A[t, j]`` (attention given to no token: a virtual key, a sink
@@ -43,6 +44,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ._internal import hooknames
 from ._internal.errors import check_eps, check_positive_int, check_tokens
 from ._internal.provenance import dumps, versions, write_atomic
 from .capture import Keep, Reducer, model_device, run_reducers
@@ -96,7 +98,7 @@ class NextTokenReducer(Reducer):
         self.nll_sample[s : s + nll.shape[0]] = nll.mean(-1).double().cpu()
         if self.reference is not None:
             ref = self.reference.to(lp.device)
-            kl = (ref.exp() * (ref - lp)).sum(-1)
+            kl = (ref.exp() * (ref - lp)).sum(-1).clamp_min(0.0)  # >= 0; float error can give -1e-9
             self.kl_sum += float(kl.sum())
             self.top1_sum += float((ref.argmax(-1) == lp.argmax(-1)).float().sum())
         if self.keep:
@@ -122,9 +124,11 @@ class Effect:
     top1: float
     sink_1: float
     mean_alpha_1: float
+    sink_2: float
     sink_mass: float
     score: str
     head_alpha_1: Float[np.ndarray, "layer head"] = field(repr=False)
+    loss_pos: Float[np.ndarray, " pos"] = field(repr=False, default_factory=lambda: np.zeros(0))
     meta: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
@@ -137,6 +141,7 @@ class Effect:
             "top1": self.top1,
             "Sink_1": self.sink_1,
             "mean_alpha_1": self.mean_alpha_1,
+            "Sink_2": self.sink_2,
             "sink_mass": self.sink_mass,
             "score": self.score,
             "description": self.description,
@@ -191,8 +196,21 @@ class EffectReport:
         raise KeyError(f"no effect labelled {label!r}; labels: {self.labels}")
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per intervention (clean first): loss, delta_loss, kl, top1, Sink_1, mean_alpha_1, sink_mass."""
+        """One row per intervention (clean first): loss, delta_loss, kl, top1, Sink_1, mean_alpha_1, Sink_2, sink_mass."""
         return pd.DataFrame([e.row() for e in self.effects])
+
+    def loss_by_position(self, buckets: Sequence[int] = (1, 2, 4, 8, 16, 32)) -> pd.DataFrame:
+        """Mean next-token loss per intervention in position buckets ``[0, b1), [b1, b2), ..., [b_last, T-1)``.
+
+        Position ``t`` is the loss of predicting token ``t + 1`` from tokens ``0..t``.
+        """
+        P = len(self.clean.loss_pos)
+        edges = sorted({0, *[b for b in buckets if 0 < b < P], P})
+        cols = [f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in zip(edges[:-1], edges[1:])]
+        rows = []
+        for e in self.effects:
+            rows.append({"label": e.label, **{c: float(e.loss_pos[a:b].mean()) for c, a, b in zip(cols, edges[:-1], edges[1:])}})
+        return pd.DataFrame(rows)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -217,7 +235,7 @@ class EffectReport:
             write_atomic(path, text)
         return text
 
-    def table(self, columns: Sequence[str] = ("label", "loss", "delta_loss", "kl", "top1", "Sink_1", "mean_alpha_1", "sink_mass")) -> str:
+    def table(self, columns: Sequence[str] = ("label", "loss", "delta_loss", "kl", "top1", "Sink_1", "mean_alpha_1", "Sink_2", "sink_mass")) -> str:
         """A plain-text table (what the CLI prints)."""
         df = self.to_frame()
         cols = [c for c in columns if c in df.columns]
@@ -284,7 +302,10 @@ class _Acc:
         self.top1 = 0.0
         self.count = 0
         self.alpha1: list[Tensor] = []
+        self.alpha2: list[Tensor] = []
         self.rows: list[Tensor] = []
+        self.nll_pos: Tensor | None = None
+        self.n = 0
         self.proxy: set[str] = set()
 
     def add(self, r: NextTokenReducer, s: SinkScoreReducer | None) -> None:
@@ -292,9 +313,12 @@ class _Acc:
         self.kl += r.kl_sum
         self.top1 += r.top1_sum
         self.count += r.count
+        self.nll_pos = r.nll_pos.clone() if self.nll_pos is None else self.nll_pos + r.nll_pos
+        self.n += len(r.nll_sample)
         if s is not None:
             alpha, row = s.result()
             self.alpha1.append(alpha[..., 0])
+            self.alpha2.append(alpha[..., 1])
             self.rows.append(row)
             self.proxy |= set(s.proxy_layers.values())
 
@@ -305,9 +329,10 @@ class _Acc:
             a1 = torch.cat(self.alpha1).numpy()  # [n, L, H]
             rows = torch.cat(self.rows).numpy()
             sink1, mean1, mass = float(100 * (a1 > eps).mean()), float(a1.mean()), float((1 - rows).mean())
+            sink2 = float(100 * (torch.cat(self.alpha2).numpy() > eps).mean())
             head = a1.mean(0)
         else:
-            sink1 = mean1 = mass = float("nan")
+            sink1 = mean1 = mass = sink2 = float("nan")
             head = np.zeros((0, 0))
         return Effect(
             label=label,
@@ -318,9 +343,11 @@ class _Acc:
             top1=self.top1 / c if reference else 1.0,
             sink_1=sink1,
             mean_alpha_1=mean1,
+            sink_2=sink2,
             sink_mass=mass,
             score="softmax" if not self.proxy else "proxy:" + "+".join(sorted(self.proxy)),
             head_alpha_1=head,
+            loss_pos=(self.nll_pos / max(self.n, 1)).numpy() if self.nll_pos is not None else np.zeros(0),
             meta=meta,
         )
 
@@ -522,21 +549,25 @@ class FitReport:
         )
 
 
-def _sink_key_init(model: Any, tokens: Tensor, layers: Sequence[int], per_head: bool, position: int) -> dict[int, Tensor]:
-    """Mean post-RoPE key of the sink position per layer (per query head, or averaged over heads)."""
+def _sink_kv_init(
+    model: Any, tokens: Tensor, layers: Sequence[int], per_head: bool, position: int
+) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+    """Mean key (after RoPE) and value of the sink position per layer (per query head, or averaged over heads)."""
     from .interventions import _key_hook
 
-    names = [_key_hook(model, layer) for layer in layers]
-    keep = Keep(names, select=lambda x: x[:, position])
+    knames = [_key_hook(model, layer) for layer in layers]
+    vnames = [hooknames.v(layer) for layer in layers]
+    keep = Keep(knames + vnames, select=lambda x: x[:, position])
     run_reducers(model, tokens, [keep], progress=False)
     got = keep.result()
     H, G = int(model.cfg.n_heads), n_kv_heads(model)
-    out = {}
-    for layer, name in zip(layers, names):
-        k = got[name].mean(0)  # [G, d]
-        k = k[torch.arange(H) // max(1, H // G)]  # [H, d]
-        out[layer] = k if per_head else k.mean(0)
-    return out
+    ks, vs = {}, {}
+    for layer, kn, vn in zip(layers, knames, vnames):
+        for name, out in ((kn, ks), (vn, vs)):
+            x = got[name].mean(0)  # [G, d]
+            x = x[torch.arange(H) // max(1, H // G)]  # [H, d]
+            out[layer] = x if per_head else x.mean(0)
+    return ks, vs
 
 
 def fit_bias(
@@ -546,7 +577,9 @@ def fit_bias(
     *,
     eval_tokens: Tensor | None = None,
     layers: Sequence[int] | None = None,
+    heads: Any = None,
     positions: Sequence[int] = (0,),
+    min_query: int = 0,
     per_head: bool = True,
     init: str = "zeros",
     steps: int = 100,
@@ -558,8 +591,8 @@ def fit_bias(
 ) -> FitReport:
     """Mask the first token's key and fit a bias that takes over its job.
 
-    With ``MaskKey(positions)`` in the chosen layers (all heads, renormalised),
-    fit by Adam on the next-token loss of ``tokens`` (model parameters frozen,
+    With ``MaskKey(positions)`` in the chosen layers and heads (default: all;
+    renormalised), and a bias in the same heads, fit by Adam on the next-token loss of ``tokens`` (model parameters frozen,
     and restored exactly afterwards):
 
     * ``kind="k"``: a key bias ``k*`` with ``v* = 0`` (:class:`KVBias`);
@@ -568,9 +601,15 @@ def fit_bias(
 
     ``init="sink"`` starts ``k*`` at the model's own mean first-token key
     (after RoPE, so ``q . k*`` equals the sink's score when the first token's
-    key is the same in every sample); ``"zeros"`` starts from 0.
+    key is the same in every sample) and, for ``kind="kv"``, ``v*`` at its mean
+    value; ``"zeros"`` starts from 0. ``steps=0`` grafts that start unfitted.
     Reports loss with the sink, with it masked, and masked + fitted bias on
     ``eval_tokens`` (default: ``tokens``).
+
+    Mind the scope: with the first key masked in *all* heads, token 1 becomes
+    a first token and the sink relocates to it (little loss, nothing for a bias
+    to recover); mask in the sink heads (``heads=sink_heads(report)``) or pass
+    ``min_query=2`` to remove the sink without giving it a new home.
 
     Example:
         >>> import torch
@@ -590,14 +629,20 @@ def fit_bias(
     if not float(lr) > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     toks = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=2)
-    mask = MaskKey(layers=layers, positions=positions, renormalise=True, name="sink masked")
+    mask = MaskKey(layers=layers, heads=heads, positions=positions, min_query=min_query, renormalise=True, name="sink masked")
     mask.bind(model)
     lay = list(mask.layers)
+    bias_heads = heads if not isinstance(heads, Mapping) else {k: v for k, v in heads.items()}
+    bias_layers = None if isinstance(bias_heads, Mapping) else lay
     if kind == "logit":
-        bias: Intervention = SinkLogit(layers=lay, name="fitted bias")
+        bias: Intervention = SinkLogit(layers=bias_layers, heads=bias_heads, name="fitted bias")
     else:
-        k0 = _sink_key_init(model, toks, lay, per_head, int(mask.resolved_positions(toks.shape[1])[0])) if init == "sink" else None
-        bias = KVBias(layers=lay, per_head=per_head, value=(kind == "kv"), k=k0, name="fitted bias")
+        k0 = v0 = None
+        if init == "sink":
+            k0, v0 = _sink_kv_init(model, toks, lay, per_head, int(mask.resolved_positions(toks.shape[1])[0]))
+        bias = KVBias(
+            layers=bias_layers, heads=bias_heads, per_head=per_head, value=(kind == "kv"), k=k0, v=v0 if kind == "kv" else None, name="fitted bias"
+        )
     bias.bind(model)
     params = list(bias.parameters())  # type: ignore[attr-defined]
 
@@ -646,7 +691,11 @@ def fit_bias(
         effects=effects,
         settings={
             "layers": lay,
+            "heads": "all" if heads is None else (
+                {int(k): list(v) for k, v in heads.items()} if isinstance(heads, Mapping) else list(heads)
+            ),
             "positions": list(positions),
+            "min_query": min_query,
             "per_head": per_head,
             "init": init,
             "steps": steps,
