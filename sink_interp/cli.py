@@ -165,11 +165,13 @@ def ablation_battery(model: Any, eval_tokens: Any, train_tokens: Any | None, *, 
     extra: dict[str, Any] = {"sink_heads": {int(k): v for k, v in sh.items()}, "massive_dims": dims,
                              "massive_positions": massive["positions"], "sink_rate_1": rep.rate(1)}
     if sh and train_tokens is not None:
-        graft = fit_bias(model, train_tokens, "k", eval_tokens=eval_tokens, heads=sh, init="sink", steps=0, progress=progress)
-        items["mask key, sink heads + mean sink key as k* (no training)"] = [graft.mask, graft.bias]
+        graft = fit_bias(model, train_tokens, "k", eval_tokens=eval_tokens, heads=sh, init="sink", steps=0, evaluate=False, progress=progress)
+        items["mask key, sink heads + mean sink key as k*, v*=0 (no training)"] = [graft.mask, graft.bias]
+        graft_kv = fit_bias(model, train_tokens, "kv", eval_tokens=eval_tokens, heads=sh, init="sink", steps=0, evaluate=False, progress=progress)
+        items["mask key, sink heads + mean sink key and value as k*, v* (no training)"] = [graft_kv.mask, graft_kv.bias]
         if fit_steps > 0:
             fit = fit_bias(model, train_tokens, "k", eval_tokens=eval_tokens, heads=sh, init="zeros", steps=fit_steps,
-                           lr=fit_lr, batch_size=fit_batch, progress=progress)
+                           lr=fit_lr, batch_size=fit_batch, evaluate=False, progress=progress)
             items[f"mask key, sink heads + fitted K bias ({fit_steps} steps)"] = [fit.mask, fit.bias]
             extra["fit"] = {k: v for k, v in fit.summary().items() if k != "effects"}
             log(f"fitted K bias (v*=0, per head, from zeros, {fit_steps} Adam steps, lr {fit_lr}, {fit_batch} samples/step, "
@@ -221,7 +223,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         print(f"sink heads: zeroing the sink's value costs {z:+.3f} nats, masking its key {mk:+.3f} nats"
               + (f" (zero/mask = {z / mk:.2f})" if mk else ""))
         fitted = [lab for lab in df.index if "fitted K bias" in lab]
-        grafted = [lab for lab in df.index if "mean sink key" in lab]
+        grafted = [lab for lab in df.index if "mean sink" in lab]
         for lab in grafted + fitted:
             rec = (mk - df.loc[lab, "delta_loss"]) / mk if mk else float("nan")
             print(f"{lab}: {df.loc[lab, 'delta_loss']:+.3f} nats, recovers {100 * rec:.1f}% of the masking loss")

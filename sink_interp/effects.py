@@ -491,20 +491,25 @@ class FitReport:
     bias: Intervention
     mask: MaskKey
     history: Float[np.ndarray, " steps"]
-    effects: EffectReport
+    effects: EffectReport | None
     settings: dict[str, Any]
+
+    def _eff(self) -> EffectReport:
+        if self.effects is None:
+            raise ValueError("this fit was not evaluated; fix: fit_bias(..., evaluate=True), or compare() the bias yourself")
+        return self.effects
 
     @property
     def loss_clean(self) -> float:
-        return self.effects.clean.loss
+        return self._eff().clean.loss
 
     @property
     def loss_masked(self) -> float:
-        return self.effects["sink masked"].loss
+        return self._eff()["sink masked"].loss
 
     @property
     def loss_fitted(self) -> float:
-        return self.effects["sink masked + fitted bias"].loss
+        return self._eff()["sink masked + fitted bias"].loss
 
     @property
     def recovered(self) -> float:
@@ -512,23 +517,18 @@ class FitReport:
         return float("nan") if gap == 0 else (self.loss_masked - self.loss_fitted) / gap
 
     def to_frame(self) -> pd.DataFrame:
-        return self.effects.to_frame()
+        return self._eff().to_frame()
 
     def summary(self) -> dict[str, Any]:
         h = self.history
         idx = sorted(set(np.linspace(0, len(h) - 1, min(len(h), 50)).astype(int).tolist())) if len(h) else []
-        return {
-            "kind": self.kind,
-            "bias": self.bias.describe(),
-            "mask": self.mask.describe(),
-            "loss_clean": self.loss_clean,
-            "loss_masked": self.loss_masked,
-            "loss_fitted": self.loss_fitted,
-            "recovered": self.recovered,
-            "settings": self.settings,
-            "history": {int(i): float(h[i]) for i in idx},
-            "effects": self.effects.summary(),
-        }
+        out: dict[str, Any] = {"kind": self.kind, "bias": self.bias.describe(), "mask": self.mask.describe()}
+        if self.effects is not None:
+            out.update(loss_clean=self.loss_clean, loss_masked=self.loss_masked, loss_fitted=self.loss_fitted, recovered=self.recovered)
+        out.update(settings=self.settings, history={int(i): float(h[i]) for i in idx})
+        if self.effects is not None:
+            out["effects"] = self.effects.summary()
+        return out
 
     def to_json(self, path: str | None = None) -> str:
         text = dumps(self.summary())
@@ -537,12 +537,16 @@ class FitReport:
         return text
 
     def __repr__(self) -> str:
+        if self.effects is None:
+            return f"FitReport(kind={self.kind!r}, {len(self.history)} steps, not evaluated)"
         return (
             f"FitReport(kind={self.kind!r}, loss clean={self.loss_clean:.4f}, masked={self.loss_masked:.4f}, "
             f"masked+bias={self.loss_fitted:.4f}, recovered={100 * self.recovered:.1f}%)"
         )
 
     def _repr_html_(self) -> str:
+        if self.effects is None:
+            return f"<div><b>FitReport</b> ({html.escape(self.kind)}), not evaluated</div>"
         return (
             f"<div><b>FitReport</b> ({html.escape(self.kind)}): {100 * self.recovered:.1f}% of the loss gap recovered"
             f"{self.effects._repr_html_()}</div>"
@@ -587,6 +591,7 @@ def fit_bias(
     batch_size: int = 8,
     seed: int = 0,
     eps: float = 0.3,
+    evaluate: bool = True,
     progress: bool = True,
 ) -> FitReport:
     """Mask the first token's key and fit a bias that takes over its job.
@@ -604,7 +609,7 @@ def fit_bias(
     key is the same in every sample) and, for ``kind="kv"``, ``v*`` at its mean
     value; ``"zeros"`` starts from 0. ``steps=0`` grafts that start unfitted.
     Reports loss with the sink, with it masked, and masked + fitted bias on
-    ``eval_tokens`` (default: ``tokens``).
+    ``eval_tokens`` (default: ``tokens``; ``evaluate=False`` skips this).
 
     Mind the scope: with the first key masked in *all* heads, token 1 becomes
     a first token and the sink relocates to it (little loss, nothing for a bias
@@ -682,7 +687,11 @@ def fit_bias(
     for p in params:
         p.requires_grad_(False)
     ev = toks if eval_tokens is None else eval_tokens
-    effects = compare(model, ev, {"sink masked": mask, "sink masked + fitted bias": [mask, bias]}, eps=eps, progress=progress)
+    effects = (
+        compare(model, ev, {"sink masked": mask, "sink masked + fitted bias": [mask, bias]}, eps=eps, progress=progress)
+        if evaluate
+        else None
+    )
     return FitReport(
         kind=kind,
         bias=bias,
