@@ -136,6 +136,17 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ranges(xs: Sequence[int]) -> str:
+    """[3, 4, 5, 9] -> '3-5, 9'."""
+    out: list[str] = []
+    for x in sorted(xs):
+        if out and int(out[-1].split("-")[-1]) == x - 1:
+            out[-1] = out[-1].split("-")[0] + f"-{x}"
+        else:
+            out.append(str(x))
+    return ", ".join(out)
+
+
 def ablation_battery(model: Any, eval_tokens: Any, train_tokens: Any | None, *, eps: float = 0.3, fit_steps: int = 40,
                      fit_lr: float = 0.1, fit_batch: int = 8, kernels: bool = True, batch_size: int | None = None,
                      progress: bool = True, log: Any = print) -> tuple[Any, dict[str, Any]]:
@@ -151,7 +162,7 @@ def ablation_battery(model: Any, eval_tokens: Any, train_tokens: Any | None, *, 
     massive = find_massive_dims(model, eval_tokens, batch_size=batch_size, progress=progress)
     dims = massive["dims"]
     log(f"massive dims (|x| > 100 and > 100 x median, in >= 50% of samples): {dims or 'none'} "
-        f"at positions {sorted(massive['positions']) or '-'}, layers {massive['layers'][:1] + ['...'] + massive['layers'][-1:] if massive['layers'] else '-'}")
+        f"at positions {sorted(massive['positions']) or '-'}, layers {_ranges(massive['layers']) or '-'} (hook_resid_pre)")
     items: dict[str, Any] = {}
     if sh:
         items["zero value, sink heads"] = ZeroValue(heads=sh)
@@ -174,7 +185,7 @@ def ablation_battery(model: Any, eval_tokens: Any, train_tokens: Any | None, *, 
                            lr=fit_lr, batch_size=fit_batch, evaluate=False, progress=progress)
             items[f"mask key, sink heads + fitted K bias ({fit_steps} steps)"] = [fit.mask, fit.bias]
             extra["fit"] = {k: v for k, v in fit.summary().items() if k != "effects"}
-            log(f"fitted K bias (v*=0, per head, from zeros, {fit_steps} Adam steps, lr {fit_lr}, {fit_batch} samples/step, "
+            log(f"fitted K bias (v*=0, per head, from zeros, {fit_steps} Adam steps, lr {fit_lr}, {min(fit_batch, len(train_tokens))} samples/step, "
                 f"{len(train_tokens)} training samples): training loss {fit.history[:3].mean():.3f} -> {fit.history[-3:].mean():.3f}")
     items["ACT calibration (tau 0.1, beta 0.4)"] = Calibrate(0.1, 0.4)
     if kernels:

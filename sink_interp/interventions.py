@@ -790,6 +790,8 @@ class _Site:
             claimed |= hm
         self.needs: set[str] = set().union(*(iv.needs for iv in ivs)) if ivs else set()
         self.recompute = bool(self.score_editors or self.extras or self.kernels)
+        self.value_ivs = [(i, iv) for i, iv in enumerate(self.extras) if iv.extra_values(layer) is not None]
+        self.has_z_hook = bool(self.z_editors or self.value_ivs)
 
     def hooks(self) -> list[tuple[str, Callable[..., Any]]]:
         L, m, ctx = self.layer, self.model, self.ctx
@@ -844,21 +846,23 @@ class _Site:
                 A = A.to(p.dtype)
             for iv in self.pattern_editors:
                 A = iv.edit_pattern(L, A, ctx)
-            ctx.pattern = A
-            ctx.extra_w = Ae
+            # keep only what the hook_z stage reads; free the rest now (T x T scores per layer add up)
+            v = ctx.v
+            ctx.clear()
+            if self.has_z_hook:
+                ctx.pattern, ctx.extra_w, ctx.v = A, Ae, v
             return A if A is not p else None
 
         out.append((hooknames.pattern(L), pattern_hook))
 
-        value_ivs = [(i, iv) for i, iv in enumerate(self.extras) if iv.extra_values(L) is not None]
-        if self.z_editors or value_ivs:
+        if self.has_z_hook:
 
             def z_hook(z: Tensor, hook: Any) -> Tensor:
                 for iv in self.z_editors:
                     z = iv.edit_z(L, z, ctx)
-                if value_ivs and ctx.extra_w is not None:
+                if self.value_ivs and ctx.extra_w is not None:
                     # column i of the extras belongs to self.extras[i] (one virtual key each)
-                    for i, iv in value_ivs:
+                    for i, iv in self.value_ivs:
                         vals = iv.extra_values(L)  # [H, 1, d]
                         w = ctx.extra_w[..., i : i + 1]  # [b, H, T, 1]
                         z = z + torch.einsum("bhtm,hmd->bthd", w.to(z.dtype), vals.to(z.dtype))
