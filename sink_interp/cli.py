@@ -245,6 +245,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
         d = eff.summary()
         d["battery"] = extra
+        d["loss_by_position"] = eff.loss_by_position().to_dict(orient="records")
         d["argv"] = list(sys.argv[1:])
         write_atomic(args.json, dumps(d))
         print(f"wrote {args.json}")

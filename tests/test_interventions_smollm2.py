@@ -57,7 +57,6 @@ def test_streaming_cache_positions_on_smollm2(smollm2, smollm2_hf):
     assert torch.allclose(got, want, atol=2e-4), (got - want).abs().max()
 
 
-@pytest.mark.slow
 def test_compare_on_smollm2_restores_the_model(smollm2):
     x = probe_tokens(smollm2, "natural", n=2, length=32)
     before = hook_snapshot(smollm2)
