@@ -118,6 +118,25 @@ def browser(viewport: tuple[int, int] = (1280, 900)) -> Iterator[Any]:
         shutil.rmtree(user_dir, ignore_errors=True)
 
 
+def screenshot(opened: "Opened", path: str | Path, width: int = 1280, settle_ms: int = 600) -> Path:
+    """Full-page screenshot without Playwright's full_page mode.
+
+    ``full_page=True`` resizes the viewport during the capture; chart.js (inside CircuitsVis)
+    reacts to that resize and can be caught half-way (collapsed charts). So the viewport is set
+    to the page height first, the charts settle, and the viewport is captured as is.
+    """
+    page = opened.page
+    for _ in range(3):
+        h = int(page.evaluate("document.documentElement.scrollHeight"))
+        page.set_viewport_size({"width": width, "height": min(h, 16000)})
+        page.wait_for_timeout(settle_ms)
+        page.wait_for_function(ALL_DRAWN_JS, timeout=30000)
+        if int(page.evaluate("document.documentElement.scrollHeight")) == h:
+            break
+    page.screenshot(path=str(path), full_page=False)
+    return Path(path)
+
+
 def open_offline(ctx: Any, path: str | Path, wait: str = "all", timeout_ms: int = 30000) -> Opened:
     """Open a local HTML file with every non-local request aborted and recorded.
 

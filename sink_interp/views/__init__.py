@@ -24,21 +24,29 @@ from .attention import (
     show_attention,
     token_strings,
 )
-from .figures import effect_bars, head_heatmap, key_manifold_view, massive_activation_view, pca_2d, read_metrics, training_curves
-from .report import (
-    REPORT_SECTIONS,
-    ReportContext,
-    build_report,
-    layer_rate_view,
-    layout_report,
-    pending,
+from .figures import (
+    effect_bars,
+    head_heatmap,
+    key_manifold_view,
+    massive_activation_view,
+    pca_2d,
+    read_metrics,
+    trace_chain_view,
+    training_curves,
+)
+from .report import REPORT_SECTIONS, ReportContext, build_report, layer_rate_view, layout_report, pending, sink_report_html, sink_report_view
+from .adapters import (  # noqa: E402  (after .report: the adapters use its views)
+    ADAPTERS,
+    effect_report_view,
+    massive_report_view,
     register_view,
-    sink_report_html,
-    sink_report_view,
+    trace_report_view,
+    train_result_view,
     view_for,
 )
 
 __all__ = [
+    "ADAPTERS",
     "REPORT_SECTIONS",
     "ReportContext",
     "View",
@@ -51,6 +59,7 @@ __all__ = [
     "circuitsvis_bundle",
     "concat",
     "effect_bars",
+    "effect_report_view",
     "find_sink_positions",
     "head_heatmap",
     "json_for_html",
@@ -58,6 +67,7 @@ __all__ = [
     "layer_rate_view",
     "layout_report",
     "massive_activation_view",
+    "massive_report_view",
     "pca_2d",
     "pending",
     "read_metrics",
@@ -68,6 +78,9 @@ __all__ = [
     "sink_report_html",
     "sink_report_view",
     "token_strings",
+    "trace_chain_view",
+    "trace_report_view",
+    "train_result_view",
     "training_curves",
     "view_for",
 ]

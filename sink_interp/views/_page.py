@@ -13,7 +13,8 @@ Nothing is fetched from the network, and rendering makes no network call
 (CircuitsVis' own ``_repr_html_`` probes google.com on every render; we do not
 use it). Widget props are JSON in ``<script type="application/json">`` with
 ``<``, ``>`` and ``&`` written as ``\\u003c`` etc., so no data can close the
-script; token strings are made HTML-safe with :func:`safe_token`.
+script; token strings are made HTML-safe with :func:`safe_token` (CircuitsVis
+inserts them with ``innerHTML``).
 """
 
 from __future__ import annotations
@@ -48,16 +49,17 @@ def safe_token(token: str) -> str:
     CircuitsVis inserts token strings with ``innerHTML`` in its token lists
     (``"<bos>"`` would vanish as an unknown tag, ``"<img onerror=...>"`` would
     run) but draws the same strings as plain text on its canvas axes, where
-    ``&lt;`` would show literally. So ``<``, ``>`` and ``&`` are replaced by
-    the look-alikes ``‹``, ``›`` and ``＆``.
+    ``&lt;`` would show literally. So ``<`` and ``>`` are replaced by the
+    look-alikes ``‹`` and ``›``. (``&`` cannot open a tag and is kept; a token
+    spelled like an entity, e.g. ``"&lt;"``, shows decoded in the token lists.)
 
     Example:
         >>> safe_token("<bos>")
         '‹bos›'
         >>> safe_token("a & b")
-        'a ＆ b'
+        'a & b'
     """
-    return str(token).replace("&", "\uff06").replace("<", "\u2039").replace(">", "\u203a")
+    return str(token).replace("<", "\u2039").replace(">", "\u203a")
 
 
 def json_for_html(obj: Any) -> str:
@@ -147,6 +149,11 @@ CSS = """
 .si-root h2.si-section{font-size:19px;margin:26px 0 4px 0;padding-bottom:3px;border-bottom:2px solid #e3e3e8}
 .si-root p.si-intro{margin:2px 0 8px 0;color:#333;max-width:980px}
 .si-root .si-note{font-size:12px;color:#666}
+.si-root .si-chain{display:flex;flex-wrap:wrap;align-items:stretch;gap:6px}
+.si-root .si-link{flex:0 1 190px;border:1px solid #d8d8e0;border-radius:6px;padding:6px 8px;background:#fafafc;font-size:13px}
+.si-root .si-link h4{margin:0;font-size:13px}
+.si-root .si-link p{margin:0 0 4px 0}
+.si-root .si-arrow{align-self:center;font-size:20px;color:#888}
 """
 
 # Hover read-outs: a mark (.si-cell / .si-bar / .si-pt) carries its text in an SVG <title>

@@ -401,7 +401,7 @@ def lines_svg(
             out.append(f'<polyline class="si-line" points="{d}" fill="none" stroke="{c}" stroke-width="1.8"/>')
         step = max(1, len(pts) // 200)
         for (px, py), a, b in list(zip(pts, x[m], y[m]))[::step]:
-            tip = f"{name}: {xlabel} {fmt(a, 6)}, {ylabel} {fmt(b, 4)}"
+            tip = (f"{name}: " if multi else "") + f"{xlabel} {fmt(a, 6)}, {ylabel} {fmt(b, 4)}"
             out.append(
                 f'<circle class="si-pt" cx="{px:.1f}" cy="{py:.1f}" r="2.6" fill="{c}"><title>{esc(tip)}</title></circle>'
             )

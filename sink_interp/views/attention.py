@@ -22,6 +22,11 @@ from .figures import as_array
 SINK_MARK = "\u25c6"  # ◆ in front of sink tokens in CircuitsVis labels
 
 
+def _visible(token: str) -> str:
+    """Newlines and tabs as visible marks (an axis label cannot show a line break)."""
+    return token.replace("\n", "\u21b5").replace("\t", "\u21e5") or "\u2205"
+
+
 def alpha_from_pattern(pattern: np.ndarray) -> np.ndarray:
     """``alpha_k`` of each head for one sample: ``[H, T, T]`` pattern -> ``[H, T]`` (Gu et al.)."""
     from ..metrics import sink_alpha
@@ -121,7 +126,7 @@ def attention_view(
         bad = [k for k in sinks if not 0 <= k < T]
         if bad:
             raise ValueError(f"sink_positions {bad} out of range 0..{T - 1} (0-indexed key positions)")
-        labels = [f"{(SINK_MARK + ' ') if i in sinks else ''}{safe_token(t)}" for i, t in enumerate(toks)]
+        labels = [f"{(SINK_MARK + ' ') if i in sinks else ''}{_visible(safe_token(t))}" for i, t in enumerate(toks)]
         heads = list(np.argsort(-alpha[:, 0], kind="stable")) if order == "alpha" else list(range(H))
         names = [f"L{layer}H{h}" for h in heads]
         causal = bool(np.allclose(np.triu(p, 1), 0.0))

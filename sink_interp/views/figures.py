@@ -148,6 +148,7 @@ def massive_activation_view(
     threshold: float = 100.0,
     ratio: float = 1000.0,
     stage: str = "residual stream after each layer",
+    token_value_name: str = "max |x|",
     title: str | None = None,
     caption: str | None = None,
 ) -> View:
@@ -161,6 +162,9 @@ def massive_activation_view(
         median: ``[layers]`` median ``|x|`` (for the "x times the median" in the hover text).
         top: how many dims (ranked by their largest value over layers) to show.
         threshold, ratio: the Sun et al. (2024) criterion, ``|x| > threshold`` and ``ratio`` x the median.
+        stage: where the values were read (for the caption).
+        token_value_name: what ``token_max`` holds when it is not the max ``|x|`` (e.g. ``"mean ‖h‖"``);
+            the token panel then gets its own colour scale.
 
     Example:
         >>> import numpy as np
@@ -179,9 +183,9 @@ def massive_activation_view(
     order = np.argsort(-np.nanmax(dm, axis=0), kind="stable")[:top]
     sub = dm[:, order]
 
-    def tip(i: int, val: float, where: str) -> str:
-        t = f"layer {layers[i]}, {where}: max |x| = {fmt(val)}"
-        if med is not None and med[i] > 0:
+    def tip(i: int, val: float, where: str, name: str = "max |x|") -> str:
+        t = f"layer {layers[i]}, {where}: {name} = {fmt(val)}"
+        if med is not None and med[i] > 0 and name == "max |x|":
             t += f" = {fmt(val / med[i])}× median"
         return t
 
@@ -215,7 +219,10 @@ def massive_activation_view(
         if len(toks) != T:
             raise ValueError(f"tokens has {len(toks)} entries but token_max has {T} positions")
         col_labels = [f"{p} {t!s}".rstrip() if tokens is not None else str(p) for p, t in enumerate(toks)]
-        ttips = [[tip(i, tm[i, p], f"token {p} {toks[p]!r}") for p in range(T)] for i in range(L)]
+        ttips = [[tip(i, tm[i, p], f"token {p} {toks[p]!r}" if tokens is not None else f"position {p}", token_value_name) for p in range(T)] for i in range(L)]
+        same = token_value_name == "max |x|"
+        tpos = tm[tm > 0]
+        tlo, thi = (lo, hi) if same else ((float(tpos.min()), float(tpos.max())) if tpos.size else (1e-3, 1.0))
         tattrs = [[{"data-layer": layers[i], "data-pos": p} for p in range(T)] for i in range(L)]
         panel2 = heatmap_svg(
             tm,
@@ -223,10 +230,10 @@ def massive_activation_view(
             col_labels,
             xlabel="token position",
             ylabel="layer",
-            value_label="max |x|",
+            value_label=token_value_name,
             tips=ttips,
-            vmin=lo,
-            vmax=hi,
+            vmin=tlo,
+            vmax=thi,
             log=True,
             palette=HEAT,
             cell_attrs=tattrs,
@@ -253,7 +260,7 @@ def massive_activation_view(
         title=title or "Massive activations in the residual stream",
         caption=caption
         or (
-            f"Largest |x| in the {stage}, by hidden dimension (left, top {top} dims) and by token (right), "
+            f"Largest |x| in the {stage}, by hidden dimension (top {top} dims) and by token, "
             f"log colour scale; massive = |x| > {threshold:g} and ~{ratio:g}× the median |x| (Sun et al. 2024)."
         ),
         kind="massive",
@@ -296,6 +303,7 @@ def key_manifold_view(
     labels: Sequence[str] | None = None,
     head: str | None = None,
     names: tuple[str, str] = ("other tokens", "sink token"),
+    projected: bool = False,
     max_points: int = 2500,
     seed: int = 0,
     title: str | None = None,
@@ -309,6 +317,7 @@ def key_manifold_view(
         labels: ``[N]`` hover text per point (e.g. ``"sample 3, pos 0 '<bos>'"``).
         head: which head the keys belong to, for the title.
         names: legend names of the two groups (``is_sink`` False, True).
+        projected: ``keys`` are already ``[N, 2]`` PCA coordinates (drawn as given, no PCA here).
         max_points: other-token points are subsampled to this many (sinks are all kept).
 
     Example:
@@ -322,10 +331,15 @@ def key_manifold_view(
     s = np.asarray(as_array(is_sink, "is_sink", 1), dtype=bool)
     if s.shape[0] != k.shape[0]:
         raise ValueError(f"is_sink has {s.shape[0]} entries but keys has {k.shape[0]} rows")
-    if k.shape[0] < 3:
-        raise ValueError(f"keys needs at least 3 rows for a PCA, got {k.shape[0]}")
+    if projected:
+        if k.shape[1] < 2:
+            raise ValueError(f"projected keys must be [N, 2] coordinates, got shape {k.shape}")
+        coords, ratio = k[:, :2], None
+    else:
+        if k.shape[0] < 3:
+            raise ValueError(f"keys needs at least 3 rows for a PCA, got {k.shape[0]}")
+        coords, ratio = pca_2d(k)  # PCA on all keys, then subsample for drawing
     labels = _labels(labels, k.shape[0], "labels") if labels is not None else [f"key {i}" for i in range(k.shape[0])]
-    coords, ratio = pca_2d(k)  # PCA on all keys, then subsample for drawing
     idx = np.arange(k.shape[0])
     others = idx[~s]
     if others.size > max_points:
@@ -333,7 +347,7 @@ def key_manifold_view(
     keep = np.concatenate([others, idx[s]])
     norms = np.linalg.norm(k, axis=1)
     groups = [1 if s[i] else 0 for i in keep]
-    tips = [f"{labels[i]}: PC1 {fmt(coords[i, 0])}, PC2 {fmt(coords[i, 1])}, ‖k‖ {fmt(norms[i])}" for i in keep]
+    tips = [f"{labels[i]}: PC1 {fmt(coords[i, 0])}, PC2 {fmt(coords[i, 1])}" + ("" if projected else f", ‖k‖ {fmt(norms[i])}") for i in keep]
     svg = scatter_svg(
         coords[keep, 0],
         coords[keep, 1],
@@ -341,22 +355,24 @@ def key_manifold_view(
         list(names),
         [OTHER_COLOR, SINK_COLOR],
         tips,
-        xlabel=f"PC1 ({100 * ratio[0]:.0f}% of variance)",
-        ylabel=f"PC2 ({100 * ratio[1]:.0f}% of variance)",
+        xlabel="PC1" if ratio is None else f"PC1 ({100 * ratio[0]:.0f}% of variance)",
+        ylabel="PC2" if ratio is None else f"PC2 ({100 * ratio[1]:.0f}% of variance)",
         radius=[4.5 if s[i] else 2.8 for i in keep],
     )
     rows = []
     mean_other = k[~s].mean(axis=0) if (~s).any() else None
     for name, m in ((names[1], s), (names[0], ~s)):
         if m.any():
-            r = {"keys": name, "n": int(m.sum()), "mean ‖k‖": float(norms[m].mean()), "mean PC1": float(coords[m, 0].mean())}
-            if mean_other is not None:
+            r = {"keys": name, "n": int(m.sum()), "mean PC1": float(coords[m, 0].mean()), "mean PC2": float(coords[m, 1].mean())}
+            if not projected:
+                r["mean ‖k‖"] = float(norms[m].mean())
+            if mean_other is not None and not projected:
                 c = k[m] @ mean_other / (norms[m] * (np.linalg.norm(mean_other) or 1.0) + 1e-12)
                 r["mean cos(k, mean other key)"] = float(c.mean())
             rows.append(r)
     note = "" if others.size == (~s).sum() else f'<p class="si-note">{others.size} of {(~s).sum()} other-token keys drawn.</p>'
     return View(
-        [svg, html_table(rows, fmt={"mean ‖k‖": ".2f", "mean PC1": ".2f", "mean cos(k, mean other key)": ".3f"}), note],
+        [svg, html_table(rows, fmt={"mean ‖k‖": ".2f", "mean PC1": ".2f", "mean PC2": ".2f", "mean cos(k, mean other key)": ".3f"}), note],
         title=title or (f"Key manifold of {head}" if head else "Key manifold"),
         caption=caption
         or "Keys projected on their two main principal components: if the sink token's keys (red) sit apart from "
@@ -511,4 +527,74 @@ def training_curves(
         caption=caption or f"Each panel is one metric logged during training, against {x}; hover a point for its value.",
         kind="training",
         readout=True,
+    )
+
+
+# --------------------------------------------------------------------------- trace chain
+#: the numbers shown in each link's box (all others are in its "all numbers" list)
+TRACE_HEADLINES: dict[str, tuple[str, ...]] = {
+    "spike": ("pos", "top_value", "ratio", "h_norm_ratio"),
+    "writer": ("writer_layer", "writer_component", "writer_share"),
+    "gated_mlp": ("layer", "top_share", "eig_ratio"),
+    "norm": ("scale_ratio", "cos_sink", "share_sink"),
+    "wk": ("k_sink_cos", "share_spike_dims", "n_dims_90"),
+    "rope": ("cos_sink", "cos_other", "alpha"),
+    "manifold": ("angle", "sink_spread", "value_norm_ratio"),
+}
+TRACE_TITLES: dict[str, str] = {
+    "spike": "massive activation at the sink",
+    "writer": "who writes the spike",
+    "gated_mlp": "gated MLP as a quadratic form",
+    "norm": "norm: spike → near-constant sparse vector",
+    "wk": "gain and W_K: → sink key",
+    "rope": "RoPE: q·k_sink after rotation",
+    "manifold": "sink key on its own manifold",
+}
+
+
+def trace_chain_view(
+    links: Sequence[tuple[str, Mapping[str, Any], Mapping[str, str]]],
+    skipped: Mapping[str, str] | None = None,
+    *,
+    headlines: Mapping[str, Sequence[str]] | None = None,
+    title: str | None = None,
+    caption: str | None = None,
+) -> View:
+    """The mechanism as a chain of boxes, spike → norm → W_K → RoPE → sink key, each with its key numbers.
+
+    Args:
+        links: ``(name, {number: value}, {number: how to read it})`` per link, in chain order.
+        skipped: ``{link name: why it was not traced}``.
+        headlines: numbers to show in each box (default :data:`TRACE_HEADLINES`; else the first three).
+
+    Example:
+        >>> v = trace_chain_view([("spike", {"pos": 0, "ratio": 1200.0}, {"ratio": "medians"}), ("norm", {"scale_ratio": 30.0}, {})])
+        >>> v._repr_html_().count('class="si-link"')
+        2
+    """
+    heads = dict(TRACE_HEADLINES, **(headlines or {}))
+    boxes = []
+    for i, (name, numbers, docs) in enumerate(links):
+        show = [k for k in heads.get(name, ()) if k in numbers] or list(numbers)[:3]
+
+        def line(k: str) -> str:
+            v = numbers[k]
+            txt = fmt(v, 4) if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) else str(v)
+            return f'<div title="{esc(docs.get(k, ""))}"><span class="si-note">{esc(k)}</span> <b>{esc(txt)}</b></div>'
+
+        rest = "".join(line(k) for k in numbers if k not in show)
+        more = f"<details><summary class=\"si-note\">all numbers</summary>{rest}</details>" if rest else ""
+        arrow = '<div class="si-arrow">→</div>' if i < len(links) - 1 else ""
+        boxes.append(
+            f'<div class="si-link" data-link="{esc(name)}"><h4>{esc(name)}</h4>'
+            f'<p class="si-note">{esc(TRACE_TITLES.get(name, ""))}</p>{"".join(line(k) for k in show)}{more}</div>{arrow}'
+        )
+    skip = ""
+    if skipped:
+        skip = '<p class="si-note">Not traced: ' + "; ".join(f"{esc(k)} ({esc(v)})" for k, v in skipped.items()) + "</p>"
+    return View(
+        ['<div class="si-chain">', *boxes, "</div>", skip],
+        title=title or "Trace: from the massive activation to the sink key",
+        caption=caption or "Each box is one link of the mechanism with its key numbers (hover a number for how to read it).",
+        kind="trace",
     )

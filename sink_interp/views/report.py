@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import importlib.util
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .._internal import hooknames
@@ -26,7 +23,7 @@ from ..capture import Reducer
 from ._page import View, circuitsvis_version, esc, html_table, section
 from ._svg import bars_svg, fmt
 from .attention import alpha_tokens_view, attention_view, find_sink_positions, token_strings
-from .figures import effect_bars, head_heatmap, key_manifold_view, massive_activation_view, training_curves
+from .figures import head_heatmap, key_manifold_view, massive_activation_view
 
 
 # --------------------------------------------------------------------------- SinkReport
@@ -111,42 +108,6 @@ def sink_report_view(report: Any, k: int = 1, top: int = 10) -> View:
 def sink_report_html(report: Any) -> str:
     """HTML of :func:`sink_report_view` (what ``SinkReport._repr_html_`` shows in notebooks)."""
     return sink_report_view(report)._repr_html_()
-
-
-# --------------------------------------------------------------------------- adapters
-ADAPTERS: dict[str, Callable[..., View]] = {"SinkReport": sink_report_view}
-
-
-def register_view(class_name: str, fn: Callable[..., View]) -> None:
-    """Make :func:`view_for` draw objects of class ``class_name`` with ``fn(obj, **kw)``."""
-    ADAPTERS[class_name] = fn
-
-
-def view_for(obj: Any, **kw: Any) -> View:
-    """The matching view for a result: a report dataclass, a ``metrics.jsonl`` path, an effect table.
-
-    Example:
-        >>> view_for([{"step": 0, "val_loss": 3.0}, {"step": 10, "val_loss": 2.5}]).kind
-        'training'
-    """
-    if isinstance(obj, View):
-        return obj
-    for cls in type(obj).__mro__:
-        if cls.__name__ in ADAPTERS:
-            return ADAPTERS[cls.__name__](obj, **kw)
-    if isinstance(obj, (str, Path)) and str(obj).endswith(".jsonl"):
-        return training_curves(obj, **kw)
-    if isinstance(obj, (list, tuple)) and obj and isinstance(obj[0], dict):
-        obj = pd.DataFrame(list(obj))
-    if isinstance(obj, pd.DataFrame):
-        if "step" in obj.columns:
-            return training_curves(obj, **kw)
-        if "intervention" in obj.columns:
-            return effect_bars(obj, **kw)
-    raise ValueError(
-        f"no view for {type(obj).__name__}; known: {sorted(ADAPTERS)}, a metrics.jsonl path, "
-        "a DataFrame with a 'step' (training) or 'intervention' (effects) column"
-    )
 
 
 # --------------------------------------------------------------------------- report data
