@@ -93,8 +93,13 @@ def test_tiny_report_draws_every_widget_offline(chromium, tiny_report, artifacts
     assert p.locator("script[data-si='circuitsvis-bundle']").count() == 1
     assert p.locator("div.si-cv").count() == page.n_widgets == 3
     assert p.evaluate("document.querySelectorAll('div.si-cv[data-si-done]').length") == 3
-    for kind in ("sink-summary", "layer-rates", "attention", "alpha-tokens", "massive", "manifold", "pending", "provenance"):
+    for kind in ("sink-summary", "layer-rates", "attention", "alpha-tokens", "massive", "manifold", "provenance"):
         assert p.locator(f'figure[data-kind="{kind}"]').count() >= 1, kind
+    # trace and interventions: drawn when their modules are installed, else a marked placeholder
+    for anchor, kind in (("trace", "trace"), ("effects", "effects")):
+        assert p.locator(f"#{anchor}").count() == 1
+        drawn = p.locator(f'figure[data-kind="{kind}"]').count()
+        assert drawn >= 1 or p.locator('figure[data-kind="pending"]').count() >= 1, anchor
     assert p.locator('figure[data-kind="manifold"] circle.si-pt').count() == 6 * 16
     # every figure is drawn: each SVG has a non-empty box, each widget has canvases or tokens
     boxes = p.evaluate("Array.from(document.querySelectorAll('figure svg')).map(s => {const r = s.getBoundingClientRect(); return [r.width, r.height];})")
@@ -159,6 +164,43 @@ def test_hostile_token_strings_stay_text(chromium, crafted_page):
     text = p.locator('div.si-cv[data-component="ColoredTokensMulti"]').inner_text().replace("\xa0", " ")
     assert "\u2039bos\u203a" in text and "\u2039img src=x" in text and "a & b" in text
     assert_offline_and_clean(o)
+    o.page.close()
+
+
+# --------------------------------------------------------------------------- the SVG figures
+def test_svg_figures_draw_and_read_out_on_hover(chromium, tmp_path, artifacts):
+    from sink_interp.views import concat, effect_bars, key_manifold_view, massive_activation_view, trace_chain_view, training_curves
+
+    rng = np.random.default_rng(0)
+    dm = np.abs(rng.normal(size=(6, 32)))
+    dm[3:, 7] = 4000.0
+    keys = rng.normal(size=(120, 8))
+    keys[:6] = 9.0
+    page = concat(
+        massive_activation_view(dm, np.abs(rng.normal(size=(6, 10))) + 1, tokens=[f"t{i}" for i in range(10)], median=np.ones(6)),
+        key_manifold_view(keys, np.arange(120) < 6),
+        effect_bars([{"intervention": "none", "delta_loss": 0.0}, {"intervention": "zero sink V", "delta_loss": 0.8}]),
+        training_curves({"softmax": [{"step": s, "val_loss": 4 - s / 50, "sink_rate": s / 2} for s in range(0, 100, 10)],
+                         "sigmoid": [{"step": s, "val_loss": 4.2 - s / 60, "sink_rate": 0.0} for s in range(0, 100, 10)]}),
+        trace_chain_view([("spike", {"pos": 0, "ratio": 1200.0}, {"ratio": "medians"}), ("norm", {"scale_ratio": 30.0}, {})]),
+    )
+    path = page.save(tmp_path / "figures.html")
+    o = open_offline(chromium, path)
+    assert_offline_and_clean(o)
+    p = o.page
+    assert p.locator("script[data-si='circuitsvis-bundle']").count() == 0  # no widget, no bundle
+    boxes = p.evaluate("Array.from(document.querySelectorAll('figure svg')).map(s => {const r = s.getBoundingClientRect(); return [r.width, r.height];})")
+    assert len(boxes) == 6 and all(w > 100 and h > 60 for w, h in boxes)
+    for kind, mark, expect in (
+        ("massive", 'rect.si-cell[data-dim="7"][data-layer="4"]', "layer 4, dim 7: max |x| = 4,000 = 4,000× median"),
+        ("effects", "rect.si-bar >> nth=1", "zero sink V: delta_loss = 0.8"),
+        ("manifold", 'circle.si-pt[data-group="sink token"] >> nth=-1', "key 5: PC1"),
+        ("training", "circle.si-pt >> nth=3", "softmax: step 30, val_loss 3.4"),
+    ):
+        p.locator(f'figure[data-kind="{kind}"] {mark}').hover()
+        assert p.locator(f'figure[data-kind="{kind}"] .si-readout').inner_text().startswith(expect), kind
+    assert p.locator('figure[data-kind="training"] polyline.si-line').count() == 4
+    shoot(o, artifacts / "figures.png")
     o.page.close()
 
 

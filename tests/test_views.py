@@ -31,9 +31,11 @@ from sink_interp.views import (
     massive_activation_view,
     safe_token,
     sink_report_view,
+    trace_chain_view,
     training_curves,
     view_for,
 )
+from sink_interp.views.adapters import effect_report_view, massive_report_view, trace_report_view, train_result_view
 from sink_interp.views.report import _ResidStats
 
 from .reference import hf_attentions
@@ -341,3 +343,90 @@ def test_cli_report_tiny(tmp_path, capsys):
     assert "sink-interp report --model tiny-mha" in text
     assert "wrote" in capsys.readouterr().out
     assert main(["report", "--model", "tiny-mha", "--eps", "2", "--out", str(out)]) == 2
+
+
+# --------------------------------------------------------------------------- adapters (duck-typed result objects)
+class _Link:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+    def to_dict(self):
+        return dict(self.__dict__)
+
+    def docs(self):
+        return {k: f"how to read {k}" for k in self.__dict__}
+
+
+class MassiveReport:  # the adapters key on the class name; fields as in issue 3's MassiveReport
+    def __init__(self):
+        n, L, k, T = 2, 3, 2, 5
+        self.top_abs = np.zeros((n, L, k))
+        self.top_dim = np.zeros((n, L, k), dtype=int)
+        self.top_abs[1, 2] = [900.0, 4.0]
+        self.top_dim[1, 2] = [6, 1]
+        self.top_abs[0, 0] = [3.0, 2.0]
+        self.top_dim[0, 0] = [2, 6]
+        self.h_norm = np.arange(n * L * T, dtype=float).reshape(n, L, T) + 1
+        self.layer_median = np.array([1.0, 1.0, 0.5])
+        self.abs_threshold, self.ratio_threshold = 100.0, 1000.0
+        self.model, self.model_info = "m", {"d_model": 8, "n_heads": 2}
+
+
+class TraceReport:
+    def __init__(self):
+        self.layer, self.head, self.kv_head, self.sink_pos, self.model = 2, 1, 0, 0, "m"
+        self.model_info = {"n_heads": 2}
+        self.links = {
+            "spike": _Link(pos=0, top_value=900.0, ratio=1800.0, h_norm_ratio=30.0, dims=[6]),
+            "rope": _Link(cos_sink=[0.1, 0.7], cos_other=[0.0, -0.2], alpha=[0.2, 0.95]),
+        }
+        self.skipped = {"gated_mlp": "the model has no gated MLP"}
+        self.key_pca = {"sink": np.array([[5.0, 1.0], [5.1, 1.0]]), "other": np.array([[0.0, 0.0], [1.0, -1.0], [-1.0, 0.5]])}
+        self.massive = MassiveReport()
+
+
+class EffectReport:
+    n, length, model = 4, 16, "m"
+
+    def to_frame(self):
+        return pd.DataFrame({"label": ["clean", "mask"], "loss": [3.0, 3.5], "delta_loss": [0.0, 0.5], "kl": [0.0, 0.2], "Sink_1": [70.0, 0.0], "score": ["softmax"] * 2})
+
+
+class TrainResult:
+    config = {"name": "bb-softmax"}
+
+    def to_frame(self):
+        return pd.DataFrame({"step": [0, 10, 20], "val_loss": [5.0, 4.0, 3.5], "sink_rate": [0.0, 10.0, 40.0], "mean_alpha1": [0.1, 0.2, 0.4]})
+
+
+def test_massive_report_adapter_rebuilds_dim_maxima_from_top_k():
+    html = view_for(MassiveReport())._repr_html_()
+    got = {(int(c["data-layer"]), int(c["data-dim"])): float(c["data-value"]) for c in cells(html) if "data-dim" in c}
+    assert got[(2, 6)] == 900.0 and got[(0, 2)] == 3.0 and got[(0, 6)] == 2.0 and got[(1, 6)] == 0.0
+    tok = {(int(c["data-layer"]), int(c["data-pos"])): float(c["data-value"]) for c in cells(html) if "data-pos" in c}
+    h = MassiveReport().h_norm.mean(axis=0)
+    assert all(tok[(l, p)] == pytest.approx(h[l, p]) for l in range(3) for p in range(5))
+    assert "mean ‖h‖" in html and massive_report_view(MassiveReport()).kind == "massive"
+
+
+def test_trace_adapter_chain_pca_and_massive():
+    v = view_for(TraceReport())
+    html = v._repr_html_()
+    assert html.count('class="si-link"') == 2 and 'data-kind="trace"' in html
+    # the rope link's per-head lists are shown for the traced head (1)
+    assert re.search(r'data-link="rope".*?cos_sink</span> <b>0.7</b>', html, flags=re.S)
+    assert 'title="how to read ratio"' in html and "gated_mlp (the model has no gated MLP)" in html
+    assert html.count('data-group="sink keys (pos 0)"') == 2 and 'data-kind="massive"' in html
+    assert 'data-kind="massive"' not in trace_report_view(TraceReport(), massive=False)._repr_html_()
+    chain = trace_chain_view([("norm", {"scale_ratio": 30.0, "kind": "RMSNorm"}, {})])._repr_html_()
+    assert "scale_ratio</span> <b>30</b>" in chain
+
+
+def test_effect_and_training_adapters():
+    html = view_for(EffectReport())._repr_html_()
+    bars = re.findall(r'<rect class="si-bar"[^>]*data-value="([^"]+)"', html)
+    assert [float(b) for b in bars] == [0.0, 0.5, 0.0, 0.2, 70.0, 0.0]
+    assert effect_report_view(EffectReport()).kind == "effects"
+    t = view_for(TrainResult())
+    assert t.kind == "training" and "bb-softmax" in t.title and t._repr_html_().count('class="si-line"') == 3
+    assert train_result_view(TrainResult()).kind == "training"

@@ -253,7 +253,7 @@ def scatter_svg(
     """Scatter plot with a legend; points are ``<circle class="si-pt">`` (later groups drawn on top)."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    legend_w = 40 + 6.5 * max((len(n) for n in group_names), default=8)
+    legend_w = 40 + 6.5 * (max((len(n) for n in group_names), default=8) + 8)  # "name (count)"
     left, right, top, bottom = 58, legend_w, 12, 44
     width = max(width, 400 + legend_w)
     pw, ph = width - left - right, height - top - bottom

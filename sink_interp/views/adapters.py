@@ -47,14 +47,14 @@ def massive_report_view(rep: Any, top: int = 12) -> View:
         stage=f"residual stream entering each block (hook_resid_pre; {rep.model}, {n} inputs; each sample's top-{top_abs.shape[2]} entries)",
         token_value_name="mean ‖h‖",
         caption=(
-            f"Largest |x| entering each block by hidden dimension, and the mean residual norm ‖h‖ of each token (log colour); "
+            f"Largest |x| entering each block by hidden dimension (grey: in no sample's top-{top_abs.shape[2]}), and the mean residual norm ‖h‖ of each token (log colour); "
             f"massive = |x| > {float(rep.abs_threshold):g} and ≥ {float(rep.ratio_threshold):g}× the median |x| (Sun et al. 2024)."
         ),
     )
 
 
-def trace_report_view(rep: Any) -> View:
-    """A ``TraceReport`` (issue 3): the chain of links, the key PCA it stored, and its massive activations."""
+def trace_report_view(rep: Any, massive: bool = True, keys: bool = True) -> View:
+    """A ``TraceReport`` (issue 3): the chain of links, (``keys``) the key PCA it stored, and (``massive``) its massive activations."""
     n_heads = int((rep.model_info or {}).get("n_heads") or 0)
     links = []
     for name, link in rep.links.items():
@@ -75,7 +75,7 @@ def trace_report_view(rep: Any) -> View:
         )
     ]
     pca = getattr(rep, "key_pca", None) or {}
-    if "sink" in pca and "other" in pca and len(pca["sink"]) and len(pca["other"]):
+    if keys and "sink" in pca and "other" in pca and len(pca["sink"]) and len(pca["other"]):
         s, o = np.asarray(pca["sink"], dtype=float), np.asarray(pca["other"], dtype=float)
         parts.append(
             key_manifold_view(
@@ -86,7 +86,7 @@ def trace_report_view(rep: Any) -> View:
                 head=f"layer {rep.layer}, KV head {rep.kv_head}",
             )
         )
-    if getattr(rep, "massive", None) is not None:
+    if massive and getattr(rep, "massive", None) is not None:
         parts.append(massive_report_view(rep.massive))
     return concat(*parts)
 

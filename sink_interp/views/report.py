@@ -285,49 +285,76 @@ def _massive_section(ctx: ReportContext) -> View | None:
     )
 
 
-def pending(title: str, what: str, needs: str, anchor: str) -> View:
-    """A clearly marked placeholder section for results whose module is not in this build."""
-    box = View(
-        [f'<p>Not in this report: <code>{esc(needs)}</code> is not available in this build of sink_interp. {esc(what)}</p>'],
-        title="Not measured in this build",
-        caption="This section is filled automatically once the module is installed; nothing was measured for it.",
-        kind="pending",
-    )
+def pending(title: str, what: str, needs: str, anchor: str, error: str | None = None) -> View:
+    """A clearly marked placeholder section for results whose module is not in this build (or failed)."""
+    if error is None:
+        text = f"Not in this report: <code>{esc(needs)}</code> is not available in this build of sink_interp. {esc(what)}"
+        head = "Not measured in this build"
+        cap = "This section is filled automatically once the module is installed; nothing was measured for it."
+    else:
+        text = f"<code>{esc(needs)}</code> raised an error, so this section is empty: <code>{esc(error)}</code>. {esc(what)}"
+        head = "Could not be computed"
+        cap = "The rest of the report is unaffected; run the analysis on its own to see the full error."
+    box = View([f"<p>{text}</p>"], title=head, caption=cap, kind="pending")
     return section(title, None, [box], anchor=anchor)
 
 
+def _available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # pragma: no cover
+        return False
+
+
+TRACE_TITLE = "4. Trace chain: spike → norm → W_K → RoPE → sink key"
+EFFECTS_TITLE = "5. Intervention effects"
+
+
 def _trace_section(ctx: ReportContext) -> View | None:
-    if importlib.util.find_spec("sink_interp.trace") is None:
-        return pending(
-            "4. Trace chain: spike → norm → W_K → RoPE → sink key",
-            "It will show which MLP/attention writes the spike and how it becomes the sink key.",
-            "sink_interp.trace (issue 3)",
-            "trace",
-        )
-    # TODO(issue 3 lands): view_for(trace(ctx.model, ctx.tokens, ...)) -- see register_view
-    return pending(
-        "4. Trace chain: spike → norm → W_K → RoPE → sink key",
-        "sink_interp.trace exists but its report view is not wired yet.",
-        "views.report._trace_section",
-        "trace",
-    )
+    """The trace of the strongest sink head (issue 3's ``trace_sink``), when that module is installed."""
+    what = "It shows which MLP/attention writes the spike and how the norm, W_K and RoPE turn it into the sink key."
+    if not _available("sink_interp.trace"):
+        return pending(TRACE_TITLE, what, "sink_interp.trace (issue 3)", "trace")
+    from .adapters import trace_report_view
+
+    layer, head = ctx.top_heads[0]
+    n = int(ctx.extras.get("n_detail", 16))
+    try:
+        from ..trace import trace_sink
+
+        t0 = time.perf_counter()
+        rep = trace_sink(ctx.model, ctx.tokens[:n], layer=layer, head=head, progress=False)
+        ctx.timings["trace"] = time.perf_counter() - t0
+        view = trace_report_view(rep, massive=False, keys=False)  # both are in section 3 already
+    except Exception as e:  # the report still renders; the box says what failed
+        return pending(TRACE_TITLE, what, f"trace_sink(layer={layer}, head={head})", "trace", error=f"{type(e).__name__}: {e}")
+    return section(TRACE_TITLE, f"Traced at the strongest sink head L{layer}H{head} on the first {n} inputs.", [view], anchor="trace")
 
 
 def _effects_section(ctx: ReportContext) -> View | None:
-    if importlib.util.find_spec("sink_interp.interventions") is None:
-        return pending(
-            "5. Intervention effects",
-            "It will show how zeroing the sink's values, masking the sink, ablating massive dims, etc. change loss and the sinks.",
-            "sink_interp.interventions (issue 4)",
-            "effects",
-        )
-    # TODO(issue 4 lands): view_for(intervention_effects(ctx.model, ctx.tokens, ...))
-    return pending(
-        "5. Intervention effects",
-        "sink_interp.interventions exists but its report view is not wired yet.",
-        "views.report._effects_section",
-        "effects",
-    )
+    """Standard interventions on the sink (issue 4's ``compare``), when that module is installed."""
+    what = "It shows how zeroing the sink's values, masking the sink and ablating the massive dims change loss and the sinks."
+    if not (_available("sink_interp.effects") and _available("sink_interp.interventions")):
+        return pending(EFFECTS_TITLE, what, "sink_interp.interventions (issue 4)", "effects")
+    n = int(ctx.extras.get("n_detail", 16))
+    try:
+        from ..effects import compare
+        from ..interventions import AblateDims, MaskKey, ZeroValue
+        from .adapters import effect_report_view
+
+        items: dict[str, Any] = {"zero the sink's values": ZeroValue(), "mask the sink, renormalise": MaskKey()}
+        if ctx.resid is not None:
+            dm = ctx.resid["dim_max"]
+            dim = int(np.unravel_index(np.argmax(dm), dm.shape)[1])
+            items[f"zero massive dim {dim} at the sink"] = AblateDims([dim])
+            items[f"mean-ablate dim {dim} at the sink"] = AblateDims([dim], mode="mean")
+        t0 = time.perf_counter()
+        rep = compare(ctx.model, ctx.tokens[:n], items, eps=ctx.eps, progress=False)
+        ctx.timings["interventions"] = time.perf_counter() - t0
+        view = effect_report_view(rep)
+    except Exception as e:
+        return pending(EFFECTS_TITLE, what, "compare(...) of sink_interp.effects", "effects", error=f"{type(e).__name__}: {e}")
+    return section(EFFECTS_TITLE, f"Each intervention acts on the sink token (position 0) in every layer, on the first {n} inputs.", [view], anchor="effects")
 
 
 def _provenance_section(ctx: ReportContext) -> View:
@@ -435,12 +462,14 @@ def build_report(
 def layout_report(ctx: ReportContext, sections: Sequence[Callable[[ReportContext], View | None]] | None = None) -> View:
     """Lay out the report page from measured data (``build_report`` = measure + this)."""
     t2 = time.perf_counter()
+    measured_before = sum(ctx.timings.values())
     parts: list[View] = []
     for fn in sections if sections is not None else REPORT_SECTIONS:
         v = fn(ctx)
         if v is not None:
             parts.append(v)
-    ctx.timings["layout"] = time.perf_counter() - t2
+    measured_in_sections = sum(ctx.timings.values()) - measured_before  # trace / interventions
+    ctx.timings["layout"] = time.perf_counter() - t2 - measured_in_sections
     r = ctx.report
     toc = " · ".join(
         f'<a href="#{a}">{esc(t)}</a>'
