@@ -60,10 +60,12 @@ def head_heatmap(
 
     Args:
         values: ``[layers, heads]`` array (numpy, torch, or a DataFrame indexed by layer).
-        layers, heads: row / column labels (default ``0..n-1``; a DataFrame's index / columns).
+        layers: row labels (default ``0..n-1``; a DataFrame's index).
+        heads: column labels (default ``0..n-1``; a DataFrame's columns).
         value_name: what a cell shows (legend and hover text).
         extra: more ``[layers, heads]`` arrays shown on hover, e.g. ``{"sink rate %": rates}``.
-        vmin, vmax: colour range (default 0 .. max).
+        vmin: bottom of the colour range (default 0).
+        vmax: top of the colour range (default: the largest value).
         highlight: ``(layer, head)`` pairs to outline.
 
     Example:
@@ -161,7 +163,8 @@ def massive_activation_view(
         tokens: the ``T`` token strings for the token panel's axis.
         median: ``[layers]`` median ``|x|`` (for the "x times the median" in the hover text).
         top: how many dims (ranked by their largest value over layers) to show.
-        threshold, ratio: the Sun et al. (2024) criterion, ``|x| > threshold`` and ``ratio`` x the median.
+        threshold: the Sun et al. (2024) criterion's size, ``|x| > threshold``.
+        ratio: and its ratio, ``|x| >= ratio`` x the median.
         stage: where the values were read (for the caption).
         token_value_name: what ``token_max`` holds when it is not the max ``|x|`` (e.g. ``"mean ‖h‖"``);
             the token panel then gets its own colour scale.
