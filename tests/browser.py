@@ -12,10 +12,11 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 FLAGS = [
     "--headless",
@@ -118,7 +119,7 @@ def browser(viewport: tuple[int, int] = (1280, 900)) -> Iterator[Any]:
         shutil.rmtree(user_dir, ignore_errors=True)
 
 
-def screenshot(opened: "Opened", path: str | Path, width: int = 1280, settle_ms: int = 600) -> Path:
+def screenshot(opened: Opened, path: str | Path, width: int = 1280, settle_ms: int = 600) -> Path:
     """Full-page screenshot without Playwright's full_page mode.
 
     ``full_page=True`` resizes the viewport during the capture; chart.js (inside CircuitsVis)

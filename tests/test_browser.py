@@ -156,7 +156,7 @@ def test_clicking_another_head_changes_the_zoomed_view(chromium, crafted_page, a
 
 
 def test_hostile_token_strings_stay_text(chromium, crafted_page):
-    path, toks = crafted_page
+    path, _ = crafted_page
     o = open_offline(chromium, path)
     p = o.page
     assert p.evaluate("window.__pwned") is None
@@ -169,7 +169,14 @@ def test_hostile_token_strings_stay_text(chromium, crafted_page):
 
 # --------------------------------------------------------------------------- the SVG figures
 def test_svg_figures_draw_and_read_out_on_hover(chromium, tmp_path, artifacts):
-    from sink_interp.views import concat, effect_bars, key_manifold_view, massive_activation_view, trace_chain_view, training_curves
+    from sink_interp.views import (
+        concat,
+        effect_bars,
+        key_manifold_view,
+        massive_activation_view,
+        trace_chain_view,
+        training_curves,
+    )
 
     rng = np.random.default_rng(0)
     dm = np.abs(rng.normal(size=(6, 32)))

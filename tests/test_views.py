@@ -16,7 +16,6 @@ import torch
 from sink_interp import measure_sinks
 from sink_interp._internal import hooknames
 from sink_interp.views import (
-    View,
     alpha_tokens_view,
     attention_patterns_for,
     attention_view,
@@ -35,7 +34,12 @@ from sink_interp.views import (
     training_curves,
     view_for,
 )
-from sink_interp.views.adapters import effect_report_view, massive_report_view, trace_report_view, train_result_view
+from sink_interp.views.adapters import (
+    effect_report_view,
+    massive_report_view,
+    trace_report_view,
+    train_result_view,
+)
 from sink_interp.views.report import _ResidStats
 
 from .reference import hf_attentions
@@ -55,7 +59,7 @@ def causal(H: int, T: int, sink: float = 0.0, seed: int = 0) -> np.ndarray:
 def cells(html: str, kind: str | None = None) -> list[dict[str, str]]:
     """Attributes of every heat-map cell (optionally inside the figure of data-kind `kind`)."""
     if kind is not None:
-        m = re.search(rf'<figure class="si-fig" data-kind="{kind}".*?</figure>', html, flags=re.S)
+        m = re.search(rf'<figure class="si-fig" data-kind="{kind}".*?</figure>', html, flags=re.DOTALL)
         assert m, f"no figure of kind {kind}"
         html = m.group(0)
     out = []
@@ -65,7 +69,7 @@ def cells(html: str, kind: str | None = None) -> list[dict[str, str]]:
 
 
 def props_of(html: str) -> list[dict]:
-    return [json.loads(p) for p in re.findall(r'<script type="application/json">(.*?)</script>', html, flags=re.S)]
+    return [json.loads(p) for p in re.findall(r'<script type="application/json">(.*?)</script>', html, flags=re.DOTALL)]
 
 
 # --------------------------------------------------------------------------- offline page mechanics
@@ -414,7 +418,7 @@ def test_trace_adapter_chain_pca_and_massive():
     html = v._repr_html_()
     assert html.count('class="si-link"') == 2 and 'data-kind="trace"' in html
     # the rope link's per-head lists are shown for the traced head (1)
-    assert re.search(r'data-link="rope".*?cos_sink</span> <b>0.7</b>', html, flags=re.S)
+    assert re.search(r'data-link="rope".*?cos_sink</span> <b>0.7</b>', html, flags=re.DOTALL)
     assert 'title="how to read ratio"' in html and "gated_mlp (the model has no gated MLP)" in html
     assert html.count('data-group="sink keys (pos 0)"') == 2 and 'data-kind="massive"' in html
     assert 'data-kind="massive"' not in trace_report_view(TraceReport(), massive=False)._repr_html_()

@@ -14,7 +14,24 @@ Example:
     0
 """
 
-from ._page import View, Widget, circuitsvis_bundle, concat, json_for_html, safe_token, section
+from ._page import (
+    View,
+    Widget,
+    circuitsvis_bundle,
+    concat,
+    json_for_html,
+    safe_token,
+    section,
+)
+from .adapters import (
+    ADAPTERS,
+    effect_report_view,
+    massive_report_view,
+    register_view,
+    trace_report_view,
+    train_result_view,
+    view_for,
+)
 from .attention import (
     alpha_from_pattern,
     alpha_tokens_view,
@@ -34,15 +51,15 @@ from .figures import (
     trace_chain_view,
     training_curves,
 )
-from .report import REPORT_SECTIONS, ReportContext, build_report, layer_rate_view, layout_report, pending, sink_report_html, sink_report_view
-from .adapters import (  # noqa: E402  (after .report: the adapters use its views)
-    ADAPTERS,
-    effect_report_view,
-    massive_report_view,
-    register_view,
-    trace_report_view,
-    train_result_view,
-    view_for,
+from .report import (
+    REPORT_SECTIONS,
+    ReportContext,
+    build_report,
+    layer_rate_view,
+    layout_report,
+    pending,
+    sink_report_html,
+    sink_report_view,
 )
 
 __all__ = [

@@ -22,10 +22,11 @@ from __future__ import annotations
 import html
 import json
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, Union
 
 from .._internal.provenance import to_jsonable, write_atomic
 
@@ -264,7 +265,7 @@ class View:
         """How many CircuitsVis widgets the view holds."""
         return sum(isinstance(p, Widget) for p in self.walk())
 
-    def __add__(self, other: "View") -> "View":
+    def __add__(self, other: View) -> View:
         if not isinstance(other, View):
             return NotImplemented
         return View([self, other], figure=False)

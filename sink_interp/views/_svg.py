@@ -9,7 +9,8 @@ with or without JavaScript.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -127,7 +128,7 @@ def _colorbar(x: float, y: float, h: float, vmin: float, vmax: float, palette: S
         lo, hi = math.floor(math.log10(max(vmin, 1e-12))), math.ceil(math.log10(max(vmax, 1e-12)))
         ticks = [10.0**e for e in range(lo, hi + 1) if vmin <= 10.0**e <= vmax]
         if len(ticks) < 2:
-            ticks = sorted(set([vmin, *ticks, vmax]))
+            ticks = sorted({vmin, *ticks, vmax})
     else:
         ticks = [t for t in nice_ticks(vmin, vmax, 4) if vmin - 1e-12 <= t <= vmax + 1e-12] or [vmin, vmax]
     for t in ticks:

@@ -12,14 +12,21 @@ The result classes' ``_repr_html_`` can simply be::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ._page import View, concat
-from .figures import effect_bars, key_manifold_view, massive_activation_view, trace_chain_view, training_curves
+from .figures import (
+    effect_bars,
+    key_manifold_view,
+    massive_activation_view,
+    trace_chain_view,
+    training_curves,
+)
 from .report import sink_report_view
 
 

@@ -8,7 +8,8 @@ per call and probes the internet in ``_repr_html_``).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -7,15 +7,25 @@ They take plain arrays / DataFrames, so they work with any result object;
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ._page import View, esc, html_table
-from ._svg import BLUES, HEAT, OTHER_COLOR, SINK_COLOR, bars_svg, fmt, heatmap_svg, lines_svg, scatter_svg
+from ._svg import (
+    BLUES,
+    HEAT,
+    OTHER_COLOR,
+    SINK_COLOR,
+    bars_svg,
+    fmt,
+    heatmap_svg,
+    lines_svg,
+    scatter_svg,
+)
 
 
 def as_array(x: Any, name: str, ndim: int | None = None) -> np.ndarray:
@@ -580,7 +590,7 @@ def trace_chain_view(
     for i, (name, numbers, docs) in enumerate(links):
         show = [k for k in heads.get(name, ()) if k in numbers] or list(numbers)[:3]
 
-        def line(k: str) -> str:
+        def line(k: str, numbers: Mapping[str, Any] = numbers, docs: Mapping[str, str] = docs) -> str:
             v = numbers[k]
             txt = fmt(v, 4) if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) else str(v)
             return f'<div title="{esc(docs.get(k, ""))}"><span class="si-note">{esc(k)}</span> <b>{esc(txt)}</b></div>'

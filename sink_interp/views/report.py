@@ -12,8 +12,9 @@ from __future__ import annotations
 import importlib.util
 import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,8 +22,13 @@ import torch
 from .._internal import hooknames
 from ..capture import Reducer
 from ._page import View, circuitsvis_version, esc, html_table, section
-from ._svg import bars_svg, fmt
-from .attention import alpha_tokens_view, attention_view, find_sink_positions, token_strings
+from ._svg import bars_svg
+from .attention import (
+    alpha_tokens_view,
+    attention_view,
+    find_sink_positions,
+    token_strings,
+)
 from .figures import head_heatmap, key_manifold_view, massive_activation_view
 
 
