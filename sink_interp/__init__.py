@@ -12,6 +12,20 @@ from .capture import Keep, Reduce, Reducer, attach_hooks, hook_snapshot, run_red
 from .data import probe_tokens
 from .metrics import SinkReport, measure_sinks, sink_alpha
 from .models import ModelInfo, known_models, load_model, model_info, tiny_model
+from .views import (
+    View,
+    alpha_tokens_view,
+    attention_view,
+    build_report,
+    concat,
+    effect_bars,
+    head_heatmap,
+    key_manifold_view,
+    massive_activation_view,
+    show_attention,
+    training_curves,
+    view_for,
+)
 
 __version__ = "0.1.0"
 
@@ -21,14 +35,26 @@ __all__ = [
     "Reduce",
     "Reducer",
     "SinkReport",
+    "View",
+    "alpha_tokens_view",
     "attach_hooks",
+    "attention_view",
+    "build_report",
+    "concat",
+    "effect_bars",
+    "head_heatmap",
     "hook_snapshot",
+    "key_manifold_view",
     "known_models",
     "load_model",
+    "massive_activation_view",
     "measure_sinks",
     "model_info",
     "probe_tokens",
     "run_reducers",
+    "show_attention",
     "sink_alpha",
     "tiny_model",
+    "training_curves",
+    "view_for",
 ]

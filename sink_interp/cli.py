@@ -1,6 +1,7 @@
 """The ``sink-interp`` command.
 
     sink-interp measure --model smollm2-135m --data natural --n 100 --length 64 --eps 0.3 [--bos] [--json OUT]
+    sink-interp report --model smollm2-135m [--data natural] --out report.html
 """
 
 from __future__ import annotations
@@ -41,6 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=cmd_measure)
+
+    r = sub.add_parser("report", help="write one standalone offline HTML page: sink map, top heads, attention, massive activations")
+    _add_model_args(r)
+    _add_data_args(r, n=100, length=64)
+    r.add_argument("--eps", type=float, default=0.3, help="sink threshold in (0, 1) (default 0.3)")
+    r.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
+    r.add_argument("--sample", type=int, default=0, help="which input's attention to show (default 0)")
+    r.add_argument("--n-detail", type=int, default=16, help="inputs used for massive activations and keys (default 16)")
+    r.add_argument("--attention-layers", type=int, default=3, help="layers of the top sink heads that get attention widgets (default 3)")
+    r.add_argument("--batch-size", type=int, default=None, help="samples per forward pass")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_report)
     return parser
 
 
@@ -104,6 +117,40 @@ def cmd_measure(args: argparse.Namespace) -> int:
     if args.json:
         report.to_json(args.json)
         print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import load_model, probe_tokens
+    from ._internal.errors import check_eps, check_positive_int
+    from .views import build_report
+
+    check_eps(args.eps)
+    check_positive_int(args.n_detail, "--n-detail")
+    check_positive_int(args.attention_layers, "--attention-layers")
+    t0 = time.time()
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    tokens = probe_tokens(model, args.data, n=args.n, length=args.length, bos=args.bos, seed=args.seed)
+    t_load = time.time() - t0
+    command = "sink-interp report " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("func", "command", "quiet") and v not in (None, False)
+    )
+    page = build_report(
+        model,
+        tokens,
+        eps=args.eps,
+        sample=args.sample,
+        n_detail=args.n_detail,
+        attention_layers=args.attention_layers,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        command=command.replace("--bos True", "--bos"),
+    )
+    path = page.save(args.out)
+    size = os.path.getsize(path) / 1e6
+    tm = page.meta["timings"]
+    print(f"wrote {path} ({size:.1f} MB, {page.n_widgets} CircuitsVis widgets, bundle inlined once; opens offline)")
+    print(f"load {t_load:.1f}s, " + ", ".join(f"{k} {v:.1f}s" for k, v in tm.items()))
     return 0
 
 
