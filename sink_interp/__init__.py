@@ -10,25 +10,31 @@ Example:
 
 from .capture import Keep, Reduce, Reducer, attach_hooks, hook_snapshot, run_reducers
 from .data import probe_tokens
+from .massive import MassiveReport, massive_activations
 from .metrics import SinkReport, measure_sinks, sink_alpha
 from .models import ModelInfo, known_models, load_model, model_info, tiny_model
+from .trace import TraceReport, trace_sink
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Keep",
+    "MassiveReport",
     "ModelInfo",
     "Reduce",
     "Reducer",
     "SinkReport",
+    "TraceReport",
     "attach_hooks",
     "hook_snapshot",
     "known_models",
     "load_model",
+    "massive_activations",
     "measure_sinks",
     "model_info",
     "probe_tokens",
     "run_reducers",
     "sink_alpha",
     "tiny_model",
+    "trace_sink",
 ]
