@@ -188,6 +188,7 @@ class ManifoldLink(Link):
     angle: float = _doc("degrees between the mean sink key and the other keys' 90% subspace (90 = orthogonal)")
     angle_per_sample: float = _doc("mean over samples of the angle between each sink key and that subspace")
     sink_spread: float = _doc("mean ||k_sink - mean k_sink|| / ||mean k_sink||: ~0 = the sink keys are one point")
+    cos_mean_other: float = _doc("cosine between the mean sink key and the mean of the other keys")
     separation: float = _doc("mean sink key minus mean other key along the PC1 of all keys, in the others' std")
     value_sink_dim90: int = _doc("components the sink values need for 90% of their energy")
     value_other_dim90: int = _doc("components the other values need for 90% of their energy")
@@ -974,12 +975,14 @@ def _manifold_link(r: TraceReducer, kv_head: int, sink: int) -> tuple[ManifoldLi
     pcs = vh[:2].T  # [d, 2]
     ps, po = (ks - mu) @ pcs, (ko - mu) @ pcs
     sep = float((ps[:, 0].mean() - po[:, 0].mean()) / po[:, 0].std().clamp_min(1e-300))
+    mo = ko.mean(0)
+    cos_mo = float(mean_s @ mo / (mean_s.norm() * mo.norm()).clamp_min(1e-300))
     vsh, vsd, vod, vang, _, _ = analyse(r.values)
     vn = r.values.norm(dim=-1)
     vnr = float(vn[:, sink].mean() / vn[:, other].mean().clamp_min(1e-300))
     link = ManifoldLink(
         kv_head=kv_head, sink_pc_share=[float(v) for v in sh[:5]], sink_dim90=sd, other_dim90=od,
-        angle=ang, angle_per_sample=ang_s, sink_spread=spread, separation=abs(sep),
+        angle=ang, angle_per_sample=ang_s, sink_spread=spread, cos_mean_other=cos_mo, separation=abs(sep),
         value_sink_dim90=vsd, value_other_dim90=vod, value_angle=vang, value_norm_ratio=vnr,
     )
     keep = min(len(po), 4096)
@@ -1033,6 +1036,16 @@ def _story(rep: TraceReport) -> str:
             f"1. Spike. No activation passes |x| > {m.abs_threshold:g} and >= {m.ratio_threshold:g}x the median; "
             f"the largest is {_fmt(gm['value'])} entering block {gm['layer']} (pos {gm['pos']}, dim {gm['dim']}, "
             f"{m.layer_ratio[gm['layer']]:,.0f}x the median)."
+        )
+    same = [
+        l for l in range(m.n_layers)
+        if not ml[l] and (int(m.layer_argmax[l, 1]), int(m.layer_argmax[l, 2])) == (gm["pos"], gm["dim"]) and m.layer_max[l] > m.abs_threshold
+    ]
+    if same and ml.any():
+        vals = m.layer_max[same]
+        out.append(
+            f"   Below the thresholds, the same coordinate already peaks entering blocks {_ranges(same)} "
+            f"(|x| {_fmt(float(vals.min()))}-{_fmt(float(vals.max()))}, up to {m.layer_ratio[same].max():,.0f} medians)."
         )
     if "spike" in L:
         s = L["spike"]
@@ -1107,7 +1120,7 @@ def _story(rep: TraceReport) -> str:
         out.append(
             f"6. Manifold. The sink keys span {mf.sink_dim90} dim{'s' if mf.sink_dim90 != 1 else ''} (PC1 holds {100 * mf.sink_pc_share[0]:.1f}% "
             f"of their energy; spread {mf.sink_spread:.3f}) and lie {mf.angle:.0f} degrees from the {mf.other_dim90}-dim subspace of the "
-            f"other keys ({mf.separation:.1f} std apart along the keys' PC1). Values: ||v_sink|| / mean ||v|| = {mf.value_norm_ratio:.3f}"
+            f"other keys (cos {mf.cos_mean_other:.2f} with their mean; {mf.separation:.1f} std apart along the keys' PC1). Values: ||v_sink|| / mean ||v|| = {mf.value_norm_ratio:.3f}"
             f"{' (a value drain)' if mf.value_norm_ratio <= 0.5 else ''}; the sink values span {mf.value_sink_dim90} dim{'s' if mf.value_sink_dim90 != 1 else ''}, {mf.value_angle:.0f} degrees "
             f"from the other values' {mf.value_other_dim90}-dim subspace."
         )
