@@ -147,17 +147,21 @@ class MassiveReducer(Reducer):
         nz = mask.nonzero()
         if nz.numel():
             bi, fi = nz[:, 0], nz[:, 1]
+            vals_f = flat_x[bi, fi].float().cpu()
+            ratio_f = (a[bi, fi] / med[bi].clamp_min(1e-30)).float().cpu()
+            bi, fi = bi.cpu(), fi.cpu()
+            # float64 on the CPU (some accelerators have no float64)
             rows = torch.stack(
                 [
-                    torch.full_like(bi, layer, dtype=torch.float64),
+                    torch.full(bi.shape, float(layer), dtype=torch.float64),
                     (bi + s).double(),
                     (fi // self.D).double(),
                     (fi % self.D).double(),
-                    flat_x[bi, fi].double(),
-                    (a[bi, fi] / med[bi].clamp_min(1e-30)).double(),
+                    vals_f.double(),
+                    ratio_f.double(),
                 ],
                 dim=1,
-            ).cpu()
+            )
             room = self.max_flags - self.n_flags
             if rows.shape[0] > room:
                 rows = rows[:room]

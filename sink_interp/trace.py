@@ -337,7 +337,7 @@ class TraceReducer(Reducer):
             elif name == hooknames.mlp_out(layer):
                 target = self.w_mlp
             if target is not None:
-                target[:, layer] += x[:, pos].double().sum(0).cpu()
+                target[:, layer] += x[:, pos].float().cpu().double().sum(0)
         if layer == self.layer and name in self.layer_names:
             self.cur[name] = x.float().cpu()
 
@@ -466,7 +466,7 @@ class GatedMLPReducer(Reducer):
 
     def update(self, name: str, tensor: Tensor) -> None:
         s = self.batch_start
-        x = tensor.detach().double().cpu()
+        x = tensor.detach().float().cpu().double()
         b = x.shape[0]
         if name == hooknames.mlp_out(self.layer):
             self.actual[s : s + b] = x[:, self.pos, self.dim]
