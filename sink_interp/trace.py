@@ -1043,9 +1043,10 @@ def _story(rep: TraceReport) -> str:
     ]
     if same and ml.any():
         vals = m.layer_max[same]
+        size = _fmt(float(vals.min())) if len(same) == 1 else f"{_fmt(float(vals.min()))}-{_fmt(float(vals.max()))}"
         out.append(
-            f"   Below the thresholds, the same coordinate already peaks entering blocks {_ranges(same)} "
-            f"(|x| {_fmt(float(vals.min()))}-{_fmt(float(vals.max()))}, up to {m.layer_ratio[same].max():,.0f} medians)."
+            f"   Below the thresholds, the same coordinate also peaks entering block{'s' if len(same) > 1 else ''} {_ranges(same)} "
+            f"(|x| {size}, {'up to ' if len(same) > 1 else ''}{m.layer_ratio[same].max():,.0f} medians)."
         )
     if "spike" in L:
         s = L["spike"]
@@ -1060,7 +1061,7 @@ def _story(rep: TraceReport) -> str:
         comp = "MLP" if w.writer_component == "mlp" else "attention"
         out.append(
             f"2. Writer. The {comp} of block {w.writer_layer} writes {_fmt(w.writer_value)} of the {_fmt(w.spike)} at "
-            f"(pos {w.pos}, dim {w.dim}) ({100 * w.writer_share:.0f}%); next is {w.runner_up} with {_fmt(w.runner_up_value)}, "
+            f"(pos {w.pos}, dim {w.dim}) ({100 * w.writer_share:.1f}%); next is {w.runner_up} with {_fmt(w.runner_up_value)}, "
             f"the embedding gives {_fmt(w.embed)}."
         )
         if (w.local_pos, w.local_dim) != (w.pos, w.dim) or w.local_writer != f"{w.writer_layer}.{w.writer_component}":
@@ -1094,14 +1095,16 @@ def _story(rep: TraceReport) -> str:
         )
     if "wk" in L:
         k = L["wk"]
+        sd = L["spike"].dims if "spike" in L else []
+        spike_dims = (f"dim {sd[0]}" if len(sd) == 1 else "the spike dims " + ", ".join(str(d) for d in sd)) if sd else "the spike dims"
         tops = ", ".join(f"{d} ({100 * s:.0f}%)" for d, s in list(zip(k.top_dims, k.top_shares))[:4])
         qtops = ", ".join(f"{d} ({100 * s:.0f}%)" for d, s in list(zip(k.q_top_dims, k.q_top_shares))[:3])
         out.append(
             f"4. W_K. The sink key (before RoPE) has ||k|| = {_fmt(k.k_sink_norm)} (other keys {_fmt(k.k_other_norm)}) and is "
             f"{'near-constant' if k.k_sink_cos >= 0.9 else 'not constant'} "
-            f"(cos {k.k_sink_cos:.3f} across samples). Through g * W_K the spike dims make {100 * k.share_spike_dims:.0f}% of it "
+            f"(cos {k.k_sink_cos:.3f} across samples). Through g * W_K {spike_dims} make{'s' if len(sd) == 1 else ''} {100 * k.share_spike_dims:.0f}% of it "
             f"(cos {k.cos_spike_dims:.2f} with the whole key); {k.n_dims_90} dims make 90%; top dims: {tops}. "
-            f"Queries of head {rep.head}: the spike dims make {100 * k.q_share_spike_dims:.1f}% of them; top query dims: {qtops}."
+            f"Queries of head {rep.head}: {spike_dims} make{'s' if len(sd) == 1 else ''} {100 * k.q_share_spike_dims:.1f}% of them; top query dims: {qtops}."
         )
     if "rope" in L:
         ro = L["rope"]

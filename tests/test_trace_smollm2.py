@@ -7,6 +7,7 @@ PyTorch forward hooks on its modules; no sink_interp hook or reducer is involved
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -21,7 +22,10 @@ pytestmark = [pytest.mark.smollm2, pytest.mark.slow]
 
 
 def _held_out_jsonl(tmp_path, n):
-    """Texts the test picks itself (the shipped file's last lines, backwards), in the official JSONL format."""
+    """Held-out text: the JSONL file named by $SINK_INTERP_HELDOUT (a "text" field per line), else texts the
+    test picks itself (the shipped file's last lines, backwards), in the official JSONL format."""
+    if os.environ.get("SINK_INTERP_HELDOUT"):
+        return os.environ["SINK_INTERP_HELDOUT"]
     lines = natural_path().read_text().splitlines()[::-1][40 : 40 + n + 10]
     f = tmp_path / "held_out.jsonl"
     f.write_text("\n".join(json.dumps({"text": json.loads(x)["text"]}) for x in lines) + "\n")
