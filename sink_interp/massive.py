@@ -171,18 +171,18 @@ class MassiveReducer(Reducer):
 
     def result(self) -> dict[str, Any]:
         flags = torch.cat(self.flags) if self.flags else torch.zeros(0, 6, dtype=torch.float64)
-        return dict(
-            h_norm=self.h_norm.numpy(),
-            k_norm=self.k_norm.numpy(),
-            v_norm=self.v_norm.numpy(),
-            median=self.median.numpy(),
-            top_abs=self.top_abs.numpy(),
-            top_val=self.top_val.numpy(),
-            top_pos=self.top_pos.numpy(),
-            top_dim=self.top_dim.numpy(),
-            flags=flags.numpy(),
-            flags_truncated=self.truncated,
-        )
+        return {
+            "h_norm": self.h_norm.numpy(),
+            "k_norm": self.k_norm.numpy(),
+            "v_norm": self.v_norm.numpy(),
+            "median": self.median.numpy(),
+            "top_abs": self.top_abs.numpy(),
+            "top_val": self.top_val.numpy(),
+            "top_pos": self.top_pos.numpy(),
+            "top_dim": self.top_dim.numpy(),
+            "flags": flags.numpy(),
+            "flags_truncated": self.truncated,
+        }
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -251,7 +251,7 @@ class MassiveReport:
 
     # ------------------------------------------------------------ per-layer maxima
     @property
-    def layer_max(self) -> Float[np.ndarray, "layer"]:
+    def layer_max(self) -> Float[np.ndarray, layer]:
         """Largest ``|x|`` of each block's ``hook_resid_pre`` over samples, positions and dims."""
         return self.top_abs[:, :, 0].max(axis=0)
 
@@ -263,19 +263,19 @@ class MassiveReport:
         return np.stack([s, self.top_pos[s, L, 0], self.top_dim[s, L, 0]], axis=1)
 
     @property
-    def layer_value(self) -> Float[np.ndarray, "layer"]:
+    def layer_value(self) -> Float[np.ndarray, layer]:
         """Signed value at :attr:`layer_argmax`."""
         s = self.top_abs[:, :, 0].argmax(axis=0)
         return self.top_val[s, np.arange(self.n_layers), 0]
 
     @property
-    def layer_median(self) -> Float[np.ndarray, "layer"]:
+    def layer_median(self) -> Float[np.ndarray, layer]:
         """Median ``|x|`` of the hidden state (sample) holding each layer's maximum."""
         s = self.top_abs[:, :, 0].argmax(axis=0)
         return self.median[s, np.arange(self.n_layers)]
 
     @property
-    def layer_ratio(self) -> Float[np.ndarray, "layer"]:
+    def layer_ratio(self) -> Float[np.ndarray, layer]:
         """:attr:`layer_max` over :attr:`layer_median`: how many medians the largest value is."""
         return self.layer_max / np.maximum(self.layer_median, 1e-30)
 
@@ -324,7 +324,7 @@ class MassiveReport:
         l = self._layer(layer)
         out: dict[int, int] = {}
         for s in range(self.n):
-            for d in set(int(x) for x in self.top_dim[s, l]):
+            for d in {int(x) for x in self.top_dim[s, l]}:
                 out[d] = out.get(d, 0) + 1
         return out
 
@@ -377,7 +377,7 @@ class MassiveReport:
         return sorted((d for d, c in counts.items() if c >= need), key=lambda d: (-counts[d], d))
 
     # ------------------------------------------------------------ norms
-    def norm_ratio(self, kind: str = "v", pos: int = 0) -> Float[np.ndarray, "layer"]:
+    def norm_ratio(self, kind: str = "v", pos: int = 0) -> Float[np.ndarray, layer]:
         """Per layer: mean ``||kind||`` at ``pos`` over mean ``||kind||`` at the other positions.
 
         ``kind`` is ``"h"`` (residual), ``"k"`` (keys as attention sees them) or ``"v"``;
@@ -392,7 +392,7 @@ class MassiveReport:
         axes = tuple(i for i in range(arr.ndim - 1) if i != 1)
         return arr[..., int(pos)].mean(axis=axes) / np.maximum(other.mean(axis=axes + (arr.ndim - 1,)), 1e-30)
 
-    def value_norm_ratio(self) -> Float[np.ndarray, "layer"]:
+    def value_norm_ratio(self) -> Float[np.ndarray, layer]:
         """Per layer: mean ``||v||`` at position 0 (over samples, KV heads) / mean ``||v||`` at positions >= 1."""
         return self.norm_ratio("v", 0)
 
@@ -443,7 +443,7 @@ class MassiveReport:
             if col not in df or df[col].isna().all():
                 continue
             counts = df[col].value_counts()
-            out[role] = {"pos": int(counts.index[0]), "layers": int(counts.iloc[0]), "of": int(len(df))}
+            out[role] = {"pos": int(counts.index[0]), "layers": int(counts.iloc[0]), "of": len(df)}
         out["coincide"] = len({v["pos"] for k, v in out.items() if isinstance(v, dict)}) == 1
         return out
 
@@ -493,7 +493,7 @@ class MassiveReport:
             "value_norm_ratio": [float(x) for x in self.value_norm_ratio()],
             "h_norm_ratio_0": [float(x) for x in self.norm_ratio("h", 0)],
             "k_norm_ratio_0": [float(x) for x in self.norm_ratio("k", 0)],
-            "n_flagged": int(len(self.flags)),
+            "n_flagged": len(self.flags),
             "flags_truncated": self.flags_truncated,
             "layers": self.to_frame().to_dict(orient="records"),
             "extreme_tokens": self.extreme_tokens().to_dict(orient="records"),

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,7 +45,14 @@ from ._internal.errors import check_positive_int, check_tokens
 from ._internal.provenance import dumps, versions, write_atomic
 from ._internal.weights import attn_weights, mlp_weights, norm_weights
 from .capture import Reducer, run_reducers
-from .massive import DEFAULT_ABS_THRESHOLD, DEFAULT_RATIO_THRESHOLD, MassiveReport, massive_activations, query_hook, key_hook
+from .massive import (
+    DEFAULT_ABS_THRESHOLD,
+    DEFAULT_RATIO_THRESHOLD,
+    MassiveReport,
+    key_hook,
+    massive_activations,
+    query_hook,
+)
 from .models import model_info, n_kv_heads, positional_kind
 
 LINKS = ("spike", "writer", "norm", "wk", "rope", "manifold", "gated_mlp")
@@ -243,9 +251,9 @@ def _cum_dims(share: np.ndarray, level: float = 0.9) -> int:
     s = np.sort(np.asarray(share, dtype=np.float64))[::-1]
     total = s.sum()
     if total <= 0:
-        return int(len(s))
+        return len(s)
     hit = np.nonzero(np.cumsum(s) >= level * total - 1e-12)[0]
-    return int(hit[0] + 1) if len(hit) else int(len(s))
+    return int(hit[0] + 1) if len(hit) else len(s)
 
 
 # --------------------------------------------------------------------------- reducers
@@ -294,7 +302,7 @@ class TraceReducer(Reducer):
         self.n, self.T = n, T
         self.cur: dict[str, Tensor] = {}
         self.seen: set[str] = set()
-        z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64)
         # writer: sums over samples of [position (sink, coordinate), layer, dim]
         self.pos2 = (self.sink, self.coord_pos)
         self.w_resid, self.w_attn, self.w_mlp = z(2, L, D), z(2, L, D), z(2, L, D)
@@ -459,7 +467,7 @@ class GatedMLPReducer(Reducer):
         return [hooknames.mlp_in(self.layer), hooknames.mlp_out(self.layer)]
 
     def begin(self, model: Any, n_samples: int, length: int) -> None:
-        z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64)
         self.cos_sink, self.pred, self.pred1, self.actual = z(n_samples), z(n_samples), z(n_samples), z(n_samples)
         self.cos_other_sum, self.cos_other_count = 0.0, 0
         self.T = length
@@ -652,8 +660,6 @@ def _check_links(model: Any, layer: int, links: set[str]) -> None:
             "'norm' measures that norm's scale and gain at the sink, and 'wk' splits the key over residual dims through "
             f"g * W_K of the normalised input. Fix: trace_sink(..., links={keep})"
         )
-    if "gated_mlp" in links and hooknames.mlp_in(layer) not in points:
-        pass  # checked per writer layer later
 
 
 def trace_sink(
@@ -683,7 +689,8 @@ def trace_sink(
         sink_pos: the sink position (0 = first token).
         links: which links to trace (default all of :data:`LINKS`).
         massive: a :class:`MassiveReport` of the same tokens to reuse (else computed, with sink scores).
-        abs_threshold, ratio_threshold: Sun et al. thresholds for massive activations.
+        abs_threshold, ratio_threshold: Sun et al. thresholds for massive activations
+            (those of ``massive`` when it is given).
         n_dims: how many dims make the spike when no dim passes the thresholds at the sink.
         bos, data, batch_size, progress: as in :func:`sink_interp.measure_sinks`.
 
@@ -705,9 +712,9 @@ def trace_sink(
     if not links_set:
         raise ValueError(f"links is empty; choose from {list(LINKS)}")
     if layer is not None:
-        layer = _check_index(layer, "layer", L, f"the model has layers", f"pass layer in 0..{L - 1}, or layer=None for the strongest sink head")
+        layer = _check_index(layer, "layer", L, "the model has layers", f"pass layer in 0..{L - 1}, or layer=None for the strongest sink head")
     if head is not None:
-        head = _check_index(head, "head", H, f"the model has heads", f"pass head in 0..{H - 1}, or head=None for the strongest sink head")
+        head = _check_index(head, "head", H, "the model has heads", f"pass head in 0..{H - 1}, or head=None for the strongest sink head")
     sink_pos = _check_index(sink_pos, "sink_pos", T - 1, f"with length {T} the sink can sit at", "pick a position that at least one later query can see")
     n_dims = check_positive_int(n_dims, "n_dims")
     if "manifold" in links_set and n < MIN_PCA_SAMPLES:
@@ -856,7 +863,7 @@ def trace_sink(
         cs, co = rr["cs"] / c["sink"], rr["co"] / max(c["other"], 1)
         qn, ksn, kon = rr["qn"] / c["sink"], rr["ksn"] / n, rr["kon"] / max(c["k_other"], 1)
         alpha = alpha_lh[layer] if alpha_lh is not None else np.full(H, np.nan)
-        lst = lambda t: [float(v) for v in t]  # noqa: E731
+        lst = lambda t: [float(v) for v in t]
         out_links["rope"] = RopeLink(
             head=head, positional=positional_kind(model),
             cos_sink=lst(cs), cos_other=lst(co),
@@ -952,7 +959,7 @@ def _gated_mlp_link(model: Any, tokens: Tensor, w: WriterLink, batch_size: int |
 
 
 def _manifold_link(r: TraceReducer, kv_head: int, sink: int) -> tuple[ManifoldLink, dict[str, np.ndarray]]:
-    n, T, d = r.keys.shape
+    _, T, d = r.keys.shape
     other = torch.ones(T, dtype=torch.bool)
     other[sink] = False
 
@@ -977,7 +984,7 @@ def _manifold_link(r: TraceReducer, kv_head: int, sink: int) -> tuple[ManifoldLi
     sep = float((ps[:, 0].mean() - po[:, 0].mean()) / po[:, 0].std().clamp_min(1e-300))
     mo = ko.mean(0)
     cos_mo = float(mean_s @ mo / (mean_s.norm() * mo.norm()).clamp_min(1e-300))
-    vsh, vsd, vod, vang, _, _ = analyse(r.values)
+    _, vsd, vod, vang, _, _ = analyse(r.values)
     vn = r.values.norm(dim=-1)
     vnr = float(vn[:, sink].mean() / vn[:, other].mean().clamp_min(1e-300))
     link = ManifoldLink(

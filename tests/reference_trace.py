@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ def capture(modules: dict[str, Any]) -> Iterator[dict[str, list[torch.Tensor]]]:
     out: dict[str, list[torch.Tensor]] = {k: [] for k in modules}
 
     def make(name: str):
-        def hook(module, args, output):  # noqa: ANN001
+        def hook(module, args, output):
             y = output[0] if isinstance(output, tuple) else output
             out[name].append(y.detach().float())
 
@@ -66,7 +67,7 @@ def config_numbers(hf: Any) -> dict[str, Any]:
     base = float(rp.get("rope_theta", getattr(c, "rope_theta", 10000.0)))
     rope = not is_gpt(hf) and not (hasattr(c, "no_rope_layers") and not any(c.no_rope_layers))
     eps = float(getattr(c, "rms_norm_eps", None) or getattr(c, "layer_norm_eps", None) or getattr(c, "layer_norm_epsilon", 1e-5))
-    return dict(D=D, H=H, d=d, G=G, base=base, rope=rope, eps=eps)
+    return {"D": D, "H": H, "d": d, "G": G, "base": base, "rope": rope, "eps": eps}
 
 
 def qkv(hf: Any, tokens: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -96,7 +97,7 @@ def qkv(hf: Any, tokens: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.
 
 def rope(x: torch.Tensor, base: float) -> torch.Tensor:
     """RoPE by its formula (HF's rotate-half layout): x [n, T, heads, d] at positions 0..T-1."""
-    n, T, h, d = x.shape
+    _, T, _, d = x.shape
     inv = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
     ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]  # [T, d/2]
     cos = torch.cat([ang.cos(), ang.cos()], -1)[None, :, None, :]

@@ -13,7 +13,7 @@ from sink_interp.massive import exact_median
 from sink_interp.models import TINY_MODELS, tiny_hf_model, tiny_model
 
 from .conftest import ARCHS, warm
-from .reference_trace import config_numbers, hidden_states, qkv
+from .reference_trace import hidden_states, qkv
 
 SPIKE_DIM = 17
 SPIKE = 500.0

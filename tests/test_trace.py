@@ -12,14 +12,23 @@ import torch
 from sink_interp import attach_hooks, hook_snapshot, massive_activations, trace_sink
 from sink_interp._internal import hooknames
 from sink_interp.cli import main
-from sink_interp.trace import LINKS, TraceReducer, _cum_dims, angle_to, dims_for, energy_shares, mean_pairwise_cos, subspace
+from sink_interp.trace import (
+    LINKS,
+    TraceReducer,
+    _cum_dims,
+    angle_to,
+    dims_for,
+    energy_shares,
+    mean_pairwise_cos,
+    subspace,
+)
 
 from .conftest import ARCHS
 from .reference_trace import (
     angle_deg,
+    capture,
     config_numbers,
     decoder_layers,
-    capture,
     hidden_states,
     is_gpt,
     mean_pairwise_cos_loop,
@@ -27,7 +36,7 @@ from .reference_trace import (
     qkv,
     rotated_qk,
 )
-from .test_massive import SPIKE, SPIKE_DIM, planted, spiked_tokens
+from .test_massive import SPIKE_DIM, planted, spiked_tokens
 
 
 def _ln1(hf, layer):
@@ -97,7 +106,7 @@ def test_planted_embedding_spike_is_traced_to_the_sink_key(name):
     assert nl.gain[0] == pytest.approx(float(ln.weight[SPIKE_DIM].detach()), rel=1e-6)
 
     # W_K: the key at the sink is the spike dim's row of g * W_K, scaled by the normalised spike
-    _, k, _, ln_out = qkv(hf, tokens, layer)
+    _, k, _, _ = qkv(hf, tokens, layer)
     k_sink = k[:, 0, g].double()  # [n, d] from HF's own projection
     WK = _wk_rows(hf, layer, g, d_head)
     spike_part = normed[:, SPIKE_DIM, None] * float(ln.weight[SPIKE_DIM].detach()) * WK[SPIKE_DIM][None, :]
