@@ -558,8 +558,11 @@ def massive_activations(
         top_k: entries kept per sample and layer.
         sinks: also measure sink scores (for the attention-sink part of the triple);
             ``report.sinks`` is then a :class:`~sink_interp.SinkReport` at eps 0.3.
-        bos, data: recorded in the report (default: from ``probe_tokens``' ``probe_info``).
-        batch_size, progress: as in :func:`sink_interp.measure_sinks`.
+        bos: whether ``tokens`` start with BOS, recorded in the report (default: from
+            ``probe_tokens``' ``probe_info``, else inferred from the first column).
+        data: label of the inputs recorded in the report (default: the probe source).
+        batch_size: samples per forward pass (default: chosen from the length).
+        progress: show a progress bar.
         max_flags: cap on the number of flagged entries kept.
 
     Example:

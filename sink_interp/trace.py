@@ -684,15 +684,23 @@ def trace_sink(
     Args:
         model: a TransformerBridge (RMSNorm or LayerNorm; RoPE, learned or no positions; MHA/MQA/GQA).
         tokens: ``[n, length]`` token ids; ``n >= 3`` for the manifold link's PCA.
-        layer, head: the head to trace. Default: the head with the largest mean sink
-            score ``alpha`` at ``sink_pos`` (within ``layer`` when only the layer is given).
+        layer: the layer to trace. Default: the layer of the head with the largest mean
+            sink score ``alpha`` at ``sink_pos`` (over all layers, or over the layers where
+            ``head`` is that head when only the head is given).
+        head: the head to trace. Default: the head with the largest mean ``alpha`` at
+            ``sink_pos`` (within ``layer`` when the layer is given).
         sink_pos: the sink position (0 = first token).
         links: which links to trace (default all of :data:`LINKS`).
         massive: a :class:`MassiveReport` of the same tokens to reuse (else computed, with sink scores).
-        abs_threshold, ratio_threshold: Sun et al. thresholds for massive activations
-            (those of ``massive`` when it is given).
+        abs_threshold: Sun et al.'s absolute threshold on ``|x|`` (default 100; that of
+            ``massive`` when it is given).
+        ratio_threshold: Sun et al.'s ratio to the hidden state's median ``|x|`` (default 1000;
+            that of ``massive`` when it is given).
         n_dims: how many dims make the spike when no dim passes the thresholds at the sink.
-        bos, data, batch_size, progress: as in :func:`sink_interp.measure_sinks`.
+        bos: whether ``tokens`` start with BOS, recorded in the report (default: from ``probe_info``).
+        data: label of the inputs recorded in the report (default: the probe source).
+        batch_size: samples per forward pass (default: chosen from the length).
+        progress: show progress bars.
 
     Example:
         >>> import torch
