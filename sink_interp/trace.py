@@ -421,36 +421,41 @@ class TraceReducer(Reducer):
         self.q_count += int(q.shape[0] * q.shape[1])
 
     def _rope(self, rq: Tensor, rk: Tensor, q: Tensor, k: Tensor) -> None:
+        """Cosines and dots of queries t > sink with the sink key and with the other causal keys.
+
+        Sums over keys j <= t are taken through prefix sums of the keys (linear in T, no T x T map).
+        """
         sink, T = self.sink, self.T
-        rk_h = rk.repeat_interleave(self.group, dim=2)  # [b, T, H, d]
-        k_h = k.repeat_interleave(self.group, dim=2)
-        t_idx = torch.arange(T)
-        causal = t_idx[None, :] <= t_idx[:, None]  # [t, j]
-        qsel = t_idx > sink
-        other_pairs = (causal & (t_idx[None, :] != sink) & qsel[:, None]).double()
+        qsel = torch.arange(T) > sink
         r = self.rope
 
-        def cos_stats(qq: Tensor, kk: Tensor) -> tuple[Tensor, Tensor]:
-            qu = qq / qq.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-            ku = kk / kk.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-            c = torch.einsum("bthd,bjhd->bhtj", qu, ku)
-            return c[:, :, qsel, sink].sum((0, 2)), (c * other_pairs).sum((0, 2, 3))
+        def stats(qq: Tensor, kk: Tensor, unit: bool) -> tuple[Tensor, Tensor]:
+            kk = kk.repeat_interleave(self.group, dim=2)  # [b, T, H, d]
+            if unit:
+                qq = qq / qq.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+                kk = kk / kk.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+            ks = kk[:, sink : sink + 1]  # [b, 1, H, d]
+            others = kk.cumsum(1)[:, qsel] - ks  # sum over j <= t, j != sink, for t > sink
+            qt = qq[:, qsel]
+            return (qt * ks).sum(-1).sum((0, 1)), (qt * others).sum(-1).sum((0, 1))
 
-        cs, co = cos_stats(rq, rk_h)
+        cs, co = stats(rq, rk, True)
         r["cs"] += cs
         r["co"] += co
-        cs, co = cos_stats(q, k_h)
+        cs, co = stats(q, k, True)
         r["cs_pre"] += cs
         r["co_pre"] += co
-        dots = torch.einsum("bthd,bjhd->bhtj", rq, rk_h)
-        r["ds"] += dots[:, :, qsel, sink].sum((0, 2))
-        r["do"] += (dots * other_pairs).sum((0, 2, 3))
+        ds, do = stats(rq, rk, False)
+        r["ds"] += ds
+        r["do"] += do
+        rk_h = rk.repeat_interleave(self.group, dim=2)
         r["qn"] += rq[:, qsel].norm(dim=-1).sum((0, 1))
         r["ksn"] += rk_h[:, sink].norm(dim=-1).sum(0)
-        r["kon"] += rk_h[:, t_idx != sink].norm(dim=-1).sum((0, 1))
+        r["kon"] += rk_h[:, torch.arange(T) != sink].norm(dim=-1).sum((0, 1))
         b = rq.shape[0]
+        t = torch.arange(T)[qsel]
         self.rope_counts["sink"] += int(b * qsel.sum())
-        self.rope_counts["other"] += int(b * other_pairs.sum())
+        self.rope_counts["other"] += int(b * t.sum())  # query t (0-indexed) sees t keys besides the sink
         self.rope_counts["k_other"] += int(b * (T - 1))
 
     def result(self) -> None:

@@ -126,12 +126,15 @@ def test_planted_embedding_spike_is_traced_to_the_sink_key(name):
     assert rep.links["writer"].local_value == pytest.approx(float(hs[:, 0, 0, SPIKE_DIM].mean()), rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["tiny-gqa", "tiny-mqa", "tiny-layernorm-rope", "tiny-nope", "tiny-learned"])
-def test_rope_link_cosines_and_dots_match_the_formula(tiny_models, name):
+@pytest.mark.parametrize(
+    "name, sink",
+    [("tiny-gqa", 0), ("tiny-gqa", 3), ("tiny-mqa", 0), ("tiny-layernorm-rope", 0), ("tiny-nope", 0), ("tiny-learned", 2)],
+)
+def test_rope_link_cosines_and_dots_match_the_formula(tiny_models, name, sink):
     model, hf = tiny_models(name)
     tokens = torch.randint(4, 128, (5, 12), generator=torch.Generator().manual_seed(11))
     layer = 1
-    rep = trace_sink(model, tokens, layer=layer, head=0, links=["rope"], progress=False)
+    rep = trace_sink(model, tokens, layer=layer, head=0, sink_pos=sink, links=["rope"], progress=False)
     ro = rep.links["rope"]
     cfg = config_numbers(hf)
     H, G = cfg["H"], cfg["G"]
@@ -144,12 +147,12 @@ def test_rope_link_cosines_and_dots_match_the_formula(tiny_models, name):
         qq = qq.double()
         c = torch.einsum("bthd,bjhd->bhtj", qq / qq.norm(dim=-1, keepdim=True), kk / kk.norm(dim=-1, keepdim=True))
         dots = torch.einsum("bthd,bjhd->bhtj", qq, kk)
-        sink = c[:, :, 1:, 0].mean((0, 2))
-        mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
-        mask[:, 0] = False
-        mask[0] = False
+        to_sink = c[:, :, sink + 1 :, sink].mean((0, 2))  # queries t > sink
+        mask = torch.tril(torch.ones(T, T, dtype=torch.bool))  # causal pairs j <= t
+        mask[:, sink] = False  # other keys only
+        mask[: sink + 1] = False  # queries that see the sink
         other = (c * mask).sum((0, 2, 3)) / (mask.sum() * c.shape[0])
-        return sink, other, dots[:, :, 1:, 0].mean((0, 2)), (dots * mask).sum((0, 2, 3)) / (mask.sum() * c.shape[0])
+        return to_sink, other, dots[:, :, sink + 1 :, sink].mean((0, 2)), (dots * mask).sum((0, 2, 3)) / (mask.sum() * c.shape[0])
 
     cs, co, ds, do = cosines(q, k)
     np.testing.assert_allclose(ro.cos_sink, cs.numpy(), atol=1e-5)
@@ -165,7 +168,7 @@ def test_rope_link_cosines_and_dots_match_the_formula(tiny_models, name):
     qn, ksn, kon = map(np.asarray, (ro.q_norm, ro.k_sink_norm, ro.k_other_norm))
     np.testing.assert_allclose(ro.angle_part, qn * ksn * (np.asarray(ro.cos_sink) - np.asarray(ro.cos_other)), rtol=1e-9)
     np.testing.assert_allclose(ro.norm_part, qn * np.asarray(ro.cos_other) * (ksn - kon), rtol=1e-9)
-    np.testing.assert_allclose(ro.q_norm, q.norm(dim=-1)[:, 1:].mean((0, 1)).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(ro.q_norm, q.norm(dim=-1)[:, sink + 1 :].mean((0, 1)).numpy(), rtol=1e-5)
 
 
 def test_manifold_pca_against_svd_and_angles_by_formula(tiny_models):
