@@ -10,6 +10,7 @@ Examples:
 
 from .capture import Keep, Reduce, Reducer, attach_hooks, hook_snapshot, run_reducers
 from .data import probe_tokens
+from .massive import MassiveReport, massive_activations
 from .metrics import SinkReport, measure_sinks, sink_alpha
 from .models import ModelInfo, known_models, load_model, model_info, tiny_model
 from .views import (
@@ -26,15 +27,18 @@ from .views import (
     training_curves,
     view_for,
 )
+from .trace import TraceReport, trace_sink
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Keep",
+    "MassiveReport",
     "ModelInfo",
     "Reduce",
     "Reducer",
     "SinkReport",
+    "TraceReport",
     "View",
     "alpha_tokens_view",
     "attach_hooks",
@@ -48,6 +52,7 @@ __all__ = [
     "known_models",
     "load_model",
     "massive_activation_view",
+    "massive_activations",
     "measure_sinks",
     "model_info",
     "probe_tokens",
@@ -55,6 +60,7 @@ __all__ = [
     "show_attention",
     "sink_alpha",
     "tiny_model",
+    "trace_sink",
     "training_curves",
     "view_for",
 ]

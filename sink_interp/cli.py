@@ -2,6 +2,7 @@
 
     sink-interp measure --model smollm2-135m --data natural --n 100 --length 64 --eps 0.3 [--bos] [--json OUT]
     sink-interp report --model smollm2-135m [--data natural] --out report.html
+    sink-interp trace --model smollm2-135m --data natural --n 20 --length 64 [--layer L --head H] [--json OUT]
 """
 
 from __future__ import annotations
@@ -54,6 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=None, help="samples per forward pass")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_report)
+
+    t = sub.add_parser("trace", help="trace the sink mechanism: spike, writer, norm, W_K, RoPE, key manifold")
+    _add_model_args(t)
+    _add_data_args(t, n=20, length=64)
+    t.add_argument("--layer", type=int, default=None, help="layer to trace (default: the strongest sink head's)")
+    t.add_argument("--head", type=int, default=None, help="head to trace (default: the strongest sink head)")
+    t.add_argument("--sink-pos", type=int, default=0, help="sink position, 0 = first token (default 0)")
+    t.add_argument("--abs-threshold", type=float, default=100.0, help="massive activation: |x| above this (default 100)")
+    t.add_argument("--ratio-threshold", type=float, default=1000.0, help="massive activation: at least this many medians (default 1000)")
+    t.add_argument("--batch-size", type=int, default=None, help="samples per forward pass")
+    t.add_argument("--explain", action="store_true", help="also print every number with its one-line doc")
+    t.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_trace)
     return parser
 
 
@@ -151,6 +166,45 @@ def cmd_report(args: argparse.Namespace) -> int:
     tm = page.meta["timings"]
     print(f"wrote {path} ({size:.1f} MB, {page.n_widgets} CircuitsVis widgets, bundle inlined once; opens offline)")
     print(f"load {t_load:.1f}s, " + ", ".join(f"{k} {v:.1f}s" for k, v in tm.items()))
+def cmd_trace(args: argparse.Namespace) -> int:
+    from . import load_model, probe_tokens, trace_sink
+
+    t0 = time.time()
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    t_load = time.time() - t0
+    tokens = probe_tokens(model, args.data, n=args.n, length=args.length, bos=args.bos, seed=args.seed)
+    info = tokens.probe_info
+    t1 = time.time()
+    rep = trace_sink(
+        model, tokens, layer=args.layer, head=args.head, sink_pos=args.sink_pos,
+        abs_threshold=args.abs_threshold, ratio_threshold=args.ratio_threshold,
+        batch_size=args.batch_size, progress=not args.quiet,
+    )
+    t_trace = time.time() - t1
+    mi = rep.model_info
+    m = rep.massive
+    print(f"model   {rep.model}  ({mi['n_layers']} layers x {mi['n_heads']} heads, {mi['n_kv_heads']} KV heads, d_model {mi['d_model']}, "
+          f"{mi['normalization']}, {mi['positional']} positions, {rep.dtype}, {rep.device})")
+    skipped = f", {info['skipped']} shorter lines skipped" if info.get("skipped") else ""
+    print(f"data    {rep.data}  n={rep.n} length={rep.length} BOS={'yes' if rep.bos else 'no'}{skipped}")
+    print()
+    print(rep.story())
+    print()
+    print("per block: largest |x| entering it (hook_resid_pre), and ||v|| at position 0 over the mean at positions >= 1")
+    df = m.to_frame()
+    rows = [
+        [int(r.layer), f"{r.max:,.1f}" if r.max >= 10 else f"{r.max:.3g}", int(r.pos), int(r.dim), f"{r.ratio:,.0f}", "yes" if r.massive else "", f"{r.value_norm_ratio:.3f}"]
+        for r in df.itertuples()
+    ]
+    print(_fmt_table(rows, ["layer", "max |x|", "pos", "dim", "x median", "massive", "value_norm_ratio"]))
+    if args.explain:
+        print()
+        print(rep.explain())
+    print()
+    print(f"load {t_load:.1f}s, trace {t_trace:.1f}s; versions: " + ", ".join(f"{k} {v}" for k, v in rep.versions.items()))
+    if args.json:
+        rep.to_json(args.json)
+        print(f"wrote {args.json}")
     return 0
 
 
