@@ -482,7 +482,7 @@ class AblateDims(Intervention):
         super().__init__(layers=layers, heads=None, positions=positions, name=name)
         self.dims = _int_tuple(dims, "dims")
         if not self.dims:
-            raise ValueError("dims must name at least one residual dimension (e.g. the massive dims of find_massive_dims)")
+            raise ValueError("dims must name at least one residual dimension (e.g. MassiveReport.recurring_dims())")
         if mode not in ("zero", "mean"):
             raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
         self.mode = mode
@@ -928,73 +928,7 @@ def _flatten(items: Iterable[Any]) -> list[Intervention]:
     return out
 
 
-# --------------------------------------------------------------------------- massive dims
-
-
-def find_massive_dims(
-    model: Any,
-    tokens: Tensor,
-    *,
-    threshold: float = 100.0,
-    ratio: float = 100.0,
-    min_fraction: float = 0.5,
-    batch_size: int | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Residual dims with massive activations (Sun et al. 2024) in ``hook_resid_pre``.
-
-    An entry ``x[b, t, i]`` of layer ``l``'s input is massive when ``|x| > threshold``
-    and ``|x| > ratio * median_i |x[b, t, :]|``. Sun et al. describe massive
-    activations as about 1000x the median; SmolLM2-135M's dim 507 at the first
-    token reaches 700 (layers 3-9) and 22000 (layers 12-28), 300-500x the
-    median of a hidden state whose other dims are large too, so the default
-    ``ratio`` is 100. Returns ``{"dims": [...],
-    "layers": [...], "positions": {pos: share}, "table": DataFrame}``: the dims
-    massive in at least ``min_fraction`` of samples at some (layer, position),
-    the layers where they are, and the positions where they occur.
-
-    Example:
-        >>> import torch
-        >>> from sink_interp import tiny_model
-        >>> find_massive_dims(tiny_model(), torch.randint(4, 128, (2, 8)))["dims"]  # random tiny model: none
-        []
-    """
-    import pandas as pd
-
-    from .capture import Reducer, run_reducers
-
-    L = int(model.cfg.n_layers)
-
-    class _R(Reducer):
-        def hook_names(self, m: Any) -> list[str]:
-            return [hooknames.resid_pre(layer) for layer in range(L)]
-
-        def begin(self, m: Any, n: int, T: int) -> None:
-            self.count = torch.zeros(L, T, int(m.cfg.d_model))
-            self.top = torch.zeros(L, T, int(m.cfg.d_model))
-            self.n = n
-
-        def update(self, name: str, x: Tensor) -> None:
-            layer = hooknames.layer_of(name)
-            a = x.detach().float().abs()
-            med = a.median(dim=-1, keepdim=True).values
-            hit = (a > threshold) & (a > ratio * med)
-            self.count[layer] += hit.sum(0).cpu()
-            self.top[layer] = torch.maximum(self.top[layer], a.amax(0).cpu())
-
-        def result(self) -> Any:
-            return self.count / self.n, self.top
-
-    r = _R()
-    run_reducers(model, tokens, [r], batch_size=batch_size, progress=progress, desc="massive activations")
-    share, top = r.result()
-    hits = (share >= min_fraction).nonzero().tolist()
-    rows = [{"layer": l_, "position": t, "dim": i, "share": float(share[l_, t, i]), "max_abs": float(top[l_, t, i])} for l_, t, i in hits]
-    table = pd.DataFrame(rows, columns=["layer", "position", "dim", "share", "max_abs"])
-    dims = sorted(set(table["dim"].tolist()))
-    layers = sorted(set(table["layer"].tolist()))
-    positions = {int(p): float(table[table.position == p]["share"].mean()) for p in sorted(set(table["position"].tolist()))}
-    return {"dims": dims, "layers": layers, "positions": positions, "table": table}
+# --------------------------------------------------------------------------- helpers
 
 
 def sink_heads(report: Any, eps: float | None = None, k: int = 1) -> dict[int, list[int]]:
