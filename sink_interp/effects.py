@@ -114,7 +114,16 @@ class NextTokenReducer(Reducer):
 
 @dataclass(frozen=True, eq=False)
 class Effect:
-    """One intervention's effect (one row of :class:`EffectReport`)."""
+    """One intervention's effect (one row of :class:`EffectReport`).
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, compare, MaskKey
+        >>> rep = compare(tiny_model(), torch.randint(4, 128, (2, 8)), {"mask": MaskKey()}, progress=False)
+        >>> eff = rep.effects[1]
+        >>> eff.label, "Sink_1" in eff.row(), eff.kl > 0
+        ('mask', True, True)
+    """
 
     label: str
     description: str
@@ -376,7 +385,8 @@ def compare(
         sinks: also measure the sink scores (one more reducer in the same forward).
         batch_size: samples per forward (default: small enough for two sets of log-probs).
         progress: one progress bar over all forward passes.
-        bos, data: recorded in the report (default: from ``probe_tokens`` output).
+        bos: recorded in the report (default: from ``probe_tokens`` output).
+        data: label of the inputs recorded in the report (default: the probe source).
 
     Example:
         >>> import torch
@@ -485,6 +495,16 @@ class FitReport:
     the fitted bias, on the evaluation tokens. ``recovered`` is the share of the
     loss gap that the bias closes: ``(L_masked - L_fitted) / (L_masked - L_clean)``.
     ``bias`` is the fitted intervention (reuse it in :func:`intervene`).
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, fit_bias, intervene
+        >>> m, x = tiny_model(), torch.randint(4, 128, (4, 10))
+        >>> rep = fit_bias(m, x, "logit", steps=2, progress=False)
+        >>> rep.loss_masked >= 0, rep.settings["n_params"]  # one sink logit per head and layer
+        (True, 8)
+        >>> with intervene(m, rep.mask, rep.bias):
+        ...     _ = m(x)
     """
 
     kind: str

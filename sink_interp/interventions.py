@@ -156,6 +156,15 @@ class Intervention:
     :meth:`edit_pattern`, :meth:`edit_z`, :meth:`residual_hooks`, and declare
     what they read in :attr:`needs` (``"q"``: queries after RoPE, ``"q_raw"``,
     ``"k"``: keys after RoPE, ``"v"``, ``"cos"``: the RoPE tables).
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, intervene
+        >>> class HalveFirstKey(Intervention):  # a pattern edit of your own
+        ...     def edit_pattern(self, layer, pattern, ctx):
+        ...         return torch.where(self.selection(layer, pattern.shape[-1], pattern.device), pattern / 2, pattern)
+        >>> with intervene(tiny_model(), HalveFirstKey(layers=[0])) as m:
+        ...     _ = m(torch.randint(4, 128, (1, 6)))
     """
 
     needs: frozenset[str] = frozenset()
@@ -372,6 +381,16 @@ class MaskKey(Intervention):
     ``renormalise=False``: its weight is set to 0 and the rows keep their other
     weights (rows then sum to ``1 - A[t, p]``; for the output this equals
     :class:`ZeroValue`, but the pattern shows the key gone).
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, intervene, MaskKey
+        >>> m, x = tiny_model(), torch.randint(4, 128, (1, 6))
+        >>> with intervene(m, MaskKey(heads={1: [0, 2]})):  # heads 0 and 2 of layer 1
+        ...     _, cache = m.run_with_cache(x, names_filter="blocks.1.attn.hook_pattern")
+        >>> p = cache["blocks.1.attn.hook_pattern"]
+        >>> p[0, 0, 1:, 0].abs().max().item()  # no query after 0 sees key 0
+        0.0
     """
 
     def __init__(self, *, renormalise: bool = True, **scope: Any):
@@ -403,6 +422,12 @@ class ScaleAttention(Intervention):
     """Scale the attention paid to the chosen keys by ``beta``: ``A'[t, p] = beta A[t, p]``.
 
     ``renormalise=True`` rescales each row afterwards to its old total.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, intervene, ScaleAttention
+        >>> with intervene(tiny_model(), ScaleAttention(0.5, positions=[0, 1])) as m:
+        ...     _ = m(torch.randint(4, 128, (1, 6)))
     """
 
     def __init__(self, beta: float, *, renormalise: bool = False, **scope: Any):
@@ -434,6 +459,15 @@ class Calibrate(Intervention):
     ``min_queries`` queries are never sinks). Then ``A[:, S]`` is scaled by
     ``beta`` and the removed mass of each row goes back to the keys not in
     ``S`` in proportion to their weight, so rows keep their sums.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, intervene, Calibrate
+        >>> m, x = tiny_model(), torch.randint(4, 128, (1, 8))
+        >>> with intervene(m, Calibrate(tau=0.1, beta=0.4, heads=[0, 1])):
+        ...     _, cache = m.run_with_cache(x, names_filter="blocks.0.attn.hook_pattern")
+        >>> torch.allclose(cache["blocks.0.attn.hook_pattern"].sum(-1), torch.ones(1, 4, 8))  # rows keep their sums
+        True
     """
 
     has_positions = False
@@ -476,6 +510,15 @@ class AblateDims(Intervention):
     same sample (or ``values`` if given: one number per dim). With the default
     ``layers=None`` every layer's input is edited, so a dim written back by a
     later block is removed again.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, intervene, AblateDims
+        >>> m = tiny_model()
+        >>> with intervene(m, AblateDims([5, 9], mode="mean")):  # dims 5 and 9 of the first token, every layer
+        ...     _, cache = m.run_with_cache(torch.randint(4, 128, (1, 6)), names_filter="blocks.1.hook_resid_pre")
+        >>> cache["blocks.1.hook_resid_pre"].shape
+        torch.Size([1, 6, 64])
     """
 
     def __init__(self, dims: Sequence[int], *, mode: str = "zero", values: Sequence[float] | Tensor | None = None, layers: Sequence[int] | None = None, positions: Sequence[int] | int = (0,), name: str | None = None):
@@ -537,6 +580,16 @@ class KVBias(Intervention):
     paper's "K bias"). Parameters live in :attr:`params` (an ``nn.ParameterDict``
     keyed by layer), created on first use and kept, so a fitted bias can be
     reused; pass ``k`` / ``v`` (``{layer: tensor}``) to set them.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, intervene, KVBias
+        >>> m = tiny_model()
+        >>> bias = KVBias(per_head=False, value=True, k={0: torch.ones(16)})
+        >>> with intervene(m, bias):
+        ...     _ = m(torch.randint(4, 128, (1, 6)))
+        >>> [tuple(p.shape) for p in bias.parameters()]  # k*, v* of layers 0 and 1, shared across heads
+        [(1, 16), (1, 16), (1, 16), (1, 16)]
     """
 
     has_positions = False
@@ -623,6 +676,15 @@ class SinkLogit(Intervention):
     Rows of the pattern then sum to ``1 - sigma`` with the "sink mass"
     ``sigma = e^{s_h} / (e^{s_h} + sum_j e^{S_hj})``. Parameters in
     :attr:`params` (``{layer: [H]}``), initialised to ``init`` or ``logits``.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, intervene, SinkLogit
+        >>> m = tiny_model()
+        >>> with intervene(m, SinkLogit(init=2.0, layers=[1])):
+        ...     _, cache = m.run_with_cache(torch.randint(4, 128, (1, 6)), names_filter="blocks.1.attn.hook_pattern")
+        >>> bool((cache["blocks.1.attn.hook_pattern"].sum(-1) < 1).all())  # the sink takes mass from every row
+        True
     """
 
     has_positions = False
@@ -669,6 +731,12 @@ class AttentionKernel(Intervention):
     ``AttentionKernel("scaled", alpha=0.5)``, ``AttentionKernel("elu1", normalise=True)``...
     The kernel sees the model's own scaled scores; virtual keys (:class:`KVBias`,
     :class:`SinkLogit`) in the same layer enter it too.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, intervene, AttentionKernel
+        >>> with intervene(tiny_model(), AttentionKernel("sigmoid", bias="-log n", heads=[0, 1])) as m:
+        ...     _ = m(torch.randint(4, 128, (1, 6)))
     """
 
     has_positions = False
@@ -699,6 +767,16 @@ class StreamingWindow(Intervention):
     states are computed with its own window, exactly as in token-by-token
     decoding with a rolling KV cache, so one forward pass gives the streaming
     log-likelihood of every token.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, intervene, StreamingWindow
+        >>> m = tiny_model()
+        >>> with intervene(m, StreamingWindow(4, sinks=1)):
+        ...     _, cache = m.run_with_cache(torch.randint(4, 128, (1, 8)), names_filter="blocks.0.attn.hook_pattern")
+        >>> p = cache["blocks.0.attn.hook_pattern"]
+        >>> (p[0, 0, 7] > 0).int().tolist()  # query 7 sees key 0 and keys 4-7
+        [1, 0, 0, 0, 1, 1, 1, 1]
     """
 
     has_positions = False

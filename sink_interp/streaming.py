@@ -53,6 +53,13 @@ def long_tokens(model: Any, length: int = 1536, n: int = 8, bos: bool = False, p
     share ``source`` and ``title`` (blank line between; their order within the
     article was not kept when the corpus was built) and keeps the ``n`` longest
     documents with at least ``length`` tokens, truncated to ``length``.
+
+    Example:
+        >>> from sink_interp import tiny_model
+        >>> t = long_tokens(tiny_model(), length=512, n=2)
+        >>> docs = t.probe_info["documents"]
+        >>> t.shape, docs[0].split(":")[0]
+        (torch.Size([2, 512]), 'wikipedia')
     """
     from .data import _bos_id, _tokenizer, natural_path
 
@@ -99,6 +106,13 @@ class StreamReport:
     ``nll[c, t]`` is the mean (over samples) loss of predicting token ``t + 1``
     under condition ``conditions[c]``. ``bucket`` is the width of the position
     buckets in :meth:`to_frame`.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, streaming_ppl
+        >>> rep = streaming_ppl(tiny_model(), torch.randint(4, 128, (1, 24)), sinks=1, window=6, progress=False)
+        >>> rep.full_from, rep.conditions[0]
+        (7, 'full')
     """
 
     conditions: tuple[str, ...]
