@@ -10,13 +10,17 @@ Example:
 
 from .capture import Keep, Reduce, Reducer, attach_hooks, hook_snapshot, run_reducers
 from .data import probe_tokens
+from .longctx import LongContextReport, long_context_sinks
+from .masks import AttentionMask
 from .metrics import SinkReport, measure_sinks, sink_alpha
 from .models import ModelInfo, known_models, load_model, model_info, tiny_model
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionMask",
     "Keep",
+    "LongContextReport",
     "ModelInfo",
     "Reduce",
     "Reducer",
@@ -25,6 +29,7 @@ __all__ = [
     "hook_snapshot",
     "known_models",
     "load_model",
+    "long_context_sinks",
     "measure_sinks",
     "model_info",
     "probe_tokens",
