@@ -162,6 +162,7 @@ def probe_tokens(
             info["source"] = str(path)
         texts = read_jsonl_texts(path)
         tok = _tokenizer(model)
+        info["concat"] = bool(concat)
         if concat:
             toks = _concat_rows(tok, texts, n, body, path, info)
             texts = []
@@ -188,7 +189,6 @@ def probe_tokens(
 
     if bos:
         toks = torch.cat([torch.full((n, 1), _bos_id(model), dtype=torch.long), toks], dim=1)
-    info["concat"] = bool(concat)
     toks = toks.contiguous()
     toks.probe_info = info  # type: ignore[attr-defined]
     return toks

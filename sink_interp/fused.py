@@ -50,6 +50,9 @@ SDPA = "F.scaled_dot_product_attention"
 #: largest difference between the fused engine and the bridge's hook_pattern accepted by the self-check
 SELF_CHECK_ATOL = {torch.float32: 1e-4, torch.float64: 1e-6}
 SELF_CHECK_TOKENS = 32
+#: use the CPU flash kernel's logsumexp when it applies (False: F.scaled_dot_product_attention + blockwise LSE,
+#: the path CUDA/MPS take)
+USE_CPU_LSE_KERNEL = True
 
 _ACTIVE: contextvars.ContextVar["_Run | None"] = contextvars.ContextVar("sink_interp_fused_run", default=None)
 _REGISTERED = False
@@ -91,7 +94,7 @@ def fused_attention(
     """
     causal = mask.is_causal
     attn_mask = None if causal else additive
-    if want_lse and query.device.type == "cpu" and query.dtype == torch.float32:
+    if want_lse and USE_CPU_LSE_KERNEL and query.device.type == "cpu" and query.dtype == torch.float32:
         op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
         if op is not None:
             try:

@@ -57,8 +57,9 @@ from ._internal.memory import available_bytes
 from .capture import Reducer, attach_hooks, auto_batch_size, model_device, run_reducers
 from .masks import CAUSAL, AttentionMask, as_mask, attention_scale, mask_hooks, qk_hook_names
 
-#: Working memory of one block of scores (batch x heads x queries x keys float32).
-BLOCK_BYTES = 32 * 2**20
+#: Working memory of one block of scores (batch x heads x queries x keys float32). Small blocks stay
+#: in cache: on a 2-core EPYC, 4 MB blocks ran the T = 2048 pass about 2x faster than 32 MB ones.
+BLOCK_BYTES = 4 * 2**20
 _MIN_BLOCK, _MAX_BLOCK = 16, 256
 
 
@@ -144,7 +145,12 @@ def block_alpha(
 
     qs = (q.to(torch.float32) * scale).reshape(b, G, r, T, d)
     kf = k.to(torch.float32)
-    lse_g = None if lse is None else lse.to(torch.float32).reshape(b, G, r, T)
+    with_lse = lse is not None
+    if with_lse:
+        # fold "- LSE_t" into the product: [scale q_t, -LSE_t] . [k_j, 1] = s[t, j] - LSE_t (saves a pass)
+        qs = torch.cat([qs, -lse.to(torch.float32).reshape(b, G, r, T, 1)], dim=-1)
+        kf = torch.cat([kf, torch.ones(b, G, T, 1, dtype=torch.float32, device=dev)], dim=-1)
+    dq = qs.shape[-1]
     col = torch.zeros(b, G, r, n_buckets, T, dtype=torch.float32, device=dev)
     rows = torch.zeros(b, G, r, dtype=torch.float32, device=dev)
 
@@ -169,7 +175,7 @@ def block_alpha(
         else:
             keys = span.to(dev)
             kb = kf.index_select(2, keys)
-        qb = qs[:, :, :, a:e].reshape(b, G, r * Q, d)
+        qb = qs[:, :, :, a:e].reshape(b, G, r * Q, dq)
         s = torch.matmul(qb, kb.transpose(-1, -2)).view(b, G, r, Q, kb.shape[2])
 
         # hide what the queries of this block may not see; only the columns where something is hidden
@@ -184,10 +190,10 @@ def block_alpha(
                 c0, c1 = int(bad_cols[0]), int(bad_cols[-1]) + 1
                 s[..., c0:c1].masked_fill_(hidden[:, c0:c1], neg_inf)
 
-        if lse_g is not None:
-            s.sub_(lse_g[:, :, :, a:e, None]).exp_()
-            rows += s.sum(dim=(-1, -2))
+        if with_lse:
+            s.exp_()
             c = s.sum(3)
+            rows += c.sum(-1)
         else:
             s.sub_(s.amax(-1, keepdim=True)).exp_()
             w = s.sum(-1).reciprocal_()  # [b, G, r, Q]

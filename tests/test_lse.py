@@ -134,6 +134,19 @@ def test_measure_sinks_lse_report_records_method_and_engine(tiny_models, name):
     assert measure_sinks(model, tokens, progress=False).method == "pattern"  # auto at T=24
 
 
+@pytest.mark.parametrize("mask_name", ["causal", "window+sinks"])
+def test_fused_engine_without_the_cpu_kernel_takes_the_row_normaliser_blockwise(tiny_models, mask_name, monkeypatch):
+    """The path CUDA/MPS take: F.scaled_dot_product_attention for the output, LSE formed inside the blocks."""
+    monkeypatch.setattr(fused_mod, "USE_CPU_LSE_KERNEL", False)
+    model, _ = tiny_models("tiny-gqa")
+    tokens = torch.randint(4, 128, (3, 33), generator=torch.Generator().manual_seed(8))
+    mask = MASKS[mask_name]
+    rep = measure_sinks(model, tokens, method="lse", mask=mask, progress=False)
+    assert rep.extra["lse"]["kernel"] == [fused_mod.SDPA] and rep.extra["lse"]["lse"] == ["blockwise"]
+    pattern = measure_sinks(model, tokens, method="pattern", mask=mask, progress=False)
+    np.testing.assert_allclose(rep.alpha, pattern.alpha, atol=1e-5)
+
+
 def test_fused_engine_leaves_the_model_bit_for_bit_and_shares_weights(tiny_models):
     model, _ = tiny_models("tiny-gqa")
     tokens = torch.randint(4, 128, (2, 30), generator=torch.Generator().manual_seed(2))
