@@ -44,6 +44,7 @@ Example:
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -58,8 +59,8 @@ from .capture import Reducer, attach_hooks, auto_batch_size, model_device, run_r
 from .masks import CAUSAL, AttentionMask, as_mask, attention_scale, mask_hooks, qk_hook_names
 
 #: Working memory of one block of scores (batch x heads x queries x keys float32). Small blocks stay
-#: in cache: on a 2-core EPYC, 4 MB blocks ran the T = 2048 pass about 2x faster than 32 MB ones.
-BLOCK_BYTES = 4 * 2**20
+#: in cache: on a 2-core EPYC, 2 MB blocks ran the T = 2048 pass about 2x faster than 32 MB ones.
+BLOCK_BYTES = 2 * 2**20
 _MIN_BLOCK, _MAX_BLOCK = 16, 256
 
 
@@ -113,6 +114,7 @@ def block_alpha(
     mask: AttentionMask | None = None,
     query_edges: Sequence[int] | None = None,
     block_bytes: int = BLOCK_BYTES,
+    threads: int | None = None,
 ) -> tuple[Float[Tensor, "b H bucket T"], Float[Tensor, "b H"]]:
     """Column sums of the softmax attention of ``q`` over ``k``, and the mean row sum, in float32.
 
@@ -124,7 +126,8 @@ def block_alpha(
             each row's maximum and sum are taken from the block (which holds whole rows).
         mask: which keys each query sees (default: causal).
         query_edges: query bucket edges; column sums are kept per bucket.
-        block_bytes: working memory of one block of scores.
+        block_bytes: working memory of one block of scores (per worker).
+        threads: CPU workers, each taking whole blocks (default ``torch.get_num_threads()``).
 
     Returns:
         ``(col, row_sum)``: ``col[b, h, bucket, j] = sum over queries t of the bucket of A[t, j]``
@@ -150,10 +153,6 @@ def block_alpha(
         # fold "- LSE_t" into the product: [scale q_t, -LSE_t] . [k_j, 1] = s[t, j] - LSE_t (saves a pass)
         qs = torch.cat([qs, -lse.to(torch.float32).reshape(b, G, r, T, 1)], dim=-1)
         kf = torch.cat([kf, torch.ones(b, G, T, 1, dtype=torch.float32, device=dev)], dim=-1)
-    dq = qs.shape[-1]
-    col = torch.zeros(b, G, r, n_buckets, T, dtype=torch.float32, device=dev)
-    rows = torch.zeros(b, G, r, dtype=torch.float32, device=dev)
-
     max_keys = max(T, mask.prefix if mask.prefix > 1 else 0)
     if mask.window is not None:
         max_keys = min(max_keys, mask.window + mask.sinks + _MAX_BLOCK)
@@ -162,49 +161,84 @@ def block_alpha(
     if 1 < mask.prefix < T:
         cuts.add(mask.prefix)
     cuts_sorted = sorted(cuts)
-    bucket_of = {a: max(i for i, e in enumerate(edges[:-1]) if e <= a) for a in cuts_sorted[:-1]}
-    neg_inf = float("-inf")
+    blocks = [(a, e, max(i for i, x in enumerate(edges[:-1]) if x <= a)) for a, e in zip(cuts_sorted, cuts_sorted[1:])]
 
-    for a, e in zip(cuts_sorted, cuts_sorted[1:]):
-        Q = e - a
-        span = mask.key_span(a, e, T)
-        if isinstance(span, slice):
-            lo, hi = span.start, span.stop
-            kb = kf[:, :, lo:hi]
-            keys = None
-        else:
-            keys = span.to(dev)
-            kb = kf.index_select(2, keys)
-        qb = qs[:, :, :, a:e].reshape(b, G, r * Q, dq)
-        s = torch.matmul(qb, kb.transpose(-1, -2)).view(b, G, r, Q, kb.shape[2])
+    def run(part: list[tuple[int, int, int]]) -> tuple[Tensor, Tensor]:
+        col = torch.zeros(b, G, r, n_buckets, T, dtype=torch.float32, device=dev)
+        rows = torch.zeros(b, G, r, dtype=torch.float32, device=dev)
+        for a, e, bi in part:
+            _one_block(qs, kf, a, e, bi, mask, with_lse, col, rows)
+        return col, rows
 
-        # hide what the queries of this block may not see; only the columns where something is hidden
-        if mask.is_causal:
-            c0, c1 = a - lo, e - lo  # the diagonal square
-            s[..., c0:c1].masked_fill_(torch.ones(Q, Q, dtype=torch.bool, device=dev).triu(1), neg_inf)
-        else:
-            jpos = torch.arange(lo, hi, device=dev) if keys is None else keys
-            hidden = ~mask.visible(torch.arange(a, e, device=dev), jpos)
-            bad_cols = hidden.any(0).nonzero()
-            if bad_cols.numel():
-                c0, c1 = int(bad_cols[0]), int(bad_cols[-1]) + 1
-                s[..., c0:c1].masked_fill_(hidden[:, c0:c1], neg_inf)
-
-        if with_lse:
-            s.exp_()
-            c = s.sum(3)
-            rows += c.sum(-1)
-        else:
-            s.sub_(s.amax(-1, keepdim=True)).exp_()
-            w = s.sum(-1).reciprocal_()  # [b, G, r, Q]
-            c = torch.matmul(w.unsqueeze(-2), s).squeeze(-2)
-            rows += Q  # rows normalised by construction
-        bi = bucket_of[a]
-        if keys is None:
-            col[:, :, :, bi, lo:hi] += c
-        else:
-            col[:, :, :, bi].index_add_(-1, keys, c)
+    workers = _workers(len(blocks), dev, threads)
+    if workers <= 1:
+        col, rows = run(blocks)
+    else:
+        # coarse-grained parallelism: each worker takes every workers-th block (causal cost grows
+        # with the block index, so this balances) and runs its ops single-threaded. Per-op
+        # intra-op threads would meet at a barrier after every small op, which stalls badly when
+        # the cores are shared (measured: 3-20x slower at 2 threads on a loaded 2-core machine).
+        prev = torch.get_num_threads()
+        torch.set_num_threads(1)  # fresh worker threads pick this up on their first op
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                parts = list(pool.map(run, [blocks[w::workers] for w in range(workers)]))
+        finally:
+            torch.set_num_threads(prev)
+        col = torch.stack([p[0] for p in parts]).sum(0)
+        rows = torch.stack([p[1] for p in parts]).sum(0)
     return col.reshape(b, H, n_buckets, T), rows.reshape(b, H) / T
+
+
+def _workers(n_blocks: int, device: torch.device, threads: int | None) -> int:
+    if device.type != "cpu":
+        return 1
+    want = torch.get_num_threads() if threads is None else int(threads)
+    return max(1, min(want, n_blocks // 2))
+
+
+def _one_block(qs: Tensor, kf: Tensor, a: int, e: int, bucket: int, mask: AttentionMask, with_lse: bool,
+               col: Tensor, rows: Tensor) -> None:
+    """Add the column sums of queries ``a..e-1`` (all in one bucket) into ``col[..., bucket, :]``."""
+    b, G, r, T, dq = qs.shape
+    dev = qs.device
+    Q = e - a
+    span = mask.key_span(a, e, T)
+    if isinstance(span, slice):
+        lo, hi = span.start, span.stop
+        kb = kf[:, :, lo:hi]
+        keys = None
+    else:
+        lo = hi = 0
+        keys = span.to(dev)
+        kb = kf.index_select(2, keys)
+    qb = qs[:, :, :, a:e].reshape(b, G, r * Q, dq)
+    s = torch.matmul(qb, kb.transpose(-1, -2)).view(b, G, r, Q, kb.shape[2])
+
+    # hide what these queries may not see, only in the columns where something is hidden
+    if mask.is_causal:
+        s[..., a - lo : e - lo].masked_fill_(torch.ones(Q, Q, dtype=torch.bool, device=dev).triu(1), float("-inf"))
+    else:
+        jpos = torch.arange(lo, hi, device=dev) if keys is None else keys
+        hidden = ~mask.visible(torch.arange(a, e, device=dev), jpos)
+        bad_cols = hidden.any(0).nonzero()
+        if bad_cols.numel():
+            c0, c1 = int(bad_cols[0]), int(bad_cols[-1]) + 1
+            s[..., c0:c1].masked_fill_(hidden[:, c0:c1], float("-inf"))
+
+    if with_lse:  # the scores already carry "- LSE_t"
+        s.exp_()
+        c = s.sum(3)
+        rows += c.sum(-1)
+    else:  # whole rows are here: take their maximum and sum
+        s.sub_(s.amax(-1, keepdim=True)).exp_()
+        w = s.sum(-1).reciprocal_()  # [b, G, r, Q]
+        c = torch.matmul(w.unsqueeze(-2), s).squeeze(-2)
+        rows += Q
+    if keys is None:
+        col[:, :, :, bucket, lo:hi] += c
+    else:
+        col[:, :, :, bucket].index_add_(-1, keys, c)
 
 
 # --------------------------------------------------------------------------- hooks engine
