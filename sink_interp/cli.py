@@ -20,6 +20,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="model name (default: the offline smollm2-135m), HF id or local dir")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's); on a shared, busy machine 1 is often fastest")
 
 
 def _add_data_args(p: argparse.ArgumentParser, n: int | None, length: int, data: str = "natural") -> None:
@@ -60,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--quiet", action="store_true", help="no progress bar")
     lc.set_defaults(func=cmd_long)
     return parser
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None) is not None:
+        import torch
+
+        from ._internal.errors import check_positive_int
+
+        torch.set_num_threads(check_positive_int(args.threads, "threads"))
 
 
 def default_n(length: int) -> int:
@@ -103,6 +114,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from ._internal.errors import check_eps
 
     check_eps(args.eps)
+    _set_threads(args)
     t0 = time.time()
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     t_load = time.time() - t0
@@ -165,6 +177,7 @@ def cmd_long(args: argparse.Namespace) -> int:
     from .longctx import long_context_sinks
 
     check_eps(args.eps)
+    _set_threads(args)
     t0 = time.time()
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     t_load = time.time() - t0
