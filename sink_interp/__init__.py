@@ -1,6 +1,6 @@
 """sink_interp: find, explain and switch off attention sinks in language models.
 
-Example:
+Examples:
     >>> from sink_interp import load_model, probe_tokens, measure_sinks
     >>> model = load_model("tiny-gqa")
     >>> report = measure_sinks(model, probe_tokens(model, "random", n=4, length=16), progress=False)
@@ -12,8 +12,24 @@ from .capture import Keep, Reduce, Reducer, attach_hooks, hook_snapshot, run_red
 from .data import probe_tokens
 from .longctx import LongContextReport, long_context_sinks
 from .masks import AttentionMask
+from .massive import MassiveReport, massive_activations
 from .metrics import SinkReport, measure_sinks, sink_alpha
 from .models import ModelInfo, known_models, load_model, model_info, tiny_model
+from .views import (
+    View,
+    alpha_tokens_view,
+    attention_view,
+    build_report,
+    concat,
+    effect_bars,
+    head_heatmap,
+    key_manifold_view,
+    massive_activation_view,
+    show_attention,
+    training_curves,
+    view_for,
+)
+from .trace import TraceReport, trace_sink
 
 __version__ = "0.1.0"
 
@@ -21,19 +37,35 @@ __all__ = [
     "AttentionMask",
     "Keep",
     "LongContextReport",
+    "MassiveReport",
     "ModelInfo",
     "Reduce",
     "Reducer",
     "SinkReport",
+    "TraceReport",
+    "View",
+    "alpha_tokens_view",
     "attach_hooks",
+    "attention_view",
+    "build_report",
+    "concat",
+    "effect_bars",
+    "head_heatmap",
     "hook_snapshot",
+    "key_manifold_view",
     "known_models",
     "load_model",
     "long_context_sinks",
+    "massive_activation_view",
+    "massive_activations",
     "measure_sinks",
     "model_info",
     "probe_tokens",
     "run_reducers",
+    "show_attention",
     "sink_alpha",
     "tiny_model",
+    "trace_sink",
+    "training_curves",
+    "view_for",
 ]

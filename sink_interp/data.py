@@ -115,7 +115,7 @@ def probe_tokens(
         seed: seed for ``"random"`` and ``"repeat"`` (text sources keep file order).
         concat: for text sources, join passages until each row is full (long contexts).
 
-    Example:
+    Examples:
         >>> from sink_interp import tiny_model
         >>> toks = probe_tokens(tiny_model(), "repeat", n=3, length=5, bos=True)
         >>> toks.shape, toks.probe_info["bos"]
