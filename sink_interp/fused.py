@@ -175,7 +175,7 @@ def hf_twin(model: Any) -> torch.nn.Module:
 
     Built on the meta device, then given the bridge's own tensors: no weights are copied.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from sink_interp import tiny_model
         >>> bridge = tiny_model()

@@ -18,7 +18,7 @@ both from one blockwise pass (:mod:`sink_interp.lse`, no T x T map):
   :class:`sink_interp.SinkReport` (``report.sinks``), with ``sink_positions`` and
   ``secondary_sinks``.
 
-Example:
+Examples:
     >>> import torch
     >>> from sink_interp import tiny_model
     >>> rep = long_context_sinks(tiny_model(), torch.randint(4, 128, (2, 64)), buckets=4, progress=False)
@@ -51,6 +51,15 @@ class LongContextReport:
     """Sink scores per query bucket (``bucket_alpha [n, layers, heads, buckets, T]``) and over the whole input (``sinks``).
 
     Positions ``k`` are 1-indexed; ``bucket_alpha`` is NaN where no query of the bucket can see ``k``.
+
+    Examples:
+        >>> import torch
+        >>> from sink_interp import tiny_model, long_context_sinks
+        >>> rep = long_context_sinks(tiny_model(), torch.randint(4, 128, (1, 32)), query_edges=[0, 8, 32], progress=False)
+        >>> rep.bucket_alpha.shape  # [n, layers, heads, buckets, T]
+        (1, 2, 4, 2, 32)
+        >>> rep.bucket_frame(ks=(1,))[["q_from", "q_to", "k"]].values.tolist()
+        [[1, 8, 1], [9, 32, 1]]
     """
 
     sinks: SinkReport
@@ -197,8 +206,23 @@ def long_context_sinks(
         eps: sink threshold.
         buckets: number of equal query buckets (ignored when ``query_edges`` is given).
         query_edges: explicit bucket edges ``[0, ..., T]``.
-        layers, mask, bos, data, batch_size, progress, fused: as in :func:`sink_interp.measure_sinks`
-            (the method is always ``"lse"``).
+        layers: layers to measure (default: all).
+        mask: an ``AttentionMask`` the model attends with (default: causal).
+        bos: whether ``tokens`` start with BOS (default: read from the probe or the first column).
+        data: label of the inputs (default: the probe source).
+        batch_size: samples per forward pass.
+        progress: show a progress bar.
+        fused: ``None`` fused attention when possible, ``False`` the bridge's hooks, ``True`` require fused.
+
+    Returns:
+        A :class:`LongContextReport` (the method is always ``"lse"``).
+
+    Examples:
+        >>> import torch
+        >>> from sink_interp import tiny_model
+        >>> rep = long_context_sinks(tiny_model(), torch.randint(4, 128, (2, 64)), buckets=4, progress=False)
+        >>> rep.bucket_rates(k=1).shape, rep.sinks.method
+        ((4,), 'lse')
     """
     eps = check_eps(eps)
     checked = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=2)

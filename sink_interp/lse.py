@@ -32,7 +32,7 @@ edges, so this costs nothing extra. ``bucket_counts`` gives the matching
 normalisers (queries ``t`` in the bucket with ``t >= k``), so the per-bucket
 score is the mean attention that the bucket's queries pay to key ``k``.
 
-Example:
+Examples:
     >>> import torch
     >>> q, k = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8)      # GQA: 4 query heads, 2 KV heads
     >>> col, rows = block_alpha(q, k, scale=8 ** -0.5)

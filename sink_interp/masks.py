@@ -17,7 +17,7 @@ its kernel call, and the blockwise ``lse`` maths when it forms the scores.
 The sink score keeps the official normaliser ``T - k + 1`` whatever the mask,
 so scores stay comparable with the unmasked model.
 
-Example:
+Examples:
     >>> m = AttentionMask(window=2, sinks=1)
     >>> m.dense(4).int()
     tensor([[1, 0, 0, 0],
@@ -55,6 +55,16 @@ class AttentionMask:
         window: each query sees the last ``window`` keys (itself included); ``None``: no window.
         prefix: the first ``prefix`` tokens attend to each other both ways (prefix LM); 0 or 1: none.
         sinks: with a window, the first ``sinks`` keys stay visible to every later query (StreamingLLM).
+
+    Examples:
+        >>> import torch
+        >>> from sink_interp import tiny_model, measure_sinks
+        >>> mask = AttentionMask(window=4, sinks=1)
+        >>> mask.visible(torch.tensor([9]), torch.arange(10)).int()
+        tensor([[1, 0, 0, 0, 0, 0, 1, 1, 1, 1]], dtype=torch.int32)
+        >>> report = measure_sinks(tiny_model(), torch.randint(4, 128, (2, 16)), mask=mask, progress=False)
+        >>> report.extra["mask"]
+        {'window': 4, 'prefix': 0, 'sinks': 1}
     """
 
     window: int | None = None
