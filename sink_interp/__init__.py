@@ -10,6 +10,8 @@ Examples:
 
 from .capture import Keep, Reduce, Reducer, attach_hooks, hook_snapshot, run_reducers
 from .data import probe_tokens
+from .longctx import LongContextReport, long_context_sinks
+from .masks import AttentionMask
 from .massive import MassiveReport, massive_activations
 from .metrics import SinkReport, measure_sinks, sink_alpha
 from .models import ModelInfo, known_models, load_model, model_info, tiny_model
@@ -32,7 +34,9 @@ from .trace import TraceReport, trace_sink
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionMask",
     "Keep",
+    "LongContextReport",
     "MassiveReport",
     "ModelInfo",
     "Reduce",
@@ -51,6 +55,7 @@ __all__ = [
     "key_manifold_view",
     "known_models",
     "load_model",
+    "long_context_sinks",
     "massive_activation_view",
     "massive_activations",
     "measure_sinks",
