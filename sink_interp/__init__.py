@@ -24,6 +24,8 @@ from .interventions import (
     ZeroValue,
     intervene,
 )
+from .longctx import LongContextReport, long_context_sinks
+from .masks import AttentionMask
 from .massive import MassiveReport, massive_activations
 from .metrics import SinkReport, measure_sinks, sink_alpha
 from .streaming import StreamReport, long_tokens, streaming_ppl
@@ -67,7 +69,9 @@ __all__ = [
     "scan_heads",
     "streaming_ppl",
     "long_tokens",
+    "AttentionMask",
     "Keep",
+    "LongContextReport",
     "MassiveReport",
     "ModelInfo",
     "Reduce",
@@ -86,6 +90,7 @@ __all__ = [
     "key_manifold_view",
     "known_models",
     "load_model",
+    "long_context_sinks",
     "massive_activation_view",
     "massive_activations",
     "measure_sinks",

@@ -3,6 +3,8 @@
     sink-interp measure --model smollm2-135m --data natural --n 100 --length 64 --eps 0.3 [--bos] [--json OUT]
     sink-interp ablate  --model smollm2-135m --data natural --n 32 --length 64 [--fit-steps 40] [--json OUT]
     sink-interp stream  --model smollm2-135m --sinks 4 --window 256 [--length 1536 --n 8] [--json OUT]
+    sink-interp measure --length 8192            # long inputs: method auto -> lse, passages joined
+    sink-interp long --length 8192 --buckets 8   # Sink_k by query bucket and by key position
     sink-interp report --model smollm2-135m [--data natural] --out report.html
     sink-interp trace --model smollm2-135m --data natural --n 20 --length 64 [--layer L --head H] [--json OUT]
 """
@@ -22,12 +24,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="model name (default: the offline smollm2-135m), HF id or local dir")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's); on a shared, busy machine 1 is often fastest")
 
 
-def _add_data_args(p: argparse.ArgumentParser, n: int, length: int) -> None:
-    p.add_argument("--data", default="natural", help="natural | random | repeat | FILE.jsonl (a \"text\" field per line)")
-    p.add_argument("--n", type=int, default=n, help=f"number of samples (default {n})")
+def _add_data_args(p: argparse.ArgumentParser, n: int | None, length: int, data: str = "natural", concat: bool = False) -> None:
+    p.add_argument("--data", default=data, help=f"natural | natural-concat | random | repeat | FILE.jsonl (a \"text\" field per line); default {data}")
+    p.add_argument("--n", type=int, default=n, help="number of samples (default: " + (str(n) if n else "100, fewer for long inputs: about 8k tokens in all") + ")")
     p.add_argument("--length", type=int, default=length, help=f"tokens per sample, BOS included (default {length})")
+    if concat:
+        p.add_argument("--concat", default=None, action=argparse.BooleanOptionalAction,
+                       help="join text passages into long rows (default: on for --length > 512)")
     p.add_argument("--bos", action="store_true", help="put the tokenizer's BOS token first (default: no BOS)")
     p.add_argument("--seed", type=int, default=0, help="seed for random/repeat probes")
 
@@ -38,9 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("measure", help="measure Sink_k (Gu et al.) for every layer and head")
     _add_model_args(m)
-    _add_data_args(m, n=100, length=64)
+    _add_data_args(m, n=None, length=64, concat=True)
     m.add_argument("--eps", type=float, default=0.3, help="sink threshold in (0, 1) (default 0.3)")
     m.add_argument("--batch-size", type=int, default=None, help="samples per forward pass")
+    m.add_argument("--method", default="auto", choices=["auto", "pattern", "lse"],
+                   help="pattern: reduce hook_pattern; lse: blockwise from q, k and the row log-sum-exp (no T x T map); "
+                        "auto (default): lse from length 512 or when the maps would not fit")
     m.add_argument("--top", type=int, default=10, help="how many top sink heads to print")
     m.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -73,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--quiet", action="store_true", help="no progress bars")
     st.set_defaults(func=cmd_stream)
 
+    lc = sub.add_parser("long", help="sinks at long context: Sink_k by query bucket and by key position (blockwise, no T x T map)")
+    _add_model_args(lc)
+    _add_data_args(lc, n=1, length=8192, data="natural-concat", concat=True)
+    lc.add_argument("--eps", type=float, default=0.3, help="sink threshold in (0, 1) (default 0.3)")
+    lc.add_argument("--buckets", type=int, default=8, help="number of equal query buckets (default 8)")
+    lc.add_argument("--batch-size", type=int, default=None, help="samples per forward pass")
+    lc.add_argument("--top", type=int, default=10, help="how many key positions to list")
+    lc.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
+    lc.add_argument("--quiet", action="store_true", help="no progress bar")
+    lc.set_defaults(func=cmd_long)
+
     r = sub.add_parser("report", help="write one standalone offline HTML page: sink map, top heads, attention, massive activations")
     _add_model_args(r)
     _add_data_args(r, n=100, length=64)
@@ -101,6 +122,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _set_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None) is not None:
+        import torch
+
+        from ._internal.errors import check_positive_int
+
+        torch.set_num_threads(check_positive_int(args.threads, "threads"))
+
+
+def default_n(length: int) -> int:
+    """Samples when --n is not given: 100 short probes, about 8k tokens in all for long ones."""
+    return int(max(1, min(100, 8192 // max(1, length))))
+
+
+def _probe(model: Any, args: argparse.Namespace) -> Any:
+    from . import probe_tokens
+
+    n = args.n if args.n is not None else default_n(args.length)
+    text = args.data not in ("random", "repeat")
+    concat = args.concat if args.concat is not None else (text and args.length > 512)
+    return probe_tokens(model, args.data, n=n, length=args.length, bos=args.bos, seed=args.seed, concat=bool(concat and text))
+
+
+def _peak_rss_mb() -> float:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    except Exception:  # pragma: no cover - not POSIX
+        return float("nan")
+
+
 def _fmt_table(rows: list[list[Any]], header: list[str]) -> str:
     cells = [[str(h) for h in header]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -115,17 +168,17 @@ def _bar(pct: float, width: int = 30) -> str:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from . import load_model, measure_sinks, probe_tokens
+    from . import load_model, measure_sinks
     from ._internal.errors import check_eps
 
     check_eps(args.eps)
     t0 = time.time()
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     t_load = time.time() - t0
-    tokens = probe_tokens(model, args.data, n=args.n, length=args.length, bos=args.bos, seed=args.seed)
+    tokens = _probe(model, args)
     info = tokens.probe_info
     t1 = time.time()
-    report = measure_sinks(model, tokens, eps=args.eps, batch_size=args.batch_size, progress=not args.quiet)
+    report = measure_sinks(model, tokens, eps=args.eps, batch_size=args.batch_size, progress=not args.quiet, method=args.method)
     t_measure = time.time() - t1
 
     mi = report.model_info
@@ -133,6 +186,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     skipped = f", {info['skipped']} shorter lines skipped" if info.get("skipped") else ""
     print(f"data    {report.data}  n={report.n} length={report.length} BOS={'yes' if report.bos else 'no'}{skipped}")
     print(f"metric  alpha_k = mean_(t>=k) A[t,k]; sink head when alpha_k > eps={report.eps}; score={report.score}")
+    print(f"method  {_method_line(report)}")
     print()
     print(f"Sink_1 = {report.rate(1):.2f}%   (mean alpha_1 = {report.alpha[..., 0].mean():.3f})")
     sweep = ", ".join(f"eps {e}: {report.rate(1, e):.1f}%" for e in (0.1, 0.2, 0.3, 0.5, 0.8))
@@ -157,7 +211,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
         )
     )
     print()
-    print(f"load {t_load:.1f}s, measure {t_measure:.1f}s; versions: " + ", ".join(f"{k} {v}" for k, v in report.versions.items()))
+    print(f"load {t_load:.1f}s, measure {t_measure:.1f}s, peak RSS {_peak_rss_mb():.0f} MB; versions: "
+          + ", ".join(f"{k} {v}" for k, v in report.versions.items()))
     if args.json:
         report.to_json(args.json)
         print(f"wrote {args.json}")
@@ -318,6 +373,64 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _method_line(report: Any) -> str:
+    if report.method != "lse":
+        return "pattern (hook_pattern of every layer, reduced as computed)"
+    lse = report.extra.get("lse", {})
+    if lse.get("engine") == "fused":
+        return f"lse, fused attention ({', '.join(lse.get('kernel', []))}; row LSE from {', '.join(lse.get('lse', []))}), no T x T map"
+    return f"lse through the bridge's hooks (not fused: {lse.get('why_not_fused', '?')}), no T x T map kept"
+
+
+def cmd_long(args: argparse.Namespace) -> int:
+    from . import load_model
+    from ._internal.errors import check_eps
+    from .longctx import long_context_sinks
+
+    check_eps(args.eps)
+    t0 = time.time()
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    t_load = time.time() - t0
+    tokens = _probe(model, args)
+    t1 = time.time()
+    rep = long_context_sinks(model, tokens, eps=args.eps, buckets=args.buckets, batch_size=args.batch_size, progress=not args.quiet)
+    t_measure = time.time() - t1
+    r = rep.sinks
+    mi = r.model_info
+    print(f"model   {r.model}  ({mi['n_layers']} layers x {mi['n_heads']} heads, {mi['n_kv_heads']} KV heads, {r.dtype}, {r.device})")
+    print(f"data    {r.data}  n={r.n} length={r.length} BOS={'yes' if r.bos else 'no'}")
+    print(f"method  {_method_line(r)}")
+    print()
+    print(f"Sink_1 over all queries = {r.rate(1):.2f}%  (mean alpha_1 = {r.alpha[..., 0].mean():.3f}, eps={r.eps})")
+    print()
+    print("Sink_1 by query position (does the first-token sink hold far from it?)")
+    rates, mean = rep.bucket_rates(1), rep.bucket_mean_alpha(1)
+    print(_fmt_table(
+        [[f"{a + 1}-{b}", f"{rates[i]:6.2f}%", f"{mean[i]:.3f}", _bar(rates[i])] for i, (a, b) in enumerate(zip(rep.edges, rep.edges[1:]))],
+        ["queries", "Sink_1", "mean alpha_1", ""],
+    ))
+    print()
+    tok = getattr(model, "tokenizer", None)
+    table = rep.key_table(top=args.top)
+    rows = []
+    for row in table.to_dict(orient="records"):
+        token = ""
+        if tok is not None and "token_id" in row:
+            token = repr(tok.decode([row["token_id"]]))
+        rows.append([row["k"], f"{row[f'Sink_k (eps={rep.eps})']:.2f}%", f"{row['mean_alpha']:.4f}", row["n_queries"], "yes" if row["reliable"] else "no", token])
+    print(f"top {args.top} key positions by Sink_k over all queries")
+    print(_fmt_table(rows, ["k", "Sink_k", "mean alpha_k", "queries", "reliable", "token"]))
+    sec = rep.secondary_sinks()
+    print()
+    print("secondary sinks (k > 1, Sink_k >= 1%, >= 64 queries): " + (", ".join(str(k) for k in sec[:20]) if sec else "none"))
+    print()
+    print(f"load {t_load:.1f}s, measure {t_measure:.1f}s, peak RSS {_peak_rss_mb():.0f} MB")
+    if args.json:
+        rep.to_json(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from . import load_model, probe_tokens
     from ._internal.errors import check_eps, check_positive_int
@@ -395,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _set_threads(args)
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, KeyError, OSError) as e:
         print(f"sink-interp {args.command}: error: {e}", file=sys.stderr)

@@ -9,7 +9,14 @@ tensor of token ids. ``source`` is one of:
 * ``"random"`` — ids drawn uniformly from the non-special vocabulary;
 * ``"repeat"`` — one token repeated ``length`` times, a different token per sample;
 * a path to a JSONL file with a ``"text"`` field per line (the format of the
-  official ``probe_valid_natural.jsonl``).
+  official ``probe_valid_natural.jsonl``);
+* ``"natural-concat"`` — the natural text with ``concat=True`` (long contexts).
+
+With ``concat=True`` passages are joined (in file order, separated by a blank
+line, ``"\n\n"``) until a row is full, so rows can be far longer than any one
+passage (T = 8192 for SmolLM2 from the shipped file); each row starts at the
+beginning of a passage, like the short probes, and the rest of the passage that
+overflows a row is dropped.
 
 Text is tokenised without special tokens and truncated to ``length``; with
 ``bos=True`` the BOS id takes the first position and the text fills the other
@@ -30,7 +37,7 @@ from torch import Tensor
 
 from ._internal.errors import check_positive_int
 
-SOURCES = ("natural", "random", "repeat")
+SOURCES = ("natural", "random", "repeat", "natural-concat")
 
 
 def natural_path() -> Path:
@@ -95,6 +102,7 @@ def probe_tokens(
     length: int = 64,
     bos: bool = False,
     seed: int = 0,
+    concat: bool = False,
 ) -> Tensor:
     """An ``[n, length]`` probe set of token ids for ``model``.
 
@@ -105,6 +113,7 @@ def probe_tokens(
         length: tokens per sample, BOS included when ``bos=True`` (>= 2).
         bos: put the tokenizer's BOS id first.
         seed: seed for ``"random"`` and ``"repeat"`` (text sources keep file order).
+        concat: for text sources, join passages until each row is full (long contexts).
 
     Examples:
         >>> from sink_interp import tiny_model
@@ -138,9 +147,12 @@ def probe_tokens(
             toks = pick[:, None].expand(n, body).clone()
         info["source"] = src
     else:
+        if src == "natural-concat":
+            concat = True
+            src = "natural"
         if src == "natural":
             path = natural_path()
-            info["source"] = "natural"
+            info["source"] = "natural-concat" if concat else "natural"
         else:
             path = Path(src).expanduser()
             if not path.exists() and src not in SOURCES:
@@ -150,6 +162,10 @@ def probe_tokens(
             info["source"] = str(path)
         texts = read_jsonl_texts(path)
         tok = _tokenizer(model)
+        info["concat"] = bool(concat)
+        if concat:
+            toks = _concat_rows(tok, texts, n, body, path, info)
+            texts = []
         rows: list[list[int]] = []
         skipped = 0
         for text in texts:
@@ -160,17 +176,51 @@ def probe_tokens(
             rows.append(ids[:body])
             if len(rows) == n:
                 break
-        if len(rows) < n:
-            raise ValueError(
-                f"{path} has only {len(rows)} lines with at least {body} tokens ({skipped} shorter lines skipped, "
-                f"{len(texts)} lines in all) but n={n} were asked; fix: lower n or length, or add longer texts"
-            )
-        info["skipped"] = skipped
-        info["lines_read"] = len(rows) + skipped
-        toks = torch.tensor(rows, dtype=torch.long)
+        if not concat:
+            if len(rows) < n:
+                raise ValueError(
+                    f"{path} has only {len(rows)} lines with at least {body} tokens ({skipped} shorter lines skipped, "
+                    f"{len(texts)} lines in all) but n={n} were asked; fix: lower n or length, add longer texts, "
+                    "or join passages with concat=True (source 'natural-concat')"
+                )
+            info["skipped"] = skipped
+            info["lines_read"] = len(rows) + skipped
+            toks = torch.tensor(rows, dtype=torch.long)
 
     if bos:
         toks = torch.cat([torch.full((n, 1), _bos_id(model), dtype=torch.long), toks], dim=1)
     toks = toks.contiguous()
     toks.probe_info = info  # type: ignore[attr-defined]
     return toks
+
+
+CONCAT_SEPARATOR = "\n\n"
+
+
+def _concat_rows(tok: Any, texts: list[str], n: int, body: int, path: Path, info: dict[str, Any]) -> Tensor:
+    """``n`` rows of ``body`` tokens, each joining whole passages from where the last row stopped."""
+    sep = tok(CONCAT_SEPARATOR, add_special_tokens=False)["input_ids"]
+    rows: list[list[int]] = []
+    passages: list[int] = []
+    i = 0
+    while len(rows) < n and i < len(texts):
+        row: list[int] = []
+        used = 0
+        while len(row) < body and i < len(texts):
+            if row:
+                row.extend(sep)
+            row.extend(tok(texts[i], add_special_tokens=False)["input_ids"])
+            i += 1
+            used += 1
+        if len(row) >= body:
+            rows.append(row[:body])
+            passages.append(used)
+    if len(rows) < n:
+        raise ValueError(
+            f"{path} holds only enough text for {len(rows)} rows of {body} tokens when passages are joined, "
+            f"but n={n} were asked; fix: lower n or length"
+        )
+    info["separator"] = CONCAT_SEPARATOR
+    info["passages_per_row"] = passages
+    info["lines_read"] = i
+    return torch.tensor(rows, dtype=torch.long)

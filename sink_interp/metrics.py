@@ -37,7 +37,7 @@ from torch import Tensor
 from ._internal import hooknames
 from ._internal.errors import check_eps, check_tokens
 from ._internal.provenance import dumps, versions, write_atomic
-from .capture import Reducer, run_reducers
+from .capture import Reducer, attach_hooks, run_reducers
 from .models import model_info
 
 SCORES = ("auto", "softmax", "proxy", "abs-proxy")
@@ -393,7 +393,9 @@ def measure_sinks(
     score: str = "auto",
     batch_size: int | None = None,
     progress: bool = True,
-    method: str = "pattern",
+    method: str = "auto",
+    mask: Any = None,
+    fused: bool | None = None,
 ) -> SinkReport:
     """Measure the sink score of every head, layer and key position.
 
@@ -410,7 +412,15 @@ def measure_sinks(
             sum to 1), ``"softmax"``, ``"proxy"`` or ``"abs-proxy"``.
         batch_size: samples per forward pass (default: chosen from the length).
         progress: show a progress bar.
-        method: ``"pattern"``: reduce ``hook_pattern`` of every layer as it is computed.
+        method: ``"pattern"``: reduce ``hook_pattern`` of every layer as it is computed;
+            ``"lse"``: column sums from q, k and the row log-sum-exp, blockwise, never a
+            T x T map (:mod:`sink_interp.lse`; softmax attention only); ``"auto"`` (default):
+            ``"lse"`` for long inputs or when the maps would not fit in memory, else
+            ``"pattern"`` (see :func:`sink_interp.lse.choose_method`).
+        mask: an :class:`sink_interp.AttentionMask` (sliding window, prefix LM, sink tokens)
+            the model attends with during the measurement; default causal.
+        fused: for ``"lse"``: ``None`` uses fused attention when nothing hooks the model
+            (:mod:`sink_interp.fused`), ``False`` forces the bridge's hooks, ``True`` requires fused.
 
     Examples:
         >>> import torch
@@ -421,15 +431,29 @@ def measure_sinks(
     """
     eps = check_eps(eps)
     tokens_checked = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=2)
-    if method != "pattern":
-        raise ValueError(f"method must be 'pattern', got {method!r}")
+    from . import lse as _lse
+
+    method = _lse.choose_method(model, tokens_checked, method, score=score, batch_size=batch_size)
+    mask = _lse.as_mask(mask)
     info = getattr(tokens, "probe_info", None)
     if data is None:
         data = str(info.get("source")) if isinstance(info, dict) and "source" in info else "tokens"
-    reducer = SinkScoreReducer(layers=layers, score=score)
-    run_reducers(model, tokens_checked, [reducer], batch_size=batch_size, progress=progress, desc="sink scores")
-    alpha, row_sum = reducer.result()
-    used = sorted(set(reducer.proxy_layers.values()))
+    extra: dict[str, Any] = {"probe": info} if isinstance(info, dict) else {}
+    if not mask.is_causal:
+        extra["mask"] = mask.to_dict()
+    if method == "lse":
+        sums = _lse.lse_column_sums(model, tokens_checked, layers=layers, mask=mask, batch_size=batch_size,
+                                    progress=progress, fused=fused)
+        alpha, row_sum, layer_list, proxy_layers, used = sums.alpha(), sums.row_sum, sums.layers, {}, []
+        score = "softmax"
+        extra["lse"] = sums.info
+    else:
+        reducer = SinkScoreReducer(layers=layers, score=score)
+        with attach_hooks(model, _lse.mask_hooks(model, mask)):
+            run_reducers(model, tokens_checked, [reducer], batch_size=batch_size, progress=progress, desc="sink scores")
+        alpha, row_sum = reducer.result()
+        layer_list, proxy_layers = reducer.layers, dict(reducer.proxy_layers)
+        used = sorted(set(reducer.proxy_layers.values()))
     return SinkReport(
         alpha=alpha.numpy(),
         row_sum=row_sum.numpy(),
@@ -438,10 +462,10 @@ def measure_sinks(
         bos=_bos_policy(model, tokens_checked if info is None else tokens, bos),
         data=data,
         score=score if score != "auto" else ("softmax" if not used else "auto:" + "+".join(used)),
-        proxy_layers=dict(reducer.proxy_layers),
-        layers=tuple(reducer.layers),
+        proxy_layers=proxy_layers,
+        layers=tuple(layer_list),
         model_info=model_info(model).to_dict(),
         versions=versions(),
         method=method,
-        extra={"probe": info} if isinstance(info, dict) else {},
+        extra=extra,
     )

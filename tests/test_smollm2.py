@@ -63,3 +63,16 @@ def test_natural_text_without_bos_has_a_strong_first_token_sink(smollm2):
     report = measure_sinks(smollm2, probe_tokens(smollm2, "natural", n=20, length=64), progress=False)
     assert report.rate(1) > 50.0
     assert report.bos is False and report.data == "natural"
+
+
+def test_lse_fused_equals_hf_eager_official_formula_on_concatenated_text(smollm2, smollm2_hf):
+    """The fused lse engine on SmolLM2 (GQA 9/3, RoPE) against HF eager output_attentions, at T = 160."""
+    tokens = probe_tokens(smollm2, "natural-concat", n=1, length=160)
+    before = hook_snapshot(smollm2)
+    report = measure_sinks(smollm2, tokens, method="lse", progress=False)
+    assert hook_snapshot(smollm2) == before
+    assert report.method == "lse" and report.extra["lse"]["engine"] == "fused"
+    alpha = official_alpha(hf_attentions(smollm2_hf, tokens, batch_size=1))
+    np.testing.assert_allclose(report.alpha, alpha.numpy(), atol=2e-5)
+    pattern = measure_sinks(smollm2, tokens, method="pattern", progress=False)
+    np.testing.assert_allclose(report.alpha, pattern.alpha, atol=1e-5)

@@ -1,0 +1,431 @@
+"""Sink scores from q, k and each row's log-sum-exp, blockwise: no T x T map.
+
+The sink score needs only column sums of the attention. With scores
+``s[t, j] = scale * q_t . k_j`` (masked entries at -inf) and each row's
+log-sum-exp ``LSE_t = log sum_j exp(s[t, j])``,
+
+    A[t, k] = exp(s[t, k] - LSE_t)        alpha_k = 1 / (T - k + 1) * sum_t A[t, k]
+
+(k 1-indexed, as in :mod:`sink_interp.metrics`). :func:`block_alpha` forms the
+scores for one block of queries against the keys they can see, turns them into
+attention weights (with the kernel's ``LSE`` when one is given, else with the
+block's own row maximum and sum, which cover whole rows), and adds their column
+sums into a float32 accumulator. Only ``batch x heads x block x keys`` floats
+exist at any time (about ``block_bytes``); GQA/MQA query heads meet their KV head
+without copying it; fully hidden key ranges (causal future, outside a window)
+are never scored.
+
+Two engines feed it the rotated q and k of every layer:
+
+* the **fused** engine (:mod:`sink_interp.fused`): the model's own HF modules run
+  with fused attention (a kernel that also returns ``LSE``), no hooks;
+* the **hooks** engine (:class:`LSEReducer`): the TransformerBridge's
+  ``hook_rot_q``/``hook_rot_k`` (``hook_q``/``hook_k`` without RoPE) through
+  :func:`sink_interp.capture.run_reducers`, so interventions on the bridge apply.
+
+:func:`lse_column_sums` picks one; :func:`sink_interp.measure_sinks` with
+``method="lse"`` uses it.
+
+Query buckets: ``query_edges=[0, e1, ..., T]`` keeps the column sums of each
+query bucket apart (``[b, H, buckets, T]``) — the blocks are cut at the bucket
+edges, so this costs nothing extra. ``bucket_counts`` gives the matching
+normalisers (queries ``t`` in the bucket with ``t >= k``), so the per-bucket
+score is the mean attention that the bucket's queries pay to key ``k``.
+
+Examples:
+    >>> import torch
+    >>> q, k = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8)      # GQA: 4 query heads, 2 KV heads
+    >>> col, rows = block_alpha(q, k, scale=8 ** -0.5)
+    >>> pattern = torch.softmax((q @ k.repeat_interleave(2, 1).transpose(-1, -2)) * 8 ** -0.5
+    ...                         + torch.full((6, 6), float("-inf")).triu(1), -1)
+    >>> bool(torch.allclose(col[:, :, 0], pattern.sum(-2), atol=1e-6))
+    True
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ._internal import hooknames
+from ._internal.errors import check_positive_int
+from ._internal.memory import available_bytes
+from .capture import Reducer, attach_hooks, auto_batch_size, model_device, run_reducers
+from .masks import CAUSAL, AttentionMask, as_mask, attention_scale, mask_hooks, qk_hook_names
+
+#: Working memory of one block of scores (batch x heads x queries x keys float32). Small blocks stay
+#: in cache: on a 2-core EPYC, ~2 MB blocks (32 queries at T = 2048, SmolLM2 shapes) ran the pass
+#: ~1.5x faster than 256-query (19 MB) blocks.
+BLOCK_BYTES = 2 * 2**20
+_MIN_BLOCK, _MAX_BLOCK = 16, 256
+
+
+def normalize_edges(query_edges: Sequence[int] | None, length: int) -> list[int]:
+    """``[0, ..., length]``, strictly increasing; ``None`` -> one bucket."""
+    if query_edges is None:
+        return [0, length]
+    edges = [int(e) for e in query_edges]
+    if not edges or edges[0] != 0:
+        edges = [0, *edges]
+    if edges[-1] != length:
+        edges = [*edges, length]
+    if any(b <= a for a, b in zip(edges, edges[1:])) or edges[-1] != length:
+        raise ValueError(f"query_edges must increase strictly from 0 to the length {length}, got {list(query_edges)}")
+    return edges
+
+
+def bucket_edges(length: int, buckets: int) -> list[int]:
+    """``buckets`` equal query buckets over ``length`` positions (the last one takes the rest)."""
+    buckets = check_positive_int(buckets, "buckets")
+    if buckets > length:
+        raise ValueError(f"buckets={buckets} exceeds the length {length}; fix: fewer buckets")
+    step = length // buckets
+    return [i * step for i in range(buckets)] + [length]
+
+
+def bucket_counts(edges: Sequence[int], length: int) -> Float[Tensor, "bucket k"]:
+    """How many queries of each bucket can see key ``k`` (``t >= k``): the per-bucket normaliser.
+
+    With one bucket this is ``T - k + 1`` (k 1-indexed), the official normaliser.
+    """
+    edges = normalize_edges(edges, length)
+    k = torch.arange(length, dtype=torch.float64)
+    rows = []
+    for a, b in zip(edges, edges[1:]):
+        rows.append((b - torch.clamp(k, min=a)).clamp(min=0))
+    return torch.stack(rows).to(torch.float32)
+
+
+def _block_size(batch: int, heads: int, keys: int, block_bytes: int) -> int:
+    q = block_bytes // max(1, 4 * batch * heads * keys)
+    return int(max(_MIN_BLOCK, min(_MAX_BLOCK, q)))
+
+
+def block_alpha(
+    q: Float[Tensor, "b H T d"],
+    k: Float[Tensor, "b G T d"],
+    scale: float,
+    *,
+    lse: Float[Tensor, "b H T"] | None = None,
+    mask: AttentionMask | None = None,
+    query_edges: Sequence[int] | None = None,
+    block_bytes: int = BLOCK_BYTES,
+    threads: int | None = None,
+) -> tuple[Float[Tensor, "b H bucket T"], Float[Tensor, "b H"]]:
+    """Column sums of the softmax attention of ``q`` over ``k``, and the mean row sum, in float32.
+
+    Args:
+        q: rotated queries ``[batch, heads, T, d_head]``.
+        k: rotated keys ``[batch, kv_heads, T, d_head]``; query head ``h`` uses KV head ``h // (heads // kv_heads)``.
+        scale: the factor on ``q . k`` (usually ``d_head ** -0.5``).
+        lse: the row log-sum-exp of the scaled, masked scores, as a fused kernel returns it. Without it,
+            each row's maximum and sum are taken from the block (which holds whole rows).
+        mask: which keys each query sees (default: causal).
+        query_edges: query bucket edges; column sums are kept per bucket.
+        block_bytes: working memory of one block of scores (per worker).
+        threads: CPU workers, each taking whole blocks (default ``torch.get_num_threads()``).
+
+    Returns:
+        ``(col, row_sum)``: ``col[b, h, bucket, j] = sum over queries t of the bucket of A[t, j]``
+        and ``row_sum[b, h]`` = mean over queries of ``sum_j A[t, j]`` (1 for softmax; with a kernel's
+        ``lse`` it checks that the kernel and these scores agree).
+    """
+    if q.dim() != 4 or k.dim() != 4:
+        raise ValueError(f"q and k must be [batch, heads, T, d_head], got {tuple(q.shape)} and {tuple(k.shape)}")
+    b, H, T, d = q.shape
+    G = k.shape[1]
+    if k.shape[0] != b or k.shape[2] != T or k.shape[3] != d or H % G:
+        raise ValueError(f"k {tuple(k.shape)} does not fit q {tuple(q.shape)} (kv heads must divide heads)")
+    r = H // G
+    mask = CAUSAL if mask is None else mask
+    edges = normalize_edges(query_edges, T)
+    n_buckets = len(edges) - 1
+    dev = q.device
+
+    qs = (q.to(torch.float32) * scale).reshape(b, G, r, T, d)
+    kf = k.to(torch.float32)
+    with_lse = lse is not None
+    if with_lse:
+        # fold "- LSE_t" into the product: [scale q_t, -LSE_t] . [k_j, 1] = s[t, j] - LSE_t (saves a pass)
+        qs = torch.cat([qs, -lse.to(torch.float32).reshape(b, G, r, T, 1)], dim=-1)
+        kf = torch.cat([kf, torch.ones(b, G, T, 1, dtype=torch.float32, device=dev)], dim=-1)
+    max_keys = max(T, mask.prefix if mask.prefix > 1 else 0)
+    if mask.window is not None:
+        max_keys = min(max_keys, mask.window + mask.sinks + _MAX_BLOCK)
+    bq = _block_size(b, H, max_keys, block_bytes)
+    cuts = set(edges) | set(range(0, T, bq))
+    if 1 < mask.prefix < T:
+        cuts.add(mask.prefix)
+    cuts_sorted = sorted(cuts)
+    blocks = [(a, e, max(i for i, x in enumerate(edges[:-1]) if x <= a)) for a, e in zip(cuts_sorted, cuts_sorted[1:])]
+
+    def run(part: list[tuple[int, int, int]]) -> tuple[Tensor, Tensor]:
+        col = torch.zeros(b, G, r, n_buckets, T, dtype=torch.float32, device=dev)
+        rows = torch.zeros(b, G, r, dtype=torch.float32, device=dev)
+        for a, e, bi in part:
+            _one_block(qs, kf, a, e, bi, mask, with_lse, col, rows)
+        return col, rows
+
+    workers = _workers(len(blocks), dev, threads)
+    if workers <= 1:
+        col, rows = run(blocks)
+    else:
+        # coarse-grained parallelism: each worker takes every workers-th block (causal cost grows
+        # with the block index, so this balances) and runs its ops single-threaded. Per-op
+        # intra-op threads would meet at a barrier after every small op, which stalls badly when
+        # the cores are shared (measured: 3-20x slower at 2 threads on a loaded 2-core machine).
+        prev = torch.get_num_threads()
+        torch.set_num_threads(1)  # fresh worker threads pick this up on their first op
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                parts = list(pool.map(run, [blocks[w::workers] for w in range(workers)]))
+        finally:
+            torch.set_num_threads(prev)
+        col = torch.stack([p[0] for p in parts]).sum(0)
+        rows = torch.stack([p[1] for p in parts]).sum(0)
+    return col.reshape(b, H, n_buckets, T), rows.reshape(b, H) / T
+
+
+def _workers(n_blocks: int, device: torch.device, threads: int | None) -> int:
+    if device.type != "cpu":
+        return 1
+    want = torch.get_num_threads() if threads is None else int(threads)
+    return max(1, min(want, n_blocks // 2))
+
+
+def _one_block(qs: Tensor, kf: Tensor, a: int, e: int, bucket: int, mask: AttentionMask, with_lse: bool,
+               col: Tensor, rows: Tensor) -> None:
+    """Add the column sums of queries ``a..e-1`` (all in one bucket) into ``col[..., bucket, :]``."""
+    b, G, r, T, dq = qs.shape
+    dev = qs.device
+    Q = e - a
+    span = mask.key_span(a, e, T)
+    if isinstance(span, slice):
+        lo, hi = span.start, span.stop
+        kb = kf[:, :, lo:hi]
+        keys = None
+    else:
+        lo = hi = 0
+        keys = span.to(dev)
+        kb = kf.index_select(2, keys)
+    qb = qs[:, :, :, a:e].reshape(b, G, r * Q, dq)
+    s = torch.matmul(qb, kb.transpose(-1, -2)).view(b, G, r, Q, kb.shape[2])
+
+    # hide what these queries may not see, only in the columns where something is hidden
+    if mask.is_causal:
+        s[..., a - lo : e - lo].masked_fill_(torch.ones(Q, Q, dtype=torch.bool, device=dev).triu(1), float("-inf"))
+    else:
+        jpos = torch.arange(lo, hi, device=dev) if keys is None else keys
+        hidden = ~mask.visible(torch.arange(a, e, device=dev), jpos)
+        bad_cols = hidden.any(0).nonzero()
+        if bad_cols.numel():
+            c0, c1 = int(bad_cols[0]), int(bad_cols[-1]) + 1
+            s[..., c0:c1].masked_fill_(hidden[:, c0:c1], float("-inf"))
+
+    if with_lse:  # the scores already carry "- LSE_t"
+        s.exp_()
+        c = s.sum(3)
+        rows += c.sum(-1)
+    else:  # whole rows are here: take their maximum and sum
+        s.sub_(s.amax(-1, keepdim=True)).exp_()
+        w = s.sum(-1).reciprocal_()  # [b, G, r, Q]
+        c = torch.matmul(w.unsqueeze(-2), s).squeeze(-2)
+        rows += Q
+    if keys is None:
+        col[:, :, :, bucket, lo:hi] += c
+    else:
+        col[:, :, :, bucket].index_add_(-1, keys, c)
+
+
+# --------------------------------------------------------------------------- hooks engine
+
+
+class LSEReducer(Reducer):
+    """Column sums from the bridge's rotated q and k (``hook_rot_q``/``hook_rot_k``), per layer.
+
+    Result: ``col [n, layers, heads, buckets, T]`` and ``row_sum [n, layers, heads]`` (float32, CPU).
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int] | None = None,
+        mask: AttentionMask | None = None,
+        query_edges: Sequence[int] | None = None,
+        block_bytes: int = BLOCK_BYTES,
+    ):
+        self.layers = None if layers is None else list(layers)
+        self.mask = as_mask(mask)
+        self.query_edges = query_edges
+        self.block_bytes = block_bytes
+
+    def hook_names(self, model: Any) -> list[str]:
+        names = []
+        for layer in self.layers:
+            names.extend(qk_hook_names(model, layer))
+        return names
+
+    def begin(self, model: Any, n_samples: int, length: int) -> None:
+        L = int(model.cfg.n_layers)
+        if self.layers is None:
+            self.layers = list(range(L))
+        self._names = {}
+        for i, layer in enumerate(self.layers):
+            qn, kn = qk_hook_names(model, layer)
+            self._names[qn] = (i, "q")
+            self._names[kn] = (i, "k")
+        self._scale = [attention_scale(model, layer) for layer in self.layers]
+        self.edges = normalize_edges(self.query_edges, length)
+        H = int(model.cfg.n_heads)
+        self.col = torch.zeros(n_samples, len(self.layers), H, len(self.edges) - 1, length, dtype=torch.float32)
+        self.row_sum = torch.zeros(n_samples, len(self.layers), H, dtype=torch.float32)
+        self._pending: dict[tuple[int, str], Tensor] = {}
+
+    def update(self, name: str, tensor: Tensor) -> None:
+        i, kind = self._names[name]
+        self._pending[(i, kind)] = tensor.detach()
+        if (i, "q") in self._pending and (i, "k") in self._pending:
+            q = self._pending.pop((i, "q")).transpose(1, 2)  # hooks are [b, s, heads, d]
+            k = self._pending.pop((i, "k")).transpose(1, 2)
+            col, rows = block_alpha(q, k, self._scale[i], mask=self.mask, query_edges=self.edges, block_bytes=self.block_bytes)
+            s = self.batch_start
+            self.col[s : s + col.shape[0], i] = col.cpu()
+            self.row_sum[s : s + col.shape[0], i] = rows.cpu()
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        return self.col, self.row_sum
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+@dataclass
+class ColumnSums:
+    """What :func:`lse_column_sums` computed: column sums per query bucket, row sums, and how."""
+
+    col: Float[Tensor, "n layer head bucket T"]
+    row_sum: Float[Tensor, "n layer head"]
+    edges: list[int]
+    layers: list[int]
+    engine: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def alpha(self) -> Float[Tensor, "n layer head T"]:
+        """The sink score over all queries: ``sum_buckets col / (T - k + 1)``."""
+        T = self.col.shape[-1]
+        return self.col.sum(3) / torch.arange(T, 0, -1, dtype=torch.float32)
+
+    def bucket_alpha(self) -> Float[Tensor, "n layer head bucket T"]:
+        """Per-bucket score: mean attention of the bucket's queries (``t >= k``) on key ``k``; NaN where none."""
+        counts = bucket_counts(self.edges, self.col.shape[-1])
+        return self.col / counts  # 0/0 -> NaN for keys after the bucket
+
+
+def lse_column_sums(
+    model: Any,
+    tokens: Tensor,
+    *,
+    layers: Sequence[int] | None = None,
+    mask: AttentionMask | dict[str, Any] | None = None,
+    query_edges: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    fused: bool | None = None,
+    block_bytes: int = BLOCK_BYTES,
+) -> ColumnSums:
+    """Column sums of every layer's and head's attention without T x T maps, by the fused or the hooks engine.
+
+    ``fused=None`` uses the fused engine when it can (no hooks on the bridge, an HF model inside it
+    that passes a short self-check) and the hooks engine otherwise; ``True`` requires it; ``False``
+    uses the hooks engine. The engine and the reason are recorded in ``info``.
+    """
+    from . import fused as fused_mod
+
+    mask = as_mask(mask)
+    n, T = tokens.shape
+    L = int(model.cfg.n_layers)
+    layer_list = list(range(L)) if layers is None else list(layers)
+    bad = [layer for layer in layer_list if not 0 <= layer < L]
+    if bad:
+        raise ValueError(f"layers {bad} out of range; the model has layers 0..{L - 1}")
+    edges = normalize_edges(query_edges, T)
+
+    reason = "fused=False"
+    if fused is not False:
+        ok, reason = fused_mod.fused_supported(model, tokens, mask)
+        if not ok and fused:
+            raise ValueError(f"the fused engine cannot run this model: {reason}; fix: fused=None or False (hooks engine)")
+        if ok:
+            col, rows, info = fused_mod.fused_column_sums(
+                model, tokens, layers=layer_list, mask=mask, query_edges=edges,
+                batch_size=batch_size, progress=progress, block_bytes=block_bytes,
+            )
+            return ColumnSums(col, rows, edges, layer_list, "fused", info)
+
+    bs = auto_batch_size(model, T) if batch_size is None else check_positive_int(batch_size, "batch_size")
+    reducer = LSEReducer(layers=layer_list, mask=mask, query_edges=edges, block_bytes=block_bytes)
+    with attach_hooks(model, mask_hooks(model, mask)):
+        run_reducers(model, tokens, [reducer], batch_size=bs, progress=progress, desc="sink scores (lse)")
+    col, rows = reducer.result()
+    return ColumnSums(col, rows, edges, layer_list, "hooks", {"engine": "hooks", "why_not_fused": reason, "batch_size": bs})
+
+
+# --------------------------------------------------------------------------- choosing a method
+
+METHODS = ("auto", "pattern", "lse")
+#: from this length on, ``method="auto"`` measures with ``"lse"``
+LSE_MIN_LENGTH = 512
+#: ``"auto"`` also takes ``"lse"`` when one layer's attention maps would need more than this share of free memory
+PATTERN_MEMORY_SHARE = 0.25
+
+
+def pattern_bytes(model: Any, length: int, batch: int) -> int:
+    """Memory of one layer's eager attention maps in the bridge (scores, masked scores, softmax, pattern; float32)."""
+    return int(4 * 4 * batch * int(model.cfg.n_heads) * length * length)
+
+
+def attention_hooks(model: Any) -> list[str]:
+    """Hook points on attention scores/patterns that carry hooks (they may replace the softmax)."""
+    out = []
+    for layer in range(int(model.cfg.n_layers)):
+        for name in (hooknames.attn_scores(layer), hooknames.pattern(layer)):
+            hp = model.hook_dict.get(name)
+            if hp is not None and (hp.fwd_hooks or hp.bwd_hooks):
+                out.append(name)
+    return out
+
+
+def choose_method(model: Any, tokens: Tensor, method: str = "auto", *, score: str = "auto", batch_size: int | None = None) -> str:
+    """``"pattern"`` or ``"lse"`` for a measurement; validates an explicit choice.
+
+    ``"auto"`` takes ``"lse"`` when ``T >= LSE_MIN_LENGTH`` or when one layer's attention maps
+    (:func:`pattern_bytes` for the batch) would take more than ``PATTERN_MEMORY_SHARE`` of the free
+    memory, unless something needs the pattern itself: a proxy ``score``, or hooks on
+    ``hook_attn_scores``/``hook_pattern`` (an attention-kernel intervention: ``lse`` assumes softmax).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    needs_pattern = []
+    if score not in ("auto", "softmax"):
+        needs_pattern.append(f"score={score!r}")
+    hooked = attention_hooks(model)
+    if hooked:
+        needs_pattern.append(f"hooks on {hooked[:2]}")
+    if method == "lse":
+        if needs_pattern:
+            raise ValueError(
+                f"method='lse' scores softmax attention from q and k, but {' and '.join(needs_pattern)} "
+                "need the attention pattern itself; fix: method='pattern'"
+            )
+        return "lse"
+    if method == "pattern" or needs_pattern:
+        return "pattern"
+    n, T = tokens.shape
+    bs = min(n, batch_size or auto_batch_size(model, T))
+    if T >= LSE_MIN_LENGTH or pattern_bytes(model, T, bs) > PATTERN_MEMORY_SHARE * available_bytes(model_device(model)):
+        return "lse"
+    return "pattern"

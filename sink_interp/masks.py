@@ -1,0 +1,209 @@
+"""Attention masks beyond plain causal: sliding window, prefix LM, StreamingLLM sinks.
+
+An :class:`AttentionMask` says which keys ``j`` a query ``t`` sees (0-indexed
+positions):
+
+    causal:   j <= t
+    prefix p: also j < p when t < p       (the first p tokens see each other)
+    window w: only t - j < w              (the last w keys, the query included)
+    sinks s:  keys j < s stay visible through the window (StreamingLLM)
+
+so ``visible(t, j) = (j <= t or (j < p and t < p)) and (w is None or t - j < w or j < s)``.
+
+The mask describes the model's attention: every sink-score method applies it
+(``measure_sinks(..., mask=...)``): the pattern path and the hooks engine
+through a ``hook_attn_scores`` hook (:func:`mask_hooks`), the fused engine in
+its kernel call, and the blockwise ``lse`` maths when it forms the scores.
+The sink score keeps the official normaliser ``T - k + 1`` whatever the mask,
+so scores stay comparable with the unmasked model.
+
+Examples:
+    >>> m = AttentionMask(window=2, sinks=1)
+    >>> m.dense(4).int()
+    tensor([[1, 0, 0, 0],
+            [1, 1, 0, 0],
+            [1, 1, 1, 0],
+            [1, 0, 1, 1]], dtype=torch.int32)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+from jaxtyping import Bool
+from torch import Tensor
+
+from ._internal import hooknames
+
+
+def _check_int(value: Any, name: str, minimum: int, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = f"an int >= {minimum}" + (" or None" if allow_none else "")
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class AttentionMask:
+    """Which keys each query sees: causal, plus an optional window, prefix and sink tokens.
+
+    Args:
+        window: each query sees the last ``window`` keys (itself included); ``None``: no window.
+        prefix: the first ``prefix`` tokens attend to each other both ways (prefix LM); 0 or 1: none.
+        sinks: with a window, the first ``sinks`` keys stay visible to every later query (StreamingLLM).
+
+    Examples:
+        >>> import torch
+        >>> from sink_interp import tiny_model, measure_sinks
+        >>> mask = AttentionMask(window=4, sinks=1)
+        >>> mask.visible(torch.tensor([9]), torch.arange(10)).int()
+        tensor([[1, 0, 0, 0, 0, 0, 1, 1, 1, 1]], dtype=torch.int32)
+        >>> report = measure_sinks(tiny_model(), torch.randint(4, 128, (2, 16)), mask=mask, progress=False)
+        >>> report.extra["mask"]
+        {'window': 4, 'prefix': 0, 'sinks': 1}
+    """
+
+    window: int | None = None
+    prefix: int = 0
+    sinks: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int(self.window, "window", 1, allow_none=True)
+        _check_int(self.prefix, "prefix", 0)
+        _check_int(self.sinks, "sinks", 0)
+        if self.sinks and self.window is None:
+            raise ValueError("sinks only matter with a window (without one every earlier key is visible); fix: pass window=")
+
+    @property
+    def is_causal(self) -> bool:
+        """True when the mask is plain causal attention."""
+        return self.window is None and self.prefix <= 1
+
+    def visible(self, t: Tensor, j: Tensor) -> Bool[Tensor, "q k"]:
+        """``[len(t), len(j)]`` booleans: query position ``t[i]`` sees key position ``j[m]``."""
+        tt = t.reshape(-1, 1)
+        jj = j.reshape(1, -1)
+        ok = jj <= tt
+        if self.prefix > 1:
+            ok = ok | ((jj < self.prefix) & (tt < self.prefix))
+        if self.window is not None:
+            near = (tt - jj) < self.window
+            if self.sinks:
+                near = near | (jj < self.sinks)
+            ok = ok & near
+        return ok
+
+    def dense(self, length: int, device: torch.device | str | None = None) -> Bool[Tensor, "q k"]:
+        """The full ``[length, length]`` boolean mask (tests, kernels that take a mask)."""
+        pos = torch.arange(length, device=device)
+        return self.visible(pos, pos)
+
+    def key_span(self, start: int, stop: int, length: int) -> slice | Tensor:
+        """Keys that queries ``start..stop-1`` may see: a slice, or an index tensor when sink keys
+        sit before a window (only those positions are scored, never the whole prefix)."""
+        hi = stop
+        if self.prefix > start:
+            hi = max(stop, min(self.prefix, length))
+        lo = 0 if self.window is None else max(0, start - self.window + 1)
+        if lo > 0 and self.sinks:
+            s = min(self.sinks, lo)
+            return torch.cat([torch.arange(0, s), torch.arange(lo, hi)])
+        return slice(lo, hi)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        parts = ["causal"]
+        if self.prefix > 1:
+            parts.append(f"prefix {self.prefix}")
+        if self.window is not None:
+            parts.append(f"window {self.window}")
+        if self.sinks:
+            parts.append(f"{self.sinks} sink tokens")
+        return " + ".join(parts)
+
+
+CAUSAL = AttentionMask()
+
+
+def as_mask(mask: AttentionMask | dict[str, Any] | None) -> AttentionMask:
+    """``None`` -> causal; a dict -> ``AttentionMask(**dict)``; with a clear error otherwise."""
+    if mask is None:
+        return CAUSAL
+    if isinstance(mask, AttentionMask):
+        return mask
+    if isinstance(mask, dict):
+        try:
+            return AttentionMask(**mask)
+        except TypeError as e:
+            raise ValueError(f"mask: {e}; fix: use the keys window, prefix, sinks") from None
+    raise ValueError(f"mask must be an AttentionMask, a dict or None, got {type(mask).__name__}")
+
+
+# --------------------------------------------------------------------------- bridge hooks
+
+
+def attention_scale(model: Any, layer: int) -> float:
+    """The factor the model multiplies ``q . k`` by in ``layer`` (the HF module's ``scaling``, else 1/sqrt(d_head))."""
+    attn = model.blocks[layer].attn
+    hf = getattr(attn, "original_component", None)
+    scaling = getattr(hf, "scaling", None)
+    if scaling is None:
+        scaling = float(model.cfg.d_head) ** -0.5
+    return float(scaling)
+
+
+def qk_hook_names(model: Any, layer: int) -> tuple[str, str]:
+    """The hooks carrying the q and k that meet in the scores: rotated ones where the model has them."""
+    points = model.hook_dict
+    rq, rk = hooknames.rot_q(layer), hooknames.rot_k(layer)
+    if rq in points and rk in points:
+        return rq, rk
+    return hooknames.q(layer), hooknames.k(layer)
+
+
+def mask_hooks(model: Any, mask: AttentionMask, layers: list[int] | None = None) -> list[tuple[str, Callable[..., Any]]]:
+    """Hooks that make a TransformerBridge attend with ``mask`` (pass them to ``attach_hooks``).
+
+    Masks that only hide keys (window, sinks) fill the hidden scores with the
+    dtype's minimum at ``hook_attn_scores``. A prefix LM also *shows* keys the
+    causal mask hid, so the scores are recomputed there from the (rotated) q
+    and k caught a moment earlier, with the layer's scale.
+    """
+    mask = as_mask(mask)
+    if mask.is_causal:
+        return []
+    L = int(model.cfg.n_layers)
+    layers = list(range(L)) if layers is None else list(layers)
+    hooks: list[tuple[str, Callable[..., Any]]] = []
+    for layer in layers:
+        store: dict[str, Tensor] = {}
+        scale = attention_scale(model, layer)
+        qn, kn = qk_hook_names(model, layer)
+
+        def keep(x: Tensor, hook: Any, store: dict[str, Tensor] = store, key: str = "") -> None:
+            store[key] = x
+            return None
+
+        def scores(x: Tensor, hook: Any, store: dict[str, Tensor] = store, scale: float = scale) -> Tensor:
+            T = x.shape[-1]
+            vis = mask.dense(T, device=x.device)
+            if mask.prefix > 1:
+                q = store.pop("q").transpose(1, 2)  # [b, H, T, d]
+                k = store.pop("k").transpose(1, 2)  # [b, G, T, d]
+                rep = q.shape[1] // k.shape[1]
+                if rep > 1:
+                    k = k.repeat_interleave(rep, dim=1)
+                x = torch.matmul(q, k.transpose(-1, -2)).to(x.dtype) * scale
+            return x.masked_fill(~vis, torch.finfo(x.dtype).min)
+
+        if mask.prefix > 1:
+            hooks.append((qn, lambda x, hook, store=store: keep(x, hook, store, "q")))
+            hooks.append((kn, lambda x, hook, store=store: keep(x, hook, store, "k")))
+        hooks.append((hooknames.attn_scores(layer), scores))
+    return hooks
