@@ -10,10 +10,25 @@ Examples:
 
 from .capture import Keep, Reduce, Reducer, attach_hooks, hook_snapshot, run_reducers
 from .data import probe_tokens
+from .effects import Effect, EffectReport, FitReport, compare, fit_bias, scan_heads
+from .interventions import (
+    AblateDims,
+    AttentionKernel,
+    Calibrate,
+    Intervention,
+    KVBias,
+    MaskKey,
+    ScaleAttention,
+    SinkLogit,
+    StreamingWindow,
+    ZeroValue,
+    intervene,
+)
 from .longctx import LongContextReport, long_context_sinks
 from .masks import AttentionMask
 from .massive import MassiveReport, massive_activations
 from .metrics import SinkReport, measure_sinks, sink_alpha
+from .streaming import StreamReport, long_tokens, streaming_ppl
 from .models import ModelInfo, known_models, load_model, model_info, tiny_model
 from .views import (
     View,
@@ -34,6 +49,26 @@ from .trace import TraceReport, trace_sink
 __version__ = "0.1.0"
 
 __all__ = [
+    "AblateDims",
+    "AttentionKernel",
+    "Calibrate",
+    "Effect",
+    "EffectReport",
+    "FitReport",
+    "Intervention",
+    "KVBias",
+    "MaskKey",
+    "ScaleAttention",
+    "SinkLogit",
+    "StreamReport",
+    "StreamingWindow",
+    "ZeroValue",
+    "compare",
+    "fit_bias",
+    "intervene",
+    "scan_heads",
+    "streaming_ppl",
+    "long_tokens",
     "AttentionMask",
     "Keep",
     "LongContextReport",
