@@ -12,23 +12,32 @@ from .capture import Keep, Reduce, Reducer, attach_hooks, hook_snapshot, run_red
 from .data import probe_tokens
 from .metrics import SinkReport, measure_sinks, sink_alpha
 from .models import ModelInfo, known_models, load_model, model_info, tiny_model
+from .tasks import BigramBackcopy, TextCorpus
+from .training import TrainConfig, TrainResult, load_trained, preset, train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BigramBackcopy",
     "Keep",
     "ModelInfo",
     "Reduce",
     "Reducer",
     "SinkReport",
+    "TextCorpus",
+    "TrainConfig",
+    "TrainResult",
     "attach_hooks",
     "hook_snapshot",
     "known_models",
     "load_model",
+    "load_trained",
     "measure_sinks",
     "model_info",
+    "preset",
     "probe_tokens",
     "run_reducers",
     "sink_alpha",
     "tiny_model",
+    "train",
 ]

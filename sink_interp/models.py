@@ -154,6 +154,10 @@ def load_model(
         model = tiny_model(**TINY_MODELS[name], device=dev, dtype=dt)
         _LOADED_AS[model] = name
         return model
+    elif (Path(name).expanduser() / "sink_interp_train.json").is_file():
+        from .training.model import load_trained  # a model trained by sink_interp.training: restore its knobs
+
+        return load_trained(Path(name).expanduser(), device=dev).bridge.to(dtype=dt)
     elif Path(name).expanduser().is_dir():
         model = _boot_local(str(Path(name).expanduser()), dev, dt)
     elif _looks_like_hub_id(name):
