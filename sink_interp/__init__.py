@@ -1,6 +1,6 @@
 """sink_interp: find, explain and switch off attention sinks in language models.
 
-Example:
+Examples:
     >>> from sink_interp import load_model, probe_tokens, measure_sinks
     >>> model = load_model("tiny-gqa")
     >>> report = measure_sinks(model, probe_tokens(model, "random", n=4, length=16), progress=False)

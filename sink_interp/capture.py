@@ -14,7 +14,7 @@ The engine is the one place where sink_interp touches hook points:
   pass right after the last hook any reducer needs (no unembedding is computed
   when nobody reads the logits).
 
-Example:
+Examples:
     >>> import torch
     >>> from sink_interp import tiny_model
     >>> from sink_interp.capture import Keep, run_reducers
@@ -70,6 +70,16 @@ def hook_snapshot(model: Any) -> dict[str, tuple[int, ...]]:
 
     Two snapshots are equal exactly when the model carries the same hooks.
     Tests compare snapshots taken before and after a call.
+
+    Examples:
+        >>> import torch
+        >>> from sink_interp import tiny_model, measure_sinks
+        >>> model = tiny_model()
+        >>> _ = model(torch.randint(4, 128, (1, 4)))  # the bridge adds its own hooks lazily, once
+        >>> before = hook_snapshot(model)
+        >>> _ = measure_sinks(model, torch.randint(4, 128, (2, 8)), progress=False)
+        >>> hook_snapshot(model) == before
+        True
     """
     snap: dict[str, tuple[int, ...]] = {}
     for name, module in model.named_modules():
@@ -96,7 +106,7 @@ def attach_hooks(
     also after an exception, exactly the handles added here are removed; hooks
     that were on the model before stay, in the same order.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from sink_interp import tiny_model
         >>> model = tiny_model()
@@ -135,6 +145,24 @@ class Reducer:
     calls :meth:`begin` once, then :meth:`begin_batch` before each batch's
     forward pass, :meth:`update` each time one of the hooks fires, and
     :meth:`result` at the end.
+
+    Examples:
+        the largest residual value entering each block:
+        >>> import torch
+        >>> from sink_interp import tiny_model, run_reducers
+        >>> class MaxResid(Reducer):
+        ...     def hook_names(self, model):
+        ...         return [f"blocks.{l}.hook_resid_pre" for l in range(model.cfg.n_layers)]
+        ...     def begin(self, model, n, length):
+        ...         self.top = {}
+        ...     def update(self, name, x):
+        ...         self.top[name] = max(self.top.get(name, 0.0), x.abs().max().item())
+        ...     def result(self):
+        ...         return self.top
+        >>> r = MaxResid()
+        >>> _ = run_reducers(tiny_model(), torch.randint(4, 128, (4, 8)), [r], progress=False)
+        >>> sorted(r.result())
+        ['blocks.0.hook_resid_pre', 'blocks.1.hook_resid_pre']
     """
 
     #: True when the reducer needs the model's final output (logits / loss).
@@ -166,6 +194,14 @@ class Keep(Reducer):
 
     ``select`` maps a tensor to the part to keep (e.g. ``lambda x: x[:, 0]``
     for the first position only); default keeps everything.
+
+    Examples:
+        >>> import torch
+        >>> from sink_interp import tiny_model, run_reducers
+        >>> keep = Keep(["blocks.1.attn.hook_v"], select=lambda v: v[:, 0])  # value vectors at position 0
+        >>> _ = run_reducers(tiny_model(), torch.randint(4, 128, (3, 8)), [keep], progress=False)
+        >>> keep.result()["blocks.1.attn.hook_v"].shape  # [sample, kv_head, d_head]
+        torch.Size([3, 2, 16])
     """
 
     def __init__(self, names: Sequence[str], select: Callable[[Tensor], Tensor] | None = None, dtype: torch.dtype | None = torch.float32):
@@ -190,7 +226,19 @@ class Keep(Reducer):
 
 
 class Reduce(Reducer):
-    """Apply ``fn(name, tensor, start)`` to every hooked tensor; ``fn`` keeps its own state."""
+    """Apply ``fn(name, tensor, start)`` to every hooked tensor; ``fn`` keeps its own state.
+
+    Examples:
+        mean residual norm at position 0 entering block 1:
+        >>> import torch
+        >>> from sink_interp import tiny_model, run_reducers
+        >>> norms = []
+        >>> r = Reduce(["blocks.1.hook_resid_pre"], lambda name, x, start: norms.append(x[:, 0].norm(dim=-1)),
+        ...            result=lambda: torch.cat(norms).mean().item())
+        >>> _ = run_reducers(tiny_model(), torch.randint(4, 128, (4, 8)), [r], batch_size=2, progress=False)
+        >>> r.result() > 0
+        True
+    """
 
     def __init__(self, names: Sequence[str], fn: Callable[[str, Tensor, int], None], result: Callable[[], Any] = lambda: None):
         self.names = list(names)
@@ -259,6 +307,14 @@ def run_reducers(
         stop_early: stop each forward pass after the last hook any reducer
             needs, when none needs the logits.
         grad: run with autograd enabled (default: ``torch.no_grad``).
+
+    Examples:
+        >>> import torch
+        >>> from sink_interp import tiny_model, Keep
+        >>> keep = Keep(["blocks.0.attn.hook_pattern"])
+        >>> stats = run_reducers(tiny_model(), torch.randint(4, 128, (5, 6)), [keep], batch_size=2, progress=False)
+        >>> stats.n_batches, keep.result()["blocks.0.attn.hook_pattern"].shape
+        (3, torch.Size([5, 4, 6, 6]))
     """
     tokens = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=1)
     n, length = tokens.shape

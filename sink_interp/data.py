@@ -106,7 +106,7 @@ def probe_tokens(
         bos: put the tokenizer's BOS id first.
         seed: seed for ``"random"`` and ``"repeat"`` (text sources keep file order).
 
-    Example:
+    Examples:
         >>> from sink_interp import tiny_model
         >>> toks = probe_tokens(tiny_model(), "repeat", n=3, length=5, bos=True)
         >>> toks.shape, toks.probe_info["bos"]

@@ -64,7 +64,7 @@ def sink_alpha(
     ``score``: ``"softmax"`` uses the pattern as is; ``"proxy"`` divides each
     row by its sum (+1e-8); ``"abs-proxy"`` uses ``|A| / (sum |A| + 1e-8)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> uniform = torch.tril(torch.ones(4, 4)) / torch.arange(1, 5)[:, None]
         >>> sink_alpha(uniform)  # key 1 gets 1, 1/2, 1/3, 1/4 -> mean 0.5208; key 2: (1/2+1/3+1/4)/3
@@ -141,7 +141,7 @@ class SinkReport:
     ``alpha`` has shape ``[n, layers, heads, length]``; positions ``k`` in the
     methods are 1-indexed like the paper (``k=1`` is the first token).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from sink_interp import tiny_model, measure_sinks
         >>> report = measure_sinks(tiny_model(), torch.randint(4, 128, (4, 16)), progress=False)
@@ -424,7 +424,7 @@ def measure_sinks(
         progress: show a progress bar.
         method: ``"pattern"``: reduce ``hook_pattern`` of every layer as it is computed.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from sink_interp import tiny_model
         >>> report = measure_sinks(tiny_model(), torch.randint(4, 128, (4, 16)), eps=0.3, progress=False)

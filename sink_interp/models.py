@@ -58,7 +58,13 @@ _POSITIONAL: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKey
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a result needs to record about the model that produced it."""
+    """What a result needs to record about the model that produced it.
+
+    Examples:
+        >>> info = model_info(tiny_model(attention="mqa"))
+        >>> info.n_heads, info.n_kv_heads, info.positional
+        (4, 1, 'rope')
+    """
 
     name: str
     n_layers: int
@@ -87,7 +93,12 @@ def cache_dir() -> Path:
 
 
 def known_models() -> list[str]:
-    """Names :func:`load_model` resolves without a hub: the offline default and the tiny models."""
+    """Names :func:`load_model` resolves without a hub: the offline default and the tiny models.
+
+    Examples:
+        >>> known_models()[:3]
+        ['smollm2-135m', 'tiny-mha', 'tiny-mqa']
+    """
     return [DEFAULT_MODEL, *TINY_MODELS]
 
 
@@ -139,7 +150,7 @@ def load_model(
         dtype: model weights' dtype (default float32). Sink scores are always
             reduced in float32.
 
-    Example:
+    Examples:
         >>> model = load_model("tiny-gqa")
         >>> model.cfg.n_layers
         2
@@ -419,7 +430,7 @@ def tiny_model(
 ) -> Any:
     """A small random model behind a ``TransformerBridge`` (see :func:`tiny_hf_model`).
 
-    Example:
+    Examples:
         >>> model = tiny_model(attention="mqa", positions="nope")
         >>> model.cfg.n_key_value_heads
         1
@@ -468,7 +479,12 @@ def positional_kind(model: Any) -> str:
 
 
 def model_info(model: Any) -> ModelInfo:
-    """Facts about ``model`` that every report records."""
+    """Facts about ``model`` that every report records.
+
+    Examples:
+        >>> model_info(load_model("tiny-nope")).to_dict()["positional"]
+        'nope'
+    """
     cfg = model.cfg
     try:
         param = next(model.parameters())

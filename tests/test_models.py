@@ -60,3 +60,22 @@ def test_tiny_architecture_arguments_are_checked():
         tiny_model(attention="sparse")
     with pytest.raises(ValueError, match="norm='layer'"):
         tiny_model(positions="learned", norm="rms")
+
+
+def test_local_hf_directory_loads_as_a_bridge(tmp_path):
+    from sink_interp.models import tiny_hf_model, tiny_tokenizer
+
+    hf = tiny_hf_model(attention="gqa")
+    hf.save_pretrained(tmp_path)
+    tiny_tokenizer(128).save_pretrained(tmp_path)
+    model = load_model(str(tmp_path))
+    tokens = torch.randint(4, 128, (2, 9))
+    with torch.no_grad():
+        assert torch.allclose(model(tokens), hf(tokens).logits, atol=1e-5)
+    assert model_info(model).name == str(tmp_path)
+
+
+def test_hub_name_offline_fails_with_a_hint(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="Offline machines can use"):
+        load_model("EleutherAI/pythia-14m-not-cached-here")

@@ -1,0 +1,72 @@
+"""Generate tutorials/*.ipynb from the jupytext sources tutorials/*.py, with an Open-in-Colab badge.
+
+    python scripts/build_tutorials.py            # convert and execute (outputs are kept in the .ipynb)
+    python scripts/build_tutorials.py --no-exec  # convert only
+
+The .py files are the sources; edit them, then rerun this script. tests/test_tutorials.py checks
+that each .ipynb holds the same code as its .py and executes every tutorial offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REPO = "sink-interp/sink_interp"  # GitHub owner/name used by the Colab badges
+
+
+def colab_badge(name: str) -> str:
+    url = f"https://colab.research.google.com/github/{REPO}/blob/main/tutorials/{name}"
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
+
+
+def to_notebook(src: Path):
+    import jupytext
+    import nbformat
+
+    nb = jupytext.read(src)
+    badge = nbformat.v4.new_markdown_cell(colab_badge(src.with_suffix(".ipynb").name))
+    badge.metadata["tags"] = ["colab-badge"]
+    nb.cells.insert(0, badge)
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    return nb
+
+
+def execute(nb, cwd: Path, timeout: int = 900, env: dict | None = None):
+    import os
+
+    from nbclient import NotebookClient
+
+    old = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    return nb
+
+
+def main(argv=None) -> int:
+    import nbformat
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("names", nargs="*", help="tutorial sources (default: all tutorials/*.py)")
+    p.add_argument("--no-exec", action="store_true")
+    args = p.parse_args(argv)
+    sources = [Path(n).resolve() for n in args.names] or sorted((ROOT / "tutorials").glob("[0-9]*.py"))
+    for src in sources:
+        nb = to_notebook(src)
+        if not args.no_exec:
+            print(f"executing {src.name} ...", flush=True)
+            execute(nb, src.parent)
+        out = src.with_suffix(".ipynb")
+        nbformat.write(nb, out)
+        print(f"wrote {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
