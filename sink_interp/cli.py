@@ -3,6 +3,8 @@
     sink-interp measure --model smollm2-135m --data natural --n 100 --length 64 --eps 0.3 [--bos] [--json OUT]
     sink-interp train --preset bb-softmax [--steps N] [--set key=value ...] --out DIR
     sink-interp reproduce [--finding NAME|all] [--scale cpu|gpu] --out DIR
+    sink-interp ablate  --model smollm2-135m --data natural --n 32 --length 64 [--fit-steps 40] [--json OUT]
+    sink-interp stream  --model smollm2-135m --sinks 4 --window 256 [--length 1536 --n 8] [--json OUT]
 """
 
 from __future__ import annotations
@@ -66,8 +68,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--list", action="store_true", help="list the findings and exit")
+    r.add_argument("--jobs", type=int, default=1, help="runs trained in parallel, one thread each (default 1)")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_reproduce)
+
+    a = sub.add_parser("ablate", help="standard battery of interventions on the sink: effect on loss, KL and Sink_1")
+    _add_model_args(a)
+    _add_data_args(a, n=32, length=64)
+    a.add_argument("--eps", type=float, default=0.3, help="sink threshold; sink heads have mean alpha_1 > eps (default 0.3)")
+    a.add_argument("--fit-steps", type=int, default=40, help="Adam steps for the fitted K bias (0: skip fitting)")
+    a.add_argument("--fit-n", type=int, default=64, help="training samples for the K bias, taken after the evaluation samples")
+    a.add_argument("--fit-lr", type=float, default=0.1, help="learning rate of the K bias (default 0.1)")
+    a.add_argument("--fit-batch", type=int, default=8, help="samples per step of the K-bias fit (default 8)")
+    a.add_argument("--no-kernels", action="store_true", help="skip the attention-kernel swaps")
+    a.add_argument("--batch-size", type=int, default=None, help="samples per forward pass")
+    a.add_argument("--json", default=None, metavar="OUT", help="write the effect report (and the fit) as JSON")
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
+    a.set_defaults(func=cmd_ablate)
+
+    st = sub.add_parser("stream", help="StreamingLLM: sinks + window vs window only vs full attention, perplexity by position")
+    _add_model_args(st)
+    st.add_argument("--sinks", type=int, default=4, help="first tokens kept (default 4)")
+    st.add_argument("--window", type=int, default=256, help="recent tokens kept, the query included (default 256)")
+    st.add_argument("--length", type=int, default=1536, help="tokens per text (default 1536)")
+    st.add_argument("--n", type=int, default=8, help="number of texts (default 8)")
+    st.add_argument("--bucket", type=int, default=None, help="position bucket width (default: the window)")
+    st.add_argument("--data", default=None, help="JSONL file with text/source/title (default: the shipped natural corpus)")
+    st.add_argument("--bos", action="store_true", help="put the tokenizer's BOS token first (default: no BOS)")
+    st.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
+    st.add_argument("--quiet", action="store_true", help="no progress bars")
+    st.set_defaults(func=cmd_stream)
     return parser
 
 
@@ -181,10 +211,139 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     table = reproduce(
         args.finding, scale=args.scale, out=args.out, steps=args.steps, device=args.device, threads=args.threads,
-        progress=not args.quiet,
+        jobs=args.jobs, progress=not args.quiet,
     )
     print(table.to_markdown())
     print(f"wrote {args.out}/reproduce.json and {args.out}/reproduce.md")
+def ablation_battery(model: Any, eval_tokens: Any, train_tokens: Any | None, *, eps: float = 0.3, fit_steps: int = 40,
+                     fit_lr: float = 0.1, fit_batch: int = 8, kernels: bool = True, batch_size: int | None = None,
+                     progress: bool = True, log: Any = print) -> tuple[Any, dict[str, Any]]:
+    """The standard battery of ``sink-interp ablate``; returns ``(EffectReport, extra facts)``."""
+    from . import AblateDims, AttentionKernel, Calibrate, MaskKey, ZeroValue, compare, fit_bias, measure_sinks
+    from .interventions import find_massive_dims, sink_heads
+
+    rep = measure_sinks(model, eval_tokens, eps=eps, batch_size=batch_size, progress=progress)
+    sh = sink_heads(rep)
+    n_sh = sum(len(v) for v in sh.values())
+    n_all = rep.alpha.shape[1] * rep.alpha.shape[2]
+    log(f"sink heads (mean alpha_1 > {eps}): {n_sh} of {n_all}")
+    massive = find_massive_dims(model, eval_tokens, batch_size=batch_size, progress=progress)
+    dims = massive["dims"]
+    log(f"massive dims (|x| > 100 and > 100 x median, in >= 50% of samples): {dims or 'none'} "
+        f"at positions {sorted(massive['positions']) or '-'}, layers {massive['layers'][:1] + ['...'] + massive['layers'][-1:] if massive['layers'] else '-'}")
+    items: dict[str, Any] = {}
+    if sh:
+        items["zero value, sink heads"] = ZeroValue(heads=sh)
+        items["mask key, sink heads"] = MaskKey(heads=sh)
+    items["zero value, all heads"] = ZeroValue()
+    items["mask key, all heads"] = MaskKey()
+    items["mask key, all heads, queries>=2"] = MaskKey(min_query=2)
+    if dims:
+        items["massive dims -> 0"] = AblateDims(dims, positions=sorted(massive["positions"]))
+        items["massive dims -> mean"] = AblateDims(dims, mode="mean", positions=sorted(massive["positions"]))
+    extra: dict[str, Any] = {"sink_heads": {int(k): v for k, v in sh.items()}, "massive_dims": dims,
+                             "massive_positions": massive["positions"], "sink_rate_1": rep.rate(1)}
+    if sh and train_tokens is not None:
+        graft = fit_bias(model, train_tokens, "k", eval_tokens=eval_tokens, heads=sh, init="sink", steps=0, progress=progress)
+        items["mask key, sink heads + mean sink key as k* (no training)"] = [graft.mask, graft.bias]
+        if fit_steps > 0:
+            fit = fit_bias(model, train_tokens, "k", eval_tokens=eval_tokens, heads=sh, init="zeros", steps=fit_steps,
+                           lr=fit_lr, batch_size=fit_batch, progress=progress)
+            items[f"mask key, sink heads + fitted K bias ({fit_steps} steps)"] = [fit.mask, fit.bias]
+            extra["fit"] = {k: v for k, v in fit.summary().items() if k != "effects"}
+            log(f"fitted K bias (v*=0, per head, from zeros, {fit_steps} Adam steps, lr {fit_lr}, {fit_batch} samples/step, "
+                f"{len(train_tokens)} training samples): training loss {fit.history[:3].mean():.3f} -> {fit.history[-3:].mean():.3f}")
+    items["ACT calibration (tau 0.1, beta 0.4)"] = Calibrate(0.1, 0.4)
+    if kernels:
+        items["kernel softmax1 (softmax + 1)"] = AttentionKernel("softmax1")
+        items["kernel sigmoid"] = AttentionKernel("sigmoid")
+        items["kernel sigmoid - log n"] = AttentionKernel("sigmoid", bias="-log n")
+        items["kernel sigmoid, normalised"] = AttentionKernel("sigmoid", normalise=True)
+        items["kernel elu+1, normalised"] = AttentionKernel("elu1", normalise=True)
+        items["kernel softpick"] = AttentionKernel("softpick")
+        items["kernel softmax, Z / 0.5"] = AttentionKernel("scaled", alpha=0.5)
+    eff = compare(model, eval_tokens, items, eps=eps, batch_size=batch_size, progress=progress)
+    return eff, extra
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from . import load_model, probe_tokens
+    from ._internal.errors import check_eps, check_positive_int
+
+    check_eps(args.eps)
+    check_positive_int(args.n, "--n")
+    check_positive_int(args.fit_steps, "--fit-steps", minimum=0)
+    t0 = time.time()
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    n_train = check_positive_int(args.fit_n, "--fit-n", minimum=0)
+    allt = probe_tokens(model, args.data, n=args.n + n_train, length=args.length, bos=args.bos, seed=args.seed)
+    info = dict(allt.probe_info)
+    ev, tr = allt[: args.n], allt[args.n :]
+    ev.probe_info = {**info, "n": args.n, "role": "evaluation"}  # type: ignore[attr-defined]
+    print(f"model   {args.model}; data {info['source']} n={args.n} (+{len(tr)} training samples for the bias) "
+          f"length={args.length} BOS={'yes' if args.bos else 'no'}")
+    eff, extra = ablation_battery(model, ev, tr if len(tr) else None, eps=args.eps, fit_steps=args.fit_steps, fit_lr=args.fit_lr,
+                                  fit_batch=args.fit_batch, kernels=not args.no_kernels, batch_size=args.batch_size,
+                                  progress=not args.quiet)
+    mi = eff.model_info
+    print(f"        {mi['n_layers']} layers x {mi['n_heads']} heads ({mi['n_kv_heads']} KV heads), {eff.dtype}, {eff.device}")
+    print()
+    print("loss: next-token cross-entropy (nats); kl: KL(clean || intervened) per position; top1: arg-max unchanged;")
+    print(f"Sink_1/Sink_2: % of (sample, layer, head) with alpha_k > {eff.eps} after the intervention; sink_mass: 1 - row sum")
+    print("keys masked/zeroed for queries after the key (the sink's own query keeps it)")
+    print()
+    print(eff.table())
+    df = eff.to_frame().set_index("label")
+    if "zero value, sink heads" in df.index:
+        z, mk = df.loc["zero value, sink heads", "delta_loss"], df.loc["mask key, sink heads", "delta_loss"]
+        print()
+        print(f"sink heads: zeroing the sink's value costs {z:+.3f} nats, masking its key {mk:+.3f} nats"
+              + (f" (zero/mask = {z / mk:.2f})" if mk else ""))
+        fitted = [lab for lab in df.index if "fitted K bias" in lab]
+        grafted = [lab for lab in df.index if "mean sink key" in lab]
+        for lab in grafted + fitted:
+            rec = (mk - df.loc[lab, "delta_loss"]) / mk if mk else float("nan")
+            print(f"{lab}: {df.loc[lab, 'delta_loss']:+.3f} nats, recovers {100 * rec:.1f}% of the masking loss")
+    print()
+    print(f"total {time.time() - t0:.0f}s; versions: " + ", ".join(f"{k} {v}" for k, v in eff.versions.items()))
+    if args.json:
+        from ._internal.provenance import dumps, write_atomic
+
+        d = eff.summary()
+        d["battery"] = extra
+        d["argv"] = list(sys.argv[1:])
+        write_atomic(args.json, dumps(d))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from . import load_model
+    from .streaming import long_tokens, streaming_ppl
+
+    t0 = time.time()
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    toks = long_tokens(model, length=args.length, n=args.n, bos=args.bos, path=args.data)
+    rep = streaming_ppl(model, toks, sinks=args.sinks, window=args.window, bucket=args.bucket, progress=not args.quiet)
+    mi = rep.model_info
+    print(f"model   {rep.model}  ({mi['n_layers']} layers, positions: {rep.positional}, {mi['dtype']}, {mi['device']})")
+    print(f"data    {rep.n} texts of {rep.length} tokens ({rep.data}; BOS={'yes' if rep.bos else 'no'}): "
+          + ", ".join(toks.probe_info["documents"][:4]) + (" ..." if rep.n > 4 else ""))
+    print(f"cache   {rep.sinks} sink tokens + {rep.window} recent tokens; window only keeps the last {rep.sinks + rep.window}; "
+          f"tokens are evicted from query position {rep.full_from} on")
+    print()
+    print("perplexity by predicted position (t predicts token t+1)")
+    print(rep.pivot().to_string(float_format=lambda x: f"{x:.2f}"))
+    print()
+    after = rep.full_from
+    print(f"perplexity over positions >= {after} (cache full):")
+    for c in rep.conditions:
+        print(f"  {c:<45} {rep.ppl(c, after):8.2f}   (all positions {rep.ppl(c):.2f})")
+    print()
+    print(f"total {time.time() - t0:.0f}s; versions: " + ", ".join(f"{k} {v}" for k, v in rep.versions.items()))
+    if args.json:
+        rep.to_json(args.json)
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -1,0 +1,711 @@
+"""What an intervention does: loss, KL to the clean model, and the sinks, in one forward pass each.
+
+:func:`compare` runs the clean model and then every intervention on the same
+batches. For each it reports
+
+* ``loss``: mean next-token cross-entropy (nats) over all predicted positions,
+  and ``delta_loss`` against the clean model;
+* ``kl``: mean ``KL(p_clean || p_intervened)`` of the next-token distributions;
+* ``top1``: share of positions whose arg-max prediction is unchanged;
+* ``Sink_1`` (percent of (sample, layer, head) with ``alpha_1 > eps``) and mean
+  ``alpha_1``, and ``Sink_2`` (a sink that moved to the second token shows
+  there), of the attention pattern the model actually used (after the
+  intervention; patterns whose rows do not sum to 1 are scored through the
+  proxy ``A / sum A``, see :mod:`sink_interp.metrics`), and the sink mass
+  ``1 - sum_j A[t, j]`` (attention given to no token: a virtual key, a sink
+  logit, a removed key).
+
+Each intervention costs one forward pass per batch (a logits reducer and
+:class:`~sink_interp.metrics.SinkScoreReducer` share it); the clean pass is run
+once per batch and its log-probabilities are kept only for that batch.
+
+:func:`scan_heads` applies one intervention to each head in turn;
+:func:`fit_bias` fits a key bias, a key+value bias or sink logits that take
+over from a masked sink.
+
+Example:
+    >>> import torch
+    >>> from sink_interp import tiny_model, compare, ZeroValue, MaskKey
+    >>> model = tiny_model()
+    >>> rep = compare(model, torch.randint(4, 128, (4, 12)), {"zero v": ZeroValue(), "mask": MaskKey()}, progress=False)
+    >>> rep.to_frame()["label"].tolist()
+    ['clean', 'zero v', 'mask']
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ._internal import hooknames
+from ._internal.errors import check_eps, check_positive_int, check_tokens
+from ._internal.provenance import dumps, versions, write_atomic
+from .capture import Keep, Reducer, model_device, run_reducers
+from .interventions import Intervention, KVBias, MaskKey, SinkLogit, _flatten, intervene
+from .metrics import SinkScoreReducer, _bos_policy
+from .models import model_info, n_kv_heads
+
+
+# --------------------------------------------------------------------------- next-token reducer
+
+
+class NextTokenReducer(Reducer):
+    """Next-token loss (and KL / top-1 agreement to reference log-probs) from the logits of each batch.
+
+    ``reference``: the clean log-probabilities ``[b, T-1, V]`` of the batch run
+    (the engine calls :meth:`update_logits` once per batch; give one batch at a
+    time). ``keep=True`` keeps this run's log-probabilities in :attr:`kept`.
+    Per-position sums are kept in :attr:`nll_pos` (``[T-1]``).
+    """
+
+    needs_logits = True
+
+    def __init__(self, reference: Tensor | None = None, keep: bool = False):
+        self.reference = reference
+        self.keep = keep
+        self.kept: Tensor | None = None
+
+    def hook_names(self, model: Any) -> list[str]:
+        return []
+
+    def begin(self, model: Any, n_samples: int, length: int) -> None:
+        self.n = 0
+        self.nll_sum = 0.0
+        self.kl_sum = 0.0
+        self.top1_sum = 0.0
+        self.count = 0
+        self.nll_pos = torch.zeros(max(length - 1, 0), dtype=torch.float64)
+        self.nll_sample = torch.zeros(n_samples, dtype=torch.float64)
+
+    def update(self, name: str, tensor: Tensor) -> None:  # pragma: no cover - no hooks
+        pass
+
+    def update_logits(self, logits: Tensor) -> None:
+        lp = torch.log_softmax(logits[:, :-1].detach().float(), dim=-1)
+        tgt = self.batch_tokens[:, 1:].to(lp.device)
+        nll = -lp.gather(-1, tgt[..., None])[..., 0]  # [b, T-1]
+        self.nll_sum += float(nll.sum())
+        self.count += nll.numel()
+        self.nll_pos += nll.sum(0).double().cpu()
+        s = self.batch_start
+        self.nll_sample[s : s + nll.shape[0]] = nll.mean(-1).double().cpu()
+        if self.reference is not None:
+            ref = self.reference.to(lp.device)
+            kl = (ref.exp() * (ref - lp)).sum(-1).clamp_min(0.0)  # >= 0; float error can give -1e-9
+            self.kl_sum += float(kl.sum())
+            self.top1_sum += float((ref.argmax(-1) == lp.argmax(-1)).float().sum())
+        if self.keep:
+            self.kept = lp
+
+    def result(self) -> dict[str, float]:
+        c = max(self.count, 1)
+        return {"loss": self.nll_sum / c, "kl": self.kl_sum / c, "top1": self.top1_sum / c}
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, eq=False)
+class Effect:
+    """One intervention's effect (one row of :class:`EffectReport`)."""
+
+    label: str
+    description: str
+    loss: float
+    delta_loss: float
+    kl: float
+    top1: float
+    sink_1: float
+    mean_alpha_1: float
+    sink_2: float
+    sink_mass: float
+    score: str
+    head_alpha_1: Float[np.ndarray, "layer head"] = field(repr=False)
+    loss_pos: Float[np.ndarray, " pos"] = field(repr=False, default_factory=lambda: np.zeros(0))
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            **self.meta,
+            "loss": self.loss,
+            "delta_loss": self.delta_loss,
+            "kl": self.kl,
+            "top1": self.top1,
+            "Sink_1": self.sink_1,
+            "mean_alpha_1": self.mean_alpha_1,
+            "Sink_2": self.sink_2,
+            "sink_mass": self.sink_mass,
+            "score": self.score,
+            "description": self.description,
+        }
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class EffectReport:
+    """Effects of several interventions against the clean model, on the same tokens.
+
+    ``effects[0]`` is the clean model. ``report["label"]`` gives one :class:`Effect`.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, compare, MaskKey
+        >>> rep = compare(tiny_model(), torch.randint(4, 128, (2, 8)), [MaskKey()], progress=False)
+        >>> rep.clean.kl, rep.effects[1].kl > 0
+        (0.0, True)
+    """
+
+    effects: tuple[Effect, ...]
+    model: str
+    data: str
+    bos: bool | None
+    eps: float
+    n: int
+    length: int
+    model_info: dict[str, Any]
+    versions: dict[str, str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def clean(self) -> Effect:
+        return self.effects[0]
+
+    @property
+    def labels(self) -> list[str]:
+        return [e.label for e in self.effects]
+
+    @property
+    def dtype(self) -> str:
+        return str(self.model_info.get("dtype"))
+
+    @property
+    def device(self) -> str:
+        return str(self.model_info.get("device"))
+
+    def __getitem__(self, label: str) -> Effect:
+        for e in self.effects:
+            if e.label == label:
+                return e
+        raise KeyError(f"no effect labelled {label!r}; labels: {self.labels}")
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per intervention (clean first): loss, delta_loss, kl, top1, Sink_1, mean_alpha_1, Sink_2, sink_mass."""
+        return pd.DataFrame([e.row() for e in self.effects])
+
+    def loss_by_position(self, buckets: Sequence[int] = (1, 2, 4, 8, 16, 32)) -> pd.DataFrame:
+        """Mean next-token loss per intervention in position buckets ``[0, b1), [b1, b2), ..., [b_last, T-1)``.
+
+        Position ``t`` is the loss of predicting token ``t + 1`` from tokens ``0..t``.
+        """
+        P = len(self.clean.loss_pos)
+        edges = sorted({0, *[b for b in buckets if 0 < b < P], P})
+        cols = [f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in zip(edges[:-1], edges[1:])]
+        rows = []
+        for e in self.effects:
+            rows.append({"label": e.label, **{c: float(e.loss_pos[a:b].mean()) for c, a, b in zip(cols, edges[:-1], edges[1:])}})
+        return pd.DataFrame(rows)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "data": self.data,
+            "bos": self.bos,
+            "eps": self.eps,
+            "n": self.n,
+            "length": self.length,
+            "dtype": self.dtype,
+            "device": self.device,
+            "effects": [e.row() for e in self.effects],
+            "model_info": self.model_info,
+            "versions": self.versions,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    def to_json(self, path: str | None = None) -> str:
+        """JSON text of :meth:`summary`, written atomically to ``path`` if given."""
+        text = dumps(self.summary())
+        if path is not None:
+            write_atomic(path, text)
+        return text
+
+    def table(self, columns: Sequence[str] = ("label", "loss", "delta_loss", "kl", "top1", "Sink_1", "mean_alpha_1", "Sink_2", "sink_mass")) -> str:
+        """A plain-text table (what the CLI prints)."""
+        df = self.to_frame()
+        cols = [c for c in columns if c in df.columns]
+        return df[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}")
+
+    def __repr__(self) -> str:
+        return (
+            f"EffectReport(model={self.model!r}, data={self.data!r}, n={self.n}, length={self.length}, "
+            f"{len(self.effects) - 1} interventions, clean loss={self.clean.loss:.4f})"
+        )
+
+    def _repr_html_(self) -> str:
+        e = html.escape
+        rows = "".join(
+            f"<tr><td>{e(x.label)}</td><td>{x.loss:.4f}</td><td>{x.delta_loss:+.4f}</td><td>{x.kl:.4f}</td>"
+            f"<td>{100 * x.top1:.1f}%</td><td>{x.sink_1:.1f}%</td><td>{x.sink_mass:.3f}</td></tr>"
+            for x in self.effects
+        )
+        return (
+            f"<div><b>EffectReport</b> &mdash; {e(self.model)} on {e(self.data)} (n={self.n}, length={self.length}, "
+            f"BOS={self.bos}, eps={self.eps}, {e(self.dtype)})"
+            "<table><tr><th>intervention</th><th>loss</th><th>&Delta; loss</th><th>KL</th><th>top-1 kept</th>"
+            f"<th>Sink<sub>1</sub></th><th>sink mass</th></tr>{rows}</table></div>"
+        )
+
+
+# --------------------------------------------------------------------------- compare
+
+
+Item = tuple[str, list[Intervention], dict[str, Any]]
+
+
+def _items(interventions: Any) -> list[Item]:
+    out: list[Item] = []
+    if isinstance(interventions, Intervention):
+        interventions = [interventions]
+    if isinstance(interventions, Mapping):
+        pairs = list(interventions.items())
+    else:
+        pairs = [(None, x) for x in interventions]
+    for label, x in pairs:
+        ivs = _flatten([x])
+        if label is None:
+            label = " + ".join(iv.label for iv in ivs) if ivs else "clean"
+        out.append((str(label), ivs, {}))
+    labels = [x[0] for x in out]
+    dup = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if dup or "clean" in labels:
+        raise ValueError(f"intervention labels must be unique and not 'clean'; repeated: {dup or ['clean']}. Fix: pass a dict label -> intervention")
+    return out
+
+
+def _compare_batch_size(model: Any, length: int) -> int:
+    from .capture import auto_batch_size
+
+    per_sample = 3 * 4 * int(model.cfg.d_vocab) * length  # clean + current log-probs (+ logits), float32
+    return int(max(1, min(auto_batch_size(model, length), 256e6 // max(per_sample, 1), 32)))
+
+
+class _Acc:
+    def __init__(self) -> None:
+        self.nll = 0.0
+        self.kl = 0.0
+        self.top1 = 0.0
+        self.count = 0
+        self.alpha1: list[Tensor] = []
+        self.alpha2: list[Tensor] = []
+        self.rows: list[Tensor] = []
+        self.nll_pos: Tensor | None = None
+        self.n = 0
+        self.proxy: set[str] = set()
+
+    def add(self, r: NextTokenReducer, s: SinkScoreReducer | None) -> None:
+        self.nll += r.nll_sum
+        self.kl += r.kl_sum
+        self.top1 += r.top1_sum
+        self.count += r.count
+        self.nll_pos = r.nll_pos.clone() if self.nll_pos is None else self.nll_pos + r.nll_pos
+        self.n += len(r.nll_sample)
+        if s is not None:
+            alpha, row = s.result()
+            self.alpha1.append(alpha[..., 0])
+            self.alpha2.append(alpha[..., 1])
+            self.rows.append(row)
+            self.proxy |= set(s.proxy_layers.values())
+
+    def effect(self, label: str, description: str, clean_loss: float | None, eps: float, meta: dict[str, Any], reference: bool) -> Effect:
+        c = max(self.count, 1)
+        loss = self.nll / c
+        if self.alpha1:
+            a1 = torch.cat(self.alpha1).numpy()  # [n, L, H]
+            rows = torch.cat(self.rows).numpy()
+            sink1, mean1, mass = float(100 * (a1 > eps).mean()), float(a1.mean()), float((1 - rows).mean())
+            sink2 = float(100 * (torch.cat(self.alpha2).numpy() > eps).mean())
+            head = a1.mean(0)
+        else:
+            sink1 = mean1 = mass = sink2 = float("nan")
+            head = np.zeros((0, 0))
+        return Effect(
+            label=label,
+            description=description,
+            loss=loss,
+            delta_loss=0.0 if clean_loss is None else loss - clean_loss,
+            kl=self.kl / c if reference else 0.0,
+            top1=self.top1 / c if reference else 1.0,
+            sink_1=sink1,
+            mean_alpha_1=mean1,
+            sink_2=sink2,
+            sink_mass=mass,
+            score="softmax" if not self.proxy else "proxy:" + "+".join(sorted(self.proxy)),
+            head_alpha_1=head,
+            loss_pos=(self.nll_pos / max(self.n, 1)).numpy() if self.nll_pos is not None else np.zeros(0),
+            meta=meta,
+        )
+
+
+def compare(
+    model: Any,
+    tokens: Tensor,
+    interventions: Mapping[str, Any] | Sequence[Any] | Intervention,
+    *,
+    eps: float = 0.3,
+    sinks: bool = True,
+    batch_size: int | None = None,
+    progress: bool = True,
+    bos: bool | None = None,
+    data: str | None = None,
+    _meta: Sequence[dict[str, Any]] | None = None,
+) -> EffectReport:
+    """Measure each intervention against the clean model on ``tokens``.
+
+    Args:
+        model: a TransformerBridge.
+        tokens: ``[n, length]`` token ids (e.g. :func:`sink_interp.probe_tokens`).
+        interventions: a dict ``label -> intervention`` (or a list of interventions;
+            a list/tuple item is a composition applied together).
+        eps: sink threshold for ``Sink_1``.
+        sinks: also measure the sink scores (one more reducer in the same forward).
+        batch_size: samples per forward (default: small enough for two sets of log-probs).
+        progress: one progress bar over all forward passes.
+        bos, data: recorded in the report (default: from ``probe_tokens`` output).
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, compare, AttentionKernel
+        >>> rep = compare(tiny_model(), torch.randint(4, 128, (2, 8)), {"sigmoid": AttentionKernel("sigmoid")}, progress=False)
+        >>> rep["sigmoid"].delta_loss != 0
+        True
+    """
+    eps = check_eps(eps)
+    info = getattr(tokens, "probe_info", None)
+    toks = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=2)
+    items = _items(interventions)
+    if _meta is not None:
+        items = [(lab, ivs, dict(m)) for (lab, ivs, _), m in zip(items, _meta)]
+    n, T = toks.shape
+    bs = _compare_batch_size(model, T) if batch_size is None else check_positive_int(batch_size, "batch_size")
+    n_batches = (n + bs - 1) // bs
+    accs = {"clean": _Acc(), **{lab: _Acc() for lab, _, _ in items}}
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_batches * (1 + len(items)), desc="compare", unit="forward", disable=not progress, leave=False)
+    try:
+        for b in range(n_batches):
+            batch = toks[b * bs : (b + 1) * bs]
+            clean = NextTokenReducer(keep=True)
+            sr = SinkScoreReducer() if sinks else None
+            run_reducers(model, batch, [clean] + ([sr] if sr else []), batch_size=len(batch), progress=False)
+            accs["clean"].add(clean, sr)
+            ref = clean.kept
+            bar.update(1)
+            for lab, ivs, _ in items:
+                r = NextTokenReducer(reference=ref)
+                s = SinkScoreReducer() if sinks else None
+                with intervene(model, *ivs):
+                    run_reducers(model, batch, [r] + ([s] if s else []), batch_size=len(batch), progress=False)
+                accs[lab].add(r, s)
+                bar.set_postfix_str(lab[:30])
+                bar.update(1)
+            del ref, clean
+    finally:
+        bar.close()
+    clean_eff = accs["clean"].effect("clean", "no intervention", None, eps, {}, reference=False)
+    effects = [clean_eff] + [
+        accs[lab].effect(lab, " + ".join(iv.describe() for iv in ivs), clean_eff.loss, eps, meta, reference=True) for lab, ivs, meta in items
+    ]
+    if data is None:
+        data = str(info.get("source")) if isinstance(info, dict) and "source" in info else "tokens"
+    return EffectReport(
+        effects=tuple(effects),
+        model=model_info(model).name,
+        data=data,
+        bos=_bos_policy(model, toks if info is None else tokens, bos),
+        eps=eps,
+        n=n,
+        length=T,
+        model_info=model_info(model).to_dict(),
+        versions=versions(),
+        extra={"probe": info} if isinstance(info, dict) else {},
+    )
+
+
+def scan_heads(
+    model: Any,
+    tokens: Tensor,
+    make: Callable[..., Intervention] = None,  # type: ignore[assignment]
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    **compare_kw: Any,
+) -> EffectReport:
+    """Apply ``make(layers=[l], heads=[h])`` to each head in turn ("zero the sink value in each head").
+
+    Default ``make`` is :class:`~sink_interp.ZeroValue`. The report's frame has
+    ``layer`` and ``head`` columns; rows are labelled ``"L{l}H{h}"``.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, scan_heads, MaskKey
+        >>> rep = scan_heads(tiny_model(), torch.randint(4, 128, (2, 8)), MaskKey, layers=[0], progress=False)
+        >>> rep.to_frame()[["layer", "head"]].dropna().shape
+        (4, 2)
+    """
+    from .interventions import ZeroValue
+
+    make = ZeroValue if make is None else make
+    L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    layers = list(range(L)) if layers is None else list(layers)
+    heads = list(range(H)) if heads is None else list(heads)
+    items: dict[str, Any] = {}
+    meta = []
+    for layer in layers:
+        for h in heads:
+            items[f"L{layer}H{h}"] = make(layers=[layer], heads=[h])
+            meta.append({"layer": layer, "head": h})
+    return compare(model, tokens, items, _meta=meta, **compare_kw)
+
+
+# --------------------------------------------------------------------------- fit a bias
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class FitReport:
+    """A bias fitted to take over from a masked sink, and what it recovers.
+
+    ``effects`` holds the clean model, the masked sink, and the masked sink plus
+    the fitted bias, on the evaluation tokens. ``recovered`` is the share of the
+    loss gap that the bias closes: ``(L_masked - L_fitted) / (L_masked - L_clean)``.
+    ``bias`` is the fitted intervention (reuse it in :func:`intervene`).
+    """
+
+    kind: str
+    bias: Intervention
+    mask: MaskKey
+    history: Float[np.ndarray, " steps"]
+    effects: EffectReport
+    settings: dict[str, Any]
+
+    @property
+    def loss_clean(self) -> float:
+        return self.effects.clean.loss
+
+    @property
+    def loss_masked(self) -> float:
+        return self.effects["sink masked"].loss
+
+    @property
+    def loss_fitted(self) -> float:
+        return self.effects["sink masked + fitted bias"].loss
+
+    @property
+    def recovered(self) -> float:
+        gap = self.loss_masked - self.loss_clean
+        return float("nan") if gap == 0 else (self.loss_masked - self.loss_fitted) / gap
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.effects.to_frame()
+
+    def summary(self) -> dict[str, Any]:
+        h = self.history
+        idx = sorted(set(np.linspace(0, len(h) - 1, min(len(h), 50)).astype(int).tolist())) if len(h) else []
+        return {
+            "kind": self.kind,
+            "bias": self.bias.describe(),
+            "mask": self.mask.describe(),
+            "loss_clean": self.loss_clean,
+            "loss_masked": self.loss_masked,
+            "loss_fitted": self.loss_fitted,
+            "recovered": self.recovered,
+            "settings": self.settings,
+            "history": {int(i): float(h[i]) for i in idx},
+            "effects": self.effects.summary(),
+        }
+
+    def to_json(self, path: str | None = None) -> str:
+        text = dumps(self.summary())
+        if path is not None:
+            write_atomic(path, text)
+        return text
+
+    def __repr__(self) -> str:
+        return (
+            f"FitReport(kind={self.kind!r}, loss clean={self.loss_clean:.4f}, masked={self.loss_masked:.4f}, "
+            f"masked+bias={self.loss_fitted:.4f}, recovered={100 * self.recovered:.1f}%)"
+        )
+
+    def _repr_html_(self) -> str:
+        return (
+            f"<div><b>FitReport</b> ({html.escape(self.kind)}): {100 * self.recovered:.1f}% of the loss gap recovered"
+            f"{self.effects._repr_html_()}</div>"
+        )
+
+
+def _sink_kv_init(
+    model: Any, tokens: Tensor, layers: Sequence[int], per_head: bool, position: int
+) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+    """Mean key (after RoPE) and value of the sink position per layer (per query head, or averaged over heads)."""
+    from .interventions import _key_hook
+
+    knames = [_key_hook(model, layer) for layer in layers]
+    vnames = [hooknames.v(layer) for layer in layers]
+    keep = Keep(knames + vnames, select=lambda x: x[:, position])
+    run_reducers(model, tokens, [keep], progress=False)
+    got = keep.result()
+    H, G = int(model.cfg.n_heads), n_kv_heads(model)
+    ks, vs = {}, {}
+    for layer, kn, vn in zip(layers, knames, vnames):
+        for name, out in ((kn, ks), (vn, vs)):
+            x = got[name].mean(0)  # [G, d]
+            x = x[torch.arange(H) // max(1, H // G)]  # [H, d]
+            out[layer] = x if per_head else x.mean(0)
+    return ks, vs
+
+
+def fit_bias(
+    model: Any,
+    tokens: Tensor,
+    kind: str = "k",
+    *,
+    eval_tokens: Tensor | None = None,
+    layers: Sequence[int] | None = None,
+    heads: Any = None,
+    positions: Sequence[int] = (0,),
+    min_query: int = 0,
+    per_head: bool = True,
+    init: str = "zeros",
+    steps: int = 100,
+    lr: float = 0.05,
+    batch_size: int = 8,
+    seed: int = 0,
+    eps: float = 0.3,
+    progress: bool = True,
+) -> FitReport:
+    """Mask the first token's key and fit a bias that takes over its job.
+
+    With ``MaskKey(positions)`` in the chosen layers and heads (default: all;
+    renormalised), and a bias in the same heads, fit by Adam on the next-token loss of ``tokens`` (model parameters frozen,
+    and restored exactly afterwards):
+
+    * ``kind="k"``: a key bias ``k*`` with ``v* = 0`` (:class:`KVBias`);
+    * ``kind="kv"``: key and value biases;
+    * ``kind="logit"``: a sink logit per head (:class:`SinkLogit`).
+
+    ``init="sink"`` starts ``k*`` at the model's own mean first-token key
+    (after RoPE, so ``q . k*`` equals the sink's score when the first token's
+    key is the same in every sample) and, for ``kind="kv"``, ``v*`` at its mean
+    value; ``"zeros"`` starts from 0. ``steps=0`` grafts that start unfitted.
+    Reports loss with the sink, with it masked, and masked + fitted bias on
+    ``eval_tokens`` (default: ``tokens``).
+
+    Mind the scope: with the first key masked in *all* heads, token 1 becomes
+    a first token and the sink relocates to it (little loss, nothing for a bias
+    to recover); mask in the sink heads (``heads=sink_heads(report)``) or pass
+    ``min_query=2`` to remove the sink without giving it a new home.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, fit_bias
+        >>> rep = fit_bias(tiny_model(), torch.randint(4, 128, (4, 10)), "k", steps=3, progress=False)
+        >>> sorted(rep.effects.labels)
+        ['clean', 'sink masked', 'sink masked + fitted bias']
+    """
+    if kind not in ("k", "kv", "logit"):
+        raise ValueError(f"kind must be 'k' (key bias, v*=0), 'kv' (key and value bias) or 'logit' (sink logit per head), got {kind!r}")
+    if init not in ("zeros", "sink"):
+        raise ValueError(f"init must be 'zeros' or 'sink', got {init!r}")
+    if init == "sink" and kind == "logit":
+        raise ValueError("init='sink' sets k* from the sink's key; kind='logit' has no key. Fix: init='zeros'")
+    steps = check_positive_int(steps, "steps", minimum=0)
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if not float(lr) > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    toks = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=2)
+    mask = MaskKey(layers=layers, heads=heads, positions=positions, min_query=min_query, renormalise=True, name="sink masked")
+    mask.bind(model)
+    lay = list(mask.layers)
+    bias_heads = heads if not isinstance(heads, Mapping) else {k: v for k, v in heads.items()}
+    bias_layers = None if isinstance(bias_heads, Mapping) else lay
+    if kind == "logit":
+        bias: Intervention = SinkLogit(layers=bias_layers, heads=bias_heads, name="fitted bias")
+    else:
+        k0 = v0 = None
+        if init == "sink":
+            k0, v0 = _sink_kv_init(model, toks, lay, per_head, int(mask.resolved_positions(toks.shape[1])[0]))
+        bias = KVBias(
+            layers=bias_layers, heads=bias_heads, per_head=per_head, value=(kind == "kv"), k=k0, v=v0 if kind == "kv" else None, name="fitted bias"
+        )
+    bias.bind(model)
+    params = list(bias.parameters())  # type: ignore[attr-defined]
+
+    device = model_device(model)
+    frozen = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    gen = torch.Generator().manual_seed(int(seed))
+    history: list[float] = []
+    from tqdm.auto import tqdm
+
+    try:
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        model.eval()
+        opt = torch.optim.Adam(params, lr=float(lr))
+        bar = tqdm(range(steps), desc=f"fit {kind} bias", disable=not progress, leave=False)
+        with torch.enable_grad():
+            for _ in bar:
+                idx = torch.randperm(toks.shape[0], generator=gen)[:batch_size]
+                batch = toks[idx].to(device)
+                with intervene(model, mask, bias):
+                    logits = model(batch)
+                loss = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1)
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                history.append(float(loss.detach()))
+                bar.set_postfix(loss=f"{history[-1]:.4f}")
+        bar.close()
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+            p.grad = None
+        model.train(was_training)
+    for p in params:
+        p.requires_grad_(False)
+    ev = toks if eval_tokens is None else eval_tokens
+    effects = compare(model, ev, {"sink masked": mask, "sink masked + fitted bias": [mask, bias]}, eps=eps, progress=progress)
+    return FitReport(
+        kind=kind,
+        bias=bias,
+        mask=mask,
+        history=np.asarray(history, dtype=np.float64),
+        effects=effects,
+        settings={
+            "layers": lay,
+            "heads": "all" if heads is None else (
+                {int(k): list(v) for k, v in heads.items()} if isinstance(heads, Mapping) else list(heads)
+            ),
+            "positions": list(positions),
+            "min_query": min_query,
+            "per_head": per_head,
+            "init": init,
+            "steps": steps,
+            "lr": float(lr),
+            "batch_size": batch_size,
+            "seed": seed,
+            "n_train": int(toks.shape[0]),
+            "n_eval": int(ev.shape[0]),
+            "eval_is_train": eval_tokens is None,
+            "n_params": int(sum(p.numel() for p in params)),
+        },
+    )
+

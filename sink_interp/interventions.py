@@ -1,0 +1,1013 @@
+"""Interventions on attention sinks, as exact and differentiable hook functions.
+
+``intervene(model, *interventions)`` is a context manager: inside the block the
+model runs with the interventions, on exit (also after an exception) exactly
+the hooks it added are removed; no parameter or buffer of the model is ever
+written, so the model is bit-for-bit what it was.
+
+Every intervention is scoped by ``layers`` (default: all), ``heads`` (default:
+all; a list applies to every chosen layer, a ``{layer: heads}`` dict picks
+heads per layer) and, where it makes sense, key ``positions`` (default ``(0,)``,
+the first token; negative positions count from the end).
+
+How they are computed (the bridge computes attention itself, so hooks on its
+hook points change the output). Per layer, in this fixed order of stages:
+
+1. ``hook_attn_scores`` — the scaled scores ``S = q k^T / sqrt(d)`` with masked
+   entries at the dtype minimum. Score edits: :class:`MaskKey` (renormalised)
+   and :class:`StreamingWindow` set entries to the mask value.
+2. ``hook_pattern`` — when a score edit, a kernel or a virtual key is present
+   the pattern is recomputed from the edited scores with the kernel
+   (:mod:`sink_interp.kernels`, default softmax) over the visible keys plus the
+   virtual keys (:class:`KVBias`: logit ``q_h . k*_h / sqrt(d)`` with the query
+   after RoPE; :class:`SinkLogit`: a logit ``s_h``). Then pattern edits in the
+   order given: :class:`MaskKey` (not renormalised), :class:`ScaleAttention`,
+   :class:`Calibrate`. The returned pattern is what the bridge multiplies with V.
+3. ``hook_z`` — ``z = A V`` per head. :class:`ZeroValue` subtracts
+   ``A[t, p] v_p`` for the chosen heads (exact for GQA: query head ``h`` reads
+   value head ``h // (H / G)``); :class:`KVBias` adds ``A*[t] v*_h``.
+
+So ``KVBias`` computes exactly ``softmax([q k*, q K^T] / sqrt(d)) [v*; V]``.
+:class:`AblateDims` edits ``hook_resid_pre`` of the chosen layers.
+
+By default the queries at the sink position itself are left alone
+(``include_self=False``): masking key ``p`` for query ``p`` would leave that
+row empty and change the sink token's own residual stream, which builds the
+sink. Pass ``include_self=True`` to change those entries too. ``min_query=q``
+leaves the queries before position ``q`` alone as well. This matters: with key
+0 masked in *every* head, token 1 sees no earlier token, is computed exactly
+like a first token, and becomes the new sink (the sink relocates); masking
+only for queries ``t >= 2`` (``min_query=2``), or only in the sink heads,
+keeps token 1 an ordinary second token.
+
+Example:
+    >>> import torch
+    >>> from sink_interp import tiny_model, intervene, ZeroValue, MaskKey
+    >>> model = tiny_model()
+    >>> tokens = torch.randint(4, 128, (2, 8))
+    >>> clean = model(tokens)
+    >>> with intervene(model, MaskKey(heads=[0, 1]), ZeroValue(layers=[1])):
+    ...     changed = model(tokens)
+    >>> bool((changed - clean).abs().max() > 0), torch.equal(model(tokens), clean)
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from ._internal import hooknames
+from .capture import attach_hooks
+from .kernels import kernel_fn, softmax_attention, visible_mask
+from .models import n_kv_heads, positional_kind
+
+HeadSpec = Union[None, Sequence[int], Mapping[int, Sequence[int]]]
+
+__all__ = [
+    "AblateDims",
+    "AttentionKernel",
+    "Calibrate",
+    "Intervention",
+    "KVBias",
+    "MaskKey",
+    "ScaleAttention",
+    "SinkLogit",
+    "StreamingWindow",
+    "ZeroValue",
+    "intervene",
+]
+
+
+# --------------------------------------------------------------------------- model facts
+
+
+def attn_module(model: Any, layer: int) -> Any:
+    return model.blocks[layer].attn
+
+
+def attn_scale(model: Any, layer: int) -> float:
+    """The factor the bridge multiplies ``q . k`` with (``1/sqrt(d)`` unless the architecture says otherwise)."""
+    attn = attn_module(model, layer)
+    hf = getattr(attn, "original_component", None)
+    d = int(model.cfg.d_head)
+    from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import JointQKVAttentionBridge
+
+    if isinstance(attn, JointQKVAttentionBridge):
+        scale = d**-0.5
+        if getattr(attn.config, "scale_attn_by_inverse_layer_idx", False) and getattr(attn, "_layer_idx", None) is not None:
+            scale /= float(attn._layer_idx + 1)
+        return scale
+    return float(getattr(hf, "scaling", d**-0.5))
+
+
+def _softcap(model: Any, layer: int) -> float | None:
+    hf = getattr(attn_module(model, layer), "original_component", None)
+    cap = getattr(hf, "attn_logit_softcapping", None)
+    return None if cap is None else float(cap)
+
+
+def _native_sinks(model: Any, layer: int) -> Tensor | None:
+    hf = getattr(attn_module(model, layer), "original_component", None)
+    s = getattr(hf, "sinks", None)
+    return s if isinstance(s, Tensor) else None
+
+
+def _query_hook(model: Any, layer: int) -> str:
+    """The hook holding the queries that meet the keys: after RoPE where the model has it."""
+    name = hooknames.rot_q(layer)
+    return name if name in model.hook_dict else hooknames.q(layer)
+
+
+def _key_hook(model: Any, layer: int) -> str:
+    name = hooknames.rot_k(layer)
+    return name if name in model.hook_dict else hooknames.k(layer)
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+# --------------------------------------------------------------------------- base class
+
+
+class _Ctx:
+    """Per-layer, per-forward scratch space shared by the hooks of one layer."""
+
+    __slots__ = ("q", "q_raw", "k", "v", "cos", "sin", "scores", "pattern", "extra_w", "T")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        for s in self.__slots__:
+            setattr(self, s, None)
+
+
+class Intervention:
+    """Base class: a scope (layers, heads, positions) and the stages it edits.
+
+    Subclasses override some of :meth:`edit_scores`, :meth:`extra_logits`,
+    :meth:`edit_pattern`, :meth:`edit_z`, :meth:`residual_hooks`, and declare
+    what they read in :attr:`needs` (``"q"``: queries after RoPE, ``"q_raw"``,
+    ``"k"``: keys after RoPE, ``"v"``, ``"cos"``: the RoPE tables).
+    """
+
+    needs: frozenset[str] = frozenset()
+    kernel: Callable[..., Any] | None = None
+    has_positions: bool = True
+
+    def __init__(
+        self,
+        *,
+        layers: Sequence[int] | None = None,
+        heads: HeadSpec = None,
+        positions: Sequence[int] | int = (0,),
+        include_self: bool = False,
+        min_query: int = 0,
+        name: str | None = None,
+    ):
+        if isinstance(heads, Mapping) and layers is not None:
+            if sorted(int(x) for x in heads) != sorted(int(x) for x in layers):
+                raise ValueError("heads given as a {layer: heads} dict already names the layers; drop layers= or make them agree")
+        self.layers_arg = None if layers is None else _int_tuple(layers, "layers")
+        if isinstance(heads, Mapping):
+            self.heads_arg: Any = {int(k): _int_tuple(v, f"heads[{k}]") for k, v in heads.items()}
+        else:
+            self.heads_arg = None if heads is None else _int_tuple(heads, "heads")
+        if isinstance(positions, (int,)) and not isinstance(positions, bool):
+            positions = (positions,)
+        self.positions = _int_tuple(positions, "positions")
+        if not self.positions and self.has_positions:
+            raise ValueError("positions must name at least one key position (default (0,), the first token)")
+        self.include_self = bool(include_self)
+        if isinstance(min_query, bool) or not isinstance(min_query, int) or min_query < 0:
+            raise ValueError(f"min_query must be an integer >= 0 (queries before it are left alone), got {min_query!r}")
+        self.min_query = min_query
+        self.name = name
+        self._bound: Any = None
+
+    # ---------------------------------------------------------------- scope
+    def bind(self, model: Any) -> None:
+        """Check the scope against ``model`` and create parameters (idempotent)."""
+        L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
+        G = n_kv_heads(model)
+        self.n_layers, self.n_heads, self.n_kv, self.d_head = L, H, G, int(model.cfg.d_head)
+        self.group = max(1, H // G)
+        if isinstance(self.heads_arg, dict):
+            layers = tuple(sorted(self.heads_arg))
+        else:
+            layers = tuple(range(L)) if self.layers_arg is None else self.layers_arg
+        bad = [x for x in layers if not 0 <= x < L]
+        if bad:
+            raise ValueError(f"layers {bad} out of range; the model has layers 0..{L - 1}")
+        self.layers = layers
+        head_lists = self.heads_arg.values() if isinstance(self.heads_arg, dict) else ([self.heads_arg] if self.heads_arg else [])
+        for hs in head_lists:
+            badh = [h for h in hs if not 0 <= h < H]
+            if badh:
+                raise ValueError(f"heads {badh} out of range; the model has heads 0..{H - 1} per layer")
+        self._hm_cache: dict[tuple[int, Any], Tensor] = {}
+        self._bound = model
+
+    def head_mask(self, layer: int, device: Any = None) -> Tensor:
+        """``[H]`` bool: the heads of ``layer`` this intervention touches."""
+        key = (layer, str(device))
+        if key not in self._hm_cache:
+            m = torch.zeros(self.n_heads, dtype=torch.bool, device=device)
+            if self.heads_arg is None:
+                m[:] = True
+            elif isinstance(self.heads_arg, dict):
+                m[list(self.heads_arg.get(layer, ()))] = True
+            else:
+                m[list(self.heads_arg)] = True
+            self._hm_cache[key] = m
+        return self._hm_cache[key]
+
+    def all_heads(self, layer: int) -> bool:
+        return self.heads_arg is None
+
+    def resolved_positions(self, T: int) -> list[int]:
+        out = []
+        for p in self.positions:
+            q = p + T if p < 0 else p
+            if not 0 <= q < T:
+                raise ValueError(f"{type(self).__name__}: position {p} is outside a sequence of length {T}; fix: positions within 0..{T - 1}")
+            out.append(q)
+        return sorted(set(out))
+
+    def key_selection(self, T: int, device: Any) -> Tensor:
+        """``[T_q, T_k]`` bool: entries (query t, key p) with p a chosen position, t > p (t >= p with
+        ``include_self``) and t >= ``min_query``."""
+        P = torch.tensor(self.resolved_positions(T), device=device)
+        t = torch.arange(T, device=device)[:, None]
+        col = torch.zeros(T, dtype=torch.bool, device=device)
+        col[P] = True
+        rows = t >= torch.arange(T, device=device)[None, :] if self.include_self else t > torch.arange(T, device=device)[None, :]
+        rows = rows & (t >= self.min_query)
+        return col[None, :] & rows
+
+    def selection(self, layer: int, T: int, device: Any) -> Tensor:
+        """``[1, H, T, T]`` bool: the pattern entries this intervention acts on."""
+        return self.head_mask(layer, device)[None, :, None, None] & self.key_selection(T, device)[None, None]
+
+    # ---------------------------------------------------------------- stages (defaults: no-op)
+    def edits_scores(self) -> bool:
+        return type(self).edit_scores is not Intervention.edit_scores
+
+    def edits_pattern(self) -> bool:
+        return type(self).edit_pattern is not Intervention.edit_pattern
+
+    def edits_z(self) -> bool:
+        return type(self).edit_z is not Intervention.edit_z
+
+    def has_extra(self) -> bool:
+        return type(self).extra_logits is not Intervention.extra_logits
+
+    def edit_scores(self, layer: int, scores: Tensor, ctx: _Ctx) -> Tensor:
+        return scores
+
+    def extra_logits(self, layer: int, ctx: _Ctx) -> Tensor | None:
+        """``[b, H, T, m]`` logits of virtual keys (``-inf`` where a head has none)."""
+        return None
+
+    def extra_values(self, layer: int) -> Tensor | None:
+        """``[H, m, d]`` values of the virtual keys, or None when they are 0."""
+        return None
+
+    def edit_pattern(self, layer: int, pattern: Tensor, ctx: _Ctx) -> Tensor:
+        return pattern
+
+    def edit_z(self, layer: int, z: Tensor, ctx: _Ctx) -> Tensor:
+        return z
+
+    def residual_hooks(self, model: Any) -> list[tuple[str, Callable[..., Any]]]:
+        return []
+
+    # ---------------------------------------------------------------- text
+    def _scope_text(self) -> str:
+        if isinstance(self.heads_arg, dict):
+            n = sum(len(v) for v in self.heads_arg.values())
+            where = f"{n} heads in {len(self.heads_arg)} layers"
+        else:
+            lay = "all layers" if self.layers_arg is None else f"layers {_short(self.layers_arg)}"
+            hd = "all heads" if self.heads_arg is None else f"heads {_short(self.heads_arg)}"
+            where = f"{lay}, {hd}"
+        if self.has_positions:
+            where += f", keys {list(self.positions)}" + (" (incl. own query)" if self.include_self else "")
+            if self.min_query:
+                where += f", queries >= {self.min_query}"
+        return where
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}({self._scope_text()})"
+
+    @property
+    def label(self) -> str:
+        return self.name or self.describe()
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+
+def _short(xs: Sequence[int]) -> str:
+    xs = list(xs)
+    return str(xs) if len(xs) <= 6 else f"[{xs[0]}, {xs[1]}, ..., {xs[-1]}] ({len(xs)})"
+
+
+def _int_tuple(xs: Any, name: str) -> tuple[int, ...]:
+    if isinstance(xs, (str, bytes)) or not isinstance(xs, Iterable):
+        raise ValueError(f"{name} must be a sequence of integers, got {xs!r}")
+    out = []
+    for x in xs:
+        if isinstance(x, bool) or not isinstance(x, (int,)) and not (hasattr(x, "__index__")):
+            raise ValueError(f"{name} must hold integers, got {x!r}")
+        out.append(int(x))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- the interventions
+
+
+class ZeroValue(Intervention):
+    """The value vectors of the chosen key positions become 0 in the chosen heads.
+
+    ``z_t = sum_{j not in P} A[t, j] v_j`` for queries ``t > p`` (the attention
+    paid to the sink stays; it just carries nothing). Exact per query head,
+    also under GQA, where the value head is shared by several query heads.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, intervene, ZeroValue
+        >>> m = tiny_model("gqa")
+        >>> with intervene(m, ZeroValue(heads={0: [1]})):  # one query head; its KV head stays intact for head 0
+        ...     _ = m(torch.randint(4, 128, (1, 6)))
+    """
+
+    needs = frozenset({"v"})
+
+    def edit_z(self, layer: int, z: Tensor, ctx: _Ctx) -> Tensor:
+        A, v = ctx.pattern, ctx.v  # [b, H, T, T], [b, T, G, d]
+        T = A.shape[-1]
+        P = self.resolved_positions(T)
+        dev = A.device
+        qsel = self.key_selection(T, dev)[:, P]  # [T, |P|]
+        w = A[..., P] * qsel[None, None] * self.head_mask(layer, dev)[None, :, None, None]
+        kv_of_head = torch.arange(self.n_heads, device=dev) // self.group
+        vp = v[:, P][:, :, kv_of_head]  # [b, |P|, H, d]
+        corr = torch.einsum("bhtp,bphd->bthd", w.to(vp.dtype), vp)
+        return z - corr.to(z.dtype)
+
+
+class MaskKey(Intervention):
+    """Remove the chosen keys from attention.
+
+    ``renormalise=True``: the key leaves the softmax (its score becomes the mask
+    value), so the other keys share its mass: ``A'_j = e^{s_j} / sum_{i not in P} e^{s_i}``.
+    ``renormalise=False``: its weight is set to 0 and the rows keep their other
+    weights (rows then sum to ``1 - A[t, p]``; for the output this equals
+    :class:`ZeroValue`, but the pattern shows the key gone).
+    """
+
+    def __init__(self, *, renormalise: bool = True, **scope: Any):
+        super().__init__(**scope)
+        self.renormalise = bool(renormalise)
+
+    def edits_scores(self) -> bool:
+        return self.renormalise
+
+    def edits_pattern(self) -> bool:
+        return not self.renormalise
+
+    def edit_scores(self, layer: int, scores: Tensor, ctx: _Ctx) -> Tensor:
+        if not self.renormalise:
+            return scores
+        sel = self.selection(layer, scores.shape[-1], scores.device)
+        return scores.masked_fill(sel, torch.finfo(scores.dtype).min)
+
+    def edit_pattern(self, layer: int, pattern: Tensor, ctx: _Ctx) -> Tensor:
+        if self.renormalise:
+            return pattern
+        return pattern.masked_fill(self.selection(layer, pattern.shape[-1], pattern.device), 0.0)
+
+    def describe(self) -> str:
+        return f"MaskKey({self._scope_text()}, renormalise={self.renormalise})"
+
+
+class ScaleAttention(Intervention):
+    """Scale the attention paid to the chosen keys by ``beta``: ``A'[t, p] = beta A[t, p]``.
+
+    ``renormalise=True`` rescales each row afterwards to its old total.
+    """
+
+    def __init__(self, beta: float, *, renormalise: bool = False, **scope: Any):
+        super().__init__(**scope)
+        beta = float(beta)
+        if not math.isfinite(beta) or beta < 0:
+            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+        self.beta = beta
+        self.renormalise = bool(renormalise)
+
+    def edit_pattern(self, layer: int, pattern: Tensor, ctx: _Ctx) -> Tensor:
+        sel = self.selection(layer, pattern.shape[-1], pattern.device)
+        out = torch.where(sel, pattern * self.beta, pattern)
+        if self.renormalise:
+            before = pattern.sum(-1, keepdim=True)
+            after = out.sum(-1, keepdim=True)
+            out = out * torch.where(after > 0, before / torch.where(after > 0, after, torch.ones_like(after)), torch.ones_like(after))
+        return out
+
+    def describe(self) -> str:
+        return f"ScaleAttention(beta={self.beta}, {self._scope_text()}, renormalise={self.renormalise})"
+
+
+class Calibrate(Intervention):
+    """ACT attention calibration (Yu et al. 2024) in the chosen heads.
+
+    Per sample and head, ``alpha_k = mean_{t >= k} A[t, k]`` and the sinks are
+    ``S = {k != first : alpha_k > tau}`` (keys averaged over fewer than
+    ``min_queries`` queries are never sinks). Then ``A[:, S]`` is scaled by
+    ``beta`` and the removed mass of each row goes back to the keys not in
+    ``S`` in proportion to their weight, so rows keep their sums.
+    """
+
+    has_positions = False
+
+    def __init__(self, tau: float = 0.1, beta: float = 0.4, *, min_queries: int = 1, layers: Sequence[int] | None = None, heads: HeadSpec = None, name: str | None = None):
+        super().__init__(layers=layers, heads=heads, positions=(), name=name)
+        if not 0 < float(tau) < 1:
+            raise ValueError(f"tau must be in (0, 1), got {tau!r}")
+        if not 0 <= float(beta) <= 1:
+            raise ValueError(f"beta must be in [0, 1], got {beta!r}")
+        self.tau, self.beta, self.min_queries = float(tau), float(beta), int(min_queries)
+
+    def edit_pattern(self, layer: int, pattern: Tensor, ctx: _Ctx) -> Tensor:
+        A = pattern.float()
+        T = A.shape[-1]
+        nq = torch.arange(T, 0, -1, device=A.device, dtype=torch.float32)
+        alpha = A.sum(-2) / nq  # [b, H, T]
+        sink = (alpha > self.tau) & (nq >= self.min_queries)
+        sink[..., 0] = False
+        sink = sink & self.head_mask(layer, A.device)[None, :, None]
+        S = sink[:, :, None, :]  # [b, H, 1, T]
+        removed = ((1 - self.beta) * A * S).sum(-1, keepdim=True)
+        others = A * ~S
+        denom = others.sum(-1, keepdim=True)
+        gain = torch.where(denom > 0, removed / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+        out = torch.where(S, A * self.beta, others * (1 + gain))
+        # rows with no other key keep their sink mass
+        out = torch.where((denom > 0) | ~S, out, A)
+        return out.to(pattern.dtype)
+
+    def describe(self) -> str:
+        return f"Calibrate(tau={self.tau}, beta={self.beta}, {self._scope_text()})"
+
+
+class AblateDims(Intervention):
+    """Set residual-stream dims at the chosen positions to 0 or to a mean, before the chosen layers.
+
+    Edits ``hook_resid_pre`` of each layer in scope. ``mode="zero"`` writes 0;
+    ``mode="mean"`` writes the mean of that dim over the other positions of the
+    same sample (or ``values`` if given: one number per dim). With the default
+    ``layers=None`` every layer's input is edited, so a dim written back by a
+    later block is removed again.
+    """
+
+    def __init__(self, dims: Sequence[int], *, mode: str = "zero", values: Sequence[float] | Tensor | None = None, layers: Sequence[int] | None = None, positions: Sequence[int] | int = (0,), name: str | None = None):
+        super().__init__(layers=layers, heads=None, positions=positions, name=name)
+        self.dims = _int_tuple(dims, "dims")
+        if not self.dims:
+            raise ValueError("dims must name at least one residual dimension (e.g. the massive dims of find_massive_dims)")
+        if mode not in ("zero", "mean"):
+            raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
+        self.mode = mode
+        self.values = None if values is None else torch.as_tensor(values, dtype=torch.float32)
+        if self.values is not None and self.values.shape != (len(self.dims),):
+            raise ValueError(f"values must hold one number per dim ({len(self.dims)}), got shape {tuple(self.values.shape)}")
+
+    def bind(self, model: Any) -> None:
+        super().bind(model)
+        D = int(model.cfg.d_model)
+        bad = [d for d in self.dims if not 0 <= d < D]
+        if bad:
+            raise ValueError(f"dims {bad} out of range; d_model is {D}")
+
+    def residual_hooks(self, model: Any) -> list[tuple[str, Callable[..., Any]]]:
+        def hook(x: Tensor, hook: Any) -> Tensor:
+            T = x.shape[1]
+            P = self.resolved_positions(T)
+            dims = list(self.dims)
+            out = x.clone()
+            if self.mode == "zero":
+                for p in P:
+                    out[:, p, dims] = 0.0
+            else:
+                if self.values is not None:
+                    val = self.values.to(x.device, x.dtype)[None, :]
+                else:
+                    keep = torch.ones(T, dtype=torch.bool, device=x.device)
+                    keep[P] = False
+                    if not keep.any():
+                        raise ValueError("mode='mean' needs positions other than the ablated ones (or values=)")
+                    val = x[:, keep][:, :, dims].mean(1)  # [b, |dims|]
+                for p in P:
+                    out[:, p, dims] = val
+            return out
+
+        return [(hooknames.resid_pre(layer), hook) for layer in self.layers]
+
+    def describe(self) -> str:
+        lay = "all layers" if self.layers_arg is None else f"layers {_short(self.layers_arg)}"
+        return f"AblateDims(dims {_short(self.dims)}, mode={self.mode}, {lay}, positions {list(self.positions)})"
+
+
+class KVBias(Intervention):
+    """A learnable key ``k*`` (and optionally value ``v*``) prepended in every chosen layer.
+
+    Per head ``h``: ``softmax([q_h k*_h, q_h K_h^T] / sqrt(d)) [v*_h; V_h]``, with
+    ``q_h`` after RoPE and ``k*`` carrying no position (a key at position 0
+    would give the same logits, since RoPE at position 0 is the identity).
+    ``per_head=True``: one ``k*`` per query head (``[H, d]``), else one shared by
+    all heads of the layer (``[d]``). ``value=False`` keeps ``v* = 0`` (the
+    paper's "K bias"). Parameters live in :attr:`params` (an ``nn.ParameterDict``
+    keyed by layer), created on first use and kept, so a fitted bias can be
+    reused; pass ``k`` / ``v`` (``{layer: tensor}``) to set them.
+    """
+
+    has_positions = False
+    needs = frozenset({"q"})
+
+    def __init__(
+        self,
+        *,
+        layers: Sequence[int] | None = None,
+        heads: HeadSpec = None,
+        per_head: bool = True,
+        value: bool = False,
+        k: Mapping[int, Tensor] | None = None,
+        v: Mapping[int, Tensor] | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(layers=layers, heads=heads, positions=(), name=name)
+        self.per_head, self.value = bool(per_head), bool(value)
+        if v is not None and not value:
+            self.value = True
+        self._k_init, self._v_init = k, v
+        self.params = nn.ParameterDict()
+
+    def bind(self, model: Any) -> None:
+        super().bind(model)
+        param = next(model.parameters())
+        rows = self.n_heads if self.per_head else 1
+        for layer in self.layers:
+            for kind, init in (("k", self._k_init), ("v", self._v_init if self.value else None)):
+                if kind == "v" and not self.value:
+                    continue
+                key = f"{kind}{layer}"
+                if key in self.params:
+                    continue
+                t = torch.zeros(rows, self.d_head, dtype=torch.float32, device=param.device)
+                if init is not None and layer in init:
+                    given = torch.as_tensor(init[layer], dtype=torch.float32, device=param.device)
+                    try:
+                        t = t + given.reshape(-1, self.d_head).expand(rows, -1)
+                    except RuntimeError:
+                        raise ValueError(f"{kind}[{layer}] must be [d_head] or [{rows}, d_head={self.d_head}], got {tuple(given.shape)}") from None
+                self.params[key] = nn.Parameter(t)
+
+    def k_star(self, layer: int) -> Tensor:
+        return self.params[f"k{layer}"]
+
+    def v_star(self, layer: int) -> Tensor | None:
+        return self.params[f"v{layer}"] if self.value else None
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return iter(self.params.values())
+
+    def extra_logits(self, layer: int, ctx: _Ctx) -> Tensor:
+        q = ctx.q  # [b, T, H, d]
+        k = self.k_star(layer).to(q.dtype).expand(self.n_heads, -1)
+        logits = torch.einsum("bthd,hd->bht", q, k)[..., None] * ctx_scale(self, layer)
+        cap = _softcap(self._bound, layer)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        if not self.all_heads(layer):
+            logits = logits.masked_fill(~self.head_mask(layer, q.device)[None, :, None, None], float("-inf"))
+        return logits
+
+    def extra_values(self, layer: int) -> Tensor | None:
+        v = self.v_star(layer)
+        return None if v is None else v.expand(self.n_heads, -1)[:, None, :]
+
+    def describe(self) -> str:
+        kind = "K+V bias" if self.value else "K bias (v*=0)"
+        share = "per head" if self.per_head else "shared across heads"
+        return f"KVBias({kind}, {share}, {self._scope_text()})"
+
+
+def ctx_scale(iv: Intervention, layer: int) -> float:
+    cache = iv.__dict__.setdefault("_scale_cache", {})
+    if layer not in cache:
+        cache[layer] = attn_scale(iv._bound, layer)
+    return cache[layer]
+
+
+class SinkLogit(Intervention):
+    """A gpt-oss-style learned sink logit ``s_h`` per head: ``softmax([s_h, S_h])``, the sink column dropped.
+
+    Rows of the pattern then sum to ``1 - sigma`` with the "sink mass"
+    ``sigma = e^{s_h} / (e^{s_h} + sum_j e^{S_hj})``. Parameters in
+    :attr:`params` (``{layer: [H]}``), initialised to ``init`` or ``logits``.
+    """
+
+    has_positions = False
+
+    def __init__(self, *, layers: Sequence[int] | None = None, heads: HeadSpec = None, init: float = 0.0, logits: Mapping[int, Tensor] | None = None, name: str | None = None):
+        super().__init__(layers=layers, heads=heads, positions=(), name=name)
+        self.init = float(init)
+        self._given = logits
+        self.params = nn.ParameterDict()
+
+    def bind(self, model: Any) -> None:
+        super().bind(model)
+        dev = next(model.parameters()).device
+        for layer in self.layers:
+            key = f"s{layer}"
+            if key in self.params:
+                continue
+            t = torch.full((self.n_heads,), self.init, dtype=torch.float32, device=dev)
+            if self._given is not None and layer in self._given:
+                t = t * 0 + torch.as_tensor(self._given[layer], dtype=torch.float32, device=dev).reshape(-1).expand(self.n_heads)
+            self.params[key] = nn.Parameter(t)
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return iter(self.params.values())
+
+    def logit(self, layer: int) -> Tensor:
+        return self.params[f"s{layer}"]
+
+    def extra_logits(self, layer: int, ctx: _Ctx) -> Tensor:
+        b, H, T = ctx.scores.shape[0], self.n_heads, ctx.scores.shape[-1]
+        s = self.logit(layer).to(ctx.scores.dtype)
+        if not self.all_heads(layer):
+            s = s.masked_fill(~self.head_mask(layer, s.device), float("-inf"))
+        return s[None, :, None, None].expand(b, H, T, 1)
+
+    def describe(self) -> str:
+        return f"SinkLogit({self._scope_text()})"
+
+
+class AttentionKernel(Intervention):
+    """Replace softmax with another kernel (see :mod:`sink_interp.kernels`) in the chosen heads.
+
+    ``AttentionKernel("sigmoid", bias="-log n")``, ``AttentionKernel("softpick")``,
+    ``AttentionKernel("scaled", alpha=0.5)``, ``AttentionKernel("elu1", normalise=True)``...
+    The kernel sees the model's own scaled scores; virtual keys (:class:`KVBias`,
+    :class:`SinkLogit`) in the same layer enter it too.
+    """
+
+    has_positions = False
+
+    def __init__(self, kernel: str = "sigmoid", *, layers: Sequence[int] | None = None, heads: HeadSpec = None, name: str | None = None, **params: Any):
+        super().__init__(layers=layers, heads=heads, positions=(), name=name)
+        self.kernel_name = kernel
+        self.params = dict(params)
+        self.kernel = kernel_fn(kernel, **params)
+        self.kernel_name = self.kernel.kernel_name  # type: ignore[attr-defined]
+
+    def describe(self) -> str:
+        ps = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"AttentionKernel({self.kernel_name}{', ' + ps if ps else ''}, {self._scope_text()})"
+
+
+class StreamingWindow(Intervention):
+    """StreamingLLM attention: each query sees the first ``sinks`` keys and the last ``window`` keys.
+
+    Query ``t`` sees keys ``j < sinks`` and ``t - window < j <= t``; ``sinks=0`` is
+    plain sliding-window attention. ``positions="cache"`` (default) gives RoPE
+    positions as indices in the rolling cache, as StreamingLLM does: once the
+    cache is full (``t >= sinks + window``) the query sits at cache index
+    ``c = sinks + window - 1`` and sink ``i`` at index ``i``, so the sink scores
+    become ``(R_c q_t) . (R_i k_i) / sqrt(d)``; recent keys keep their relative
+    distance ``t - j``, which is the same in both frames. ``positions="original"``
+    keeps the absolute positions (only the mask changes). Every token's hidden
+    states are computed with its own window, exactly as in token-by-token
+    decoding with a rolling KV cache, so one forward pass gives the streaming
+    log-likelihood of every token.
+    """
+
+    has_positions = False
+
+    def __init__(self, window: int, sinks: int = 4, *, positions: str = "cache", layers: Sequence[int] | None = None, name: str | None = None):
+        super().__init__(layers=layers, heads=None, positions=(), name=name)
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be an integer >= 1 (recent keys each query sees), got {window!r}")
+        if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
+            raise ValueError(f"sinks must be an integer >= 0, got {sinks!r}")
+        if positions not in ("cache", "original"):
+            raise ValueError(f"positions must be 'cache' (StreamingLLM) or 'original', got {positions!r}")
+        self.window, self.sinks, self.rope_positions = window, sinks, positions
+
+    def bind(self, model: Any) -> None:
+        super().bind(model)
+        kind = positional_kind(model)
+        self._rerotate = self.rope_positions == "cache" and self.sinks > 0 and kind == "rope"
+        if self.rope_positions == "cache" and kind == "learned" and self.sinks > 0:
+            raise ValueError(
+                "positions='cache' needs relative positions (RoPE or NoPE); a model with learned absolute position "
+                "embeddings adds them before the first block, where hooks cannot re-index them per query. Fix: positions='original'"
+            )
+        if self._rerotate:
+            for layer in self.layers:
+                attn = attn_module(model, layer)
+                subs = getattr(attn, "submodules", {}) or {}
+                cfg = attn.config
+                if "q_norm" in subs or getattr(cfg, "rotary_adjacent_pairs", False) or getattr(cfg, "rotary_interleaved_cos_sin", False):
+                    raise ValueError(
+                        f"positions='cache' re-rotates queries with the standard rotate-half RoPE; layer {layer} uses QK norms or "
+                        "another RoPE layout. Fix: positions='original'"
+                    )
+        self.needs = frozenset({"q_raw", "k", "cos"}) if self._rerotate else frozenset()
+
+    def edit_scores(self, layer: int, scores: Tensor, ctx: _Ctx) -> Tensor:
+        T = scores.shape[-1]
+        dev = scores.device
+        t = torch.arange(T, device=dev)[:, None]
+        j = torch.arange(T, device=dev)[None, :]
+        hidden = (j <= t) & (j <= t - self.window) & (j >= self.sinks)
+        out = scores.masked_fill(hidden[None, None], torch.finfo(scores.dtype).min)
+        full_from = self.sinks + self.window
+        if self._rerotate and T > full_from and ctx.cos is not None:
+            c = self.sinks + self.window - 1
+            cos = ctx.cos[:, c].to(ctx.q_raw.dtype)  # [1 or b, d]
+            sin = ctx.sin[:, c].to(ctx.q_raw.dtype)
+            q = ctx.q_raw[:, full_from:]  # [b, T', H, d]
+            rot = cos.shape[-1]
+            if rot != q.shape[-1]:
+                raise ValueError("positions='cache' supports full-width RoPE only; fix: positions='original'")
+            qc = q * cos[:, None, None, :] + _rotate_half(q) * sin[:, None, None, :]
+            kv_of_head = torch.arange(self.n_heads, device=dev) // self.group
+            ks = ctx.k[:, : self.sinks][:, :, kv_of_head]  # [b, sinks, H, d]
+            s = torch.einsum("bthd,bihd->bhti", qc, ks) * ctx_scale(self, layer)
+            cap = _softcap(self._bound, layer)
+            if cap is not None:
+                s = torch.tanh(s / cap) * cap
+            out = out.clone()
+            out[:, :, full_from:, : self.sinks] = s.to(out.dtype)
+        return out
+
+    def describe(self) -> str:
+        what = f"{self.sinks} sinks + window {self.window}" if self.sinks else f"window {self.window}"
+        return f"StreamingWindow({what}, positions={self.rope_positions})"
+
+
+# --------------------------------------------------------------------------- one layer's hooks
+
+
+class _Site:
+    """All interventions acting on one attention layer, as one set of hook functions."""
+
+    def __init__(self, model: Any, layer: int, ivs: list[Intervention]):
+        self.model, self.layer, self.ivs = model, layer, ivs
+        self.ctx = _Ctx()
+        self.score_editors = [iv for iv in ivs if iv.edits_scores()]
+        self.pattern_editors = [iv for iv in ivs if iv.edits_pattern()]
+        self.z_editors = [iv for iv in ivs if iv.edits_z()]
+        self.extras = [iv for iv in ivs if iv.has_extra()]
+        self.kernels = [iv for iv in ivs if iv.kernel is not None]
+        self.native = _native_sinks(model, layer)
+        H = int(model.cfg.n_heads)
+        claimed = torch.zeros(H, dtype=torch.bool)
+        for kv in self.kernels:
+            hm = kv.head_mask(layer).cpu()
+            if (claimed & hm).any():
+                raise ValueError(f"two AttentionKernel interventions act on the same head of layer {layer}; give them disjoint heads")
+            claimed |= hm
+        self.needs: set[str] = set().union(*(iv.needs for iv in ivs)) if ivs else set()
+        self.recompute = bool(self.score_editors or self.extras or self.kernels)
+
+    def hooks(self) -> list[tuple[str, Callable[..., Any]]]:
+        L, m, ctx = self.layer, self.model, self.ctx
+        out: list[tuple[str, Callable[..., Any]]] = []
+
+        def stash(attr: str) -> Callable[..., None]:
+            def hook(x: Tensor, hook: Any) -> None:
+                setattr(ctx, attr, x)
+
+            return hook
+
+        if "q" in self.needs:
+            out.append((_query_hook(m, L), stash("q")))
+        if "q_raw" in self.needs:
+            out.append((hooknames.q(L), stash("q_raw")))
+        if "k" in self.needs:
+            out.append((_key_hook(m, L), stash("k")))
+        if "v" in self.needs:
+            out.append((hooknames.v(L), stash("v")))
+        if "cos" in self.needs:
+            base = hooknames.block(L, "attn.hook_")
+            if base + "cos" in m.hook_dict:
+                out.append((base + "cos", stash("cos")))
+                out.append((base + "sin", stash("sin")))
+
+        def scores_hook(s: Tensor, hook: Any) -> Tensor | None:
+            new = s
+            for iv in self.score_editors:
+                new = iv.edit_scores(L, new, ctx)
+            ctx.scores = new
+            return new if new is not s else None
+
+        out.append((hooknames.attn_scores(L), scores_hook))
+
+        def pattern_hook(p: Tensor, hook: Any) -> Tensor | None:
+            A, Ae = p, None
+            if self.recompute:
+                scores = ctx.scores
+                extras = [iv.extra_logits(L, ctx) for iv in self.extras]
+                if self.native is not None:
+                    b, H, T = scores.shape[0], scores.shape[1], scores.shape[-1]
+                    extras.append(self.native.to(scores.dtype).reshape(1, -1, 1, 1).expand(b, H, T, 1))
+                E = torch.cat(extras, dim=-1) if extras else None
+                mask = visible_mask(scores)
+                A, Ae = softmax_attention(scores, mask, E)
+                for kv in self.kernels:
+                    Ak, Aek = kv.kernel(scores, mask, E)
+                    hm = kv.head_mask(L, scores.device)[None, :, None, None]
+                    A = torch.where(hm, Ak, A)
+                    if Ae is not None:
+                        Ae = torch.where(hm, Aek, Ae)
+                A = A.to(p.dtype)
+            for iv in self.pattern_editors:
+                A = iv.edit_pattern(L, A, ctx)
+            ctx.pattern = A
+            ctx.extra_w = Ae
+            return A if A is not p else None
+
+        out.append((hooknames.pattern(L), pattern_hook))
+
+        value_ivs = [(i, iv) for i, iv in enumerate(self.extras) if iv.extra_values(L) is not None]
+        if self.z_editors or value_ivs:
+
+            def z_hook(z: Tensor, hook: Any) -> Tensor:
+                for iv in self.z_editors:
+                    z = iv.edit_z(L, z, ctx)
+                if value_ivs and ctx.extra_w is not None:
+                    # column i of the extras belongs to self.extras[i] (one virtual key each)
+                    for i, iv in value_ivs:
+                        vals = iv.extra_values(L)  # [H, 1, d]
+                        w = ctx.extra_w[..., i : i + 1]  # [b, H, T, 1]
+                        z = z + torch.einsum("bhtm,hmd->bthd", w.to(z.dtype), vals.to(z.dtype))
+                ctx.clear()
+                return z
+
+            out.append((hooknames.z(L), z_hook))
+        return out
+
+
+@contextlib.contextmanager
+def intervene(model: Any, *interventions: Intervention | Sequence[Intervention]) -> Iterator[Any]:
+    """Run ``model`` with ``interventions`` inside a ``with`` block; restore it exactly on exit.
+
+    Interventions are applied in the stage order described in the module
+    docstring; within a stage, in the order given. Lists are flattened, so a
+    composed intervention can be passed as one item. Yields the model.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, intervene, KVBias, MaskKey
+        >>> model = tiny_model()
+        >>> bias = KVBias(per_head=True)
+        >>> with intervene(model, MaskKey(), bias) as m:
+        ...     logits = m(torch.randint(4, 128, (1, 6)))
+        >>> len(list(bias.parameters()))  # one k* per layer
+        2
+    """
+    flat = _flatten(interventions)
+    for iv in flat:
+        iv.bind(model)
+    per_layer: dict[int, list[Intervention]] = {}
+    residual: list[tuple[str, Callable[..., Any]]] = []
+    for iv in flat:
+        residual.extend(iv.residual_hooks(model))
+        if isinstance(iv, AblateDims):
+            continue
+        for layer in iv.layers:
+            per_layer.setdefault(layer, []).append(iv)
+    sites = [_Site(model, layer, ivs) for layer, ivs in sorted(per_layer.items())]
+    hooks = list(residual)
+    for s in sites:
+        hooks.extend(s.hooks())
+    try:
+        with attach_hooks(model, hooks):
+            yield model
+    finally:
+        for s in sites:
+            s.ctx.clear()
+
+
+def _flatten(items: Iterable[Any]) -> list[Intervention]:
+    out: list[Intervention] = []
+    for it in items:
+        if isinstance(it, Intervention):
+            out.append(it)
+        elif isinstance(it, (list, tuple)):
+            out.extend(_flatten(it))
+        else:
+            raise TypeError(
+                f"intervene() takes Intervention objects (ZeroValue, MaskKey, KVBias, ...), got {type(it).__name__}"
+            )
+    return out
+
+
+# --------------------------------------------------------------------------- massive dims
+
+
+def find_massive_dims(
+    model: Any,
+    tokens: Tensor,
+    *,
+    threshold: float = 100.0,
+    ratio: float = 100.0,
+    min_fraction: float = 0.5,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Residual dims with massive activations (Sun et al. 2024) in ``hook_resid_pre``.
+
+    An entry ``x[b, t, i]`` of layer ``l``'s input is massive when ``|x| > threshold``
+    and ``|x| > ratio * median_i |x[b, t, :]|``. Sun et al. describe massive
+    activations as about 1000x the median; SmolLM2-135M's dim 507 at the first
+    token reaches 700 (layers 3-9) and 22000 (layers 12-28), 300-500x the
+    median of a hidden state whose other dims are large too, so the default
+    ``ratio`` is 100. Returns ``{"dims": [...],
+    "layers": [...], "positions": {pos: share}, "table": DataFrame}``: the dims
+    massive in at least ``min_fraction`` of samples at some (layer, position),
+    the layers where they are, and the positions where they occur.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model
+        >>> find_massive_dims(tiny_model(), torch.randint(4, 128, (2, 8)))["dims"]  # random tiny model: none
+        []
+    """
+    import pandas as pd
+
+    from .capture import Reducer, run_reducers
+
+    L = int(model.cfg.n_layers)
+
+    class _R(Reducer):
+        def hook_names(self, m: Any) -> list[str]:
+            return [hooknames.resid_pre(layer) for layer in range(L)]
+
+        def begin(self, m: Any, n: int, T: int) -> None:
+            self.count = torch.zeros(L, T, int(m.cfg.d_model))
+            self.top = torch.zeros(L, T, int(m.cfg.d_model))
+            self.n = n
+
+        def update(self, name: str, x: Tensor) -> None:
+            layer = hooknames.layer_of(name)
+            a = x.detach().float().abs()
+            med = a.median(dim=-1, keepdim=True).values
+            hit = (a > threshold) & (a > ratio * med)
+            self.count[layer] += hit.sum(0).cpu()
+            self.top[layer] = torch.maximum(self.top[layer], a.amax(0).cpu())
+
+        def result(self) -> Any:
+            return self.count / self.n, self.top
+
+    r = _R()
+    run_reducers(model, tokens, [r], batch_size=batch_size, progress=progress, desc="massive activations")
+    share, top = r.result()
+    hits = (share >= min_fraction).nonzero().tolist()
+    rows = [{"layer": l_, "position": t, "dim": i, "share": float(share[l_, t, i]), "max_abs": float(top[l_, t, i])} for l_, t, i in hits]
+    table = pd.DataFrame(rows, columns=["layer", "position", "dim", "share", "max_abs"])
+    dims = sorted(set(table["dim"].tolist()))
+    layers = sorted(set(table["layer"].tolist()))
+    positions = {int(p): float(table[table.position == p]["share"].mean()) for p in sorted(set(table["position"].tolist()))}
+    return {"dims": dims, "layers": layers, "positions": positions, "table": table}
+
+
+def sink_heads(report: Any, eps: float | None = None, k: int = 1) -> dict[int, list[int]]:
+    """``{layer: [heads]}`` whose mean ``alpha_k`` over samples exceeds ``eps`` (default: the report's eps).
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, measure_sinks
+        >>> rep = measure_sinks(tiny_model(), torch.randint(4, 128, (2, 8)), progress=False)
+        >>> isinstance(sink_heads(rep, eps=0.99), dict)
+        True
+    """
+    e = report.eps if eps is None else float(eps)
+    mean = report.mean_alpha(k)
+    out: dict[int, list[int]] = {}
+    for li, layer in enumerate(report.layers):
+        hs = [int(h) for h in range(mean.shape[1]) if mean[li, h] > e]
+        if hs:
+            out[int(layer)] = hs
+    return out

@@ -1,0 +1,273 @@
+"""StreamingLLM evaluation: attention sinks plus a recent window, against window-only and full attention.
+
+:func:`streaming_ppl` scores a text longer than the window three ways, in one
+forward pass each (see :class:`~sink_interp.StreamingWindow` for why one pass
+equals token-by-token decoding with a rolling KV cache):
+
+* ``full``: ordinary causal attention over the whole text;
+* ``sinks + window``: each query sees the first ``sinks`` tokens and the last
+  ``window`` tokens, RoPE positions taken as indices in the cache (StreamingLLM);
+* ``window only``: each query sees the last ``sinks + window`` tokens (the same
+  cache size, no sinks);
+
+and, with ``original_positions=True``, sinks + window with the tokens' original
+positions (only the mask changes), to show whether re-indexing matters.
+It reports perplexity per position bucket; the interesting buckets are those
+after ``sinks + window``, where the cache is full and tokens are evicted.
+
+Example:
+    >>> import torch
+    >>> from sink_interp import tiny_model
+    >>> rep = streaming_ppl(tiny_model(), torch.randint(4, 128, (2, 40)), sinks=2, window=8, progress=False)
+    >>> rep.to_frame().columns.tolist()
+    ['condition', 'start', 'end', 'ppl', 'nll']
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ._internal.errors import check_positive_int, check_tokens
+from ._internal.provenance import dumps, versions, write_atomic
+from .capture import run_reducers
+from .effects import NextTokenReducer
+from .interventions import StreamingWindow, intervene
+from .metrics import _bos_policy
+from .models import model_info, positional_kind
+
+
+def long_tokens(model: Any, length: int = 1536, n: int = 8, bos: bool = False, path: str | None = None) -> Tensor:
+    """``[n, length]`` token ids of long natural texts: the passages of one article joined.
+
+    Reads the shipped ``natural.jsonl`` (or ``path``), joins the passages that
+    share ``source`` and ``title`` (blank line between; their order within the
+    article was not kept when the corpus was built) and keeps the ``n`` longest
+    documents with at least ``length`` tokens, truncated to ``length``.
+    """
+    from .data import _bos_id, _tokenizer, natural_path
+
+    length = check_positive_int(length, "length", minimum=2)
+    n = check_positive_int(n, "n")
+    p = natural_path() if path is None else path
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    with open(p, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            obj = json.loads(line)
+            groups[(str(obj.get("source", "")), str(obj.get("title", i)))].append(obj["text"])
+    tok = _tokenizer(model)
+    body = length - 1 if bos else length
+    docs = []
+    for key, texts in groups.items():
+        ids = tok("\n\n".join(texts), add_special_tokens=False)["input_ids"]
+        if len(ids) >= body:
+            docs.append((len(ids), key, ids[:body]))
+    docs.sort(key=lambda d: (-d[0], d[1]))
+    if len(docs) < n:
+        raise ValueError(
+            f"only {len(docs)} documents in {p} have at least {body} tokens, but n={n} were asked; fix: lower n or length"
+        )
+    rows = [d[2] for d in docs[:n]]
+    toks = torch.tensor(rows, dtype=torch.long)
+    if bos:
+        toks = torch.cat([torch.full((n, 1), _bos_id(model), dtype=torch.long), toks], dim=1)
+    toks.probe_info = {  # type: ignore[attr-defined]
+        "source": f"long:{'natural' if path is None else p}",
+        "bos": bos,
+        "n": n,
+        "length": length,
+        "documents": [f"{d[1][0]}:{d[1][1]}" for d in docs[:n]],
+    }
+    return toks
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class StreamReport:
+    """Per-position next-token loss of each attention condition on long texts.
+
+    ``nll[c, t]`` is the mean (over samples) loss of predicting token ``t + 1``
+    under condition ``conditions[c]``. ``bucket`` is the width of the position
+    buckets in :meth:`to_frame`.
+    """
+
+    conditions: tuple[str, ...]
+    nll: Float[np.ndarray, "condition pos"]
+    sinks: int
+    window: int
+    bucket: int
+    model: str
+    data: str
+    bos: bool | None
+    n: int
+    length: int
+    positional: str
+    model_info: dict[str, Any]
+    versions: dict[str, str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def full_from(self) -> int:
+        """First query position at which tokens have been evicted (the cache is full)."""
+        return self.sinks + self.window
+
+    def ppl(self, condition: str, start: int = 0, end: int | None = None) -> float:
+        """Perplexity of ``condition`` over predicted positions ``start <= t < end``."""
+        c = self.conditions.index(condition)
+        x = self.nll[c, start:end]
+        return float(np.exp(x.mean())) if x.size else float("nan")
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (condition, position bucket): perplexity and mean loss."""
+        rows = []
+        P = self.nll.shape[1]
+        for c, name in enumerate(self.conditions):
+            for s in range(0, P, self.bucket):
+                e = min(P, s + self.bucket)
+                x = self.nll[c, s:e]
+                rows.append({"condition": name, "start": s, "end": e, "ppl": float(np.exp(x.mean())), "nll": float(x.mean())})
+        return pd.DataFrame(rows)
+
+    def pivot(self) -> pd.DataFrame:
+        """Perplexity with position buckets as rows and conditions as columns."""
+        df = self.to_frame()
+        df["positions"] = df["start"].astype(str) + "-" + df["end"].astype(str)
+        out = df.pivot(index="positions", columns="condition", values="ppl")
+        order = df.drop_duplicates("positions")["positions"].tolist()
+        return out.loc[order, list(self.conditions)]
+
+    def summary(self) -> dict[str, Any]:
+        after = self.full_from
+        return {
+            "model": self.model,
+            "data": self.data,
+            "bos": self.bos,
+            "n": self.n,
+            "length": self.length,
+            "sinks": self.sinks,
+            "window": self.window,
+            "bucket": self.bucket,
+            "positional": self.positional,
+            "dtype": self.model_info.get("dtype"),
+            "device": self.model_info.get("device"),
+            "ppl_all": {c: self.ppl(c) for c in self.conditions},
+            f"ppl_from_{after}": {c: self.ppl(c, after) for c in self.conditions},
+            "buckets": self.to_frame().to_dict(orient="records"),
+            "model_info": self.model_info,
+            "versions": self.versions,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    def to_json(self, path: str | None = None) -> str:
+        text = dumps(self.summary())
+        if path is not None:
+            write_atomic(path, text)
+        return text
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{c}: {self.ppl(c, self.full_from):.2f}" for c in self.conditions)
+        return f"StreamReport({self.model!r}, n={self.n}, length={self.length}, ppl after position {self.full_from}: {parts})"
+
+    def _repr_html_(self) -> str:
+        pv = self.pivot()
+        return (
+            f"<div><b>StreamReport</b> &mdash; {html.escape(self.model)}, {self.sinks} sinks + window {self.window}, "
+            f"n={self.n}, length={self.length}, BOS={self.bos}{pv.to_html(float_format=lambda x: f'{x:.2f}')}</div>"
+        )
+
+
+def streaming_ppl(
+    model: Any,
+    tokens: Tensor,
+    sinks: int = 4,
+    window: int = 256,
+    *,
+    bucket: int | None = None,
+    original_positions: bool = True,
+    batch_size: int = 1,
+    bos: bool | None = None,
+    data: str | None = None,
+    progress: bool = True,
+) -> StreamReport:
+    """Perplexity per position bucket: full attention, sinks + window (StreamingLLM), window only.
+
+    Args:
+        model: a TransformerBridge (RoPE or NoPE for cache positions; with learned
+            absolute positions only the original-position conditions run).
+        tokens: ``[n, T]`` token ids with ``T`` well above ``sinks + window``
+            (e.g. :func:`long_tokens`).
+        sinks: number of first tokens kept.
+        window: number of recent tokens kept (the query included).
+        bucket: width of the position buckets (default ``window``).
+        original_positions: also run sinks + window with the original positions.
+        batch_size: texts per forward pass.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model
+        >>> rep = streaming_ppl(tiny_model(), torch.randint(4, 128, (1, 30)), sinks=1, window=4, bucket=10, progress=False)
+        >>> rep.pivot().shape
+        (3, 4)
+    """
+    sinks = check_positive_int(sinks, "sinks", minimum=0)
+    window = check_positive_int(window, "window")
+    info = getattr(tokens, "probe_info", None)
+    toks = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=2)
+    n, T = toks.shape
+    if T <= sinks + window:
+        raise ValueError(
+            f"tokens have length {T} but sinks + window = {sinks + window}: nothing is ever evicted. "
+            "Fix: use a longer text (e.g. long_tokens(model, length=...)) or a smaller window"
+        )
+    bucket = window if bucket is None else check_positive_int(bucket, "bucket")
+    kind = positional_kind(model)
+    conds: dict[str, list[Any]] = {"full": []}
+    if kind == "learned":
+        conds[f"{sinks} sinks + window {window} (original positions)"] = [StreamingWindow(window, sinks, positions="original")]
+        conds[f"window only ({sinks + window})"] = [StreamingWindow(sinks + window, 0, positions="original")]
+    else:
+        conds[f"{sinks} sinks + window {window}"] = [StreamingWindow(window, sinks, positions="cache")]
+        conds[f"window only ({sinks + window})"] = [StreamingWindow(sinks + window, 0)]
+        if original_positions and sinks:
+            conds[f"{sinks} sinks + window {window} (original positions)"] = [StreamingWindow(window, sinks, positions="original")]
+    from tqdm.auto import tqdm
+
+    nll = np.zeros((len(conds), T - 1))
+    bar = tqdm(total=len(conds), desc="streaming", unit="condition", disable=not progress, leave=False)
+    try:
+        for c, (name, ivs) in enumerate(conds.items()):
+            r = NextTokenReducer()
+            with intervene(model, *ivs):
+                run_reducers(model, toks, [r], batch_size=batch_size, progress=False)
+            nll[c] = (r.nll_pos / n).numpy()
+            bar.update(1)
+    finally:
+        bar.close()
+    if data is None:
+        data = str(info.get("source")) if isinstance(info, dict) and "source" in info else "tokens"
+    return StreamReport(
+        conditions=tuple(conds),
+        nll=nll,
+        sinks=sinks,
+        window=window,
+        bucket=bucket,
+        model=model_info(model).name,
+        data=data,
+        bos=_bos_policy(model, toks if info is None else tokens, bos),
+        n=n,
+        length=T,
+        positional=kind,
+        model_info=model_info(model).to_dict(),
+        versions=versions(),
+        extra={"probe": info} if isinstance(info, dict) else {},
+    )
