@@ -302,8 +302,10 @@ def test_config_validation_names_the_fix():
         TrainConfig(kernel="cosine")
     with pytest.raises(ValueError, match="k_bias=True"):
         TrainConfig(v_bias="zero")
-    with pytest.raises(ValueError, match="kernel='softmax'"):
-        TrainConfig(kernel="sigmoid", k_bias=True)
+    with pytest.raises(ValueError, match="kernel='relu'"):
+        TrainConfig(kernel="relu", k_bias=True)
+    with pytest.raises(ValueError, match="attn_norm"):
+        TrainConfig(kernel="sigmoid", attn_norm="length")
     with pytest.raises(ValueError, match="unknown preset"):
         preset("bb-nothing")
     with pytest.raises(ValueError, match="unknown TrainConfig fields"):

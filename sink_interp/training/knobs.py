@@ -23,12 +23,15 @@ computes attention itself (DESIGN section 3). The formulas follow the official
 code (``sail-sg/Attention-Sink``: ``model_attn_sim.py``, ``model_kv_bias.py``,
 ``model_prefix.py``, ``model_window.py``, ``model_postln.py``).
 
-This module is the training side's own implementation. Issue 4's
-``sink_interp.kernels`` / interventions (``AttentionKernel``, ``KVBias``,
-``SinkLogit``) graft the same operations onto pretrained models inside
-context managers; training needs them permanently, differentiable, with
-parameters owned by the model (:class:`KnobParams`) and composed in one
-pattern computation, which is what :class:`KnobRuntime` provides.
+Every kernel formula (softmax with virtual K-bias / sink-logit columns,
+scaled and p-norm softmax, sigmoid, elu+1, softpick, linear) is issue 4's
+:mod:`sink_interp.kernels`; only Guo et al.'s ReLU attention is computed here.
+Issue 4's interventions (``AttentionKernel``, ``KVBias``, ``SinkLogit``)
+graft the same operations onto pretrained models inside context managers;
+training needs them permanently attached, with parameters owned by the model
+(:class:`KnobParams`, saved with the weights) and composed with prefix /
+window / document masks and ALiBi in one pattern computation, which is what
+:class:`KnobRuntime` does.
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ from .._internal import hooknames
 from .config import TrainConfig
 
 PROXY_EPS = 1e-8  # official normaliser epsilon (model_attn_sim.py)
-SOFTPICK_EPS = 1e-6
 
 _RUNTIMES: "weakref.WeakKeyDictionary[nn.Module, KnobRuntime]" = weakref.WeakKeyDictionary()
 
@@ -143,6 +145,28 @@ class KnobParams(nn.Module):
         return None
 
 
+def kernel_for(cfg: TrainConfig) -> Callable[..., Any]:
+    """The :func:`sink_interp.kernels.kernel_fn` of a config (``relu`` is handled locally)."""
+    from ..kernels import kernel_fn
+
+    norm = cfg.resolved_attn_norm
+    if cfg.kernel == "softmax":
+        if cfg.softmax_p != 1.0:
+            return kernel_fn("pnorm", p=cfg.softmax_p)
+        if cfg.softmax_alpha != 1.0:
+            return kernel_fn("scaled", alpha=cfg.softmax_alpha)
+        return kernel_fn("softmax")
+    if cfg.kernel == "sigmoid":
+        return kernel_fn("sigmoid", normalise=norm == "sum")
+    if cfg.kernel == "elu":
+        return kernel_fn("elu1", normalise=norm == "sum")
+    if cfg.kernel == "linear":
+        return kernel_fn("linear", normalise=norm == "max1")
+    if cfg.kernel == "softpick":
+        return kernel_fn("softpick")
+    return lambda *a, **k: None  # relu: see KnobRuntime._kernel
+
+
 def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     dtype = x.dtype
     x32 = x.float()
@@ -183,6 +207,7 @@ class KnobRuntime:
             c.kernel != "softmax" or self.extra_column or c.softmax_alpha != 1.0 or c.softmax_p != 1.0
         )
         self.attention_active = self.replace_pattern or self.custom_mask or c.pos == "alibi" or c.v_bias == "learn"
+        self._kernel_fn = kernel_for(c)
 
     # ---------------------------------------------------------------- attach / detach
     def hooks(self) -> list[tuple[str, Callable[..., Any]]]:
@@ -326,47 +351,28 @@ class KnobRuntime:
         return fn
 
     def _kernel(self, s: Tensor, allowed: Tensor, layer: int) -> tuple[Tensor, Tensor | None]:
+        """Attention weights of the config's kernel (issue 4's :mod:`sink_interp.kernels`), and the
+        weight of the K-bias column when there is one."""
         c = self.cfg
-        dtype = s.dtype
-        s32 = s.float()
-        if c.kernel == "softmax":
-            if self.extra_column:
-                b, H, T, _ = s.shape
-                if c.k_bias:
-                    q = self.ctx.pop(("q", layer)).float()  # [b, T, H, d] after RoPE (official: k* unrotated)
-                    kb = self.params.k_bias[layer].float().expand(H, -1)
-                    star = torch.einsum("bqhd,hd->bhq", q, kb) * self.scale
-                else:
-                    star = self.params.sink_logit[layer].float()[None, :, None].expand(b, H, T)
-                ext = torch.cat([star[..., None], s32], dim=-1)
-                P_ext = torch.softmax(ext, dim=-1)
-                return P_ext[..., 1:].to(dtype), P_ext[..., 0].to(dtype)
-            if c.softmax_p != 1.0:
-                z = (c.softmax_p * s32).masked_fill(~allowed, float("-inf"))
-                return torch.exp(torch.log_softmax(z, dim=-1) / c.softmax_p).to(dtype), None
-            return (c.softmax_alpha * torch.softmax(s32, dim=-1)).to(dtype), None
-        if c.kernel == "softpick":
-            m = s32.masked_fill(~allowed, float("-inf")).amax(-1, keepdim=True).detach().clamp(min=-80.0)
-            e = torch.exp(s32 - m) - torch.exp(-m)
-            e = torch.where(allowed, e, torch.zeros_like(e))
-            return (F.relu(e) / (e.abs().sum(-1, keepdim=True) + SOFTPICK_EPS)).to(dtype), None
-        if c.kernel == "sigmoid":
-            a = torch.sigmoid(s32)
-        elif c.kernel == "elu":
-            a = F.elu(s32) + 1.0
-        elif c.kernel == "relu":
-            a = F.relu(s32)
-        else:  # linear: the scaled dot product itself
-            a = s32
-        a = torch.where(allowed, a, torch.zeros_like(a))
-        norm = c.resolved_attn_norm
-        if norm == "sum":
-            a = a / (a.sum(-1, keepdim=True) + PROXY_EPS)
-        elif norm == "length":
-            a = a / allowed.sum(-1, keepdim=True).to(a.dtype)
-        elif norm == "max1":
-            a = a / a.sum(-1, keepdim=True).abs().clamp(min=1.0)
-        return a.to(dtype), None
+        b, H, T, _ = s.shape
+        extras = []
+        if c.k_bias:
+            q = self.ctx.pop(("q", layer))  # [b, T, H, d] after RoPE; k* is not rotated (official model_kv_bias.py)
+            kb = self.params.k_bias[layer].to(q.dtype).expand(H, -1)
+            extras.append(torch.einsum("bqhd,hd->bhq", q, kb)[..., None] * self.scale)
+        if c.sink_logit:
+            extras.append(self.params.sink_logit[layer].to(s.dtype)[None, :, None, None].expand(b, H, T, 1))
+        extra = torch.cat(extras, -1) if extras else None
+        if c.kernel == "relu":  # Guo et al.'s ReLU attention (not among issue 4's kernels)
+            a = torch.where(allowed, F.relu(s.float()), torch.zeros((), device=s.device))
+            norm = c.resolved_attn_norm
+            if norm == "sum":
+                a = a / (a.sum(-1, keepdim=True) + PROXY_EPS)
+            elif norm == "length":
+                a = a / allowed.sum(-1, keepdim=True).to(a.dtype)
+            return a.to(s.dtype), None
+        A, A_extra = self._kernel_fn(s, allowed.expand_as(s), extra)
+        return A, (None if A_extra is None or not c.k_bias else A_extra[..., 0])
 
     def _pattern_hook(self, layer: int) -> Callable[..., Tensor]:
         def fn(pattern: Tensor, hook: Any) -> Tensor:

@@ -551,6 +551,7 @@ def reproduce(
     scale: str = "cpu",
     out: str | os.PathLike[str] = "reproduce",
     steps: int | None = None,
+    overrides: dict[str, Any] | None = None,
     device: str = "cpu",
     threads: int | None = 1,
     jobs: int = 1,
@@ -558,8 +559,10 @@ def reproduce(
 ) -> ReproTable:
     """Run the paired experiments of ``finding`` (a name, a list, or ``"all"``) and write the table.
 
-    ``steps`` overrides every run's step count (for smoke tests: the numbers
-    then mean little). Finished runs under ``out/runs`` are reused.
+    ``steps`` overrides every run's step count and ``overrides`` any other
+    :class:`TrainConfig` field of every run (for smoke tests: the numbers then
+    mean little). Finished runs under ``out/runs`` are reused; ``jobs`` runs
+    train in parallel processes with ``threads`` threads each.
     """
     if scale not in ("cpu", "gpu"):
         raise ValueError(f"scale must be 'cpu' or 'gpu', got {scale!r}")
@@ -572,6 +575,8 @@ def reproduce(
     plan: dict[str, dict[str, TrainConfig]] = {}
     for n in names:
         cfgs = FINDINGS[n].configs(scale)
+        if overrides:
+            cfgs = {k: c.replace(**overrides) for k, c in cfgs.items()}
         if steps is not None:
             cfgs = {k: c.replace(steps=steps, eval_every=max(1, min(c.eval_every, steps)), ckpt_every=max(1, min(c.ckpt_every, steps)), warmup=min(c.warmup, steps // 2)) for k, c in cfgs.items()}
         plan[n] = cfgs
