@@ -125,6 +125,15 @@ class BigramBackcopy:
             the chain restarts from the unigram distribution after it (Guo et al.'s default: 0).
         smoothing: pseudo-count added to every bigram count.
         seed: seed of the random chain (``source="random"``).
+
+    Example:
+        >>> import numpy as np
+        >>> task = BigramBackcopy(n_vocab=32, n_triggers=3, seq_len=16)
+        >>> task.describe()["triggers"]  # the three most frequent characters of the shipped corpus
+        [' ', 'e', 't']
+        >>> x = task.generate(np.random.default_rng(0), 2)
+        >>> x.shape, int(x[0, 0]) == BOS_ID
+        ((2, 16), True)
     """
 
     kind = "bb"
@@ -328,6 +337,12 @@ class TextCorpus:
         vocab_size: BPE vocabulary size (special tokens included).
         seq_len: tokens per training window.
         val_every: every ``val_every``-th document goes to the validation split.
+
+    Example:
+        >>> corpus = TextCorpus(vocab_size=2048, seq_len=32)  # trains the BPE once, then reads it from the cache
+        >>> batch = corpus.sampler(seed=0, bos="fixed").sample(2)
+        >>> batch.tokens.shape, int(batch.tokens[0, 0]) == BOS_ID
+        (torch.Size([2, 32]), True)
     """
 
     kind = "text"

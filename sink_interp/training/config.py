@@ -30,7 +30,15 @@ V_BIAS = ("none", "learn", "zero", "e1", "ones")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """All knobs of one training run. Frozen: derive variants with :meth:`replace`."""
+    """All knobs of one training run. Frozen: derive variants with :meth:`replace`.
+
+    Example:
+        >>> cfg = TrainConfig(task="bb", kernel="sigmoid", attn_norm="none", steps=500)
+        >>> cfg.metric_score  # un-normalised kernels are scored through the proxy A / sum A
+        'proxy'
+        >>> cfg.replace(attn_norm="sum").metric_score
+        'softmax'
+    """
 
     name: str = "custom"
 
@@ -321,7 +329,13 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
-    """The :class:`TrainConfig` of a named preset, with optional field overrides."""
+    """The :class:`TrainConfig` of a named preset, with optional field overrides.
+
+    Example:
+        >>> cfg = preset("bb-kbias", steps=200)
+        >>> cfg.k_bias, cfg.v_bias, cfg.steps
+        (True, 'zero', 200)
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
     _, kw = PRESETS[name]

@@ -34,7 +34,7 @@ import torch
 
 from .._internal.provenance import dumps, versions, write_atomic
 from ..tasks import BigramBackcopy, Sampler, TextCorpus
-from .config import TrainConfig
+from .config import TrainConfig, preset
 from .evaluate import _round, masked_ce, probe_stats, val_losses
 from .model import LabModel, build_model, save_trained
 
@@ -153,7 +153,7 @@ class TrainResult:
     Example:
         >>> import tempfile
         >>> from sink_interp.training import preset, train
-        >>> cfg = preset("bb-softmax", steps=2, eval_every=2, d_model=32, n_heads=2, d_mlp=64, probe_n=4, eval_batches=1, batch_size=4)
+        >>> cfg = preset("bb-softmax", steps=2, eval_every=2, d_model=32, d_mlp=64, probe_n=4, eval_batches=1, batch_size=4)
         >>> res = train(cfg, tempfile.mkdtemp(), progress=False)
         >>> [m["step"] for m in res.metrics], "sink_rate" in res.final
         ([0, 2], True)
@@ -256,6 +256,13 @@ def train(
         progress: tqdm progress bar.
         stop_at: stop right after step ``stop_at`` as if killed (after that
             step's evaluation and checkpoint, if due); used by tests.
+
+    Example:
+        >>> import tempfile
+        >>> cfg = preset("bb-softmax", steps=4, eval_every=2, d_model=32, d_mlp=64, batch_size=4, probe_n=4, eval_batches=1)
+        >>> res = train(cfg, tempfile.mkdtemp(), progress=False)
+        >>> [m["step"] for m in res.metrics]
+        [0, 2, 4]
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig (see sink_interp.training.preset), got {type(cfg).__name__}")

@@ -227,7 +227,16 @@ def is_trained_dir(path: str | os.PathLike[str]) -> bool:
 
 
 def load_trained(path: str | os.PathLike[str], device: str | torch.device | None = "cpu") -> LabModel:
-    """Load a directory written by :func:`save_trained` (or a run's ``model/``) with its knobs."""
+    """Load a directory written by :func:`save_trained` (or a run's ``model/``) with its knobs.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from sink_interp.training import preset, train
+        >>> cfg = preset("bb-kbias", steps=1, eval_every=1, d_model=32, d_mlp=64, batch_size=2, probe_n=2, eval_batches=1)
+        >>> lab = load_trained(train(cfg, tempfile.mkdtemp(), progress=False).model_dir)
+        >>> lab.cfg.k_bias, lab.bridge(torch.tensor([[1, 5, 6, 7]]), return_type="logits").shape
+        (True, torch.Size([1, 4, 68]))
+    """
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
