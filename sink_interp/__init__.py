@@ -24,11 +24,27 @@ from .interventions import (
     ZeroValue,
     intervene,
 )
+from .massive import MassiveReport, massive_activations
 from .metrics import SinkReport, measure_sinks, sink_alpha
 from .streaming import StreamReport, long_tokens, streaming_ppl
 from .models import ModelInfo, known_models, load_model, model_info, tiny_model
 from .tasks import BigramBackcopy, TextCorpus
 from .training import TrainConfig, TrainResult, load_trained, preset, train
+from .views import (
+    View,
+    alpha_tokens_view,
+    attention_view,
+    build_report,
+    concat,
+    effect_bars,
+    head_heatmap,
+    key_manifold_view,
+    massive_activation_view,
+    show_attention,
+    training_curves,
+    view_for,
+)
+from .trace import TraceReport, trace_sink
 
 __version__ = "0.1.0"
 
@@ -55,6 +71,7 @@ __all__ = [
     "streaming_ppl",
     "long_tokens",
     "Keep",
+    "MassiveReport",
     "ModelInfo",
     "Reduce",
     "Reducer",
@@ -62,17 +79,32 @@ __all__ = [
     "TextCorpus",
     "TrainConfig",
     "TrainResult",
+    "TraceReport",
+    "View",
+    "alpha_tokens_view",
     "attach_hooks",
+    "attention_view",
+    "build_report",
+    "concat",
+    "effect_bars",
+    "head_heatmap",
     "hook_snapshot",
+    "key_manifold_view",
     "known_models",
     "load_model",
     "load_trained",
+    "massive_activation_view",
+    "massive_activations",
     "measure_sinks",
     "model_info",
     "preset",
     "probe_tokens",
     "run_reducers",
+    "show_attention",
     "sink_alpha",
     "tiny_model",
     "train",
+    "trace_sink",
+    "training_curves",
+    "view_for",
 ]

@@ -5,6 +5,8 @@
     sink-interp reproduce [--finding NAME|all] [--scale cpu|gpu] --out DIR
     sink-interp ablate  --model smollm2-135m --data natural --n 32 --length 64 [--fit-steps 40] [--json OUT]
     sink-interp stream  --model smollm2-135m --sinks 4 --window 256 [--length 1536 --n 8] [--json OUT]
+    sink-interp report --model smollm2-135m [--data natural] --out report.html
+    sink-interp trace --model smollm2-135m --data natural --n 20 --length 64 [--layer L --head H] [--json OUT]
 """
 
 from __future__ import annotations
@@ -98,6 +100,31 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
     st.add_argument("--quiet", action="store_true", help="no progress bars")
     st.set_defaults(func=cmd_stream)
+    r = sub.add_parser("report", help="write one standalone offline HTML page: sink map, top heads, attention, massive activations")
+    _add_model_args(r)
+    _add_data_args(r, n=100, length=64)
+    r.add_argument("--eps", type=float, default=0.3, help="sink threshold in (0, 1) (default 0.3)")
+    r.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
+    r.add_argument("--sample", type=int, default=0, help="which input's attention to show (default 0)")
+    r.add_argument("--n-detail", type=int, default=16, help="inputs used for massive activations and keys (default 16)")
+    r.add_argument("--attention-layers", type=int, default=3, help="layers of the top sink heads that get attention widgets (default 3)")
+    r.add_argument("--batch-size", type=int, default=None, help="samples per forward pass")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_report)
+
+    t = sub.add_parser("trace", help="trace the sink mechanism: spike, writer, norm, W_K, RoPE, key manifold")
+    _add_model_args(t)
+    _add_data_args(t, n=20, length=64)
+    t.add_argument("--layer", type=int, default=None, help="layer to trace (default: the strongest sink head's)")
+    t.add_argument("--head", type=int, default=None, help="head to trace (default: the strongest sink head)")
+    t.add_argument("--sink-pos", type=int, default=0, help="sink position, 0 = first token (default 0)")
+    t.add_argument("--abs-threshold", type=float, default=100.0, help="massive activation: |x| above this (default 100)")
+    t.add_argument("--ratio-threshold", type=float, default=1000.0, help="massive activation: at least this many medians (default 1000)")
+    t.add_argument("--batch-size", type=int, default=None, help="samples per forward pass")
+    t.add_argument("--explain", action="store_true", help="also print every number with its one-line doc")
+    t.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_trace)
     return parser
 
 
@@ -341,6 +368,73 @@ def cmd_stream(args: argparse.Namespace) -> int:
         print(f"  {c:<45} {rep.ppl(c, after):8.2f}   (all positions {rep.ppl(c):.2f})")
     print()
     print(f"total {time.time() - t0:.0f}s; versions: " + ", ".join(f"{k} {v}" for k, v in rep.versions.items()))
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import load_model, probe_tokens
+    from ._internal.errors import check_eps, check_positive_int
+    from .views import build_report
+
+    check_eps(args.eps)
+    check_positive_int(args.n_detail, "--n-detail")
+    check_positive_int(args.attention_layers, "--attention-layers")
+    t0 = time.time()
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    tokens = probe_tokens(model, args.data, n=args.n, length=args.length, bos=args.bos, seed=args.seed)
+    t_load = time.time() - t0
+    command = "sink-interp report " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("func", "command", "quiet") and v not in (None, False)
+    )
+    page = build_report(
+        model,
+        tokens,
+        eps=args.eps,
+        sample=args.sample,
+        n_detail=args.n_detail,
+        attention_layers=args.attention_layers,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        command=command.replace("--bos True", "--bos"),
+    )
+    path = page.save(args.out)
+    size = os.path.getsize(path) / 1e6
+    tm = page.meta["timings"]
+    print(f"wrote {path} ({size:.1f} MB, {page.n_widgets} CircuitsVis widgets, bundle inlined once; opens offline)")
+    print(f"load {t_load:.1f}s, " + ", ".join(f"{k} {v:.1f}s" for k, v in tm.items()))
+def cmd_trace(args: argparse.Namespace) -> int:
+    from . import load_model, probe_tokens, trace_sink
+
+    t0 = time.time()
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    t_load = time.time() - t0
+    tokens = probe_tokens(model, args.data, n=args.n, length=args.length, bos=args.bos, seed=args.seed)
+    info = tokens.probe_info
+    t1 = time.time()
+    rep = trace_sink(
+        model, tokens, layer=args.layer, head=args.head, sink_pos=args.sink_pos,
+        abs_threshold=args.abs_threshold, ratio_threshold=args.ratio_threshold,
+        batch_size=args.batch_size, progress=not args.quiet,
+    )
+    t_trace = time.time() - t1
+    mi = rep.model_info
+    m = rep.massive
+    print(f"model   {rep.model}  ({mi['n_layers']} layers x {mi['n_heads']} heads, {mi['n_kv_heads']} KV heads, d_model {mi['d_model']}, "
+          f"{mi['normalization']}, {mi['positional']} positions, {rep.dtype}, {rep.device})")
+    skipped = f", {info['skipped']} shorter lines skipped" if info.get("skipped") else ""
+    print(f"data    {rep.data}  n={rep.n} length={rep.length} BOS={'yes' if rep.bos else 'no'}{skipped}")
+    print()
+    print(rep.story())
+    print()
+    print("per block: largest |x| entering it (hook_resid_pre), and ||v|| at position 0 over the mean at positions >= 1")
+    df = m.to_frame()
+    rows = [
+        [int(r.layer), f"{r.max:,.1f}" if r.max >= 10 else f"{r.max:.3g}", int(r.pos), int(r.dim), f"{r.ratio:,.0f}", "yes" if r.massive else "", f"{r.value_norm_ratio:.3f}"]
+        for r in df.itertuples()
+    ]
+    print(_fmt_table(rows, ["layer", "max |x|", "pos", "dim", "x median", "massive", "value_norm_ratio"]))
+    if args.explain:
+        print()
+        print(rep.explain())
+    print()
+    print(f"load {t_load:.1f}s, trace {t_trace:.1f}s; versions: " + ", ".join(f"{k} {v}" for k, v in rep.versions.items()))
     if args.json:
         rep.to_json(args.json)
         print(f"wrote {args.json}")

@@ -96,6 +96,10 @@ def z(layer: int) -> str:  # [b, s, H, d] pattern @ v, before W_O
     return block(layer, "attn.hook_z")
 
 
+def mlp_in(layer: int) -> str:  # [b, s, D] the MLP's input (= ln2 output in pre-norm blocks)
+    return block(layer, "mlp.hook_in")
+
+
 def mlp_pre(layer: int) -> str:  # [b, s, d_mlp] gate pre-activation (gated MLPs)
     return block(layer, "mlp.hook_pre")
 

@@ -1,0 +1,59 @@
+"""Weights of a TransformerBridge block in TransformerLens conventions (one place, like hook names).
+
+Shapes: ``W_Q [H, D, d]``, ``W_K`` / ``W_V [G, D, d]`` (G = KV heads), biases ``[H or G, d]``;
+norm gain and bias ``[D]``; MLP ``W_gate`` / ``W_in [D, d_mlp]``, ``W_out [d_mlp, D]``.
+Missing biases come back as ``None``. Everything is detached and float32 on the CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def _get(obj: Any, name: str) -> Tensor | None:
+    try:
+        w = getattr(obj, name)
+    except (AttributeError, TypeError, RuntimeError):
+        return None
+    if not isinstance(w, torch.Tensor):
+        return None
+    return w.detach().float().cpu()
+
+
+def attn_weights(model: Any, layer: int) -> dict[str, Tensor | None]:
+    """``W_Q, b_Q, W_K, b_K, W_V, b_V`` of block ``layer``'s attention."""
+    attn = model.blocks[layer].attn
+    out = {name: _get(attn, name) for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V")}
+    for name in ("W_Q", "W_K", "W_V"):
+        if out[name] is None:
+            raise ValueError(
+                f"block {layer}'s attention exposes no {name}; the W_K link needs the projection weights "
+                "(fix: trace without the 'wk' link: links=[...] without 'wk')"
+            )
+    return out
+
+
+def norm_weights(model: Any, layer: int | None, which: str = "ln1") -> tuple[Tensor | None, Tensor | None]:
+    """Gain ``g`` and bias of ``blocks[layer].<which>`` (or ``ln_final`` when layer is None); ``(None, None)`` if absent."""
+    module = getattr(model, "ln_final", None) if layer is None else getattr(model.blocks[layer], which, None)
+    if module is None:
+        return None, None
+    g = _get(module, "w")
+    if g is None:
+        g = _get(module, "weight")
+    b = _get(module, "b")
+    if b is None:
+        b = _get(module, "bias")
+    return g, b
+
+
+def mlp_weights(model: Any, layer: int) -> dict[str, Any]:
+    """``W_gate`` (None when not gated), ``W_in``, ``W_out``, their biases, and the activation name."""
+    mlp = model.blocks[layer].mlp
+    out: dict[str, Any] = {name: _get(mlp, name) for name in ("W_gate", "W_in", "W_out", "b_gate", "b_in", "b_out")}
+    out["act_fn"] = str(getattr(model.cfg, "act_fn", "") or "")
+    out["gated"] = out["W_gate"] is not None
+    return out

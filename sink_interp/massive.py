@@ -1,0 +1,622 @@
+"""Massive activations, per-token norms and the extreme-token triple.
+
+Sun et al. (2024) call a residual-stream value *massive* when ``|x| > 100``
+and ``|x| >= 1000 x`` the median ``|x|`` of the same hidden state. Here the
+hidden state of a sample at block ``l`` is its whole ``hook_resid_pre``
+tensor ``[positions, d_model]``, so the median is taken per sample and layer
+over all positions and dims (numpy's median: the mean of the two middle
+values). Both thresholds are arguments.
+
+:func:`massive_activations` streams every block's ``hook_resid_pre`` once
+(with the capture engine) and keeps, per sample and layer, only the top-k
+entries, the median, the flagged entries and per-token L2 norms of the
+residual ``h``, of the keys after RoPE and of the values (per KV head). From
+these, :class:`MassiveReport` gives
+
+* the largest ``|x|`` of each block with its sample, position and dim;
+* the top-k distinct (position, dim) coordinates per layer and the dims that
+  recur across samples;
+* the Sun et al. flags;
+* ``value_norm_ratio``: mean ``||v||`` at position 0 over mean ``||v||`` at
+  positions >= 1 (over samples and KV heads), per layer;
+* the extreme-token triple of Guo et al. (2024): the attention sink, the value
+  drain (smallest ``||v||``) and the residual peak (largest ``||h||``).
+
+Example:
+    >>> import torch
+    >>> from sink_interp import tiny_model, massive_activations
+    >>> rep = massive_activations(tiny_model(), torch.randint(4, 128, (3, 10)), progress=False)
+    >>> rep.layer_max.shape, rep.value_norm_ratio().shape
+    ((2,), (2,))
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ._internal import hooknames
+from ._internal.errors import check_positive_int, check_tokens
+from ._internal.provenance import dumps, versions, write_atomic
+from .capture import Reducer, run_reducers
+from .metrics import SinkReport, SinkScoreReducer, _bos_policy
+from .models import model_info, n_kv_heads
+
+DEFAULT_ABS_THRESHOLD = 100.0
+DEFAULT_RATIO_THRESHOLD = 1000.0
+
+
+def key_hook(model: Any, layer: int) -> str:
+    """The hook holding keys as attention sees them: after RoPE when the model rotates, else ``hook_k``."""
+    name = hooknames.rot_k(layer)
+    return name if name in model.hook_dict else hooknames.k(layer)
+
+
+def query_hook(model: Any, layer: int) -> str:
+    """Queries as attention sees them: after RoPE when the model rotates, else ``hook_q``."""
+    name = hooknames.rot_q(layer)
+    return name if name in model.hook_dict else hooknames.q(layer)
+
+
+def exact_median(a: Tensor) -> Tensor:
+    """Median over the last dim as numpy computes it (mean of the two middle values for even sizes)."""
+    s, _ = a.sort(dim=-1)
+    n = s.shape[-1]
+    return 0.5 * (s[..., (n - 1) // 2] + s[..., n // 2])
+
+
+def _check_threshold(value: Any, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}") from None
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a non-negative finite number, got {value!r} (Sun et al. use abs 100, ratio 1000)")
+    return v
+
+
+class MassiveReducer(Reducer):
+    """Streams ``hook_resid_pre`` of every block (top-k, median, flags, norms) and k/v norms."""
+
+    def __init__(self, abs_threshold: float, ratio_threshold: float, top_k: int, max_flags: int = 100_000):
+        self.abs_threshold = abs_threshold
+        self.ratio_threshold = ratio_threshold
+        self.top_k = top_k
+        self.max_flags = max_flags
+
+    def hook_names(self, model: Any) -> list[str]:
+        L = int(model.cfg.n_layers)
+        names = [hooknames.resid_pre(l) for l in range(L)]
+        names += [key_hook(model, l) for l in range(L)]
+        names += [hooknames.v(l) for l in range(L)]
+        return names
+
+    def begin(self, model: Any, n_samples: int, length: int) -> None:
+        L, D, G = int(model.cfg.n_layers), int(model.cfg.d_model), n_kv_heads(model)
+        k = min(self.top_k, length * D)
+        self.k = k
+        self.D = D
+        self.key_names = {key_hook(model, l): l for l in range(L)}
+        self.v_names = {hooknames.v(l): l for l in range(L)}
+        self.h_norm = torch.zeros(n_samples, L, length)
+        self.k_norm = torch.zeros(n_samples, L, G, length)
+        self.v_norm = torch.zeros(n_samples, L, G, length)
+        self.median = torch.zeros(n_samples, L)
+        self.top_abs = torch.zeros(n_samples, L, k)
+        self.top_val = torch.zeros(n_samples, L, k)
+        self.top_pos = torch.zeros(n_samples, L, k, dtype=torch.long)
+        self.top_dim = torch.zeros(n_samples, L, k, dtype=torch.long)
+        self.flags: list[Tensor] = []  # rows (layer, sample, pos, dim, value, ratio)
+        self.n_flags = 0
+        self.truncated = False
+        self.seen: set[str] = set()
+
+    def update(self, name: str, tensor: Tensor) -> None:
+        self.seen.add(name)
+        layer = hooknames.layer_of(name)
+        s = self.batch_start
+        x = tensor.detach().float()
+        b = x.shape[0]
+        if name in self.key_names:
+            self.k_norm[s : s + b, layer] = x.norm(dim=-1).transpose(1, 2).cpu()
+            return
+        if name in self.v_names:
+            self.v_norm[s : s + b, layer] = x.norm(dim=-1).transpose(1, 2).cpu()
+            return
+        # hook_resid_pre [b, T, D]
+        self.h_norm[s : s + b, layer] = x.norm(dim=-1).cpu()
+        a = x.abs().flatten(1)  # [b, T*D]
+        med = exact_median(a)
+        self.median[s : s + b, layer] = med.cpu()
+        vals, idx = a.topk(self.k, dim=1)
+        flat_x = x.flatten(1)
+        self.top_abs[s : s + b, layer] = vals.cpu()
+        self.top_val[s : s + b, layer] = flat_x.gather(1, idx).cpu()
+        self.top_pos[s : s + b, layer] = (idx // self.D).cpu()
+        self.top_dim[s : s + b, layer] = (idx % self.D).cpu()
+        if self.truncated:
+            return
+        mask = (a > self.abs_threshold) & (a >= self.ratio_threshold * med[:, None])
+        nz = mask.nonzero()
+        if nz.numel():
+            bi, fi = nz[:, 0], nz[:, 1]
+            vals_f = flat_x[bi, fi].float().cpu()
+            ratio_f = (a[bi, fi] / med[bi].clamp_min(1e-30)).float().cpu()
+            bi, fi = bi.cpu(), fi.cpu()
+            # float64 on the CPU (some accelerators have no float64)
+            rows = torch.stack(
+                [
+                    torch.full(bi.shape, float(layer), dtype=torch.float64),
+                    (bi + s).double(),
+                    (fi // self.D).double(),
+                    (fi % self.D).double(),
+                    vals_f.double(),
+                    ratio_f.double(),
+                ],
+                dim=1,
+            )
+            room = self.max_flags - self.n_flags
+            if rows.shape[0] > room:
+                rows = rows[:room]
+                self.truncated = True
+            self.flags.append(rows)
+            self.n_flags += rows.shape[0]
+
+    def result(self) -> dict[str, Any]:
+        flags = torch.cat(self.flags) if self.flags else torch.zeros(0, 6, dtype=torch.float64)
+        return {
+            "h_norm": self.h_norm.numpy(),
+            "k_norm": self.k_norm.numpy(),
+            "v_norm": self.v_norm.numpy(),
+            "median": self.median.numpy(),
+            "top_abs": self.top_abs.numpy(),
+            "top_val": self.top_val.numpy(),
+            "top_pos": self.top_pos.numpy(),
+            "top_dim": self.top_dim.numpy(),
+            "flags": flags.numpy(),
+            "flags_truncated": self.truncated,
+        }
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class MassiveReport:
+    """Massive activations of every block, per-token norms and the extreme-token triple.
+
+    Arrays are indexed ``[sample, layer, ...]``; ``top_*`` hold each sample's
+    ``top_k`` largest ``|x|`` entries of ``hook_resid_pre`` (value, position,
+    dim); ``flags`` holds every Sun et al. entry as rows
+    ``(layer, sample, pos, dim, value, ratio)``.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, massive_activations
+        >>> rep = massive_activations(tiny_model(), torch.randint(4, 128, (3, 10)), progress=False)
+        >>> sorted(rep.massive_list()[0])
+        ['dim', 'layer', 'max', 'pos']
+    """
+
+    top_abs: Float[np.ndarray, "n layer k"]
+    top_val: Float[np.ndarray, "n layer k"]
+    top_pos: Int[np.ndarray, "n layer k"]
+    top_dim: Int[np.ndarray, "n layer k"]
+    median: Float[np.ndarray, "n layer"]
+    h_norm: Float[np.ndarray, "n layer pos"]
+    k_norm: Float[np.ndarray, "n layer kv_head pos"]
+    v_norm: Float[np.ndarray, "n layer kv_head pos"]
+    flags: Float[np.ndarray, "m 6"]
+    flags_truncated: bool
+    abs_threshold: float
+    ratio_threshold: float
+    model: str
+    bos: bool | None
+    data: str
+    model_info: dict[str, Any]
+    versions: dict[str, str]
+    key_after_rope: bool
+    sinks: SinkReport | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ shape facts
+    @property
+    def n(self) -> int:
+        return int(self.top_abs.shape[0])
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.top_abs.shape[1])
+
+    @property
+    def length(self) -> int:
+        return int(self.h_norm.shape[-1])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.model_info.get("dtype"))
+
+    @property
+    def device(self) -> str:
+        return str(self.model_info.get("device"))
+
+    def _layer(self, layer: int) -> int:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer must be in 0..{self.n_layers - 1}, got {layer!r}")
+        return int(layer)
+
+    # ------------------------------------------------------------ per-layer maxima
+    @property
+    def layer_max(self) -> Float[np.ndarray, layer]:
+        """Largest ``|x|`` of each block's ``hook_resid_pre`` over samples, positions and dims."""
+        return self.top_abs[:, :, 0].max(axis=0)
+
+    @property
+    def layer_argmax(self) -> Int[np.ndarray, "layer 3"]:
+        """``(sample, pos, dim)`` of :attr:`layer_max` (first sample on ties)."""
+        s = self.top_abs[:, :, 0].argmax(axis=0)
+        L = np.arange(self.n_layers)
+        return np.stack([s, self.top_pos[s, L, 0], self.top_dim[s, L, 0]], axis=1)
+
+    @property
+    def layer_value(self) -> Float[np.ndarray, layer]:
+        """Signed value at :attr:`layer_argmax`."""
+        s = self.top_abs[:, :, 0].argmax(axis=0)
+        return self.top_val[s, np.arange(self.n_layers), 0]
+
+    @property
+    def layer_median(self) -> Float[np.ndarray, layer]:
+        """Median ``|x|`` of the hidden state (sample) holding each layer's maximum."""
+        s = self.top_abs[:, :, 0].argmax(axis=0)
+        return self.median[s, np.arange(self.n_layers)]
+
+    @property
+    def layer_ratio(self) -> Float[np.ndarray, layer]:
+        """:attr:`layer_max` over :attr:`layer_median`: how many medians the largest value is."""
+        return self.layer_max / np.maximum(self.layer_median, 1e-30)
+
+    def is_massive(self) -> np.ndarray:
+        """Boolean per layer: does the layer's maximum pass both Sun et al. thresholds?"""
+        return (self.layer_max > self.abs_threshold) & (self.layer_ratio >= self.ratio_threshold)
+
+    def massive_list(self) -> list[dict[str, Any]]:
+        """One ``{layer, max, pos, dim}`` per block: the largest ``|x|`` of its ``hook_resid_pre``."""
+        arg = self.layer_argmax
+        return [
+            {"layer": l, "max": float(self.layer_max[l]), "pos": int(arg[l, 1]), "dim": int(arg[l, 2])}
+            for l in range(self.n_layers)
+        ]
+
+    def global_max(self) -> dict[str, Any]:
+        """The largest massive activation over all layers: ``{layer, sample, pos, dim, value, max}``."""
+        l = int(self.layer_max.argmax())
+        s, p, d = (int(v) for v in self.layer_argmax[l])
+        return {"layer": l, "sample": s, "pos": p, "dim": d, "value": float(self.layer_value[l]), "max": float(self.layer_max[l])}
+
+    # ------------------------------------------------------------ top-k and recurring dims
+    def top_coordinates(self, layer: int, k: int | None = None) -> pd.DataFrame:
+        """The ``k`` largest distinct (pos, dim) coordinates of a layer by max ``|x|`` over samples.
+
+        Exact: a coordinate in this top-k must be in the top-k of the sample where it peaks.
+        """
+        l = self._layer(layer)
+        k = self.top_abs.shape[2] if k is None else min(int(k), self.top_abs.shape[2])
+        df = pd.DataFrame(
+            {
+                "pos": self.top_pos[:, l].reshape(-1),
+                "dim": self.top_dim[:, l].reshape(-1),
+                "abs": self.top_abs[:, l].reshape(-1),
+                "value": self.top_val[:, l].reshape(-1),
+                "sample": np.repeat(np.arange(self.n), self.top_abs.shape[2]),
+            }
+        )
+        df = df.sort_values("abs", ascending=False, kind="stable").drop_duplicates(["pos", "dim"])
+        counts = self.dim_recurrence(l)
+        df["samples_with_dim"] = df["dim"].map(counts).fillna(0).astype(int)
+        return df.head(k).reset_index(drop=True).assign(layer=l)[["layer", "pos", "dim", "abs", "value", "sample", "samples_with_dim"]]
+
+    def dim_recurrence(self, layer: int) -> dict[int, int]:
+        """dim -> number of samples in whose top-k entries of this layer the dim appears."""
+        l = self._layer(layer)
+        out: dict[int, int] = {}
+        for s in range(self.n):
+            for d in {int(x) for x in self.top_dim[s, l]}:
+                out[d] = out.get(d, 0) + 1
+        return out
+
+    def recurring_dims(self, layer: int | None = None, min_share: float = 0.5, massive_only: bool = True) -> list[int]:
+        """Dims that recur across samples.
+
+        With ``massive_only`` (default), a dim recurs when a flagged (Sun et al.)
+        entry sits in it in at least ``min_share`` of the samples; otherwise when it
+        is among the top-k entries of at least ``min_share`` of the samples.
+        ``layer=None`` pools all layers (a sample counts once per dim).
+        """
+        if not 0 < float(min_share) <= 1:
+            raise ValueError(f"min_share must be in (0, 1], got {min_share!r}")
+        layers = range(self.n_layers) if layer is None else [self._layer(layer)]
+        need = float(min_share) * self.n
+        if massive_only:
+            f = self.flags
+            sel = np.isin(f[:, 0].astype(int), list(layers))
+            pairs = {(int(d), int(s)) for d, s in zip(f[sel, 3], f[sel, 1])}
+        else:
+            pairs = {(int(self.top_dim[s, l, j]), s) for l in layers for s in range(self.n) for j in range(self.top_dim.shape[2])}
+        counts: dict[int, int] = {}
+        for d, _ in pairs:
+            counts[d] = counts.get(d, 0) + 1
+        return sorted((d for d, c in counts.items() if c >= need), key=lambda d: (-counts[d], d))
+
+    def flags_frame(self) -> pd.DataFrame:
+        """Every entry flagged by the Sun et al. criterion: layer, sample, pos, dim, value, ratio to the median."""
+        f = self.flags
+        return pd.DataFrame(
+            {
+                "layer": f[:, 0].astype(int),
+                "sample": f[:, 1].astype(int),
+                "pos": f[:, 2].astype(int),
+                "dim": f[:, 3].astype(int),
+                "value": f[:, 4],
+                "ratio": f[:, 5],
+            }
+        )
+
+    def massive_dims(self, layer: int, pos: int, min_share: float = 0.5) -> list[int]:
+        """Dims flagged at ``pos`` of ``layer`` in at least ``min_share`` of the samples, most frequent first."""
+        l = self._layer(layer)
+        f = self.flags
+        sel = (f[:, 0].astype(int) == l) & (f[:, 2].astype(int) == int(pos))
+        counts: dict[int, int] = {}
+        for d in np.unique(f[sel][:, [3, 1]], axis=0)[:, 0] if sel.any() else []:
+            counts[int(d)] = counts.get(int(d), 0) + 1
+        need = float(min_share) * self.n
+        return sorted((d for d, c in counts.items() if c >= need), key=lambda d: (-counts[d], d))
+
+    # ------------------------------------------------------------ norms
+    def norm_ratio(self, kind: str = "v", pos: int = 0) -> Float[np.ndarray, layer]:
+        """Per layer: mean ``||kind||`` at ``pos`` over mean ``||kind||`` at the other positions.
+
+        ``kind`` is ``"h"`` (residual), ``"k"`` (keys as attention sees them) or ``"v"``;
+        means run over samples (and KV heads).
+        """
+        arr = {"h": self.h_norm, "k": self.k_norm, "v": self.v_norm}.get(kind)
+        if arr is None:
+            raise ValueError(f"kind must be 'h', 'k' or 'v', got {kind!r}")
+        if not 0 <= int(pos) < self.length:
+            raise ValueError(f"pos must be in 0..{self.length - 1}, got {pos!r}")
+        other = np.delete(arr, int(pos), axis=-1)
+        axes = tuple(i for i in range(arr.ndim - 1) if i != 1)
+        return arr[..., int(pos)].mean(axis=axes) / np.maximum(other.mean(axis=axes + (arr.ndim - 1,)), 1e-30)
+
+    def value_norm_ratio(self) -> Float[np.ndarray, layer]:
+        """Per layer: mean ``||v||`` at position 0 (over samples, KV heads) / mean ``||v||`` at positions >= 1."""
+        return self.norm_ratio("v", 0)
+
+    # ------------------------------------------------------------ extreme-token triple
+    def extreme_tokens(self, min_queries: int = 8) -> pd.DataFrame:
+        """Per layer, the attention sink, value drain and residual peak (Guo et al. 2024).
+
+        * ``sink_pos``: key position with the largest mean ``alpha`` (over samples and heads),
+          among positions seen by at least ``min_queries`` queries; ``sink_alpha`` its value;
+        * ``drain_pos``: position with the smallest mean ``||v||``; ``drain_ratio`` = its
+          ``||v||`` over the mean of the other positions (<< 1 is a value drain);
+        * ``peak_pos``: position with the largest mean ``||h||``; ``peak_ratio`` = its
+          ``||h||`` over the mean of the other positions (>> 1 is a residual peak).
+        """
+        v = self.v_norm.mean(axis=(0, 2))  # [L, T]
+        h = self.h_norm.mean(axis=0)  # [L, T]
+        T = self.length
+        rows = []
+        for l in range(self.n_layers):
+            dp, pp = int(v[l].argmin()), int(h[l].argmax())
+            row = {
+                "layer": l,
+                "drain_pos": dp,
+                "drain_ratio": float(v[l, dp] / max(np.delete(v[l], dp).mean(), 1e-30)) if T > 1 else np.nan,
+                "peak_pos": pp,
+                "peak_ratio": float(h[l, pp] / max(np.delete(h[l], pp).mean(), 1e-30)) if T > 1 else np.nan,
+            }
+            if self.sinks is not None:
+                li = self.sinks.layers.index(l) if l in self.sinks.layers else None
+                if li is not None:
+                    a = self.sinks.alpha[:, li].mean(axis=(0, 1))  # [T]
+                    usable = max(1, T - int(min_queries) + 1)
+                    sp = int(a[:usable].argmax())
+                    row.update(sink_pos=sp, sink_alpha=float(a[sp]))
+            rows.append(row)
+        cols = (["layer", "sink_pos", "sink_alpha"] if self.sinks is not None else ["layer"]) + [
+            "drain_pos", "drain_ratio", "peak_pos", "peak_ratio",
+        ]
+        return pd.DataFrame(rows).reindex(columns=cols)
+
+    def extreme_triple(self, min_queries: int = 8) -> dict[str, Any]:
+        """Headline triple: the most frequent sink / drain / peak position over layers >= 1, with layer counts."""
+        df = self.extreme_tokens(min_queries)
+        df = df[df.layer >= 1] if len(df) > 1 else df
+        out: dict[str, Any] = {}
+        for role in ("sink", "drain", "peak"):
+            col = f"{role}_pos"
+            if col not in df or df[col].isna().all():
+                continue
+            counts = df[col].value_counts()
+            out[role] = {"pos": int(counts.index[0]), "layers": int(counts.iloc[0]), "of": len(df)}
+        out["coincide"] = len({v["pos"] for k, v in out.items() if isinstance(v, dict)}) == 1
+        return out
+
+    # ------------------------------------------------------------ export
+    def to_frame(self) -> pd.DataFrame:
+        """One row per layer: max ``|x|`` with sample/pos/dim, signed value, median, ratio, massive flag,
+        number of flagged entries, and the position-0 norm ratios of h, k and v."""
+        arg = self.layer_argmax
+        nflag = np.bincount(self.flags[:, 0].astype(int), minlength=self.n_layers) if len(self.flags) else np.zeros(self.n_layers, int)
+        return pd.DataFrame(
+            {
+                "layer": np.arange(self.n_layers),
+                "max": self.layer_max,
+                "value": self.layer_value,
+                "sample": arg[:, 0],
+                "pos": arg[:, 1],
+                "dim": arg[:, 2],
+                "median": self.layer_median,
+                "ratio": self.layer_ratio,
+                "massive": self.is_massive(),
+                "n_flagged": nflag[: self.n_layers],
+                "h_norm_ratio_0": self.norm_ratio("h", 0),
+                "k_norm_ratio_0": self.norm_ratio("k", 0),
+                "value_norm_ratio": self.value_norm_ratio(),
+            }
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Provenance and headline numbers (what :meth:`to_json` writes)."""
+        massive_layers = [int(l) for l in np.nonzero(self.is_massive())[0]]
+        return {
+            "model": self.model,
+            "data": self.data,
+            "bos": self.bos,
+            "n": self.n,
+            "length": self.length,
+            "dtype": self.dtype,
+            "device": self.device,
+            "abs_threshold": self.abs_threshold,
+            "ratio_threshold": self.ratio_threshold,
+            "top_k": int(self.top_abs.shape[2]),
+            "key_after_rope": self.key_after_rope,
+            "massive": self.massive_list(),
+            "massive_layers": massive_layers,
+            "global_max": self.global_max(),
+            "recurring_dims": self.recurring_dims(),
+            "value_norm_ratio": [float(x) for x in self.value_norm_ratio()],
+            "h_norm_ratio_0": [float(x) for x in self.norm_ratio("h", 0)],
+            "k_norm_ratio_0": [float(x) for x in self.norm_ratio("k", 0)],
+            "n_flagged": len(self.flags),
+            "flags_truncated": self.flags_truncated,
+            "layers": self.to_frame().to_dict(orient="records"),
+            "extreme_tokens": self.extreme_tokens().to_dict(orient="records"),
+            "extreme_triple": self.extreme_triple(),
+            "model_info": self.model_info,
+            "versions": self.versions,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    def to_json(self, path: str | None = None) -> str:
+        """JSON text of :meth:`summary`; written atomically to ``path`` if given."""
+        text = dumps(self.summary())
+        if path is not None:
+            write_atomic(path, text)
+        return text
+
+    def __repr__(self) -> str:
+        g = self.global_max()
+        return (
+            f"MassiveReport(model={self.model!r}, data={self.data!r}, n={self.n}, length={self.length}, "
+            f"max |x|={g['max']:.1f} at layer {g['layer']} pos {g['pos']} dim {g['dim']}, "
+            f"massive layers={int(self.is_massive().sum())}/{self.n_layers})"
+        )
+
+    def _repr_html_(self) -> str:
+        """The figure of :func:`sink_interp.views.view_for` above the table of numbers."""
+        from .views import view_for
+
+        return view_for(self)._repr_html_() + self._table_html()
+
+    def _table_html(self) -> str:
+        e = html.escape
+        df = self.to_frame()
+        rows = "".join(
+            f"<tr><td>{int(r.layer)}</td><td>{r.max:.1f}</td><td>{int(r.pos)}</td><td>{int(r.dim)}</td>"
+            f"<td>{r.ratio:.0f}</td><td>{'yes' if r.massive else ''}</td><td>{r.value_norm_ratio:.3f}</td></tr>"
+            for r in df.itertuples()
+        )
+        return (
+            f"<div><b>MassiveReport</b> &mdash; {e(self.model)} on {e(str(self.data))} (n={self.n}, length={self.length}, "
+            f"BOS={self.bos}, thresholds |x|&gt;{self.abs_threshold:g} and &ge;{self.ratio_threshold:g}&times; median, {e(self.dtype)})"
+            f"<table><tr><th>layer</th><th>max |x|</th><th>pos</th><th>dim</th><th>/median</th><th>massive</th>"
+            f"<th>||v<sub>0</sub>|| / mean ||v||</th></tr>{rows}</table></div>"
+        )
+
+
+def massive_activations(
+    model: Any,
+    tokens: Tensor,
+    *,
+    abs_threshold: float = DEFAULT_ABS_THRESHOLD,
+    ratio_threshold: float = DEFAULT_RATIO_THRESHOLD,
+    top_k: int = 5,
+    sinks: bool = True,
+    bos: bool | None = None,
+    data: str | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    max_flags: int = 100_000,
+) -> MassiveReport:
+    """Massive activations in every block's residual stream, per-token norms and the extreme-token triple.
+
+    Args:
+        model: a TransformerBridge.
+        tokens: ``[n, length]`` token ids (no BOS is added).
+        abs_threshold: Sun et al.'s absolute threshold on ``|x|`` (strict, default 100).
+        ratio_threshold: Sun et al.'s ratio to the hidden state's median ``|x|`` (default 1000).
+        top_k: entries kept per sample and layer.
+        sinks: also measure sink scores (for the attention-sink part of the triple);
+            ``report.sinks`` is then a :class:`~sink_interp.SinkReport` at eps 0.3.
+        bos: whether ``tokens`` start with BOS, recorded in the report (default: from
+            ``probe_tokens``' ``probe_info``, else inferred from the first column).
+        data: label of the inputs recorded in the report (default: the probe source).
+        batch_size: samples per forward pass (default: chosen from the length).
+        progress: show a progress bar.
+        max_flags: cap on the number of flagged entries kept.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model
+        >>> rep = massive_activations(tiny_model(), torch.randint(4, 128, (3, 10)), progress=False)
+        >>> rep.to_frame().columns[:4].tolist()
+        ['layer', 'max', 'value', 'sample']
+    """
+    abs_threshold = _check_threshold(abs_threshold, "abs_threshold")
+    ratio_threshold = _check_threshold(ratio_threshold, "ratio_threshold")
+    top_k = check_positive_int(top_k, "top_k")
+    max_flags = check_positive_int(max_flags, "max_flags", minimum=0) if max_flags else 0
+    tokens_checked = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=2 if sinks else 1)
+    info = getattr(tokens, "probe_info", None)
+    if data is None:
+        data = str(info.get("source")) if isinstance(info, dict) and "source" in info else "tokens"
+    red = MassiveReducer(abs_threshold, ratio_threshold, top_k, max_flags)
+    reducers: list[Reducer] = [red]
+    sred = SinkScoreReducer() if sinks else None
+    if sred is not None:
+        reducers.append(sred)
+    run_reducers(model, tokens_checked, reducers, batch_size=batch_size, progress=progress, desc="massive activations")
+    missing = [nm for nm in red.hook_names(model) if nm not in red.seen]
+    if missing:
+        raise RuntimeError(f"hooks {missing[:4]} never fired during the forward pass; this architecture is not supported yet")
+    res = red.result()
+    bos_policy = _bos_policy(model, tokens_checked if info is None else tokens, bos)
+    mi = model_info(model)
+    sink_report = None
+    if sred is not None:
+        alpha, row_sum = sred.result()
+        used = sorted(set(sred.proxy_layers.values()))
+        sink_report = SinkReport(
+            alpha=alpha.numpy(), row_sum=row_sum.numpy(), eps=0.3, model=mi.name, bos=bos_policy, data=data,
+            score="softmax" if not used else "auto:" + "+".join(used), proxy_layers=dict(sred.proxy_layers),
+            layers=tuple(sred.layers), model_info=mi.to_dict(), versions=versions(),
+        )
+    return MassiveReport(
+        **res,
+        abs_threshold=abs_threshold,
+        ratio_threshold=ratio_threshold,
+        model=mi.name,
+        bos=bos_policy,
+        data=data,
+        model_info=mi.to_dict(),
+        versions=versions(),
+        key_after_rope=key_hook(model, 0).endswith("rot_k"),
+        sinks=sink_report,
+        extra={"probe": info} if isinstance(info, dict) else {},
+    )

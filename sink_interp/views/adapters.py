@@ -1,0 +1,172 @@
+"""``view_for(result)``: the matching view for each result type of the library.
+
+Adapters are keyed by class name (so this module imports none of the result
+modules and works whichever of them are installed); each one turns a result
+into plain arrays and calls a figure function. ``register_view`` adds more.
+The result classes' ``_repr_html_`` can simply be::
+
+    def _repr_html_(self) -> str:
+        from .views import view_for
+        return view_for(self)._repr_html_()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._page import View, concat
+from .figures import (
+    effect_bars,
+    key_manifold_view,
+    massive_activation_view,
+    trace_chain_view,
+    training_curves,
+)
+from .report import sink_report_view
+
+
+def massive_report_view(rep: Any, top: int = 12) -> View:
+    """A ``MassiveReport`` (issue 3): layer x top dims from its top-k entries, and mean ‖h‖ per token.
+
+    ``top_abs/top_dim [n, layer, k]`` give, per layer, the largest ``|x|`` seen in each dim
+    (dims never in a sample's top-k stay empty); ``h_norm [n, layer, pos]`` is averaged over samples.
+    """
+    top_abs = np.asarray(rep.top_abs, dtype=float)
+    top_dim = np.asarray(rep.top_dim, dtype=int)
+    n, L, _ = top_abs.shape
+    D = int((rep.model_info or {}).get("d_model") or (top_dim.max() + 1))
+    dim_max = np.zeros((L, D))
+    layer_idx = np.broadcast_to(np.arange(L)[None, :, None], top_dim.shape)
+    np.maximum.at(dim_max, (layer_idx.ravel(), top_dim.ravel()), np.abs(top_abs).ravel())
+    h_norm = np.asarray(rep.h_norm, dtype=float).mean(axis=0)
+    return massive_activation_view(
+        dim_max,
+        h_norm,
+        median=np.asarray(rep.layer_median, dtype=float),
+        top=top,
+        threshold=float(rep.abs_threshold),
+        ratio=float(rep.ratio_threshold),
+        stage=f"residual stream entering each block (hook_resid_pre; {rep.model}, {n} inputs; each sample's top-{top_abs.shape[2]} entries)",
+        token_value_name="mean ‖h‖",
+        caption=(
+            f"Largest |x| entering each block by hidden dimension (grey: in no sample's top-{top_abs.shape[2]}), and the mean residual norm ‖h‖ of each token (log colour); "
+            f"massive = |x| > {float(rep.abs_threshold):g} and ≥ {float(rep.ratio_threshold):g}× the median |x| (Sun et al. 2024)."
+        ),
+    )
+
+
+def trace_report_view(rep: Any, massive: bool = True, keys: bool = True) -> View:
+    """A ``TraceReport`` (issue 3): the chain of links, (``keys``) the key PCA it stored, and (``massive``) its massive activations."""
+    n_heads = int((rep.model_info or {}).get("n_heads") or 0)
+    links = []
+    for name, link in rep.links.items():
+        d = link.to_dict() if hasattr(link, "to_dict") else dict(vars(link))
+        docs = link.docs() if hasattr(link, "docs") else {}
+        nums = {}
+        for k, v in d.items():
+            if isinstance(v, (list, tuple)) and n_heads and len(v) == n_heads and name == "rope":
+                v = v[rep.head]  # per-head lists: the traced head
+            if isinstance(v, (int, float, str, bool, np.integer, np.floating)):
+                nums[k] = v
+        links.append((name, nums, docs))
+    parts: list[View] = [
+        trace_chain_view(
+            links,
+            getattr(rep, "skipped", None),
+            title=f"Trace of the sink at position {rep.sink_pos}, layer {rep.layer} head {rep.head} ({rep.model})",
+        )
+    ]
+    pca = getattr(rep, "key_pca", None) or {}
+    if keys and "sink" in pca and "other" in pca and len(pca["sink"]) and len(pca["other"]):
+        s, o = np.asarray(pca["sink"], dtype=float), np.asarray(pca["other"], dtype=float)
+        parts.append(
+            key_manifold_view(
+                np.concatenate([o, s]),
+                np.arange(len(o) + len(s)) >= len(o),
+                projected=True,
+                names=("other keys", f"sink keys (pos {rep.sink_pos})"),
+                head=f"layer {rep.layer}, KV head {rep.kv_head}",
+            )
+        )
+    if massive and getattr(rep, "massive", None) is not None:
+        parts.append(massive_report_view(rep.massive))
+    return concat(*parts)
+
+
+def effect_report_view(rep: Any, values: tuple[str, ...] = ("delta_loss", "kl", "Sink_1", "mean_alpha_1")) -> View:
+    """An ``EffectReport`` (issue 4): one bar per intervention for Δ loss, KL, Sink_1 and mean α₁."""
+    df = rep.to_frame()
+    label = "label" if "label" in df.columns else df.columns[0]
+    cols = [c for c in values if c in df.columns]
+    return effect_bars(
+        df,
+        label=label,
+        values=cols or None,
+        title=f"Intervention effects on {getattr(rep, 'model', 'the model')}",
+        caption=f"One bar per intervention (the first row is the clean model) on {getattr(rep, 'n', '?')} inputs × "
+        f"{getattr(rep, 'length', '?')} tokens: change in loss, KL to the clean model, Sink_1 and mean α₁ after it.",
+    )
+
+
+def train_result_view(rep: Any) -> View:
+    """A training run (issue 6 ``TrainResult``): val_loss, Sink_1 and mean α₁ against step."""
+    name = (getattr(rep, "config", None) or {}).get("name")
+    return training_curves(
+        rep.to_frame(),
+        y=("val_loss", "sink_rate", "mean_alpha1"),
+        title=f"Training curves{f' of {name}' if name else ''}",
+    )
+
+
+ADAPTERS: dict[str, Callable[..., View]] = {
+    "SinkReport": sink_report_view,
+    "MassiveReport": massive_report_view,
+    "TraceReport": trace_report_view,
+    "EffectReport": effect_report_view,
+    "TrainResult": train_result_view,
+}
+
+
+def register_view(class_name: str, fn: Callable[..., View]) -> None:
+    """Make :func:`view_for` draw objects of class ``class_name`` with ``fn(obj, **kw)``.
+
+    Example:
+        >>> from sink_interp.views import View, register_view, view_for
+        >>> class Mine: pass
+        >>> register_view("Mine", lambda obj: View(["<p>mine</p>"], title="mine"))
+        >>> view_for(Mine()).title
+        'mine'
+    """
+    ADAPTERS[class_name] = fn
+
+
+def view_for(obj: Any, **kw: Any) -> View:
+    """The matching view for a result: a report dataclass, a ``metrics.jsonl`` path, an effect table.
+
+    Example:
+        >>> view_for([{"step": 0, "val_loss": 3.0}, {"step": 10, "val_loss": 2.5}]).kind
+        'training'
+    """
+    if isinstance(obj, View):
+        return obj
+    for cls in type(obj).__mro__:
+        if cls.__name__ in ADAPTERS:
+            return ADAPTERS[cls.__name__](obj, **kw)
+    if isinstance(obj, (str, Path)) and str(obj).endswith(".jsonl"):
+        return training_curves(obj, **kw)
+    if isinstance(obj, (list, tuple)) and obj and isinstance(obj[0], dict):
+        obj = pd.DataFrame(list(obj))
+    if isinstance(obj, pd.DataFrame):
+        if "step" in obj.columns:
+            return training_curves(obj, **kw)
+        if "intervention" in obj.columns or "label" in obj.columns:
+            return effect_bars(obj, label="intervention" if "intervention" in obj.columns else "label", **kw)
+    raise ValueError(
+        f"no view for {type(obj).__name__}; known: {sorted(ADAPTERS)}, a metrics.jsonl path, "
+        "a DataFrame with a 'step' (training) or 'intervention'/'label' (effects) column"
+    )
