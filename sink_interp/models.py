@@ -168,7 +168,8 @@ def load_model(
     elif (Path(name).expanduser() / "sink_interp_train.json").is_file():
         from .training.model import load_trained  # a model trained by sink_interp.training: restore its knobs
 
-        return load_trained(Path(name).expanduser(), device=dev).bridge.to(dtype=dt)
+        bridge = load_trained(Path(name).expanduser(), device=dev).bridge
+        return bridge if dt == torch.float32 else bridge.to(dtype=dt)
     elif Path(name).expanduser().is_dir():
         model = _boot_local(str(Path(name).expanduser()), dev, dt)
     elif _looks_like_hub_id(name):

@@ -209,6 +209,12 @@ class TrainResult:
         )
 
     def _repr_html_(self) -> str:
+        try:
+            from ..views import view_for  # training curves (issue 5's views)
+
+            return view_for(self)._repr_html_()
+        except Exception:  # views not installed or unable to draw: a plain table
+            pass
         e = html.escape
         cols = ["step", "val_loss", "sink_rate", "mean_alpha1", "value_norm_ratio", "resid_norm_ratio"]
         rows = "".join(
