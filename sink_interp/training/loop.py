@@ -267,8 +267,8 @@ def train(
         >>> import tempfile
         >>> cfg = preset("bb-softmax", steps=4, eval_every=2, d_model=32, d_mlp=64, batch_size=4, probe_n=4, eval_batches=1)
         >>> res = train(cfg, tempfile.mkdtemp(), progress=False)
-        >>> [m["step"] for m in res.metrics]
-        [0, 2, 4]
+        >>> len(res.metrics), res.final.get("step")  # evaluations at steps 0, 2 and 4
+        (3, 4)
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig (see sink_interp.training.preset), got {type(cfg).__name__}")
