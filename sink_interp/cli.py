@@ -368,6 +368,12 @@ def cmd_stream(args: argparse.Namespace) -> int:
         print(f"  {c:<45} {rep.ppl(c, after):8.2f}   (all positions {rep.ppl(c):.2f})")
     print()
     print(f"total {time.time() - t0:.0f}s; versions: " + ", ".join(f"{k} {v}" for k, v in rep.versions.items()))
+    if args.json:
+        rep.to_json(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from . import load_model, probe_tokens
     from ._internal.errors import check_eps, check_positive_int

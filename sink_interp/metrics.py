@@ -439,7 +439,10 @@ def measure_sinks(
     if data is None:
         data = str(info.get("source")) if isinstance(info, dict) and "source" in info else "tokens"
     if score == "auto":
-        score = _MODEL_SCORE.get(model, "auto")
+        try:
+            score = _MODEL_SCORE.get(model, "auto")
+        except TypeError:  # not weak-referenceable: nothing registered
+            pass
     reducer = SinkScoreReducer(layers=layers, score=score)
     run_reducers(model, tokens_checked, [reducer], batch_size=batch_size, progress=progress, desc="sink scores")
     alpha, row_sum = reducer.result()
