@@ -5,6 +5,8 @@
     sink-interp stream  --model smollm2-135m --sinks 4 --window 256 [--length 1536 --n 8] [--json OUT]
     sink-interp measure --length 8192            # long inputs: method auto -> lse, passages joined
     sink-interp long --length 8192 --buckets 8   # Sink_k by query bucket and by key position
+    sink-interp train --preset bb-softmax [--steps N] [--set key=value ...] --out DIR
+    sink-interp reproduce [--finding NAME|all] [--scale cpu|gpu] --out DIR
     sink-interp report --model smollm2-135m [--data natural] --out report.html
     sink-interp trace --model smollm2-135m --data natural --n 20 --length 64 [--layer L --head H] [--json OUT]
 """
@@ -17,7 +19,6 @@ import sys
 import time
 from typing import Any, Sequence
 
-import numpy as np
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -55,6 +56,32 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=cmd_measure)
+
+    from .training.config import PRESETS
+
+    t = sub.add_parser("train", help="train a small model with the paper's knobs (resumable)")
+    t.add_argument("--preset", default="bb-softmax", help=f"named config (default bb-softmax): {', '.join(PRESETS)}")
+    t.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig field (repeatable), e.g. --set lr=3e-3")
+    t.add_argument("--out", required=True, help="run directory (metrics.jsonl, checkpoint.pt, model/)")
+    t.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start afresh")
+    t.add_argument("--device", default="cpu", help="cpu (default; bit-identical resume) or cuda")
+    t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--list", action="store_true", help="list the presets and exit")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("reproduce", help="run paired experiments and tabulate the paper's findings")
+    r.add_argument("--finding", default="all", help="a finding name or 'all' (see --list)")
+    r.add_argument("--scale", default="cpu", choices=["cpu", "gpu"], help="cpu: BB task in minutes; gpu: the paper's recipe")
+    r.add_argument("--out", required=True, help="directory for runs/ and the table (reproduce.json, reproduce.md)")
+    r.add_argument("--steps", type=int, default=None, help="override every run's steps (smoke tests)")
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--list", action="store_true", help="list the findings and exit")
+    r.add_argument("--jobs", type=int, default=1, help="runs trained in parallel, one thread each (default 1)")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_reproduce)
 
     a = sub.add_parser("ablate", help="standard battery of interventions on the sink: effect on loss, KL and Sink_1")
     _add_model_args(a)
@@ -230,6 +257,57 @@ def _ranges(xs: Sequence[int]) -> str:
     return ", ".join(out)
 
 
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import preset, preset_table, train
+
+    if args.list:
+        print(_fmt_table([[p["name"], p["description"]] for p in preset_table()], ["preset", "description"]))
+        return 0
+    over = _parse_set(args.set)
+    if args.steps is not None:
+        over["steps"] = args.steps
+    cfg = preset(args.preset, **over)
+    t0 = time.time()
+    res = train(cfg, args.out, resume=not args.fresh, device=args.device, threads=args.threads, progress=not args.quiet)
+    f = res.final
+    print(f"{cfg.name}: {res.n_params:,} parameters, {f.get('step')} steps in {time.time() - t0:.0f}s"
+          + (f" (resumed from step {res.resumed_from})" if res.resumed_from else ""))
+    print(_fmt_table(
+        [[m["step"], f"{m['val_loss']:.4f}", f"{m['sink_rate']:.1f}%", f"{m.get('sink_rate_eps0.1', float('nan')):.1f}%",
+          f"{m['mean_alpha1']:.3f}", f"{m['value_norm_ratio_top']:.2f}", f"{m['resid_norm_ratio']:.2f}"] for m in res.metrics],
+        ["step", "val_loss", f"Sink_1 (eps {cfg.eps})", "Sink_1 (0.1)", "mean alpha_1", "v-norm ratio (top head)", "resid-norm ratio"],
+    ))
+    print(f"metrics: {args.out}/metrics.jsonl; model: {res.model_dir or '(stopped before the end)'}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .training.reproduce import FINDINGS, reproduce
+
+    if args.list:
+        print(_fmt_table([[f.name, f.claim] for f in FINDINGS.values()], ["finding", "paper"]))
+        return 0
+    table = reproduce(
+        args.finding, scale=args.scale, out=args.out, steps=args.steps, device=args.device, threads=args.threads,
+        jobs=args.jobs, progress=not args.quiet,
+    )
+    print(table.to_markdown())
+    print(f"wrote {args.out}/reproduce.json and {args.out}/reproduce.md")
 def ablation_battery(model: Any, eval_tokens: Any, train_tokens: Any | None, *, eps: float = 0.3, fit_steps: int = 40,
                      fit_lr: float = 0.1, fit_batch: int = 8, kernels: bool = True, batch_size: int | None = None,
                      progress: bool = True, log: Any = print) -> tuple[Any, dict[str, Any]]:

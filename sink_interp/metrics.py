@@ -25,6 +25,7 @@ attention weight), so ``Sink_T`` is noisy: it is reported, but
 from __future__ import annotations
 
 import html
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -42,6 +43,17 @@ from .models import model_info
 
 SCORES = ("auto", "softmax", "proxy", "abs-proxy")
 PROXY_EPS = 1e-8
+
+# score="auto" resolves to this for models that know how their attention must be read
+# (set by sink_interp.training for trained kernels: a K-bias model is scored on its raw pattern)
+_MODEL_SCORE: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+
+
+def register_score(model: Any, score: str) -> None:
+    """Make ``score`` what ``measure_sinks(model, ..., score="auto")`` uses for ``model``."""
+    if score not in SCORES[1:]:
+        raise ValueError(f"score must be one of {SCORES[1:]}, got {score!r}")
+    _MODEL_SCORE[model] = score
 
 
 def sink_alpha(
@@ -433,6 +445,11 @@ def measure_sinks(
     tokens_checked = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=2)
     from . import lse as _lse
 
+    if score == "auto":
+        try:  # a model trained with a K bias etc. registers how its patterns are read (training)
+            score = _MODEL_SCORE.get(model, "auto")
+        except TypeError:  # not weak-referenceable: nothing registered
+            pass
     method = _lse.choose_method(model, tokens_checked, method, score=score, batch_size=batch_size)
     mask = _lse.as_mask(mask)
     info = getattr(tokens, "probe_info", None)

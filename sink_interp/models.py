@@ -165,6 +165,11 @@ def load_model(
         model = tiny_model(**TINY_MODELS[name], device=dev, dtype=dt)
         _LOADED_AS[model] = name
         return model
+    elif (Path(name).expanduser() / "sink_interp_train.json").is_file():
+        from .training.model import load_trained  # a model trained by sink_interp.training: restore its knobs
+
+        bridge = load_trained(Path(name).expanduser(), device=dev).bridge
+        return bridge if dt == torch.float32 else bridge.to(dtype=dt)
     elif Path(name).expanduser().is_dir():
         model = _boot_local(str(Path(name).expanduser()), dev, dt)
     elif _looks_like_hub_id(name):

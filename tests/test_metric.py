@@ -8,7 +8,6 @@ import torch
 
 from sink_interp import attach_hooks, measure_sinks, probe_tokens, sink_alpha
 from sink_interp._internal import hooknames
-from sink_interp.models import TINY_MODELS
 
 from .conftest import ARCHS
 from .reference import hf_attentions, official_alpha, official_rates, uniform_alpha

@@ -1,0 +1,41 @@
+"""Train small models with the paper's knobs and watch attention sinks emerge.
+
+    >>> from sink_interp.training import preset, train
+    >>> cfg = preset("bb-softmax", steps=1000)          # doctest: +SKIP
+    >>> result = train(cfg, "runs/bb-softmax")          # doctest: +SKIP
+    >>> result.final["sink_rate"]                       # doctest: +SKIP
+
+Modules: :mod:`.config` (``TrainConfig``, presets), :mod:`.model` (Llama-style
+models behind a ``TransformerBridge``), :mod:`.knobs` (the knobs as hooks),
+:mod:`.evaluate` (sink / value-drain / residual-peak statistics),
+:mod:`.loop` (``train``), :mod:`.reproduce` (the paper's findings).
+"""
+
+from .config import PRESETS, TrainConfig, preset, preset_table
+from .evaluate import probe_stats
+from .knobs import KnobParams, KnobRuntime, allowed_mask, runtime_of
+from .loop import TrainResult, make_sampler, make_task, read_metrics, train
+from .model import LabModel, build_model, lab_of, load_trained, save_trained, trained_config
+
+__all__ = [
+    "KnobParams",
+    "KnobRuntime",
+    "LabModel",
+    "PRESETS",
+    "TrainConfig",
+    "TrainResult",
+    "allowed_mask",
+    "build_model",
+    "lab_of",
+    "load_trained",
+    "make_sampler",
+    "make_task",
+    "preset",
+    "preset_table",
+    "probe_stats",
+    "read_metrics",
+    "runtime_of",
+    "save_trained",
+    "train",
+    "trained_config",
+]

@@ -1,0 +1,624 @@
+"""Reproduce the paper's findings with paired training runs and tabulate them.
+
+``reproduce("all", scale="cpu", out="repro/")`` trains the runs each finding
+needs (shared runs are trained once: run directories are named by the config
+fingerprint and resume), evaluates them, and writes ``reproduce.json`` and
+``reproduce.md`` (finding, the paper's number or direction, ours, agree?) plus
+training curves (``curves/<finding>.html`` with :mod:`sink_interp.views` when it
+is installed, else a small SVG).
+
+At ``scale="cpu"`` every finding runs on the Bigram-Backcopy task (see
+:mod:`sink_interp.tasks`): natural text at CPU scale shows no sink (DESIGN
+section 3), while BB develops one in minutes. ``scale="gpu"`` uses the
+paper's 60M-model recipe on natural text (``gpu-text-softmax``; give it a
+large corpus with ``text_corpus``); it is a recipe, not run in CI.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .._internal.provenance import dumps, versions, write_atomic
+from .config import TrainConfig, preset
+from .loop import make_sampler, make_task, read_metrics, train
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished run as a finding sees it."""
+
+    label: str
+    cfg: TrainConfig
+    out_dir: str
+    metrics: tuple[dict[str, Any], ...]
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return dict(self.metrics[-1])
+
+    @property
+    def model_dir(self) -> str:
+        return str(Path(self.out_dir) / "model")
+
+
+def run_dir(root: Path, cfg: TrainConfig) -> Path:
+    return root / "runs" / f"{cfg.name}-{cfg.fingerprint()}-s{cfg.steps}"
+
+
+def _train_one(args: tuple[dict[str, Any], str, str, int | None, bool]) -> str:
+    cfg_d, out, device, threads, progress = args
+    cfg = TrainConfig.from_dict(cfg_d)
+    train(cfg, out, resume=True, device=device, threads=threads, progress=progress)
+    return out
+
+
+def run_all(
+    configs: dict[str, TrainConfig],
+    root: Path,
+    *,
+    device: str = "cpu",
+    threads: int | None = 1,
+    jobs: int = 1,
+    progress: bool = True,
+) -> dict[str, Run]:
+    """Train every config (finished runs are reused), ``jobs`` at a time in separate processes."""
+    unique: dict[str, TrainConfig] = {}
+    for cfg in configs.values():
+        unique[str(run_dir(root, cfg))] = cfg
+    todo = [(d, c) for d, c in unique.items() if not _finished(Path(d), c)]
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+            list(ex.map(_train_one, [(c.to_dict(), d, device, threads, False) for d, c in todo]))
+    else:
+        for d, c in todo:
+            _train_one((c.to_dict(), d, device, threads, progress))
+    return {label: Run(label, cfg, str(run_dir(root, cfg)), tuple(read_metrics(run_dir(root, cfg)))) for label, cfg in configs.items()}
+
+
+def _finished(d: Path, cfg: TrainConfig) -> bool:
+    m = read_metrics(d)
+    return bool(m) and m[-1]["step"] >= cfg.steps and (d / "model").is_dir()
+
+
+# --------------------------------------------------------------------------- extra measurements
+
+
+def _probe(cfg: TrainConfig, n: int | None = None, **over: Any) -> torch.Tensor:
+    task = make_task(cfg)
+    return make_sampler(cfg, task, seed=cfg.seed + 20_011, split="val", intra_doc=False, **over).sample(n or cfg.probe_n).tokens
+
+
+def bos_dependence(run: Run) -> dict[str, Any]:
+    """Loss and Sink_1 of a model on its validation data with and without the first token (BOS).
+
+    Without BOS the sequences are the same minus their first token, so the
+    losses compare the same predictions (positions 2..T of the original).
+    """
+    from ..training.evaluate import masked_ce, probe_stats
+    from .model import load_trained
+
+    lab = load_trained(run.model_dir)
+    cfg = run.cfg
+    task = make_task(cfg)
+    batches = make_sampler(cfg, task, seed=cfg.seed + 10_007, split="val").fixed_batches(cfg.eval_batches, cfg.batch_size)
+    out: dict[str, Any] = {}
+    for tag, cut in (("with", 0), ("without", 1)):
+        tot = n = 0.0
+        with torch.no_grad():
+            for b in batches:
+                toks = b.tokens[:, cut:]
+                ce, _ = masked_ce(lab.bridge(toks, return_type="logits"), toks, b.loss_mask[:, cut:])
+                # score the same targets both ways: tokens 3..T of the full sequence (1-indexed)
+                if cut == 0:
+                    ce = ce[:, 1:]
+                tot += float(ce.sum())
+                n += ce.numel()
+        stats = probe_stats(lab.bridge, _probe(cfg)[:, cut:], score=cfg.metric_score, eps=cfg.eps)
+        out[f"val_loss_{tag}_first"] = tot / n
+        out[f"sink_rate_{tag}_first"] = stats["sink_rate"]
+        out[f"mean_alpha1_{tag}_first"] = stats["mean_alpha1"]
+    return out
+
+
+def window_stats(run: Run) -> dict[str, Any]:
+    """For a sliding-window model: the sink metric restricted to queries that can see position 1,
+    and the attention to the window's own first key (the 'relative first token')."""
+    from .._internal import hooknames
+    from ..capture import Reduce, run_reducers
+    from .model import load_trained
+
+    lab = load_trained(run.model_dir)
+    cfg = run.cfg
+    w = cfg.window or cfg.seq_len
+    tokens = _probe(cfg)
+    L = cfg.n_layers
+    vis: list[torch.Tensor] = []
+    rel: list[torch.Tensor] = []
+
+    def fn(name: str, p: torch.Tensor, start: int) -> None:
+        p = p.detach().float()  # [b, H, T, T]
+        T = p.shape[-1]
+        k = min(w, T)
+        vis.append(p[:, :, :k, 0].mean(-1))  # queries 1..w see key 1
+        t = torch.arange(k - 1, T)
+        rel.append(p[:, :, t, t - k + 1].mean(-1))  # attention to the oldest visible key
+
+    red = Reduce([hooknames.pattern(layer) for layer in range(L)], fn)
+    with torch.no_grad():
+        run_reducers(lab.bridge, tokens, [red], progress=False)
+    a_vis = torch.stack(vis)  # [L * batches, b, H] (order irrelevant for the rate)
+    a_rel = torch.stack(rel)
+    return {
+        "window": w,
+        "sink_rate_visible_queries": float(100 * (a_vis > cfg.eps).float().mean()),
+        "mean_alpha1_visible_queries": float(a_vis.mean()),
+        "sink_rate_relative_first": float(100 * (a_rel > cfg.eps).float().mean()),
+        "mean_alpha_relative_first": float(a_rel.mean()),
+        "alpha1_bound": min(1.0, w / cfg.seq_len),
+    }
+
+
+# --------------------------------------------------------------------------- findings
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ours: str
+    agree: bool | None
+    numbers: dict[str, Any]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One of the paper's findings: the runs it needs and how to judge them."""
+
+    name: str
+    claim: str
+    paper: str
+    configs: Callable[[str], dict[str, TrainConfig]]
+    judge: Callable[..., Verdict]
+    source: str = "Gu et al. 2025"
+    extra: Callable[[dict[str, Run]], dict[str, Any]] | None = None  # measurements beyond metrics.jsonl
+
+    def verdict(self, runs: dict[str, Run]) -> Verdict:
+        if self.extra is None:
+            return self.judge(runs)
+        return self.judge(runs, self.extra(runs))
+
+
+def _base(scale: str) -> TrainConfig:
+    return preset("bb-softmax") if scale == "cpu" else preset("gpu-text-softmax")
+
+
+def _nobos(scale: str) -> TrainConfig:
+    b = _base(scale)
+    return b.replace(name=b.name + "-nobos", bb_bos_num=0) if scale == "cpu" else b.replace(name=b.name + "-nobos", bos="none")
+
+
+def _v(cfg: TrainConfig, suffix: str, **kw: Any) -> TrainConfig:
+    return cfg.replace(name=f"{cfg.name}-{suffix}", **kw)
+
+
+def _s(m: dict[str, Any], key: str = "sink_rate") -> float:
+    return float(m.get(key, float("nan")))
+
+
+def _j_emergence(r: dict[str, Run]) -> Verdict:
+    ms = r["base"].metrics
+    first, last = ms[0], ms[-1]
+    curve = [(m["step"], round(m["sink_rate"], 1)) for m in ms]
+    agree = last["sink_rate"] >= 30.0 and last["sink_rate"] > first["sink_rate"] + 20.0
+    return Verdict(
+        ours=f"Sink_1 {first['sink_rate']:.1f}% (step 0) -> {last['sink_rate']:.1f}% (step {last['step']}); "
+        f"mean alpha_1 {first['mean_alpha1']:.3f} -> {last['mean_alpha1']:.3f}; value-norm ratio of the top sink head {last['value_norm_ratio_top']:.2f}",
+        agree=agree,
+        numbers={"curve": curve, "final": last},
+    )
+
+
+def _j_lr(r: dict[str, Run]) -> Verdict:
+    b, s = r["base"].final, r["small_lr"].final
+    agree = s["sink_rate"] < b["sink_rate"] - 5.0 or (s["sink_rate"] <= b["sink_rate"] and s["mean_alpha1"] < b["mean_alpha1"])
+    return Verdict(
+        ours=f"lr {r['base'].cfg.lr:g}: Sink_1 {b['sink_rate']:.1f}% (loss {b['val_loss']:.3f}); "
+        f"lr {r['small_lr'].cfg.lr:g}: {s['sink_rate']:.1f}% (loss {s['val_loss']:.3f})",
+        agree=agree,
+        numbers={"base": b, "small_lr": s},
+    )
+
+
+def _j_wd(r: dict[str, Run]) -> Verdict:
+    rows = sorted(((run.cfg.weight_decay, run.final) for run in r.values()), key=lambda x: x[0])
+    sinks = [m["sink_rate"] for _, m in rows]
+    wds = [w for w, _ in rows]
+    peak = int(np.argmax(sinks))
+    rises = sinks[peak] > sinks[0] + 2.0
+    falls = sinks[-1] < sinks[peak] - 10.0
+    return Verdict(
+        ours="; ".join(f"wd {w:g}: {m['sink_rate']:.1f}% (loss {m['val_loss']:.3f})" for w, m in rows),
+        agree=bool(rises and falls) if (rises or falls) else False,
+        numbers={"weight_decay": wds, "sink_rate": sinks, "val_loss": [m["val_loss"] for _, m in rows]},
+        note=("rises then falls" if rises and falls else "falls at large wd only" if falls else "rises only" if rises else "flat"),
+    )
+
+
+def _j_fixed(r: dict[str, Run]) -> Verdict:
+    nb, fx = r["no_bos"].final, r["fixed"].final
+    p = r["fixed"].cfg.fixed_token_pos or 1
+    rates_fx, rates_nb = fx["sink_rates"], nb["sink_rates"]
+    agree = rates_fx[p - 1] >= 30.0 and rates_fx[p - 1] > max(rates_fx[k] for k in range(len(rates_fx)) if k != p - 1)
+    return Verdict(
+        ours=f"no BOS, no fixed token: Sink_1..4 = {rates_nb[:4]}; fixed token at {p}: Sink_1..4 = {rates_fx[:4]}",
+        agree=agree,
+        numbers={"no_bos": rates_nb, "fixed": rates_fx, "p": p},
+    )
+
+
+def _j_prefix(r: dict[str, Run]) -> Verdict:
+    p = r["prefix"].cfg.prefix
+    nb, px, b, pb = (r[k].final["sink_rates"] for k in ("no_bos", "prefix", "base", "prefix_bos"))
+    moved = [max(x[1:p]) for x in (px, pb)]  # a sink on prefix positions 2..p: moved off position 1
+    inside = [max(x[:p]) for x in (px, pb)]
+    outside = [max(x[p:]) for x in (px, pb)]
+    agree = any(m >= 10.0 and i > o for m, i, o in zip(moved, inside, outside))
+    return Verdict(
+        ours=f"Sink_k for k=1..{p + 2}: causal, no BOS {nb[: p + 2]} vs prefix p={p} {px[: p + 2]}; "
+        f"causal with BOS {b[: p + 2]} vs prefix p={p} with BOS {pb[: p + 2]}",
+        agree=agree,
+        numbers={"p": p, "no_bos": nb, "prefix": px, "base": b, "prefix_bos": pb},
+    )
+
+
+def _j_window(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
+    b, w = r["base"].final, r["window"].final
+    ws = extra["window"]
+    agree = w["sink_rate"] < b["sink_rate"] - 10.0 and ws["sink_rate_relative_first"] < 10.0
+    return Verdict(
+        ours=f"full attention: Sink_1 {b['sink_rate']:.1f}%; window w={ws['window']}: Sink_1 {w['sink_rate']:.1f}% "
+        f"(alpha_1 <= w/T = {ws['alpha1_bound']:.2f} by construction); among queries that see position 1: "
+        f"{ws['sink_rate_visible_queries']:.1f}%; on the window's first key: {ws['sink_rate_relative_first']:.1f}%",
+        agree=agree,
+        numbers={"base": b["sink_rate"], "window": w["sink_rate"], **ws},
+    )
+
+
+def _j_kbias(r: dict[str, Run]) -> Verdict:
+    b, k = r["base"].final, r["kbias"].final
+    agree = k["sink_rate"] < min(5.0, b["sink_rate"]) and k["sink_star"] >= 30.0
+    return Verdict(
+        ours=f"softmax: Sink_1 {b['sink_rate']:.1f}%; K bias (v*=0): Sink_1 {k['sink_rate']:.1f}%, Sink_* {k['sink_star']:.1f}% "
+        f"(mean mass on k* {k['sink_mass']:.2f}); loss {b['val_loss']:.3f} vs {k['val_loss']:.3f}",
+        agree=agree,
+        numbers={"base": b, "kbias": k},
+    )
+
+
+def _massive(m: dict[str, Any]) -> str:
+    return f"max|h| sink/rest {m['max_abs_sink']:.1f}/{m['max_abs_rest']:.1f}, ||h_sink||/mean {m['resid_norm_ratio']:.2f}"
+
+
+def raw_stats(run: Run) -> dict[str, Any]:
+    """Sink statistics of a run's model read from the raw pattern (no proxy normalisation)."""
+    from .evaluate import probe_stats
+    from .model import load_trained
+
+    lab = load_trained(run.model_dir)
+    st = probe_stats(lab.bridge, _probe(run.cfg), score="softmax", eps=run.cfg.eps)
+    return {"sink_rate_raw": st["sink_rate"], "mean_alpha1_raw": st["mean_alpha1"], "attn_mass": st["attn_mass"]}
+
+
+def _j_sigmoid(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
+    n, y = r["sigmoid_nonorm"].final, r["sigmoid_norm"].final
+    raw = extra["nonorm_raw"]
+    agree = n["sink_rate"] < 5.0 and y["sink_rate"] > n["sink_rate"] + 10.0
+    return Verdict(
+        ours=f"sigmoid without normaliser: Sink_1 {n['sink_rate']:.1f}% by the paper's proxy A/sum A, but the raw weights "
+        f"give Sink_1 {raw['sink_rate_raw']:.1f}% (mean raw alpha_1 {raw['mean_alpha1_raw']:.3f}, mean row sum {raw['attn_mass']:.2f}), "
+        f"v-ratio {n['value_norm_ratio_top']:.2f}, {_massive(n)}, loss {n['val_loss']:.3f}; "
+        f"with normaliser: {y['sink_rate']:.1f}%, v-ratio {y['value_norm_ratio_top']:.2f}, {_massive(y)}, loss {y['val_loss']:.3f}",
+        agree=agree,
+        numbers={"nonorm": n, "norm": y, "nonorm_raw": raw},
+    )
+
+
+def _j_softpick(r: dict[str, Run]) -> Verdict:
+    b, s = r["base"].final, r["softpick"].final
+    agree = s["sink_rate"] < 5.0
+    return Verdict(
+        ours=f"softmax: Sink_1 {b['sink_rate']:.1f}%, {_massive(b)}; softpick: {s['sink_rate']:.1f}%, {_massive(s)}; "
+        f"loss {b['val_loss']:.3f} vs {s['val_loss']:.3f}",
+        agree=agree,
+        numbers={"base": b, "softpick": s},
+    )
+
+
+def _j_bos(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
+    fb, nb = extra["fixed_bos"], extra["no_bos"]
+    dl_fixed = fb["val_loss_without_first"] - fb["val_loss_with_first"]
+    dl_free = nb["val_loss_without_first"] - nb["val_loss_with_first"]
+    agree = dl_fixed > max(0.1, 3 * abs(dl_free)) and fb["sink_rate_without_first"] < fb["sink_rate_with_first"] - 10.0
+    return Verdict(
+        ours=f"trained with a fixed BOS: loss {fb['val_loss_with_first']:.3f} with BOS -> {fb['val_loss_without_first']:.3f} without, "
+        f"Sink_1 {fb['sink_rate_with_first']:.1f}% -> {fb['sink_rate_without_first']:.1f}%; trained without BOS, dropping the first token: "
+        f"loss {nb['val_loss_with_first']:.3f} -> {nb['val_loss_without_first']:.3f}, Sink_1 {nb['sink_rate_with_first']:.1f}% -> {nb['sink_rate_without_first']:.1f}%",
+        agree=agree,
+        numbers={"fixed_bos": fb, "no_bos": nb},
+    )
+
+
+def _j_relu_sgd(r: dict[str, Run]) -> Verdict:
+    b, re, sg = r["base"].final, r["relu"].final, r["sgd"].final
+    agree = re["sink_rate"] < b["sink_rate"] - 10.0 and sg["sink_rate"] < b["sink_rate"] - 10.0
+    return Verdict(
+        ours=f"softmax+AdamW: Sink_1 {b['sink_rate']:.1f}%, v-ratio {b['value_norm_ratio_top']:.2f}, {_massive(b)}; "
+        f"ReLU attention: {re['sink_rate']:.1f}%, v-ratio {re['value_norm_ratio_top']:.2f}, loss {re['val_loss']:.3f}; "
+        f"SGD: {sg['sink_rate']:.1f}%, v-ratio {sg['value_norm_ratio_top']:.2f}, loss {sg['val_loss']:.3f} (softmax loss {b['val_loss']:.3f})",
+        agree=agree,
+        numbers={"base": b, "relu": re, "sgd": sg},
+    )
+
+
+def _cfgs_emergence(s: str) -> dict[str, TrainConfig]:
+    return {"base": _base(s)}
+
+
+def _cfgs_lr(s: str) -> dict[str, TrainConfig]:
+    b = _base(s)
+    return {"base": b, "small_lr": _v(b, "lr8x-smaller", lr=b.lr / 8)}
+
+
+def _cfgs_wd(s: str) -> dict[str, TrainConfig]:
+    b = _base(s)
+    out = {f"wd{w:g}": (b if w == b.weight_decay else _v(b, f"wd{w:g}", weight_decay=w)) for w in (0.0, b.weight_decay, 0.02, 0.1, 0.5, 2.0, 5.0)}
+    return out
+
+
+def _cfgs_fixed(s: str) -> dict[str, TrainConfig]:
+    nb = _nobos(s)
+    return {"no_bos": nb, "fixed": _v(nb, "fixed3", fixed_token_pos=3)}
+
+
+def _cfgs_prefix(s: str) -> dict[str, TrainConfig]:
+    nb, b = _nobos(s), _base(s)
+    return {"no_bos": nb, "prefix": _v(nb, "prefix4", prefix=4), "base": b, "prefix_bos": _v(b, "prefix4", prefix=4)}
+
+
+def _cfgs_window(s: str) -> dict[str, TrainConfig]:
+    b = _base(s)
+    return {"base": b, "window": _v(b, "window8" if s == "cpu" else "window32", window=8 if s == "cpu" else 32)}
+
+
+def _cfgs_kbias(s: str) -> dict[str, TrainConfig]:
+    b = _base(s)
+    return {"base": b, "kbias": _v(b, "kbias", k_bias=True, v_bias="zero")}
+
+
+def _cfgs_sigmoid(s: str) -> dict[str, TrainConfig]:
+    b = _base(s)
+    return {"sigmoid_nonorm": _v(b, "sigmoid-nonorm", kernel="sigmoid", attn_norm="none"), "sigmoid_norm": _v(b, "sigmoid-norm", kernel="sigmoid", attn_norm="sum")}
+
+
+def _cfgs_softpick(s: str) -> dict[str, TrainConfig]:
+    b = _base(s)
+    return {"base": b, "softpick": _v(b, "softpick", kernel="softpick")}
+
+
+def _cfgs_bos(s: str) -> dict[str, TrainConfig]:
+    return {"fixed_bos": _base(s) if s == "cpu" else _v(_base(s), "fixedbos", bos="fixed"), "no_bos": _nobos(s)}
+
+
+def _cfgs_relu_sgd(s: str) -> dict[str, TrainConfig]:
+    b = _base(s)
+    return {
+        "base": b,
+        "relu": _v(b, "relu", kernel="relu", attn_norm="none"),
+        "sgd": _v(b, "sgd", optimizer="sgd", lr=0.1 if s == "cpu" else 0.03),
+    }
+
+
+FINDINGS: dict[str, Finding] = {
+    f.name: f
+    for f in [
+        Finding("emergence", "attention sink emerges with training steps", "Sink_1 grows with steps (lr 8e-4: 23.4% at 10k, 32.2% at 20k steps)", _cfgs_emergence, _j_emergence),
+        Finding("lr", "a smaller learning rate weakens the sink", "20k steps: lr 8e-4 32.2%, 4e-4 18.2%, 2e-4 11.2%, 1e-4 2.9%", _cfgs_lr, _j_lr),
+        Finding("weight_decay", "weight decay: more sink up to a point, then none", "wd 0: 15.2%, 0.1: 18.2%, 0.5: 41.1%, 1: 37.7%, 2: 6.1%, 5: 0.01%", _cfgs_wd, _j_wd),
+        Finding("fixed_token", "a fixed token at position p becomes the sink", "fixed at 1/2/3: Sink_1 74.1% / Sink_2 69.0% / Sink_3 69.6%, other positions ~0%", _cfgs_fixed, _j_fixed),
+        Finding("prefix", "prefix LM moves the sink into the prefix", "the sink shifts from position 1 to positions within the prefix", _cfgs_prefix, _j_prefix),
+        Finding("window", "a small sliding window prevents the sink", "small windows mitigate the sink; it sits on the absolute, not the relative, first token", _cfgs_window, _j_window, extra=lambda r: {"window": window_stats(r["window"])}),
+        Finding("kbias", "a learnable K bias with v*=0 takes the sink's role", "Sink_* 73.34%, Sink_1 0.00% (softmax: Sink_1 18.18%)", _cfgs_kbias, _j_kbias),
+        Finding("sigmoid", "sigmoid without normaliser: no sink, no massive activation; with normaliser they return", "no sink and no massive activations up to 1B without normaliser; sink back with it", _cfgs_sigmoid, _j_sigmoid,
+                extra=lambda r: {"nonorm_raw": raw_stats(r["sigmoid_nonorm"])}),
+        Finding("softpick", "softpick: no sink", "softpick: sink rate 0%, no massive activations (Zuhri et al. 2025)", _cfgs_softpick, _j_softpick, source="Zuhri et al. 2025"),
+        Finding("bos_packing", "a fixed BOS makes the model depend on it", "causal + fixed BOS: 90.84% / loss 2.69 with BOS, 0.05% / 7.56 without; causal, no BOS: 65.10% / 2.69 vs 65.15% / 2.70", _cfgs_bos, _j_bos, source="Barbero et al. 2025 (slides)",
+                extra=lambda r: {"fixed_bos": bos_dependence(r["fixed_bos"]), "no_bos": bos_dependence(r["no_bos"])}),
+        Finding("relu_sgd", "ReLU attention or SGD mitigates the sink", "BB task: ReLU attention or SGD removes sinks, value drains and residual peaks", _cfgs_relu_sgd, _j_relu_sgd, source="Guo et al. 2024"),
+    ]
+}
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class ReproRow:
+    finding: str
+    claim: str
+    paper: str
+    ours: str
+    agree: bool | None
+    source: str
+    runs: dict[str, str]
+    numbers: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class ReproTable:
+    """The reproduction table: one row per finding (paper vs ours, agree?)."""
+
+    rows: tuple[ReproRow, ...]
+    scale: str
+    out: str
+    versions: dict[str, str]
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([{"finding": r.finding, "paper": r.paper, "ours": r.ours, "agree": r.agree, "source": r.source} for r in self.rows])
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "scale": self.scale,
+            "out": self.out,
+            "agree": sum(1 for r in self.rows if r.agree),
+            "disagree": sum(1 for r in self.rows if r.agree is False),
+            "n": len(self.rows),
+            "versions": self.versions,
+        }
+
+    def to_json(self, path: str | None = None) -> str:
+        text = dumps({**self.summary(), "rows": [r.__dict__ for r in self.rows]})
+        if path is not None:
+            write_atomic(path, text)
+        return text
+
+    def to_markdown(self) -> str:
+        def cell(s: str) -> str:
+            return str(s).replace("|", "\\|").replace("\n", " ")
+
+        lines = ["| finding | paper | ours | agree? |", "|---|---|---|---|"]
+        for r in self.rows:
+            mark = "yes" if r.agree else ("no" if r.agree is False else "n/a")
+            lines.append(f"| {cell(r.finding + ': ' + r.claim)} | {cell(r.paper)} ({cell(r.source)}) | {cell(r.ours)} | {mark} |")
+        return "\n".join(lines) + "\n"
+
+    def _repr_html_(self) -> str:
+        e = html.escape
+        rows = "".join(
+            f"<tr><td><b>{e(r.finding)}</b>: {e(r.claim)}</td><td>{e(r.paper)}</td><td>{e(r.ours)}</td>"
+            f"<td>{'yes' if r.agree else 'no' if r.agree is False else 'n/a'}</td></tr>"
+            for r in self.rows
+        )
+        return f"<table><tr><th>finding</th><th>paper</th><th>ours</th><th>agree?</th></tr>{rows}</table>"
+
+
+def _curves(path: Path, runs: dict[str, Run], title: str) -> str | None:
+    """Sink_1 / val_loss curves of a finding's runs as an HTML file; None when nothing could be drawn."""
+    metrics = {label: list(run.metrics) for label, run in runs.items()}
+    try:
+        from ..views import training_curves  # issue 5's views, when installed
+
+        v = training_curves(metrics, y=("sink_rate", "val_loss", "mean_alpha1"), title=title)
+        v.save(path)
+        return str(path)
+    except ImportError:
+        pass
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    panels = []
+    for key in ("sink_rate", "val_loss"):
+        pts = [(lab, [(m["step"], m.get(key)) for m in ms if m.get(key) is not None]) for lab, ms in metrics.items()]
+        xs = [x for _, p in pts for x, _ in p] or [0]
+        ys = [y for _, p in pts for _, y in p] or [0]
+        x0, x1, y0, y1 = min(xs), max(xs) or 1, min(ys), max(ys)
+        y1 = y1 if y1 > y0 else y0 + 1
+        W, H = 420, 220
+
+        def sx(x: float) -> float:
+            return 40 + (x - x0) / max(x1 - x0, 1e-9) * (W - 60)
+
+        def sy(y: float) -> float:
+            return H - 30 - (y - y0) / (y1 - y0) * (H - 50)
+
+        lines = "".join(
+            f'<polyline fill="none" stroke="{colors[i % len(colors)]}" stroke-width="2" points="'
+            + " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in p)
+            + f'"><title>{html.escape(lab)}</title></polyline>'
+            for i, (lab, p) in enumerate(pts)
+        )
+        legend = "".join(
+            f'<text x="{W - 150}" y="{15 + 14 * i}" fill="{colors[i % len(colors)]}" font-size="11">{html.escape(lab)}</text>' for i, (lab, _) in enumerate(pts)
+        )
+        axes = (
+            f'<text x="40" y="{H - 8}" font-size="11">step {x0}..{x1}</text>'
+            f'<text x="2" y="14" font-size="11">{key} {y0:.3g}..{y1:.3g}</text>'
+        )
+        panels.append(f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}">{axes}{lines}{legend}</svg>')
+    write_atomic(path, f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><h3>{html.escape(title)}</h3>{''.join(panels)}")
+    return str(path)
+
+
+def reproduce(
+    finding: str | Sequence[str] = "all",
+    *,
+    scale: str = "cpu",
+    out: str | os.PathLike[str] = "reproduce",
+    steps: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    device: str = "cpu",
+    threads: int | None = 1,
+    jobs: int = 1,
+    progress: bool = True,
+) -> ReproTable:
+    """Run the paired experiments of ``finding`` (a name, a list, or ``"all"``) and write the table.
+
+    ``steps`` overrides every run's step count and ``overrides`` any other
+    :class:`TrainConfig` field of every run (for smoke tests: the numbers then
+    mean little). Finished runs under ``out/runs`` are reused; ``jobs`` runs
+    train in parallel processes with ``threads`` threads each.
+    """
+    if scale not in ("cpu", "gpu"):
+        raise ValueError(f"scale must be 'cpu' or 'gpu', got {scale!r}")
+    names = list(FINDINGS) if finding == "all" else ([finding] if isinstance(finding, str) else list(finding))
+    unknown = [n for n in names if n not in FINDINGS]
+    if unknown:
+        raise ValueError(f"unknown finding(s) {unknown}; known: {', '.join(FINDINGS)} or 'all'")
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    plan: dict[str, dict[str, TrainConfig]] = {}
+    for n in names:
+        cfgs = FINDINGS[n].configs(scale)
+        if overrides:
+            cfgs = {k: c.replace(**overrides) for k, c in cfgs.items()}
+        if steps is not None:
+            cfgs = {k: c.replace(steps=steps, eval_every=max(1, min(c.eval_every, steps)), ckpt_every=max(1, min(c.ckpt_every, steps)), warmup=min(c.warmup, steps // 2)) for k, c in cfgs.items()}
+        plan[n] = cfgs
+    everything = {f"{n}/{k}": c for n, cfgs in plan.items() for k, c in cfgs.items()}
+    run_all(everything, root, device=device, threads=threads, jobs=jobs, progress=progress)
+    rows = []
+    for n in names:
+        f = FINDINGS[n]
+        runs = {k: Run(k, c, str(run_dir(root, c)), tuple(read_metrics(run_dir(root, c)))) for k, c in plan[n].items()}
+        v = f.verdict(runs)
+        curves = _curves(root / "curves" / f"{n}.html", runs, f"{n}: {f.claim}")
+        rows.append(
+            ReproRow(
+                finding=n,
+                claim=f.claim,
+                paper=f.paper,
+                ours=v.ours,
+                agree=v.agree,
+                source=f.source,
+                runs={k: r.out_dir for k, r in runs.items()} | ({"curves": curves} if curves else {}),
+                numbers=v.numbers,
+                note=v.note,
+            )
+        )
+    table = ReproTable(rows=tuple(rows), scale=scale, out=str(root), versions=versions())
+    table.to_json(str(root / "reproduce.json"))
+    write_atomic(root / "reproduce.md", table.to_markdown())
+    return table
+
+
+__all__ = ["FINDINGS", "Finding", "ReproRow", "ReproTable", "bos_dependence", "reproduce", "window_stats"]
