@@ -34,7 +34,7 @@ import torch
 
 from .._internal.provenance import dumps, versions, write_atomic
 from ..tasks import BigramBackcopy, Sampler, TextCorpus
-from .config import TrainConfig
+from .config import TrainConfig, preset  # noqa: F401  (preset: used by the docstring example)
 from .evaluate import _round, masked_ce, probe_stats, val_losses
 from .model import LabModel, build_model, save_trained
 
