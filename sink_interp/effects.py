@@ -257,6 +257,12 @@ class EffectReport:
         )
 
     def _repr_html_(self) -> str:
+        """The figure of :func:`sink_interp.views.view_for` above the table of numbers."""
+        from .views import view_for
+
+        return view_for(self)._repr_html_() + self._table_html()
+
+    def _table_html(self) -> str:
         e = html.escape
         rows = "".join(
             f"<tr><td>{e(x.label)}</td><td>{x.loss:.4f}</td><td>{x.delta_loss:+.4f}</td><td>{x.kl:.4f}</td>"

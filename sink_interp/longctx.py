@@ -168,6 +168,12 @@ class LongContextReport:
                 f"buckets={self.n_buckets}, Sink_1 first/last bucket={r[0]:.1f}%/{r[-1]:.1f}%)")
 
     def _repr_html_(self) -> str:
+        """The figure of :func:`sink_interp.views.view_for` above the table of numbers."""
+        from .views import view_for
+
+        return view_for(self)._repr_html_() + self._table_html()
+
+    def _table_html(self) -> str:
         e = html.escape
         rates, mean = self.bucket_rates(1), self.bucket_mean_alpha(1)
         rows = "".join(

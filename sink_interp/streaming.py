@@ -193,6 +193,12 @@ class StreamReport:
         return f"StreamReport({self.model!r}, n={self.n}, length={self.length}, ppl after position {self.full_from}: {parts})"
 
     def _repr_html_(self) -> str:
+        """The figure of :func:`sink_interp.views.view_for` above the table of numbers."""
+        from .views import view_for
+
+        return view_for(self)._repr_html_() + self._table_html()
+
+    def _table_html(self) -> str:
         pv = self.pivot()
         return (
             f"<div><b>StreamReport</b> &mdash; {html.escape(self.model)}, {self.sinks} sinks + window {self.window}, "

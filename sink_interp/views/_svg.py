@@ -303,6 +303,11 @@ def _axes(sx: Scale, sy: Scale, left: float, top: float, pw: float, ph: float, x
     return "".join(out)
 
 
+def _clip(text: str, n: int) -> str:
+    """``text`` cut to ``n`` characters with an ellipsis (full text stays in the hover titles)."""
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def bars_svg(
     labels: Sequence[str],
     values: Sequence[float],
@@ -319,9 +324,10 @@ def bars_svg(
     vals = np.asarray(values, dtype=float)
     n = len(labels)
     lw = label_width if label_width is not None else min(220.0, 12 + max((len(str(s)) for s in labels), default=4) * 6.6)
-    left, right, top = lw, 56, 8
-    pw = width - left - right
     finite = vals[np.isfinite(vals)]
+    # room for the value printed left of a negative bar, so it never runs into the labels
+    left, right, top = lw + (52 if finite.size and finite.min() < 0 else 0), 56, 8
+    pw = width - left - right
     lo = min(0.0, float(finite.min())) if finite.size else 0.0
     hi = max(0.0, float(finite.max())) if finite.size else 1.0
     if domain is not None:
@@ -340,7 +346,7 @@ def bars_svg(
     for i, (lab, v) in enumerate(zip(labels, vals)):
         y = top + i * (bar_h + 4)
         tip = tips[i] if tips is not None else f"{lab}: {value_label} = {fmt(v)}"
-        out.append(_t(left - 6, y + bar_h / 2 + 4, str(lab)[:34], size=11, anchor="end"))
+        out.append(_t(lw - 6, y + bar_h / 2 + 4, _clip(str(lab), 34), size=11, anchor="end"))
         if math.isfinite(v):
             xa, xb = sorted((x0, sx(v)))
             c = colors[i] if colors is not None else ("#4c78a8" if v >= 0 else "#e45756")
@@ -376,7 +382,9 @@ def lines_svg(
         ok &= ally > 0
     allx, ally = allx[ok], ally[ok]
     multi = len(series) > 1
-    left, right, top, bottom = 62, (120 if multi else 16), 12, 44
+    legend_w = min(300.0, 40 + 6.4 * max((len(_clip(str(s[0]), 44)) for s in series), default=4)) if multi else 16.0
+    width = width + max(0.0, legend_w - 120) if multi else width
+    left, right, top, bottom = 62, legend_w, 12, 44
     pw, ph = width - left - right, height - top - bottom
     x0, x1 = (float(allx.min()), float(allx.max())) if allx.size else (0.0, 1.0)
     if x1 == x0:
@@ -409,5 +417,5 @@ def lines_svg(
         if multi:
             ly = top + 12 + 16 * k
             out.append(f'<line x1="{left + pw + 10:.1f}" x2="{left + pw + 26:.1f}" y1="{ly - 4:.1f}" y2="{ly - 4:.1f}" stroke="{c}" stroke-width="2.5"/>')
-            out.append(_t(left + pw + 30, ly, str(name)[:16], size=11, anchor="start"))
+            out.append(_t(left + pw + 30, ly, _clip(str(name), 44), size=11, anchor="start"))
     return _svg(width, height, "".join(out), f"line chart of {ylabel} against {xlabel}")

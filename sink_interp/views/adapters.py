@@ -123,12 +123,51 @@ def train_result_view(rep: Any) -> View:
     )
 
 
+def stream_report_view(rep: Any) -> View:
+    """A ``StreamReport`` (issue 4): perplexity by position bucket, one line per condition."""
+    df = rep.to_frame().copy()
+    df["position"] = df["end"]
+    return training_curves(
+        df,
+        x="position",
+        y=["ppl"],
+        run="condition",
+        log_y=["ppl"],
+        title=f"Streaming with {rep.sinks} sink(s) + a window of {rep.window} on {rep.model}",
+        caption=(
+            f"Perplexity of the next token by position (bucket end) over {rep.n} texts of {rep.length} tokens: full attention, "
+            f"sinks + window, and the window alone; past position {rep.sinks + rep.window} evicted tokens are missing."
+        ),
+    )
+
+
+def long_context_view(rep: Any) -> View:
+    """A ``LongContextReport`` (issue 8): Sink_1 and mean α₁ by query bucket."""
+    df = rep.bucket_frame() if hasattr(rep, "bucket_frame") else rep.to_frame()
+    df = df[df["k"] == 1].copy() if "k" in df.columns else df.copy()
+    rate_col = next(c for c in df.columns if str(c).startswith("Sink_k"))
+    df = df.rename(columns={rate_col: "Sink_1 (%)", "mean_alpha": "mean alpha_1"})
+    df["query position"] = df["q_to"]
+    return training_curves(
+        df,
+        x="query position",
+        y=["Sink_1 (%)", "mean alpha_1"],
+        title=f"First-token sink by query position on {rep.sinks.model} (T = {rep.length})",
+        caption=(
+            f"alpha_1 restricted to the queries of each bucket (bucket end on the x axis), over {rep.sinks.n} input(s); "
+            f"Sink_1 = share of (sample, layer, head) with alpha_1 > {rep.eps}. A flat line: the sink holds at long range."
+        ),
+    )
+
+
 ADAPTERS: dict[str, Callable[..., View]] = {
     "SinkReport": sink_report_view,
     "MassiveReport": massive_report_view,
     "TraceReport": trace_report_view,
     "EffectReport": effect_report_view,
     "TrainResult": train_result_view,
+    "StreamReport": stream_report_view,
+    "LongContextReport": long_context_view,
 }
 
 

@@ -345,10 +345,16 @@ def _effects_section(ctx: ReportContext) -> View | None:
     n = int(ctx.extras.get("n_detail", 16))
     try:
         from ..effects import compare
-        from ..interventions import AblateDims, MaskKey, ZeroValue
+        from ..interventions import AblateDims, MaskKey, ZeroValue, sink_heads
         from .adapters import effect_report_view
 
-        items: dict[str, Any] = {"zero the sink's values": ZeroValue(), "mask the sink, renormalise": MaskKey()}
+        heads = sink_heads(ctx.report)
+        items: dict[str, Any] = {}
+        if heads:
+            items["zero the sink's values (sink heads)"] = ZeroValue(heads=heads)
+            items["mask the sink, renormalise (sink heads)"] = MaskKey(heads=heads)
+        # all heads, but queries 0-1 untouched: masking key 0 for token 1 too would just move the sink to token 1
+        items["mask the sink, renormalise (all heads, queries >= 2)"] = MaskKey(min_query=2)
         if ctx.resid is not None:
             dm = ctx.resid["dim_max"]
             dim = int(np.unravel_index(np.argmax(dm), dm.shape)[1])
@@ -360,7 +366,13 @@ def _effects_section(ctx: ReportContext) -> View | None:
         view = effect_report_view(rep)
     except Exception as e:
         return pending(EFFECTS_TITLE, what, "compare(...) of sink_interp.effects", "effects", error=f"{type(e).__name__}: {e}")
-    return section(EFFECTS_TITLE, f"Each intervention acts on the sink token (position 0) in every layer, on the first {n} inputs.", [view], anchor="effects")
+    return section(
+        EFFECTS_TITLE,
+        f"Each intervention acts on the sink token (position 0), in the sink heads (mean alpha_1 > eps) or in every head, on the first {n} inputs. "
+        "Masking key 0 for every query would only move the sink to token 1, so the all-heads mask leaves queries 0-1 alone.",
+        [view],
+        anchor="effects",
+    )
 
 
 def _provenance_section(ctx: ReportContext) -> View:
