@@ -208,7 +208,10 @@ def save_trained(lab: LabModel, path: str | os.PathLike[str], extra: dict[str, A
         clean = cls(hc)
         clean.load_state_dict(hf_state, strict=True)
         clean.config.architectures = [cls.__name__]
-        clean.save_pretrained(str(tmp))
+        from ..models import _quiet
+
+        with _quiet():  # no "Writing model shards" progress bar
+            clean.save_pretrained(str(tmp))
         lab.tokenizer.save_pretrained(str(tmp))
         torch.save(knob_state, tmp / "sink_knobs.pt")
         meta = {"format": FORMAT_VERSION, "train_config": lab.cfg.to_dict(), "versions": versions(), **(extra or {})}
