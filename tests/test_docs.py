@@ -72,4 +72,21 @@ def test_tutorial_executes_offline(src, tmp_path):
     nb = to_notebook(work / src.name)
     execute(nb, work, timeout=600, env={"CI": "true", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
+    assert not errors, errors[0].get("traceback") if errors else None
+    if src.stem.startswith("01_"):
+        _check_tutorial_1_matches_the_cli(nb)
+
+
+def _check_tutorial_1_matches_the_cli(nb):
+    """Tutorial 1 (as CI runs it: N=20) prints the Sink_1 that `sink-interp measure` prints with the same settings."""
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    got = re.findall(r"Sink_1 = ([0-9.]+)%", text)
+    assert got, "tutorial 1 no longer prints 'Sink_1 = ...%'"
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    n = int(re.search(r"N = (\d+) if os.environ.get\(\"CI\"\)", code).group(1))
+    cmd = [sys.executable, "-m", "sink_interp.cli", "measure", "--model", "smollm2-135m", "--data", "natural",
+           "--n", str(n), "--length", "64", "--eps", "0.3", "--quiet"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr
+    cli = re.search(r"Sink_1 = ([0-9.]+)%", res.stdout).group(1)
+    assert got[0] == cli, f"tutorial 1 prints Sink_1 = {got[0]}%, `{' '.join(cmd[2:])}` prints {cli}%"
