@@ -2,6 +2,8 @@
 
     python scripts/build_tutorials.py            # convert and execute (outputs are kept in the .ipynb)
     python scripts/build_tutorials.py --no-exec  # convert only
+    python scripts/build_tutorials.py --text-only  # copy edited markdown into the .ipynb, keep its outputs
+                                                   # (refused when a code cell changed)
 
 The .py files are the sources; edit them, then rerun this script. tests/test_tutorials.py checks
 that each .ipynb holds the same code as its .py and executes every tutorial offline.
@@ -55,11 +57,21 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("names", nargs="*", help="tutorial sources (default: all tutorials/*.py)")
     p.add_argument("--no-exec", action="store_true")
+    p.add_argument("--text-only", action="store_true", help="update markdown cells only; the code must be unchanged")
     args = p.parse_args(argv)
     sources = [Path(n).resolve() for n in args.names] or sorted((ROOT / "tutorials").glob("[0-9]*.py"))
     for src in sources:
         nb = to_notebook(src)
-        if not args.no_exec:
+        if args.text_only:
+            old = nbformat.read(src.with_suffix(".ipynb"), as_version=4)
+            if [(c.cell_type, c.source) for c in old.cells if c.cell_type == "code"] != [(c.cell_type, c.source) for c in nb.cells if c.cell_type == "code"] or len(old.cells) != len(nb.cells):
+                print(f"{src.name}: code or cell layout changed; rebuild it without --text-only", file=sys.stderr)
+                return 1
+            for new, cell in zip(nb.cells, old.cells):
+                if cell.cell_type == "markdown":
+                    cell.source = new.source
+            nb = old
+        elif not args.no_exec:
             print(f"executing {src.name} ...", flush=True)
             execute(nb, src.parent)
         out = src.with_suffix(".ipynb")

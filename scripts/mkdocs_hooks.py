@@ -10,3 +10,32 @@ def on_page_markdown(markdown, page, config, files):
 
     blocks = [f"::: sink_interp.{name}\n" for name in sink_interp.__all__]
     return markdown.replace("<!-- API_REFERENCE -->", "\n".join(blocks))
+
+
+def on_page_content(html, page, config, files):
+    """Point a tutorial's repository-relative links at the site's pages.
+
+    A notebook links ``02_trace_mechanism.ipynb`` or ``../training.md`` so the links work on
+    GitHub and in Jupyter (``../docs/training.md`` from ``tutorials/``); mkdocs-jupyter renders
+    each notebook as ``tutorials/<name>/index.html``, where those links need to be
+    ``../02_trace_mechanism/`` and ``../../training/``.
+    """
+    if not page.file.src_uri.endswith(".ipynb"):
+        return html
+    import re
+
+    def fix(m):
+        href = m.group(1)
+        if "://" in href or href.startswith("#"):
+            return m.group(0)
+        path, _, anchor = href.partition("#")
+        anchor = f"#{anchor}" if anchor else ""
+        if path.endswith(".ipynb") and "/" not in path:
+            return f'href="../{path[: -len(".ipynb")]}/{anchor}"'
+        if path.endswith(".md"):
+            target = path[: -len(".md")].replace("../docs/", "../", 1)
+            target = target[: -len("index")] if target.endswith("index") else target + "/"
+            return f'href="../{target}{anchor}"'
+        return m.group(0)
+
+    return re.sub(r'href="([^"]+)"', fix, html)

@@ -23,6 +23,7 @@ from .interventions import (
     StreamingWindow,
     ZeroValue,
     intervene,
+    sink_heads,
 )
 from .longctx import LongContextReport, long_context_sinks
 from .masks import AttentionMask
@@ -106,6 +107,7 @@ __all__ = [
     "scan_heads",
     "show_attention",
     "sink_alpha",
+    "sink_heads",
     "streaming_ppl",
     "tiny_model",
     "trace_sink",

@@ -55,7 +55,7 @@ from .massive import (
 )
 from .models import model_info, n_kv_heads, positional_kind
 
-LINKS = ("spike", "writer", "norm", "wk", "rope", "manifold", "gated_mlp")
+LINKS = ("spike", "writer", "gated_mlp", "norm", "wk", "rope", "manifold")
 MIN_PCA_SAMPLES = 3
 
 

@@ -42,6 +42,9 @@ def test_mkdocs_build_strict_offline_lists_the_whole_api(tmp_path):
         text = page.read_text(errors="ignore")
         remote = re.findall(r'<(?:script|link)[^>]+(?:src|href)="(https?://[^"]+)"', text)
         assert not remote, f"{page.relative_to(site)} loads {remote}"
+        # links between pages point at built pages, not at .md / .ipynb sources
+        stale = [h for h in re.findall(r'href="([^"#:]+\.(?:md|ipynb))"', text) if not (page.parent / h).is_file()]
+        assert not stale, f"{page.relative_to(site)} links to sources that are not in the site: {stale}"
 
 
 @pytest.mark.parametrize("src", TUTORIALS, ids=[p.stem for p in TUTORIALS])

@@ -434,3 +434,13 @@ def test_effect_and_training_adapters():
     t = view_for(TrainResult())
     assert t.kind == "training" and "bb-softmax" in t.title and t._repr_html_().count('class="si-line"') == 3
     assert train_result_view(TrainResult()).kind == "training"
+
+
+def test_numbers_print_without_exponents_below_a_million_and_titles_fit():
+    from sink_interp.views._svg import fmt
+
+    assert [fmt(100, 2), fmt(250, 2), fmt(99.6, 2), fmt(12345), fmt(0.25), fmt(2e-5, 2), fmt(3e6)] == ["100", "250", "100", "12,345", "0.25", "2e-05", "3e+06"]
+    html = head_heatmap(np.array([[100.0, 50.0]]), value_name="Sink_1 (% of inputs)")._repr_html_()
+    assert "e+02" not in html and ">100<" in html
+    width = float(re.search(r'<svg[^>]*width="([0-9.]+)"', html).group(1))
+    assert width >= 14 * 2 + len("Sink_1 (% of inputs)") * 6.0  # the colour bar's title is not cut off

@@ -27,7 +27,7 @@
 # head turns out to be an *active-dormant* head.
 #
 # Natural text at CPU scale is too slow a testbed: a 4-layer model trained for minutes on the
-# shipped corpus shows no sink at all (see [the training laboratory](../training.md)). So this
+# shipped corpus shows no sink at all (see [the training laboratory](../docs/training.md)). So this
 # notebook trains on BB. Everything runs offline on a CPU in about two minutes
 # (about one with `CI=true`); training runs are written to a temporary directory.
 
@@ -140,7 +140,7 @@ softmax.to_frame()[cols].round(3).set_index("step").T
 # This matches the paper's picture, at toy scale: the sink is a product of continued optimisation,
 # not of initialisation. On the CPU the run is deterministic: at steps 100, 300 and 500 it logs
 # the same validation loss and $\mathrm{Sink}_1$ as the 1000-step run in
-# [the training laboratory](../training.md) (`sink-interp train --preset bb-softmax --out runs/bb-softmax`).
+# [the training laboratory](../docs/training.md) (`sink-interp train --preset bb-softmax --out runs/bb-softmax`).
 #
 # `training_curves` draws any metric of any run from its `metrics.jsonl`, for example the
 # $\mathrm{Sink}_1$ sweep over $\epsilon$:

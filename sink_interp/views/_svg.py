@@ -62,7 +62,10 @@ def fmt(v: Any, digits: int = 3) -> str:
         return "0"
     if 1e3 <= abs(x) < 1e6:
         return f"{x:,.0f}"
-    return f"{x:.{digits}g}"
+    s = f"{x:.{digits}g}"
+    if "e" in s and 1 <= abs(x) < 1e3:  # 100 with 2 digits is "100", not "1e+02"
+        return f"{x:.0f}"
+    return s
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -194,7 +197,7 @@ def heatmap_svg(
     grid_w, grid_h = cw * C, ch * R
     col_band = (min(140.0, max((len(s[:22]) for s in col_text), default=1) * 6.0) + 8) if rotate_cols else 16
     bottom = col_band + 22
-    right = 80
+    right = max(80.0, 14 + len(str(value_label)) * 6.0 + 8)  # room for the colour bar's title
     width = left + grid_w + right
     height = top + grid_h + bottom
     scale = Scale(vmin, vmax, 0.0, 1.0, log=log)
