@@ -682,6 +682,7 @@ def fit_bias(
     was_training = model.training
     gen = torch.Generator().manual_seed(int(seed))
     history: list[float] = []
+    used = [torch.zeros_like(q, dtype=torch.bool) for q in params]  # entries that ever got a gradient
     from tqdm.auto import tqdm
 
     try:
@@ -701,6 +702,9 @@ def fit_bias(
                 )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                for u, q in zip(used, params):
+                    if q.grad is not None:
+                        u |= q.grad != 0
                 opt.step()
                 history.append(float(loss.detach()))
                 bar.set_postfix(loss=f"{history[-1]:.4f}")
@@ -741,6 +745,8 @@ def fit_bias(
             "n_eval": int(ev.shape[0]),
             "eval_is_train": eval_tokens is None,
             "n_params": int(sum(p.numel() for p in params)),
+            # entries that got a gradient: per-head rows of heads outside `heads` stay unused
+            "n_params_trained": int(sum(int(u.sum()) for u in used)),
         },
     )
 

@@ -479,6 +479,22 @@ def positional_kind(model: Any) -> str:
     return kind or "unknown"
 
 
+def rotary_fraction(model: Any) -> float:
+    """Share of each head's dims that RoPE rotates (1.0 unless the HF config says partial, as in Pythia)."""
+    hf_cfg = getattr(getattr(model, "original_model", None), "config", None)
+    if hf_cfg is None:
+        return 1.0
+    d = hf_cfg.to_dict()
+    for src in (d.get("rope_parameters"), d.get("rope_scaling"), d):
+        if isinstance(src, dict):
+            for key in ("partial_rotary_factor", "rotary_pct"):
+                if src.get(key) is not None:
+                    return float(src[key])
+    if d.get("rotary_dim"):
+        return float(d["rotary_dim"]) / float(model.cfg.d_head)
+    return 1.0
+
+
 def model_info(model: Any) -> ModelInfo:
     """Facts about ``model`` that every report records.
 

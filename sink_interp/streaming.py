@@ -43,7 +43,7 @@ from .capture import run_reducers
 from .effects import NextTokenReducer
 from .interventions import StreamingWindow, intervene
 from .metrics import _bos_policy
-from .models import model_info, positional_kind
+from .models import model_info, positional_kind, rotary_fraction
 
 
 def long_tokens(model: Any, length: int = 1536, n: int = 8, bos: bool = False, path: str | None = None) -> Tensor:
@@ -223,7 +223,8 @@ def streaming_ppl(
 
     Args:
         model: a TransformerBridge (RoPE or NoPE for cache positions; with learned
-            absolute positions only the original-position conditions run).
+            absolute positions or partial RoPE, as in Pythia, only the original-position
+            conditions run).
         tokens: ``[n, T]`` token ids with ``T`` well above ``sinks + window``
             (e.g. :func:`long_tokens`).
         sinks: number of first tokens kept.
@@ -252,7 +253,9 @@ def streaming_ppl(
     bucket = window if bucket is None else check_positive_int(bucket, "bucket")
     kind = positional_kind(model)
     conds: dict[str, list[Any]] = {"full": []}
-    if kind == "learned":
+    # cache positions re-rotate q by RoPE; with learned positions or partial RoPE (Pythia) only
+    # the original-position conditions are defined
+    if kind == "learned" or (kind == "rope" and rotary_fraction(model) < 1.0):
         conds[f"{sinks} sinks + window {window} (original positions)"] = [StreamingWindow(window, sinks, positions="original")]
         conds[f"window only ({sinks + window})"] = [StreamingWindow(sinks + window, 0, positions="original")]
     else:

@@ -130,3 +130,13 @@ def test_grafting_the_mean_sink_key_and_value(tiny_models):
         fit_bias(model, x, "q")
     with pytest.raises(ValueError, match="init"):
         fit_bias(model, x, "logit", init="sink")
+
+
+def test_fit_bias_counts_the_parameters_it_trains(tiny_models):
+    """A per-head key bias for head 1 of layer 0 only: the layer's k* has a row per head, one row trains."""
+    model, _ = tiny_models("tiny-gqa")
+    x = toks(n=4, T=10, seed=4)
+    rep = fit_bias(model, x, "k", heads={0: [1]}, steps=3, lr=0.05, batch_size=2, progress=False, evaluate=False)
+    d_head = model.cfg.d_head
+    assert rep.settings["n_params"] == sum(p.numel() for p in rep.bias.parameters())
+    assert rep.settings["n_params_trained"] == d_head
