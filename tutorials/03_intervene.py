@@ -283,8 +283,8 @@ from sink_interp import fit_bias
 
 fit = fit_bias(model, train_tokens, "k", eval_tokens=tokens, heads=heads, steps=FIT_STEPS, lr=0.1, batch_size=8, progress=False)
 print(fit)
-print(f"{fit.settings['n_params']:,} parameters ({n_sink * model.cfg.d_head:,} of them the k* of the sink heads; the rest, "
-      f"for the other heads of the same layers, get no gradient), {FIT_STEPS} Adam steps of 8 passages; "
+print(f"{fit.settings['n_params_trained']:,} trained parameters: the k* of the {n_sink} sink heads "
+      f"({fit.settings['n_params']:,} allocated; the rows of the other heads of the same layers get no gradient), {FIT_STEPS} Adam steps of 8 passages; "
       f"training loss {fit.history[:3].mean():.3f} (first 3 steps) -> {fit.history[-3:].mean():.3f} (last 3)")
 
 # %% [markdown]
