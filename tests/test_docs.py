@@ -93,3 +93,10 @@ def _check_tutorial_1_matches_the_cli(nb):
     assert res.returncode == 0, res.stderr
     cli = re.search(r"Sink_1 = ([0-9.]+)%", res.stdout).group(1)
     assert got[0] == cli, f"tutorial 1 prints Sink_1 = {got[0]}%, `{' '.join(cmd[2:])}` prints {cli}%"
+
+
+@pytest.mark.parametrize("src", TUTORIALS, ids=[p.stem for p in TUTORIALS])
+def test_tutorial_headings_have_no_code_spans(src):
+    """mkdocs-jupyter drops `code` from the site's table of contents ("7. One offline file:")."""
+    bad = [line for line in src.read_text().splitlines() if re.match(r"# #+ ", line) and "`" in line]
+    assert not bad, f"{src.name}: write these headings without backticks: {bad}"

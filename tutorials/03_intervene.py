@@ -76,7 +76,7 @@ print("non-sink heads per layer:", {l: model.cfg.n_heads - len(heads.get(l, []))
 # Layers 0 and 1 have no sink head (tutorial 1), and neither do layers 10 and 11; section 3
 # shows why.
 #
-# ## 2. `intervene`: a context manager that leaves no trace
+# ## 2. A context manager that leaves no trace
 #
 # Inside the `with` block the model runs with the interventions; on exit (also after an
 # exception) exactly the hooks it added are removed. Nothing is written into the parameters, so

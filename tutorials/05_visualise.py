@@ -351,7 +351,7 @@ curves_v
 # A curve that switches what it measures is worth a second look; the metrics file says why.
 # `view_for(runs["softmax"])` draws one run's default panels; tutorial 4 trains the full-size toy.
 #
-# ## 7. One offline file: `concat(...).save(path)`
+# ## 7. One offline file: concat(...).save(path)
 #
 # Views combine into one page. `save` writes a complete HTML document: the CircuitsVis bundle
 # inlined once, a Content-Security-Policy that forbids any network request, no CDN. We check
@@ -378,7 +378,7 @@ print(offline(path), f"| CircuitsVis widgets: {page.n_widgets}")
 # (These views are SVG, so the page holds no widget and no bundle. Add the attention views with
 # `+` and the bundle comes with them, once.)
 #
-# ## 8. The whole report: `build_report` and `sink-interp report`
+# ## 8. The whole report: build_report and sink-interp report
 #
 # `build_report(model, tokens)` measures and lays out one standalone page: the summary and heat
 # map, the top sink heads with their attention widgets and coloured tokens, the massive
