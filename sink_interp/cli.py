@@ -341,7 +341,7 @@ def ablation_battery(model: Any, eval_tokens: Any, train_tokens: Any | None, *, 
     items["mask key, all heads, queries>=2"] = MaskKey(min_query=2)
     if dims and positions:
         items["massive dims -> 0"] = AblateDims(dims, positions=positions)
-        items["massive dims -> mean"] = AblateDims(dims, mode="mean", positions=positions)
+        items["massive dims -> mean of other tokens"] = AblateDims(dims, mode="mean", positions=positions)
     extra: dict[str, Any] = {"sink_heads": {int(k): v for k, v in sh.items()}, "massive_dims": dims,
                              "massive_positions": positions, "massive_layers": mlayers, "sink_rate_1": rep.rate(1)}
     if sh and train_tokens is not None:
