@@ -81,18 +81,24 @@ def _special_ids(tokenizer: Any) -> set[int]:
 
 
 def _bos_id(model: Any) -> int:
-    tok = getattr(model, "tokenizer", None)
-    bos = getattr(tok, "bos_token_id", None)
+    from .models import special_token_ids
+
+    bos = special_token_ids(model).get("bos")
     if bos is None:
-        raise ValueError("bos=True but the model's tokenizer has no BOS token; fix: bos=False")
+        raise ValueError("bos=True but neither the model's tokenizer nor its config names a BOS token; fix: bos=False")
     return int(bos)
 
 
 def _tokenizer(model: Any) -> Any:
-    tok = getattr(model, "tokenizer", None)
-    if tok is None:
-        raise ValueError("the model has no tokenizer; text probes need one (fix: pass token ids, or source='random')")
-    return tok
+    from .models import tokenizer_missing
+
+    why = tokenizer_missing(model)
+    if why is not None:
+        raise ValueError(
+            f"text needs a tokenizer and this model has none ({why}); fix: pass token ids, "
+            "use source='random' or 'repeat', or put the tokenizer files in the checkpoint folder"
+        )
+    return model.tokenizer
 
 
 def probe_tokens(
@@ -135,7 +141,10 @@ def probe_tokens(
     src = str(source)
 
     if src in ("random", "repeat"):
+        from .models import special_token_ids
+
         special = _special_ids(getattr(model, "tokenizer", None)) if getattr(model, "tokenizer", None) is not None else set()
+        special |= set(special_token_ids(model).values())
         allowed = torch.tensor([i for i in range(d_vocab) if i not in special], dtype=torch.long)
         if src == "random":
             idx = torch.randint(0, len(allowed), (n, body), generator=gen)

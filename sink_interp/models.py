@@ -54,6 +54,7 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
 # and facts the bridge config does not carry (a NoPE model's bridge still says "rotary")
 _LOADED_AS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
 _POSITIONAL: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+_NO_TOKENIZER: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -216,11 +217,62 @@ def _bridge_class() -> Any:
     return TransformerBridge
 
 
+#: files any of which makes a checkpoint folder carry a tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
+
+
+def has_tokenizer_files(path: str | os.PathLike[str]) -> bool:
+    """Whether a local checkpoint folder holds tokenizer files."""
+    return any((Path(path) / f).is_file() for f in TOKENIZER_FILES)
+
+
+def _placeholder_tokenizer() -> Any:
+    """A minimal tokenizer that lets the bridge boot; removed right after (``model.tokenizer = None``)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")),
+                                   unk_token="<unk>")
+
+
 def _boot_local(path: str, device: torch.device, dtype: torch.dtype) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    kwargs: dict[str, Any] = {}
+    tokenizer_free = not has_tokenizer_files(path)
+    if tokenizer_free:  # a checkpoint saved without its tokenizer: token ids work, text does not
+        kwargs["tokenizer"] = _placeholder_tokenizer()
     with _quiet():
-        model = _bridge_class().boot_transformers(path, device=str(device), dtype=dtype)
+        model = _bridge_class().boot_transformers(path, device=str(device), dtype=dtype, **kwargs)
+    if tokenizer_free:
+        model.tokenizer = None
+        _NO_TOKENIZER[model] = f"{path} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}...)"
     return model.eval()
+
+
+def tokenizer_missing(model: Any) -> str | None:
+    """Why ``model`` has no tokenizer (None when it has one): errors that need text say this."""
+    if getattr(model, "tokenizer", None) is not None:
+        return None
+    try:
+        return _NO_TOKENIZER.get(model, "the model was loaded without a tokenizer")
+    except TypeError:  # pragma: no cover - not weak-referenceable
+        return "the model was loaded without a tokenizer"
+
+
+def special_token_ids(model: Any) -> dict[str, int]:
+    """``bos``, ``eos``, ``pad``, ``unk`` ids from the tokenizer, else from the Hugging Face config."""
+    out: dict[str, int] = {}
+    tok = getattr(model, "tokenizer", None)
+    hf_cfg = getattr(getattr(model, "original_model", None), "config", None)
+    for kind in ("bos", "eos", "pad", "unk"):
+        v = getattr(tok, f"{kind}_token_id", None) if tok is not None else None
+        if v is None and hf_cfg is not None:
+            v = getattr(hf_cfg, f"{kind}_token_id", None)
+            if isinstance(v, (list, tuple)):
+                v = v[0] if v else None
+        if v is not None:
+            out[kind] = int(v)
+    return out
 
 
 def _boot_hub(name: str, device: torch.device, dtype: torch.dtype) -> Any:
@@ -508,8 +560,7 @@ def model_info(model: Any) -> ModelInfo:
         dtype, device = str(param.dtype).replace("torch.", ""), str(param.device)
     except StopIteration:  # pragma: no cover
         dtype, device = "unknown", "unknown"
-    tok = getattr(model, "tokenizer", None)
-    bos = getattr(tok, "bos_token_id", None) if tok is not None else None
+    bos = special_token_ids(model).get("bos")
     return ModelInfo(
         name=model_name(model),
         n_layers=int(cfg.n_layers),

@@ -1,0 +1,177 @@
+"""Tiny random checkpoints of many model families, for offline tests and for trying an analysis.
+
+:func:`tiny_checkpoint` builds a small random Hugging Face causal LM of one
+family from its ``transformers`` config class, saves it with
+``save_pretrained`` (weights and config only: **no tokenizer files**, like a
+checkpoint a researcher trained or converted) and returns the folder, which
+:func:`sink_interp.load_model` loads like any local checkpoint.
+
+The weights are large (``initializer_range=0.3``, QK-norm gains x3) so that
+attention is peaked: near-uniform attention hides mistakes in how scores are
+formed. Families with sliding windows get a window of 8 keys, shorter than any
+test input, and the features that make each family different are switched on
+(soft-capping and alternating local/global layers for Gemma-2, partial rotary
+for StableLM, GPT-NeoX and GPT-J, ALiBi for Bloom, learned sink logits for
+gpt-oss, QKV biases for Qwen2, QK-norm for Qwen3, Gemma-3 and OLMo-2...).
+
+Examples:
+    >>> from sink_interp import load_model
+    >>> path = tiny_checkpoint("gemma2")
+    >>> model = load_model(str(path))
+    >>> model.tokenizer is None, model.cfg.n_layers
+    (True, 2)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+#: sliding window of the zoo's windowed families (keys a query sees, itself included)
+WINDOW = 8
+D_MODEL, N_HEADS, N_KV, N_LAYERS, D_VOCAB, N_CTX = 64, 4, 2, 2, 128, 1024
+INIT = 0.3
+SPECIAL = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def _llama_like(**extra: Any) -> dict[str, Any]:
+    return dict(
+        vocab_size=D_VOCAB, hidden_size=D_MODEL, intermediate_size=2 * D_MODEL, num_hidden_layers=N_LAYERS,
+        num_attention_heads=N_HEADS, num_key_value_heads=N_KV, max_position_embeddings=N_CTX,
+        initializer_range=INIT, tie_word_embeddings=False, **SPECIAL, **extra,
+    )
+
+
+#: family -> (``transformers`` config class name, config keyword arguments, what the family exercises)
+ZOO: dict[str, tuple[str, Callable[[], dict[str, Any]], str]] = {
+    "llama": ("LlamaConfig", lambda: _llama_like(), "RoPE, GQA, RMSNorm, gated MLP"),
+    "mistral": ("MistralConfig", lambda: _llama_like(sliding_window=WINDOW), "sliding window on every layer"),
+    "mixtral": ("MixtralConfig", lambda: _llama_like(sliding_window=WINDOW, num_local_experts=4, num_experts_per_tok=2),
+                "sliding window, mixture-of-experts MLP"),
+    "qwen2": ("Qwen2Config", lambda: _llama_like(), "Q/K/V biases"),
+    "qwen3": ("Qwen3Config", lambda: _llama_like(head_dim=16), "QK-norm (per head, before RoPE)"),
+    "gemma": ("GemmaConfig", lambda: _llama_like(head_dim=16), "RMSNorm gain 1 + w, scaled embeddings, GeGLU"),
+    "gemma2": ("Gemma2Config", lambda: _llama_like(head_dim=16, sliding_window=WINDOW, attn_logit_softcapping=5.0,
+                                                   final_logit_softcapping=30.0, query_pre_attn_scalar=24),
+               "logit soft-capping, alternating local/global layers, query_pre_attn_scalar"),
+    "gemma3": ("Gemma3TextConfig", lambda: _llama_like(head_dim=16, sliding_window=WINDOW, query_pre_attn_scalar=24,
+                                                       layer_types=["sliding_attention", "full_attention"]),
+               "QK-norm, local/global layers with their own RoPE bases"),
+    "phi3": ("Phi3Config", lambda: _llama_like(partial_rotary_factor=0.5), "fused qkv and gate_up, partial rotary"),
+    "olmo2": ("Olmo2Config", lambda: _llama_like(), "QK-norm over all heads, norms after attention and MLP only"),
+    "granite": ("GraniteConfig", lambda: _llama_like(attention_multiplier=0.09, residual_multiplier=0.5,
+                                                     embedding_multiplier=2.0, logits_scaling=4.0),
+                "attention_multiplier instead of 1/sqrt(d)"),
+    "stablelm": ("StableLmConfig", lambda: _llama_like(partial_rotary_factor=0.25, use_qkv_bias=True),
+                 "partial rotary (25 %), LayerNorm, QKV bias"),
+    "gpt2": ("GPT2Config", lambda: dict(vocab_size=D_VOCAB, n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS,
+                                        n_positions=N_CTX, initializer_range=INIT, **SPECIAL),
+             "learned absolute positions, Conv1D fused qkv"),
+    "gpt_neox": ("GPTNeoXConfig", lambda: dict(vocab_size=D_VOCAB, hidden_size=D_MODEL, intermediate_size=2 * D_MODEL,
+                                               num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
+                                               max_position_embeddings=N_CTX, rotary_pct=0.25, initializer_range=INIT,
+                                               **SPECIAL),
+                 "partial rotary (25 %), fused per-head qkv, parallel attention + MLP"),
+    "gptj": ("GPTJConfig", lambda: dict(vocab_size=D_VOCAB, n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS,
+                                        n_positions=N_CTX, rotary_dim=8, initializer_range=INIT, **SPECIAL),
+             "interleaved partial rotary, parallel attention + MLP, attention computed inside HF"),
+    "opt": ("OPTConfig", lambda: dict(vocab_size=D_VOCAB, hidden_size=D_MODEL, ffn_dim=2 * D_MODEL,
+                                      num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
+                                      max_position_embeddings=N_CTX, word_embed_proj_dim=D_MODEL, init_std=INIT,
+                                      **SPECIAL),
+            "learned positions with offset, query scaled before the scores, attention computed inside HF"),
+    "falcon": ("FalconConfig", lambda: dict(vocab_size=D_VOCAB, hidden_size=D_MODEL, num_hidden_layers=N_LAYERS,
+                                            num_attention_heads=N_HEADS, max_position_embeddings=N_CTX,
+                                            initializer_range=INIT, **SPECIAL),
+               "multi-query, RoPE, parallel attention + MLP, fused qkv"),
+    "bloom": ("BloomConfig", lambda: dict(vocab_size=D_VOCAB, hidden_size=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS,
+                                          initializer_range=INIT, **SPECIAL),
+              "ALiBi, fused qkv, embedding LayerNorm"),
+    "gpt_oss": ("GptOssConfig", lambda: _llama_like(head_dim=16, sliding_window=WINDOW, num_local_experts=4,
+                                                    num_experts_per_tok=2),
+                "learned sink logits, alternating sliding windows, mixture-of-experts MLP"),
+}
+
+FAMILIES = tuple(ZOO)
+
+
+def zoo_config(family: str) -> Any:
+    """The ``transformers`` config of a zoo family (eager attention)."""
+    import transformers
+
+    if family not in ZOO:
+        raise ValueError(f"unknown family {family!r}; the zoo has {', '.join(FAMILIES)}")
+    cls_name, kwargs, _ = ZOO[family]
+    cls = getattr(transformers, cls_name, None)
+    if cls is None:  # pragma: no cover - an older transformers
+        raise ValueError(f"transformers {transformers.__version__} has no {cls_name}; family {family!r} needs a newer release")
+    cfg = cls(**kwargs())
+    cfg._attn_implementation = "eager"
+    return cfg
+
+
+def tiny_hf_checkpoint_model(family: str, seed: int = 0) -> Any:
+    """The random HF model of :func:`tiny_checkpoint` (eager attention, eval mode), not saved."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = zoo_config(family)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            leaf = name.rsplit(".", 1)[0].rsplit(".", 1)[-1]
+            if leaf in ("q_norm", "k_norm"):
+                # QK-norm caps |q.k|: larger gains keep attention peaked (Gemma-3 stores the gain as 1 + w)
+                if family == "gemma3":
+                    p.fill_(2.0)
+                else:
+                    p.mul_(3.0)
+    model.config.architectures = [type(model).__name__]
+    return model.eval()
+
+
+def tiny_checkpoint(family: str, directory: str | os.PathLike[str] | None = None, seed: int = 0) -> Path:
+    """Save a tiny random checkpoint of ``family`` (no tokenizer files) and return its folder.
+
+    Args:
+        family: one of :data:`FAMILIES` (``"llama"``, ``"gemma2"``, ``"gpt_neox"``, ``"bloom"``...).
+        directory: where to write it (default: a new temporary folder). Written to a temporary
+            folder beside it and renamed into place, so a killed call leaves nothing half-written.
+        seed: weights' random seed.
+
+    Examples:
+        >>> path = tiny_checkpoint("mistral")
+        >>> sorted(p.name for p in path.iterdir())
+        ['config.json', 'generation_config.json', 'model.safetensors']
+    """
+    from transformers.utils import logging as hf_logging
+
+    model = tiny_hf_checkpoint_model(family, seed)
+    if directory is None:
+        target = Path(tempfile.mkdtemp(prefix=f"sink-interp-{family}-"))
+        target.rmdir()
+    else:
+        target = Path(directory).expanduser()
+        if target.exists() and any(target.iterdir()):
+            raise FileExistsError(f"directory {str(target)!r} exists and is not empty; fix: pass a new folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(str(tmp))
+        if target.exists():
+            target.rmdir()
+        os.replace(tmp, target)
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
