@@ -8,7 +8,9 @@ positions):
     window w: only t - j < w              (the last w keys, the query included)
     sinks s:  keys j < s stay visible through the window (StreamingLLM)
 
-so ``visible(t, j) = (j <= t or (j < p and t < p)) and (w is None or t - j < w or j < s)``.
+    limit L: only t - j < L, sinks included (the model's own sliding window)
+
+so ``visible(t, j) = (j <= t or (j < p and t < p)) and (w is None or t - j < w or j < s) and (L is None or t - j < L)``.
 
 The mask describes the model's attention: every sink-score method applies it
 (``measure_sinks(..., mask=...)``): the pattern path and the hooks engine
@@ -55,6 +57,8 @@ class AttentionMask:
         window: each query sees the last ``window`` keys (itself included); ``None``: no window.
         prefix: the first ``prefix`` tokens attend to each other both ways (prefix LM); 0 or 1: none.
         sinks: with a window, the first ``sinks`` keys stay visible to every later query (StreamingLLM).
+        limit: a window no key escapes, sinks included: the model's own sliding window, which
+            :meth:`sink_interp.architecture.LayerAttention.mask` adds per layer (``None``: none).
 
     Examples:
         >>> import torch
@@ -70,9 +74,11 @@ class AttentionMask:
     window: int | None = None
     prefix: int = 0
     sinks: int = 0
+    limit: int | None = None
 
     def __post_init__(self) -> None:
         _check_int(self.window, "window", 1, allow_none=True)
+        _check_int(self.limit, "limit", 1, allow_none=True)
         _check_int(self.prefix, "prefix", 0)
         _check_int(self.sinks, "sinks", 0)
         if self.sinks and self.window is None:
@@ -81,7 +87,14 @@ class AttentionMask:
     @property
     def is_causal(self) -> bool:
         """True when the mask is plain causal attention."""
-        return self.window is None and self.prefix <= 1
+        return self.window is None and self.prefix <= 1 and self.limit is None
+
+    def within(self, limit: int | None) -> "AttentionMask":
+        """This mask inside a hard window of ``limit`` keys (the tighter one when it already has a limit)."""
+        if limit is None:
+            return self
+        new = int(limit) if self.limit is None else min(int(limit), self.limit)
+        return AttentionMask(window=self.window, prefix=self.prefix, sinks=self.sinks, limit=new)
 
     def visible(self, t: Tensor, j: Tensor) -> Bool[Tensor, "q k"]:
         """``[len(t), len(j)]`` booleans: query position ``t[i]`` sees key position ``j[m]``."""
@@ -95,6 +108,8 @@ class AttentionMask:
             if self.sinks:
                 near = near | (jj < self.sinks)
             ok = ok & near
+        if self.limit is not None:
+            ok = ok & ((tt - jj) < self.limit)
         return ok
 
     def dense(self, length: int, device: torch.device | str | None = None) -> Bool[Tensor, "q k"]:
@@ -108,14 +123,17 @@ class AttentionMask:
         hi = stop
         if self.prefix > start:
             hi = max(stop, min(self.prefix, length))
+        floor = 0 if self.limit is None else max(0, start - self.limit + 1)  # no key below this is visible
         lo = 0 if self.window is None else max(0, start - self.window + 1)
-        if lo > 0 and self.sinks:
-            s = min(self.sinks, lo)
-            return torch.cat([torch.arange(0, s), torch.arange(lo, hi)])
-        return slice(lo, hi)
+        if lo > floor and self.sinks and floor < min(self.sinks, lo):
+            return torch.cat([torch.arange(floor, min(self.sinks, lo)), torch.arange(lo, hi)])
+        return slice(max(lo, floor), hi)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["limit"] is None:
+            del d["limit"]
+        return d
 
     def describe(self) -> str:
         parts = ["causal"]
@@ -125,6 +143,8 @@ class AttentionMask:
             parts.append(f"window {self.window}")
         if self.sinks:
             parts.append(f"{self.sinks} sink tokens")
+        if self.limit is not None:
+            parts.append(f"model window {self.limit}")
         return " + ".join(parts)
 
 

@@ -1,0 +1,712 @@
+"""How each layer of a loaded model forms its attention: one description, read from its config and modules.
+
+Every analysis that computes attention itself (the blockwise ``lse`` scores,
+the fused engine, masks, the interventions, streaming, the trace links) asks
+this module, and nothing else, how layer ``l`` turns its queries and keys into
+attention weights:
+
+    s[t, j] = softcap(scale * q_t . k_j) + alibi[h, j]          (cap * tanh(x / cap) when soft-capped)
+    A[t, j] = exp(s[t, j]) / (sum_{i visible} exp(s[t, i]) + exp(sink_h))   over visible keys j
+
+with ``q`` and ``k`` after the model's QK-norm and rotary embedding, visible
+meaning causal and inside the layer's sliding window (``t - j < window``), and
+``sink_h`` the learned sink logit of gpt-oss-style models (absent elsewhere).
+:func:`describe_attention` reads, per layer:
+
+* **where q and k are**: the bridge hooks that carry them as they meet
+  (``hook_rot_q``/``hook_rot_k`` where the bridge fires them after RoPE), or
+  the hooks before the rotary embedding plus the rotation to apply (GPT-NeoX,
+  Phi-3 and Falcon, whose bridges rotate without firing those hooks, and GPT-J,
+  whose attention runs inside Hugging Face);
+* the **scale** (``1/sqrt(d)``, ``query_pre_attn_scalar``, ``attention_multiplier``...),
+  **logit soft-capping**, the **sliding window** of each layer (alternating
+  local/global layers), **ALiBi**, **learned sink logits**;
+* the **rotary** style (rotate-half or interleaved), the rotated dims and the
+  Hugging Face module that makes its tables;
+* **QK-norm**, **Q/K/V biases**, the **GQA** mapping (query head ``h`` reads KV
+  head ``h // (H / G)``), **parallel** attention + MLP, the **norm gain**
+  convention (Gemma stores ``g = 1 + w``), **fused** ``qkv`` / ``gate_up``
+  weights, mixture-of-experts MLPs;
+* whether edits at ``hook_attn_scores`` / ``hook_pattern`` reach the output
+  (they do not where the bridge hands attention to the Hugging Face module and
+  only reports its weights afterwards: OPT, GPT-J).
+
+:func:`check_attention` compares the description with the model's own
+``hook_pattern`` on a short input; the tests do this for every family of the
+zoo (:mod:`sink_interp.zoo`) against Hugging Face eager attention.
+
+Examples:
+    >>> from sink_interp import load_model, describe_attention
+    >>> from sink_interp.zoo import tiny_checkpoint
+    >>> spec = describe_attention(load_model(str(tiny_checkpoint("gemma2"))))
+    >>> [(la.window, la.softcap, round(la.scale, 4)) for la in spec.layers]
+    [(8, 5.0, 0.2041), (None, 5.0, 0.2041)]
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from ._internal import hooknames
+from .masks import AttentionMask, as_mask
+
+#: how the bridge runs a layer's attention
+#: ``"rotated"``: the bridge computes attention itself and fires hook_rot_q/hook_rot_k as q and k meet;
+#: ``"joint"``: the bridge computes attention itself from hook_q/hook_k (rotating them without a hook where the model
+#: has RoPE); ``"alibi"``: like joint, plus Bloom's ALiBi bias; ``"delegated"``: the Hugging Face module computes
+#: attention and the bridge reports its weights afterwards (edits at hook_attn_scores/hook_pattern are ignored).
+KINDS = ("rotated", "joint", "alibi", "delegated")
+
+
+class UnsupportedAttention(NotImplementedError):
+    """The description cannot reproduce this model's attention scores; the message names the feature and the alternative."""
+
+
+# --------------------------------------------------------------------------- rotary
+
+
+@dataclass(frozen=True, eq=False)
+class Rotary:
+    """A rotary position embedding: which dims rotate, how, and the model's own table maker.
+
+    ``style``: ``"half"`` (Llama, GPT-NeoX: ``x cos + rotate_half(x) sin`` on the first ``dims`` dims)
+    or ``"interleaved"`` (GPT-J: adjacent pairs). ``in_hooks``: the bridge fires ``hook_rot_q`` /
+    ``hook_rot_k`` with rotated q and k; otherwise :meth:`apply` rotates ``hook_q`` / ``hook_k``.
+    """
+
+    style: str
+    dims: int
+    in_hooks: bool
+    module: Any = field(repr=False, default=None)
+    layer_type: str | None = None
+    duplicate_halves: bool = False
+
+    def tables(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """``(cos, sin)`` ``[1 or b, T, dims]`` for ``positions`` (``[T]`` or ``[b, T]``), from the model's rotary module."""
+        if self.module is None:
+            raise UnsupportedAttention("this rotary embedding has no table module to rotate at other positions; fix: positions='original'")
+        pos = positions.reshape(1, -1) if positions.dim() == 1 else positions
+        pos = pos.to(x.device)
+        params = inspect.signature(self.module.forward).parameters
+        with torch.no_grad():
+            if "layer_type" in params:
+                out = self.module(x, pos, self.layer_type)
+            else:
+                out = self.module(x, pos)
+        a, b = out[0], out[1]
+        cos, sin = (b, a) if self.style == "interleaved" else (a, b)  # GPT-J's module returns (sin, cos)
+        if self.style == "interleaved":
+            cos, sin = cos.repeat_interleave(2, -1), sin.repeat_interleave(2, -1)
+        elif self.duplicate_halves:
+            cos, sin = torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)
+        return cos.to(x.dtype), sin.to(x.dtype)
+
+    def apply(self, x: Float[Tensor, "b T heads d"], positions: Tensor | None = None) -> Float[Tensor, "b T heads d"]:
+        """``x`` rotated to ``positions`` (default ``0..T-1``) exactly as the model rotates its q and k."""
+        T = x.shape[1]
+        if positions is None:
+            positions = torch.arange(T, device=x.device)
+        cos, sin = self.tables(x, positions)
+        r = cos.shape[-1]
+        cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # broadcast over heads
+        xr, xp = x[..., :r], x[..., r:]
+        if self.style == "interleaved":
+            x1, x2 = xr[..., ::2], xr[..., 1::2]
+            turned = torch.stack((-x2, x1), dim=-1).flatten(-2)
+        else:
+            turned = torch.cat((-xr[..., r // 2 :], xr[..., : r // 2]), dim=-1)
+        out = xr * cos + turned * sin
+        return torch.cat([out, xp], dim=-1) if xp.shape[-1] else out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"style": self.style, "dims": self.dims, "in_hooks": self.in_hooks}
+
+
+# --------------------------------------------------------------------------- one layer
+
+
+@dataclass(frozen=True, eq=False)
+class LayerAttention:
+    """How one layer forms its attention (see the module docstring for the formula).
+
+    Examples:
+        >>> from sink_interp import tiny_model, describe_attention
+        >>> la = describe_attention(tiny_model()).layer(0)
+        >>> la.kind, la.q_hook, la.scale
+        ('rotated', 'blocks.0.attn.hook_rot_q', 0.25)
+    """
+
+    layer: int
+    kind: str
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    scale: float
+    q_hook: str
+    k_hook: str
+    rotary: Rotary | None
+    softcap: float | None = None
+    window: int | None = None
+    alibi: str | None = None
+    qk_norm: str | None = None
+    module: Any = field(repr=False, default=None)
+    unsupported: tuple[str, ...] = ()
+
+    # ------------------------------------------------------------ facts
+    @property
+    def group(self) -> int:
+        """Query heads per KV head."""
+        return self.n_heads // self.n_kv_heads
+
+    def kv_head(self, head: int) -> int:
+        """The KV head query head ``head`` reads."""
+        return head // self.group
+
+    @property
+    def scores_hookable(self) -> bool:
+        """Whether edits at ``hook_attn_scores`` / ``hook_pattern`` reach the layer's output."""
+        return self.kind != "delegated"
+
+    @property
+    def rotate_after_hooks(self) -> Rotary | None:
+        """The rotation to apply to ``q_hook`` / ``k_hook`` (None when they are final)."""
+        return None if self.rotary is None or self.rotary.in_hooks else self.rotary
+
+    @property
+    def q_pre_rotary_hook(self) -> str:
+        """Queries right before the rotary embedding (after QK-norm where the model has one)."""
+        return hooknames.block(self.layer, "attn.hook_q_normed") if self.qk_norm else hooknames.q(self.layer)
+
+    @property
+    def k_pre_rotary_hook(self) -> str:
+        """Keys right before the rotary embedding (after QK-norm where the model has one)."""
+        return hooknames.block(self.layer, "attn.hook_k_normed") if self.qk_norm else hooknames.k(self.layer)
+
+    def sink_logits(self) -> Tensor | None:
+        """The learned per-head sink logits ``[H]`` (gpt-oss), read live from the module; None elsewhere."""
+        s = getattr(self.module, "sinks", None)
+        return s if isinstance(s, Tensor) else None
+
+    @property
+    def has_sink_logits(self) -> bool:
+        return self.sink_logits() is not None
+
+    def mask(self, mask: AttentionMask | dict[str, Any] | None = None) -> AttentionMask:
+        """The keys each query sees: ``mask`` (default causal) within the layer's own sliding window."""
+        m = as_mask(mask)
+        return m.within(self.window) if self.window is not None else m
+
+    def check_supported(self, what: str) -> None:
+        """Raise :class:`UnsupportedAttention` naming the feature when q/k cannot give this layer's scores."""
+        if self.unsupported:
+            raise UnsupportedAttention(
+                f"{what}: layer {self.layer} uses {', '.join(self.unsupported)}, which sink_interp cannot rebuild from q and k; "
+                "fix: method='pattern' (reads the model's own attention weights)"
+            )
+
+    # ------------------------------------------------------------ scores
+    def final_qk(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``q``/``k`` as read at :attr:`q_hook`/:attr:`k_hook` (``[b, T, heads, d]``) turned into the ones that meet."""
+        rot = self.rotate_after_hooks
+        if rot is None:
+            return q, k
+        return rot.apply(q, positions), rot.apply(k, positions)
+
+    def alibi_bias(self, key_positions: Tensor, dtype: torch.dtype = torch.float32) -> Float[Tensor, "H K"]:
+        """The ALiBi term ``[H, K]`` the model adds to its scores for keys at ``key_positions`` (0 without ALiBi)."""
+        H = self.n_heads
+        if self.alibi is None:
+            return torch.zeros(H, key_positions.numel(), dtype=dtype, device=key_positions.device)
+        from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+        K = int(key_positions.max()) + 1
+        table = build_alibi_tensor(torch.ones(1, K, dtype=torch.long, device=key_positions.device), H, torch.float32)
+        return table.reshape(H, K)[:, key_positions].to(dtype)
+
+    def logits(
+        self,
+        q: Float[Tensor, "b H Q d"],
+        k: Float[Tensor, "b G K d"],
+        key_positions: Tensor | None = None,
+    ) -> Float[Tensor, "b H Q K"]:
+        """Scaled (soft-capped, ALiBi-biased) scores in float32, before any mask; GQA keys are not copied."""
+        self.check_supported("attention scores from q and k")
+        b, H, Q, d = q.shape
+        G, K = k.shape[1], k.shape[2]
+        r = H // G
+        s = torch.matmul(q.float().reshape(b, G, r * Q, d), k.float().transpose(-1, -2)).view(b, H, Q, K)
+        s = s * self.scale
+        if self.softcap is not None:
+            s = torch.tanh(s / self.softcap) * self.softcap
+        if self.alibi is not None:
+            kp = torch.arange(K, device=s.device) if key_positions is None else key_positions.to(s.device)
+            s = s + self.alibi_bias(kp)[None, :, None, :]
+        return s
+
+    def pattern(
+        self,
+        q: Float[Tensor, "b H T d"],
+        k: Float[Tensor, "b G T d"],
+        mask: AttentionMask | None = None,
+    ) -> Float[Tensor, "b H T T"]:
+        """The attention weights ``[b, H, T, T]`` (float32) from final q and k: a reference for short inputs."""
+        T = q.shape[2]
+        s = self.logits(q, k)
+        vis = self.mask(mask).dense(T, device=s.device)
+        s = s.masked_fill(~vis, float("-inf"))
+        sinks = self.sink_logits()
+        if sinks is not None:
+            col = sinks.detach().float().to(s.device).reshape(1, -1, 1, 1).expand(s.shape[0], -1, T, 1)
+            return torch.softmax(torch.cat([s, col], -1), -1)[..., :-1]
+        return torch.softmax(s, -1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer, "kind": self.kind, "scale": self.scale, "softcap": self.softcap, "window": self.window,
+            "alibi": self.alibi, "qk_norm": self.qk_norm, "sink_logits": self.has_sink_logits,
+            "rotary": None if self.rotary is None else self.rotary.to_dict(),
+            "q_hook": self.q_hook, "k_hook": self.k_hook, "scores_hookable": self.scores_hookable,
+            "unsupported": list(self.unsupported),
+        }
+
+
+# --------------------------------------------------------------------------- the whole model
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionSpec:
+    """The description of a model's attention, layer by layer, and the block facts around it.
+
+    Examples:
+        >>> from sink_interp import tiny_model, describe_attention
+        >>> spec = describe_attention(tiny_model(attention="mqa"))
+        >>> spec.family, spec.n_kv_heads, spec.positional, spec.layer(1).window
+        ('llama', 1, 'rope', None)
+    """
+
+    family: str
+    architecture: str
+    layers: tuple[LayerAttention, ...]
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    positional: str
+    qkv_bias: bool
+    parallel: bool
+    pre_norm: bool
+    norm: str
+    gain_offset: float
+    fused_qkv: bool
+    fused_gate_up: bool
+    moe: bool
+
+    def layer(self, layer: int) -> LayerAttention:
+        """The description of layer ``layer`` (negative counts from the end)."""
+        L = len(self.layers)
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -L <= layer < L:
+            raise ValueError(f"layer must be an integer in 0..{L - 1}, got {layer!r}")
+        return self.layers[layer]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def windows(self) -> list[int | None]:
+        return [la.window for la in self.layers]
+
+    @property
+    def has_sink_logits(self) -> bool:
+        return any(la.has_sink_logits for la in self.layers)
+
+    @property
+    def softcap(self) -> float | None:
+        caps = {la.softcap for la in self.layers}
+        return caps.pop() if len(caps) == 1 else None
+
+    @property
+    def scores_hookable(self) -> bool:
+        return all(la.scores_hookable for la in self.layers)
+
+    @property
+    def unsupported(self) -> list[str]:
+        return sorted({u for la in self.layers for u in la.unsupported})
+
+    def features(self) -> list[str]:
+        """The ways this model departs from plain causal softmax attention with RoPE, in words."""
+        out = []
+        scales = {round(la.scale, 6) for la in self.layers}
+        if scales != {round(self.d_head**-0.5, 6)}:
+            out.append("scale " + "/".join(f"{s:g}" for s in sorted(scales)))
+        if any(la.softcap for la in self.layers):
+            out.append(f"soft-cap {self.softcap:g}" if self.softcap else "soft-cap")
+        ws = self.windows
+        if any(w is not None for w in ws):
+            out.append("sliding window " + ("on all layers" if all(w is not None for w in ws) else "on some layers") + f" ({max(w for w in ws if w)})")
+        if any(la.alibi for la in self.layers):
+            out.append("ALiBi")
+        if self.has_sink_logits:
+            out.append("learned sink logits")
+        if any(la.qk_norm for la in self.layers):
+            out.append("QK-norm")
+        rot = next((la.rotary for la in self.layers if la.rotary is not None), None)
+        if rot is not None and (rot.style != "half" or rot.dims < self.d_head):
+            out.append(f"{'interleaved' if rot.style == 'interleaved' else 'rotate-half'} rotary on {rot.dims}/{self.d_head} dims")
+        if self.n_kv_heads not in (self.n_heads,):
+            out.append("MQA" if self.n_kv_heads == 1 else f"GQA ({self.n_heads} q / {self.n_kv_heads} kv heads)")
+        if self.qkv_bias:
+            out.append("QKV bias")
+        if self.parallel:
+            out.append("parallel attention + MLP")
+        if not self.pre_norm:
+            out.append("no norm before attention")
+        if self.gain_offset:
+            out.append("norm gain 1 + w")
+        if self.fused_qkv:
+            out.append("fused qkv")
+        if self.fused_gate_up:
+            out.append("fused gate_up")
+        if self.moe:
+            out.append("mixture of experts")
+        if not self.scores_hookable:
+            out.append("attention inside HF (scores rebuilt from q, k, v)")
+        return out
+
+    def norm_gain(self, model: Any, layer: int | None, which: str = "ln1") -> tuple[Tensor | None, Tensor | None]:
+        """Effective gain ``g`` and bias of ``blocks[layer].<which>`` (``ln_final`` for layer None), float32 on the CPU.
+
+        The gain is what multiplies the normalised input (``1 + w`` for Gemma's RMSNorm); ``(None, None)``
+        when the block has no such norm.
+        """
+        module = getattr(model, "ln_final", None) if layer is None else getattr(model.blocks[layer], which, None)
+        if module is None:
+            return None, None
+        w = getattr(module, "weight", None)
+        if w is None:
+            w = getattr(module, "w", None)
+        if not isinstance(w, Tensor):
+            return None, None
+        g = w.detach().float().cpu()
+        if getattr(module, "uses_weight_offset", False):
+            g = g + 1.0
+        b = getattr(getattr(module, "original_component", None), "bias", None)
+        if b is None:
+            b = getattr(module, "b", None)
+        b = b.detach().float().cpu() if isinstance(b, Tensor) else None
+        return g, b
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "family": self.family, "architecture": self.architecture, "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads, "d_head": self.d_head, "positional": self.positional,
+            "qkv_bias": self.qkv_bias, "parallel": self.parallel, "pre_norm": self.pre_norm, "norm": self.norm,
+            "gain_offset": self.gain_offset, "fused_qkv": self.fused_qkv, "fused_gate_up": self.fused_gate_up,
+            "moe": self.moe, "features": self.features(), "layers": [la.to_dict() for la in self.layers],
+        }
+
+    def summary(self) -> str:
+        """One line: family and its departures from plain attention."""
+        return f"{self.family} ({self.architecture}): " + (", ".join(self.features()) or "plain causal softmax attention")
+
+
+# --------------------------------------------------------------------------- reading a model
+
+_CACHE: "weakref.WeakKeyDictionary[Any, AttentionSpec]" = weakref.WeakKeyDictionary()
+
+
+def _unwrap(obj: Any) -> Any:
+    """The Hugging Face module a TransformerLens bridge component wraps (the object itself otherwise)."""
+    while type(obj).__module__.startswith("transformer_lens") and getattr(obj, "original_component", None) is not None:
+        obj = obj.original_component
+    return obj
+
+
+def _bridge_kind(attn: Any) -> str:
+    from transformer_lens.model_bridge.generalized_components import attention as tl_attention
+
+    mods = {}
+    for modname, cls in (
+        ("position_embeddings_attention", "PositionEmbeddingsAttentionBridge"),
+        ("joint_qkv_position_embeddings_attention", "JointQKVPositionEmbeddingsAttentionBridge"),
+        ("joint_qkv_attention", "JointQKVAttentionBridge"),
+        ("bloom_attention", "BloomAttentionBridge"),
+        ("alibi_joint_qkv_attention", "ALiBiJointQKVAttentionBridge"),
+    ):
+        try:
+            module = __import__(f"transformer_lens.model_bridge.generalized_components.{modname}", fromlist=[cls])
+            mods[cls] = getattr(module, cls)
+        except (ImportError, AttributeError):  # pragma: no cover - TransformerLens layout changed
+            pass
+
+    def isa(name: str) -> bool:
+        return name in mods and isinstance(attn, mods[name])
+
+    if isa("PositionEmbeddingsAttentionBridge"):
+        return "rotated"
+    if isa("ALiBiJointQKVAttentionBridge"):
+        return "alibi-falcon"
+    if isa("BloomAttentionBridge"):
+        return "alibi"
+    if isa("JointQKVPositionEmbeddingsAttentionBridge") or isa("JointQKVAttentionBridge"):
+        return "joint"
+    if type(attn).forward is tl_attention.AttentionBridge.forward:
+        return "delegated"
+    return "unknown"
+
+
+def _rotary_module(hf_model: Any) -> Any:
+    """The model-level rotary table maker (``model.rotary_emb``...), unwrapped; None when there is none."""
+    best = None
+    for name, mod in hf_model.named_modules():
+        inner = _unwrap(mod)
+        if type(inner).__name__.endswith("RotaryEmbedding") and ".layers." not in f".{name}." and ".h." not in f".{name}.":
+            if best is None or name.count(".") < best[0].count("."):
+                best = (name, inner)
+    return None if best is None else best[1]
+
+
+def _rotary_fraction(cfg: Any) -> float:
+    d = cfg.to_dict()
+    for src in (d.get("rope_parameters"), d.get("rope_scaling"), d):
+        if isinstance(src, dict):
+            for key in ("partial_rotary_factor", "rotary_pct"):
+                if src.get(key) is not None:
+                    return float(src[key])
+    return 1.0
+
+
+def _layer_types(cfg: Any, n_layers: int) -> list[str]:
+    types = getattr(cfg, "layer_types", None)
+    if isinstance(types, (list, tuple)) and len(types) >= n_layers:
+        return [str(t) for t in types[:n_layers]]
+    return ["full_attention"] * n_layers
+
+
+def _window(cfg: Any, layer_type: str) -> int | None:
+    w = getattr(cfg, "sliding_window", None)
+    if not w or getattr(cfg, "use_sliding_window", True) is False and "sliding" not in layer_type:
+        return None
+    if getattr(cfg, "layer_types", None) is not None:
+        return int(w) if "sliding" in layer_type else None
+    return int(w)
+
+
+def _uses_rope(cfg: Any, layer: int, hf_attn: Any) -> bool:
+    no_rope = getattr(cfg, "no_rope_layers", None)
+    if isinstance(no_rope, (list, tuple)) and layer < len(no_rope):
+        return bool(no_rope[layer])  # SmolLM3 / Llama-4: 1 = this layer uses RoPE
+    use = getattr(hf_attn, "use_rope", None)
+    return True if use is None else bool(use)
+
+
+def describe_attention(model: Any) -> AttentionSpec:
+    """Read how every layer of ``model`` (a TransformerBridge) forms its attention.
+
+    Cached per model. Features sink_interp cannot rebuild from q and k are listed per layer
+    (``LayerAttention.unsupported``); analyses that need them refuse with the feature named.
+
+    Examples:
+        >>> from sink_interp import load_model
+        >>> from sink_interp.zoo import tiny_checkpoint
+        >>> spec = describe_attention(load_model(str(tiny_checkpoint("gpt_neox"))))
+        >>> la = spec.layer(0)
+        >>> la.kind, la.q_hook, la.rotary.dims, spec.parallel
+        ('joint', 'blocks.0.attn.hook_q', 4, True)
+    """
+    try:
+        cached = _CACHE.get(model)
+    except TypeError:  # not weak-referenceable
+        cached = None
+    if cached is not None:
+        return cached
+    spec = _describe(model)
+    try:
+        _CACHE[model] = spec
+    except TypeError:  # pragma: no cover
+        pass
+    return spec
+
+
+def _describe(model: Any) -> AttentionSpec:
+    cfg = model.cfg
+    hf_model = getattr(model, "original_model", None)
+    hf_cfg = getattr(hf_model, "config", None)
+    if hf_cfg is not None and hasattr(hf_cfg, "get_text_config"):
+        hf_cfg = hf_cfg.get_text_config()
+    L, H, d = int(cfg.n_layers), int(cfg.n_heads), int(cfg.d_head)
+    G = int(getattr(cfg, "n_key_value_heads", None) or H)
+    family = str(getattr(hf_cfg, "model_type", "") or "unknown")
+    arch = type(hf_model).__name__ if hf_model is not None else type(model).__name__
+    types = _layer_types(hf_cfg, L) if hf_cfg is not None else ["full_attention"] * L
+    rot_module = _rotary_module(hf_model) if hf_model is not None else None
+    fraction = _rotary_fraction(hf_cfg) if hf_cfg is not None else 1.0
+    points = model.hook_dict
+    positional_cfg = str(getattr(cfg, "positional_embedding_type", "") or "").lower()
+
+    layers = []
+    for l in range(L):
+        attn = model.blocks[l].attn
+        hf_attn = _unwrap(attn)
+        kind = _bridge_kind(attn)
+        unsupported: list[str] = []
+        softcap = getattr(hf_attn, "attn_logit_softcapping", None)
+        window = _window(hf_cfg, types[l]) if hf_cfg is not None else None
+        if "chunked" in types[l]:
+            unsupported.append("chunked attention")
+        alibi = None
+        rotary = None
+        subs = getattr(attn, "submodules", {}) or {}
+        qk_norm = None
+        if "q_norm" in subs or "k_norm" in subs:
+            qk_norm = "all-heads" if getattr(attn, "_qk_norm_phase", None) == "pre_reshape" else "per-head"
+        if kind == "rotated":
+            scale = float(getattr(hf_attn, "scaling", d**-0.5))
+            q_hook, k_hook = hooknames.rot_q(l), hooknames.rot_k(l)
+            if getattr(cfg, "qk_norm_after_rope", False) and qk_norm:
+                q_hook, k_hook = hooknames.block(l, "attn.hook_q_normed"), hooknames.block(l, "attn.hook_k_normed")
+            if rot_module is not None and _uses_rope(hf_cfg, l, hf_attn) and positional_cfg in ("rotary", ""):
+                if getattr(cfg, "rotary_interleaved_cos_sin", False) or getattr(cfg, "rotary_adjacent_pairs", False):
+                    style = "adjacent"
+                else:
+                    style = "half"
+                rotary = Rotary(style, int(round(d * fraction)), True, rot_module,
+                                layer_type=types[l], duplicate_halves=family == "gpt_oss")
+        elif kind in ("joint", "alibi", "alibi-falcon"):
+            scale = d**-0.5
+            if getattr(attn.config, "scale_attn_by_inverse_layer_idx", False) and getattr(attn, "_layer_idx", None) is not None:
+                scale /= float(attn._layer_idx + 1)
+            q_hook, k_hook = hooknames.q(l), hooknames.k(l)
+            if getattr(attn, "requires_position_embeddings", False) and rot_module is not None:
+                rotary = Rotary("half", int(round(d * fraction)), False, rot_module)
+            if kind == "alibi":
+                alibi = "bloom"
+            elif kind == "alibi-falcon":
+                unsupported.append("Falcon's ALiBi (added twice in Hugging Face's eager attention)")
+        elif kind == "delegated":
+            scale = float(getattr(hf_attn, "scaling", d**-0.5))
+            q_hook, k_hook = hooknames.q(l), hooknames.k(l)
+            if family in ("gptj",) and rot_module is not None:
+                rd = getattr(hf_cfg, "rotary_dim", None) or d
+                rotary = Rotary("interleaved", int(rd), False, rot_module)
+            elif rot_module is not None:
+                unsupported.append(f"rotary embedding applied inside {type(hf_attn).__name__}")
+        else:
+            scale = float(getattr(hf_attn, "scaling", d**-0.5))
+            q_hook, k_hook = hooknames.q(l), hooknames.k(l)
+            unsupported.append(f"attention bridge {type(attn).__name__}")
+        if rotary is not None and rotary.style == "adjacent":
+            unsupported.append("adjacent-pair rotary")
+        for nm in (q_hook, k_hook):
+            if nm not in points:
+                unsupported.append(f"no hook {nm}")
+        layers.append(LayerAttention(
+            layer=l, kind=kind if kind in KINDS else "unknown", n_heads=H, n_kv_heads=G, d_head=d, scale=scale,
+            q_hook=q_hook, k_hook=k_hook, rotary=rotary,
+            softcap=None if softcap is None else float(softcap), window=window, alibi=alibi, qk_norm=qk_norm,
+            module=hf_attn, unsupported=tuple(dict.fromkeys(unsupported)),
+        ))
+
+    hf_first = _unwrap(model.blocks[0].attn)
+    names = {n for n, _ in hf_first.named_children()} if isinstance(hf_first, torch.nn.Module) else set()
+    fused_qkv = bool(names & {"qkv_proj", "query_key_value", "c_attn", "Wqkv", "W_pack"})
+    qkv_bias = False
+    for nm in ("q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "c_attn"):
+        sub = getattr(hf_first, nm, None)
+        if sub is not None and getattr(sub, "bias", None) is not None:
+            qkv_bias = True
+    mlp = _unwrap(model.blocks[0].mlp) if hasattr(model.blocks[0], "mlp") else None
+    mlp_names = {n for n, _ in mlp.named_modules()} if isinstance(mlp, torch.nn.Module) else set()
+    fused_gate_up = any(n.endswith("gate_up_proj") for n in mlp_names) or any(
+        "gate_up_proj" in n for n, _ in (mlp.named_parameters() if isinstance(mlp, torch.nn.Module) else []))
+    moe = bool(getattr(hf_cfg, "num_local_experts", None) or getattr(hf_cfg, "num_experts", None)
+               or any("expert" in n for n in mlp_names))
+    parallel = hooknames.resid_mid(0) not in points
+    pre_norm = hooknames.ln1_normalized(0) in points
+    ln = getattr(model.blocks[0], "ln1", None) or getattr(model.blocks[0], "ln2", None)
+    norm = "rms" if getattr(ln, "uses_rms_norm", str(getattr(cfg, "normalization_type", "")).startswith("RMS")) else "layer"
+    gain_offset = 1.0 if getattr(ln, "uses_weight_offset", False) else 0.0
+    if any(la.alibi for la in layers):
+        positional = "alibi"
+    elif any(la.rotary is not None for la in layers):
+        positional = "rope" if all(la.rotary is not None for la in layers) else "rope+nope"
+    elif "pos_embed" in dict(model.named_children()):
+        positional = "learned"
+    else:
+        positional = "nope"
+    return AttentionSpec(
+        family=family, architecture=arch, layers=tuple(layers), n_heads=H, n_kv_heads=G, d_head=d,
+        positional=positional, qkv_bias=qkv_bias, parallel=parallel, pre_norm=pre_norm, norm=norm,
+        gain_offset=gain_offset, fused_qkv=fused_qkv, fused_gate_up=fused_gate_up, moe=moe,
+    )
+
+
+# --------------------------------------------------------------------------- checking it
+
+
+def qk_hooks(model: Any, layers: Sequence[int] | None = None) -> list[str]:
+    """The hook names that carry every chosen layer's q and k (see :attr:`LayerAttention.q_hook`)."""
+    spec = describe_attention(model)
+    out: list[str] = []
+    for l in range(spec.n_layers) if layers is None else layers:
+        la = spec.layer(l)
+        out += [la.q_hook, la.k_hook]
+    return out
+
+
+def check_attention(model: Any, tokens: Tensor | None = None, *, length: int = 24, seed: int = 0) -> dict[int, float]:
+    """``{layer: max |A_description - A_model|}``: the description against the model's own ``hook_pattern``.
+
+    Runs one short forward (default: one random sample of ``length`` tokens) and rebuilds each
+    layer's pattern from its q and k with :meth:`LayerAttention.pattern`. Layers the description
+    cannot rebuild are left out.
+
+    Examples:
+        >>> from sink_interp import tiny_model
+        >>> max(check_attention(tiny_model()).values()) < 1e-5
+        True
+    """
+    from .capture import Keep, model_device, run_reducers
+
+    spec = describe_attention(model)
+    if tokens is None:
+        gen = torch.Generator().manual_seed(seed)
+        tokens = torch.randint(0, int(model.cfg.d_vocab), (1, length), generator=gen)
+    layers = [la for la in spec.layers if not la.unsupported]
+    names = [n for la in layers for n in (la.q_hook, la.k_hook, hooknames.pattern(la.layer))]
+    keep = Keep(names, dtype=None)
+    run_reducers(model, tokens.to(model_device(model)), [keep], progress=False, stop_early=True)
+    got = keep.result()
+    out = {}
+    for la in layers:
+        q, k = la.final_qk(got[la.q_hook], got[la.k_hook])
+        A = la.pattern(q.transpose(1, 2), k.transpose(1, 2))
+        out[la.layer] = float((A - got[hooknames.pattern(la.layer)].float()).abs().max())
+    return out
+
+
+def expand_kv(x: Float[Tensor, "b G ... d"], n_heads: int, dim: int = 1) -> Tensor:
+    """Repeat KV heads along ``dim`` so that query head ``h`` meets KV head ``h // (H / G)``."""
+    G = x.shape[dim]
+    return x if G == n_heads else x.repeat_interleave(n_heads // G, dim=dim)
+
+
+def visible(la: LayerAttention, length: int, mask: AttentionMask | None = None, device: Any = None) -> Bool[Tensor, "q k"]:
+    """``[T, T]`` keys each query of layer ``la`` sees (causal, the layer's window, ``mask``)."""
+    return la.mask(mask).dense(length, device=device)
+
+
+__all__ = [
+    "AttentionSpec",
+    "LayerAttention",
+    "Rotary",
+    "UnsupportedAttention",
+    "check_attention",
+    "describe_attention",
+]
