@@ -212,12 +212,14 @@ class LayerAttention:
             )
 
     # ------------------------------------------------------------ scores
+    def final(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        """A tensor read at :attr:`q_hook` or :attr:`k_hook` (``[b, T, heads, d]``) as it meets the other in the scores."""
+        rot = self.rotate_after_hooks
+        return x if rot is None else rot.apply(x, positions)
+
     def final_qk(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``q``/``k`` as read at :attr:`q_hook`/:attr:`k_hook` (``[b, T, heads, d]``) turned into the ones that meet."""
-        rot = self.rotate_after_hooks
-        if rot is None:
-            return q, k
-        return rot.apply(q, positions), rot.apply(k, positions)
+        return self.final(q, positions), self.final(k, positions)
 
     def alibi_bias(self, key_positions: Tensor, dtype: torch.dtype = torch.float32) -> Float[Tensor, "H K"]:
         """The ALiBi term ``[H, K]`` the model adds to its scores for keys at ``key_positions`` (0 without ALiBi)."""

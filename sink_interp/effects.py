@@ -47,10 +47,11 @@ from torch import Tensor
 from ._internal import hooknames
 from ._internal.errors import check_eps, check_positive_int, check_tokens
 from ._internal.provenance import dumps, versions, write_atomic
+from .architecture import describe_attention
 from .capture import Keep, Reducer, model_device, run_reducers
 from .interventions import Intervention, KVBias, MaskKey, SinkLogit, _flatten, intervene
 from .metrics import SinkScoreReducer, _bos_policy
-from .models import model_info, n_kv_heads
+from .models import model_info
 
 
 # --------------------------------------------------------------------------- next-token reducer
@@ -583,18 +584,20 @@ def _sink_kv_init(
     model: Any, tokens: Tensor, layers: Sequence[int], per_head: bool, position: int
 ) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
     """Mean key (after RoPE) and value of the sink position per layer (per query head, or averaged over heads)."""
-    from .interventions import _key_hook
-
-    knames = [_key_hook(model, layer) for layer in layers]
+    spec = describe_attention(model)
+    desc = {layer: spec.layer(layer) for layer in layers}
+    knames = [desc[layer].k_hook for layer in layers]
     vnames = [hooknames.v(layer) for layer in layers]
-    keep = Keep(knames + vnames, select=lambda x: x[:, position])
+    # keys are rotated (where the description rotates them after the hook) before the position is picked
+    keep = Keep(knames + vnames, select=lambda x: x[:, : position + 1])
     run_reducers(model, tokens, [keep], progress=False)
     got = keep.result()
-    H, G = int(model.cfg.n_heads), n_kv_heads(model)
+    H, G = spec.n_heads, spec.n_kv_heads
     ks, vs = {}, {}
     for layer, kn, vn in zip(layers, knames, vnames):
         for name, out in ((kn, ks), (vn, vs)):
-            x = got[name].mean(0)  # [G, d]
+            x = desc[layer].final(got[name]) if name == kn else got[name]
+            x = x[:, position].mean(0)  # [G, d]
             x = x[torch.arange(H) // max(1, H // G)]  # [H, d]
             out[layer] = x if per_head else x.mean(0)
     return ks, vs

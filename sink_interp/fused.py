@@ -20,11 +20,18 @@ the Hugging Face model *inside* the bridge with its own attention function:
   and the LSE to :func:`sink_interp.lse.block_alpha`. After the last measured
   layer's attention the forward stops (no MLP, no unembedding).
 
+Each layer's attention follows its description (:mod:`sink_interp.architecture`):
+plain softmax layers run the fused kernel; layers with logit soft-capping,
+learned sink logits or their own sliding window run the blockwise pass of
+:mod:`sink_interp.lse`, which then also computes the layer's output (for a
+windowed layer it only ever touches the keys inside the window).
+
 It is used only when nothing can differ from the bridge (see
 :func:`fused_supported`): no hooks on the bridge (interventions and traces use
-hooks, so they keep using the hooks engine), an architecture without sliding
-windows or logit soft-capping, and a self-check on a short slice of the input
-that compares the twin's scores with the bridge's ``hook_pattern``.
+hooks, so they keep using the hooks engine), a model whose attention runs
+through transformers' attention interface (not Bloom's ALiBi), and a self-check
+on a short slice of the input that compares the twin's scores with the bridge's
+``hook_pattern`` (:func:`sink_interp.lse.self_check`).
 """
 
 from __future__ import annotations
@@ -40,16 +47,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._internal.errors import check_positive_int
+from .architecture import AttentionSpec, describe_attention
 from .capture import model_device
-from .lse import BLOCK_BYTES, block_alpha, normalize_edges
+from .lse import BLOCK_BYTES, ScoreRule, block_alpha, normalize_edges
 from .masks import CAUSAL, AttentionMask, as_mask
 
 ATTN_NAME = "sink_interp_fused"
 CPU_KERNEL = "aten._scaled_dot_product_flash_attention_for_cpu"
 SDPA = "F.scaled_dot_product_attention"
-#: largest difference between the fused engine and the bridge's hook_pattern accepted by the self-check
-SELF_CHECK_ATOL = {torch.float32: 1e-4, torch.float64: 1e-6}
-SELF_CHECK_TOKENS = 32
+#: weight dtypes the fused kernels round like the bridge's eager attention
+FUSED_DTYPES = (torch.float32, torch.float64)
 #: use the CPU flash kernel's logsumexp when it applies (False: F.scaled_dot_product_attention + blockwise LSE,
 #: the path CUDA/MPS take)
 USE_CPU_LSE_KERNEL = True
@@ -64,6 +71,7 @@ class _Stop(Exception):
 
 @dataclass
 class _Run:
+    spec: AttentionSpec
     index: dict[int, int]
     last: int
     mask: AttentionMask
@@ -112,28 +120,55 @@ def fused_attention(
 def _attention(module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Any, dropout: float = 0.0,
                scaling: float | None = None, **kwargs: Any) -> tuple[Tensor, None]:
     """The attention function the twin runs (transformers' AttentionInterface signature)."""
-    if kwargs.get("sliding_window") is not None or kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
-        raise NotImplementedError("the fused engine handles plain softmax attention only (no sliding window, softcap, sinks)")
     scale = float(query.shape[-1] ** -0.5 if scaling is None else scaling)
     run = _ACTIVE.get()
     if run is None:  # the twin used on its own: plain fused causal attention
+        if kwargs.get("sliding_window") is not None or kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+            raise NotImplementedError("the twin outside a measurement runs plain causal attention only")
         out, _, _ = fused_attention(query, key, value, scale, want_lse=False)
         return out.transpose(1, 2).contiguous(), None
-    T = query.shape[-2]
-    additive = None if run.mask.is_causal else run.additive_mask(T, query.dtype, query.device)
     layer = int(getattr(module, "layer_idx"))
+    la = run.spec.layer(layer)
+    _check_agrees(la, kwargs)
     i = run.index.get(layer)
-    out, lse, kernel = fused_attention(query, key, value, scale, run.mask, additive, want_lse=i is not None)
+    mask = la.mask(run.mask)
+    sinks = la.sink_logits()
+    if la.softcap is not None or sinks is not None or la.window is not None:
+        # no kernel computes this layer: the blockwise pass gives the output and the column sums at once
+        rule = ScoreRule(scale, la.softcap, None, None if sinks is None else sinks.detach().float())
+        col, rows, out = block_alpha(query, key, rule, mask=mask, query_edges=run.edges, block_bytes=run.block_bytes, v=value)
+        kernel, lse_from = "blockwise", "blockwise"
+        out = out.to(query.dtype)
+    else:
+        T = query.shape[-2]
+        additive = None if mask.is_causal else run.additive_mask(T, query.dtype, query.device)
+        out, lse, kernel = fused_attention(query, key, value, scale, mask, additive, want_lse=i is not None)
+        lse_from = "kernel" if lse is not None else "blockwise"
+        if i is not None:
+            col, rows = block_alpha(query, key, scale, lse=lse, mask=mask, query_edges=run.edges, block_bytes=run.block_bytes)
     if i is not None:
         run.seen.add(layer)
         run.kernels.add(kernel)
-        run.lse_from.add("kernel" if lse is not None else "blockwise")
-        col, rows = block_alpha(query, key, scale, lse=lse, mask=run.mask, query_edges=run.edges, block_bytes=run.block_bytes)
+        run.lse_from.add(lse_from)
         run.col[:, i] = col
         run.rows[:, i] = rows
     if layer == run.last:
         raise _Stop
     return out.transpose(1, 2).contiguous(), None
+
+
+def _check_agrees(la: Any, kwargs: dict[str, Any]) -> None:
+    """The twin's own arguments must say what the description says (else the self-check fails loudly)."""
+    win = kwargs.get("sliding_window")
+    if win is not None and la.window is not None and int(win) != la.window:
+        raise NotImplementedError(f"layer {la.layer}: the model passes sliding_window={win}, the description says {la.window}")
+    if win is not None and la.window is None:
+        raise NotImplementedError(f"layer {la.layer}: the model passes sliding_window={win}, the description has none")
+    cap = kwargs.get("softcap")
+    if (cap is None) != (la.softcap is None) or (cap is not None and abs(float(cap) - la.softcap) > 1e-12):
+        raise NotImplementedError(f"layer {la.layer}: the model passes softcap={cap}, the description says {la.softcap}")
+    if (kwargs.get("s_aux") is None) != (la.sink_logits() is None):
+        raise NotImplementedError(f"layer {la.layer}: sink logits differ between the model and its description")
 
 
 def _no_mask(*args: Any, **kwargs: Any) -> None:
@@ -214,27 +249,13 @@ def _user_hooks(model: Any) -> list[str]:
     return [name for name, hp in model.hook_dict.items() if getattr(hp, "fwd_hooks", None) or getattr(hp, "bwd_hooks", None)]
 
 
-def _config_blockers(cfg: Any) -> list[str]:
-    out = []
-    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) is not False:
-        out.append(f"sliding_window={cfg.sliding_window}")
-    if any("sliding" in str(t) for t in (getattr(cfg, "layer_types", None) or [])):
-        out.append("sliding-window layers")
-    for attr in ("attn_logit_softcapping", "attention_logit_softcapping"):
-        if getattr(cfg, attr, None):
-            out.append(f"{attr}={getattr(cfg, attr)}")
-    if getattr(cfg, "model_type", "") in ("gpt_oss",):
-        out.append("learned sink logits")
-    return out
-
-
 def fused_supported(model: Any, tokens: Tensor, mask: AttentionMask | None = None) -> tuple[bool, str]:
-    """Whether the fused engine gives the bridge's own scores for this model, and why not.
+    """Whether the fused engine can run this model, and why not.
 
     Checks: the bridge wraps an HF model; no hooks are attached (an intervention would be
-    invisible to the twin); the architecture has no sliding window / soft-capping; and on the
-    first ``SELF_CHECK_TOKENS`` tokens of the first sample, the twin's sink scores equal the
-    bridge's ``hook_pattern`` scores (float32: to 1e-4).
+    invisible to the twin); every layer's attention is one the fused attention function
+    computes (no ALiBi, nothing the description cannot rebuild); float32/64 weights; the twin
+    builds. :func:`sink_interp.lse.lse_column_sums` then runs the self-check on a short slice.
     """
     orig = getattr(model, "original_model", None)
     if orig is None or not hasattr(orig, "config") or not hasattr(model, "hook_dict"):
@@ -242,38 +263,19 @@ def fused_supported(model: Any, tokens: Tensor, mask: AttentionMask | None = Non
     hooks = _user_hooks(model)
     if hooks:
         return False, f"hooks are attached to the model ({hooks[:3]}...); only the hooks engine sees their effect"
-    blockers = _config_blockers(orig.config)
+    spec = describe_attention(model)
+    blockers = [f"layer {la.layer}: ALiBi" for la in spec.layers if la.alibi] + [
+        f"layer {la.layer}: {', '.join(la.unsupported)}" for la in spec.layers if la.unsupported]
     if blockers:
-        return False, "architecture not handled by the fused attention: " + ", ".join(blockers)
+        return False, "attention the fused engine does not compute: " + "; ".join(blockers[:2])
     dtype = next(model.parameters()).dtype
-    if dtype not in SELF_CHECK_ATOL:
+    if dtype not in FUSED_DTYPES:
         return False, f"weights in {dtype}: the fused kernels' rounding differs from the bridge's eager attention"
     try:
-        twin = hf_twin(model)
+        hf_twin(model)
     except Exception as e:  # noqa: BLE001 - any failure means: use the hooks engine
         return False, f"could not build the HF twin ({e.__class__.__name__}: {e})"
-    return _self_check(model, twin, tokens, as_mask(mask), SELF_CHECK_ATOL[dtype])
-
-
-def _self_check(model: Any, twin: Any, tokens: Tensor, mask: AttentionMask, atol: float) -> tuple[bool, str]:
-    from .capture import attach_hooks, run_reducers
-    from .masks import mask_hooks
-    from .metrics import SinkScoreReducer
-
-    short = tokens[:1, : min(SELF_CHECK_TOKENS, tokens.shape[1])].to(model_device(model))
-    L = int(model.cfg.n_layers)
-    ref = SinkScoreReducer(score="softmax")
-    try:
-        with attach_hooks(model, mask_hooks(model, mask)):
-            run_reducers(model, short, [ref], batch_size=1, progress=False)
-        col, _rows, _info = _run_twin(twin, model, short, list(range(L)), mask, normalize_edges(None, short.shape[1]), 1, False, BLOCK_BYTES)
-    except Exception as e:  # noqa: BLE001
-        return False, f"self-check failed to run ({e.__class__.__name__}: {e})"
-    alpha = col[:, :, :, 0] / torch.arange(short.shape[1], 0, -1, dtype=torch.float32)
-    diff = float((alpha - ref.result()[0]).abs().max())
-    if not diff <= atol:
-        return False, f"self-check: the twin's scores differ from the bridge's hook_pattern by {diff:.2e} (> {atol:g})"
-    return True, f"self-check on {short.shape[1]} tokens: max |diff| {diff:.1e}"
+    return True, "fused attention"
 
 
 # --------------------------------------------------------------------------- running it
@@ -303,6 +305,7 @@ def _run_twin(twin: Any, model: Any, tokens: Tensor, layers: list[int], mask: At
     col = torch.zeros(n, len(layers), H, len(edges) - 1, T, dtype=torch.float32)
     rows = torch.zeros(n, len(layers), H, dtype=torch.float32)
     index = {layer: i for i, layer in enumerate(layers)}
+    spec = describe_attention(model)
     kernels: set[str] = set()
     lse_from: set[str] = set()
     base = twin.base_model
@@ -312,7 +315,7 @@ def _run_twin(twin: Any, model: Any, tokens: Tensor, layers: list[int], mask: At
             for s in range(0, n, batch_size):
                 batch = tokens[s : s + batch_size].to(device)
                 b = batch.shape[0]
-                run = _Run(index, max(layers), mask, edges, block_bytes,
+                run = _Run(spec, index, max(layers), mask, edges, block_bytes,
                            torch.zeros(b, len(layers), H, len(edges) - 1, T, dtype=torch.float32, device=device),
                            torch.zeros(b, len(layers), H, dtype=torch.float32, device=device))
                 with _active(run):

@@ -10,24 +10,33 @@ all; a list applies to every chosen layer, a ``{layer: heads}`` dict picks
 heads per layer) and, where it makes sense, key ``positions`` (default ``(0,)``,
 the first token; negative positions count from the end).
 
-How they are computed (the bridge computes attention itself, so hooks on its
-hook points change the output). Per layer, in this fixed order of stages:
+How they are computed. Per layer, in this fixed order of stages, with every
+fact about how the layer forms its scores (scale, soft-cap, window, ALiBi,
+sink logits, rotary) taken from its description (:mod:`sink_interp.architecture`):
 
-1. ``hook_attn_scores`` — the scaled scores ``S = q k^T / sqrt(d)`` with masked
-   entries at the dtype minimum. Score edits: :class:`MaskKey` (renormalised)
-   and :class:`StreamingWindow` set entries to the mask value.
-2. ``hook_pattern`` — when a score edit, a kernel or a virtual key is present
-   the pattern is recomputed from the edited scores with the kernel
+1. **scores** — the scaled, masked scores ``S`` (masked entries at the dtype
+   minimum). Score edits: :class:`MaskKey` (renormalised) and
+   :class:`StreamingWindow` set entries to the mask value.
+2. **pattern** — when a score edit, a kernel or a virtual key is present the
+   pattern is recomputed from the edited scores with the kernel
    (:mod:`sink_interp.kernels`, default softmax) over the visible keys plus the
-   virtual keys (:class:`KVBias`: logit ``q_h . k*_h / sqrt(d)`` with the query
-   after RoPE; :class:`SinkLogit`: a logit ``s_h``). Then pattern edits in the
-   order given: :class:`MaskKey` (not renormalised), :class:`ScaleAttention`,
-   :class:`Calibrate`. The returned pattern is what the bridge multiplies with V.
-3. ``hook_z`` — ``z = A V`` per head. :class:`ZeroValue` subtracts
-   ``A[t, p] v_p`` for the chosen heads (exact for GQA: query head ``h`` reads
-   value head ``h // (H / G)``); :class:`KVBias` adds ``A*[t] v*_h``.
+   virtual keys (:class:`KVBias`: logit ``scale q_h . k*_h`` with the query
+   after RoPE, soft-capped like the layer's own scores; :class:`SinkLogit`: a
+   logit ``s_h``; the model's own sink logits). Then pattern edits in the order
+   given: :class:`MaskKey` (not renormalised), :class:`ScaleAttention`,
+   :class:`Calibrate`.
+3. **z** — ``z = A V`` per head. :class:`ZeroValue` subtracts ``A[t, p] v_p``
+   for the chosen heads (exact for GQA: query head ``h`` reads value head
+   ``h // (H / G)``); :class:`KVBias` adds ``A*[t] v*_h``.
 
-So ``KVBias`` computes exactly ``softmax([q k*, q K^T] / sqrt(d)) [v*; V]``.
+Where the bridge computes attention itself (most families) the stages are its
+hooks ``hook_attn_scores``, ``hook_pattern`` and ``hook_z``. Where it hands
+attention to the Hugging Face module and only reports the weights afterwards
+(OPT, GPT-J), edits at those hooks would be ignored, so the layer's attention
+is rebuilt at ``hook_z`` from ``hook_q``, ``hook_k`` and ``hook_v`` by its
+description, the stages run there, and the final pattern is what
+``hook_pattern`` then reports. So ``KVBias`` computes exactly
+``softmax([q k*, q K^T] * scale) [v*; V]`` on every family.
 :class:`AblateDims` edits ``hook_resid_pre`` of the chosen layers.
 
 By default the queries at the sink position itself are left alone
@@ -56,15 +65,17 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from ._internal import hooknames
+from .architecture import LayerAttention, describe_attention, expand_kv
 from .capture import attach_hooks
 from .kernels import kernel_fn, softmax_attention, visible_mask
-from .models import n_kv_heads, positional_kind
+from .masks import AttentionMask, as_mask
 
 HeadSpec = Union[None, Sequence[int], Mapping[int, Sequence[int]]]
 
@@ -83,63 +94,17 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------- model facts
-
-
-def attn_module(model: Any, layer: int) -> Any:
-    return model.blocks[layer].attn
-
-
-def attn_scale(model: Any, layer: int) -> float:
-    """The factor the bridge multiplies ``q . k`` with (``1/sqrt(d)`` unless the architecture says otherwise)."""
-    attn = attn_module(model, layer)
-    hf = getattr(attn, "original_component", None)
-    d = int(model.cfg.d_head)
-    from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import JointQKVAttentionBridge
-
-    if isinstance(attn, JointQKVAttentionBridge):
-        scale = d**-0.5
-        if getattr(attn.config, "scale_attn_by_inverse_layer_idx", False) and getattr(attn, "_layer_idx", None) is not None:
-            scale /= float(attn._layer_idx + 1)
-        return scale
-    return float(getattr(hf, "scaling", d**-0.5))
-
-
-def _softcap(model: Any, layer: int) -> float | None:
-    hf = getattr(attn_module(model, layer), "original_component", None)
-    cap = getattr(hf, "attn_logit_softcapping", None)
-    return None if cap is None else float(cap)
-
-
-def _native_sinks(model: Any, layer: int) -> Tensor | None:
-    hf = getattr(attn_module(model, layer), "original_component", None)
-    s = getattr(hf, "sinks", None)
-    return s if isinstance(s, Tensor) else None
-
-
-def _query_hook(model: Any, layer: int) -> str:
-    """The hook holding the queries that meet the keys: after RoPE where the model has it."""
-    name = hooknames.rot_q(layer)
-    return name if name in model.hook_dict else hooknames.q(layer)
-
-
-def _key_hook(model: Any, layer: int) -> str:
-    name = hooknames.rot_k(layer)
-    return name if name in model.hook_dict else hooknames.k(layer)
-
-
-def _rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
-    return torch.cat((-x2, x1), dim=-1)
-
-
 # --------------------------------------------------------------------------- base class
 
 
 class _Ctx:
-    """Per-layer, per-forward scratch space shared by the hooks of one layer."""
+    """Per-layer, per-forward scratch space shared by the hooks of one layer.
 
-    __slots__ = ("q", "q_raw", "k", "v", "cos", "sin", "scores", "pattern", "extra_w", "T")
+    ``q`` / ``k``: queries and keys as they meet in the scores (after QK-norm and RoPE), ``[b, T, heads, d]``;
+    ``q_pre``: queries before RoPE; ``v``: values; ``scores`` / ``pattern``: ``[b, H, T, T]``.
+    """
+
+    __slots__ = ("q", "q_pre", "k", "v", "scores", "pattern", "extra_w", "published")
 
     def __init__(self) -> None:
         self.clear()
@@ -154,8 +119,10 @@ class Intervention:
 
     Subclasses override some of :meth:`edit_scores`, :meth:`extra_logits`,
     :meth:`edit_pattern`, :meth:`edit_z`, :meth:`residual_hooks`, and declare
-    what they read in :attr:`needs` (``"q"``: queries after RoPE, ``"q_raw"``,
-    ``"k"``: keys after RoPE, ``"v"``, ``"cos"``: the RoPE tables).
+    what they read in :attr:`needs` (``"q"``: queries as they meet the keys,
+    after QK-norm and RoPE; ``"q_pre"``: queries before RoPE; ``"k"``: keys as
+    they meet the queries; ``"v"``). :meth:`attention` gives the layer's
+    description (scale, soft-cap, rotary...).
 
     Example:
         >>> import torch
@@ -204,9 +171,9 @@ class Intervention:
     # ---------------------------------------------------------------- scope
     def bind(self, model: Any) -> None:
         """Check the scope against ``model`` and create parameters (idempotent)."""
-        L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
-        G = n_kv_heads(model)
-        self.n_layers, self.n_heads, self.n_kv, self.d_head = L, H, G, int(model.cfg.d_head)
+        spec = describe_attention(model)
+        L, H, G = spec.n_layers, spec.n_heads, spec.n_kv_heads
+        self.n_layers, self.n_heads, self.n_kv, self.d_head = L, H, G, spec.d_head
         self.group = max(1, H // G)
         if isinstance(self.heads_arg, dict):
             layers = tuple(sorted(self.heads_arg))
@@ -223,6 +190,10 @@ class Intervention:
                 raise ValueError(f"heads {badh} out of range; the model has heads 0..{H - 1} per layer")
         self._hm_cache: dict[tuple[int, Any], Tensor] = {}
         self._bound = model
+
+    def attention(self, layer: int) -> LayerAttention:
+        """How ``layer`` of the bound model forms its attention (:mod:`sink_interp.architecture`)."""
+        return describe_attention(self._bound).layer(layer)
 
     def head_mask(self, layer: int, device: Any = None) -> Tensor:
         """``[H]`` bool: the heads of ``layer`` this intervention touches."""
@@ -643,12 +614,12 @@ class KVBias(Intervention):
         return iter(self.params.values())
 
     def extra_logits(self, layer: int, ctx: _Ctx) -> Tensor:
+        la = self.attention(layer)
         q = ctx.q  # [b, T, H, d]
         k = self.k_star(layer).to(q.dtype).expand(self.n_heads, -1)
-        logits = torch.einsum("bthd,hd->bht", q, k)[..., None] * ctx_scale(self, layer)
-        cap = _softcap(self._bound, layer)
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap
+        logits = torch.einsum("bthd,hd->bht", q, k)[..., None] * la.scale
+        if la.softcap is not None:
+            logits = torch.tanh(logits / la.softcap) * la.softcap
         if not self.all_heads(layer):
             logits = logits.masked_fill(~self.head_mask(layer, q.device)[None, :, None, None], float("-inf"))
         return logits
@@ -661,13 +632,6 @@ class KVBias(Intervention):
         kind = "K+V bias" if self.value else "K bias (v*=0)"
         share = "per head" if self.per_head else "shared across heads"
         return f"KVBias({kind}, {share}, {self._scope_text()})"
-
-
-def ctx_scale(iv: Intervention, layer: int) -> float:
-    cache = iv.__dict__.setdefault("_scale_cache", {})
-    if layer not in cache:
-        cache[layer] = attn_scale(iv._bound, layer)
-    return cache[layer]
 
 
 class SinkLogit(Intervention):
@@ -793,48 +757,37 @@ class StreamingWindow(Intervention):
 
     def bind(self, model: Any) -> None:
         super().bind(model)
-        kind = positional_kind(model)
-        self._rerotate = self.rope_positions == "cache" and self.sinks > 0 and kind == "rope"
-        if self.rope_positions == "cache" and kind == "learned" and self.sinks > 0:
+        spec = describe_attention(model)
+        kind = spec.positional
+        if self.rope_positions == "cache" and self.sinks > 0 and kind in ("learned", "alibi"):
+            where = "adds learned absolute position embeddings before the first block" if kind == "learned" else "biases scores by absolute key positions (ALiBi)"
             raise ValueError(
-                "positions='cache' needs relative positions (RoPE or NoPE); a model with learned absolute position "
-                "embeddings adds them before the first block, where hooks cannot re-index them per query. Fix: positions='original'"
+                f"positions='cache' needs relative positions (RoPE or NoPE); this model {where}, which hooks "
+                "cannot re-index per query. Fix: positions='original'"
             )
-        if self._rerotate:
-            for layer in self.layers:
-                attn = attn_module(model, layer)
-                subs = getattr(attn, "submodules", {}) or {}
-                cfg = attn.config
-                if "q_norm" in subs or getattr(cfg, "rotary_adjacent_pairs", False) or getattr(cfg, "rotary_interleaved_cos_sin", False):
-                    raise ValueError(
-                        f"positions='cache' re-rotates queries with the standard rotate-half RoPE; layer {layer} uses QK norms or "
-                        "another RoPE layout. Fix: positions='original'"
-                    )
-        self.needs = frozenset({"q_raw", "k", "cos"}) if self._rerotate else frozenset()
+        rotated = [spec.layer(layer) for layer in self.layers if spec.layer(layer).rotary is not None]
+        self._rerotate = self.rope_positions == "cache" and self.sinks > 0 and bool(rotated)
+        for la in rotated if self._rerotate else []:
+            if la.rotary.module is None or la.rotary.style not in ("half", "interleaved"):
+                raise ValueError(
+                    f"positions='cache' re-rotates queries with the model's rotary embedding; layer {la.layer}'s "
+                    f"({la.rotary.style}) cannot be rebuilt at other positions. Fix: positions='original'"
+                )
+        self.needs = frozenset({"q_pre", "k"}) if self._rerotate else frozenset()
 
     def edit_scores(self, layer: int, scores: Tensor, ctx: _Ctx) -> Tensor:
         T = scores.shape[-1]
-        dev = scores.device
-        t = torch.arange(T, device=dev)[:, None]
-        j = torch.arange(T, device=dev)[None, :]
-        hidden = (j <= t) & (j <= t - self.window) & (j >= self.sinks)
-        out = scores.masked_fill(hidden[None, None], torch.finfo(scores.dtype).min)
+        out = scores.masked_fill(~AttentionMask(window=self.window, sinks=self.sinks).dense(T, scores.device)[None, None],
+                                 torch.finfo(scores.dtype).min)
         full_from = self.sinks + self.window
-        if self._rerotate and T > full_from and ctx.cos is not None:
+        la = self.attention(layer)
+        if self._rerotate and la.rotary is not None and T > full_from:
+            # once the cache is full the query sits at cache index c and sink i at index i
             c = self.sinks + self.window - 1
-            cos = ctx.cos[:, c].to(ctx.q_raw.dtype)  # [1 or b, d]
-            sin = ctx.sin[:, c].to(ctx.q_raw.dtype)
-            q = ctx.q_raw[:, full_from:]  # [b, T', H, d]
-            rot = cos.shape[-1]
-            if rot != q.shape[-1]:
-                raise ValueError("positions='cache' supports full-width RoPE only; fix: positions='original'")
-            qc = q * cos[:, None, None, :] + _rotate_half(q) * sin[:, None, None, :]
-            kv_of_head = torch.arange(self.n_heads, device=dev) // self.group
-            ks = ctx.k[:, : self.sinks][:, :, kv_of_head]  # [b, sinks, H, d]
-            s = torch.einsum("bthd,bihd->bhti", qc, ks) * ctx_scale(self, layer)
-            cap = _softcap(self._bound, layer)
-            if cap is not None:
-                s = torch.tanh(s / cap) * cap
+            q = ctx.q_pre[:, full_from:]  # [b, T', H, d], before RoPE
+            qc = la.rotary.apply(q, torch.full((q.shape[1],), c, device=q.device))
+            ks = ctx.k[:, : self.sinks]  # [b, sinks, G, d], after RoPE at positions 0..sinks-1
+            s = la.logits(qc.transpose(1, 2), ks.transpose(1, 2))  # [b, H, T', sinks]
             out = out.clone()
             out[:, :, full_from:, : self.sinks] = s.to(out.dtype)
         return out
@@ -848,18 +801,25 @@ class StreamingWindow(Intervention):
 
 
 class _Site:
-    """All interventions acting on one attention layer, as one set of hook functions."""
+    """All interventions (and a mask) acting on one attention layer, as one set of hook functions.
 
-    def __init__(self, model: Any, layer: int, ivs: list[Intervention]):
+    ``"hooks"`` mode edits the bridge's own ``hook_attn_scores`` / ``hook_pattern`` / ``hook_z``;
+    ``"rebuild"`` mode (attention computed inside Hugging Face) rebuilds the layer's attention at
+    ``hook_z`` from its q, k and v and reports the final pattern at ``hook_pattern``.
+    """
+
+    def __init__(self, model: Any, layer: int, ivs: list[Intervention], mask: AttentionMask | None = None):
         self.model, self.layer, self.ivs = model, layer, ivs
+        self.la = describe_attention(model).layer(layer)
+        self.mask = None if mask is None or mask.is_causal else mask
         self.ctx = _Ctx()
         self.score_editors = [iv for iv in ivs if iv.edits_scores()]
         self.pattern_editors = [iv for iv in ivs if iv.edits_pattern()]
         self.z_editors = [iv for iv in ivs if iv.edits_z()]
         self.extras = [iv for iv in ivs if iv.has_extra()]
         self.kernels = [iv for iv in ivs if iv.kernel is not None]
-        self.native = _native_sinks(model, layer)
-        H = int(model.cfg.n_heads)
+        self.native = self.la.sink_logits()
+        H = self.la.n_heads
         claimed = torch.zeros(H, dtype=torch.bool)
         for kv in self.kernels:
             hm = kv.head_mask(layer).cpu()
@@ -867,38 +827,92 @@ class _Site:
                 raise ValueError(f"two AttentionKernel interventions act on the same head of layer {layer}; give them disjoint heads")
             claimed |= hm
         self.needs: set[str] = set().union(*(iv.needs for iv in ivs)) if ivs else set()
-        self.recompute = bool(self.score_editors or self.extras or self.kernels)
+        self.rebuild = not self.la.scores_hookable
+        # a prefix LM shows keys the causal mask hid: the scores are formed again from q and k
+        self.reform = self.rebuild or (self.mask is not None and self.mask.prefix > 1)
+        if self.reform:
+            self.la.check_supported(f"an intervention or mask on layer {layer}")
+            self.needs |= {"q", "k"}
+        if self.rebuild:
+            self.needs |= {"v"}
+        self.recompute = bool(self.score_editors or self.extras or self.kernels or self.rebuild)
         self.value_ivs = [(i, iv) for i, iv in enumerate(self.extras) if iv.extra_values(layer) is not None]
-        self.has_z_hook = bool(self.z_editors or self.value_ivs)
+        self.has_z_hook = bool(self.z_editors or self.value_ivs or self.rebuild)
 
+    # ------------------------------------------------------------ stages shared by both modes
+    def _scores(self, s: Tensor | None) -> Tensor:
+        """Stage 1: the layer's scores (formed again from q and k when needed), the mask, then score edits."""
+        la, ctx = self.la, self.ctx
+        if self.reform:
+            dtype = s.dtype if s is not None else ctx.v.dtype
+            s = la.logits(ctx.q.transpose(1, 2), ctx.k.transpose(1, 2)).to(dtype)
+            s = s.masked_fill(~la.mask(self.mask).dense(s.shape[-1], s.device), torch.finfo(dtype).min)
+        elif self.mask is not None:
+            s = s.masked_fill(~self.mask.dense(s.shape[-1], s.device), torch.finfo(s.dtype).min)
+        for iv in self.score_editors:
+            s = iv.edit_scores(self.layer, s, ctx)
+        return s
+
+    def _pattern(self, scores: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        """Stage 2: weights from the scores (kernels, virtual keys, the model's sink logits), then pattern edits."""
+        L = self.layer
+        extras = [iv.extra_logits(L, self.ctx) for iv in self.extras]
+        if self.native is not None:
+            b, H, T = scores.shape[0], scores.shape[1], scores.shape[-1]
+            extras.append(self.native.to(scores.dtype).reshape(1, -1, 1, 1).expand(b, H, T, 1))
+        E = torch.cat(extras, dim=-1) if extras else None
+        mask = visible_mask(scores)
+        A, Ae = softmax_attention(scores, mask, E)
+        for kv in self.kernels:
+            Ak, Aek = kv.kernel(scores, mask, E)
+            hm = kv.head_mask(L, scores.device)[None, :, None, None]
+            A = torch.where(hm, Ak, A)
+            if Ae is not None:
+                Ae = torch.where(hm, Aek, Ae)
+        A = A.to(dtype)
+        for iv in self.pattern_editors:
+            A = iv.edit_pattern(L, A, self.ctx)
+        return A, Ae
+
+    def _z(self, z: Tensor) -> Tensor:
+        """Stage 3: z edits and the values of virtual keys."""
+        ctx, L = self.ctx, self.layer
+        for iv in self.z_editors:
+            z = iv.edit_z(L, z, ctx)
+        if self.value_ivs and ctx.extra_w is not None:
+            # column i of the extras belongs to self.extras[i] (one virtual key each)
+            for i, iv in self.value_ivs:
+                vals = iv.extra_values(L)  # [H, 1, d]
+                w = ctx.extra_w[..., i : i + 1]  # [b, H, T, 1]
+                z = z + torch.einsum("bhtm,hmd->bthd", w.to(z.dtype), vals.to(z.dtype))
+        return z
+
+    # ------------------------------------------------------------ hooks
     def hooks(self) -> list[tuple[str, Callable[..., Any]]]:
-        L, m, ctx = self.layer, self.model, self.ctx
+        L, la, ctx = self.layer, self.la, self.ctx
         out: list[tuple[str, Callable[..., Any]]] = []
 
-        def stash(attr: str) -> Callable[..., None]:
+        def stash(attr: str, final: bool = False) -> Callable[..., None]:
             def hook(x: Tensor, hook: Any) -> None:
-                setattr(ctx, attr, x)
+                setattr(ctx, attr, la.final(x) if final else x)
 
             return hook
 
         if "q" in self.needs:
-            out.append((_query_hook(m, L), stash("q")))
-        if "q_raw" in self.needs:
-            out.append((hooknames.q(L), stash("q_raw")))
+            out.append((la.q_hook, stash("q", final=True)))
+        if "q_pre" in self.needs:
+            out.append((la.q_pre_rotary_hook, stash("q_pre")))
         if "k" in self.needs:
-            out.append((_key_hook(m, L), stash("k")))
+            out.append((la.k_hook, stash("k", final=True)))
         if "v" in self.needs:
             out.append((hooknames.v(L), stash("v")))
-        if "cos" in self.needs:
-            base = hooknames.block(L, "attn.hook_")
-            if base + "cos" in m.hook_dict:
-                out.append((base + "cos", stash("cos")))
-                out.append((base + "sin", stash("sin")))
+
+        if self.rebuild:
+            out.extend(self._rebuild_hooks())
+            return out
 
         def scores_hook(s: Tensor, hook: Any) -> Tensor | None:
-            new = s
-            for iv in self.score_editors:
-                new = iv.edit_scores(L, new, ctx)
+            new = self._scores(s)
             ctx.scores = new
             return new if new is not s else None
 
@@ -907,23 +921,10 @@ class _Site:
         def pattern_hook(p: Tensor, hook: Any) -> Tensor | None:
             A, Ae = p, None
             if self.recompute:
-                scores = ctx.scores
-                extras = [iv.extra_logits(L, ctx) for iv in self.extras]
-                if self.native is not None:
-                    b, H, T = scores.shape[0], scores.shape[1], scores.shape[-1]
-                    extras.append(self.native.to(scores.dtype).reshape(1, -1, 1, 1).expand(b, H, T, 1))
-                E = torch.cat(extras, dim=-1) if extras else None
-                mask = visible_mask(scores)
-                A, Ae = softmax_attention(scores, mask, E)
-                for kv in self.kernels:
-                    Ak, Aek = kv.kernel(scores, mask, E)
-                    hm = kv.head_mask(L, scores.device)[None, :, None, None]
-                    A = torch.where(hm, Ak, A)
-                    if Ae is not None:
-                        Ae = torch.where(hm, Aek, Ae)
-                A = A.to(p.dtype)
-            for iv in self.pattern_editors:
-                A = iv.edit_pattern(L, A, ctx)
+                A, Ae = self._pattern(ctx.scores, p.dtype)
+            else:
+                for iv in self.pattern_editors:
+                    A = iv.edit_pattern(L, A, ctx)
             # keep only what the hook_z stage reads; free the rest now (T x T scores per layer add up)
             v = ctx.v
             ctx.clear()
@@ -936,19 +937,65 @@ class _Site:
         if self.has_z_hook:
 
             def z_hook(z: Tensor, hook: Any) -> Tensor:
-                for iv in self.z_editors:
-                    z = iv.edit_z(L, z, ctx)
-                if self.value_ivs and ctx.extra_w is not None:
-                    # column i of the extras belongs to self.extras[i] (one virtual key each)
-                    for i, iv in self.value_ivs:
-                        vals = iv.extra_values(L)  # [H, 1, d]
-                        w = ctx.extra_w[..., i : i + 1]  # [b, H, T, 1]
-                        z = z + torch.einsum("bhtm,hmd->bthd", w.to(z.dtype), vals.to(z.dtype))
+                z = self._z(z)
                 ctx.clear()
                 return z
 
             out.append((hooknames.z(L), z_hook))
         return out
+
+    def _rebuild_hooks(self) -> list[tuple[str, Callable[..., Any]]]:
+        L, la, ctx = self.layer, self.la, self.ctx
+
+        def z_hook(z: Tensor, hook: Any) -> Tensor:
+            scores = self._scores(None)
+            ctx.scores = scores
+            A, Ae = self._pattern(scores, z.dtype)
+            ctx.pattern, ctx.extra_w = A, Ae
+            v = expand_kv(ctx.v, la.n_heads, dim=2)  # [b, T, H, d]
+            new = torch.einsum("bhts,bshd->bthd", A, v.to(A.dtype)).to(z.dtype)
+            new = self._z(new)
+            published = A
+            ctx.clear()
+            ctx.published = published
+            return new
+
+        def pattern_hook(p: Tensor, hook: Any) -> Tensor | None:
+            # the Hugging Face weights arrive after the output was computed: report the rebuilt ones
+            A = ctx.published
+            ctx.clear()
+            return None if A is None else A.to(p.dtype)
+
+        return [(hooknames.z(L), z_hook), (hooknames.pattern(L), pattern_hook)]
+
+
+def _sites(model: Any, flat: list[Intervention], mask: AttentionMask | None = None,
+           layers: Sequence[int] | None = None) -> tuple[list[_Site], list[tuple[str, Callable[..., Any]]]]:
+    """Bind ``flat``, group them by layer into sites (plus ``mask`` on ``layers``); return sites and residual hooks."""
+    for iv in flat:
+        iv.bind(model)
+    per_layer: dict[int, list[Intervention]] = {}
+    residual: list[tuple[str, Callable[..., Any]]] = []
+    for iv in flat:
+        residual.extend(iv.residual_hooks(model))
+        if isinstance(iv, AblateDims):
+            continue
+        for layer in iv.layers:
+            per_layer.setdefault(layer, []).append(iv)
+    if mask is not None and not mask.is_causal:
+        L = int(model.cfg.n_layers)
+        for layer in range(L) if layers is None else layers:
+            per_layer.setdefault(int(layer), [])
+    sites = [_Site(model, layer, ivs, mask) for layer, ivs in sorted(per_layer.items())]
+    return sites, residual
+
+
+@contextlib.contextmanager
+def _quiet_post_hoc() -> Iterator[None]:
+    """Silence the bridge's warning that a delegated layer's reported pattern was replaced (we report the rebuilt one)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"A hook on .*hook_(pattern|attn_scores) returned a modified tensor")
+        yield
 
 
 @contextlib.contextmanager
@@ -969,27 +1016,57 @@ def intervene(model: Any, *interventions: Intervention | Sequence[Intervention])
         >>> len(list(bias.parameters()))  # one k* per layer
         2
     """
-    flat = _flatten(interventions)
-    for iv in flat:
-        iv.bind(model)
-    per_layer: dict[int, list[Intervention]] = {}
-    residual: list[tuple[str, Callable[..., Any]]] = []
-    for iv in flat:
-        residual.extend(iv.residual_hooks(model))
-        if isinstance(iv, AblateDims):
-            continue
-        for layer in iv.layers:
-            per_layer.setdefault(layer, []).append(iv)
-    sites = [_Site(model, layer, ivs) for layer, ivs in sorted(per_layer.items())]
+    sites, residual = _sites(model, _flatten(interventions))
     hooks = list(residual)
     for s in sites:
         hooks.extend(s.hooks())
     try:
-        with attach_hooks(model, hooks):
+        with attach_hooks(model, hooks), _quiet_post_hoc():
             yield model
     finally:
         for s in sites:
             s.ctx.clear()
+
+
+def mask_hooks(model: Any, mask: AttentionMask | dict[str, Any] | None, layers: Sequence[int] | None = None) -> list[tuple[str, Callable[..., Any]]]:
+    """Hooks that make a TransformerBridge attend with ``mask`` (pass them to :func:`sink_interp.attach_hooks`).
+
+    Masks that only hide keys (window, sinks) set the hidden scores to the dtype's minimum; a prefix
+    LM also *shows* keys the causal mask hid, so the scores are formed again from the layer's q and k
+    by its description. Each layer keeps its own sliding window. Layers whose attention runs inside
+    Hugging Face are rebuilt at ``hook_z`` (see the module docstring).
+
+    Examples:
+        >>> import torch
+        >>> from sink_interp import tiny_model, attach_hooks, AttentionMask
+        >>> m = tiny_model()
+        >>> with attach_hooks(m, mask_hooks(m, AttentionMask(window=2))):
+        ...     _, cache = m.run_with_cache(torch.randint(4, 128, (1, 5)), names_filter="blocks.0.attn.hook_pattern")
+        >>> (cache["blocks.0.attn.hook_pattern"][0, 0, 4] > 0).int().tolist()
+        [0, 0, 0, 1, 1]
+    """
+    mask = as_mask(mask)
+    if mask.is_causal:
+        return []
+    sites, _ = _sites(model, [], mask, layers)
+    return [h for s in sites for h in s.hooks()]
+
+
+@contextlib.contextmanager
+def masked(model: Any, mask: AttentionMask | dict[str, Any] | None, layers: Sequence[int] | None = None) -> Iterator[Any]:
+    """Run ``model`` with ``mask`` (:func:`mask_hooks`) inside a ``with`` block; nothing to do for a causal mask.
+
+    Examples:
+        >>> import torch
+        >>> from sink_interp import tiny_model, AttentionMask
+        >>> m = tiny_model()
+        >>> with masked(m, AttentionMask(prefix=3)):
+        ...     _, cache = m.run_with_cache(torch.randint(4, 128, (1, 5)), names_filter="blocks.0.attn.hook_pattern")
+        >>> bool(cache["blocks.0.attn.hook_pattern"][0, 0, 0, 2] > 0)  # the prefix sees itself both ways
+        True
+    """
+    with attach_hooks(model, mask_hooks(model, mask, layers)), _quiet_post_hoc():
+        yield model
 
 
 def _flatten(items: Iterable[Any]) -> list[Intervention]:

@@ -55,8 +55,9 @@ from torch import Tensor
 from ._internal import hooknames
 from ._internal.errors import check_positive_int
 from ._internal.memory import available_bytes
-from .capture import Reducer, attach_hooks, auto_batch_size, model_device, run_reducers
-from .masks import CAUSAL, AttentionMask, as_mask, attention_scale, mask_hooks, qk_hook_names
+from .architecture import UnsupportedAttention, describe_attention, qk_hooks
+from .capture import Reduce, Reducer, attach_hooks, auto_batch_size, model_device, run_reducers
+from .masks import CAUSAL, AttentionMask, as_mask
 
 #: Working memory of one block of scores (batch x heads x queries x keys float32). Small blocks stay
 #: in cache: on a 2-core EPYC, ~2 MB blocks (32 queries at T = 2048, SmolLM2 shapes) ran the pass
@@ -106,34 +107,73 @@ def _block_size(batch: int, heads: int, keys: int, block_bytes: int) -> int:
     return int(max(_MIN_BLOCK, min(_MAX_BLOCK, q)))
 
 
+@dataclass(frozen=True)
+class ScoreRule:
+    """How a layer turns ``q . k`` into logits, for the blockwise pass (from :class:`~sink_interp.architecture.LayerAttention`).
+
+    ``s = softcap(scale q . k) + alibi[h, j]``; ``sinks[h]`` joins each row's normaliser (gpt-oss).
+    """
+
+    scale: float
+    softcap: float | None = None
+    alibi: Tensor | None = None  # [H, T] bias added to key j's logit
+    sinks: Tensor | None = None  # [H] sink logits
+
+    @property
+    def linear(self) -> bool:
+        """True when logits are ``scale q . k`` (a fused kernel's LSE then applies)."""
+        return self.softcap is None and self.alibi is None and self.sinks is None
+
+
+def score_rule(layer: Any, length: int, device: Any = None) -> ScoreRule:
+    """The :class:`ScoreRule` of a layer description (or of a bare scale, for plain softmax attention)."""
+    if isinstance(layer, ScoreRule):
+        return layer
+    if isinstance(layer, (int, float)):
+        return ScoreRule(float(layer))
+    layer.check_supported("method='lse'")
+    alibi = None
+    if layer.alibi is not None:
+        alibi = layer.alibi_bias(torch.arange(length, device=device)).float()
+    sinks = layer.sink_logits()
+    if sinks is not None:
+        sinks = sinks.detach().float().to(device)
+    return ScoreRule(float(layer.scale), layer.softcap, alibi, sinks)
+
+
 def block_alpha(
     q: Float[Tensor, "b H T d"],
     k: Float[Tensor, "b G T d"],
-    scale: float,
+    rule: Any,
     *,
     lse: Float[Tensor, "b H T"] | None = None,
     mask: AttentionMask | None = None,
     query_edges: Sequence[int] | None = None,
     block_bytes: int = BLOCK_BYTES,
     threads: int | None = None,
-) -> tuple[Float[Tensor, "b H bucket T"], Float[Tensor, "b H"]]:
-    """Column sums of the softmax attention of ``q`` over ``k``, and the mean row sum, in float32.
+    v: Float[Tensor, "b G T d"] | None = None,
+) -> tuple[Float[Tensor, "b H bucket T"], Float[Tensor, "b H"]] | tuple[Tensor, Tensor, Tensor]:
+    """Column sums of the attention of ``q`` over ``k``, and the mean row sum, in float32.
 
     Args:
-        q: rotated queries ``[batch, heads, T, d_head]``.
-        k: rotated keys ``[batch, kv_heads, T, d_head]``; query head ``h`` uses KV head ``h // (heads // kv_heads)``.
-        scale: the factor on ``q . k`` (usually ``d_head ** -0.5``).
-        lse: the row log-sum-exp of the scaled, masked scores, as a fused kernel returns it. Without it,
+        q: final queries ``[batch, heads, T, d_head]`` (after QK-norm and RoPE).
+        k: final keys ``[batch, kv_heads, T, d_head]``; query head ``h`` uses KV head ``h // (heads // kv_heads)``.
+        rule: how the layer forms its logits: a :class:`~sink_interp.architecture.LayerAttention`, a
+            :class:`ScoreRule` or a bare scale (plain softmax of ``scale q . k``).
+        lse: the row log-sum-exp of the logits, as a fused kernel returns it (plain softmax only). Without it,
             each row's maximum and sum are taken from the block (which holds whole rows).
-        mask: which keys each query sees (default: causal).
+        mask: which keys each query sees (default: causal); a layer's own window is its ``limit``.
         query_edges: query bucket edges; column sums are kept per bucket.
         block_bytes: working memory of one block of scores (per worker).
         threads: CPU workers, each taking whole blocks (default ``torch.get_num_threads()``).
+        v: values ``[batch, kv_heads, T, d_head]``: also return the attention output ``[b, H, T, d]``
+            (the fused engine uses this where no kernel computes the layer's attention).
 
     Returns:
         ``(col, row_sum)``: ``col[b, h, bucket, j] = sum over queries t of the bucket of A[t, j]``
-        and ``row_sum[b, h]`` = mean over queries of ``sum_j A[t, j]`` (1 for softmax; with a kernel's
-        ``lse`` it checks that the kernel and these scores agree).
+        and ``row_sum[b, h]`` = mean over queries of ``sum_j A[t, j]`` (1 for softmax, less with sink
+        logits; with a kernel's ``lse`` it checks that the kernel and these scores agree); and ``out``
+        when ``v`` is given.
     """
     if q.dim() != 4 or k.dim() != 4:
         raise ValueError(f"q and k must be [batch, heads, T, d_head], got {tuple(q.shape)} and {tuple(k.shape)}")
@@ -146,17 +186,23 @@ def block_alpha(
     edges = normalize_edges(query_edges, T)
     n_buckets = len(edges) - 1
     dev = q.device
+    rule = score_rule(rule, T, dev)
+    if lse is not None and not rule.linear:
+        raise ValueError("a kernel's lse only applies to plain softmax logits (no soft-cap, ALiBi or sink logits)")
 
-    qs = (q.to(torch.float32) * scale).reshape(b, G, r, T, d)
+    qs = (q.to(torch.float32) * rule.scale).reshape(b, G, r, T, d)
     kf = k.to(torch.float32)
     with_lse = lse is not None
     if with_lse:
         # fold "- LSE_t" into the product: [scale q_t, -LSE_t] . [k_j, 1] = s[t, j] - LSE_t (saves a pass)
         qs = torch.cat([qs, -lse.to(torch.float32).reshape(b, G, r, T, 1)], dim=-1)
         kf = torch.cat([kf, torch.ones(b, G, T, 1, dtype=torch.float32, device=dev)], dim=-1)
+    extras = _Extras(rule, G, r, dev, None if v is None else v.to(torch.float32))
     max_keys = max(T, mask.prefix if mask.prefix > 1 else 0)
     if mask.window is not None:
         max_keys = min(max_keys, mask.window + mask.sinks + _MAX_BLOCK)
+    if mask.limit is not None:
+        max_keys = min(max_keys, mask.limit + _MAX_BLOCK)
     bq = _block_size(b, H, max_keys, block_bytes)
     cuts = set(edges) | set(range(0, T, bq))
     if 1 < mask.prefix < T:
@@ -164,16 +210,17 @@ def block_alpha(
     cuts_sorted = sorted(cuts)
     blocks = [(a, e, max(i for i, x in enumerate(edges[:-1]) if x <= a)) for a, e in zip(cuts_sorted, cuts_sorted[1:])]
 
-    def run(part: list[tuple[int, int, int]]) -> tuple[Tensor, Tensor]:
+    def run(part: list[tuple[int, int, int]]) -> tuple[Tensor, Tensor, Tensor | None]:
         col = torch.zeros(b, G, r, n_buckets, T, dtype=torch.float32, device=dev)
         rows = torch.zeros(b, G, r, dtype=torch.float32, device=dev)
+        out = None if v is None else torch.zeros(b, G, r, T, d, dtype=torch.float32, device=dev)
         for a, e, bi in part:
-            _one_block(qs, kf, a, e, bi, mask, with_lse, col, rows)
-        return col, rows
+            _one_block(qs, kf, a, e, bi, mask, with_lse, col, rows, extras, out)
+        return col, rows, out
 
     workers = _workers(len(blocks), dev, threads)
     if workers <= 1:
-        col, rows = run(blocks)
+        col, rows, out = run(blocks)
     else:
         # coarse-grained parallelism: each worker takes every workers-th block (causal cost grows
         # with the block index, so this balances) and runs its ops single-threaded. Per-op
@@ -188,7 +235,27 @@ def block_alpha(
             torch.set_num_threads(prev)
         col = torch.stack([p[0] for p in parts]).sum(0)
         rows = torch.stack([p[1] for p in parts]).sum(0)
-    return col.reshape(b, H, n_buckets, T), rows.reshape(b, H) / T
+        out = None if v is None else torch.stack([p[2] for p in parts]).sum(0)
+    col, rows = col.reshape(b, H, n_buckets, T), rows.reshape(b, H) / T
+    if v is None:
+        return col, rows
+    return col, rows, out.reshape(b, H, T, d)
+
+
+@dataclass
+class _Extras:
+    """Per-call pieces of the logits beyond ``scale q . k``, laid out for the blocks ``[b, G, r, Q, K]``."""
+
+    rule: ScoreRule
+    G: int
+    r: int
+    device: Any
+    v: Tensor | None
+
+    def __post_init__(self) -> None:
+        rule = self.rule
+        self.alibi = None if rule.alibi is None else rule.alibi.to(self.device).reshape(self.G, self.r, 1, -1)
+        self.sinks = None if rule.sinks is None else rule.sinks.to(self.device).reshape(1, self.G, self.r, 1)
 
 
 def _workers(n_blocks: int, device: torch.device, threads: int | None) -> int:
@@ -199,7 +266,7 @@ def _workers(n_blocks: int, device: torch.device, threads: int | None) -> int:
 
 
 def _one_block(qs: Tensor, kf: Tensor, a: int, e: int, bucket: int, mask: AttentionMask, with_lse: bool,
-               col: Tensor, rows: Tensor) -> None:
+               col: Tensor, rows: Tensor, extras: _Extras, out: Tensor | None) -> None:
     """Add the column sums of queries ``a..e-1`` (all in one bucket) into ``col[..., bucket, :]``."""
     b, G, r, T, dq = qs.shape
     dev = qs.device
@@ -215,6 +282,11 @@ def _one_block(qs: Tensor, kf: Tensor, a: int, e: int, bucket: int, mask: Attent
         kb = kf.index_select(2, keys)
     qb = qs[:, :, :, a:e].reshape(b, G, r * Q, dq)
     s = torch.matmul(qb, kb.transpose(-1, -2)).view(b, G, r, Q, kb.shape[2])
+    rule = extras.rule
+    if rule.softcap is not None:
+        s = torch.tanh(s / rule.softcap).mul_(rule.softcap)
+    if extras.alibi is not None:
+        s += extras.alibi[..., lo:hi] if keys is None else extras.alibi.index_select(-1, keys)
 
     # hide what these queries may not see, only in the columns where something is hidden
     if mask.is_causal:
@@ -231,11 +303,23 @@ def _one_block(qs: Tensor, kf: Tensor, a: int, e: int, bucket: int, mask: Attent
         s.exp_()
         c = s.sum(3)
         rows += c.sum(-1)
-    else:  # whole rows are here: take their maximum and sum
-        s.sub_(s.amax(-1, keepdim=True)).exp_()
-        w = s.sum(-1).reciprocal_()  # [b, G, r, Q]
+    else:  # whole rows are here: take their maximum and sum (a sink logit joins both)
+        m = s.amax(-1, keepdim=True)
+        if extras.sinks is not None:
+            sk = extras.sinks[..., None].expand(b, G, r, Q, 1)
+            m = torch.maximum(m, sk)
+        s.sub_(m).exp_()
+        z = s.sum(-1)  # [b, G, r, Q]
+        if extras.sinks is None:
+            w = z.reciprocal_()
+            rows += Q
+        else:  # rows give exp(sink - m) / Z to the sink: their real keys sum to z / Z < 1
+            w = (z + (sk - m).exp().squeeze(-1)).reciprocal_()
+            rows += (z * w).sum(-1)
         c = torch.matmul(w.unsqueeze(-2), s).squeeze(-2)
-        rows += Q
+        if out is not None:
+            vb = extras.v[:, :, lo:hi] if keys is None else extras.v.index_select(2, keys)
+            out[:, :, :, a:e] = torch.matmul(s * w.unsqueeze(-1), vb.unsqueeze(2))
     if keys is None:
         col[:, :, :, bucket, lo:hi] += c
     else:
@@ -246,8 +330,10 @@ def _one_block(qs: Tensor, kf: Tensor, a: int, e: int, bucket: int, mask: Attent
 
 
 class LSEReducer(Reducer):
-    """Column sums from the bridge's rotated q and k (``hook_rot_q``/``hook_rot_k``), per layer.
+    """Column sums from the q and k each layer's description names (:mod:`sink_interp.architecture`).
 
+    The hooks carry q and k as they meet where the bridge fires them after RoPE (``hook_rot_q`` /
+    ``hook_rot_k``); elsewhere the description's rotary embedding is applied to ``hook_q`` / ``hook_k``.
     Result: ``col [n, layers, heads, buckets, T]`` and ``row_sum [n, layers, heads]`` (float32, CPU).
     """
 
@@ -264,37 +350,36 @@ class LSEReducer(Reducer):
         self.block_bytes = block_bytes
 
     def hook_names(self, model: Any) -> list[str]:
-        names = []
-        for layer in self.layers:
-            names.extend(qk_hook_names(model, layer))
-        return names
+        return qk_hooks(model, self.layers)
 
     def begin(self, model: Any, n_samples: int, length: int) -> None:
-        L = int(model.cfg.n_layers)
+        spec = describe_attention(model)
         if self.layers is None:
-            self.layers = list(range(L))
+            self.layers = list(range(spec.n_layers))
+        self._desc = [spec.layer(layer) for layer in self.layers]
+        for la in self._desc:
+            la.check_supported("method='lse'")
         self._names = {}
-        for i, layer in enumerate(self.layers):
-            qn, kn = qk_hook_names(model, layer)
-            self._names[qn] = (i, "q")
-            self._names[kn] = (i, "k")
-        self._scale = [attention_scale(model, layer) for layer in self.layers]
+        for i, la in enumerate(self._desc):
+            self._names.setdefault(la.q_hook, []).append((i, "q"))
+            self._names.setdefault(la.k_hook, []).append((i, "k"))
         self.edges = normalize_edges(self.query_edges, length)
-        H = int(model.cfg.n_heads)
+        H = spec.n_heads
         self.col = torch.zeros(n_samples, len(self.layers), H, len(self.edges) - 1, length, dtype=torch.float32)
         self.row_sum = torch.zeros(n_samples, len(self.layers), H, dtype=torch.float32)
         self._pending: dict[tuple[int, str], Tensor] = {}
 
     def update(self, name: str, tensor: Tensor) -> None:
-        i, kind = self._names[name]
-        self._pending[(i, kind)] = tensor.detach()
-        if (i, "q") in self._pending and (i, "k") in self._pending:
-            q = self._pending.pop((i, "q")).transpose(1, 2)  # hooks are [b, s, heads, d]
-            k = self._pending.pop((i, "k")).transpose(1, 2)
-            col, rows = block_alpha(q, k, self._scale[i], mask=self.mask, query_edges=self.edges, block_bytes=self.block_bytes)
-            s = self.batch_start
-            self.col[s : s + col.shape[0], i] = col.cpu()
-            self.row_sum[s : s + col.shape[0], i] = rows.cpu()
+        for i, kind in self._names[name]:
+            self._pending[(i, kind)] = tensor.detach()
+            if (i, "q") in self._pending and (i, "k") in self._pending:
+                la = self._desc[i]
+                q, k = la.final_qk(self._pending.pop((i, "q")), self._pending.pop((i, "k")))
+                col, rows = block_alpha(q.transpose(1, 2), k.transpose(1, 2), la, mask=la.mask(self.mask),
+                                        query_edges=self.edges, block_bytes=self.block_bytes)
+                s = self.batch_start
+                self.col[s : s + col.shape[0], i] = col.cpu()
+                self.row_sum[s : s + col.shape[0], i] = rows.cpu()
 
     def result(self) -> tuple[Tensor, Tensor]:
         return self.col, self.row_sum
@@ -325,6 +410,62 @@ class ColumnSums:
         return self.col / counts  # 0/0 -> NaN for keys after the bucket
 
 
+#: largest |alpha_lse - alpha_pattern| the self-check accepts, by weight dtype
+SELF_CHECK_ATOL = {torch.float32: 1e-4, torch.float64: 1e-6, torch.float16: 2e-2, torch.bfloat16: 2e-2}
+#: tokens of the self-check (more where a layer's own window is short, so the check crosses it)
+SELF_CHECK_TOKENS = 32
+
+
+class SelfCheckFailed(ValueError):
+    """An lse engine did not reproduce the model's own attention on a short input."""
+
+
+def pattern_alpha(model: Any, tokens: Tensor, mask: AttentionMask | None = None, layers: Sequence[int] | None = None) -> Tensor:
+    """``alpha [n, layers, heads, T]`` straight from the model's ``hook_pattern`` (short inputs: keeps T x T per layer)."""
+    from .interventions import masked
+
+    L = int(model.cfg.n_layers)
+    layers = list(range(L)) if layers is None else list(layers)
+    names = [hooknames.pattern(layer) for layer in layers]
+    out = torch.zeros(tokens.shape[0], len(layers), int(model.cfg.n_heads), tokens.shape[1])
+
+    def fn(name: str, x: Tensor, start: int) -> None:
+        out[start : start + x.shape[0], names.index(name)] = x.detach().float().sum(-2).cpu()
+
+    reducer = Reduce(names, fn)
+    with masked(model, as_mask(mask), layers):
+        run_reducers(model, tokens, [reducer], batch_size=tokens.shape[0], progress=False)
+    return out / torch.arange(tokens.shape[1], 0, -1, dtype=torch.float32)
+
+
+def self_check_tokens(model: Any, tokens: Tensor) -> Tensor:
+    """The short slice the self-check runs on: the first sample, past the shortest model window when that is short."""
+    windows = [w for w in describe_attention(model).windows if w]
+    n = SELF_CHECK_TOKENS if not windows else max(SELF_CHECK_TOKENS, min(min(windows) + 16, 512))
+    return tokens[:1, : min(n, tokens.shape[1])]
+
+
+def self_check(model: Any, tokens: Tensor, mask: AttentionMask, layers: list[int], engine: str, run: Any) -> str:
+    """Run ``run(short_tokens) -> alpha`` on a short slice and compare with :func:`pattern_alpha`; raise if they differ."""
+    short = self_check_tokens(model, tokens).to(model_device(model))
+    dtype = next(model.parameters()).dtype
+    atol = SELF_CHECK_ATOL.get(dtype, 2e-2)
+    try:
+        ref = pattern_alpha(model, short, mask, layers)
+        got = run(short)
+    except UnsupportedAttention:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure means: this engine cannot be trusted here
+        raise SelfCheckFailed(f"self-check of the {engine} engine failed to run ({e.__class__.__name__}: {e})") from e
+    diff = float((got - ref).abs().max())
+    if not diff <= atol:
+        raise SelfCheckFailed(
+            f"self-check of the {engine} engine: its sink scores differ from the model's own attention by {diff:.2e} (> {atol:g}) "
+            f"on {short.shape[1]} tokens; fix: method='pattern'"
+        )
+    return f"self-check on {short.shape[1]} tokens: max |diff| {diff:.1e}"
+
+
 def lse_column_sums(
     model: Any,
     tokens: Tensor,
@@ -341,22 +482,35 @@ def lse_column_sums(
 
     ``fused=None`` uses the fused engine when it can (no hooks on the bridge, an HF model inside it
     that passes a short self-check) and the hooks engine otherwise; ``True`` requires it; ``False``
-    uses the hooks engine. The engine and the reason are recorded in ``info``.
+    uses the hooks engine. Either engine must first reproduce the model's own ``hook_pattern`` on a
+    short slice of the input (:func:`self_check`); when neither does, :class:`SelfCheckFailed` is raised
+    (``method="pattern"`` is then the exact alternative). The engine, its self-check and the reason
+    for not fusing are recorded in ``info``.
     """
     from . import fused as fused_mod
 
     mask = as_mask(mask)
     n, T = tokens.shape
-    L = int(model.cfg.n_layers)
+    spec = describe_attention(model)
+    L = spec.n_layers
     layer_list = list(range(L)) if layers is None else list(layers)
     bad = [layer for layer in layer_list if not 0 <= layer < L]
     if bad:
         raise ValueError(f"layers {bad} out of range; the model has layers 0..{L - 1}")
+    for layer in layer_list:
+        spec.layer(layer).check_supported("method='lse'")
     edges = normalize_edges(query_edges, T)
 
     reason = "fused=False"
     if fused is not False:
         ok, reason = fused_mod.fused_supported(model, tokens, mask)
+        if ok:
+            try:
+                check = self_check(model, tokens, mask, layer_list, "fused", lambda short: fused_mod.fused_column_sums(
+                    model, short, layers=layer_list, mask=mask, query_edges=None, batch_size=1, progress=False,
+                    block_bytes=block_bytes)[0].sum(3) / torch.arange(short.shape[1], 0, -1, dtype=torch.float32))
+            except SelfCheckFailed as e:
+                ok, reason = False, str(e)
         if not ok and fused:
             raise ValueError(f"the fused engine cannot run this model: {reason}; fix: fused=None or False (hooks engine)")
         if ok:
@@ -364,14 +518,24 @@ def lse_column_sums(
                 model, tokens, layers=layer_list, mask=mask, query_edges=edges,
                 batch_size=batch_size, progress=progress, block_bytes=block_bytes,
             )
+            info["self_check"] = check
             return ColumnSums(col, rows, edges, layer_list, "fused", info)
 
     bs = auto_batch_size(model, T) if batch_size is None else check_positive_int(batch_size, "batch_size")
-    reducer = LSEReducer(layers=layer_list, mask=mask, query_edges=edges, block_bytes=block_bytes)
-    with attach_hooks(model, mask_hooks(model, mask)):
-        run_reducers(model, tokens, [reducer], batch_size=bs, progress=progress, desc="sink scores (lse)")
-    col, rows = reducer.result()
-    return ColumnSums(col, rows, edges, layer_list, "hooks", {"engine": "hooks", "why_not_fused": reason, "batch_size": bs})
+
+    def hooks_engine(toks: Tensor, edges_: list[int] | None, batch: int, show: bool) -> tuple[Tensor, Tensor]:
+        from .interventions import masked
+
+        reducer = LSEReducer(layers=layer_list, mask=mask, query_edges=edges_, block_bytes=block_bytes)
+        with masked(model, mask):
+            run_reducers(model, toks, [reducer], batch_size=batch, progress=show, desc="sink scores (lse)")
+        return reducer.result()
+
+    check = self_check(model, tokens, mask, layer_list, "hooks", lambda short: hooks_engine(short, None, 1, False)[0].sum(3)
+                       / torch.arange(short.shape[1], 0, -1, dtype=torch.float32))
+    col, rows = hooks_engine(tokens, edges, bs, progress)
+    return ColumnSums(col, rows, edges, layer_list, "hooks",
+                      {"engine": "hooks", "why_not_fused": reason, "batch_size": bs, "self_check": check})
 
 
 # --------------------------------------------------------------------------- choosing a method
@@ -389,14 +553,25 @@ def pattern_bytes(model: Any, length: int, batch: int) -> int:
 
 
 def attention_hooks(model: Any) -> list[str]:
-    """Hook points on attention scores/patterns that carry hooks (they may replace the softmax)."""
+    """Hook points that carry hooks able to change attention weights: scores and patterns, and ``hook_z``
+    of layers whose attention runs inside Hugging Face (there, interventions rebuild attention at ``hook_z``)."""
+    spec = describe_attention(model)
     out = []
-    for layer in range(int(model.cfg.n_layers)):
-        for name in (hooknames.attn_scores(layer), hooknames.pattern(layer)):
+    for la in spec.layers:
+        names = [hooknames.attn_scores(la.layer), hooknames.pattern(la.layer)]
+        if not la.scores_hookable:
+            names.append(hooknames.z(la.layer))
+        for name in names:
             hp = model.hook_dict.get(name)
             if hp is not None and (hp.fwd_hooks or hp.bwd_hooks):
                 out.append(name)
     return out
+
+
+def lse_blockers(model: Any) -> list[str]:
+    """Why the ``lse`` method cannot reproduce this model's scores from q and k (empty when it can)."""
+    spec = describe_attention(model)
+    return [f"layer {la.layer}: {', '.join(la.unsupported)}" for la in spec.layers if la.unsupported]
 
 
 def choose_method(model: Any, tokens: Tensor, method: str = "auto", *, score: str = "auto", batch_size: int | None = None) -> str:
@@ -404,8 +579,10 @@ def choose_method(model: Any, tokens: Tensor, method: str = "auto", *, score: st
 
     ``"auto"`` takes ``"lse"`` when ``T >= LSE_MIN_LENGTH`` or when one layer's attention maps
     (:func:`pattern_bytes` for the batch) would take more than ``PATTERN_MEMORY_SHARE`` of the free
-    memory, unless something needs the pattern itself: a proxy ``score``, or hooks on
-    ``hook_attn_scores``/``hook_pattern`` (an attention-kernel intervention: ``lse`` assumes softmax).
+    memory, unless something needs the pattern itself: a proxy ``score``, hooks that can change
+    attention weights (:func:`attention_hooks`: an intervention), or a layer whose scores the
+    description cannot rebuild from q and k (:func:`lse_blockers`). ``measure_sinks`` also falls
+    back to ``"pattern"`` when the ``lse`` self-check fails.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -422,7 +599,7 @@ def choose_method(model: Any, tokens: Tensor, method: str = "auto", *, score: st
                 "need the attention pattern itself; fix: method='pattern'"
             )
         return "lse"
-    if method == "pattern" or needs_pattern:
+    if method == "pattern" or needs_pattern or lse_blockers(model):
         return "pattern"
     n, T = tokens.shape
     bs = min(n, batch_size or auto_batch_size(model, T))

@@ -14,8 +14,9 @@ so ``visible(t, j) = (j <= t or (j < p and t < p)) and (w is None or t - j < w o
 
 The mask describes the model's attention: every sink-score method applies it
 (``measure_sinks(..., mask=...)``): the pattern path and the hooks engine
-through a ``hook_attn_scores`` hook (:func:`mask_hooks`), the fused engine in
-its kernel call, and the blockwise ``lse`` maths when it forms the scores.
+through the intervention pipeline (:func:`sink_interp.interventions.masked`),
+the fused engine in its kernel call, and the blockwise ``lse`` maths when it
+forms the scores.
 The sink score keeps the official normaliser ``T - k + 1`` whatever the mask,
 so scores stay comparable with the unmasked model.
 
@@ -31,13 +32,12 @@ Examples:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from ._internal import hooknames
 
 
 def _check_int(value: Any, name: str, minimum: int, allow_none: bool = False) -> int | None:
@@ -163,67 +163,3 @@ def as_mask(mask: AttentionMask | dict[str, Any] | None) -> AttentionMask:
         except TypeError as e:
             raise ValueError(f"mask: {e}; fix: use the keys window, prefix, sinks") from None
     raise ValueError(f"mask must be an AttentionMask, a dict or None, got {type(mask).__name__}")
-
-
-# --------------------------------------------------------------------------- bridge hooks
-
-
-def attention_scale(model: Any, layer: int) -> float:
-    """The factor the model multiplies ``q . k`` by in ``layer`` (the HF module's ``scaling``, else 1/sqrt(d_head))."""
-    attn = model.blocks[layer].attn
-    hf = getattr(attn, "original_component", None)
-    scaling = getattr(hf, "scaling", None)
-    if scaling is None:
-        scaling = float(model.cfg.d_head) ** -0.5
-    return float(scaling)
-
-
-def qk_hook_names(model: Any, layer: int) -> tuple[str, str]:
-    """The hooks carrying the q and k that meet in the scores: rotated ones where the model has them."""
-    points = model.hook_dict
-    rq, rk = hooknames.rot_q(layer), hooknames.rot_k(layer)
-    if rq in points and rk in points:
-        return rq, rk
-    return hooknames.q(layer), hooknames.k(layer)
-
-
-def mask_hooks(model: Any, mask: AttentionMask, layers: list[int] | None = None) -> list[tuple[str, Callable[..., Any]]]:
-    """Hooks that make a TransformerBridge attend with ``mask`` (pass them to ``attach_hooks``).
-
-    Masks that only hide keys (window, sinks) fill the hidden scores with the
-    dtype's minimum at ``hook_attn_scores``. A prefix LM also *shows* keys the
-    causal mask hid, so the scores are recomputed there from the (rotated) q
-    and k caught a moment earlier, with the layer's scale.
-    """
-    mask = as_mask(mask)
-    if mask.is_causal:
-        return []
-    L = int(model.cfg.n_layers)
-    layers = list(range(L)) if layers is None else list(layers)
-    hooks: list[tuple[str, Callable[..., Any]]] = []
-    for layer in layers:
-        store: dict[str, Tensor] = {}
-        scale = attention_scale(model, layer)
-        qn, kn = qk_hook_names(model, layer)
-
-        def keep(x: Tensor, hook: Any, store: dict[str, Tensor] = store, key: str = "") -> None:
-            store[key] = x
-            return None
-
-        def scores(x: Tensor, hook: Any, store: dict[str, Tensor] = store, scale: float = scale) -> Tensor:
-            T = x.shape[-1]
-            vis = mask.dense(T, device=x.device)
-            if mask.prefix > 1:
-                q = store.pop("q").transpose(1, 2)  # [b, H, T, d]
-                k = store.pop("k").transpose(1, 2)  # [b, G, T, d]
-                rep = q.shape[1] // k.shape[1]
-                if rep > 1:
-                    k = k.repeat_interleave(rep, dim=1)
-                x = torch.matmul(q, k.transpose(-1, -2)).to(x.dtype) * scale
-            return x.masked_fill(~vis, torch.finfo(x.dtype).min)
-
-        if mask.prefix > 1:
-            hooks.append((qn, lambda x, hook, store=store: keep(x, hook, store, "q")))
-            hooks.append((kn, lambda x, hook, store=store: keep(x, hook, store, "k")))
-        hooks.append((hooknames.attn_scores(layer), scores))
-    return hooks

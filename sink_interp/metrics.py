@@ -11,11 +11,13 @@ sink head on ``k`` when ``alpha_k > eps`` (strictly), and
 
     Sink_k^eps = 100 * mean over (sample, layer, head) of [alpha_k > eps].
 
-Patterns whose rows do not sum to 1 (sigmoid or elu+1 kernels, a learned
-sink logit) are scored through the proxy ``A / (sum_j A + 1e-8)`` (or
-``|A| / (sum_j |A| + 1e-8)`` for kernels with negative weights); the mass a
-row does not give to any token, ``1 - sum_j A[t, j]``, is reported as the
-sink mass.
+Patterns whose rows do not sum to 1 (sigmoid or elu+1 kernels, a sink
+logit grafted by an intervention) are scored through the proxy
+``A / (sum_j A + 1e-8)`` (or ``|A| / (sum_j |A| + 1e-8)`` for kernels with
+negative weights). A model's own learned sink logits (gpt-oss) are scored as
+they are, like Hugging Face's attention weights. Either way the mass a row
+does not give to any token, ``1 - sum_j A[t, j]``, is reported as the sink
+mass.
 
 Keys near the end are averaged over very few queries (``alpha_T`` is a single
 attention weight), so ``Sink_T`` is noisy: it is reported, but
@@ -38,6 +40,7 @@ from torch import Tensor
 from ._internal import hooknames
 from ._internal.errors import check_eps, check_tokens
 from ._internal.provenance import dumps, versions, write_atomic
+from .architecture import describe_attention
 from .capture import Reducer, attach_hooks, run_reducers
 from .models import model_info
 
@@ -109,6 +112,9 @@ class SinkScoreReducer(Reducer):
             raise ValueError(f"layers {bad} out of range; the model has layers 0..{L - 1}")
         self._index = {layer: i for i, layer in enumerate(self.layers)}
         H = int(model.cfg.n_heads)
+        # learned sink logits (gpt-oss) take mass out of every row: those rows are softmax as they are
+        spec = describe_attention(model)
+        self._native_sinks = {layer for layer in self.layers if spec.layer(layer).has_sink_logits}
         self.alpha = torch.zeros(n_samples, len(self.layers), H, length, dtype=torch.float32)
         self.row_sum = torch.zeros(n_samples, len(self.layers), H, dtype=torch.float32)
 
@@ -118,7 +124,9 @@ class SinkScoreReducer(Reducer):
         score = self.score
         rows = p.float().sum(-1)  # [b, H, q]
         if score == "auto":
-            if (rows - 1).abs().max().item() <= _row_tolerance(p.dtype):
+            if layer in self._native_sinks:
+                score = "softmax"
+            elif (rows - 1).abs().max().item() <= _row_tolerance(p.dtype):
                 score = "softmax"
             else:
                 score = "abs-proxy" if (p < 0).any().item() else "proxy"
@@ -450,6 +458,7 @@ def measure_sinks(
             score = _MODEL_SCORE.get(model, "auto")
         except TypeError:  # not weak-referenceable: nothing registered
             pass
+    requested = method
     method = _lse.choose_method(model, tokens_checked, method, score=score, batch_size=batch_size)
     mask = _lse.as_mask(mask)
     info = getattr(tokens, "probe_info", None)
@@ -459,14 +468,22 @@ def measure_sinks(
     if not mask.is_causal:
         extra["mask"] = mask.to_dict()
     if method == "lse":
-        sums = _lse.lse_column_sums(model, tokens_checked, layers=layers, mask=mask, batch_size=batch_size,
-                                    progress=progress, fused=fused)
+        try:
+            sums = _lse.lse_column_sums(model, tokens_checked, layers=layers, mask=mask, batch_size=batch_size,
+                                        progress=progress, fused=fused)
+        except _lse.SelfCheckFailed as e:
+            if requested != "auto":
+                raise
+            method, extra["why_not_lse"] = "pattern", str(e)
+    if method == "lse":
         alpha, row_sum, layer_list, proxy_layers, used = sums.alpha(), sums.row_sum, sums.layers, {}, []
         score = "softmax"
         extra["lse"] = sums.info
     else:
         reducer = SinkScoreReducer(layers=layers, score=score)
-        with attach_hooks(model, _lse.mask_hooks(model, mask)):
+        from .interventions import masked
+
+        with masked(model, mask):
             run_reducers(model, tokens_checked, [reducer], batch_size=batch_size, progress=progress, desc="sink scores")
         alpha, row_sum = reducer.result()
         layer_list, proxy_layers = reducer.layers, dict(reducer.proxy_layers)

@@ -43,7 +43,8 @@ from .capture import run_reducers
 from .effects import NextTokenReducer
 from .interventions import StreamingWindow, intervene
 from .metrics import _bos_policy
-from .models import model_info, positional_kind, rotary_fraction
+from .architecture import describe_attention
+from .models import model_info
 
 
 def long_tokens(model: Any, length: int = 1536, n: int = 8, bos: bool = False, path: str | None = None) -> Tensor:
@@ -251,11 +252,11 @@ def streaming_ppl(
             "Fix: use a longer text (e.g. long_tokens(model, length=...)) or a smaller window"
         )
     bucket = window if bucket is None else check_positive_int(bucket, "bucket")
-    kind = positional_kind(model)
+    kind = describe_attention(model).positional
     conds: dict[str, list[Any]] = {"full": []}
-    # cache positions re-rotate q by RoPE; with learned positions or partial RoPE (Pythia) only
+    # cache positions re-rotate q by the model's RoPE; with learned absolute positions or ALiBi only
     # the original-position conditions are defined
-    if kind == "learned" or (kind == "rope" and rotary_fraction(model) < 1.0):
+    if kind in ("learned", "alibi"):
         conds[f"{sinks} sinks + window {window} (original positions)"] = [StreamingWindow(window, sinks, positions="original")]
         conds[f"window only ({sinks + window})"] = [StreamingWindow(sinks + window, 0, positions="original")]
     else:

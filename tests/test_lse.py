@@ -190,11 +190,33 @@ def test_hooks_on_the_model_send_lse_through_the_hooks_engine(tiny_models):
 
 
 def test_failed_self_check_falls_back_to_hooks(tiny_models, monkeypatch):
+    """A fused engine that gets the scores wrong is caught on a short slice; the hooks engine takes over."""
     model, _ = tiny_models("tiny-mha")
     tokens = torch.randint(4, 128, (2, 16), generator=torch.Generator().manual_seed(5))
-    monkeypatch.setitem(fused_mod.SELF_CHECK_ATOL, torch.float32, -1.0)
+    real = fused_mod.fused_column_sums
+
+    def wrong(*args, **kwargs):
+        col, rows, info = real(*args, **kwargs)
+        return col * 1.01, rows, info
+
+    monkeypatch.setattr(fused_mod, "fused_column_sums", wrong)
     sums = lse_column_sums(model, tokens, progress=False)
     assert sums.engine == "hooks" and "self-check" in sums.info["why_not_fused"]
+    assert "self-check on" in sums.info["self_check"]
+
+
+def test_failed_self_check_everywhere_refuses_lse_and_auto_falls_back_to_pattern(tiny_models, monkeypatch):
+    """When no lse engine reproduces the model's own attention: method='lse' refuses, 'auto' measures the pattern."""
+    model, hf = tiny_models("tiny-gqa")
+    tokens = torch.randint(4, 128, (1, lse_mod.LSE_MIN_LENGTH), generator=torch.Generator().manual_seed(5))
+    monkeypatch.setitem(lse_mod.SELF_CHECK_ATOL, torch.float32, -1.0)
+    with pytest.raises(lse_mod.SelfCheckFailed, match="method='pattern'"):
+        measure_sinks(model, tokens, method="lse", progress=False)
+    rep = measure_sinks(model, tokens, progress=False)
+    assert rep.method == "pattern" and "self-check" in rep.extra["why_not_lse"]
+    with torch.no_grad():
+        ref = official_alpha(torch.stack(hf(tokens, output_attentions=True).attentions, 1))
+    np.testing.assert_allclose(rep.alpha, ref.numpy(), atol=1e-5)
 
 
 def test_choose_method_by_length_memory_and_needs(tiny_models, monkeypatch):

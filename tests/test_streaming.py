@@ -60,23 +60,3 @@ def test_long_tokens_joins_passages_of_one_article(tiny_models):
     assert len(info["documents"]) == 3 and all(d.startswith(("wikipedia:", "kjv:", "python-docs:")) for d in info["documents"])
     with pytest.raises(ValueError, match="lower n or length"):
         long_tokens(model, length=10**6, n=1)
-
-
-def test_streaming_ppl_on_partial_rope_uses_original_positions():
-    """Pythia-style partial RoPE: cache positions are not defined, so only original positions run (no mid-run error)."""
-    from transformers import StableLmConfig, StableLmForCausalLM
-
-    from sink_interp.models import _bridge_class, rotary_fraction, tiny_tokenizer
-
-    cfg = StableLmConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=4, max_position_embeddings=256, partial_rotary_factor=0.25)
-    torch.manual_seed(0)
-    model = _bridge_class().boot_transformers("tiny-partial-rope", hf_model=StableLmForCausalLM(cfg).eval(),
-                                              tokenizer=tiny_tokenizer(128), device="cpu")
-    assert rotary_fraction(model) == 0.25
-    x = torch.randint(4, 128, (2, 24), generator=torch.Generator().manual_seed(1))
-    rep = streaming_ppl(model, x, sinks=1, window=5, progress=False)
-    assert rep.conditions == ("full", "1 sinks + window 5 (original positions)", "window only (6)")
-    np.testing.assert_allclose(rep.nll[1], nll_by_position(model, x, [StreamingWindow(5, 1, positions="original")]), atol=1e-5)
-    with pytest.raises(ValueError, match="full-width RoPE"):  # asking for cache positions still says why
-        nll_by_position(model, x, [StreamingWindow(5, 1, positions="cache")])
