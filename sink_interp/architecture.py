@@ -212,6 +212,18 @@ class LayerAttention:
             )
 
     # ------------------------------------------------------------ scores
+    def pre_rotary(self, x: Tensor) -> Float[Tensor, "b T heads d"]:
+        """A tensor read at :attr:`q_pre_rotary_hook` / :attr:`k_pre_rotary_hook` as ``[b, T, heads, d]``.
+
+        The bridge fires per-head QK-norm hooks heads-first (``[b, heads, T, d]``) and OLMo-2's all-heads
+        norm on the flat ``[b, T, heads * d]``; plain ``hook_q`` / ``hook_k`` are already ``[b, T, heads, d]``.
+        """
+        if self.qk_norm == "all-heads" and x.dim() == 3:
+            return x.reshape(x.shape[0], x.shape[1], -1, self.d_head)
+        if self.qk_norm == "per-head" and x.dim() == 4:
+            return x.transpose(1, 2)
+        return x
+
     def final(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
         """A tensor read at :attr:`q_hook` or :attr:`k_hook` (``[b, T, heads, d]``) as it meets the other in the scores."""
         rot = self.rotate_after_hooks

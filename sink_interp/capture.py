@@ -65,6 +65,21 @@ def has_hook_point(model: Any, name: str) -> bool:
     return name in model.hook_dict
 
 
+def user_hooks(model: Any, names: Iterable[str] | None = None) -> list[str]:
+    """Hook points (of ``names``, default all) carrying hooks someone added: the bridge's own permanent hooks
+    (some adapters install them at load time) do not count."""
+    points = model.hook_dict
+    out = []
+    for name in points if names is None else names:
+        hp = points.get(name)
+        if hp is None:
+            continue
+        handles = list(getattr(hp, "fwd_hooks", None) or []) + list(getattr(hp, "bwd_hooks", None) or [])
+        if any(not getattr(h, "is_permanent", False) for h in handles):
+            out.append(name)
+    return out
+
+
 def hook_snapshot(model: Any) -> dict[str, tuple[int, ...]]:
     """Identity of every hook on the model (TransformerLens hook points and raw torch hooks).
 

@@ -48,7 +48,7 @@ from torch import Tensor
 
 from ._internal.errors import check_positive_int
 from .architecture import AttentionSpec, describe_attention
-from .capture import model_device
+from .capture import model_device, user_hooks
 from .lse import BLOCK_BYTES, ScoreRule, block_alpha, normalize_edges
 from .masks import CAUSAL, AttentionMask, as_mask
 
@@ -245,10 +245,6 @@ def hf_twin(model: Any) -> torch.nn.Module:
 # --------------------------------------------------------------------------- when it applies
 
 
-def _user_hooks(model: Any) -> list[str]:
-    return [name for name, hp in model.hook_dict.items() if getattr(hp, "fwd_hooks", None) or getattr(hp, "bwd_hooks", None)]
-
-
 def fused_supported(model: Any, tokens: Tensor, mask: AttentionMask | None = None) -> tuple[bool, str]:
     """Whether the fused engine can run this model, and why not.
 
@@ -260,7 +256,7 @@ def fused_supported(model: Any, tokens: Tensor, mask: AttentionMask | None = Non
     orig = getattr(model, "original_model", None)
     if orig is None or not hasattr(orig, "config") or not hasattr(model, "hook_dict"):
         return False, "not a TransformerBridge wrapping a Hugging Face model"
-    hooks = _user_hooks(model)
+    hooks = user_hooks(model)
     if hooks:
         return False, f"hooks are attached to the model ({hooks[:3]}...); only the hooks engine sees their effect"
     spec = describe_attention(model)

@@ -892,18 +892,18 @@ class _Site:
         L, la, ctx = self.layer, self.la, self.ctx
         out: list[tuple[str, Callable[..., Any]]] = []
 
-        def stash(attr: str, final: bool = False) -> Callable[..., None]:
+        def stash(attr: str, how: Callable[[Tensor], Tensor] | None = None) -> Callable[..., None]:
             def hook(x: Tensor, hook: Any) -> None:
-                setattr(ctx, attr, la.final(x) if final else x)
+                setattr(ctx, attr, x if how is None else how(x))
 
             return hook
 
         if "q" in self.needs:
-            out.append((la.q_hook, stash("q", final=True)))
+            out.append((la.q_hook, stash("q", la.final)))
         if "q_pre" in self.needs:
-            out.append((la.q_pre_rotary_hook, stash("q_pre")))
+            out.append((la.q_pre_rotary_hook, stash("q_pre", la.pre_rotary)))
         if "k" in self.needs:
-            out.append((la.k_hook, stash("k", final=True)))
+            out.append((la.k_hook, stash("k", la.final)))
         if "v" in self.needs:
             out.append((hooknames.v(L), stash("v")))
 

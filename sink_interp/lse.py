@@ -56,7 +56,7 @@ from ._internal import hooknames
 from ._internal.errors import check_positive_int
 from ._internal.memory import available_bytes
 from .architecture import UnsupportedAttention, describe_attention, qk_hooks
-from .capture import Reduce, Reducer, attach_hooks, auto_batch_size, model_device, run_reducers
+from .capture import Reduce, Reducer, attach_hooks, auto_batch_size, model_device, run_reducers, user_hooks
 from .masks import CAUSAL, AttentionMask, as_mask
 
 #: Working memory of one block of scores (batch x heads x queries x keys float32). Small blocks stay
@@ -556,16 +556,12 @@ def attention_hooks(model: Any) -> list[str]:
     """Hook points that carry hooks able to change attention weights: scores and patterns, and ``hook_z``
     of layers whose attention runs inside Hugging Face (there, interventions rebuild attention at ``hook_z``)."""
     spec = describe_attention(model)
-    out = []
+    names = []
     for la in spec.layers:
-        names = [hooknames.attn_scores(la.layer), hooknames.pattern(la.layer)]
+        names += [hooknames.attn_scores(la.layer), hooknames.pattern(la.layer)]
         if not la.scores_hookable:
             names.append(hooknames.z(la.layer))
-        for name in names:
-            hp = model.hook_dict.get(name)
-            if hp is not None and (hp.fwd_hooks or hp.bwd_hooks):
-                out.append(name)
-    return out
+    return user_hooks(model, names)
 
 
 def lse_blockers(model: Any) -> list[str]:

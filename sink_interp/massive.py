@@ -47,22 +47,11 @@ from ._internal.errors import check_positive_int, check_tokens
 from ._internal.provenance import dumps, versions, write_atomic
 from .capture import Reducer, run_reducers
 from .metrics import SinkReport, SinkScoreReducer, _bos_policy
-from .models import model_info, n_kv_heads
+from .architecture import describe_attention
+from .models import model_info
 
 DEFAULT_ABS_THRESHOLD = 100.0
 DEFAULT_RATIO_THRESHOLD = 1000.0
-
-
-def key_hook(model: Any, layer: int) -> str:
-    """The hook holding keys as attention sees them: after RoPE when the model rotates, else ``hook_k``."""
-    name = hooknames.rot_k(layer)
-    return name if name in model.hook_dict else hooknames.k(layer)
-
-
-def query_hook(model: Any, layer: int) -> str:
-    """Queries as attention sees them: after RoPE when the model rotates, else ``hook_q``."""
-    name = hooknames.rot_q(layer)
-    return name if name in model.hook_dict else hooknames.q(layer)
 
 
 def exact_median(a: Tensor) -> Tensor:
@@ -93,17 +82,21 @@ class MassiveReducer(Reducer):
 
     def hook_names(self, model: Any) -> list[str]:
         L = int(model.cfg.n_layers)
+        spec = describe_attention(model)
         names = [hooknames.resid_pre(l) for l in range(L)]
-        names += [key_hook(model, l) for l in range(L)]
+        names += [spec.layer(l).k_hook for l in range(L)]
         names += [hooknames.v(l) for l in range(L)]
         return names
 
     def begin(self, model: Any, n_samples: int, length: int) -> None:
-        L, D, G = int(model.cfg.n_layers), int(model.cfg.d_model), n_kv_heads(model)
+        spec = describe_attention(model)
+        L, D, G = spec.n_layers, int(model.cfg.d_model), spec.n_kv_heads
         k = min(self.top_k, length * D)
         self.k = k
         self.D = D
-        self.key_names = {key_hook(model, l): l for l in range(L)}
+        # keys as attention sees them (after QK-norm and RoPE; the description rotates where no hook does)
+        self.key_names = {spec.layer(l).k_hook: l for l in range(L)}
+        self._desc = spec.layers
         self.v_names = {hooknames.v(l): l for l in range(L)}
         self.h_norm = torch.zeros(n_samples, L, length)
         self.k_norm = torch.zeros(n_samples, L, G, length)
@@ -125,7 +118,7 @@ class MassiveReducer(Reducer):
         x = tensor.detach().float()
         b = x.shape[0]
         if name in self.key_names:
-            self.k_norm[s : s + b, layer] = x.norm(dim=-1).transpose(1, 2).cpu()
+            self.k_norm[s : s + b, layer] = self._desc[layer].final(x).norm(dim=-1).transpose(1, 2).cpu()
             return
         if name in self.v_names:
             self.v_norm[s : s + b, layer] = x.norm(dim=-1).transpose(1, 2).cpu()
@@ -616,7 +609,7 @@ def massive_activations(
         data=data,
         model_info=mi.to_dict(),
         versions=versions(),
-        key_after_rope=key_hook(model, 0).endswith("rot_k"),
+        key_after_rope=describe_attention(model).layer(0).rotary is not None,
         sinks=sink_report,
         extra={"probe": info} if isinstance(info, dict) else {},
     )

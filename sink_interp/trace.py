@@ -9,10 +9,20 @@ The chain (Sun et al. 2024; Gu et al. 2025; Guo et al. 2024; the notes seed):
 3. **norm** — the attention norm divides the sink by a huge scale, turning it
    into a near-constant, sparse vector; the gain ``g`` weighs the spike dims;
 4. **wk** — ``g ⊙ W_K`` maps those few dims into the sink key;
-5. **rope** — after rotation, queries point at the sink key: a large
+5. **qk_norm** — in models with QK-norm (Qwen3, Gemma-3, OLMo-2) the key
+   norm rescales every key to about the same length, so the sink key must
+   stand out by direction, not by size;
+6. **rope** — after rotation, queries point at the sink key: a large
    ``cos(q_t, k_sink)`` against a small ``cos(q_t, k_j)``;
-6. **manifold** — sink keys sit in a low-dimensional subspace at a large
+7. **manifold** — sink keys sit in a low-dimensional subspace at a large
    angle from the other keys; sink values are small (value drain).
+
+Which hooks carry q and k, where the rotation happens, the norm's gain
+convention (Gemma's ``1 + w``) and whether the block has a norm before
+attention at all come from :func:`sink_interp.describe_attention`. Links a
+model does not have are listed in ``TraceReport.skipped`` with the reason
+(``norm`` in OLMo-2, which normalises after attention; ``qk_norm`` without
+QK-norm; ``gated_mlp`` for non-gated or mixture-of-experts MLPs).
 
 :func:`trace_sink` measures each link on a probe set and returns a
 :class:`TraceReport`; every number of every link has a one-line doc
@@ -23,8 +33,8 @@ Example:
     >>> import torch
     >>> from sink_interp import tiny_model, trace_sink
     >>> rep = trace_sink(tiny_model(), torch.randint(4, 128, (4, 12)), progress=False)
-    >>> sorted(rep.links)
-    ['gated_mlp', 'manifold', 'norm', 'rope', 'spike', 'wk', 'writer']
+    >>> sorted(rep.links), sorted(rep.skipped)
+    (['gated_mlp', 'manifold', 'norm', 'rope', 'spike', 'wk', 'writer'], ['qk_norm'])
 """
 
 from __future__ import annotations
@@ -43,19 +53,18 @@ from torch import Tensor
 from ._internal import hooknames
 from ._internal.errors import check_positive_int, check_tokens
 from ._internal.provenance import dumps, versions, write_atomic
-from ._internal.weights import attn_weights, mlp_weights, norm_weights
+from ._internal.weights import attn_weights, mlp_weights
+from .architecture import describe_attention
 from .capture import Reducer, run_reducers
 from .massive import (
     DEFAULT_ABS_THRESHOLD,
     DEFAULT_RATIO_THRESHOLD,
     MassiveReport,
-    key_hook,
     massive_activations,
-    query_hook,
 )
-from .models import model_info, n_kv_heads, positional_kind
+from .models import model_info
 
-LINKS = ("spike", "writer", "gated_mlp", "norm", "wk", "rope", "manifold")
+LINKS = ("spike", "writer", "gated_mlp", "norm", "wk", "qk_norm", "rope", "manifold")
 MIN_PCA_SAMPLES = 3
 
 
@@ -153,9 +162,10 @@ class NormLink(Link):
 class KeyLink(Link):
     head: int = _doc("traced query head")
     kv_head: int = _doc("its KV head (GQA: head // (n_heads // n_kv_heads))")
-    k_sink_norm: float = _doc("mean ||k_sink|| before RoPE")
-    k_other_norm: float = _doc("mean ||k_j|| before RoPE at the other positions")
+    k_sink_norm: float = _doc("mean ||k_sink|| as W_K projects it (before QK-norm and RoPE)")
+    k_other_norm: float = _doc("mean ||k_j|| as W_K projects it, at the other positions")
     k_sink_cos: float = _doc("mean pairwise cosine of k_sink across samples: ~1 = the sink key is near-constant")
+    input: str = _doc("what W_K reads: the attention norm's output g*n, or the raw residual where no norm precedes attention")
     share_spike_dims: float = _doc("share of the sink key made by the spike dims: sum_d <n_d g_d W_K[d], k> / ||k||^2")
     cos_spike_dims: float = _doc("cosine between the spike dims' contribution and the whole sink key")
     share_bias: float = _doc("share of the sink key made by biases (norm bias through W_K, plus b_K)")
@@ -170,12 +180,28 @@ class KeyLink(Link):
 
 
 @dataclass(frozen=True)
+class QKNormLink(Link):
+    kind: str = _doc("per-head (Qwen3, Gemma-3: each head's key normalised alone) or all-heads (OLMo-2: over all heads at once)")
+    kv_head: int = _doc("KV head analysed")
+    k_sink_norm_before: float = _doc("mean ||k_sink|| of the key projection, before the k-norm")
+    k_other_norm_before: float = _doc("mean ||k_j|| before the k-norm at the other positions")
+    k_sink_norm_after: float = _doc("mean ||k_sink|| after the k-norm (before RoPE)")
+    k_other_norm_after: float = _doc("mean ||k_j|| after the k-norm")
+    norm_ratio_before: float = _doc("k_sink_norm_before / k_other_norm_before")
+    norm_ratio_after: float = _doc("k_sink_norm_after / k_other_norm_after: ~1 = the norm erased the size difference")
+    scale_sink: float = _doc("the k-norm's divisor (RMS) at the sink")
+    scale_other: float = _doc("the k-norm's divisor at the other positions")
+    cos_before_after: float = _doc("mean cos(k_sink before, k_sink after the k-norm): < 1 where the gain turns the key")
+    gain_mean_abs: float = _doc("mean |gain| of the k-norm (the effective gain, 1 + w for Gemma-3)")
+
+
+@dataclass(frozen=True)
 class RopeLink(Link):
     head: int = _doc("traced head; the lists below have one entry per head of the layer")
-    positional: str = _doc("positional scheme: rope (keys and queries rotated), learned or nope (no rotation)")
+    positional: str = _doc("positional scheme: rope (keys and queries rotated), learned, alibi or nope (no rotation)")
     cos_sink: list = _doc("mean cos(q_t, k_sink) after RoPE over samples and queries t > sink")
     cos_other: list = _doc("mean cos(q_t, k_j) after RoPE over causal pairs j <= t, j != sink")
-    cos_sink_pre: list = _doc("mean cos(q_t, k_sink) before RoPE")
+    cos_sink_pre: list = _doc("mean cos(q_t, k_sink) before RoPE (after QK-norm where the model has it)")
     cos_other_pre: list = _doc("mean cos(q_t, k_j) before RoPE")
     q_norm: list = _doc("mean ||q_t|| after RoPE (t > sink)")
     k_sink_norm: list = _doc("mean ||k_sink|| after RoPE")
@@ -269,18 +295,28 @@ class TraceReducer(Reducer):
     def __init__(self, model: Any, layer: int, head: int, sink: int, coord_pos: int, links: set[str]):
         self.layer, self.head, self.sink, self.coord_pos, self.links = layer, head, sink, coord_pos, links
         cfg = model.cfg
-        self.L, self.H, self.G, self.D = int(cfg.n_layers), int(cfg.n_heads), n_kv_heads(model), int(cfg.d_model)
-        self.d_head = int(cfg.d_head)
-        self.group = max(1, self.H // self.G)
-        self.g = head // self.group
-        self.q_name, self.k_name = query_hook(model, layer), key_hook(model, layer)
+        spec = describe_attention(model)
+        la = self.la = spec.layer(layer)
+        self.L, self.H, self.G, self.D = spec.n_layers, spec.n_heads, spec.n_kv_heads, int(cfg.d_model)
+        self.d_head = spec.d_head
+        self.group = la.group
+        self.g = la.kv_head(head)
+        # q and k as they meet (rotated here where the bridge fires no rotated hook), before RoPE, and as projected
+        self.q_name, self.k_name = la.q_hook, la.k_hook
+        self.q_pre_name, self.k_pre_name = la.q_pre_rotary_hook, la.k_pre_rotary_hook
         self.want_writer = bool(links & {"writer", "gated_mlp"})
-        self.want_layer = bool(links & {"spike", "norm", "wk", "rope", "manifold"})
-        self.want_norm = bool(links & {"norm", "wk"})
-        self.gain, self.beta = norm_weights(model, layer, "ln1") if self.want_norm else (None, None)
+        self.want_layer = bool(links & {"spike", "norm", "wk", "qk_norm", "rope", "manifold"})
+        # the input W_K reads: the attention norm's output, or the raw residual where no norm precedes attention
+        self.pre_norm = spec.pre_norm
+        self.want_norm = bool(links & {"norm", "wk"}) and self.pre_norm
+        self.gain, self.beta = spec.norm_gain(model, layer, "ln1") if self.want_norm else (None, None)
         if self.want_norm and self.gain is None:
             self.gain = torch.ones(self.D)
+        if not self.pre_norm:
+            self.gain, self.beta = torch.ones(self.D), None
         self.w = attn_weights(model, layer) if "wk" in links else None
+        self.want_qk_norm = "qk_norm" in links and la.qk_norm is not None
+        self.k_scale_name = hooknames.block(layer, "attn.k_norm.hook_scale")
         l = layer
         names: list[str] = []
         if self.want_writer:
@@ -288,9 +324,12 @@ class TraceReducer(Reducer):
                 names += [hooknames.resid_pre(i), hooknames.attn_out(i), hooknames.mlp_out(i)]
         layer_names: list[str] = []
         if self.want_layer:
-            layer_names += [hooknames.resid_pre(l), hooknames.q(l), hooknames.k(l), hooknames.v(l), self.q_name, self.k_name]
+            layer_names += [hooknames.resid_pre(l), hooknames.q(l), hooknames.k(l), hooknames.v(l), self.q_name, self.k_name,
+                            self.q_pre_name, self.k_pre_name]
         if self.want_norm:
             layer_names += [hooknames.ln1_scale(l), hooknames.ln1_normalized(l)]
+        if self.want_qk_norm and self.k_scale_name in model.hook_dict:
+            layer_names.append(self.k_scale_name)
         self.layer_names = set(layer_names)
         self.names = list(dict.fromkeys(names + layer_names))
 
@@ -326,6 +365,7 @@ class TraceReducer(Reducer):
         self.rope_counts = {"sink": 0, "other": 0, "k_other": 0}
         self.keys = z(n, T, dh)
         self.values = z(n, T, dh)
+        self.qkn = {key: 0.0 for key in ("sb", "ob", "sa", "oa", "ss", "os", "cos")}
 
     def begin_batch(self, tokens: Tensor, start: int) -> None:
         self._flush()
@@ -368,8 +408,8 @@ class TraceReducer(Reducer):
             self.n_other += n_other
         if hooknames.ln1_scale(l) in cur:
             self.scale[s : s + b] = cur[hooknames.ln1_scale(l)][..., 0].double()
-        nrm = cur.get(hooknames.ln1_normalized(l))
-        if nrm is not None:
+        nrm = cur.get(hooknames.ln1_normalized(l)) if self.pre_norm else x
+        if nrm is not None and self.want_norm:
             nd = nrm.double()
             self.n_sink[s : s + b] = nd[:, sink]
             self.unit_sum += (nd / nd.norm(dim=-1, keepdim=True).clamp_min(1e-30)).sum(0)
@@ -385,8 +425,15 @@ class TraceReducer(Reducer):
         if self.w is not None and nrm is not None and k_pre is not None and q_pre is not None:
             self._wk(nrm.double(), k_pre.double(), q_pre.double(), s, b)
         rq, rk = cur.get(self.q_name), cur.get(self.k_name)
-        if "rope" in self.links and rq is not None and rk is not None and q_pre is not None and k_pre is not None:
-            self._rope(rq.double(), rk.double(), q_pre.double(), k_pre.double())
+        if rq is not None and rk is not None:
+            rq, rk = self.la.final_qk(rq, rk)
+        qr, kr = cur.get(self.q_pre_name), cur.get(self.k_pre_name)
+        if qr is not None and kr is not None:
+            qr, kr = self.la.pre_rotary(qr), self.la.pre_rotary(kr)
+        if "rope" in self.links and rq is not None and rk is not None and qr is not None and kr is not None:
+            self._rope(rq.double(), rk.double(), qr.double(), kr.double())
+        if self.want_qk_norm and k_pre is not None and kr is not None:
+            self._qk_norm(k_pre.double(), kr.double(), cur.get(self.k_scale_name))
         if rk is not None:
             self.keys[s : s + b] = rk[:, :, g].double()
         v = cur.get(hooknames.v(l))
@@ -419,6 +466,27 @@ class TraceReducer(Reducer):
         self.q_share_sum += (nd[:, sink + 1 :] * gain * (q @ WQ.T) / q2[..., None]).sum((0, 1))
         self.q_bias_sum += float(((q @ bias_q) / q2).sum())
         self.q_count += int(q.shape[0] * q.shape[1])
+
+    def _qk_norm(self, before: Tensor, after: Tensor, scale: Tensor | None) -> None:
+        """Norms of this KV head's keys before and after the k-norm, its divisor, and the turn it gives the sink key."""
+        sink, g = self.sink, self.g
+        other = torch.arange(self.T) != sink
+        kb, ka = before[:, :, g], after[:, :, g]  # [b, T, d]
+        r = self.qkn
+        r["sb"] += float(kb[:, sink].norm(dim=-1).sum())
+        r["ob"] += float(kb[:, other].norm(dim=-1).sum())
+        r["sa"] += float(ka[:, sink].norm(dim=-1).sum())
+        r["oa"] += float(ka[:, other].norm(dim=-1).sum())
+        r["cos"] += float(torch.nn.functional.cosine_similarity(kb[:, sink], ka[:, sink], dim=-1).sum())
+        if scale is not None:  # per-head norms fire [b, G, T, 1]; OLMo-2's all-heads norm [b, T, 1]
+            sc = scale.double()
+            sc = sc[:, g, :, 0] if sc.dim() == 4 else sc[..., 0]
+        elif self.la.qk_norm == "all-heads":
+            sc = (before.flatten(2) ** 2).mean(-1).sqrt()
+        else:
+            sc = (kb**2).mean(-1).sqrt()
+        r["ss"] += float(sc[:, sink].sum())
+        r["os"] += float(sc[:, other].sum())
 
     def _rope(self, rq: Tensor, rk: Tensor, q: Tensor, k: Tensor) -> None:
         """Cosines and dots of queries t > sink with the sink key and with the other causal keys.
@@ -660,17 +728,19 @@ def _check_index(value: Any, name: str, upper: int, what: str, fix: str) -> int:
     return int(value)
 
 
-def _check_links(model: Any, layer: int, links: set[str]) -> None:
-    points = model.hook_dict
-    missing = [nm for nm in (hooknames.ln1_scale(layer), hooknames.ln1_normalized(layer)) if nm not in points]
-    if missing and links & {"norm", "wk"}:
-        bad = sorted(links & {"norm", "wk"})
-        keep = [x for x in LINKS if x in links and x not in ("norm", "wk")]
-        raise ValueError(
-            f"block {layer} has no attention norm (hook points {missing} are missing), so the link(s) {bad} cannot be traced: "
-            "'norm' measures that norm's scale and gain at the sink, and 'wk' splits the key over residual dims through "
-            f"g * W_K of the normalised input. Fix: trace_sink(..., links={keep})"
+def _not_applicable(model: Any, layer: int, links: set[str]) -> dict[str, str]:
+    """Links the traced layer does not have, with the reason (they go to ``TraceReport.skipped``)."""
+    spec = describe_attention(model)
+    la = spec.layer(layer)
+    out = {}
+    if "norm" in links and not spec.pre_norm:
+        out["norm"] = (
+            f"not applicable: {spec.family} applies no norm before attention (its norms follow attention and the MLP), "
+            "so W_K reads the raw residual; see the wk link" + (" and the qk_norm link" if la.qk_norm else "")
         )
+    if "qk_norm" in links and la.qk_norm is None:
+        out["qk_norm"] = f"not applicable: layer {layer} has no QK-norm"
+    return out
 
 
 def trace_sink(
@@ -721,7 +791,8 @@ def trace_sink(
         True
     """
     cfg = model.cfg
-    L, H, G = int(cfg.n_layers), int(cfg.n_heads), n_kv_heads(model)
+    spec = describe_attention(model)
+    L, H, G = spec.n_layers, spec.n_heads, spec.n_kv_heads
     tokens_c = check_tokens(tokens, d_vocab=int(cfg.d_vocab), min_length=2)
     n, T = tokens_c.shape
     links_set = set(LINKS if links is None else links)
@@ -741,9 +812,6 @@ def trace_sink(
             f"the manifold link runs a PCA over the sink keys of the samples and needs at least {MIN_PCA_SAMPLES} samples, got n={n}; "
             "fix: pass more samples (20 or more is better), or links without 'manifold'"
         )
-    if layer is not None:
-        _check_links(model, layer, links_set)
-
     info = getattr(tokens, "probe_info", None)
     if massive is None:
         massive = massive_activations(
@@ -770,9 +838,9 @@ def trace_sink(
             mask[:, head] = 0
             a = a + mask
         layer, head = (int(i) for i in np.unravel_index(int(np.argmax(a)), a.shape))
-        _check_links(model, layer, links_set)
-    group = max(1, H // G)
-    kv_head = head // group
+    kv_head = spec.layer(layer).kv_head(head)
+    skipped: dict[str, str] = _not_applicable(model, layer, links_set)
+    links_set -= set(skipped)
 
     gm = massive.global_max()
     pass2 = TraceReducer(model, layer, head, sink_pos, gm["pos"], links_set)
@@ -792,7 +860,6 @@ def trace_sink(
         else:
             dims = [gm["dim"]]
     out_links: dict[str, Link] = {}
-    skipped: dict[str, str] = {}
     other = torch.ones(T, dtype=torch.bool)
     other[sink_pos] = False
     n_other = max(n * (T - 1), 1)
@@ -835,7 +902,7 @@ def trace_sink(
         gain = r.gain.double()
         sc = r.scale
         out_links["norm"] = NormLink(
-            kind={"RMS": "RMSNorm", "RMSPre": "RMSNorm", "LN": "LayerNorm", "LNPre": "LayerNorm"}.get(str(cfg.normalization_type), str(cfg.normalization_type)),
+            kind=("RMSNorm" if spec.norm == "rms" else "LayerNorm") + (" (gain 1 + w)" if spec.gain_offset else ""),
             scale_sink=float(sc[:, sink_pos].mean()),
             scale_other=float(sc[:, other].mean()),
             scale_ratio=float(sc[:, sink_pos].mean() / sc[:, other].mean().clamp_min(1e-30)),
@@ -861,7 +928,7 @@ def trace_sink(
         k = r.k_sink_pre
         spike_cos = ((vec * k).sum(-1) / (vec.norm(dim=-1) * k.norm(dim=-1)).clamp_min(1e-30)).mean()
         out_links["wk"] = KeyLink(
-            head=head, kv_head=kv_head,
+            head=head, kv_head=kv_head, input="g * n (attention norm output)" if spec.pre_norm else "residual (no norm before attention)",
             k_sink_norm=float(k.norm(dim=-1).mean()),
             k_other_norm=float(r.k_other_norm_sum / n_other),
             k_sink_cos=mean_pairwise_cos(k),
@@ -876,6 +943,24 @@ def trace_sink(
             reconstruction_error=float(r.recon_err),
         )
 
+    # ---- QK-norm
+    if "qk_norm" in links_set:
+        q = r.qkn
+        k_norm_mod = getattr(model.blocks[layer].attn, "k_norm", None)
+        gw = getattr(k_norm_mod, "weight", None)
+        gmean = float("nan")
+        if isinstance(gw, Tensor):
+            gw = gw.detach().float() + (1.0 if getattr(k_norm_mod, "uses_weight_offset", False) else 0.0)
+            gmean = float(gw.abs().mean())
+        sb, ob, sa, oa = q["sb"] / n, q["ob"] / n_other, q["sa"] / n, q["oa"] / n_other
+        out_links["qk_norm"] = QKNormLink(
+            kind=str(spec.layer(layer).qk_norm), kv_head=kv_head,
+            k_sink_norm_before=sb, k_other_norm_before=ob, k_sink_norm_after=sa, k_other_norm_after=oa,
+            norm_ratio_before=sb / max(ob, 1e-30), norm_ratio_after=sa / max(oa, 1e-30),
+            scale_sink=q["ss"] / n, scale_other=q["os"] / n_other, cos_before_after=q["cos"] / n,
+            gain_mean_abs=gmean,
+        )
+
     # ---- RoPE
     if "rope" in links_set:
         rr, c = r.rope, r.rope_counts
@@ -884,7 +969,7 @@ def trace_sink(
         alpha = alpha_lh[layer] if alpha_lh is not None else np.full(H, np.nan)
         lst = lambda t: [float(v) for v in t]
         out_links["rope"] = RopeLink(
-            head=head, positional=positional_kind(model),
+            head=head, positional=spec.positional,
             cos_sink=lst(cs), cos_other=lst(co),
             cos_sink_pre=lst(rr["cs_pre"] / c["sink"]), cos_other_pre=lst(rr["co_pre"] / max(c["other"], 1)),
             q_norm=lst(qn), k_sink_norm=lst(ksn), k_other_norm=lst(kon),
@@ -944,6 +1029,11 @@ def _gated_mlp_link(model: Any, tokens: Tensor, w: WriterLink, batch_size: int |
     sign = 1.0 if w.spike >= 0 else -1.0
     mlp = np.asarray(w.mlp)
     lw = int(np.argmax(sign * mlp))
+    if describe_attention(model).moe:
+        return None, (
+            f"the MLP of block {lw} is a mixture of experts: the write is a router-weighted sum of experts' quadratic forms, "
+            "which changes with the token's routing; the writer link still names the block"
+        )
     wts = mlp_weights(model, lw)
     if not wts["gated"]:
         return None, (
@@ -1125,12 +1215,22 @@ def _story(rep: TraceReport) -> str:
         spike_dims = (f"dim {sd[0]}" if len(sd) == 1 else "the spike dims " + ", ".join(str(d) for d in sd)) if sd else "the spike dims"
         tops = ", ".join(f"{d} ({100 * s:.0f}%)" for d, s in list(zip(k.top_dims, k.top_shares))[:4])
         qtops = ", ".join(f"{d} ({100 * s:.0f}%)" for d, s in list(zip(k.q_top_dims, k.q_top_shares))[:3])
+        before = "before QK-norm and RoPE" if "qk_norm" in L else "before RoPE"
+        through = "g * W_K" if k.input.startswith("g") else "W_K (on the raw residual: no norm precedes attention)"
         out.append(
-            f"4. W_K. The sink key (before RoPE) has ||k|| = {_fmt(k.k_sink_norm)} (other keys {_fmt(k.k_other_norm)}) and is "
+            f"4. W_K. The sink key ({before}) has ||k|| = {_fmt(k.k_sink_norm)} (other keys {_fmt(k.k_other_norm)}) and is "
             f"{'near-constant' if k.k_sink_cos >= 0.9 else 'not constant'} "
-            f"(cos {k.k_sink_cos:.3f} across samples). Through g * W_K {spike_dims} make{'s' if len(sd) == 1 else ''} {100 * k.share_spike_dims:.0f}% of it "
+            f"(cos {k.k_sink_cos:.3f} across samples). Through {through} {spike_dims} make{'s' if len(sd) == 1 else ''} {100 * k.share_spike_dims:.0f}% of it "
             f"(cos {k.cos_spike_dims:.2f} with the whole key); {k.n_dims_90} dims make 90%; top dims: {tops}. "
             f"Queries of head {rep.head}: {spike_dims} make{'s' if len(sd) == 1 else ''} {100 * k.q_share_spike_dims:.1f}% of them; top query dims: {qtops}."
+        )
+    if "qk_norm" in L:
+        qn = L["qk_norm"]
+        out.append(
+            f"4b. QK-norm ({qn.kind}). The k-norm divides the sink key by {_fmt(qn.scale_sink)} against {_fmt(qn.scale_other)} for the "
+            f"other keys: ||k_sink|| / ||k_j|| goes from {_fmt(qn.norm_ratio_before)} to {_fmt(qn.norm_ratio_after)}, so the sink key "
+            f"{'keeps a size difference' if abs(math.log(max(qn.norm_ratio_after, 1e-30))) > 0.2 else 'can only stand out by direction'}; "
+            f"the gain turns it by cos {qn.cos_before_after:.3f} (mean |gain| {_fmt(qn.gain_mean_abs)})."
         )
     if "rope" in L:
         ro = L["rope"]
