@@ -8,6 +8,7 @@ Examples:
     (4, 2, 4, 16)
 """
 
+from .architecture import AttentionSpec, describe_attention
 from .capture import Keep, Reduce, Reducer, attach_hooks, hook_snapshot, run_reducers
 from .data import probe_tokens
 from .effects import Effect, EffectReport, FitReport, compare, fit_bias, scan_heads
@@ -32,6 +33,7 @@ from .metrics import SinkReport, measure_sinks, sink_alpha
 from .streaming import StreamReport, long_tokens, streaming_ppl
 from .models import ModelInfo, known_models, load_model, model_info, tiny_model
 from .tasks import BigramBackcopy, TextCorpus
+from .zoo import tiny_checkpoint
 from .training import TrainConfig, TrainResult, load_trained, preset, train
 from .views import (
     View,
@@ -55,6 +57,7 @@ __all__ = [
     "AblateDims",
     "AttentionKernel",
     "AttentionMask",
+    "AttentionSpec",
     "BigramBackcopy",
     "Calibrate",
     "Effect",
@@ -86,6 +89,7 @@ __all__ = [
     "build_report",
     "compare",
     "concat",
+    "describe_attention",
     "effect_bars",
     "fit_bias",
     "head_heatmap",
@@ -109,6 +113,7 @@ __all__ = [
     "sink_alpha",
     "sink_heads",
     "streaming_ppl",
+    "tiny_checkpoint",
     "tiny_model",
     "trace_sink",
     "train",

@@ -777,10 +777,11 @@ class StreamingWindow(Intervention):
 
     def edit_scores(self, layer: int, scores: Tensor, ctx: _Ctx) -> Tensor:
         T = scores.shape[-1]
-        out = scores.masked_fill(~AttentionMask(window=self.window, sinks=self.sinks).dense(T, scores.device)[None, None],
-                                 torch.finfo(scores.dtype).min)
-        full_from = self.sinks + self.window
         la = self.attention(layer)
+        # the layer's own sliding window still applies: a sink outside it stays hidden
+        vis = la.mask(AttentionMask(window=self.window, sinks=self.sinks)).dense(T, scores.device)
+        out = scores.masked_fill(~vis[None, None], torch.finfo(scores.dtype).min)
+        full_from = self.sinks + self.window
         if self._rerotate and la.rotary is not None and T > full_from:
             # once the cache is full the query sits at cache index c and sink i at index i
             c = self.sinks + self.window - 1
@@ -789,7 +790,8 @@ class StreamingWindow(Intervention):
             ks = ctx.k[:, : self.sinks]  # [b, sinks, G, d], after RoPE at positions 0..sinks-1
             s = la.logits(qc.transpose(1, 2), ks.transpose(1, 2))  # [b, H, T', sinks]
             out = out.clone()
-            out[:, :, full_from:, : self.sinks] = s.to(out.dtype)
+            keep = out[:, :, full_from:, : self.sinks]
+            out[:, :, full_from:, : self.sinks] = torch.where(vis[full_from:, : self.sinks], s.to(out.dtype), keep)
         return out
 
     def describe(self) -> str:
