@@ -6,11 +6,14 @@ log-sum-exp ``LSE_t = log sum_j exp(s[t, j])``,
 
     A[t, k] = exp(s[t, k] - LSE_t)        alpha_k = 1 / (T - k + 1) * sum_t A[t, k]
 
-(k 1-indexed, as in :mod:`sink_interp.metrics`). :func:`block_alpha` forms the
-scores for one block of queries against the keys they can see, turns them into
-attention weights (with the kernel's ``LSE`` when one is given, else with the
-block's own row maximum and sum, which cover whole rows), and adds their column
-sums into a float32 accumulator. Only ``batch x heads x block x keys`` floats
+(k 1-indexed, as in :mod:`sink_interp.metrics`). The scores are formed as the
+layer's description says (:mod:`sink_interp.architecture`: scale, logit
+soft-capping, ALiBi, learned sink logits in the normaliser, the layer's own
+sliding window). :func:`block_alpha` forms the scores for one block of queries
+against the keys they can see, turns them into attention weights (with the
+kernel's ``LSE`` when one is given, else with the block's own row maximum and
+sum, which cover whole rows), and adds their column sums into a float32
+accumulator. Only ``batch x heads x block x keys`` floats
 exist at any time (about ``block_bytes``); GQA/MQA query heads meet their KV head
 without copying it; fully hidden key ranges (causal future, outside a window)
 are never scored.
@@ -19,9 +22,14 @@ Two engines feed it the rotated q and k of every layer:
 
 * the **fused** engine (:mod:`sink_interp.fused`): the model's own HF modules run
   with fused attention (a kernel that also returns ``LSE``), no hooks;
-* the **hooks** engine (:class:`LSEReducer`): the TransformerBridge's
-  ``hook_rot_q``/``hook_rot_k`` (``hook_q``/``hook_k`` without RoPE) through
-  :func:`sink_interp.capture.run_reducers`, so interventions on the bridge apply.
+* the **hooks** engine (:class:`LSEReducer`): q and k at the bridge hooks the
+  description names (rotated there where the bridge fires no rotated hook)
+  through :func:`sink_interp.capture.run_reducers`, so interventions on the
+  bridge apply.
+
+Either engine first reproduces the model's own ``hook_pattern`` on a short
+slice of the input (:func:`self_check`); a model whose scores the description
+cannot rebuild is refused by name (``method="pattern"`` is then exact).
 
 :func:`lse_column_sums` picks one; :func:`sink_interp.measure_sinks` with
 ``method="lse"`` uses it.
@@ -35,7 +43,7 @@ score is the mean attention that the bucket's queries pay to key ``k``.
 Examples:
     >>> import torch
     >>> q, k = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8)      # GQA: 4 query heads, 2 KV heads
-    >>> col, rows = block_alpha(q, k, scale=8 ** -0.5)
+    >>> col, rows = block_alpha(q, k, 8 ** -0.5)  # a bare scale: plain softmax of scale q . k
     >>> pattern = torch.softmax((q @ k.repeat_interleave(2, 1).transpose(-1, -2)) * 8 ** -0.5
     ...                         + torch.full((6, 6), float("-inf")).triu(1), -1)
     >>> bool(torch.allclose(col[:, :, 0], pattern.sum(-2), atol=1e-6))
