@@ -320,6 +320,7 @@ class AttentionSpec:
     fused_qkv: bool
     fused_gate_up: bool
     moe: bool
+    knobs: tuple[str, ...] = ()
 
     def layer(self, layer: int) -> LayerAttention:
         """The description of layer ``layer`` (negative counts from the end)."""
@@ -391,6 +392,8 @@ class AttentionSpec:
             out.append("mixture of experts")
         if not self.scores_hookable:
             out.append("attention inside HF (scores rebuilt from q, k, v)")
+        if self.knobs:
+            out.append("training knobs: " + ", ".join(self.knobs))
         return out
 
     def norm_gain(self, model: Any, layer: int | None, which: str = "ln1") -> tuple[Tensor | None, Tensor | None]:
@@ -422,7 +425,8 @@ class AttentionSpec:
             "n_kv_heads": self.n_kv_heads, "d_head": self.d_head, "positional": self.positional,
             "qkv_bias": self.qkv_bias, "parallel": self.parallel, "pre_norm": self.pre_norm, "norm": self.norm,
             "gain_offset": self.gain_offset, "fused_qkv": self.fused_qkv, "fused_gate_up": self.fused_gate_up,
-            "moe": self.moe, "features": self.features(), "layers": [la.to_dict() for la in self.layers],
+            "moe": self.moe, "knobs": list(self.knobs), "features": self.features(),
+            "layers": [la.to_dict() for la in self.layers],
         }
 
     def summary(self) -> str:
@@ -433,6 +437,21 @@ class AttentionSpec:
 # --------------------------------------------------------------------------- reading a model
 
 _CACHE: "weakref.WeakKeyDictionary[Any, AttentionSpec]" = weakref.WeakKeyDictionary()
+_REGISTERED: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+def register_attention_facts(model: Any, *, positional: str | None = None, attention_knobs: Sequence[str] = (),
+                             other_knobs: Sequence[str] = ()) -> None:
+    """Facts the config cannot tell: sink_interp's training laboratory attaches its knobs as permanent hooks.
+
+    ``positional`` overrides the positional scheme (learned or ALiBi positions added by hooks);
+    ``attention_knobs`` change how scores or weights form (kernels, biases, masks, ALiBi): every layer then
+    lists them as unsupported, so the ``lse`` method refuses by name; ``other_knobs`` change the hidden
+    states only (post-norm, other FFNs), which the hooks engine sees but a fused twin would not.
+    """
+    _REGISTERED[model] = {"positional": positional, "attention_knobs": tuple(attention_knobs),
+                          "other_knobs": tuple(other_knobs)}
+    _CACHE.pop(model, None)
 
 
 def _unwrap(obj: Any) -> Any:
@@ -563,6 +582,10 @@ def _describe(model: Any) -> AttentionSpec:
     fraction = _rotary_fraction(hf_cfg) if hf_cfg is not None else 1.0
     points = model.hook_dict
     positional_cfg = str(getattr(cfg, "positional_embedding_type", "") or "").lower()
+    try:
+        registered = _REGISTERED.get(model, {})
+    except TypeError:  # not weak-referenceable
+        registered = {}
 
     layers = []
     for l in range(L):
@@ -620,6 +643,8 @@ def _describe(model: Any) -> AttentionSpec:
         for nm in (q_hook, k_hook):
             if nm not in points:
                 unsupported.append(f"no hook {nm}")
+        if registered.get("attention_knobs"):
+            unsupported.append("training knobs on attention (" + ", ".join(registered["attention_knobs"]) + ")")
         layers.append(LayerAttention(
             layer=l, kind=kind if kind in KINDS else "unknown", n_heads=H, n_kv_heads=G, d_head=d, scale=scale,
             q_hook=q_hook, k_hook=k_hook, rotary=rotary,
@@ -654,10 +679,12 @@ def _describe(model: Any) -> AttentionSpec:
         positional = "learned"
     else:
         positional = "nope"
+    positional = registered.get("positional") or positional
+    knobs = tuple(registered.get("attention_knobs", ())) + tuple(registered.get("other_knobs", ()))
     return AttentionSpec(
         family=family, architecture=arch, layers=tuple(layers), n_heads=H, n_kv_heads=G, d_head=d,
         positional=positional, qkv_bias=qkv_bias, parallel=parallel, pre_norm=pre_norm, norm=norm,
-        gain_offset=gain_offset, fused_qkv=fused_qkv, fused_gate_up=fused_gate_up, moe=moe,
+        gain_offset=gain_offset, fused_qkv=fused_qkv, fused_gate_up=fused_gate_up, moe=moe, knobs=knobs,
     )
 
 

@@ -260,6 +260,8 @@ def fused_supported(model: Any, tokens: Tensor, mask: AttentionMask | None = Non
     if hooks:
         return False, f"hooks are attached to the model ({hooks[:3]}...); only the hooks engine sees their effect"
     spec = describe_attention(model)
+    if spec.knobs:
+        return False, f"training knobs run as hooks the fused twin cannot see ({', '.join(spec.knobs)})"
     blockers = [f"layer {la.layer}: ALiBi" for la in spec.layers if la.alibi] + [
         f"layer {la.layer}: {', '.join(la.unsupported)}" for la in spec.layers if la.unsupported]
     if blockers:

@@ -276,13 +276,11 @@ def is_normalised(name: str, **params: Any) -> bool:
 def causal_mask(q_len: int, k_len: int | None = None, device: Any = None, window: int | None = None, sinks: int = 0) -> Bool[Tensor, "q k"]:
     """``[q, k]`` visibility: causal (queries are the last ``q_len`` of ``k_len`` positions),
     optionally only the last ``window`` keys plus the first ``sinks`` keys (StreamingLLM)."""
+    from .masks import AttentionMask
+
     k_len = q_len if k_len is None else k_len
-    t = torch.arange(k_len - q_len, k_len, device=device)[:, None]
-    j = torch.arange(k_len, device=device)[None, :]
-    m = j <= t
-    if window is not None:
-        m = m & ((j > t - window) | (j < sinks))
-    return m
+    mask = AttentionMask(window=window, sinks=sinks if window is not None else 0)
+    return mask.visible(torch.arange(k_len - q_len, k_len, device=device), torch.arange(k_len, device=device))
 
 
 def attention(

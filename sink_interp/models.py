@@ -50,10 +50,8 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
     "tiny-layernorm-rope": dict(attention="gqa", positions="rope", norm="layer"),
 }
 
-# name a model was loaded under (the bridge's cfg.model_name is a path for cached models),
-# and facts the bridge config does not carry (a NoPE model's bridge still says "rotary")
+# name a model was loaded under (the bridge's cfg.model_name is a path for cached models), and why a model has no tokenizer
 _LOADED_AS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
-_POSITIONAL: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
 _NO_TOKENIZER: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
 
 
@@ -502,7 +500,6 @@ def tiny_model(
         )
         model = model.to(device=dev, dtype=resolve_dtype(dtype)).eval()
     _LOADED_AS[model] = f"tiny-{attention}-{positions}-{norm}-L{n_layers}-seed{seed}"
-    _POSITIONAL[model] = positions
     return model
 
 
@@ -514,39 +511,6 @@ def model_name(model: Any) -> str:
     return _LOADED_AS.get(model) or str(getattr(model.cfg, "model_name", type(model).__name__))
 
 
-def n_kv_heads(model: Any) -> int:
-    cfg = model.cfg
-    return int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
-
-
-def positional_kind(model: Any) -> str:
-    """``"rope"``, ``"nope"`` or ``"learned"``, as far as the bridge config tells."""
-    if model in _POSITIONAL:
-        return _POSITIONAL[model]
-    kind = str(getattr(model.cfg, "positional_embedding_type", "") or "").lower()
-    if kind in ("rotary", "rope"):
-        return "rope"
-    if kind in ("standard", "learned", "absolute"):
-        return "learned"
-    return kind or "unknown"
-
-
-def rotary_fraction(model: Any) -> float:
-    """Share of each head's dims that RoPE rotates (1.0 unless the HF config says partial, as in Pythia)."""
-    hf_cfg = getattr(getattr(model, "original_model", None), "config", None)
-    if hf_cfg is None:
-        return 1.0
-    d = hf_cfg.to_dict()
-    for src in (d.get("rope_parameters"), d.get("rope_scaling"), d):
-        if isinstance(src, dict):
-            for key in ("partial_rotary_factor", "rotary_pct"):
-                if src.get(key) is not None:
-                    return float(src[key])
-    if d.get("rotary_dim"):
-        return float(d["rotary_dim"]) / float(model.cfg.d_head)
-    return 1.0
-
-
 def model_info(model: Any) -> ModelInfo:
     """Facts about ``model`` that every report records.
 
@@ -554,7 +518,10 @@ def model_info(model: Any) -> ModelInfo:
         >>> model_info(load_model("tiny-nope")).to_dict()["positional"]
         'nope'
     """
+    from .architecture import describe_attention
+
     cfg = model.cfg
+    spec = describe_attention(model)
     try:
         param = next(model.parameters())
         dtype, device = str(param.dtype).replace("torch.", ""), str(param.device)
@@ -565,11 +532,11 @@ def model_info(model: Any) -> ModelInfo:
         name=model_name(model),
         n_layers=int(cfg.n_layers),
         n_heads=int(cfg.n_heads),
-        n_kv_heads=n_kv_heads(model),
+        n_kv_heads=spec.n_kv_heads,
         d_head=int(cfg.d_head),
         d_model=int(cfg.d_model),
         d_vocab=int(cfg.d_vocab),
-        positional=positional_kind(model),
+        positional=spec.positional,
         normalization=str(getattr(cfg, "normalization_type", "") or "unknown"),
         dtype=dtype,
         device=device,

@@ -1,7 +1,8 @@
 """Weights of a TransformerBridge block in TransformerLens conventions (one place, like hook names).
 
 Shapes: ``W_Q [H, D, d]``, ``W_K`` / ``W_V [G, D, d]`` (G = KV heads), biases ``[H or G, d]``;
-norm gain and bias ``[D]``; MLP ``W_gate`` / ``W_in [D, d_mlp]``, ``W_out [d_mlp, D]``.
+MLP ``W_gate`` / ``W_in [D, d_mlp]``, ``W_out [d_mlp, D]``. Norm gains (with Gemma's ``1 + w``) come from
+:meth:`sink_interp.architecture.AttentionSpec.norm_gain`.
 Missing biases come back as ``None``. Everything is detached and float32 on the CPU.
 """
 
@@ -34,20 +35,6 @@ def attn_weights(model: Any, layer: int) -> dict[str, Tensor | None]:
                 "(fix: trace without the 'wk' link: links=[...] without 'wk')"
             )
     return out
-
-
-def norm_weights(model: Any, layer: int | None, which: str = "ln1") -> tuple[Tensor | None, Tensor | None]:
-    """Gain ``g`` and bias of ``blocks[layer].<which>`` (or ``ln_final`` when layer is None); ``(None, None)`` if absent."""
-    module = getattr(model, "ln_final", None) if layer is None else getattr(model.blocks[layer], which, None)
-    if module is None:
-        return None, None
-    g = _get(module, "w")
-    if g is None:
-        g = _get(module, "weight")
-    b = _get(module, "b")
-    if b is None:
-        b = _get(module, "bias")
-    return g, b
 
 
 def mlp_weights(model: Any, layer: int) -> dict[str, Any]:

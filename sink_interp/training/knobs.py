@@ -209,6 +209,36 @@ class KnobRuntime:
         self.attention_active = self.replace_pattern or self.custom_mask or c.pos == "alibi" or c.v_bias == "learn"
         self._kernel_fn = kernel_for(c)
 
+    def knob_names(self) -> tuple[list[str], list[str]]:
+        """``(attention knobs, other knobs)`` this runtime attaches: what changes how attention forms, and the rest."""
+        c = self.cfg
+        att, other = [], []
+        if c.kernel != "softmax":
+            att.append(f"kernel {c.kernel}")
+        if c.softmax_alpha != 1.0 or c.softmax_p != 1.0:
+            att.append("scaled/p-norm softmax")
+        if c.k_bias:
+            att.append("K bias")
+        if c.sink_logit:
+            att.append("sink logit")
+        if c.v_bias == "learn":
+            other.append("V bias")
+        if c.prefix:
+            att.append(f"prefix {c.prefix}")
+        if c.window is not None:
+            att.append(f"window {c.window}")
+        if c.intra_doc:
+            att.append("intra-document mask")
+        if c.pos == "alibi":
+            att.append("ALiBi")
+        if c.pos in ("learned", "sinusoidal"):
+            other.append(f"{c.pos} positions")
+        if c.norm == "post":
+            other.append("post-norm")
+        if c.ffn in ("gelu", "relu", "swish"):
+            other.append(f"{c.ffn} FFN")
+        return att, other
+
     # ---------------------------------------------------------------- attach / detach
     def hooks(self) -> list[tuple[str, Callable[..., Any]]]:
         c = self.cfg

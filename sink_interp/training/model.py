@@ -145,7 +145,8 @@ def build_model(
         (2, True)
     """
     from .. import metrics as _metrics
-    from ..models import _LOADED_AS, _POSITIONAL, _bridge_class, _quiet, resolve_device
+    from ..architecture import register_attention_facts
+    from ..models import _LOADED_AS, _bridge_class, _quiet, resolve_device
 
     hf, params = build_hf_model(cfg, d_vocab)
     named = list(hf.state_dict(keep_vars=True).items())  # before the bridge renames the modules
@@ -159,7 +160,8 @@ def build_model(
         bridge = bridge.to(device=dev, dtype=dtype)
     runtime = KnobRuntime(bridge, cfg, params, norm_weights, NORM_EPS).attach()
     _LOADED_AS[bridge] = f"sink-lab:{cfg.name}"
-    _POSITIONAL[bridge] = cfg.pos
+    att, other = runtime.knob_names()
+    register_attention_facts(bridge, positional=cfg.pos, attention_knobs=att, other_knobs=other)
     register = getattr(_metrics, "register_score", None)
     if register is not None:
         register(bridge, cfg.metric_score)

@@ -172,9 +172,8 @@ class ReportContext:
 
 def _collect_details(model: Any, tokens: torch.Tensor, report: Any, sample: int, n_detail: int, n_layers_shown: int) -> dict[str, Any]:
     from ..capture import Keep, run_reducers
-    from ..models import model_info
+    from ..architecture import describe_attention
 
-    info = model_info(model)
     table = report.head_table(1)
     top_heads = [(int(r.layer), int(r.head)) for r in table.head(8).itertuples()]
     att_layers: list[int] = []
@@ -184,9 +183,9 @@ def _collect_details(model: Any, tokens: torch.Tensor, report: Any, sample: int,
         if len(att_layers) >= n_layers_shown:
             break
     key_layer, key_head = top_heads[0]
-    n_kv = int(info.n_kv_heads or info.n_heads)
-    group = max(1, int(info.n_heads) // n_kv)
-    key_name = hooknames.rot_k(key_layer) if hooknames.rot_k(key_layer) in model.hook_dict else hooknames.k(key_layer)
+    la = describe_attention(model).layer(key_layer)  # keys as attention sees them (rotated here where no hook is)
+    group = la.group
+    key_name = la.k_hook
     n_det = max(1, min(n_detail, tokens.shape[0]))
     sub = tokens[:n_det]
     s = min(sample, n_det - 1)
@@ -195,7 +194,7 @@ def _collect_details(model: Any, tokens: torch.Tensor, report: Any, sample: int,
     keep_k = Keep([key_name])
     run_reducers(model, sub, [stats, keep_p, keep_k], progress=False)
     pats = {l: keep_p.result()[hooknames.pattern(l)][s].numpy() for l in att_layers}
-    k_all = keep_k.result()[key_name][:, :, key_head // group].numpy()  # [n, T, d]
+    k_all = la.final(keep_k.result()[key_name])[:, :, key_head // group].numpy()  # [n, T, d]
     return {
         "top_heads": top_heads,
         "att_layers": att_layers,
