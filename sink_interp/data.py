@@ -96,7 +96,7 @@ def _tokenizer(model: Any) -> Any:
     if why is not None:
         raise ValueError(
             f"text needs a tokenizer and this model has none ({why}); fix: pass token ids, "
-            "use source='random' or 'repeat', or put the tokenizer files in the checkpoint folder"
+            "use source='random' or 'repeat' (CLI: --data random), or put the tokenizer files in the checkpoint folder"
         )
     return model.tokenizer
 

@@ -1265,7 +1265,7 @@ def _story(rep: TraceReport) -> str:
         f"median {np.median(vr):.3f}."
     )
     for k, why in rep.skipped.items():
-        if k != "gated_mlp":
+        if k != "gated_mlp" and not (k == "qk_norm" and "has no QK-norm" in why):
             out.append(f"({k} not traced: {why})")
     return "\n".join(out)
 
