@@ -453,7 +453,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 def _method_line(report: Any) -> str:
     if report.method != "lse":
-        return "pattern (hook_pattern of every layer, reduced as computed)"
+        why = report.extra.get("why_not_lse")
+        return "pattern (hook_pattern of every layer, reduced as computed)" + (f"; not lse: {why}" if why else "")
     lse = report.extra.get("lse", {})
     if lse.get("engine") == "fused":
         return f"lse, fused attention ({', '.join(lse.get('kernel', []))}; row LSE from {', '.join(lse.get('lse', []))}), no T x T map"

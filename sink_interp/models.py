@@ -77,9 +77,13 @@ class ModelInfo:
     dtype: str
     device: str
     bos_token_id: int | None
+    family: str = ""
+    attention: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["attention"] = list(self.attention)
+        return d
 
 
 def cache_dir() -> Path:
@@ -541,4 +545,6 @@ def model_info(model: Any) -> ModelInfo:
         dtype=dtype,
         device=device,
         bos_token_id=None if bos is None else int(bos),
+        family=spec.family,
+        attention=tuple(spec.features()),
     )
