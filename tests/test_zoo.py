@@ -34,6 +34,9 @@ from transformers import AttentionInterface, AutoModelForCausalLM
 
 from sink_interp import (
     AttentionKernel,
+    fit_bias,
+    long_context_sinks,
+    streaming_ppl,
     KVBias,
     MaskKey,
     ScaleAttention,
@@ -69,6 +72,7 @@ COLUMNS = {
     "mask": "`MaskKey` + restore",
     "interventions": "interventions vs HF",
     "streaming": "`StreamingWindow` cache positions",
+    "more": "`long_context_sinks`, `fit_bias`, `streaming_ppl`",
 }
 
 
@@ -562,6 +566,36 @@ def test_streaming_cache_positions_refused_with_absolute_positions(zoo, family):
         bridge(toks(1, 12, 1))
     why = "ALiBi" if "ALiBi" in str(err.value) else "learned absolute positions"
     record(family, "streaming", f"refused: {why} (positions='original' runs)")
+
+
+# --------------------------------------------------------------------------- long context, fitted biases, streaming perplexity
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_long_context_fit_bias_and_streaming_ppl(zoo, family):
+    bridge, hf = zoo(family)
+    x = toks(2, T, 10)
+    before = hook_snapshot(bridge)
+    state = {k: v.clone() for k, v in bridge.state_dict().items()}
+    # per-bucket sink scores: the mean attention each query bucket's queries pay to key k, from HF's attentions
+    rep = long_context_sinks(bridge, x, buckets=4, progress=False)
+    with torch.no_grad():
+        A = torch.stack([a.float() for a in hf(x, output_attentions=True).attentions], 1)  # [n, L, H, T, T]
+    for i, (a, e) in enumerate(zip(rep.edges, rep.edges[1:])):
+        counts = (torch.arange(a, e)[:, None] >= torch.arange(T)[None, :]).sum(0).float()
+        want = A[..., a:e, :].sum(-2) / counts
+        got = torch.as_tensor(rep.bucket_alpha[..., i, :])
+        ok = counts > 0
+        torch.testing.assert_close(got[..., ok], want[..., ok], atol=ATOL, rtol=0)
+    # a K bias grafted from the model's own mean sink key (rotated where the description rotates), 2 fitting steps
+    fit = fit_bias(bridge, x, "k", init="sink", steps=2, batch_size=2, progress=False)
+    assert np.isfinite([fit.loss_clean, fit.loss_masked, fit.loss_fitted]).all()
+    sp = streaming_ppl(bridge, toks(1, 24, 11), sinks=1, window=6, progress=False)
+    assert np.isfinite(sp.nll).all() and np.allclose(sp.nll[:, :6], sp.nll[:1, :6], atol=1e-4)
+    assert hook_snapshot(bridge) == before
+    for k, v in bridge.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    record(family, "more", "exact (buckets); run; restored")
 
 
 # --------------------------------------------------------------------------- the support matrix
