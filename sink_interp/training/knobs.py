@@ -7,7 +7,7 @@ so that the same code runs in training and in every later analysis:
 
 * attention kernels, normalisers, K/V biases, sink logits, prefix and
   sliding-window masks, intra-document masks and ALiBi: one recipe per layer at
-  ``attn.hook_rot_q``/``hook_rot_k`` (capture), ``attn.hook_attn_scores``
+  the q/k hooks the attention description names (capture), ``attn.hook_attn_scores``
   (mask, bias; the scores that analyses see), ``attn.hook_pattern`` (the
   kernel's weights replace the softmax) and ``attn.hook_z`` (the value of the
   extra K-bias column, or a V bias);
@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..architecture import describe_attention
 from .._internal import hooknames
 from .config import TrainConfig
 
@@ -194,7 +195,9 @@ class KnobRuntime:
         self.params = params
         self.norm_weights = norm_weights or []  # (ln1 gain, ln2 gain) per layer, for post-norm
         self.eps_norm = float(norm_eps)
-        self.scale = cfg.d_head**-0.5
+        # how the stock model forms its scores (before any knob): the description is the one place for it
+        self.attention = describe_attention(bridge).layers
+        self.scale = self.attention[0].scale
         self.group = cfg.n_heads // (cfg.n_kv_heads or cfg.n_heads)
         self.doc_ids: Tensor | None = None
         self.ctx: dict[Any, Tensor] = {}
@@ -248,9 +251,9 @@ class KnobRuntime:
         for layer in range(c.n_layers):
             if self.attention_active:
                 if self.recompute or c.k_bias:
-                    out.append((hooknames.rot_q(layer), self._capture(("q", layer))))
+                    out.append((self.attention[layer].q_hook, self._capture(("q", layer))))
                 if self.recompute:
-                    out.append((hooknames.rot_k(layer), self._capture(("k", layer))))
+                    out.append((self.attention[layer].k_hook, self._capture(("k", layer))))
                 out.append((hooknames.attn_scores(layer), self._scores_hook(layer)))
                 if self.replace_pattern:
                     out.append((hooknames.pattern(layer), self._pattern_hook(layer)))
