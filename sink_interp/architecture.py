@@ -373,7 +373,8 @@ class AttentionSpec:
             out.append("QK-norm")
         rot = next((la.rotary for la in self.layers if la.rotary is not None), None)
         if rot is not None and (rot.style != "half" or rot.dims < self.d_head):
-            out.append(f"{'interleaved' if rot.style == 'interleaved' else 'rotate-half'} rotary on {rot.dims}/{self.d_head} dims")
+            label = {"half": "rotate-half", "interleaved": "interleaved", "adjacent": "adjacent-pair"}.get(rot.style, rot.style)
+            out.append(f"{label} rotary on {rot.dims}/{self.d_head} dims")
         if self.n_kv_heads not in (self.n_heads,):
             out.append("MQA" if self.n_kv_heads == 1 else f"GQA ({self.n_heads} q / {self.n_kv_heads} kv heads)")
         if self.qkv_bias:
@@ -629,6 +630,12 @@ def _describe(model: Any) -> AttentionSpec:
         elif kind == "delegated":
             scale = float(getattr(hf_attn, "scaling", d**-0.5))
             q_hook, k_hook = hooknames.q(l), hooknames.k(l)
+            if family == "gpt_neo":  # GPT-Neo does not scale q.k; its "local" layers see the last window_size keys
+                scale = 1.0
+                if getattr(hf_attn, "attention_type", "global") == "local":
+                    window = int(getattr(hf_cfg, "window_size"))
+            elif not hasattr(hf_attn, "scaling"):
+                unsupported.append(f"{type(hf_attn).__name__} without a 'scaling' attribute (unknown score scale)")
             if family in ("gptj",) and rot_module is not None:
                 rd = getattr(hf_cfg, "rotary_dim", None) or d
                 rotary = Rotary("interleaved", int(rd), False, rot_module)
@@ -638,7 +645,7 @@ def _describe(model: Any) -> AttentionSpec:
             scale = float(getattr(hf_attn, "scaling", d**-0.5))
             q_hook, k_hook = hooknames.q(l), hooknames.k(l)
             unsupported.append(f"attention bridge {type(attn).__name__}")
-        if rotary is not None and rotary.style == "adjacent":
+        if rotary is not None and rotary.style == "adjacent" and not rotary.in_hooks:
             unsupported.append("adjacent-pair rotary")
         for nm in (q_hook, k_hook):
             if nm not in points:
@@ -732,15 +739,51 @@ def check_attention(model: Any, tokens: Tensor | None = None, *, length: int = 2
     return out
 
 
+#: tokens of the check that gates rebuilding a layer's attention from q and k (more where a window is short)
+VERIFY_TOKENS = 64
+_VERIFIED: "weakref.WeakKeyDictionary[Any, dict[int, float]]" = weakref.WeakKeyDictionary()
+
+
+def verify_attention(model: Any, layers: Sequence[int], what: str) -> None:
+    """Refuse, by name, to rebuild attention from q and k where the description does not reproduce the model.
+
+    Interventions that form scores again from q and k (prefix masks; every edit on layers whose
+    attention runs inside Hugging Face) call this first. The comparison with the model's own
+    ``hook_pattern`` (:func:`check_attention`, once per model, on ``VERIFY_TOKENS`` tokens or past
+    the shortest window) is cached.
+    """
+    spec = describe_attention(model)
+    for layer in layers:
+        spec.layer(layer).check_supported(what)
+    try:
+        diffs = _VERIFIED.get(model)
+    except TypeError:  # pragma: no cover - not weak-referenceable
+        diffs = None
+    if diffs is None:
+        windows = [w for w in spec.windows if w]
+        length = max(VERIFY_TOKENS, min(windows) + 16) if windows else VERIFY_TOKENS
+        length = min(length, int(getattr(model.cfg, "n_ctx", length) or length))
+        diffs = check_attention(model, length=length)
+        try:
+            _VERIFIED[model] = diffs
+        except TypeError:  # pragma: no cover
+            pass
+    dtype = next(model.parameters()).dtype
+    tol = 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+    bad = {layer: diffs[layer] for layer in layers if layer in diffs and not diffs[layer] <= tol}
+    if bad:
+        worst = max(bad.values())
+        raise UnsupportedAttention(
+            f"{what}: the description of layer(s) {sorted(bad)} does not reproduce this {spec.family} model's own "
+            f"attention (max |diff| {worst:.2e}), so sink_interp will not rebuild it from q and k; fix: use analyses "
+            "that read the model's own weights (method='pattern', AblateDims), and see docs/support.md"
+        )
+
+
 def expand_kv(x: Float[Tensor, "b G ... d"], n_heads: int, dim: int = 1) -> Tensor:
     """Repeat KV heads along ``dim`` so that query head ``h`` meets KV head ``h // (H / G)``."""
     G = x.shape[dim]
     return x if G == n_heads else x.repeat_interleave(n_heads // G, dim=dim)
-
-
-def visible(la: LayerAttention, length: int, mask: AttentionMask | None = None, device: Any = None) -> Bool[Tensor, "q k"]:
-    """``[T, T]`` keys each query of layer ``la`` sees (causal, the layer's window, ``mask``)."""
-    return la.mask(mask).dense(length, device=device)
 
 
 __all__ = [

@@ -72,7 +72,7 @@ import torch
 from torch import Tensor, nn
 
 from ._internal import hooknames
-from .architecture import LayerAttention, describe_attention, expand_kv
+from .architecture import LayerAttention, describe_attention, expand_kv, verify_attention
 from .capture import attach_hooks
 from .kernels import kernel_fn, softmax_attention, visible_mask
 from .masks import AttentionMask, as_mask
@@ -833,7 +833,7 @@ class _Site:
         # a prefix LM shows keys the causal mask hid: the scores are formed again from q and k
         self.reform = self.rebuild or (self.mask is not None and self.mask.prefix > 1)
         if self.reform:
-            self.la.check_supported(f"an intervention or mask on layer {layer}")
+            verify_attention(model, [layer], f"an intervention or mask that rebuilds layer {layer}'s attention")
             self.needs |= {"q", "k"}
         if self.rebuild:
             self.needs |= {"v"}

@@ -187,3 +187,33 @@ def test_check_attention_reports_every_layer(tiny_models):
     model, _ = tiny_models("tiny-learned-mqa")
     diffs = check_attention(model, length=16)
     assert sorted(diffs) == [0, 1] and max(diffs.values()) < 1e-5
+
+
+def test_a_wrong_description_is_never_used_to_rebuild_attention():
+    """OPT's attention runs inside HF, so edits rebuild it from q and k: with a wrong scale in its description the
+    gate refuses by name instead of returning other logits, and the lse self-check refuses too."""
+    import dataclasses
+
+    from sink_interp import MaskKey, intervene, load_model
+    from sink_interp import architecture as arch
+    from sink_interp.lse import SelfCheckFailed
+
+    model = load_model(str(tiny_checkpoint("opt")))
+    spec = describe_attention(model)
+    wrong = dataclasses.replace(spec, layers=tuple(dataclasses.replace(la, scale=la.scale * 2) for la in spec.layers))
+    arch._CACHE[model] = wrong
+    try:
+        x = torch.randint(3, 128, (1, 12))
+        with pytest.raises(UnsupportedAttention, match=r"does not reproduce this opt model's own attention.*method='pattern'"):
+            with intervene(model, MaskKey()):
+                model(x)
+        with pytest.raises(SelfCheckFailed, match="self-check of the hooks engine"):
+            measure_sinks(model, x, method="lse", fused=False, progress=False)
+        # the fused engine runs HF's own attention with HF's own scale: its self-check passes and its numbers are right
+        exact = measure_sinks(model, x, method="pattern", progress=False)
+        np.testing.assert_allclose(measure_sinks(model, x, method="lse", progress=False).alpha, exact.alpha, atol=1e-5)
+    finally:
+        arch._CACHE.pop(model, None)
+        arch._VERIFIED.pop(model, None)
+    with intervene(model, MaskKey()):  # the true description passes the gate
+        model(x)

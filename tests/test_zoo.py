@@ -142,7 +142,7 @@ def test_description_rebuilds_hf_eager_attention_from_q_and_k(zoo, family):
         A = la.pattern(q.transpose(1, 2), k.transpose(1, 2))
         torch.testing.assert_close(A, ref[la.layer].float(), atol=ATOL, rtol=0)
     expected_windows = {"mistral": [WINDOW] * 2, "mixtral": [WINDOW] * 2, "phi3": [WINDOW] * 2, "qwen2": [None, WINDOW],
-                        "gemma2": [WINDOW, None], "gemma3": [WINDOW, None], "gpt_oss": [WINDOW, None]}
+                        "gemma2": [WINDOW, None], "gemma3": [WINDOW, None], "gpt_oss": [WINDOW, None], "gpt_neo": [None, WINDOW]}
     assert spec.windows == expected_windows.get(family, [None, None])
 
 
@@ -403,7 +403,7 @@ CASES = {
     "sink_logit": (lambda: [SinkLogit(logits=LOGITS)], sink_logit(LOGITS)),
     "sigmoid": (lambda: [AttentionKernel("sigmoid", bias="-log n")], sigmoid_minus_log_n),
 }
-OUTSIDE_INTERFACE = {"falcon", "bloom"}  # HF computes their attention itself, outside transformers' AttentionInterface
+OUTSIDE_INTERFACE = {"falcon", "bloom", "gpt_neo"}  # HF computes their attention itself, outside transformers' AttentionInterface
 
 
 def _skip_outside_interface(family):
@@ -507,7 +507,7 @@ def streaming_edit(family):
 
 
 _keys: dict = {}
-ROTARY_FAMILIES = [f for f in FAMILIES if f not in ("gpt2", "opt", "bloom", "falcon")]
+ROTARY_FAMILIES = [f for f in FAMILIES if f not in ("gpt2", "opt", "bloom", "falcon", "gpt_neo")]
 
 
 @pytest.mark.parametrize("family", ROTARY_FAMILIES)
@@ -557,7 +557,7 @@ def test_streaming_window_at_cache_positions_runs_on_falcon(zoo):
     record("falcon", "streaming", "runs (no HF reference: attention outside transformers' interface)")
 
 
-@pytest.mark.parametrize("family", ["gpt2", "opt", "bloom"])
+@pytest.mark.parametrize("family", ["gpt2", "opt", "bloom", "gpt_neo"])
 def test_streaming_cache_positions_refused_with_absolute_positions(zoo, family):
     bridge, _ = zoo(family)
     with pytest.raises(ValueError, match="positions='original'") as err, intervene(bridge, StreamingWindow(WIN, sinks=SINKS)):
