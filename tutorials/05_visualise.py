@@ -206,14 +206,14 @@ massive_v
 # RoPE) of the KV head that the strongest sink head reads, at every position of the detail inputs:
 
 # %%
-from sink_interp import Keep, key_manifold_view, run_reducers
+from sink_interp import Keep, describe_attention, key_manifold_view, run_reducers
 
 L, H = int(top.iloc[0]["layer"]), int(top.iloc[0]["head"])
 kv = int(top.iloc[0]["kv_head"])
-hook = f"blocks.{L}.attn.hook_rot_k" if f"blocks.{L}.attn.hook_rot_k" in model.hook_dict else f"blocks.{L}.attn.hook_k"
-keep = Keep([hook])
+la = describe_attention(model).layer(L)  # where this layer's keys meet the queries (any architecture)
+keep = Keep([la.k_hook])
 run_reducers(model, tokens[:N_DETAIL], [keep], progress=False)
-keys = keep.result()[hook][:, :, kv]  # [n, T, d_head]: KV head `kv` (grouped-query attention)
+keys = la.final(keep.result()[la.k_hook])[:, :, kv]  # [n, T, d_head] after RoPE: KV head `kv` (grouped-query attention)
 n, T, d = keys.shape
 words = token_strings(model, tokens[:n].flatten())
 manifold_v = key_manifold_view(
