@@ -29,6 +29,7 @@ import html
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,11 @@ def long_tokens(model: Any, length: int = 1536, n: int = 8, bos: bool = False, p
     length = check_positive_int(length, "length", minimum=2)
     n = check_positive_int(n, "n")
     p = natural_path() if path is None else path
+    if not Path(p).expanduser().is_file():
+        raise FileNotFoundError(
+            f"data file {str(path)!r} does not exist; long texts come from a JSONL file with \"text\" "
+            "(and \"source\"/\"title\" to join an article's passages); fix: pass such a file, or omit it for the shipped corpus"
+        )
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     with open(p, encoding="utf-8") as f:
         for i, line in enumerate(f):
@@ -74,6 +80,14 @@ def long_tokens(model: Any, length: int = 1536, n: int = 8, bos: bool = False, p
                 continue
             obj = json.loads(line)
             groups[(str(obj.get("source", "")), str(obj.get("title", i)))].append(obj["text"])
+    from .models import tokenizer_missing
+
+    why = tokenizer_missing(model)
+    if why is not None:
+        raise ValueError(
+            f"long_tokens reads natural text, which needs a tokenizer, and this model has none ({why}); "
+            "fix: pass your own [n, length] token ids to streaming_ppl, or put the tokenizer files in the checkpoint folder"
+        )
     tok = _tokenizer(model)
     body = length - 1 if bos else length
     docs = []

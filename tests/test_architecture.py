@@ -217,3 +217,20 @@ def test_a_wrong_description_is_never_used_to_rebuild_attention():
         arch._VERIFIED.pop(model, None)
     with intervene(model, MaskKey()):  # the true description passes the gate
         model(x)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gpt_oss", "mistral"])
+@pytest.mark.parametrize("mask", [AttentionMask(window=5, sinks=1), AttentionMask(prefix=6)], ids=["window+sink", "prefix"])
+def test_user_masks_on_windowed_models_agree_across_engines(family, mask):
+    """A user's mask inside the model's own (alternating) windows: pattern path, hooks engine and fused engine agree."""
+    from sink_interp import load_model
+
+    model = load_model(str(tiny_checkpoint(family)))
+    x = torch.randint(3, 128, (2, 30), generator=torch.Generator().manual_seed(4))
+    pattern = measure_sinks(model, x, method="pattern", mask=mask, progress=False)
+    hooks = measure_sinks(model, x, method="lse", fused=False, mask=mask, progress=False)
+    fused = measure_sinks(model, x, method="lse", mask=mask, progress=False)
+    assert fused.extra["lse"]["engine"] == "fused"
+    np.testing.assert_allclose(hooks.alpha, pattern.alpha, atol=1e-4)
+    np.testing.assert_allclose(fused.alpha, pattern.alpha, atol=1e-4)
+    np.testing.assert_allclose(fused.row_sum, pattern.row_sum, atol=1e-4)
