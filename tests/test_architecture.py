@@ -12,6 +12,7 @@ from sink_interp.interventions import masked
 from sink_interp.lse import ScoreRule, block_alpha, lse_column_sums
 
 from .reference import official_alpha
+from .test_lse import visible_by_loops
 
 MASKS = {
     "limit": AttentionMask(limit=6),
@@ -19,19 +20,6 @@ MASKS = {
     "prefix+limit": AttentionMask(prefix=7, limit=5),
     "sinks beyond limit": AttentionMask(window=3, sinks=3, limit=4),
 }
-
-
-def visible_by_loops(mask: AttentionMask, T: int) -> torch.Tensor:
-    out = torch.zeros(T, T, dtype=torch.bool)
-    for t in range(T):
-        for j in range(T):
-            seen = j <= t or (mask.prefix > 1 and j < mask.prefix and t < mask.prefix)
-            if mask.window is not None and not (t - j < mask.window or j < mask.sinks):
-                seen = False
-            if mask.limit is not None and not t - j < mask.limit:
-                seen = False
-            out[t, j] = seen
-    return out
 
 
 @pytest.mark.parametrize("name", list(MASKS))

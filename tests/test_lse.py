@@ -32,6 +32,8 @@ def visible_by_loops(mask: AttentionMask, T: int) -> torch.Tensor:
             seen = j <= t or (mask.prefix > 1 and j < mask.prefix and t < mask.prefix)
             if mask.window is not None and not (t - j < mask.window or j < mask.sinks):
                 seen = False
+            if mask.limit is not None and not t - j < mask.limit:
+                seen = False
             out[t, j] = seen
     return out
 
