@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 
 from ._internal import hooknames

@@ -64,7 +64,7 @@ from ._internal import hooknames
 from ._internal.errors import check_positive_int
 from ._internal.memory import available_bytes
 from .architecture import UnsupportedAttention, describe_attention, qk_hooks
-from .capture import Reduce, Reducer, attach_hooks, auto_batch_size, model_device, run_reducers, user_hooks
+from .capture import Reduce, Reducer, auto_batch_size, model_device, run_reducers, user_hooks
 from .masks import CAUSAL, AttentionMask, as_mask
 
 #: Working memory of one block of scores (batch x heads x queries x keys float32). Small blocks stay

@@ -41,7 +41,7 @@ from ._internal import hooknames
 from ._internal.errors import check_eps, check_tokens
 from ._internal.provenance import dumps, versions, write_atomic
 from .architecture import describe_attention
-from .capture import Reducer, attach_hooks, run_reducers
+from .capture import Reducer, run_reducers
 from .models import model_info
 
 SCORES = ("auto", "softmax", "proxy", "abs-proxy")

@@ -792,7 +792,7 @@ def trace_sink(
     """
     cfg = model.cfg
     spec = describe_attention(model)
-    L, H, G = spec.n_layers, spec.n_heads, spec.n_kv_heads
+    L, H = spec.n_layers, spec.n_heads
     tokens_c = check_tokens(tokens, d_vocab=int(cfg.d_vocab), min_length=2)
     n, T = tokens_c.shape
     links_set = set(LINKS if links is None else links)
