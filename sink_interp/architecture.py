@@ -455,7 +455,7 @@ def register_attention_facts(model: Any, *, positional: str | None = None, atten
     _CACHE.pop(model, None)
 
 
-def _unwrap(obj: Any) -> Any:
+def unwrap(obj: Any) -> Any:
     """The Hugging Face module a TransformerLens bridge component wraps (the object itself otherwise)."""
     while type(obj).__module__.startswith("transformer_lens") and getattr(obj, "original_component", None) is not None:
         obj = obj.original_component
@@ -499,7 +499,7 @@ def _rotary_module(hf_model: Any) -> Any:
     """The model-level rotary table maker (``model.rotary_emb``...), unwrapped; None when there is none."""
     best = None
     for name, mod in hf_model.named_modules():
-        inner = _unwrap(mod)
+        inner = unwrap(mod)
         if type(inner).__name__.endswith("RotaryEmbedding") and ".layers." not in f".{name}." and ".h." not in f".{name}.":
             if best is None or name.count(".") < best[0].count("."):
                 best = (name, inner)
@@ -591,7 +591,7 @@ def _describe(model: Any) -> AttentionSpec:
     layers = []
     for l in range(L):
         attn = model.blocks[l].attn
-        hf_attn = _unwrap(attn)
+        hf_attn = unwrap(attn)
         kind = _bridge_kind(attn)
         unsupported: list[str] = []
         softcap = getattr(hf_attn, "attn_logit_softcapping", None)
@@ -659,7 +659,7 @@ def _describe(model: Any) -> AttentionSpec:
             module=hf_attn, unsupported=tuple(dict.fromkeys(unsupported)),
         ))
 
-    hf_first = _unwrap(model.blocks[0].attn)
+    hf_first = unwrap(model.blocks[0].attn)
     names = {n for n, _ in hf_first.named_children()} if isinstance(hf_first, torch.nn.Module) else set()
     fused_qkv = bool(names & {"qkv_proj", "query_key_value", "c_attn", "Wqkv", "W_pack"})
     qkv_bias = False
@@ -667,7 +667,7 @@ def _describe(model: Any) -> AttentionSpec:
         sub = getattr(hf_first, nm, None)
         if sub is not None and getattr(sub, "bias", None) is not None:
             qkv_bias = True
-    mlp = _unwrap(model.blocks[0].mlp) if hasattr(model.blocks[0], "mlp") else None
+    mlp = unwrap(model.blocks[0].mlp) if hasattr(model.blocks[0], "mlp") else None
     mlp_names = {n for n, _ in mlp.named_modules()} if isinstance(mlp, torch.nn.Module) else set()
     fused_gate_up = any(n.endswith("gate_up_proj") for n in mlp_names) or any(
         "gate_up_proj" in n for n, _ in (mlp.named_parameters() if isinstance(mlp, torch.nn.Module) else []))
@@ -739,6 +739,15 @@ def check_attention(model: Any, tokens: Tensor | None = None, *, length: int = 2
     return out
 
 
+#: largest |difference| from the model's own attention weights or sink scores accepted as "the same", by weight dtype
+ATTENTION_ATOL = {torch.float32: 1e-4, torch.float64: 1e-6, torch.float16: 2e-2, torch.bfloat16: 2e-2}
+
+
+def attention_atol(model: Any) -> float:
+    """The tolerance of :data:`ATTENTION_ATOL` for ``model``'s weight dtype."""
+    return ATTENTION_ATOL.get(next(model.parameters()).dtype, 2e-2)
+
+
 #: tokens of the check that gates rebuilding a layer's attention from q and k (more where a window is short)
 VERIFY_TOKENS = 64
 _VERIFIED: "weakref.WeakKeyDictionary[Any, dict[int, float]]" = weakref.WeakKeyDictionary()
@@ -768,8 +777,7 @@ def verify_attention(model: Any, layers: Sequence[int], what: str) -> None:
             _VERIFIED[model] = diffs
         except TypeError:  # pragma: no cover
             pass
-    dtype = next(model.parameters()).dtype
-    tol = 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+    tol = attention_atol(model)
     bad = {layer: diffs[layer] for layer in layers if layer in diffs and not diffs[layer] <= tol}
     if bad:
         worst = max(bad.values())

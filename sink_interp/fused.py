@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -47,9 +48,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._internal.errors import check_positive_int
-from .architecture import AttentionSpec, describe_attention
+from .architecture import AttentionSpec, describe_attention, unwrap
 from .capture import model_device, user_hooks
-from .lse import BLOCK_BYTES, ScoreRule, block_alpha, normalize_edges
+from .lse import BLOCK_BYTES, block_alpha, normalize_edges, score_rule
 from .masks import CAUSAL, AttentionMask, as_mask
 
 ATTN_NAME = "sink_interp_fused"
@@ -135,7 +136,7 @@ def _attention(module: Any, query: Tensor, key: Tensor, value: Tensor, attention
     sinks = la.sink_logits()
     if la.softcap is not None or sinks is not None or la.window is not None:
         # no kernel computes this layer: the blockwise pass gives the output and the column sums at once
-        rule = ScoreRule(scale, la.softcap, None, None if sinks is None else sinks.detach().float())
+        rule = dataclasses.replace(score_rule(la, query.shape[-2], query.device), scale=scale)  # the twin's q carries HF's scale
         col, rows, out = block_alpha(query, key, rule, mask=mask, query_edges=run.edges, block_bytes=run.block_bytes, v=value)
         kernel, lse_from = "blockwise", "blockwise"
         out = out.to(query.dtype)
@@ -191,17 +192,10 @@ def _register() -> None:
 # --------------------------------------------------------------------------- the twin
 
 
-def _unwrap(obj: Any) -> Any:
-    """The HF module a TransformerLens bridge component wraps (the object itself if it is not a wrapper)."""
-    while type(obj).__module__.startswith("transformer_lens") and getattr(obj, "original_component", None) is not None:
-        obj = obj.original_component
-    return obj
-
-
 def _resolve(root: Any, dotted: str) -> Any:
     obj = root
     for part in dotted.split("."):
-        obj = getattr(_unwrap(obj), part)
+        obj = getattr(unwrap(obj), part)
     return obj
 
 

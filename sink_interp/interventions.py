@@ -871,10 +871,12 @@ class _Site:
             A = torch.where(hm, Ak, A)
             if Ae is not None:
                 Ae = torch.where(hm, Aek, Ae)
-        A = A.to(dtype)
+        return self._edit_pattern(A.to(dtype)), Ae
+
+    def _edit_pattern(self, A: Tensor) -> Tensor:
         for iv in self.pattern_editors:
-            A = iv.edit_pattern(L, A, self.ctx)
-        return A, Ae
+            A = iv.edit_pattern(self.layer, A, self.ctx)
+        return A
 
     def _z(self, z: Tensor) -> Tensor:
         """Stage 3: z edits and the values of virtual keys."""
@@ -925,8 +927,7 @@ class _Site:
             if self.recompute:
                 A, Ae = self._pattern(ctx.scores, p.dtype)
             else:
-                for iv in self.pattern_editors:
-                    A = iv.edit_pattern(L, A, ctx)
+                A = self._edit_pattern(A)
             # keep only what the hook_z stage reads; free the rest now (T x T scores per layer add up)
             v = ctx.v
             ctx.clear()

@@ -28,7 +28,7 @@ Two engines feed it the rotated q and k of every layer:
   bridge apply.
 
 Either engine first reproduces the model's own ``hook_pattern`` on a short
-slice of the input (:func:`self_check`); a model whose scores the description
+slice of the input (``_SelfCheck``); a model whose scores the description
 cannot rebuild is refused by name (``method="pattern"`` is then exact).
 
 :func:`lse_column_sums` picks one; :func:`sink_interp.measure_sinks` with
@@ -63,7 +63,7 @@ from torch import Tensor
 from ._internal import hooknames
 from ._internal.errors import check_positive_int
 from ._internal.memory import available_bytes
-from .architecture import UnsupportedAttention, describe_attention, qk_hooks
+from .architecture import UnsupportedAttention, attention_atol, describe_attention, qk_hooks
 from .capture import Reduce, Reducer, auto_batch_size, model_device, run_reducers, user_hooks
 from .masks import CAUSAL, AttentionMask, as_mask
 
@@ -409,8 +409,7 @@ class ColumnSums:
 
     def alpha(self) -> Float[Tensor, "n layer head T"]:
         """The sink score over all queries: ``sum_buckets col / (T - k + 1)``."""
-        T = self.col.shape[-1]
-        return self.col.sum(3) / torch.arange(T, 0, -1, dtype=torch.float32)
+        return column_alpha(self.col.sum(3))
 
     def bucket_alpha(self) -> Float[Tensor, "n layer head bucket T"]:
         """Per-bucket score: mean attention of the bucket's queries (``t >= k``) on key ``k``; NaN where none."""
@@ -418,8 +417,11 @@ class ColumnSums:
         return self.col / counts  # 0/0 -> NaN for keys after the bucket
 
 
-#: largest |alpha_lse - alpha_pattern| the self-check accepts, by weight dtype
-SELF_CHECK_ATOL = {torch.float32: 1e-4, torch.float64: 1e-6, torch.float16: 2e-2, torch.bfloat16: 2e-2}
+def column_alpha(col: Float[Tensor, "... T"]) -> Float[Tensor, "... T"]:
+    """Sink scores from column sums of attention over all queries: ``col_k / (T - k + 1)`` (the official normaliser)."""
+    return col / torch.arange(col.shape[-1], 0, -1, dtype=torch.float32, device=col.device)
+
+
 #: tokens of the self-check (more where a layer's own window is short, so the check crosses it)
 SELF_CHECK_TOKENS = 32
 
@@ -443,7 +445,7 @@ def pattern_alpha(model: Any, tokens: Tensor, mask: AttentionMask | None = None,
     reducer = Reduce(names, fn)
     with masked(model, as_mask(mask), layers):
         run_reducers(model, tokens, [reducer], batch_size=tokens.shape[0], progress=False)
-    return out / torch.arange(tokens.shape[1], 0, -1, dtype=torch.float32)
+    return column_alpha(out)
 
 
 def self_check_tokens(model: Any, tokens: Tensor) -> Tensor:
@@ -453,25 +455,33 @@ def self_check_tokens(model: Any, tokens: Tensor) -> Tensor:
     return tokens[:1, : min(n, tokens.shape[1])]
 
 
-def self_check(model: Any, tokens: Tensor, mask: AttentionMask, layers: list[int], engine: str, run: Any) -> str:
-    """Run ``run(short_tokens) -> alpha`` on a short slice and compare with :func:`pattern_alpha`; raise if they differ."""
-    short = self_check_tokens(model, tokens).to(model_device(model))
-    dtype = next(model.parameters()).dtype
-    atol = SELF_CHECK_ATOL.get(dtype, 2e-2)
-    try:
-        ref = pattern_alpha(model, short, mask, layers)
-        got = run(short)
-    except UnsupportedAttention:
-        raise
-    except Exception as e:  # noqa: BLE001 - any failure means: this engine cannot be trusted here
-        raise SelfCheckFailed(f"self-check of the {engine} engine failed to run ({e.__class__.__name__}: {e})") from e
-    diff = float((got - ref).abs().max())
-    if not diff <= atol:
-        raise SelfCheckFailed(
-            f"self-check of the {engine} engine: its sink scores differ from the model's own attention by {diff:.2e} (> {atol:g}) "
-            f"on {short.shape[1]} tokens; fix: method='pattern'"
-        )
-    return f"self-check on {short.shape[1]} tokens: max |diff| {diff:.1e}"
+class _SelfCheck:
+    """The short slice and the model's own sink scores on it (computed once), against which each engine is checked."""
+
+    def __init__(self, model: Any, tokens: Tensor, mask: AttentionMask, layers: list[int]):
+        self.model, self.mask, self.layers = model, mask, layers
+        self.short = self_check_tokens(model, tokens).to(model_device(model))
+        self.atol = attention_atol(model)
+        self._ref: Tensor | None = None
+
+    def __call__(self, engine: str, run: Any) -> str:
+        """Run ``run(short_tokens) -> column sums [1, layers, heads, T]`` and compare; raise :class:`SelfCheckFailed`."""
+        short = self.short
+        try:
+            if self._ref is None:
+                self._ref = pattern_alpha(self.model, short, self.mask, self.layers)
+            got = column_alpha(run(short))
+        except UnsupportedAttention:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure means: this engine cannot be trusted here
+            raise SelfCheckFailed(f"self-check of the {engine} engine failed to run ({e.__class__.__name__}: {e})") from e
+        diff = float((got - self._ref).abs().max())
+        if not diff <= self.atol:
+            raise SelfCheckFailed(
+                f"self-check of the {engine} engine: its sink scores differ from the model's own attention by {diff:.2e} "
+                f"(> {self.atol:g}) on {short.shape[1]} tokens; fix: method='pattern'"
+            )
+        return f"self-check on {short.shape[1]} tokens: max |diff| {diff:.1e}"
 
 
 def lse_column_sums(
@@ -491,7 +501,7 @@ def lse_column_sums(
     ``fused=None`` uses the fused engine when it can (no hooks on the bridge, an HF model inside it
     that passes a short self-check) and the hooks engine otherwise; ``True`` requires it; ``False``
     uses the hooks engine. Either engine must first reproduce the model's own ``hook_pattern`` on a
-    short slice of the input (:func:`self_check`); when neither does, :class:`SelfCheckFailed` is raised
+    short slice of the input (``_SelfCheck``); when neither does, :class:`SelfCheckFailed` is raised
     (``method="pattern"`` is then the exact alternative). The engine, its self-check and the reason
     for not fusing are recorded in ``info``.
     """
@@ -509,14 +519,15 @@ def lse_column_sums(
         spec.layer(layer).check_supported("method='lse'")
     edges = normalize_edges(query_edges, T)
 
+    self_check = _SelfCheck(model, tokens, mask, layer_list)
     reason = "fused=False"
     if fused is not False:
         ok, reason = fused_mod.fused_supported(model, tokens, mask)
         if ok:
             try:
-                check = self_check(model, tokens, mask, layer_list, "fused", lambda short: fused_mod.fused_column_sums(
+                check = self_check("fused", lambda short: fused_mod.fused_column_sums(
                     model, short, layers=layer_list, mask=mask, query_edges=None, batch_size=1, progress=False,
-                    block_bytes=block_bytes)[0].sum(3) / torch.arange(short.shape[1], 0, -1, dtype=torch.float32))
+                    block_bytes=block_bytes)[0].sum(3))
             except SelfCheckFailed as e:
                 ok, reason = False, str(e)
         if not ok and fused:
@@ -539,8 +550,7 @@ def lse_column_sums(
             run_reducers(model, toks, [reducer], batch_size=batch, progress=show, desc="sink scores (lse)")
         return reducer.result()
 
-    check = self_check(model, tokens, mask, layer_list, "hooks", lambda short: hooks_engine(short, None, 1, False)[0].sum(3)
-                       / torch.arange(short.shape[1], 0, -1, dtype=torch.float32))
+    check = self_check("hooks", lambda short: hooks_engine(short, None, 1, False)[0].sum(3))
     col, rows = hooks_engine(tokens, edges, bs, progress)
     return ColumnSums(col, rows, edges, layer_list, "hooks",
                       {"engine": "hooks", "why_not_fused": reason, "batch_size": bs, "self_check": check})

@@ -211,7 +211,9 @@ def test_failed_self_check_everywhere_refuses_lse_and_auto_falls_back_to_pattern
     """When no lse engine reproduces the model's own attention: method='lse' refuses, 'auto' measures the pattern."""
     model, hf = tiny_models("tiny-gqa")
     tokens = torch.randint(4, 128, (1, lse_mod.LSE_MIN_LENGTH), generator=torch.Generator().manual_seed(5))
-    monkeypatch.setitem(lse_mod.SELF_CHECK_ATOL, torch.float32, -1.0)
+    from sink_interp import architecture
+
+    monkeypatch.setitem(architecture.ATTENTION_ATOL, torch.float32, -1.0)
     with pytest.raises(lse_mod.SelfCheckFailed, match="method='pattern'"):
         measure_sinks(model, tokens, method="lse", progress=False)
     rep = measure_sinks(model, tokens, progress=False)
