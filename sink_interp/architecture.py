@@ -401,9 +401,11 @@ class AttentionSpec:
         """Effective gain ``g`` and bias of ``blocks[layer].<which>`` (``ln_final`` for layer None), float32 on the CPU.
 
         The gain is what multiplies the normalised input (``1 + w`` for Gemma's RMSNorm); ``(None, None)``
-        when the block has no such norm.
+        when the block has no such norm. ``which`` may name a submodule path, e.g. ``"attn.k_norm"``.
         """
-        module = getattr(model, "ln_final", None) if layer is None else getattr(model.blocks[layer], which, None)
+        module = getattr(model, "ln_final", None) if layer is None else model.blocks[layer]
+        for part in ([] if layer is None else which.split(".")):
+            module = getattr(module, part, None)
         if module is None:
             return None, None
         w = getattr(module, "weight", None)

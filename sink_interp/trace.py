@@ -946,12 +946,8 @@ def trace_sink(
     # ---- QK-norm
     if "qk_norm" in links_set:
         q = r.qkn
-        k_norm_mod = getattr(model.blocks[layer].attn, "k_norm", None)
-        gw = getattr(k_norm_mod, "weight", None)
-        gmean = float("nan")
-        if isinstance(gw, Tensor):
-            gw = gw.detach().float() + (1.0 if getattr(k_norm_mod, "uses_weight_offset", False) else 0.0)
-            gmean = float(gw.abs().mean())
+        gw, _ = spec.norm_gain(model, layer, "attn.k_norm")
+        gmean = float("nan") if gw is None else float(gw.abs().mean())
         sb, ob, sa, oa = q["sb"] / n, q["ob"] / n_other, q["sa"] / n, q["oa"] / n_other
         out_links["qk_norm"] = QKNormLink(
             kind=str(spec.layer(layer).qk_norm), kv_head=kv_head,
