@@ -9,7 +9,7 @@ Examples:
 """
 
 from .architecture import AttentionSpec, describe_attention
-from .capture import Keep, Reduce, Reducer, attach_hooks, hook_snapshot, run_reducers
+from .capture import Keep, NonFiniteError, Reduce, Reducer, attach_hooks, hook_snapshot, run_reducers
 from .data import probe_tokens
 from .effects import Effect, EffectReport, FitReport, compare, fit_bias, scan_heads
 from .interventions import (
@@ -70,6 +70,7 @@ __all__ = [
     "MaskKey",
     "MassiveReport",
     "ModelInfo",
+    "NonFiniteError",
     "Reduce",
     "Reducer",
     "ScaleAttention",

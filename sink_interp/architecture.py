@@ -790,6 +790,57 @@ def verify_attention(model: Any, layers: Sequence[int], what: str) -> None:
         )
 
 
+_CONTEXT_WARNED: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def check_context(model: Any, length: int) -> None:
+    """Refuse ``length`` beyond the context of a model with learned positions; warn once for other schemes.
+
+    A learned position table has no row past ``model.cfg.n_ctx``; rotary, ALiBi and position-free
+    models run at any length but were trained up to it, so their numbers past it describe extrapolation.
+
+    Examples:
+        >>> from sink_interp import tiny_model
+        >>> m = tiny_model(positions="learned", n_ctx=32)
+        >>> check_context(m, 32)
+        >>> check_context(m, 33)
+        Traceback (most recent call last):
+        ...
+        ValueError: length 33 exceeds the context of this model (32 tokens) and its positions are learned: there is no position embedding for tokens 33 on; fix: length <= 32 (CLI: --length 32)
+    """
+    n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 0)
+    if n_ctx <= 0 or length <= n_ctx:
+        return
+    positional = describe_attention(model).positional
+    if positional == "learned":
+        raise ValueError(
+            f"length {length} exceeds the context of this model ({n_ctx} tokens) and its positions are learned: there is "
+            f"no position embedding for tokens {n_ctx + 1} on; fix: length <= {n_ctx} (CLI: --length {n_ctx})"
+        )
+    try:
+        if model in _CONTEXT_WARNED:
+            return
+        _CONTEXT_WARNED.add(model)
+    except TypeError:  # pragma: no cover - not weak-referenceable
+        pass
+    import warnings
+
+    warnings.warn(
+        f"length {length} is beyond the context this model was built for ({n_ctx} tokens, {positional} positions): "
+        "the numbers describe extrapolation past its training length",
+        stacklevel=3,
+    )
+
+
+def check_model_tokens(model: Any, tokens: Any, min_length: int = 2, name: str = "tokens") -> Tensor:
+    """:func:`sink_interp._internal.errors.check_tokens` for ``model``'s vocabulary, then :func:`check_context`."""
+    from ._internal.errors import check_tokens
+
+    toks = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=min_length, name=name)
+    check_context(model, int(toks.shape[1]))
+    return toks
+
+
 def expand_kv(x: Float[Tensor, "b G ... d"], n_heads: int, dim: int = 1) -> Tensor:
     """Repeat KV heads along ``dim`` so that query head ``h`` meets KV head ``h // (H / G)``."""
     G = x.shape[dim]

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ._internal import hooknames
-from ._internal.errors import check_positive_int, check_tokens
+from ._internal.errors import NonFiniteError, check_positive_int, check_tokens
 
 HookFn = Callable[..., Any]
 
@@ -352,9 +352,12 @@ def run_reducers(
             last_names = {nm for nm, layer in zip(wanted, layers) if layer == top}
 
     fired: set[str] = set()
+    flags: list[tuple[str, Tensor]] = []  # (hook, "holds a NaN/Inf") per batch: one sync per batch, not per hook
 
     def make_hook(name: str, targets: list[Reducer]) -> HookFn:
         def hook(tensor: Tensor, hook: Any) -> None:
+            if tensor.is_floating_point():
+                flags.append((name, _non_finite(name, tensor).any()))
             for r in targets:
                 r.update(name, tensor)
             if last_names and name in last_names:
@@ -377,10 +380,16 @@ def run_reducers(
                 for r in reducers:
                     r.begin_batch(batch, b * bs)
                 fired.clear()
+                flags.clear()
                 try:
                     out = model(batch, return_type="logits" if needs_logits else None)
                 except _StopForward:
                     out = None
+                if needs_logits and out is not None and out.is_floating_point():
+                    flags.append(("logits", _non_finite("logits", out).any()))
+                if flags and bool(torch.stack([f for _, f in flags]).any()):
+                    first = next(nm for nm, f in flags if bool(f))
+                    raise NonFiniteError(explain_non_finite(model, batch, seen_at=first))
                 if needs_logits:
                     for r in reducers:
                         if r.needs_logits:
@@ -389,3 +398,90 @@ def run_reducers(
     finally:
         bar.close()
     return RunStats(n, length, bs, n_batches, ",".join(sorted(last_names)) or None)
+
+
+# --------------------------------------------------------------------------- finite or fail
+
+
+def _non_finite(name: str, x: Tensor) -> Tensor:
+    """Where ``x`` holds values no result may be built from: NaN or Inf (masked scores may be ``-inf``)."""
+    if name.endswith("hook_attn_scores"):
+        return torch.isnan(x) | torch.isposinf(x)
+    return ~torch.isfinite(x)
+
+
+def explain_non_finite(model: Any, tokens: Tensor, seen_at: str = "") -> str:
+    """Why a NaN/Inf appeared on ``tokens``: the first hook point holding one, and the likely cause.
+
+    Looks at the weights first (a NaN or Inf in a parameter: a damaged checkpoint), then runs
+    ``tokens`` once with a check before and after every hook point's own hooks, so a hook that
+    returned a NaN is told apart from a computation that overflowed. Used by every analysis
+    (:func:`run_reducers` raises :class:`NonFiniteError` with this text); no result is made from
+    non-finite data.
+
+    Examples:
+        >>> import torch
+        >>> from sink_interp import tiny_model
+        >>> m = tiny_model()
+        >>> with torch.no_grad():
+        ...     m.blocks[1].attn.q.weight[0, 0] = float("nan")
+        >>> "blocks.1" in explain_non_finite(m, torch.randint(4, 128, (1, 6)))
+        True
+    """
+    where = f" (first seen in {seen_at})" if seen_at else ""
+    for pname, param in model.named_parameters():
+        if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+            bad = int((~torch.isfinite(param)).sum())
+            pname = pname.replace("._original_component", "")
+            return (
+                f"NaN/Inf in the model's weights: {bad} value(s) of parameter {pname}{where}. The checkpoint is damaged; "
+                "fix: reload it from a good copy (for the offline SmolLM2, rebuild the cache with "
+                "sink_interp.models.smollm2_checkpoint(refresh=True), or delete the folder under $SINK_INTERP_CACHE "
+                "/ ~/.cache/sink_interp and run again)"
+            )
+    points = model.hook_dict
+    first: list[tuple[str, bool]] = []  # (hook point, its own hooks produced it)
+    state: dict[str, bool] = {}
+
+    def before(name: str) -> HookFn:
+        def fn(x: Tensor, hook: Any) -> None:
+            if not first and isinstance(x, Tensor) and x.is_floating_point():
+                state[name] = bool(_non_finite(name, x).any())
+            return None
+
+        return fn
+
+    def after(name: str) -> HookFn:
+        def fn(x: Tensor, hook: Any) -> None:
+            if not first and isinstance(x, Tensor) and x.is_floating_point() and bool(_non_finite(name, x).any()):
+                first.append((name, not state.get(name, True)))
+            return None
+
+        return fn
+
+    by_point: dict[int, str] = {}
+    for n, hp in points.items():  # one name per hook point: the TransformerLens alias (hook_resid_pre, hook_q...) when there is one
+        by_point[id(hp)] = n
+    names = list(by_point.values())
+    own = set(user_hooks(model, names))
+    with attach_hooks(model, [(n, before(n)) for n in names], prepend=True), attach_hooks(model, [(n, after(n)) for n in names]):
+        with torch.no_grad():
+            try:
+                model(tokens.to(model_device(model)), return_type=None)
+            except Exception as e:  # noqa: BLE001 - a diagnosis must not hide the original finding
+                if not first:
+                    return f"a NaN/Inf appeared{where}; re-running to find its origin failed: {type(e).__name__}: {e}"
+    if not first:
+        return (f"a NaN/Inf appeared{where} but not when the input was run again on its own; "
+                "a hook or an intervention that depends on the batch may have produced it")
+    name, by_hook = first[0]
+    if by_hook and name in own:
+        return (f"a hook on {name} returned NaN/Inf (its input was finite){where}; "
+                "fix: check the hook functions added to the model (sink_interp.hook_snapshot lists them)")
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if dtype in (torch.float16, torch.bfloat16):
+        cause = f"the computation overflowed in {str(dtype).replace('torch.', '')}; fix: load the model with dtype='float32'"
+    else:
+        cause = ("the computation overflowed or divided by zero there (the weights are finite); "
+                 "check the inputs and any hooks or interventions on earlier layers")
+    return f"first NaN/Inf at {name}{where}: {cause}"

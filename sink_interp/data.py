@@ -48,13 +48,21 @@ def natural_path() -> Path:
 def read_jsonl_texts(path: str | Path) -> list[str]:
     """The ``"text"`` field of every line of a JSONL file, with errors that name the line."""
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"data file {str(path)!r} is a folder; fix: pass the path of a JSONL file inside it (a \"text\" field per line)")
     if not p.is_file():
         raise FileNotFoundError(
             f"data file {str(path)!r} does not exist; pass 'natural', 'random', 'repeat' or the path of a JSONL file"
         )
     texts: list[str] = []
-    with p.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
+    with p.open("rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{p}:{i}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); fix: save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -195,6 +203,7 @@ def probe_tokens(
             info["skipped"] = skipped
             info["lines_read"] = len(rows) + skipped
             toks = torch.tensor(rows, dtype=torch.long)
+        _check_natural(tok, toks, info["source"])
 
     if bos:
         toks = torch.cat([torch.full((n, 1), _bos_id(model), dtype=torch.long), toks], dim=1)
@@ -204,6 +213,25 @@ def probe_tokens(
 
 
 CONCAT_SEPARATOR = "\n\n"
+
+#: a text probe whose most common token id fills more than this share of it is refused
+MAX_TOP_TOKEN_SHARE = 0.5
+
+
+def _check_natural(tok: Any, toks: Tensor, source: str) -> None:
+    """Refuse text that the tokenizer turned into (mostly) one id, e.g. ``<unk>``: that is a repeated-token probe."""
+    ids, counts = torch.unique(toks, return_counts=True)
+    share = float(counts.max()) / toks.numel()
+    if share <= MAX_TOP_TOKEN_SHARE:
+        return
+    top = int(ids[counts.argmax()])
+    unk = getattr(tok, "unk_token_id", None)
+    what = "the unknown token" if unk is not None and top == unk else "one token"
+    raise ValueError(
+        f"text probe {source!r} tokenises to {100 * share:.0f}% {what} (id {top}) with this model's tokenizer "
+        f"({len(tok)} tokens): that is a repeated-token probe, not text; fix: use a model whose tokenizer covers the "
+        "text, or say what you mean with --data repeat / random (source='repeat' / 'random')"
+    )
 
 
 def _concat_rows(tok: Any, texts: list[str], n: int, body: int, path: Path, info: dict[str, Any]) -> Tensor:

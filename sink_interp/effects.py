@@ -45,10 +45,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._internal import hooknames
-from ._internal.errors import check_eps, check_positive_int, check_tokens
+from ._internal.errors import NonFiniteError, check_eps, check_positive_int
 from ._internal.provenance import dumps, versions, write_atomic
-from .architecture import describe_attention
-from .capture import Keep, Reducer, model_device, run_reducers
+from .architecture import check_model_tokens, describe_attention
+from .capture import Keep, Reducer, explain_non_finite, model_device, run_reducers
 from .interventions import Intervention, KVBias, MaskKey, SinkLogit, _flatten, intervene
 from .metrics import SinkScoreReducer, _bos_policy
 from .models import model_info
@@ -404,7 +404,7 @@ def compare(
     """
     eps = check_eps(eps)
     info = getattr(tokens, "probe_info", None)
-    toks = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=2)
+    toks = check_model_tokens(model, tokens, min_length=2)
     items = _items(interventions)
     if _meta is not None:
         items = [(lab, ivs, dict(m)) for (lab, ivs, _), m in zip(items, _meta)]
@@ -662,7 +662,7 @@ def fit_bias(
     batch_size = check_positive_int(batch_size, "batch_size")
     if not float(lr) > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
-    toks = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=2)
+    toks = check_model_tokens(model, tokens, min_length=2)
     mask = MaskKey(layers=layers, heads=heads, positions=positions, min_query=min_query, renormalise=True, name="sink masked")
     mask.bind(model)
     lay = list(mask.layers)
@@ -703,6 +703,10 @@ def fit_bias(
                 loss = torch.nn.functional.cross_entropy(
                     logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1)
                 )
+                if not bool(torch.isfinite(loss)):
+                    with intervene(model, mask, bias):
+                        why = explain_non_finite(model, batch, seen_at=f"the fit's loss at step {len(history)}")
+                    raise NonFiniteError(why + (f"; fix: a smaller lr than {lr}" if history else ""))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 for u, q in zip(used, params):

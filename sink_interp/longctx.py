@@ -38,8 +38,9 @@ import pandas as pd
 from jaxtyping import Float
 from torch import Tensor
 
-from ._internal.errors import check_eps, check_tokens
+from ._internal.errors import check_eps
 from ._internal.provenance import dumps, versions, write_atomic
+from .architecture import check_model_tokens
 from .lse import bucket_edges, lse_column_sums, normalize_edges
 from .masks import as_mask
 from .metrics import SinkReport, _bos_policy
@@ -231,7 +232,7 @@ def long_context_sinks(
         ((4,), 'lse')
     """
     eps = check_eps(eps)
-    checked = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=2)
+    checked = check_model_tokens(model, tokens, min_length=2)
     T = checked.shape[1]
     edges = normalize_edges(query_edges, T) if query_edges is not None else bucket_edges(T, buckets)
     mask = as_mask(mask)

@@ -61,10 +61,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._internal import hooknames
-from ._internal.errors import check_positive_int
+from ._internal.errors import NonFiniteError, check_positive_int
 from ._internal.memory import available_bytes
 from .architecture import UnsupportedAttention, attention_atol, describe_attention, qk_hooks
-from .capture import Reduce, Reducer, auto_batch_size, model_device, run_reducers, user_hooks
+from .capture import Reduce, Reducer, auto_batch_size, explain_non_finite, model_device, run_reducers, user_hooks
 from .masks import CAUSAL, AttentionMask, as_mask
 
 #: Working memory of one block of scores (batch x heads x queries x keys float32). Small blocks stay
@@ -471,7 +471,7 @@ class _SelfCheck:
             if self._ref is None:
                 self._ref = pattern_alpha(self.model, short, self.mask, self.layers)
             got = column_alpha(run(short))
-        except UnsupportedAttention:
+        except (UnsupportedAttention, NonFiniteError):
             raise
         except Exception as e:  # noqa: BLE001 - any failure means: this engine cannot be trusted here
             raise SelfCheckFailed(f"self-check of the {engine} engine failed to run ({e.__class__.__name__}: {e})") from e
@@ -538,6 +538,9 @@ def lse_column_sums(
                 batch_size=batch_size, progress=progress, block_bytes=block_bytes,
             )
             info["self_check"] = check
+            if not (bool(torch.isfinite(col).all()) and bool(torch.isfinite(rows).all())):
+                first = int((~torch.isfinite(col.flatten(1))).any(1).nonzero()[0, 0]) if not bool(torch.isfinite(col).all()) else 0
+                raise NonFiniteError(explain_non_finite(model, tokens[first : first + 1], seen_at="the fused engine's column sums"))
             return ColumnSums(col, rows, edges, layer_list, "fused", info)
 
     bs = auto_batch_size(model, T) if batch_size is None else check_positive_int(batch_size, "batch_size")

@@ -43,11 +43,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ._internal import hooknames
-from ._internal.errors import check_positive_int, check_tokens
+from ._internal.errors import check_positive_int
 from ._internal.provenance import dumps, versions, write_atomic
 from .capture import Reducer, run_reducers
 from .metrics import SinkReport, SinkScoreReducer, _bos_policy
-from .architecture import describe_attention
+from .architecture import check_model_tokens, describe_attention
 from .models import model_info
 
 DEFAULT_ABS_THRESHOLD = 100.0
@@ -575,7 +575,7 @@ def massive_activations(
     ratio_threshold = _check_threshold(ratio_threshold, "ratio_threshold")
     top_k = check_positive_int(top_k, "top_k")
     max_flags = check_positive_int(max_flags, "max_flags", minimum=0) if max_flags else 0
-    tokens_checked = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=2 if sinks else 1)
+    tokens_checked = check_model_tokens(model, tokens, min_length=2 if sinks else 1)
     info = getattr(tokens, "probe_info", None)
     if data is None:
         data = str(info.get("source")) if isinstance(info, dict) and "source" in info else "tokens"

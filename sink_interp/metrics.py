@@ -38,9 +38,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._internal import hooknames
-from ._internal.errors import check_eps, check_tokens
+from ._internal.errors import check_eps
 from ._internal.provenance import dumps, versions, write_atomic
-from .architecture import describe_attention
+from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .models import model_info
 
@@ -450,7 +450,7 @@ def measure_sinks(
         (2,)
     """
     eps = check_eps(eps)
-    tokens_checked = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=2)
+    tokens_checked = check_model_tokens(model, tokens, min_length=2)
     from . import lse as _lse
 
     if score == "auto":

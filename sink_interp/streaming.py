@@ -38,13 +38,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ._internal.errors import check_positive_int, check_tokens
+from ._internal.errors import check_positive_int
 from ._internal.provenance import dumps, versions, write_atomic
 from .capture import run_reducers
 from .effects import NextTokenReducer
 from .interventions import StreamingWindow, intervene
 from .metrics import _bos_policy
-from .architecture import describe_attention
+from .architecture import check_model_tokens, describe_attention
 from .models import model_info
 
 
@@ -258,7 +258,7 @@ def streaming_ppl(
     sinks = check_positive_int(sinks, "sinks", minimum=0)
     window = check_positive_int(window, "window")
     info = getattr(tokens, "probe_info", None)
-    toks = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=2)
+    toks = check_model_tokens(model, tokens, min_length=2)
     n, T = toks.shape
     if T <= sinks + window:
         raise ValueError(

@@ -51,10 +51,10 @@ import torch
 from torch import Tensor
 
 from ._internal import hooknames
-from ._internal.errors import check_positive_int, check_tokens
+from ._internal.errors import check_positive_int
 from ._internal.provenance import dumps, versions, write_atomic
 from ._internal.weights import attn_weights, mlp_weights
-from .architecture import describe_attention
+from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .massive import (
     DEFAULT_ABS_THRESHOLD,
@@ -790,10 +790,9 @@ def trace_sink(
         >>> 0 <= rep.links["norm"].share_sink <= 1
         True
     """
-    cfg = model.cfg
     spec = describe_attention(model)
     L, H = spec.n_layers, spec.n_heads
-    tokens_c = check_tokens(tokens, d_vocab=int(cfg.d_vocab), min_length=2)
+    tokens_c = check_model_tokens(model, tokens, min_length=2)
     n, T = tokens_c.shape
     links_set = set(LINKS if links is None else links)
     unknown = links_set - set(LINKS)

@@ -67,9 +67,26 @@ def test_report_tables_json_and_html(tiny_models, tmp_path):
     assert np.nanmax(rep.bucket_alpha[..., 1:, 0]) == 0.0
 
 
-def test_natural_concat_joins_whole_passages_in_file_order(tiny_models):
+def _char_tokenizer(d_vocab: int):
+    """Character-level: printable ASCII get their own ids, so the shipped English is text (not all ``<unk>``)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(c) for c in range(32, 127)][: d_vocab - 4]
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3, **{c: 4 + i for i, c in enumerate(chars)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tk, name_or_path="char-level", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>")
+
+
+def test_natural_concat_joins_whole_passages_in_file_order(tiny_models, monkeypatch):
     model, _ = tiny_models("tiny-gqa")
-    tok = model.tokenizer
+    with pytest.raises(ValueError, match="unknown token"):  # the tiny word-level tokenizer knows no English
+        probe_tokens(model, "natural-concat", n=2, length=300)
+    tok = _char_tokenizer(int(model.cfg.d_vocab))
+    import sink_interp.data
+
+    monkeypatch.setattr(sink_interp.data, "_tokenizer", lambda m: tok)
     texts = read_jsonl_texts(natural_path())
     t = probe_tokens(model, "natural-concat", n=2, length=300)
     sep = tok(CONCAT_SEPARATOR, add_special_tokens=False)["input_ids"]

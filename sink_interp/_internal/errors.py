@@ -88,3 +88,7 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+class NonFiniteError(ValueError):
+    """A NaN or Inf reached a result; the message names where it first appeared and the likely cause."""
