@@ -801,7 +801,7 @@ def check_context(model: Any, length: int) -> None:
 
     Examples:
         >>> from sink_interp import tiny_model
-        >>> m = tiny_model(positions="learned", n_ctx=32)
+        >>> m = tiny_model(attention="mha", positions="learned", norm="layer", n_ctx=32)
         >>> check_context(m, 32)
         >>> check_context(m, 33)
         Traceback (most recent call last):
@@ -828,7 +828,7 @@ def check_context(model: Any, length: int) -> None:
     warnings.warn(
         f"length {length} is beyond the context this model was built for ({n_ctx} tokens, {positional} positions): "
         "the numbers describe extrapolation past its training length",
-        stacklevel=3,
+        stacklevel=4,
     )
 
 

@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_trace)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    for sp in sub.choices.values():
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
     return parser
 
 
@@ -583,14 +586,73 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_error(e: BaseException) -> str | None:
+    """The one-line message for an error the user can fix, or None for a bug (which keeps its traceback)."""
+    import torch
+
+    from ._internal.errors import MissingDependencyError
+
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(e, RuntimeError) and any(s in str(e) for s in ("out of memory", "can't allocate memory", "not enough memory"))
+    ):
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return (f"out of memory ({first}); fix: a smaller --batch-size or --length, --method lse (no T x T maps) "
+                "for measure/long, or a device with more memory")
+    if isinstance(e, (ValueError, FileNotFoundError, KeyError, OSError, NotImplementedError, MissingDependencyError)):
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        return str(msg) or type(e).__name__
+    return None
+
+
+def _one_line_warnings() -> None:
+    """Warnings as one line on stderr (no source line), like errors."""
+    import warnings
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        print(f"sink-interp: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; user errors and Ctrl-C give one line on stderr (exit 2 and 130), ``--debug`` shows tracebacks."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("SINK_INTERP_DEBUG", "") not in ("", "0")
+    import warnings
+
+    with warnings.catch_warnings():
+        if not debug:
+            _one_line_warnings()
+        return _run(args, debug)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Output files are checked before any model is loaded: a folder or an unwritable place fails now, not after the work."""
+    from ._internal.provenance import check_writable
+
+    if getattr(args, "json", None):
+        check_writable(args.json, "--json")
+    if args.command == "report":
+        check_writable(args.out, "--out")
+
+
+def _run(args: argparse.Namespace, debug: bool) -> int:
     try:
+        _check_outputs(args)
         _set_threads(args)
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, OSError) as e:
-        print(f"sink-interp {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        resume = " (run the same command again to resume)" if args.command in ("train", "reproduce") else ""
+        print(f"\nsink-interp {args.command}: interrupted{resume}", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - sorted into user errors (one line) and bugs (traceback)
+        msg = _user_error(e)
+        if msg is None or debug:
+            raise
+        print(f"sink-interp {args.command}: error: {msg}", file=sys.stderr)
         return 2
 
 

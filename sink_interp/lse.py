@@ -617,9 +617,29 @@ def choose_method(model: Any, tokens: Tensor, method: str = "auto", *, score: st
             )
         return "lse"
     if method == "pattern" or needs_pattern or lse_blockers(model):
+        _check_pattern_fits(model, tokens, batch_size, lse_possible=not needs_pattern and not lse_blockers(model))
         return "pattern"
     n, T = tokens.shape
     bs = min(n, batch_size or auto_batch_size(model, T))
     if T >= LSE_MIN_LENGTH or pattern_bytes(model, T, bs) > PATTERN_MEMORY_SHARE * available_bytes(model_device(model)):
         return "lse"
     return "pattern"
+
+
+def _check_pattern_fits(model: Any, tokens: Tensor, batch_size: int | None, lse_possible: bool) -> None:
+    """Refuse the pattern method, before any forward pass, when one layer's maps for the smallest batch exceed free memory."""
+    n, T = tokens.shape
+    bs = min(n, batch_size) if batch_size else 1  # the automatic batch size goes down to 1
+    need = pattern_bytes(model, T, bs)
+    device = model_device(model)
+    free = available_bytes(device)
+    if need <= free:
+        return
+    fix = "method='lse' (column sums without T x T maps; CLI --method lse)" if lse_possible else "shorter inputs"
+    if bs > 1:
+        fix += " or a smaller batch_size"
+    raise ValueError(
+        f"method='pattern' needs about {need / 2**30:.1f} GiB for one layer's attention maps ({bs} sample(s) x "
+        f"{int(model.cfg.n_heads)} heads x {T}^2 positions; scores, masked scores, softmax and pattern in float32) "
+        f"but {free / 2**30:.1f} GiB are free on {device}; fix: {fix}"
+    )

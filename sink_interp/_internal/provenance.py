@@ -24,11 +24,54 @@ def versions() -> dict[str, str]:
     return out
 
 
+def check_writable(path: str | os.PathLike[str], name: str = "path") -> Path:
+    """Check that a file can be written at ``path`` before any work: not a folder, and its folder writable.
+
+    Missing parent folders are fine when the nearest existing one is writable (they are created on
+    write). Raises ``ValueError`` naming ``name`` and the user's path.
+
+    Examples:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> check_writable(d, "--json")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: --json: ... is a folder; fix: give a file name inside it, e.g. .../out.json
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{name}: {str(path)!r} is a folder; fix: give a file name inside it, e.g. {p / ('out' + (p.suffix or '.json'))}")
+    if p.exists() and not p.is_file():
+        raise ValueError(f"{name}: {str(path)!r} exists and is not a regular file; fix: choose another path")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{name}: cannot create a file under {str(parent)!r}, which is not a folder; fix: choose another path")
+    try:  # the only reliable test of "can I create a file here" (permissions, read-only mounts, root)
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".check", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"{name}: cannot write {str(path)!r} ({e.strerror or e}); fix: choose a writable folder") from None
+    if p.exists() and not os.access(p, os.W_OK):
+        raise ValueError(f"{name}: {str(path)!r} exists and is read-only; fix: choose another path or make it writable")
+    return p
+
+
 def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written).
+
+    Errors name ``path``, not the temporary file.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {str(path)!r}: it is a folder; fix: give a file name inside it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {str(path)!r}: {e.strerror or e}; fix: choose a writable folder") from None
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the result the usual permissions
@@ -38,11 +81,13 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f"cannot write {str(path)!r}: {e.strerror or e}") from None
         raise
     return path
 
