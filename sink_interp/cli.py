@@ -63,8 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default="bb-softmax", help=f"named config (default bb-softmax): {', '.join(PRESETS)}")
     t.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig field (repeatable), e.g. --set lr=3e-3")
-    t.add_argument("--out", required=True, help="run directory (metrics.jsonl, checkpoint.pt, model/)")
-    t.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start afresh")
+    t.add_argument("--out", default=None, help="run directory (metrics.jsonl, checkpoint.pt, model/): a new or empty folder, "
+                   "or an earlier run of the same config, which is resumed")
+    t.add_argument("--fresh", action="store_true", help="start afresh in an earlier run directory (removes only the files a run writes)")
+    t.add_argument("--extend", action="store_true",
+                   help="continue an earlier run with another --steps (only where exact: e.g. a constant learning rate after warm-up)")
     t.add_argument("--device", default="cpu", help="cpu (default; bit-identical resume) or cuda")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -74,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="run paired experiments and tabulate the paper's findings")
     r.add_argument("--finding", default="all", help="a finding name or 'all' (see --list)")
     r.add_argument("--scale", default="cpu", choices=["cpu", "gpu"], help="cpu: BB task in minutes; gpu: the paper's recipe")
-    r.add_argument("--out", required=True, help="directory for runs/ and the table (reproduce.json, reproduce.md)")
+    r.add_argument("--out", default=None, help="directory for runs/ and the table (reproduce.json, reproduce.md): new, empty or an earlier one")
     r.add_argument("--steps", type=int, default=None, help="override every run's steps (smoke tests)")
     r.add_argument("--device", default="cpu")
     r.add_argument("--threads", type=int, default=1)
@@ -261,17 +264,22 @@ def _ranges(xs: Sequence[int]) -> str:
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs: VALUE read as JSON (``3e-3``, ``true``, ``null``, ``[0.9,0.95]``), else kept as text.
+
+    Types and values are checked by :class:`sink_interp.training.TrainConfig`.
+    """
     import json
 
+    words = {"true": True, "false": False, "none": None, "null": None}
     out: dict[str, Any] = {}
     for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
+        k, eq, v = item.partition("=")
+        if not eq or not k.strip():
+            raise ValueError(f"--set expects KEY=VALUE (e.g. --set lr=3e-3), got {item!r}")
         try:
             out[k.strip()] = json.loads(v)
         except json.JSONDecodeError:
-            out[k.strip()] = v
+            out[k.strip()] = words[v.strip().lower()] if v.strip().lower() in words else v  # Python-style True/None too
     return out
 
 
@@ -281,12 +289,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.list:
         print(_fmt_table([[p["name"], p["description"]] for p in preset_table()], ["preset", "description"]))
         return 0
+    if not args.out:
+        raise ValueError("--out DIR is required: a new or empty folder, or an earlier run of the same config to resume")
     over = _parse_set(args.set)
     if args.steps is not None:
         over["steps"] = args.steps
     cfg = preset(args.preset, **over)
     t0 = time.time()
-    res = train(cfg, args.out, resume=not args.fresh, device=args.device, threads=args.threads, progress=not args.quiet)
+    res = train(cfg, args.out, resume=not args.fresh, extend=args.extend, device=args.device, threads=args.threads,
+                progress=not args.quiet)
     f = res.final
     print(f"{cfg.name}: {res.n_params:,} parameters, {f.get('step')} steps in {time.time() - t0:.0f}s"
           + (f" (resumed from step {res.resumed_from})" if res.resumed_from else ""))
@@ -305,12 +316,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.list:
         print(_fmt_table([[f.name, f.claim] for f in FINDINGS.values()], ["finding", "paper"]))
         return 0
+    if not args.out:
+        raise ValueError("--out DIR is required: a new or empty folder, or an earlier reproduce output")
     table = reproduce(
         args.finding, scale=args.scale, out=args.out, steps=args.steps, device=args.device, threads=args.threads,
         jobs=args.jobs, progress=not args.quiet,
     )
     print(table.to_markdown())
     print(f"wrote {args.out}/reproduce.json and {args.out}/reproduce.md")
+    return 0
+
+
 def ablation_battery(model: Any, eval_tokens: Any, train_tokens: Any | None, *, eps: float = 0.3, fit_steps: int = 40,
                      fit_lr: float = 0.1, fit_batch: int = 8, kernels: bool = True, batch_size: int | None = None,
                      progress: bool = True, log: Any = print) -> tuple[Any, dict[str, Any]]:

@@ -351,17 +351,21 @@ def test_kill_and_resume_is_bit_identical(tmp_path, over):
     with open(tmp_path / "part" / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 3, "val_loss": 0.0}) + "\n")
     resumed = train(cfg, tmp_path / "part", progress=False)
-    assert resumed.resumed_from == 2
+    assert resumed.resumed_from == 2 and resumed.metrics == full.metrics
     assert (tmp_path / "full" / "metrics.jsonl").read_bytes() == (tmp_path / "part" / "metrics.jsonl").read_bytes()
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_refuses_another_config(tmp_path):
     train(tiny(steps=2), tmp_path, progress=False)
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(ValueError, match=r"different config \(lr 0.003 -> 0.5\)"):
         train(tiny(steps=2, lr=0.5), tmp_path, progress=False)
-    # more steps of the same config continue the run
-    res = train(tiny(steps=4), tmp_path, progress=False)
+    # more steps: refused unless asked for (exact here: bb presets keep a constant lr after warm-up)
+    with pytest.raises(ValueError, match=r"steps 2 -> 4.*extend=True"):
+        train(tiny(steps=4), tmp_path, progress=False)
+    res = train(tiny(steps=4), tmp_path, progress=False, extend=True)
     assert res.resumed_from == 2 and read_metrics(tmp_path)[-1]["step"] == 4
+    # ckpt_every changes no number: the same run
+    assert train(tiny(steps=4, ckpt_every=1), tmp_path, progress=False).resumed_from == 4

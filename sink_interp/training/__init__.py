@@ -14,7 +14,7 @@ models behind a ``TransformerBridge``), :mod:`.knobs` (the knobs as hooks),
 from .config import PRESETS, TrainConfig, preset, preset_table
 from .evaluate import probe_stats
 from .knobs import KnobParams, KnobRuntime, allowed_mask, runtime_of
-from .loop import TrainResult, make_sampler, make_task, read_metrics, train
+from .loop import RunDirError, TrainResult, make_sampler, make_task, read_metrics, train
 from .model import LabModel, build_model, lab_of, load_trained, save_trained, trained_config
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "KnobRuntime",
     "LabModel",
     "PRESETS",
+    "RunDirError",
     "TrainConfig",
     "TrainResult",
     "allowed_mask",

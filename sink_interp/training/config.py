@@ -17,7 +17,8 @@ Example:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+import math
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any
 
 TASKS = ("bb", "text")
@@ -109,6 +110,7 @@ class TrainConfig:
     ckpt_every: int = 100
 
     def __post_init__(self) -> None:
+        self._check_types()
         checks = [
             ("task", TASKS),
             ("pos", POSITIONS),
@@ -161,9 +163,37 @@ class TrainConfig:
             raise ValueError("bos / intra_doc are text packing modes; BB sequences always start with bb_bos_num BOS tokens")
         if not 0.0 < self.eps < 1.0:
             raise ValueError(f"eps must be in (0, 1), got {self.eps}")
-        if not self.betas or len(self.betas) != 2:
-            raise ValueError(f"betas must be a pair, got {self.betas!r}")
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        for name, lo, lo_open, hi, hi_open in _RANGES:
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if (v < lo or (lo_open and v == lo)) or (hi is not None and (v > hi or (hi_open and v == hi))):
+                left, right = ("(" if lo_open else "["), ("" if hi is None else (")" if hi_open else "]"))
+                span = f"{left}{lo:g}, {'inf)' if hi is None else f'{hi:g}{right}'}"
+                raise ValueError(f"TrainConfig.{name} must be in {span}, got {v!r}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {list(self.betas)}; e.g. betas=[0.9,0.95]")
+
+    def _check_types(self) -> None:
+        """Each field has its annotated type (one-line ValueError naming the field and an example otherwise).
+
+        Integral values are accepted for float fields (``lr=1``) and integral
+        floats for int fields (``steps=1e3``, as JSON reads it); both are stored
+        in the field's own type, so equal configs have equal fingerprints.
+        """
+        for f in fields(self):
+            v = getattr(self, f.name)
+            ann = str(f.type).replace(" ", "")
+            optional = ann.endswith("|None")
+            kind = ann[: -len("|None")] if optional else ann
+            if v is None and optional:
+                continue
+            ok, value = _coerce(kind, v)
+            if not ok:
+                what = _KIND_WORDS.get(kind, kind) + (" or None" if optional else "")
+                raise ValueError(f"TrainConfig.{f.name} must be {what}, got {v!r} ({type(v).__name__}); e.g. {f.name}={_example(f.name, kind, f.default)}")
+            if value is not v:
+                object.__setattr__(self, f.name, value)
 
     # ---------------------------------------------------------------- derived facts
     @property
@@ -201,9 +231,7 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed (validated)."""
-        unknown = sorted(set(changes) - {f.name for f in fields(self)})
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {[f.name for f in fields(self)]}")
+        _check_known(changes)
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,26 +241,107 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}")
-        d = dict(d)
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
+        if not isinstance(d, dict):
+            raise ValueError(f"a TrainConfig dict is a JSON object of fields, got {type(d).__name__}")
+        _check_known(d)
         return cls(**d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes the numbers (name, eval cadence and steps excluded)."""
+        """Hash of the config without ``name``, ``steps`` and ``ckpt_every`` (it names reproduce's run directories, with the steps).
+
+        Resuming compares whole configs, ``steps`` included (see :func:`sink_interp.training.train`).
+        """
         import hashlib
 
         d = self.to_dict()
         for k in ("name", "steps", "ckpt_every"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- field checks
+
+_KIND_WORDS = {
+    "int": "an integer",
+    "float": "a finite number",
+    "bool": "true or false",
+    "str": "a string",
+    "tuple[float,float]": "a pair of numbers",
+}
+
+#: (field, low, low excluded?, high or None, high excluded?) for the numeric knobs not checked elsewhere.
+_RANGES: tuple[tuple[str, float, bool, float | None, bool], ...] = (
+    ("lr", 0.0, False, None, False),
+    ("min_lr", 0.0, False, None, False),
+    ("warmup", 0, False, None, False),
+    ("adam_eps", 0.0, True, None, False),
+    ("momentum", 0.0, False, 1.0, True),
+    ("weight_decay", 0.0, False, None, False),
+    ("grad_clip", 0.0, False, None, False),
+    ("seed", 0, False, None, False),
+    ("bb_vocab", 1, False, None, False),
+    ("bb_triggers", 0, False, None, False),
+    ("bb_bos_num", 0, False, None, False),
+    ("bb_delimiter_p", 0.0, False, 1.0, False),
+    ("text_vocab", 1, False, None, False),
+    ("fixed_token_id", 0, False, None, False),
+    ("data_tokens", 1, False, None, False),
+    ("n_kv_heads", 1, False, None, False),
+    ("rope_theta", 0.0, True, None, False),
+    ("softmax_alpha", 0.0, True, None, False),
+    ("softmax_p", 0.0, True, None, False),
+)
+
+
+def _check_known(d: dict[str, Any]) -> None:
+    import difflib
+
+    known = [f.name for f in fields(TrainConfig)]
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        hints = {u: difflib.get_close_matches(u, known, n=1) for u in unknown}
+        hint = "; ".join(f"{u!r}: did you mean {h[0]!r}?" for u, h in hints.items() if h)
+        raise ValueError(f"unknown TrainConfig fields {unknown}" + (f" ({hint})" if hint else "") + f"; known: {', '.join(known)}")
+
+
+def _coerce(kind: str, v: Any) -> tuple[bool, Any]:
+    """``(ok, value in the field's type)`` for a value of a field of annotated type ``kind``."""
+    if kind == "bool":
+        return isinstance(v, bool), v
+    if kind == "str":
+        return isinstance(v, str), v
+    if isinstance(v, bool):  # a bool is an int to Python, never a number here
+        return False, v
+    if kind == "int":
+        if isinstance(v, int):
+            return True, v
+        if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+            return True, int(v)
+        return False, v
+    if kind == "float":
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            return True, v if type(v) is float else float(v)
+        return False, v
+    if kind == "tuple[float,float]":
+        if not isinstance(v, (tuple, list)) or len(v) != 2:
+            return False, v
+        items = [_coerce("float", b) for b in v]
+        if not all(ok for ok, _ in items):
+            return False, v
+        pair = tuple(b for _, b in items)
+        return True, (v if isinstance(v, tuple) and all(a is b for a, b in zip(v, pair)) else pair)
+    return True, v  # an annotation this check does not know: left to the checks below
+
+
+def _example(name: str, kind: str, default: Any) -> str:
+    if kind == "tuple[float,float]":
+        return json.dumps(list(default) if isinstance(default, tuple) else [0.9, 0.95]).replace(" ", "")
+    if default is None or isinstance(default, type(MISSING)):
+        return {"int": "8", "float": "0.5", "bool": "true", "str": "NAME"}.get(kind, "...")
+    return json.dumps(default)
 
 
 # --------------------------------------------------------------------------- presets

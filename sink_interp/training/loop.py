@@ -2,7 +2,8 @@
 
 A run directory holds:
 
-* ``config.json`` -- the :class:`TrainConfig`, the task description, versions;
+* ``config.json`` -- the :class:`TrainConfig`, the task description, versions
+  (written first: it marks the folder as a run of ours);
 * ``metrics.jsonl`` -- one line per evaluation (``step``, ``val_loss``,
   ``sink_rate`` = Sink_1 in percent at ``eps``, the sweep at 0.1/0.2, ``mean_alpha1``,
   ``sink_rates`` for k = 1..16, sink mass, value-norm ratio, residual peak,
@@ -10,15 +11,25 @@ A run directory holds:
   same bytes as an uninterrupted one (same torch version and thread count, CPU);
 * ``timing.jsonl`` -- wall-clock time and tokens/s (not deterministic, kept apart);
 * ``checkpoint.pt`` -- model, optimiser, data-sampler and loss-accumulator state,
-  written atomically (temporary file + ``os.replace``) every ``ckpt_every`` steps;
+  written atomically (temporary file + ``os.replace``) every ``ckpt_every`` steps.
+  Tensors, numbers and JSON strings only: it is read with
+  ``torch.load(..., weights_only=True)``, so a planted code payload is refused, never run;
 * ``model/`` -- the final model (:func:`sink_interp.training.save_trained`), loadable
   with :func:`sink_interp.load_model`;
-* ``summary.json`` -- the final metrics.
+* ``summary.json`` -- the final metrics;
+* ``.sink_interp.lock`` -- held (``flock``) while a process writes the run.
+
+A run directory is owned: :func:`train` writes only into a new or empty
+folder, or into a run of the same config, which it resumes. A folder with
+other files, a run of another config, or a run another process is writing is
+refused with a one-line error before anything is written, and nothing a run
+did not create is ever deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import html
 import json
 import math
@@ -36,12 +47,19 @@ from .._internal.provenance import dumps, versions, write_atomic
 from ..tasks import BigramBackcopy, Sampler, TextCorpus
 from .config import TrainConfig, preset  # noqa: F401  (preset: used by the docstring example)
 from .evaluate import _round, masked_ce, probe_stats, val_losses
-from .model import LabModel, build_model, save_trained
+from .model import LabModel, build_model, replace_problem, save_trained
 
 CKPT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 TIMING = "timing.jsonl"
-CKPT_FORMAT = 1
+CONFIG = "config.json"
+SUMMARY = "summary.json"
+MODEL = "model"
+LOCK = ".sink_interp.lock"
+CKPT_FORMAT = 2  # format 1 (older versions) held arbitrary objects and needed an unsafe load: refused
+RUN_FORMAT = 1  # config.json's "sink_interp_run"
+#: Fields that may differ between a run and the config resuming it (they change no number).
+RESUME_FREE = ("ckpt_every",)
 
 
 # --------------------------------------------------------------------------- pieces
@@ -141,6 +159,186 @@ def _threads(n: int | None) -> Iterator[None]:
 
 class _Killed(Exception):
     """Raised by ``stop_at`` to simulate a killed run (tests)."""
+
+
+# --------------------------------------------------------------------------- owning a run directory
+
+
+class RunDirError(FileExistsError):
+    """The folder is not ours to write: other files in it, or another process writing the run."""
+
+
+def _run_config(out: Path) -> dict[str, Any] | None:
+    """The run's ``config.json`` when ``out`` is a run directory of ours, else None."""
+    try:
+        d = json.loads((out / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(d, dict) and isinstance(d.get("train_config"), dict) and isinstance(d.get("fingerprint"), str):
+        return d
+    return None
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def claim_dir(out: Path, is_ours: Any, what: str) -> bool:
+    """Refuse ``out`` unless it is absent, empty, or ``is_ours(out)``; True when it is ours and not empty."""
+    if out.is_symlink() and not out.exists():
+        raise RunDirError(f"{out} is a dangling link; fix: choose an empty or new folder for the {what}")
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise RunDirError(f"{out} is a file, not a folder; fix: choose an empty or new folder for the {what}")
+    entries = sorted(e.name for e in out.iterdir() if e.name != LOCK)
+    if not entries:
+        return False
+    if not is_ours(out):
+        raise RunDirError(
+            f"{out} is not empty ({_shown(entries)}) and is not a sink_interp {what}; nothing was written; "
+            f"fix: choose an empty or new folder"
+        )
+    return True
+
+
+@contextlib.contextmanager
+def dir_lock(d: Path, what: str = "run") -> Iterator[None]:
+    """Hold ``d/.sink_interp.lock`` (``flock``, non-blocking) or refuse with a one-line error.
+
+    The kernel drops the lock when the holder exits, however it dies, so a
+    lock file left by a killed process blocks nothing.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    fd = os.open(d / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise RunDirError(
+                f"{d} is being written by another process{who}; fix: wait for it to finish or choose another folder for the {what}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _diff(ran: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    missing = object()
+    return [k for k in sorted(set(ran) | set(now)) if k not in RESUME_FREE and ran.get(k, missing) != now.get(k, missing)]
+
+
+def _eval_steps(cfg: TrainConfig, upto: int) -> list[int]:
+    return [s for s in range(upto + 1) if s == 0 or s % cfg.eval_every == 0 or s == cfg.steps]
+
+
+def extension_problem(old: TrainConfig, new: TrainConfig, done: int) -> str | None:
+    """Why continuing ``done`` steps of ``old`` as a run of ``new`` (other ``steps``) would differ from a fresh run of ``new``.
+
+    None when it is exact: ``new.steps`` is not behind the run, every learning
+    rate used so far is the one ``new`` would use (a schedule that does not
+    depend on the total, such as ``constant`` after warm-up, or a cosine run
+    still in its warm-up), and the evaluations so far (which reset the
+    training-loss accumulator) are the ones ``new`` would make.
+    """
+    if new.steps < done:
+        return f"the run is already at step {done}, past steps={new.steps}"
+    for s in range(done):
+        a, b = lr_at(old, s), lr_at(new, s)
+        if a != b:
+            return (
+                f"the {old.schedule} learning-rate schedule depends on steps (step {s} trained with lr {a:.6g}, "
+                f"a run of steps={new.steps} uses {b:.6g}); only a schedule that does not depend on the total "
+                f"(schedule='constant') extends exactly"
+            )
+    ev_old, ev_new = _eval_steps(old, done), _eval_steps(new, done)
+    if ev_old != ev_new:
+        odd = sorted(set(ev_old) ^ set(ev_new))
+        return (
+            f"the evaluations differ at step {odd[0]} (a run's last step is always evaluated; eval_every={new.eval_every}), "
+            "and each evaluation resets the training-loss average"
+        )
+    return None
+
+
+def _check_resume(ran: dict[str, Any], cfg: TrainConfig, done: int, *, extend: bool, out: Path) -> None:
+    """Refuse to continue the run ``ran`` (at step ``done``) as ``cfg`` unless it is the same run (or an exact extension)."""
+    diff = _diff(ran, cfg.to_dict())
+    if not diff:
+        return
+    desc = ", ".join(f"{k} {ran.get(k)!r} -> {getattr(cfg, k, None)!r}" for k in diff[:5]) + (f" and {len(diff) - 5} more" if len(diff) > 5 else "")
+    if diff != ["steps"]:
+        hint = "; extend changes only steps" if extend and "steps" in diff else ""
+        raise ValueError(
+            f"{out} holds a run of a different config ({desc}){hint}; "
+            "fix: choose another out_dir, or resume=False (--fresh) to discard that run"
+        )
+    if not extend:
+        raise ValueError(
+            f"{out} holds a run of a different config ({desc}); to continue it to steps={cfg.steps} pass extend=True (--extend), "
+            "or choose another out_dir, or resume=False (--fresh) to discard that run"
+        )
+    problem = extension_problem(TrainConfig.from_dict(ran), cfg, done)
+    if problem:
+        raise ValueError(
+            f"cannot extend the run in {out} from steps={ran.get('steps')} to steps={cfg.steps} exactly: {problem}; "
+            "fix: train the longer run in another out_dir, or resume=False (--fresh) there"
+        )
+
+
+def _clear_run(out: Path) -> None:
+    """Remove what a run writes (never anything else) from a run directory of ours."""
+    for name in (CKPT, METRICS, TIMING, SUMMARY):
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
+    model = out / MODEL
+    if model.is_dir() and not model.is_symlink() and not replace_problem(model):
+        import shutil
+
+        shutil.rmtree(model)
+
+
+def _refuse(path: Path, why: str) -> ValueError:
+    return ValueError(f"{path} {why}; nothing in it was run; fix: resume=False (--fresh) to start afresh, or choose another out_dir")
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A run's ``checkpoint.pt``, read with ``weights_only=True`` and checked (one-line ValueError otherwise).
+
+    Returns the stored dict with ``config`` and ``sampler`` parsed from their
+    JSON strings. A file that needs code to load (a planted payload) or a
+    format-1 checkpoint of an older version is refused without running anything.
+    """
+    path = Path(path)
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # the safe loader refuses anything but tensors and plain containers
+        raise _refuse(path, f"is not a checkpoint that loads with weights_only=True ({type(e).__name__})") from None
+    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
+        fmt = ck.get("format") if isinstance(ck, dict) else None
+        raise _refuse(path, f"is not a format-{CKPT_FORMAT} sink_interp checkpoint (format {fmt!r}; format 1 came from an older version)")
+    kinds = {"step": int, "config_json": str, "model": dict, "optimizer": dict, "sampler_json": str, "torch_rng": torch.Tensor, "loss_acc": list}
+    bad = [k for k, t in kinds.items() if not isinstance(ck.get(k), t)]
+    if bad:
+        raise _refuse(path, f"is damaged (missing or wrong {', '.join(bad)})")
+    try:
+        ck["config"] = json.loads(ck["config_json"])
+        ck["sampler"] = json.loads(ck["sampler_json"])
+    except ValueError:
+        raise _refuse(path, "is damaged (its config or sampler state is not JSON)") from None
+    if not isinstance(ck["config"], dict) or not isinstance(ck["sampler"], dict):
+        raise _refuse(path, "is damaged (its config or sampler state is not a JSON object)")
+    return ck
 
 
 # --------------------------------------------------------------------------- result
@@ -245,6 +443,7 @@ def train(
     out_dir: str | os.PathLike[str],
     *,
     resume: bool = True,
+    extend: bool = False,
     device: str | torch.device | None = "cpu",
     threads: int | None = None,
     progress: bool = True,
@@ -252,11 +451,24 @@ def train(
 ) -> TrainResult:
     """Train the model of ``cfg``, evaluating every ``cfg.eval_every`` steps; resumable.
 
+    ``out_dir`` must be new, empty, or a run directory of ours; anything else
+    (a folder with other files) raises :class:`RunDirError` before anything is
+    written. A second process on the same ``out_dir`` is refused the same way
+    while the first one runs.
+
     Args:
         cfg: the run's knobs (:func:`sink_interp.training.preset` gives named ones).
         out_dir: run directory (see the module docstring for its files).
-        resume: continue from ``out_dir/checkpoint.pt`` when it exists and its
-            config matches (``steps`` may grow); False starts afresh.
+        resume: continue from ``out_dir/checkpoint.pt`` when the run there has
+            the same config (``ckpt_every`` aside); another config raises a
+            ``ValueError`` naming the fields that differ. False starts afresh in
+            a run directory of ours, removing only the files a run writes.
+        extend: let the resumed run have another ``steps`` (to continue a
+            finished run, say). Accepted only where the result equals a fresh run
+            of ``cfg`` bit for bit: a learning-rate schedule that does not depend
+            on the total (``schedule="constant"``, or a cosine run still in its
+            warm-up) and the same evaluation steps so far; otherwise a
+            ``ValueError`` says why.
         device: ``"cpu"`` (default; bit-identical resume), ``"cuda"``, or None for CUDA when available.
         threads: torch CPU threads for the run (restored afterwards); None leaves them.
         progress: tqdm progress bar.
@@ -272,13 +484,28 @@ def train(
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig (see sink_interp.training.preset), got {type(cfg).__name__}")
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser()
+    claim_dir(out, _run_config, "run")  # refuse before writing anything, the lock file included
     out.mkdir(parents=True, exist_ok=True)
-    with _threads(threads):
-        return _train(cfg, out, resume=resume, device=device, progress=progress, stop_at=stop_at)
+    with dir_lock(out, "run"), _threads(threads):
+        ours = claim_dir(out, _run_config, "run")  # again, now that no other writer can change it
+        problem = replace_problem(out / MODEL)
+        if problem:
+            raise RunDirError(f"{out / MODEL} {problem}; nothing was written; fix: move it away or choose another folder")
+        ck = None
+        if ours and resume:
+            info = _run_config(out) or {}
+            if (out / CKPT).is_file():
+                ck = load_checkpoint(out / CKPT)
+                _check_resume(ck["config"], cfg, int(ck["step"]), extend=extend, out=out)
+            else:  # killed before its first checkpoint: it starts over
+                _check_resume(info.get("train_config", {}), cfg, 0, extend=extend, out=out)
+        if ours and ck is None:
+            _clear_run(out)
+        return _train(cfg, out, ck, device=device, progress=progress, stop_at=stop_at)
 
 
-def _train(cfg: TrainConfig, out: Path, *, resume: bool, device: Any, progress: bool, stop_at: int | None) -> TrainResult:
+def _train(cfg: TrainConfig, out: Path, ck: dict[str, Any] | None, *, device: Any, progress: bool, stop_at: int | None) -> TrainResult:
     task = make_task(cfg)
     lab = build_model(cfg, task.d_vocab, task.tokenizer(), device=device)
     dev = next(lab.bridge.parameters()).device
@@ -292,29 +519,24 @@ def _train(cfg: TrainConfig, out: Path, *, resume: bool, device: Any, progress: 
     step = 0
     loss_acc = [0.0, 0]
     resumed_from = None
-    if resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck.get("fingerprint") != cfg.fingerprint():
-            raise ValueError(
-                f"{ckpt_path} was written by a different config (fingerprint {ck.get('fingerprint')} != {cfg.fingerprint()}); "
-                "fix: use another out_dir or resume=False to start afresh"
-            )
-        lab.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        sampler.load_state_dict(ck["sampler"])
-        torch.set_rng_state(ck["torch_rng"])
-        step = int(ck["step"])
-        loss_acc = list(ck["loss_acc"])
+    if ck is not None:
+        try:
+            lab.load_state_dict(ck["model"])
+            optimizer.load_state_dict(ck["optimizer"])
+            sampler.load_state_dict(ck["sampler"])
+            torch.set_rng_state(ck["torch_rng"])
+            step = int(ck["step"])
+            loss_acc = [float(ck["loss_acc"][0]), int(ck["loss_acc"][1])]
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            raise _refuse(ckpt_path, f"does not fit this model ({type(e).__name__}: {first})") from None
         resumed_from = step
         kept = [m for m in read_metrics(out) if m["step"] <= step]
         write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
-    else:
-        for name in (METRICS, TIMING, CKPT):
-            with contextlib.suppress(FileNotFoundError):
-                (out / name).unlink()
     write_atomic(
-        out / "config.json",
-        dumps({"train_config": cfg.to_dict(), "task": task.describe(), "n_params": lab.n_params(), "versions": versions(), "fingerprint": cfg.fingerprint()}),
+        out / CONFIG,
+        dumps({"sink_interp_run": RUN_FORMAT, "train_config": cfg.to_dict(), "task": task.describe(), "n_params": lab.n_params(),
+               "versions": versions(), "fingerprint": cfg.fingerprint()}),
     )
 
     def evaluate(step: int) -> dict[str, Any]:
@@ -341,17 +563,17 @@ def _train(cfg: TrainConfig, out: Path, *, resume: bool, device: Any, progress: 
             f.write(json.dumps(m) + "\n")
 
     def save_checkpoint(step: int) -> None:
-        _atomic_torch_save(
+        _atomic_torch_save(  # tensors, numbers and JSON strings only: load_checkpoint reads it with weights_only=True
             {
                 "format": CKPT_FORMAT,
                 "fingerprint": cfg.fingerprint(),
-                "config": cfg.to_dict(),
+                "config_json": cfg.to_json(),
                 "step": step,
                 "model": lab.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "sampler": sampler.state_dict(),
+                "sampler_json": json.dumps(sampler.state_dict()),  # numpy's PCG64 state: 128-bit ints, exact in JSON
                 "torch_rng": torch.get_rng_state(),
-                "loss_acc": list(loss_acc),
+                "loss_acc": [float(loss_acc[0]), int(loss_acc[1])],
             },
             ckpt_path,
         )
@@ -402,10 +624,10 @@ def _train(cfg: TrainConfig, out: Path, *, resume: bool, device: Any, progress: 
         bar.close()
         return _result(cfg, out, task, lab, resumed_from, model_dir="")
     bar.close()
-    model_dir = out / "model"
+    model_dir = out / MODEL
     save_trained(lab, model_dir, extra={"task": task.describe()})
     res = _result(cfg, out, task, lab, resumed_from, model_dir=str(model_dir))
-    write_atomic(out / "summary.json", dumps(res.summary()))
+    write_atomic(out / SUMMARY, dumps(res.summary()))
     return res
 
 

@@ -190,6 +190,9 @@ def save_trained(lab: LabModel, path: str | os.PathLike[str], extra: dict[str, A
     The weights load into a plain ``LlamaForCausalLM``/``SmolLM3ForCausalLM``
     too (the knob parameters live in ``sink_knobs.pt``), which is exactly the
     trained model when the config uses no knob (softmax, pre-norm, RoPE/NoPE).
+    An existing ``path`` is replaced only when it is an earlier save holding
+    nothing else (:func:`replace_problem`); anything else raises
+    ``FileExistsError`` and is left as it was.
     """
     import shutil
     import tempfile
@@ -218,13 +221,53 @@ def save_trained(lab: LabModel, path: str | os.PathLike[str], extra: dict[str, A
         torch.save(knob_state, tmp / "sink_knobs.pt")
         meta = {"format": FORMAT_VERSION, "train_config": lab.cfg.to_dict(), "versions": versions(), **(extra or {})}
         (tmp / MARKER).write_text(dumps(meta))
-        if path.exists():
-            shutil.rmtree(path)
+        problem = replace_problem(path, written={e.name for e in tmp.iterdir()})
+        if problem:
+            raise FileExistsError(f"{path} exists and {problem}; nothing was replaced; fix: move it away or choose another path")
+        aside = None
+        if path.exists():  # an earlier save (checked above): moved aside, then removed once the new one is in place
+            aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, aside / path.name)
         os.replace(tmp, path)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+#: Files a Hugging Face ``save_pretrained`` of a model and tokenizer may write, besides :data:`MARKER` and ``sink_knobs.pt``.
+_HF_FILES = ("config.json", "generation_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+             "merges.txt", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "chat_template*")
+
+
+def replace_problem(path: str | os.PathLike[str], written: set[str] | frozenset[str] = frozenset()) -> str | None:
+    """Why :func:`save_trained` must not replace ``path`` (None: absent, empty, or a model it wrote).
+
+    A directory is replaced only when it carries :data:`MARKER` and holds
+    nothing but the files a save writes (``written``, the Hugging Face file
+    names, ``sink_knobs.pt``): a user's file or folder inside it is never deleted.
+    """
+    import fnmatch
+
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_symlink() or not path.is_dir():
+        return "is not a folder"
+    names = sorted(e.name for e in path.iterdir())
+    if not names:
+        return None
+    if not (path / MARKER).is_file():
+        return f"is not a model directory sink_interp wrote (no {MARKER})"
+    ours = set(written) | {MARKER, "sink_knobs.pt"}
+    foreign = [n for n in names if (path / n).is_dir() or (path / n).is_symlink()
+               or not (n in ours or any(fnmatch.fnmatch(n, pat) for pat in _HF_FILES))]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        return f"holds {shown}, which a save does not write"
+    return None
 
 
 def is_trained_dir(path: str | os.PathLike[str]) -> bool:

@@ -28,7 +28,10 @@ import torch
 
 from .._internal.provenance import dumps, versions, write_atomic
 from .config import TrainConfig, preset
-from .loop import make_sampler, make_task, read_metrics, train
+from .loop import LOCK, _run_config, claim_dir, dir_lock, make_sampler, make_task, read_metrics, train
+
+#: Marks a folder as a reproduce output of ours (written first).
+MARKER = "sink_interp_reproduce.json"
 
 
 # --------------------------------------------------------------------------- runs
@@ -92,6 +95,16 @@ def run_all(
 def _finished(d: Path, cfg: TrainConfig) -> bool:
     m = read_metrics(d)
     return bool(m) and m[-1]["step"] >= cfg.steps and (d / "model").is_dir()
+
+
+def _is_reproduce_root(root: Path) -> bool:
+    """A folder :func:`reproduce` wrote: its marker, or (older versions) only runs/, curves/ and the table, every run one of ours."""
+    if (root / MARKER).is_file():
+        return True
+    names = {e.name for e in root.iterdir()} - {LOCK}
+    if not names <= {"runs", "curves", "reproduce.json", "reproduce.md"} or not (root / "runs").is_dir():
+        return False
+    return all(e.is_dir() and _run_config(e) is not None for e in (root / "runs").iterdir())
 
 
 # --------------------------------------------------------------------------- extra measurements
@@ -575,8 +588,11 @@ def reproduce(
 
     ``steps`` overrides every run's step count and ``overrides`` any other
     :class:`TrainConfig` field of every run (for smoke tests: the numbers then
-    mean little). Finished runs under ``out/runs`` are reused; ``jobs`` runs
-    train in parallel processes with ``threads`` threads each.
+    mean little). Finished runs under ``out/runs`` are reused and unfinished
+    ones resumed; ``jobs`` runs train in parallel processes with ``threads``
+    threads each. ``out`` must be new, empty or an earlier reproduce output
+    (one-line ``FileExistsError`` otherwise, before anything is written); a
+    second process on the same ``out`` is refused while the first one runs.
     """
     if scale not in ("cpu", "gpu"):
         raise ValueError(f"scale must be 'cpu' or 'gpu', got {scale!r}")
@@ -584,8 +600,7 @@ def reproduce(
     unknown = [n for n in names if n not in FINDINGS]
     if unknown:
         raise ValueError(f"unknown finding(s) {unknown}; known: {', '.join(FINDINGS)} or 'all'")
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
+    root = Path(out).expanduser()
     plan: dict[str, dict[str, TrainConfig]] = {}
     for n in names:
         cfgs = FINDINGS[n].configs(scale)
@@ -594,6 +609,17 @@ def reproduce(
         if steps is not None:
             cfgs = {k: c.replace(steps=steps, eval_every=max(1, min(c.eval_every, steps)), ckpt_every=max(1, min(c.ckpt_every, steps)), warmup=min(c.warmup, steps // 2)) for k, c in cfgs.items()}
         plan[n] = cfgs
+    claim_dir(root, _is_reproduce_root, "reproduce output")  # refuse before writing anything
+    root.mkdir(parents=True, exist_ok=True)
+    with dir_lock(root, "reproduce output"):
+        claim_dir(root, _is_reproduce_root, "reproduce output")
+        if not (root / MARKER).is_file():
+            write_atomic(root / MARKER, dumps({"sink_interp_reproduce": 1, "versions": versions()}))
+        return _reproduce(names, plan, root, scale=scale, device=device, threads=threads, jobs=jobs, progress=progress)
+
+
+def _reproduce(names: list[str], plan: dict[str, dict[str, TrainConfig]], root: Path, *, scale: str, device: str,
+               threads: int | None, jobs: int, progress: bool) -> ReproTable:
     everything = {f"{n}/{k}": c for n, cfgs in plan.items() for k, c in cfgs.items()}
     run_all(everything, root, device=device, threads=threads, jobs=jobs, progress=progress)
     rows = []
