@@ -91,4 +91,21 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
 
 
 class NonFiniteError(ValueError):
-    """A NaN or Inf reached a result; the message names where it first appeared and the likely cause."""
+    """A NaN or Inf reached a result; the message names where it first appeared and the likely cause.
+
+    Every analysis raises it instead of reporting a number made from non-finite values (a damaged
+    checkpoint, a hook or an intervention that returned NaN, an overflow in half precision).
+
+    Examples:
+        >>> import torch
+        >>> from sink_interp import tiny_model, measure_sinks, attach_hooks
+        >>> m = tiny_model()
+        >>> def spoil(x, hook):
+        ...     return x * float("nan")
+        >>> with attach_hooks(m, [("blocks.1.hook_resid_pre", spoil)]):
+        ...     try:
+        ...         measure_sinks(m, torch.randint(4, 128, (2, 8)), progress=False)
+        ...     except NonFiniteError as e:
+        ...         print(str(e)[:50])
+        a hook on blocks.1.hook_resid_pre returned NaN/Inf
+    """
