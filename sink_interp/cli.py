@@ -206,7 +206,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     check_eps(args.eps)
     t0 = time.time()
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
     t_load = time.time() - t0
     tokens = _probe(model, args)
     info = tokens.probe_info
@@ -396,7 +396,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     check_positive_int(args.n, "--n")
     check_positive_int(args.fit_steps, "--fit-steps", minimum=0)
     t0 = time.time()
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
     n_train = check_positive_int(args.fit_n, "--fit-n", minimum=0)
     allt = probe_tokens(model, args.data, n=args.n + n_train, length=args.length, bos=args.bos, seed=args.seed)
     info = dict(allt.probe_info)
@@ -445,7 +445,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from .streaming import long_tokens, streaming_ppl
 
     t0 = time.time()
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
     toks = long_tokens(model, length=args.length, n=args.n, bos=args.bos, path=args.data)
     rep = streaming_ppl(model, toks, sinks=args.sinks, window=args.window, bucket=args.bucket, progress=not args.quiet)
     mi = rep.model_info
@@ -487,7 +487,7 @@ def cmd_long(args: argparse.Namespace) -> int:
 
     check_eps(args.eps)
     t0 = time.time()
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
     t_load = time.time() - t0
     tokens = _probe(model, args)
     t1 = time.time()
@@ -538,7 +538,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     check_positive_int(args.n_detail, "--n-detail")
     check_positive_int(args.attention_layers, "--attention-layers")
     t0 = time.time()
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
     tokens = probe_tokens(model, args.data, n=args.n, length=args.length, bos=args.bos, seed=args.seed)
     t_load = time.time() - t0
     command = "sink-interp report " + " ".join(
@@ -564,7 +564,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from . import load_model, probe_tokens, trace_sink
 
     t0 = time.time()
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
     t_load = time.time() - t0
     tokens = probe_tokens(model, args.data, n=args.n, length=args.length, bos=args.bos, seed=args.seed)
     info = tokens.probe_info

@@ -328,13 +328,15 @@ same = (RUNS / "full" / "metrics.jsonl").read_bytes() == (RUNS / "part" / "metri
 print(f"resumed from step {resumed.resumed_from}; metrics.jsonl identical to the uninterrupted run: {same}")
 
 # %% [markdown]
-# The same from the command line (a rerun with the same `--out` resumes; `--steps` may grow, so
-# a finished run can also be extended; `--fresh` starts over):
+# The same from the command line (a rerun with the same `--out` resumes; a different config is
+# refused, naming the fields; `--extend` trains a run on to more `--steps` where that is exactly a
+# longer run, as with the constant learning rate of the `bb-*` presets; `--fresh` starts over).
+# `--out` must be a new or empty folder or one of our runs: nothing else in it is touched.
 #
 # ```bash
-# sink-interp train --preset bb-softmax --out runs/bb-softmax               # Ctrl-C or kill it
-# sink-interp train --preset bb-softmax --out runs/bb-softmax               # "resumed from step ..."
-# sink-interp train --preset bb-softmax --steps 3000 --out runs/bb-softmax  # train on to 3000
+# sink-interp train --preset bb-softmax --out runs/bb-softmax                        # Ctrl-C or kill it
+# sink-interp train --preset bb-softmax --out runs/bb-softmax                        # "resumed from step ..."
+# sink-interp train --preset bb-softmax --steps 3000 --extend --out runs/bb-softmax  # train on to 3000
 # ```
 #
 # ## 6. The reproduction table
