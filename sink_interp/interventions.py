@@ -39,6 +39,18 @@ description, the stages run there, and the final pattern is what
 ``softmax([q k*, q K^T] * scale) [v*; V]`` on every family.
 :class:`AblateDims` edits ``hook_resid_pre`` of the chosen layers.
 
+Composition and nesting. Several interventions in one call form one pipeline
+per layer, in the stage order above and, within a stage, in the order given.
+Nested blocks on the same model give exactly that pipeline for the flattened
+list, outer blocks first: ``with intervene(m, a): with intervene(m, b):`` runs
+as ``intervene(m, a, b)``, for every pair of interventions (the inner block
+pauses the outer block's hooks, attaches the composition, and on exit removes
+exactly its own hooks and lets the outer block's run again). A
+:func:`masked` block, inside or outside, is the mask of stage 1. Each
+intervention object applies once: the same object twice, in one call or
+nested, is a ``ValueError`` (make a second object to apply an edit twice);
+two :class:`AttentionKernel` on one head are a ``ValueError`` too.
+
 By default the queries at the sink position itself are left alone
 (``include_self=False``): masking key ``p`` for query ``p`` would leave that
 row empty and change the sink token's own residual stream, which builds the
@@ -66,6 +78,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+import weakref
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import torch
@@ -791,7 +804,8 @@ class StreamingWindow(Intervention):
             s = la.logits(qc.transpose(1, 2), ks.transpose(1, 2))  # [b, H, T', sinks]
             out = out.clone()
             keep = out[:, :, full_from:, : self.sinks]
-            out[:, :, full_from:, : self.sinks] = torch.where(vis[full_from:, : self.sinks], s.to(out.dtype), keep)
+            # only where the key is still visible: hidden by this window, or by an earlier score edit, stays hidden
+            out[:, :, full_from:, : self.sinks] = torch.where(visible_mask(keep), s.to(out.dtype), keep)
         return out
 
     def describe(self) -> str:
@@ -974,7 +988,7 @@ class _Site:
 
 def _sites(model: Any, flat: list[Intervention], mask: AttentionMask | None = None,
            layers: Sequence[int] | None = None) -> tuple[list[_Site], list[tuple[str, Callable[..., Any]]]]:
-    """Bind ``flat``, group them by layer into sites (plus ``mask`` on ``layers``); return sites and residual hooks."""
+    """Bind ``flat``, group them by layer into sites (plus ``mask`` on ``layers``, default all); return sites and residual hooks."""
     for iv in flat:
         iv.bind(model)
     per_layer: dict[int, list[Intervention]] = {}
@@ -985,12 +999,136 @@ def _sites(model: Any, flat: list[Intervention], mask: AttentionMask | None = No
             continue
         for layer in iv.layers:
             per_layer.setdefault(layer, []).append(iv)
+    masked_layers: set[int] | None = None
     if mask is not None and not mask.is_causal:
         L = int(model.cfg.n_layers)
-        for layer in range(L) if layers is None else layers:
-            per_layer.setdefault(int(layer), [])
-    sites = [_Site(model, layer, ivs, mask) for layer, ivs in sorted(per_layer.items())]
+        masked_layers = {int(x) for x in (range(L) if layers is None else layers)}
+        for layer in sorted(masked_layers):
+            per_layer.setdefault(layer, [])
+    # the mask acts on its own layers only, also where an intervention shares a site with it
+    sites = [_Site(model, layer, ivs, mask if masked_layers is not None and layer in masked_layers else None)
+             for layer, ivs in sorted(per_layer.items())]
     return sites, residual
+
+
+# --------------------------------------------------------------------------- nested blocks
+
+
+class _Frame:
+    """One active :func:`intervene` or :func:`masked` block on a model: what it asked for, and whether its hooks run.
+
+    Only the innermost block's hooks run: they apply the interventions and the mask of every
+    enclosing block plus its own, built as one pipeline (see :func:`_compose`).
+    """
+
+    __slots__ = ("enabled", "ivs", "mask", "mask_layers")
+
+    def __init__(self, ivs: list[Intervention], mask: AttentionMask | None = None, mask_layers: tuple[int, ...] | None = None):
+        self.ivs, self.mask, self.mask_layers, self.enabled = ivs, mask, mask_layers, True
+
+
+# model -> its active blocks, outermost first
+_STACKS: weakref.WeakKeyDictionary[Any, list[_Frame]] = weakref.WeakKeyDictionary()
+
+
+def active_interventions(model: Any) -> list[Intervention]:
+    """The interventions active on ``model`` (enclosing :func:`intervene` blocks, outermost first).
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, intervene, MaskKey, ZeroValue
+        >>> m = tiny_model()
+        >>> with intervene(m, MaskKey()):
+        ...     with intervene(m, ZeroValue(layers=[1])):
+        ...         [type(iv).__name__ for iv in active_interventions(m)]
+        ['MaskKey', 'ZeroValue']
+    """
+    return [iv for f in _STACKS.get(model, ()) for iv in f.ivs]
+
+
+def _compose(model: Any, frames: list[_Frame]) -> tuple[list[_Site], list[tuple[str, Callable[..., Any]]]]:
+    """One pipeline for ``frames`` flattened: their interventions in order (outer blocks first) and their mask."""
+    flat = [iv for f in frames for iv in f.ivs]
+    seen: set[int] = set()
+    for iv in flat:
+        if id(iv) in seen:
+            raise ValueError(
+                f"{iv.label} is given twice (in one intervene() call or in nested blocks); each object applies once: "
+                "drop the repeat, or make a second object to apply the same edit twice"
+            )
+        seen.add(id(iv))
+    for other, stack in list(_STACKS.items()):
+        if other is not model and any(id(iv) in seen for f in stack for iv in f.ivs):
+            busy = next(iv for f in stack for iv in f.ivs if id(iv) in seen)
+            raise ValueError(f"{busy.label} is active in an intervene() block on another model; make a second object for this one")
+    mask: AttentionMask | None = None
+    layers: set[int] | None = set()
+    for f in frames:
+        if f.mask is None:
+            continue
+        if mask is not None and f.mask != mask:
+            raise ValueError(
+                f"masked() blocks with different masks do not nest ({mask.describe()} outside, {f.mask.describe()} inside); "
+                "pass the one AttentionMask that says which keys each query sees"
+            )
+        mask = f.mask
+        layers = None if layers is None or f.mask_layers is None else layers | set(f.mask_layers)
+    return _sites(model, flat, mask, None if layers is None else sorted(layers))
+
+
+def _gated(frame: _Frame, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def hook(x: Tensor, hook: Any) -> Any:
+        return fn(x, hook) if frame.enabled else None
+
+    return hook
+
+
+_RAW = "_sink_interp_raw_mask"
+
+
+def _raw_mask_hook_points(model: Any) -> list[str]:
+    """Hook points carrying hooks made by :func:`mask_hooks` (they do not take part in nesting)."""
+    out = []
+    for name, hp in model.hook_dict.items():
+        if any(getattr(getattr(h, "user_hook", None), _RAW, False) for h in getattr(hp, "fwd_hooks", None) or []):
+            out.append(name)
+    return out
+
+
+@contextlib.contextmanager
+def _block(model: Any, ivs: list[Intervention], mask: AttentionMask | None = None,
+           mask_layers: Sequence[int] | None = None) -> Iterator[Any]:
+    """Push a block on ``model``'s stack: attach the hooks of all active blocks plus this one, pause the enclosing
+    block's hooks; on exit (also after an exception) remove exactly these hooks and let the enclosing block run again."""
+    raw = _raw_mask_hook_points(model)
+    if raw:
+        raise ValueError(
+            f"hooks from mask_hooks() are attached to this model ({raw[0]}, ...); they do not compose with intervene(): "
+            "use `with masked(model, mask):` instead, which nests exactly"
+        )
+    stack = _STACKS.get(model, [])
+    frame = _Frame(ivs, mask, None if mask_layers is None else tuple(int(x) for x in mask_layers))
+    sites, residual = _compose(model, [*stack, frame])  # raises before anything on the model changes
+    hooks = [(name, _gated(frame, fn)) for name, fn in residual + [h for s in sites for h in s.hooks()]]
+    outer = stack[-1] if stack else None
+    stack.append(frame)
+    _STACKS[model] = stack
+    try:
+        with attach_hooks(model, hooks), _quiet_post_hoc():
+            if outer is not None:
+                outer.enabled = False
+            yield model
+    finally:
+        for s in sites:
+            s.ctx.clear()
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i] is frame:
+                del stack[i]
+                break
+        if stack and stack[-1] is outer and outer is not None:
+            outer.enabled = True
+        if not stack:
+            _STACKS.pop(model, None)
 
 
 @contextlib.contextmanager
@@ -1009,6 +1147,17 @@ def intervene(model: Any, *interventions: Intervention | Sequence[Intervention])
     docstring; within a stage, in the order given. Lists are flattened, so a
     composed intervention can be passed as one item. Yields the model.
 
+    Blocks nest: inside ``with intervene(model, *inner)`` within
+    ``with intervene(model, *outer)`` the model runs exactly as with
+    ``intervene(model, *outer, *inner)`` (the outer block's interventions come
+    first within each stage). The inner block pauses the outer block's hooks and
+    attaches the flattened composition; on exit, also after an exception, it
+    removes exactly its hooks and the outer block's own hooks run again. A
+    :func:`masked` block, inside or outside, adds its mask to stage 1 of the
+    composition. Each intervention object applies once: giving the same object
+    twice, in one call or in nested blocks, is a ``ValueError`` (make a second
+    object to apply an edit twice). Close blocks in reverse order (``with`` does).
+
     Example:
         >>> import torch
         >>> from sink_interp import tiny_model, intervene, KVBias, MaskKey
@@ -1018,21 +1167,23 @@ def intervene(model: Any, *interventions: Intervention | Sequence[Intervention])
         ...     logits = m(torch.randint(4, 128, (1, 6)))
         >>> len(list(bias.parameters()))  # one k* per layer
         2
+        >>> x, zero = torch.randint(4, 128, (1, 6)), ZeroValue(positions=[1])
+        >>> with intervene(model, bias), intervene(model, zero):  # nested == one call with both
+        ...     nested = model(x)
+        >>> with intervene(model, bias, zero):
+        ...     torch.equal(model(x), nested)
+        True
     """
-    sites, residual = _sites(model, _flatten(interventions))
-    hooks = list(residual)
-    for s in sites:
-        hooks.extend(s.hooks())
-    try:
-        with attach_hooks(model, hooks), _quiet_post_hoc():
-            yield model
-    finally:
-        for s in sites:
-            s.ctx.clear()
+    with _block(model, _flatten(interventions)) as m:
+        yield m
 
 
 def mask_hooks(model: Any, mask: AttentionMask | dict[str, Any] | None, layers: Sequence[int] | None = None) -> list[tuple[str, Callable[..., Any]]]:
     """Hooks that make a TransformerBridge attend with ``mask`` (pass them to :func:`sink_interp.attach_hooks`).
+
+    These raw hooks do not compose with :func:`intervene`: asking for them inside an
+    ``intervene``/``masked`` block, or entering one while they are attached, is a ``ValueError``;
+    :func:`masked` gives the same mask and nests exactly.
 
     Masks that only hide keys (window, sinks) set the hidden scores to the dtype's minimum; a prefix
     LM also *shows* keys the causal mask hid, so the scores are formed again from the layer's q and k
@@ -1051,13 +1202,26 @@ def mask_hooks(model: Any, mask: AttentionMask | dict[str, Any] | None, layers: 
     mask = as_mask(mask)
     if mask.is_causal:
         return []
+    if _STACKS.get(model):
+        raise ValueError(
+            "mask_hooks() does not compose with the intervene()/masked() block active on this model; "
+            "use `with masked(model, mask):` inside it, which nests exactly"
+        )
     sites, _ = _sites(model, [], mask, layers)
-    return [h for s in sites for h in s.hooks()]
+    hooks = [h for s in sites for h in s.hooks()]
+    for _, fn in hooks:
+        setattr(fn, _RAW, True)
+    return hooks
 
 
 @contextlib.contextmanager
 def masked(model: Any, mask: AttentionMask | dict[str, Any] | None, layers: Sequence[int] | None = None) -> Iterator[Any]:
     """Run ``model`` with ``mask`` (:func:`mask_hooks`) inside a ``with`` block; nothing to do for a causal mask.
+
+    Nests with :func:`intervene` either way round: the mask is stage 1 of every intervention's
+    pipeline (see the module docstring). Nested ``masked`` blocks must give the same mask
+    (their layers add up); different masks are a ``ValueError``. The raw :func:`mask_hooks`
+    do not nest: use this.
 
     Examples:
         >>> import torch
@@ -1068,8 +1232,12 @@ def masked(model: Any, mask: AttentionMask | dict[str, Any] | None, layers: Sequ
         >>> bool(cache["blocks.0.attn.hook_pattern"][0, 0, 0, 2] > 0)  # the prefix sees itself both ways
         True
     """
-    with attach_hooks(model, mask_hooks(model, mask, layers)), _quiet_post_hoc():
+    mask = as_mask(mask)
+    if mask.is_causal:
         yield model
+        return
+    with _block(model, [], mask, layers) as m:
+        yield m
 
 
 def _flatten(items: Iterable[Any]) -> list[Intervention]:
