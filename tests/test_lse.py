@@ -231,6 +231,9 @@ def test_choose_method_by_length_memory_and_needs(tiny_models, monkeypatch):
     assert choose_method(model, long) == "lse"
     monkeypatch.setattr(lse_mod, "available_bytes", lambda device=None: 1000)
     assert choose_method(model, short) == "lse"  # the maps would not fit
+    with pytest.raises(ValueError, match=r"needs about .* GiB .* free on cpu; fix: shorter inputs"):
+        choose_method(model, long, score="proxy")  # the proxy needs the maps, and they cannot fit: refused up front
+    monkeypatch.setattr(lse_mod, "available_bytes", lambda device=None: 1 << 40)
     assert choose_method(model, long, score="proxy") == "pattern"
     with pytest.raises(ValueError, match="method='pattern'"):
         choose_method(model, short, "lse", score="abs-proxy")
