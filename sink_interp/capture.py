@@ -425,7 +425,7 @@ def explain_non_finite(model: Any, tokens: Tensor, seen_at: str = "") -> str:
         >>> m = tiny_model()
         >>> with torch.no_grad():
         ...     m.blocks[1].attn.q.weight[0, 0] = float("nan")
-        >>> "blocks.1" in explain_non_finite(m, torch.randint(4, 128, (1, 6)))
+        >>> "layers.1.self_attn.q_proj" in explain_non_finite(m, torch.randint(4, 128, (1, 6)))
         True
     """
     where = f" (first seen in {seen_at})" if seen_at else ""

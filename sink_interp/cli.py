@@ -614,7 +614,7 @@ def _user_error(e: BaseException) -> str | None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return (f"out of memory ({first}); fix: a smaller --batch-size or --length, --method lse (no T x T maps) "
                 "for measure/long, or a device with more memory")
-    if isinstance(e, (ValueError, FileNotFoundError, KeyError, OSError, NotImplementedError, MissingDependencyError)):
+    if isinstance(e, (ValueError, FileNotFoundError, KeyError, OSError, NotImplementedError, FloatingPointError, MissingDependencyError)):
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         return str(msg) or type(e).__name__
     return None

@@ -634,6 +634,14 @@ def _check_pattern_fits(model: Any, tokens: Tensor, batch_size: int | None, lse_
     device = model_device(model)
     free = available_bytes(device)
     if need <= free:
+        if need > PATTERN_MEMORY_SHARE * free and lse_possible:
+            import warnings
+
+            warnings.warn(
+                f"method='pattern' holds about {need / 2**30:.1f} GiB of attention maps per layer ({free / 2**30:.1f} GiB "
+                "free); method='lse' needs no T x T map",
+                stacklevel=3,
+            )
         return
     fix = "method='lse' (column sums without T x T maps; CLI --method lse)" if lse_possible else "shorter inputs"
     if bs > 1:

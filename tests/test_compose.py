@@ -445,3 +445,42 @@ def test_a_key_hidden_by_an_earlier_score_edit_stays_hidden_under_streaming(peak
         p = cache[name]
         assert p[:, :, 1:, 0].abs().max() == 0  # key 0 hidden from every later query, also once the cache is full
         assert p[:, :, 6:, 1].min() > 0  # sink 1 still seen by the late queries
+
+
+# --------------------------------------------------------------------------- families whose attention runs inside HF
+
+REBUILT_KINDS = ["ZeroValue", "MaskKey", "KVBias", "SinkLogit", "AttentionKernel", "Calibrate"]
+
+
+@pytest.fixture(scope="module", params=["opt", "gptj"])
+def rebuilt(request, tmp_path_factory):
+    """OPT and GPT-J: the bridge hands attention to Hugging Face, so interventions rebuild it at ``hook_z``."""
+    from sink_interp import load_model
+    from sink_interp.architecture import describe_attention
+    from sink_interp.zoo import tiny_checkpoint
+
+    model = load_model(str(tiny_checkpoint(request.param, tmp_path_factory.mktemp(request.param))))
+    assert not describe_attention(model).layer(0).scores_hookable
+    return model
+
+
+def make_rebuilt(model, kind, i):
+    H, d = int(model.cfg.n_heads), int(model.cfg.d_head)
+    if kind == "KVBias":
+        return KVBias(value=True, k={0: _randn(H, d, seed=10 + i) * 2}, v={0: _randn(H, d, seed=30 + i)})
+    if kind == "SinkLogit":
+        return SinkLogit(logits={0: _randn(H, seed=50 + i) + 1, 1: _randn(H, seed=60 + i)})
+    if kind == "AttentionKernel":
+        return AttentionKernel("softpick", heads=[1]) if i else AttentionKernel("sigmoid", bias="-log n", heads=[0])
+    return MAKERS[kind](i)
+
+
+@pytest.mark.parametrize("a,b", [(a, b) for a in REBUILT_KINDS for b in REBUILT_KINDS], ids=lambda v: str(v))
+def test_nested_equals_flat_where_attention_is_rebuilt(rebuilt, a, b):
+    x = torch.randint(4, int(rebuilt.cfg.d_vocab), (2, 10), generator=torch.Generator().manual_seed(3))
+    ia, ib = make_rebuilt(rebuilt, a, 0), make_rebuilt(rebuilt, b, 1)
+    flat = run(rebuilt, x, ia, ib)
+    nested = run_nested(rebuilt, x, [ia], [ib])
+    assert torch.equal(nested, flat), (nested - flat).abs().max()
+    assert (flat - run(rebuilt, x, make_rebuilt(rebuilt, a, 0))).abs().max() > 1e-5
+    assert (flat - run(rebuilt, x, make_rebuilt(rebuilt, b, 1))).abs().max() > 1e-5

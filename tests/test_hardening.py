@@ -122,7 +122,10 @@ def test_pattern_method_refuses_maps_that_cannot_fit(model, monkeypatch):
     x = torch.randint(4, 128, (2, 64))
     need = 4 * 4 * 1 * 4 * 64 * 64
     with pytest.raises(ValueError, match=rf"needs about {need / 2**30:.1f} GiB.*fix: method='lse'"):
-        measure_sinks(model, x, progress=False, method="pattern")
+        measure_sinks(model, x, progress=False, method="pattern", batch_size=1)
+    monkeypatch.setattr(lse, "available_bytes", lambda device=None: 2 * need)  # fits, but takes half of what is free
+    with pytest.warns(UserWarning, match="method='lse' needs no T x T map"):
+        assert measure_sinks(model, x, progress=False, method="pattern", batch_size=1).method == "pattern"
 
 
 def test_text_probes_that_are_mostly_one_token_are_refused(model):
