@@ -176,35 +176,29 @@ def test_output_paths_are_checked_before_the_model_is_loaded(tmp_path, capsys, n
     assert blocker.read_text() == "mine"
 
 
-def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
-    def interrupted(args):
-        raise KeyboardInterrupt
+def _measure_raises(monkeypatch, exc):
+    """``sink-interp measure`` whose work raises ``exc`` (after the arguments are parsed and checked)."""
+    def fail(args):
+        raise exc
 
-    monkeypatch.setattr(cli, "cmd_measure", interrupted)
     parser = cli.build_parser
 
     def build():
         p = parser()
-        p._subparsers._group_actions[0].choices["measure"].set_defaults(func=interrupted)
+        p._subparsers._group_actions[0].choices["measure"].set_defaults(func=fail)
         return p
 
     monkeypatch.setattr(cli, "build_parser", build)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    _measure_raises(monkeypatch, KeyboardInterrupt())
     rc = cli.main(["measure"])
     _one_line(capsys, rc, 130, "interrupted")
 
 
 def test_out_of_memory_is_one_line_with_the_lse_hint(monkeypatch, capsys):
-    def oom(args):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
-
-    parser = cli.build_parser
-
-    def build():
-        p = parser()
-        p._subparsers._group_actions[0].choices["measure"].set_defaults(func=oom)
-        return p
-
-    monkeypatch.setattr(cli, "build_parser", build)
+    _measure_raises(monkeypatch, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB"))
     rc = cli.main(["measure"])
     _one_line(capsys, rc, 2, "out of memory", "--method lse")
     with pytest.raises(torch.OutOfMemoryError):
