@@ -103,8 +103,9 @@ def official_method(hf, tokens, eps: float = 0.3):
         attention_scores_all_sample = []
         for i in range(n):
             inputs = {"input_ids": tokens[i : i + 1], "attention_mask": torch.ones(1, T, dtype=torch.long)}
-            outputs = hf.generate(**inputs, output_attentions=True, return_dict_in_generate=True, max_new_tokens=1,
-                                  do_sample=False, pad_token_id=0)
+            outputs = hf.generate(
+                **inputs, output_attentions=True, return_dict_in_generate=True, max_new_tokens=1, do_sample=False, pad_token_id=0
+            )
             attentions = outputs["attentions"]
             assert len(attentions) == 1
             attention_scores_all_layer = []
@@ -135,10 +136,12 @@ def run_case(case: str, model_name: str, tokens_path: str, repeats: int, threads
     if case in ("floor", "official"):
         hf = _load_hf(model_name, "sdpa" if case == "floor" else "eager")
         if case == "floor":
+
             def fn(x):
                 with torch.no_grad():
                     return hf(x).logits
         else:
+
             def fn(x):
                 with torch.no_grad():
                     return official_method(hf, x)
@@ -147,11 +150,14 @@ def run_case(case: str, model_name: str, tokens_path: str, repeats: int, threads
 
         bridge = load_model(model_name, device="cpu")
         if case == "bridge":
+
             def fn(x):
                 with torch.no_grad():
                     return bridge(x)
         else:
-            kw = {"pattern": dict(method="pattern"), "lse": dict(method="lse"), "lse-hooks": dict(method="lse", fused=False)}[case]
+            kw = {"pattern": dict(method="pattern"), "lse": dict(method="lse"), "lse-hooks": dict(method="lse", fused=False)}[
+                case
+            ]
 
             def fn(x):
                 rep = measure_sinks(bridge, x, batch_size=n, progress=False, **kw)
@@ -176,10 +182,16 @@ def run_case(case: str, model_name: str, tokens_path: str, repeats: int, threads
         del out
         gc.collect()
     return {
-        "case": case, "length": T, "n": n, "seconds": statistics.median(times), "times": times,
-        "cpu_seconds": statistics.median(cpu), "cpu_times": cpu,
+        "case": case,
+        "length": T,
+        "n": n,
+        "seconds": statistics.median(times),
+        "times": times,
+        "cpu_seconds": statistics.median(cpu),
+        "cpu_times": cpu,
         "peak_above_model_mb": None if peak_kb is None else (peak_kb - base_kb) / 1024,
-        "model_rss_mb": base_kb / 1024, **extra,
+        "model_rss_mb": base_kb / 1024,
+        **extra,
     }
 
 
@@ -248,13 +260,30 @@ def main() -> None:
             need = estimate_bytes(case, cfg, n, T)
             free = _mem_available()
             if need > 0.85 * free:
-                results[T][case] = {"case": case, "skipped": True, "estimate_gb": need / GB, "free_gb": free / GB,
-                                    "stacked_gb": n * cfg["n_layers"] * 4 * cfg["n_heads"] * T * T / GB}
+                results[T][case] = {
+                    "case": case,
+                    "skipped": True,
+                    "estimate_gb": need / GB,
+                    "free_gb": free / GB,
+                    "stacked_gb": n * cfg["n_layers"] * 4 * cfg["n_heads"] * T * T / GB,
+                }
                 print(f"T={T} {case}: skipped (needs ~{need / GB:.1f} GB, {free / GB:.1f} GB free)", file=sys.stderr, flush=True)
                 continue
             repeats = args.repeats or (3 if T <= 512 else 1)
-            cmd = [sys.executable, __file__, "--case", case, "--model", args.model, "--tokens", token_files[T],
-                   "--repeats", str(repeats), "--threads", str(args.threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--case",
+                case,
+                "--model",
+                args.model,
+                "--tokens",
+                token_files[T],
+                "--repeats",
+                str(repeats),
+                "--threads",
+                str(args.threads),
+            ]
             t0 = time.time()
             la0 = os.getloadavg()[0]
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -265,16 +294,26 @@ def main() -> None:
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             r["load_avg"] = [la0, os.getloadavg()[0]]
             results[T][case] = r
-            print(f"T={T} {case}: {r['seconds']:.2f} s (cpu {r['cpu_seconds']:.2f} s), peak +{fmt_mb(r['peak_above_model_mb'])} MB "
-                  f"(wall {time.time() - t0:.0f} s, load {la0:.1f})", file=sys.stderr, flush=True)
+            print(
+                f"T={T} {case}: {r['seconds']:.2f} s (cpu {r['cpu_seconds']:.2f} s), peak +{fmt_mb(r['peak_above_model_mb'])} MB "
+                f"(wall {time.time() - t0:.0f} s, load {la0:.1f})",
+                file=sys.stderr,
+                flush=True,
+            )
 
     print()
-    print(f"model {args.model}; {args.threads} thread(s); median of {args.repeats or '3 (T <= 512) / 1'} runs; n = max(1, 2048 // T) samples in one batch; "
-          f"peak = max RSS of the first run above the loaded model")
-    print(f"load average (1/5/15 min) at start {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, "
-          f"at end {os.getloadavg()[0]:.1f}/{os.getloadavg()[1]:.1f}/{os.getloadavg()[2]:.1f}; took {(time.time() - started) / 60:.0f} min")
-    header = (f"{'T':>6} {'n':>3}  {'case':<10}{'wall s':>9}{'x floor':>9}{'cpu s':>9}{'x floor':>9}"
-              f"{'peak MB':>10}{'x floor':>9}  {'Sink_1':>7}  note")
+    print(
+        f"model {args.model}; {args.threads} thread(s); median of {args.repeats or '3 (T <= 512) / 1'} runs; n = max(1, 2048 // T) samples in one batch; "
+        f"peak = max RSS of the first run above the loaded model"
+    )
+    print(
+        f"load average (1/5/15 min) at start {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, "
+        f"at end {os.getloadavg()[0]:.1f}/{os.getloadavg()[1]:.1f}/{os.getloadavg()[2]:.1f}; took {(time.time() - started) / 60:.0f} min"
+    )
+    header = (
+        f"{'T':>6} {'n':>3}  {'case':<10}{'wall s':>9}{'x floor':>9}{'cpu s':>9}{'x floor':>9}"
+        f"{'peak MB':>10}{'x floor':>9}  {'Sink_1':>7}  note"
+    )
     print(header)
     print("-" * len(header))
     for T in args.lengths:
@@ -283,8 +322,10 @@ def main() -> None:
             r = results[T].get(case, {})
             n = n_samples(T)
             if r.get("skipped"):
-                print(f"{T:>6} {n:>3}  {case:<10}{'skipped':>9}{'':>27}{'':>19}  {'':>7}  needs ~{r['estimate_gb']:.0f} GB "
-                      f"({r['free_gb']:.0f} GB free); stacked maps alone {r['stacked_gb']:.1f} GB")
+                print(
+                    f"{T:>6} {n:>3}  {case:<10}{'skipped':>9}{'':>27}{'':>19}  {'':>7}  needs ~{r['estimate_gb']:.0f} GB "
+                    f"({r['free_gb']:.0f} GB free); stacked maps alone {r['stacked_gb']:.1f} GB"
+                )
                 continue
             if r.get("failed") or not r:
                 print(f"{T:>6} {n:>3}  {case:<10}{'failed':>10}  {r.get('error', '')}")
@@ -296,13 +337,25 @@ def main() -> None:
             pr = f"{pk / bpk:.2f}x" if pk is not None and bpk else "-"
             s1 = f"{r['Sink_1']:.1f}%" if "Sink_1" in r else ""
             note = r.get("engine", "") if case.startswith("lse") else ""
-            print(f"{T:>6} {n:>3}  {case:<10}{r['seconds']:>9.2f}{tr:>9}{r['cpu_seconds']:>9.2f}{cr:>9}"
-                  f"{fmt_mb(pk):>10}{pr:>9}  {s1:>7}  {note}")
+            print(
+                f"{T:>6} {n:>3}  {case:<10}{r['seconds']:>9.2f}{tr:>9}{r['cpu_seconds']:>9.2f}{cr:>9}"
+                f"{fmt_mb(pk):>10}{pr:>9}  {s1:>7}  {note}"
+            )
     shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "threads": args.threads, "repeats": args.repeats, "results": results,
-                       "load_start": load_start, "load_end": os.getloadavg()}, f, indent=1)
+            json.dump(
+                {
+                    "model": args.model,
+                    "threads": args.threads,
+                    "repeats": args.repeats,
+                    "results": results,
+                    "load_start": load_start,
+                    "load_end": os.getloadavg(),
+                },
+                f,
+                indent=1,
+            )
         print(f"wrote {args.json}")
 
 

@@ -97,13 +97,29 @@ def main() -> None:
         return
     results = {}
     for case in ("forward", "measure_sinks"):
-        cmd = [sys.executable, __file__, "--case", case, "--model", args.model, "--n", str(args.n),
-               "--length", str(args.length), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--case",
+            case,
+            "--model",
+            args.model,
+            "--n",
+            str(args.n),
+            "--length",
+            str(args.length),
+            "--repeats",
+            str(args.repeats),
+            "--threads",
+            str(args.threads),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         results[case] = json.loads(out)
     base = results["forward"]
-    print(f"model {args.model}, {args.n} x {args.length} tokens, batch {base['batch_size']}, {args.threads} threads, "
-          f"median of {args.repeats}; model RSS {base['model_rss_mb']:.0f} MB")
+    print(
+        f"model {args.model}, {args.n} x {args.length} tokens, batch {base['batch_size']}, {args.threads} threads, "
+        f"median of {args.repeats}; model RSS {base['model_rss_mb']:.0f} MB"
+    )
     print(f"{'case':<15}{'time s':>9}{'time ratio':>12}{'peak MB':>10}{'peak ratio':>12}")
     for case, r in results.items():
         tr = r["seconds"] / base["seconds"]

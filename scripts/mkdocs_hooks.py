@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 def on_page_markdown(markdown, page, config, files):
     """Expand the API_REFERENCE marker into one mkdocstrings block per public name."""
     if "<!-- API_REFERENCE -->" not in markdown:

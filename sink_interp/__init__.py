@@ -30,10 +30,10 @@ from .longctx import LongContextReport, long_context_sinks
 from .masks import AttentionMask
 from .massive import MassiveReport, massive_activations
 from .metrics import SinkReport, measure_sinks, sink_alpha
-from .streaming import StreamReport, long_tokens, streaming_ppl
 from .models import ModelInfo, known_models, load_model, model_info, tiny_model
+from .streaming import StreamReport, long_tokens, streaming_ppl
 from .tasks import BigramBackcopy, TextCorpus
-from .zoo import tiny_checkpoint
+from .trace import TraceReport, trace_sink
 from .training import TrainConfig, TrainResult, load_trained, preset, train
 from .views import (
     View,
@@ -49,7 +49,7 @@ from .views import (
     training_curves,
     view_for,
 )
-from .trace import TraceReport, trace_sink
+from .zoo import tiny_checkpoint
 
 __version__ = "0.1.0"
 

@@ -91,7 +91,9 @@ class Rotary:
     def tables(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """``(cos, sin)`` ``[1 or b, T, dims]`` for ``positions`` (``[T]`` or ``[b, T]``), from the model's rotary module."""
         if self.module is None:
-            raise UnsupportedAttention("this rotary embedding has no table module to rotate at other positions; fix: positions='original'")
+            raise UnsupportedAttention(
+                "this rotary embedding has no table module to rotate at other positions; fix: positions='original'"
+            )
         pos = positions.reshape(1, -1) if positions.dim() == 1 else positions
         pos = pos.to(x.device)
         params = inspect.signature(self.module.forward).parameters
@@ -283,10 +285,18 @@ class LayerAttention:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "layer": self.layer, "kind": self.kind, "scale": self.scale, "softcap": self.softcap, "window": self.window,
-            "alibi": self.alibi, "qk_norm": self.qk_norm, "sink_logits": self.has_sink_logits,
+            "layer": self.layer,
+            "kind": self.kind,
+            "scale": self.scale,
+            "softcap": self.softcap,
+            "window": self.window,
+            "alibi": self.alibi,
+            "qk_norm": self.qk_norm,
+            "sink_logits": self.has_sink_logits,
             "rotary": None if self.rotary is None else self.rotary.to_dict(),
-            "q_hook": self.q_hook, "k_hook": self.k_hook, "scores_hookable": self.scores_hookable,
+            "q_hook": self.q_hook,
+            "k_hook": self.k_hook,
+            "scores_hookable": self.scores_hookable,
             "unsupported": list(self.unsupported),
         }
 
@@ -364,7 +374,11 @@ class AttentionSpec:
             out.append(f"soft-cap {self.softcap:g}" if self.softcap else "soft-cap")
         ws = self.windows
         if any(w is not None for w in ws):
-            out.append("sliding window " + ("on all layers" if all(w is not None for w in ws) else "on some layers") + f" ({max(w for w in ws if w)})")
+            out.append(
+                "sliding window "
+                + ("on all layers" if all(w is not None for w in ws) else "on some layers")
+                + f" ({max(w for w in ws if w)})"
+            )
         if any(la.alibi for la in self.layers):
             out.append("ALiBi")
         if self.has_sink_logits:
@@ -404,7 +418,7 @@ class AttentionSpec:
         when the block has no such norm. ``which`` may name a submodule path, e.g. ``"attn.k_norm"``.
         """
         module = getattr(model, "ln_final", None) if layer is None else model.blocks[layer]
-        for part in ([] if layer is None else which.split(".")):
+        for part in [] if layer is None else which.split("."):
             module = getattr(module, part, None)
         if module is None:
             return None, None
@@ -424,11 +438,22 @@ class AttentionSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "family": self.family, "architecture": self.architecture, "n_heads": self.n_heads,
-            "n_kv_heads": self.n_kv_heads, "d_head": self.d_head, "positional": self.positional,
-            "qkv_bias": self.qkv_bias, "parallel": self.parallel, "pre_norm": self.pre_norm, "norm": self.norm,
-            "gain_offset": self.gain_offset, "fused_qkv": self.fused_qkv, "fused_gate_up": self.fused_gate_up,
-            "moe": self.moe, "knobs": list(self.knobs), "features": self.features(),
+            "family": self.family,
+            "architecture": self.architecture,
+            "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads,
+            "d_head": self.d_head,
+            "positional": self.positional,
+            "qkv_bias": self.qkv_bias,
+            "parallel": self.parallel,
+            "pre_norm": self.pre_norm,
+            "norm": self.norm,
+            "gain_offset": self.gain_offset,
+            "fused_qkv": self.fused_qkv,
+            "fused_gate_up": self.fused_gate_up,
+            "moe": self.moe,
+            "knobs": list(self.knobs),
+            "features": self.features(),
             "layers": [la.to_dict() for la in self.layers],
         }
 
@@ -439,12 +464,13 @@ class AttentionSpec:
 
 # --------------------------------------------------------------------------- reading a model
 
-_CACHE: "weakref.WeakKeyDictionary[Any, AttentionSpec]" = weakref.WeakKeyDictionary()
-_REGISTERED: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[Any, AttentionSpec] = weakref.WeakKeyDictionary()
+_REGISTERED: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
-def register_attention_facts(model: Any, *, positional: str | None = None, attention_knobs: Sequence[str] = (),
-                             other_knobs: Sequence[str] = ()) -> None:
+def register_attention_facts(
+    model: Any, *, positional: str | None = None, attention_knobs: Sequence[str] = (), other_knobs: Sequence[str] = ()
+) -> None:
     """Facts the config cannot tell: sink_interp's training laboratory attaches its knobs as permanent hooks.
 
     ``positional`` overrides the positional scheme (learned or ALiBi positions added by hooks);
@@ -452,8 +478,7 @@ def register_attention_facts(model: Any, *, positional: str | None = None, atten
     lists them as unsupported, so the ``lse`` method refuses by name; ``other_knobs`` change the hidden
     states only (post-norm, other FFNs), which the hooks engine sees but a fused twin would not.
     """
-    _REGISTERED[model] = {"positional": positional, "attention_knobs": tuple(attention_knobs),
-                          "other_knobs": tuple(other_knobs)}
+    _REGISTERED[model] = {"positional": positional, "attention_knobs": tuple(attention_knobs), "other_knobs": tuple(other_knobs)}
     _CACHE.pop(model, None)
 
 
@@ -616,8 +641,9 @@ def _describe(model: Any) -> AttentionSpec:
                     style = "adjacent"
                 else:
                     style = "half"
-                rotary = Rotary(style, int(round(d * fraction)), True, rot_module,
-                                layer_type=types[l], duplicate_halves=family == "gpt_oss")
+                rotary = Rotary(
+                    style, int(round(d * fraction)), True, rot_module, layer_type=types[l], duplicate_halves=family == "gpt_oss"
+                )
         elif kind in ("joint", "alibi", "alibi-falcon"):
             scale = d**-0.5
             if getattr(attn.config, "scale_attn_by_inverse_layer_idx", False) and getattr(attn, "_layer_idx", None) is not None:
@@ -635,7 +661,7 @@ def _describe(model: Any) -> AttentionSpec:
             if family == "gpt_neo":  # GPT-Neo does not scale q.k; its "local" layers see the last window_size keys
                 scale = 1.0
                 if getattr(hf_attn, "attention_type", "global") == "local":
-                    window = int(getattr(hf_cfg, "window_size"))
+                    window = int(hf_cfg.window_size)
             elif not hasattr(hf_attn, "scaling"):
                 unsupported.append(f"{type(hf_attn).__name__} without a 'scaling' attribute (unknown score scale)")
             if family in ("gptj",) and rot_module is not None:
@@ -654,12 +680,25 @@ def _describe(model: Any) -> AttentionSpec:
                 unsupported.append(f"no hook {nm}")
         if registered.get("attention_knobs"):
             unsupported.append("training knobs on attention (" + ", ".join(registered["attention_knobs"]) + ")")
-        layers.append(LayerAttention(
-            layer=l, kind=kind if kind in KINDS else "unknown", n_heads=H, n_kv_heads=G, d_head=d, scale=scale,
-            q_hook=q_hook, k_hook=k_hook, rotary=rotary,
-            softcap=None if softcap is None else float(softcap), window=window, alibi=alibi, qk_norm=qk_norm,
-            module=hf_attn, unsupported=tuple(dict.fromkeys(unsupported)),
-        ))
+        layers.append(
+            LayerAttention(
+                layer=l,
+                kind=kind if kind in KINDS else "unknown",
+                n_heads=H,
+                n_kv_heads=G,
+                d_head=d,
+                scale=scale,
+                q_hook=q_hook,
+                k_hook=k_hook,
+                rotary=rotary,
+                softcap=None if softcap is None else float(softcap),
+                window=window,
+                alibi=alibi,
+                qk_norm=qk_norm,
+                module=hf_attn,
+                unsupported=tuple(dict.fromkeys(unsupported)),
+            )
+        )
 
     hf_first = unwrap(model.blocks[0].attn)
     names = {n for n, _ in hf_first.named_children()} if isinstance(hf_first, torch.nn.Module) else set()
@@ -672,9 +711,13 @@ def _describe(model: Any) -> AttentionSpec:
     mlp = unwrap(model.blocks[0].mlp) if hasattr(model.blocks[0], "mlp") else None
     mlp_names = {n for n, _ in mlp.named_modules()} if isinstance(mlp, torch.nn.Module) else set()
     fused_gate_up = any(n.endswith("gate_up_proj") for n in mlp_names) or any(
-        "gate_up_proj" in n for n, _ in (mlp.named_parameters() if isinstance(mlp, torch.nn.Module) else []))
-    moe = bool(getattr(hf_cfg, "num_local_experts", None) or getattr(hf_cfg, "num_experts", None)
-               or any("expert" in n for n in mlp_names))
+        "gate_up_proj" in n for n, _ in (mlp.named_parameters() if isinstance(mlp, torch.nn.Module) else [])
+    )
+    moe = bool(
+        getattr(hf_cfg, "num_local_experts", None)
+        or getattr(hf_cfg, "num_experts", None)
+        or any("expert" in n for n in mlp_names)
+    )
     parallel = hooknames.resid_mid(0) not in points
     pre_norm = hooknames.ln1_normalized(0) in points
     ln = getattr(model.blocks[0], "ln1", None) or getattr(model.blocks[0], "ln2", None)
@@ -691,9 +734,22 @@ def _describe(model: Any) -> AttentionSpec:
     positional = registered.get("positional") or positional
     knobs = tuple(registered.get("attention_knobs", ())) + tuple(registered.get("other_knobs", ()))
     return AttentionSpec(
-        family=family, architecture=arch, layers=tuple(layers), n_heads=H, n_kv_heads=G, d_head=d,
-        positional=positional, qkv_bias=qkv_bias, parallel=parallel, pre_norm=pre_norm, norm=norm,
-        gain_offset=gain_offset, fused_qkv=fused_qkv, fused_gate_up=fused_gate_up, moe=moe, knobs=knobs,
+        family=family,
+        architecture=arch,
+        layers=tuple(layers),
+        n_heads=H,
+        n_kv_heads=G,
+        d_head=d,
+        positional=positional,
+        qkv_bias=qkv_bias,
+        parallel=parallel,
+        pre_norm=pre_norm,
+        norm=norm,
+        gain_offset=gain_offset,
+        fused_qkv=fused_qkv,
+        fused_gate_up=fused_gate_up,
+        moe=moe,
+        knobs=knobs,
     )
 
 
@@ -752,7 +808,7 @@ def attention_atol(model: Any) -> float:
 
 #: tokens of the check that gates rebuilding a layer's attention from q and k (more where a window is short)
 VERIFY_TOKENS = 64
-_VERIFIED: "weakref.WeakKeyDictionary[Any, dict[int, float]]" = weakref.WeakKeyDictionary()
+_VERIFIED: weakref.WeakKeyDictionary[Any, dict[int, float]] = weakref.WeakKeyDictionary()
 
 
 def verify_attention(model: Any, layers: Sequence[int], what: str) -> None:
@@ -790,7 +846,7 @@ def verify_attention(model: Any, layers: Sequence[int], what: str) -> None:
         )
 
 
-_CONTEXT_WARNED: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_CONTEXT_WARNED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def check_context(model: Any, length: int) -> None:

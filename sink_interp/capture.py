@@ -219,7 +219,9 @@ class Keep(Reducer):
         torch.Size([3, 2, 16])
     """
 
-    def __init__(self, names: Sequence[str], select: Callable[[Tensor], Tensor] | None = None, dtype: torch.dtype | None = torch.float32):
+    def __init__(
+        self, names: Sequence[str], select: Callable[[Tensor], Tensor] | None = None, dtype: torch.dtype | None = torch.float32
+    ):
         self.names = list(names)
         self.select = select
         self.dtype = dtype
@@ -460,7 +462,10 @@ def explain_non_finite(model: Any, tokens: Tensor, seen_at: str = "") -> str:
         return fn
 
     by_point: dict[int, str] = {}
-    for n, hp in points.items():  # one name per hook point: the TransformerLens alias (hook_resid_pre, hook_q...) when there is one
+    for (
+        n,
+        hp,
+    ) in points.items():  # one name per hook point: the TransformerLens alias (hook_resid_pre, hook_q...) when there is one
         by_point[id(hp)] = n
     names = list(by_point.values())
     own = set(user_hooks(model, names))
@@ -472,16 +477,22 @@ def explain_non_finite(model: Any, tokens: Tensor, seen_at: str = "") -> str:
                 if not first:
                     return f"a NaN/Inf appeared{where}; re-running to find its origin failed: {type(e).__name__}: {e}"
     if not first:
-        return (f"a NaN/Inf appeared{where} but not when the input was run again on its own; "
-                "a hook or an intervention that depends on the batch may have produced it")
+        return (
+            f"a NaN/Inf appeared{where} but not when the input was run again on its own; "
+            "a hook or an intervention that depends on the batch may have produced it"
+        )
     name, by_hook = first[0]
     if by_hook and name in own:
-        return (f"a hook on {name} returned NaN/Inf (its input was finite){where}; "
-                "fix: check the hook functions added to the model (sink_interp.hook_snapshot lists them)")
+        return (
+            f"a hook on {name} returned NaN/Inf (its input was finite){where}; "
+            "fix: check the hook functions added to the model (sink_interp.hook_snapshot lists them)"
+        )
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     if dtype in (torch.float16, torch.bfloat16):
         cause = f"the computation overflowed in {str(dtype).replace('torch.', '')}; fix: load the model with dtype='float32'"
     else:
-        cause = ("the computation overflowed or divided by zero there (the weights are finite); "
-                 "check the inputs and any hooks or interventions on earlier layers")
+        cause = (
+            "the computation overflowed or divided by zero there (the weights are finite); "
+            "check the inputs and any hooks or interventions on earlier layers"
+        )
     return f"first NaN/Inf at {name}{where}: {cause}"

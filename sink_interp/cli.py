@@ -1,14 +1,14 @@
 """The ``sink-interp`` command.
 
-    sink-interp measure --model smollm2-135m --data natural --n 100 --length 64 --eps 0.3 [--bos] [--json OUT]
-    sink-interp ablate  --model smollm2-135m --data natural --n 32 --length 64 [--fit-steps 40] [--json OUT]
-    sink-interp stream  --model smollm2-135m --sinks 4 --window 256 [--length 1536 --n 8] [--json OUT]
-    sink-interp measure --length 8192            # long inputs: method auto -> lse, passages joined
-    sink-interp long --length 8192 --buckets 8   # Sink_k by query bucket and by key position
-    sink-interp train --preset bb-softmax [--steps N] [--set key=value ...] --out DIR
-    sink-interp reproduce [--finding NAME|all] [--scale cpu|gpu] --out DIR
-    sink-interp report --model smollm2-135m [--data natural] --out report.html
-    sink-interp trace --model smollm2-135m --data natural --n 20 --length 64 [--layer L --head H] [--json OUT]
+sink-interp measure --model smollm2-135m --data natural --n 100 --length 64 --eps 0.3 [--bos] [--json OUT]
+sink-interp ablate  --model smollm2-135m --data natural --n 32 --length 64 [--fit-steps 40] [--json OUT]
+sink-interp stream  --model smollm2-135m --sinks 4 --window 256 [--length 1536 --n 8] [--json OUT]
+sink-interp measure --length 8192            # long inputs: method auto -> lse, passages joined
+sink-interp long --length 8192 --buckets 8   # Sink_k by query bucket and by key position
+sink-interp train --preset bb-softmax [--steps N] [--set key=value ...] --out DIR
+sink-interp reproduce [--finding NAME|all] [--scale cpu|gpu] --out DIR
+sink-interp report --model smollm2-135m [--data natural] --out report.html
+sink-interp trace --model smollm2-135m --data natural --n 20 --length 64 [--layer L --head H] [--json OUT]
 """
 
 from __future__ import annotations
@@ -20,22 +20,38 @@ import time
 from typing import Any, Sequence
 
 
-
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m", help="model name (default: the offline smollm2-135m), HF id or local dir")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's); on a shared, busy machine 1 is often fastest")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's); on a shared, busy machine 1 is often fastest",
+    )
 
 
 def _add_data_args(p: argparse.ArgumentParser, n: int | None, length: int, data: str = "natural", concat: bool = False) -> None:
-    p.add_argument("--data", default=data, help=f"natural | natural-concat | random | repeat | FILE.jsonl (a \"text\" field per line); default {data}")
-    p.add_argument("--n", type=int, default=n, help="number of samples (default: " + (str(n) if n else "100, fewer for long inputs: about 8k tokens in all") + ")")
+    p.add_argument(
+        "--data",
+        default=data,
+        help=f'natural | natural-concat | random | repeat | FILE.jsonl (a "text" field per line); default {data}',
+    )
+    p.add_argument(
+        "--n",
+        type=int,
+        default=n,
+        help="number of samples (default: " + (str(n) if n else "100, fewer for long inputs: about 8k tokens in all") + ")",
+    )
     p.add_argument("--length", type=int, default=length, help=f"tokens per sample, BOS included (default {length})")
     if concat:
-        p.add_argument("--concat", default=None, action=argparse.BooleanOptionalAction,
-                       help="join text passages into long rows (default: on for --length > 512)")
+        p.add_argument(
+            "--concat",
+            default=None,
+            action=argparse.BooleanOptionalAction,
+            help="join text passages into long rows (default: on for --length > 512)",
+        )
     p.add_argument("--bos", action="store_true", help="put the tokenizer's BOS token first (default: no BOS)")
     p.add_argument("--seed", type=int, default=0, help="seed for random/repeat probes")
 
@@ -49,9 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(m, n=None, length=64, concat=True)
     m.add_argument("--eps", type=float, default=0.3, help="sink threshold in (0, 1) (default 0.3)")
     m.add_argument("--batch-size", type=int, default=None, help="samples per forward pass")
-    m.add_argument("--method", default="auto", choices=["auto", "pattern", "lse"],
-                   help="pattern: reduce hook_pattern; lse: blockwise from q, k and the row log-sum-exp (no T x T map); "
-                        "auto (default): lse from length 512 or when the maps would not fit")
+    m.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", "pattern", "lse"],
+        help="pattern: reduce hook_pattern; lse: blockwise from q, k and the row log-sum-exp (no T x T map); "
+        "auto (default): lse from length 512 or when the maps would not fit",
+    )
     m.add_argument("--top", type=int, default=10, help="how many top sink heads to print")
     m.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -62,12 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a small model with the paper's knobs (resumable)")
     t.add_argument("--preset", default="bb-softmax", help=f"named config (default bb-softmax): {', '.join(PRESETS)}")
     t.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig field (repeatable), e.g. --set lr=3e-3")
-    t.add_argument("--out", default=None, help="run directory (metrics.jsonl, checkpoint.pt, model/): a new or empty folder, "
-                   "or an earlier run of the same config, which is resumed")
-    t.add_argument("--fresh", action="store_true", help="start afresh in an earlier run directory (removes only the files a run writes)")
-    t.add_argument("--extend", action="store_true",
-                   help="continue an earlier run with another --steps (only where exact: e.g. a constant learning rate after warm-up)")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a TrainConfig field (repeatable), e.g. --set lr=3e-3",
+    )
+    t.add_argument(
+        "--out",
+        default=None,
+        help="run directory (metrics.jsonl, checkpoint.pt, model/): a new or empty folder, "
+        "or an earlier run of the same config, which is resumed",
+    )
+    t.add_argument(
+        "--fresh", action="store_true", help="start afresh in an earlier run directory (removes only the files a run writes)"
+    )
+    t.add_argument(
+        "--extend",
+        action="store_true",
+        help="continue an earlier run with another --steps (only where exact: e.g. a constant learning rate after warm-up)",
+    )
     t.add_argument("--device", default="cpu", help="cpu (default; bit-identical resume) or cuda")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -77,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="run paired experiments and tabulate the paper's findings")
     r.add_argument("--finding", default="all", help="a finding name or 'all' (see --list)")
     r.add_argument("--scale", default="cpu", choices=["cpu", "gpu"], help="cpu: BB task in minutes; gpu: the paper's recipe")
-    r.add_argument("--out", default=None, help="directory for runs/ and the table (reproduce.json, reproduce.md): new, empty or an earlier one")
+    r.add_argument(
+        "--out",
+        default=None,
+        help="directory for runs/ and the table (reproduce.json, reproduce.md): new, empty or an earlier one",
+    )
     r.add_argument("--steps", type=int, default=None, help="override every run's steps (smoke tests)")
     r.add_argument("--device", default="cpu")
     r.add_argument("--threads", type=int, default=1)
@@ -113,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--quiet", action="store_true", help="no progress bars")
     st.set_defaults(func=cmd_stream)
 
-    lc = sub.add_parser("long", help="sinks at long context: Sink_k by query bucket and by key position (blockwise, no T x T map)")
+    lc = sub.add_parser(
+        "long", help="sinks at long context: Sink_k by query bucket and by key position (blockwise, no T x T map)"
+    )
     _add_model_args(lc)
     _add_data_args(lc, n=1, length=8192, data="natural-concat", concat=True)
     lc.add_argument("--eps", type=float, default=0.3, help="sink threshold in (0, 1) (default 0.3)")
@@ -124,14 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--quiet", action="store_true", help="no progress bar")
     lc.set_defaults(func=cmd_long)
 
-    r = sub.add_parser("report", help="write one standalone offline HTML page: sink map, top heads, attention, massive activations")
+    r = sub.add_parser(
+        "report", help="write one standalone offline HTML page: sink map, top heads, attention, massive activations"
+    )
     _add_model_args(r)
     _add_data_args(r, n=100, length=64)
     r.add_argument("--eps", type=float, default=0.3, help="sink threshold in (0, 1) (default 0.3)")
     r.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
     r.add_argument("--sample", type=int, default=0, help="which input's attention to show (default 0)")
     r.add_argument("--n-detail", type=int, default=16, help="inputs used for massive activations and keys (default 16)")
-    r.add_argument("--attention-layers", type=int, default=3, help="layers of the top sink heads that get attention widgets (default 3)")
+    r.add_argument(
+        "--attention-layers", type=int, default=3, help="layers of the top sink heads that get attention widgets (default 3)"
+    )
     r.add_argument("--batch-size", type=int, default=None, help="samples per forward pass")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_report)
@@ -143,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--head", type=int, default=None, help="head to trace (default: the strongest sink head)")
     t.add_argument("--sink-pos", type=int, default=0, help="sink position, 0 = first token (default 0)")
     t.add_argument("--abs-threshold", type=float, default=100.0, help="massive activation: |x| above this (default 100)")
-    t.add_argument("--ratio-threshold", type=float, default=1000.0, help="massive activation: at least this many medians (default 1000)")
+    t.add_argument(
+        "--ratio-threshold", type=float, default=1000.0, help="massive activation: at least this many medians (default 1000)"
+    )
     t.add_argument("--batch-size", type=int, default=None, help="samples per forward pass")
     t.add_argument("--explain", action="store_true", help="also print every number with its one-line doc")
     t.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
@@ -215,7 +262,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
     t_measure = time.time() - t1
 
     mi = report.model_info
-    print(f"model   {report.model}  ({mi['n_layers']} layers x {mi['n_heads']} heads, {mi['n_kv_heads']} KV heads, {report.dtype}, {report.device})")
+    print(
+        f"model   {report.model}  ({mi['n_layers']} layers x {mi['n_heads']} heads, {mi['n_kv_heads']} KV heads, {report.dtype}, {report.device})"
+    )
     skipped = f", {info['skipped']} shorter lines skipped" if info.get("skipped") else ""
     print(f"data    {report.data}  n={report.n} length={report.length} BOS={'yes' if report.bos else 'no'}{skipped}")
     print(f"metric  alpha_k = mean_(t>=k) A[t,k]; sink head when alpha_k > eps={report.eps}; score={report.score}")
@@ -239,13 +288,18 @@ def cmd_measure(args: argparse.Namespace) -> int:
     top = report.head_table().head(args.top)
     print(
         _fmt_table(
-            [[int(r.layer), int(r.head), int(r.kv_head), f"{r.mean_alpha_1:.3f}", f"{r.sink_rate_1:.1f}%"] for r in top.itertuples()],
+            [
+                [int(r.layer), int(r.head), int(r.kv_head), f"{r.mean_alpha_1:.3f}", f"{r.sink_rate_1:.1f}%"]
+                for r in top.itertuples()
+            ],
             ["layer", "head", "kv_head", "mean alpha_1", "sink in % of samples"],
         )
     )
     print()
-    print(f"load {t_load:.1f}s, measure {t_measure:.1f}s, peak RSS {_peak_rss_mb():.0f} MB; versions: "
-          + ", ".join(f"{k} {v}" for k, v in report.versions.items()))
+    print(
+        f"load {t_load:.1f}s, measure {t_measure:.1f}s, peak RSS {_peak_rss_mb():.0f} MB; versions: "
+        + ", ".join(f"{k} {v}" for k, v in report.versions.items())
+    )
     if args.json:
         report.to_json(args.json)
         print(f"wrote {args.json}")
@@ -296,16 +350,45 @@ def cmd_train(args: argparse.Namespace) -> int:
         over["steps"] = args.steps
     cfg = preset(args.preset, **over)
     t0 = time.time()
-    res = train(cfg, args.out, resume=not args.fresh, extend=args.extend, device=args.device, threads=args.threads,
-                progress=not args.quiet)
+    res = train(
+        cfg,
+        args.out,
+        resume=not args.fresh,
+        extend=args.extend,
+        device=args.device,
+        threads=args.threads,
+        progress=not args.quiet,
+    )
     f = res.final
-    print(f"{cfg.name}: {res.n_params:,} parameters, {f.get('step')} steps in {time.time() - t0:.0f}s"
-          + (f" (resumed from step {res.resumed_from})" if res.resumed_from else ""))
-    print(_fmt_table(
-        [[m["step"], f"{m['val_loss']:.4f}", f"{m['sink_rate']:.1f}%", f"{m.get('sink_rate_eps0.1', float('nan')):.1f}%",
-          f"{m['mean_alpha1']:.3f}", f"{m['value_norm_ratio_top']:.2f}", f"{m['resid_norm_ratio']:.2f}"] for m in res.metrics],
-        ["step", "val_loss", f"Sink_1 (eps {cfg.eps})", "Sink_1 (0.1)", "mean alpha_1", "v-norm ratio (top head)", "resid-norm ratio"],
-    ))
+    print(
+        f"{cfg.name}: {res.n_params:,} parameters, {f.get('step')} steps in {time.time() - t0:.0f}s"
+        + (f" (resumed from step {res.resumed_from})" if res.resumed_from else "")
+    )
+    print(
+        _fmt_table(
+            [
+                [
+                    m["step"],
+                    f"{m['val_loss']:.4f}",
+                    f"{m['sink_rate']:.1f}%",
+                    f"{m.get('sink_rate_eps0.1', float('nan')):.1f}%",
+                    f"{m['mean_alpha1']:.3f}",
+                    f"{m['value_norm_ratio_top']:.2f}",
+                    f"{m['resid_norm_ratio']:.2f}",
+                ]
+                for m in res.metrics
+            ],
+            [
+                "step",
+                "val_loss",
+                f"Sink_1 (eps {cfg.eps})",
+                "Sink_1 (0.1)",
+                "mean alpha_1",
+                "v-norm ratio (top head)",
+                "resid-norm ratio",
+            ],
+        )
+    )
     print(f"metrics: {args.out}/metrics.jsonl; model: {res.model_dir or '(stopped before the end)'}")
     return 0
 
@@ -319,17 +402,34 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if not args.out:
         raise ValueError("--out DIR is required: a new or empty folder, or an earlier reproduce output")
     table = reproduce(
-        args.finding, scale=args.scale, out=args.out, steps=args.steps, device=args.device, threads=args.threads,
-        jobs=args.jobs, progress=not args.quiet,
+        args.finding,
+        scale=args.scale,
+        out=args.out,
+        steps=args.steps,
+        device=args.device,
+        threads=args.threads,
+        jobs=args.jobs,
+        progress=not args.quiet,
     )
     print(table.to_markdown())
     print(f"wrote {args.out}/reproduce.json and {args.out}/reproduce.md")
     return 0
 
 
-def ablation_battery(model: Any, eval_tokens: Any, train_tokens: Any | None, *, eps: float = 0.3, fit_steps: int = 40,
-                     fit_lr: float = 0.1, fit_batch: int = 8, kernels: bool = True, batch_size: int | None = None,
-                     progress: bool = True, log: Any = print) -> tuple[Any, dict[str, Any]]:
+def ablation_battery(
+    model: Any,
+    eval_tokens: Any,
+    train_tokens: Any | None,
+    *,
+    eps: float = 0.3,
+    fit_steps: int = 40,
+    fit_lr: float = 0.1,
+    fit_batch: int = 8,
+    kernels: bool = True,
+    batch_size: int | None = None,
+    progress: bool = True,
+    log: Any = print,
+) -> tuple[Any, dict[str, Any]]:
     """The standard battery of ``sink-interp ablate``; returns ``(EffectReport, extra facts)``."""
     from . import AblateDims, AttentionKernel, Calibrate, MaskKey, ZeroValue, compare, fit_bias, measure_sinks
     from .interventions import sink_heads
@@ -348,9 +448,11 @@ def ablation_battery(model: Any, eval_tokens: Any, train_tokens: Any | None, *, 
     share = flags.groupby("pos")["sample"].nunique() / mrep.n if len(flags) else {}
     positions = sorted(int(p) for p, sh_ in dict(share).items() if sh_ >= 0.5)
     mlayers = sorted(int(x) for x in flags["layer"].unique()) if len(flags) else []
-    log(f"massive dims (Sun et al.: |x| > {mrep.abs_threshold:g} and >= {mrep.ratio_threshold:g} x the median |x| of the "
+    log(
+        f"massive dims (Sun et al.: |x| > {mrep.abs_threshold:g} and >= {mrep.ratio_threshold:g} x the median |x| of the "
         f"sample's hidden state, in >= 50% of samples): {dims or 'none'} at positions {positions or '-'}, "
-        f"flagged in layers {_ranges(mlayers) or '-'} (hook_resid_pre)")
+        f"flagged in layers {_ranges(mlayers) or '-'} (hook_resid_pre)"
+    )
     items: dict[str, Any] = {}
     if sh:
         items["zero value, sink heads"] = ZeroValue(heads=sh)
@@ -361,20 +463,42 @@ def ablation_battery(model: Any, eval_tokens: Any, train_tokens: Any | None, *, 
     if dims and positions:
         items["massive dims -> 0"] = AblateDims(dims, positions=positions)
         items["massive dims -> mean of other tokens"] = AblateDims(dims, mode="mean", positions=positions)
-    extra: dict[str, Any] = {"sink_heads": {int(k): v for k, v in sh.items()}, "massive_dims": dims,
-                             "massive_positions": positions, "massive_layers": mlayers, "sink_rate_1": rep.rate(1)}
+    extra: dict[str, Any] = {
+        "sink_heads": {int(k): v for k, v in sh.items()},
+        "massive_dims": dims,
+        "massive_positions": positions,
+        "massive_layers": mlayers,
+        "sink_rate_1": rep.rate(1),
+    }
     if sh and train_tokens is not None:
-        graft = fit_bias(model, train_tokens, "k", eval_tokens=eval_tokens, heads=sh, init="sink", steps=0, evaluate=False, progress=progress)
+        graft = fit_bias(
+            model, train_tokens, "k", eval_tokens=eval_tokens, heads=sh, init="sink", steps=0, evaluate=False, progress=progress
+        )
         items["mask key, sink heads + mean sink key as k*, v*=0 (no training)"] = [graft.mask, graft.bias]
-        graft_kv = fit_bias(model, train_tokens, "kv", eval_tokens=eval_tokens, heads=sh, init="sink", steps=0, evaluate=False, progress=progress)
+        graft_kv = fit_bias(
+            model, train_tokens, "kv", eval_tokens=eval_tokens, heads=sh, init="sink", steps=0, evaluate=False, progress=progress
+        )
         items["mask key, sink heads + mean sink key and value as k*, v* (no training)"] = [graft_kv.mask, graft_kv.bias]
         if fit_steps > 0:
-            fit = fit_bias(model, train_tokens, "k", eval_tokens=eval_tokens, heads=sh, init="zeros", steps=fit_steps,
-                           lr=fit_lr, batch_size=fit_batch, evaluate=False, progress=progress)
+            fit = fit_bias(
+                model,
+                train_tokens,
+                "k",
+                eval_tokens=eval_tokens,
+                heads=sh,
+                init="zeros",
+                steps=fit_steps,
+                lr=fit_lr,
+                batch_size=fit_batch,
+                evaluate=False,
+                progress=progress,
+            )
             items[f"mask key, sink heads + fitted K bias ({fit_steps} steps)"] = [fit.mask, fit.bias]
             extra["fit"] = {k: v for k, v in fit.summary().items() if k != "effects"}
-            log(f"fitted K bias (v*=0, per head, from zeros, {fit_steps} Adam steps, lr {fit_lr}, {min(fit_batch, len(train_tokens))} samples/step, "
-                f"{len(train_tokens)} training samples): training loss {fit.history[:3].mean():.3f} -> {fit.history[-3:].mean():.3f}")
+            log(
+                f"fitted K bias (v*=0, per head, from zeros, {fit_steps} Adam steps, lr {fit_lr}, {min(fit_batch, len(train_tokens))} samples/step, "
+                f"{len(train_tokens)} training samples): training loss {fit.history[:3].mean():.3f} -> {fit.history[-3:].mean():.3f}"
+            )
     items["ACT calibration (tau 0.1, beta 0.4)"] = Calibrate(0.1, 0.4)
     if kernels:
         items["kernel softmax1 (softmax + 1)"] = AttentionKernel("softmax1")
@@ -402,11 +526,22 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     info = dict(allt.probe_info)
     ev, tr = allt[: args.n], allt[args.n :]
     ev.probe_info = {**info, "n": args.n, "role": "evaluation"}  # type: ignore[attr-defined]
-    print(f"model   {args.model}; data {info['source']} n={args.n} (+{len(tr)} training samples for the bias) "
-          f"length={args.length} BOS={'yes' if args.bos else 'no'}")
-    eff, extra = ablation_battery(model, ev, tr if len(tr) else None, eps=args.eps, fit_steps=args.fit_steps, fit_lr=args.fit_lr,
-                                  fit_batch=args.fit_batch, kernels=not args.no_kernels, batch_size=args.batch_size,
-                                  progress=not args.quiet)
+    print(
+        f"model   {args.model}; data {info['source']} n={args.n} (+{len(tr)} training samples for the bias) "
+        f"length={args.length} BOS={'yes' if args.bos else 'no'}"
+    )
+    eff, extra = ablation_battery(
+        model,
+        ev,
+        tr if len(tr) else None,
+        eps=args.eps,
+        fit_steps=args.fit_steps,
+        fit_lr=args.fit_lr,
+        fit_batch=args.fit_batch,
+        kernels=not args.no_kernels,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
     mi = eff.model_info
     print(f"        {mi['n_layers']} layers x {mi['n_heads']} heads ({mi['n_kv_heads']} KV heads), {eff.dtype}, {eff.device}")
     print()
@@ -419,8 +554,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if "zero value, sink heads" in df.index:
         z, mk = df.loc["zero value, sink heads", "delta_loss"], df.loc["mask key, sink heads", "delta_loss"]
         print()
-        print(f"sink heads: zeroing the sink's value costs {z:+.3f} nats, masking its key {mk:+.3f} nats"
-              + (f" (zero/mask = {z / mk:.2f})" if mk else ""))
+        print(
+            f"sink heads: zeroing the sink's value costs {z:+.3f} nats, masking its key {mk:+.3f} nats"
+            + (f" (zero/mask = {z / mk:.2f})" if mk else "")
+        )
         fitted = [lab for lab in df.index if "fitted K bias" in lab]
         grafted = [lab for lab in df.index if "mean sink" in lab]
         for lab in grafted + fitted:
@@ -450,10 +587,15 @@ def cmd_stream(args: argparse.Namespace) -> int:
     rep = streaming_ppl(model, toks, sinks=args.sinks, window=args.window, bucket=args.bucket, progress=not args.quiet)
     mi = rep.model_info
     print(f"model   {rep.model}  ({mi['n_layers']} layers, positions: {rep.positional}, {mi['dtype']}, {mi['device']})")
-    print(f"data    {rep.n} texts of {rep.length} tokens ({rep.data}; BOS={'yes' if rep.bos else 'no'}): "
-          + ", ".join(toks.probe_info["documents"][:4]) + (" ..." if rep.n > 4 else ""))
-    print(f"cache   {rep.sinks} sink tokens + {rep.window} recent tokens; window only keeps the last {rep.sinks + rep.window}; "
-          f"tokens are evicted from query position {rep.full_from} on")
+    print(
+        f"data    {rep.n} texts of {rep.length} tokens ({rep.data}; BOS={'yes' if rep.bos else 'no'}): "
+        + ", ".join(toks.probe_info["documents"][:4])
+        + (" ..." if rep.n > 4 else "")
+    )
+    print(
+        f"cache   {rep.sinks} sink tokens + {rep.window} recent tokens; window only keeps the last {rep.sinks + rep.window}; "
+        f"tokens are evicted from query position {rep.full_from} on"
+    )
     print()
     print("perplexity by predicted position (t predicts token t+1)")
     print(rep.pivot().to_string(float_format=lambda x: f"{x:.2f}"))
@@ -491,11 +633,15 @@ def cmd_long(args: argparse.Namespace) -> int:
     t_load = time.time() - t0
     tokens = _probe(model, args)
     t1 = time.time()
-    rep = long_context_sinks(model, tokens, eps=args.eps, buckets=args.buckets, batch_size=args.batch_size, progress=not args.quiet)
+    rep = long_context_sinks(
+        model, tokens, eps=args.eps, buckets=args.buckets, batch_size=args.batch_size, progress=not args.quiet
+    )
     t_measure = time.time() - t1
     r = rep.sinks
     mi = r.model_info
-    print(f"model   {r.model}  ({mi['n_layers']} layers x {mi['n_heads']} heads, {mi['n_kv_heads']} KV heads, {r.dtype}, {r.device})")
+    print(
+        f"model   {r.model}  ({mi['n_layers']} layers x {mi['n_heads']} heads, {mi['n_kv_heads']} KV heads, {r.dtype}, {r.device})"
+    )
     print(f"data    {r.data}  n={r.n} length={r.length} BOS={'yes' if r.bos else 'no'}")
     print(f"method  {_method_line(r)}")
     print()
@@ -503,10 +649,15 @@ def cmd_long(args: argparse.Namespace) -> int:
     print()
     print("Sink_1 by query position (does the first-token sink hold far from it?)")
     rates, mean = rep.bucket_rates(1), rep.bucket_mean_alpha(1)
-    print(_fmt_table(
-        [[f"{a + 1}-{b}", f"{rates[i]:6.2f}%", f"{mean[i]:.3f}", _bar(rates[i])] for i, (a, b) in enumerate(zip(rep.edges, rep.edges[1:]))],
-        ["queries", "Sink_1", "mean alpha_1", ""],
-    ))
+    print(
+        _fmt_table(
+            [
+                [f"{a + 1}-{b}", f"{rates[i]:6.2f}%", f"{mean[i]:.3f}", _bar(rates[i])]
+                for i, (a, b) in enumerate(zip(rep.edges, rep.edges[1:]))
+            ],
+            ["queries", "Sink_1", "mean alpha_1", ""],
+        )
+    )
     print()
     tok = getattr(model, "tokenizer", None)
     table = rep.key_table(top=args.top)
@@ -515,7 +666,16 @@ def cmd_long(args: argparse.Namespace) -> int:
         token = ""
         if tok is not None and "token_id" in row:
             token = repr(tok.decode([row["token_id"]]))
-        rows.append([row["k"], f"{row[f'Sink_k (eps={rep.eps})']:.2f}%", f"{row['mean_alpha']:.4f}", row["n_queries"], "yes" if row["reliable"] else "no", token])
+        rows.append(
+            [
+                row["k"],
+                f"{row[f'Sink_k (eps={rep.eps})']:.2f}%",
+                f"{row['mean_alpha']:.4f}",
+                row["n_queries"],
+                "yes" if row["reliable"] else "no",
+                token,
+            ]
+        )
     print(f"top {args.top} key positions by Sink_k over all queries")
     print(_fmt_table(rows, ["k", "Sink_k", "mean alpha_k", "queries", "reliable", "token"]))
     sec = rep.secondary_sinks()
@@ -542,7 +702,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     tokens = probe_tokens(model, args.data, n=args.n, length=args.length, bos=args.bos, seed=args.seed)
     t_load = time.time() - t0
     command = "sink-interp report " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("func", "command", "quiet") and v not in (None, False)
+        f"--{k.replace('_', '-')} {v}"
+        for k, v in vars(args).items()
+        if k not in ("func", "command", "quiet") and v not in (None, False)
     )
     page = build_report(
         model,
@@ -560,6 +722,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     tm = page.meta["timings"]
     print(f"wrote {path} ({size:.1f} MB, {page.n_widgets} CircuitsVis widgets, bundle inlined once; opens offline)")
     print(f"load {t_load:.1f}s, " + ", ".join(f"{k} {v:.1f}s" for k, v in tm.items()))
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from . import load_model, probe_tokens, trace_sink
 
@@ -570,15 +734,23 @@ def cmd_trace(args: argparse.Namespace) -> int:
     info = tokens.probe_info
     t1 = time.time()
     rep = trace_sink(
-        model, tokens, layer=args.layer, head=args.head, sink_pos=args.sink_pos,
-        abs_threshold=args.abs_threshold, ratio_threshold=args.ratio_threshold,
-        batch_size=args.batch_size, progress=not args.quiet,
+        model,
+        tokens,
+        layer=args.layer,
+        head=args.head,
+        sink_pos=args.sink_pos,
+        abs_threshold=args.abs_threshold,
+        ratio_threshold=args.ratio_threshold,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
     )
     t_trace = time.time() - t1
     mi = rep.model_info
     m = rep.massive
-    print(f"model   {rep.model}  ({mi['n_layers']} layers x {mi['n_heads']} heads, {mi['n_kv_heads']} KV heads, d_model {mi['d_model']}, "
-          f"{mi['normalization']}, {mi['positional']} positions, {rep.dtype}, {rep.device})")
+    print(
+        f"model   {rep.model}  ({mi['n_layers']} layers x {mi['n_heads']} heads, {mi['n_kv_heads']} KV heads, d_model {mi['d_model']}, "
+        f"{mi['normalization']}, {mi['positional']} positions, {rep.dtype}, {rep.device})"
+    )
     skipped = f", {info['skipped']} shorter lines skipped" if info.get("skipped") else ""
     print(f"data    {rep.data}  n={rep.n} length={rep.length} BOS={'yes' if rep.bos else 'no'}{skipped}")
     print()
@@ -587,7 +759,15 @@ def cmd_trace(args: argparse.Namespace) -> int:
     print("per block: largest |x| entering it (hook_resid_pre), and ||v|| at position 0 over the mean at positions >= 1")
     df = m.to_frame()
     rows = [
-        [int(r.layer), f"{r.max:,.1f}" if r.max >= 10 else f"{r.max:.3g}", int(r.pos), int(r.dim), f"{r.ratio:,.0f}", "yes" if r.massive else "", f"{r.value_norm_ratio:.3f}"]
+        [
+            int(r.layer),
+            f"{r.max:,.1f}" if r.max >= 10 else f"{r.max:.3g}",
+            int(r.pos),
+            int(r.dim),
+            f"{r.ratio:,.0f}",
+            "yes" if r.massive else "",
+            f"{r.value_norm_ratio:.3f}",
+        ]
         for r in df.itertuples()
     ]
     print(_fmt_table(rows, ["layer", "max |x|", "pos", "dim", "x median", "massive", "value_norm_ratio"]))
@@ -612,9 +792,13 @@ def _user_error(e: BaseException) -> str | None:
         isinstance(e, RuntimeError) and any(s in str(e) for s in ("out of memory", "can't allocate memory", "not enough memory"))
     ):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return (f"out of memory ({first}); fix: a smaller --batch-size or --length, --method lse (no T x T maps) "
-                "for measure/long, or a device with more memory")
-    if isinstance(e, (ValueError, FileNotFoundError, KeyError, OSError, NotImplementedError, FloatingPointError, MissingDependencyError)):
+        return (
+            f"out of memory ({first}); fix: a smaller --batch-size or --length, --method lse (no T x T maps) "
+            "for measure/long, or a device with more memory"
+        )
+    if isinstance(
+        e, (ValueError, FileNotFoundError, KeyError, OSError, NotImplementedError, FloatingPointError, MissingDependencyError)
+    ):
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         return str(msg) or type(e).__name__
     return None

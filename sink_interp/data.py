@@ -49,7 +49,9 @@ def read_jsonl_texts(path: str | Path) -> list[str]:
     """The ``"text"`` field of every line of a JSONL file, with errors that name the line."""
     p = Path(path).expanduser()
     if p.is_dir():
-        raise ValueError(f"data file {str(path)!r} is a folder; fix: pass the path of a JSONL file inside it (a \"text\" field per line)")
+        raise ValueError(
+            f'data file {str(path)!r} is a folder; fix: pass the path of a JSONL file inside it (a "text" field per line)'
+        )
     if not p.is_file():
         raise FileNotFoundError(
             f"data file {str(path)!r} does not exist; pass 'natural', 'random', 'repeat' or the path of a JSONL file"
@@ -68,14 +70,16 @@ def read_jsonl_texts(path: str | Path) -> list[str]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{p}:{i}: not valid JSON ({e.msg}); each line must be an object like {{\"text\": \"...\"}}") from None
+                raise ValueError(
+                    f'{p}:{i}: not valid JSON ({e.msg}); each line must be an object like {{"text": "..."}}'
+                ) from None
             if not isinstance(obj, dict) or "text" not in obj:
-                raise ValueError(f"{p}:{i}: line has no \"text\" field; each line must be an object like {{\"text\": \"...\"}}")
+                raise ValueError(f'{p}:{i}: line has no "text" field; each line must be an object like {{"text": "..."}}')
             if not isinstance(obj["text"], str):
-                raise ValueError(f"{p}:{i}: \"text\" must be a string, got {type(obj['text']).__name__}")
+                raise ValueError(f'{p}:{i}: "text" must be a string, got {type(obj["text"]).__name__}')
             texts.append(obj["text"])
     if not texts:
-        raise ValueError(f"{p} is empty: it holds no JSONL lines with a \"text\" field")
+        raise ValueError(f'{p} is empty: it holds no JSONL lines with a "text" field')
     return texts
 
 
@@ -159,7 +163,9 @@ def probe_tokens(
             toks = allowed[idx]
         else:
             if n > len(allowed):
-                raise ValueError(f"source='repeat' uses a different token per sample; n={n} exceeds the {len(allowed)} non-special tokens")
+                raise ValueError(
+                    f"source='repeat' uses a different token per sample; n={n} exceeds the {len(allowed)} non-special tokens"
+                )
             pick = allowed[torch.randperm(len(allowed), generator=gen)[:n]]
             toks = pick[:, None].expand(n, body).clone()
         info["source"] = src
@@ -173,9 +179,7 @@ def probe_tokens(
         else:
             path = Path(src).expanduser()
             if not path.exists() and src not in SOURCES:
-                raise FileNotFoundError(
-                    f"data source {src!r} is neither one of {SOURCES} nor an existing JSONL file"
-                )
+                raise FileNotFoundError(f"data source {src!r} is neither one of {SOURCES} nor an existing JSONL file")
             info["source"] = str(path)
         texts = read_jsonl_texts(path)
         tok = _tokenizer(model)

@@ -53,7 +53,6 @@ from .interventions import Intervention, KVBias, MaskKey, SinkLogit, _flatten, i
 from .metrics import SinkScoreReducer, _bos_policy
 from .models import model_info
 
-
 # --------------------------------------------------------------------------- next-token reducer
 
 
@@ -245,7 +244,10 @@ class EffectReport:
             write_atomic(path, text)
         return text
 
-    def table(self, columns: Sequence[str] = ("label", "loss", "delta_loss", "kl", "top1", "Sink_1", "mean_alpha_1", "Sink_2", "sink_mass")) -> str:
+    def table(
+        self,
+        columns: Sequence[str] = ("label", "loss", "delta_loss", "kl", "top1", "Sink_1", "mean_alpha_1", "Sink_2", "sink_mass"),
+    ) -> str:
         """A plain-text table (what the CLI prints)."""
         df = self.to_frame()
         cols = [c for c in columns if c in df.columns]
@@ -300,7 +302,9 @@ def _items(interventions: Any) -> list[Item]:
     labels = [x[0] for x in out]
     dup = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dup or "clean" in labels:
-        raise ValueError(f"intervention labels must be unique and not 'clean'; repeated: {dup or ['clean']}. Fix: pass a dict label -> intervention")
+        raise ValueError(
+            f"intervention labels must be unique and not 'clean'; repeated: {dup or ['clean']}. Fix: pass a dict label -> intervention"
+        )
     return out
 
 
@@ -338,7 +342,9 @@ class _Acc:
             self.rows.append(row)
             self.proxy |= set(s.proxy_layers.values())
 
-    def effect(self, label: str, description: str, clean_loss: float | None, eps: float, meta: dict[str, Any], reference: bool) -> Effect:
+    def effect(
+        self, label: str, description: str, clean_loss: float | None, eps: float, meta: dict[str, Any], reference: bool
+    ) -> Effect:
         c = max(self.count, 1)
         loss = self.nll / c
         if self.alpha1:
@@ -437,7 +443,8 @@ def compare(
         bar.close()
     clean_eff = accs["clean"].effect("clean", "no intervention", None, eps, {}, reference=False)
     effects = [clean_eff] + [
-        accs[lab].effect(lab, " + ".join(iv.describe() for iv in ivs), clean_eff.loss, eps, meta, reference=True) for lab, ivs, meta in items
+        accs[lab].effect(lab, " + ".join(iv.describe() for iv in ivs), clean_eff.loss, eps, meta, reference=True)
+        for lab, ivs, meta in items
     ]
     if data is None:
         data = str(info.get("source")) if isinstance(info, dict) and "source" in info else "tokens"
@@ -551,7 +558,9 @@ class FitReport:
         idx = sorted(set(np.linspace(0, len(h) - 1, min(len(h), 50)).astype(int).tolist())) if len(h) else []
         out: dict[str, Any] = {"kind": self.kind, "bias": self.bias.describe(), "mask": self.mask.describe()}
         if self.effects is not None:
-            out.update(loss_clean=self.loss_clean, loss_masked=self.loss_masked, loss_fitted=self.loss_fitted, recovered=self.recovered)
+            out.update(
+                loss_clean=self.loss_clean, loss_masked=self.loss_masked, loss_fitted=self.loss_fitted, recovered=self.recovered
+            )
         out.update(settings=self.settings, history={int(i): float(h[i]) for i in idx})
         if self.effects is not None:
             out["effects"] = self.effects.summary()
@@ -653,7 +662,9 @@ def fit_bias(
         ['clean', 'sink masked', 'sink masked + fitted bias']
     """
     if kind not in ("k", "kv", "logit"):
-        raise ValueError(f"kind must be 'k' (key bias, v*=0), 'kv' (key and value bias) or 'logit' (sink logit per head), got {kind!r}")
+        raise ValueError(
+            f"kind must be 'k' (key bias, v*=0), 'kv' (key and value bias) or 'logit' (sink logit per head), got {kind!r}"
+        )
     if init not in ("zeros", "sink"):
         raise ValueError(f"init must be 'zeros' or 'sink', got {init!r}")
     if init == "sink" and kind == "logit":
@@ -675,7 +686,13 @@ def fit_bias(
         if init == "sink":
             k0, v0 = _sink_kv_init(model, toks, lay, per_head, int(mask.resolved_positions(toks.shape[1])[0]))
         bias = KVBias(
-            layers=bias_layers, heads=bias_heads, per_head=per_head, value=(kind == "kv"), k=k0, v=v0 if kind == "kv" else None, name="fitted bias"
+            layers=bias_layers,
+            heads=bias_heads,
+            per_head=per_head,
+            value=(kind == "kv"),
+            k=k0,
+            v=v0 if kind == "kv" else None,
+            name="fitted bias",
         )
     bias.bind(model)
     params = list(bias.parameters())  # type: ignore[attr-defined]
@@ -737,9 +754,9 @@ def fit_bias(
         effects=effects,
         settings={
             "layers": lay,
-            "heads": "all" if heads is None else (
-                {int(k): list(v) for k, v in heads.items()} if isinstance(heads, Mapping) else list(heads)
-            ),
+            "heads": "all"
+            if heads is None
+            else ({int(k): list(v) for k, v in heads.items()} if isinstance(heads, Mapping) else list(heads)),
             "positions": list(positions),
             "min_query": min_query,
             "per_head": per_head,
@@ -756,4 +773,3 @@ def fit_bias(
             "n_params_trained": int(sum(int(u.sum()) for u in used)),
         },
     )
-

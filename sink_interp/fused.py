@@ -62,7 +62,7 @@ FUSED_DTYPES = (torch.float32, torch.float64)
 #: the path CUDA/MPS take)
 USE_CPU_LSE_KERNEL = True
 
-_ACTIVE: contextvars.ContextVar["_Run | None"] = contextvars.ContextVar("sink_interp_fused_run", default=None)
+_ACTIVE: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("sink_interp_fused_run", default=None)
 _REGISTERED = False
 
 
@@ -94,8 +94,13 @@ class _Run:
 
 
 def fused_attention(
-    query: Tensor, key: Tensor, value: Tensor, scale: float, mask: AttentionMask = CAUSAL,
-    additive: Tensor | None = None, want_lse: bool = True,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    scale: float,
+    mask: AttentionMask = CAUSAL,
+    additive: Tensor | None = None,
+    want_lse: bool = True,
 ) -> tuple[Tensor, Tensor | None, str]:
     """Attention output ``[b, H, T, d]``, the row LSE when the kernel gives it (else None), and the kernel's name.
 
@@ -118,8 +123,16 @@ def fused_attention(
     return out, None, SDPA
 
 
-def _attention(module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Any, dropout: float = 0.0,
-               scaling: float | None = None, **kwargs: Any) -> tuple[Tensor, None]:
+def _attention(
+    module: Any,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
     """The attention function the twin runs (transformers' AttentionInterface signature)."""
     scale = float(query.shape[-1] ** -0.5 if scaling is None else scaling)
     run = _ACTIVE.get()
@@ -128,7 +141,7 @@ def _attention(module: Any, query: Tensor, key: Tensor, value: Tensor, attention
             raise NotImplementedError("the twin outside a measurement runs plain causal attention only")
         out, _, _ = fused_attention(query, key, value, scale, want_lse=False)
         return out.transpose(1, 2).contiguous(), None
-    layer = int(getattr(module, "layer_idx"))
+    layer = int(module.layer_idx)
     la = run.spec.layer(layer)
     _check_agrees(la, kwargs)
     i = run.index.get(layer)
@@ -257,7 +270,8 @@ def fused_supported(model: Any, tokens: Tensor, mask: AttentionMask | None = Non
     if spec.knobs:
         return False, f"training knobs run as hooks the fused twin cannot see ({', '.join(spec.knobs)})"
     blockers = [f"layer {la.layer}: ALiBi" for la in spec.layers if la.alibi] + [
-        f"layer {la.layer}: {', '.join(la.unsupported)}" for la in spec.layers if la.unsupported]
+        f"layer {la.layer}: {', '.join(la.unsupported)}" for la in spec.layers if la.unsupported
+    ]
     if blockers:
         return False, "attention the fused engine does not compute: " + "; ".join(blockers[:2])
     dtype = next(model.parameters()).dtype
@@ -287,8 +301,17 @@ def _active(run: _Run) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
-def _run_twin(twin: Any, model: Any, tokens: Tensor, layers: list[int], mask: AttentionMask, edges: list[int],
-              batch_size: int, progress: bool, block_bytes: int) -> tuple[Tensor, Tensor, dict[str, Any]]:
+def _run_twin(
+    twin: Any,
+    model: Any,
+    tokens: Tensor,
+    layers: list[int],
+    mask: AttentionMask,
+    edges: list[int],
+    batch_size: int,
+    progress: bool,
+    block_bytes: int,
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
     from tqdm.auto import tqdm
 
     n, T = tokens.shape
@@ -307,9 +330,16 @@ def _run_twin(twin: Any, model: Any, tokens: Tensor, layers: list[int], mask: At
             for s in range(0, n, batch_size):
                 batch = tokens[s : s + batch_size].to(device)
                 b = batch.shape[0]
-                run = _Run(spec, index, max(layers), mask, edges, block_bytes,
-                           torch.zeros(b, len(layers), H, len(edges) - 1, T, dtype=torch.float32, device=device),
-                           torch.zeros(b, len(layers), H, dtype=torch.float32, device=device))
+                run = _Run(
+                    spec,
+                    index,
+                    max(layers),
+                    mask,
+                    edges,
+                    block_bytes,
+                    torch.zeros(b, len(layers), H, len(edges) - 1, T, dtype=torch.float32, device=device),
+                    torch.zeros(b, len(layers), H, dtype=torch.float32, device=device),
+                )
                 with _active(run):
                     try:
                         base(input_ids=batch, use_cache=False)

@@ -230,7 +230,9 @@ class Intervention:
         for p in self.positions:
             q = p + T if p < 0 else p
             if not 0 <= q < T:
-                raise ValueError(f"{type(self).__name__}: position {p} is outside a sequence of length {T}; fix: positions within 0..{T - 1}")
+                raise ValueError(
+                    f"{type(self).__name__}: position {p} is outside a sequence of length {T}; fix: positions within 0..{T - 1}"
+                )
             out.append(q)
         return sorted(set(out))
 
@@ -428,7 +430,9 @@ class ScaleAttention(Intervention):
         if self.renormalise:
             before = pattern.sum(-1, keepdim=True)
             after = out.sum(-1, keepdim=True)
-            out = out * torch.where(after > 0, before / torch.where(after > 0, after, torch.ones_like(after)), torch.ones_like(after))
+            out = out * torch.where(
+                after > 0, before / torch.where(after > 0, after, torch.ones_like(after)), torch.ones_like(after)
+            )
         return out
 
     def describe(self) -> str:
@@ -456,7 +460,16 @@ class Calibrate(Intervention):
 
     has_positions = False
 
-    def __init__(self, tau: float = 0.1, beta: float = 0.4, *, min_queries: int = 1, layers: Sequence[int] | None = None, heads: HeadSpec = None, name: str | None = None):
+    def __init__(
+        self,
+        tau: float = 0.1,
+        beta: float = 0.4,
+        *,
+        min_queries: int = 1,
+        layers: Sequence[int] | None = None,
+        heads: HeadSpec = None,
+        name: str | None = None,
+    ):
         super().__init__(layers=layers, heads=heads, positions=(), name=name)
         if not 0 < float(tau) < 1:
             raise ValueError(f"tau must be in (0, 1), got {tau!r}")
@@ -505,7 +518,16 @@ class AblateDims(Intervention):
         torch.Size([1, 6, 64])
     """
 
-    def __init__(self, dims: Sequence[int], *, mode: str = "zero", values: Sequence[float] | Tensor | None = None, layers: Sequence[int] | None = None, positions: Sequence[int] | int = (0,), name: str | None = None):
+    def __init__(
+        self,
+        dims: Sequence[int],
+        *,
+        mode: str = "zero",
+        values: Sequence[float] | Tensor | None = None,
+        layers: Sequence[int] | None = None,
+        positions: Sequence[int] | int = (0,),
+        name: str | None = None,
+    ):
         super().__init__(layers=layers, heads=None, positions=positions, name=name)
         self.dims = _int_tuple(dims, "dims")
         if not self.dims:
@@ -614,7 +636,9 @@ class KVBias(Intervention):
                     try:
                         t = t + given.reshape(-1, self.d_head).expand(rows, -1)
                     except RuntimeError:
-                        raise ValueError(f"{kind}[{layer}] must be [d_head] or [{rows}, d_head={self.d_head}], got {tuple(given.shape)}") from None
+                        raise ValueError(
+                            f"{kind}[{layer}] must be [d_head] or [{rows}, d_head={self.d_head}], got {tuple(given.shape)}"
+                        ) from None
                 self.params[key] = nn.Parameter(t)
 
     def k_star(self, layer: int) -> Tensor:
@@ -666,7 +690,15 @@ class SinkLogit(Intervention):
 
     has_positions = False
 
-    def __init__(self, *, layers: Sequence[int] | None = None, heads: HeadSpec = None, init: float = 0.0, logits: Mapping[int, Tensor] | None = None, name: str | None = None):
+    def __init__(
+        self,
+        *,
+        layers: Sequence[int] | None = None,
+        heads: HeadSpec = None,
+        init: float = 0.0,
+        logits: Mapping[int, Tensor] | None = None,
+        name: str | None = None,
+    ):
         super().__init__(layers=layers, heads=heads, positions=(), name=name)
         self.init = float(init)
         self._given = logits
@@ -718,7 +750,15 @@ class AttentionKernel(Intervention):
 
     has_positions = False
 
-    def __init__(self, kernel: str = "sigmoid", *, layers: Sequence[int] | None = None, heads: HeadSpec = None, name: str | None = None, **params: Any):
+    def __init__(
+        self,
+        kernel: str = "sigmoid",
+        *,
+        layers: Sequence[int] | None = None,
+        heads: HeadSpec = None,
+        name: str | None = None,
+        **params: Any,
+    ):
         super().__init__(layers=layers, heads=heads, positions=(), name=name)
         self.kernel_name = kernel
         self.params = dict(params)
@@ -758,7 +798,15 @@ class StreamingWindow(Intervention):
 
     has_positions = False
 
-    def __init__(self, window: int, sinks: int = 4, *, positions: str = "cache", layers: Sequence[int] | None = None, name: str | None = None):
+    def __init__(
+        self,
+        window: int,
+        sinks: int = 4,
+        *,
+        positions: str = "cache",
+        layers: Sequence[int] | None = None,
+        name: str | None = None,
+    ):
         super().__init__(layers=layers, heads=None, positions=(), name=name)
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be an integer >= 1 (recent keys each query sees), got {window!r}")
@@ -773,7 +821,11 @@ class StreamingWindow(Intervention):
         spec = describe_attention(model)
         kind = spec.positional
         if self.rope_positions == "cache" and self.sinks > 0 and kind in ("learned", "alibi"):
-            where = "adds learned absolute position embeddings before the first block" if kind == "learned" else "biases scores by absolute key positions (ALiBi)"
+            where = (
+                "adds learned absolute position embeddings before the first block"
+                if kind == "learned"
+                else "biases scores by absolute key positions (ALiBi)"
+            )
             raise ValueError(
                 f"positions='cache' needs relative positions (RoPE or NoPE); this model {where}, which hooks "
                 "cannot re-index per query. Fix: positions='original'"
@@ -840,7 +892,9 @@ class _Site:
         for kv in self.kernels:
             hm = kv.head_mask(layer).cpu()
             if (claimed & hm).any():
-                raise ValueError(f"two AttentionKernel interventions act on the same head of layer {layer}; give them disjoint heads")
+                raise ValueError(
+                    f"two AttentionKernel interventions act on the same head of layer {layer}; give them disjoint heads"
+                )
             claimed |= hm
         self.needs: set[str] = set().union(*(iv.needs for iv in ivs)) if ivs else set()
         self.rebuild = not self.la.scores_hookable
@@ -986,8 +1040,9 @@ class _Site:
         return [(hooknames.z(L), z_hook), (hooknames.pattern(L), pattern_hook)]
 
 
-def _sites(model: Any, flat: list[Intervention], mask: AttentionMask | None = None,
-           layers: Sequence[int] | None = None) -> tuple[list[_Site], list[tuple[str, Callable[..., Any]]]]:
+def _sites(
+    model: Any, flat: list[Intervention], mask: AttentionMask | None = None, layers: Sequence[int] | None = None
+) -> tuple[list[_Site], list[tuple[str, Callable[..., Any]]]]:
     """Bind ``flat``, group them by layer into sites (plus ``mask`` on ``layers``, default all); return sites and residual hooks."""
     for iv in flat:
         iv.bind(model)
@@ -1006,8 +1061,10 @@ def _sites(model: Any, flat: list[Intervention], mask: AttentionMask | None = No
         for layer in sorted(masked_layers):
             per_layer.setdefault(layer, [])
     # the mask acts on its own layers only, also where an intervention shares a site with it
-    sites = [_Site(model, layer, ivs, mask if masked_layers is not None and layer in masked_layers else None)
-             for layer, ivs in sorted(per_layer.items())]
+    sites = [
+        _Site(model, layer, ivs, mask if masked_layers is not None and layer in masked_layers else None)
+        for layer, ivs in sorted(per_layer.items())
+    ]
     return sites, residual
 
 
@@ -1060,7 +1117,9 @@ def _compose(model: Any, frames: list[_Frame]) -> tuple[list[_Site], list[tuple[
     for other, stack in list(_STACKS.items()):
         if other is not model and any(id(iv) in seen for f in stack for iv in f.ivs):
             busy = next(iv for f in stack for iv in f.ivs if id(iv) in seen)
-            raise ValueError(f"{busy.label} is active in an intervene() block on another model; make a second object for this one")
+            raise ValueError(
+                f"{busy.label} is active in an intervene() block on another model; make a second object for this one"
+            )
     mask: AttentionMask | None = None
     layers: set[int] | None = set()
     for f in frames:
@@ -1096,8 +1155,9 @@ def _raw_mask_hook_points(model: Any) -> list[str]:
 
 
 @contextlib.contextmanager
-def _block(model: Any, ivs: list[Intervention], mask: AttentionMask | None = None,
-           mask_layers: Sequence[int] | None = None) -> Iterator[Any]:
+def _block(
+    model: Any, ivs: list[Intervention], mask: AttentionMask | None = None, mask_layers: Sequence[int] | None = None
+) -> Iterator[Any]:
     """Push a block on ``model``'s stack: attach the hooks of all active blocks plus this one, pause the enclosing
     block's hooks; on exit (also after an exception) remove exactly these hooks and let the enclosing block run again."""
     raw = _raw_mask_hook_points(model)
@@ -1178,7 +1238,9 @@ def intervene(model: Any, *interventions: Intervention | Sequence[Intervention])
         yield m
 
 
-def mask_hooks(model: Any, mask: AttentionMask | dict[str, Any] | None, layers: Sequence[int] | None = None) -> list[tuple[str, Callable[..., Any]]]:
+def mask_hooks(
+    model: Any, mask: AttentionMask | dict[str, Any] | None, layers: Sequence[int] | None = None
+) -> list[tuple[str, Callable[..., Any]]]:
     """Hooks that make a TransformerBridge attend with ``mask`` (pass them to :func:`sink_interp.attach_hooks`).
 
     These raw hooks do not compose with :func:`intervene`: asking for them inside an
@@ -1248,9 +1310,7 @@ def _flatten(items: Iterable[Any]) -> list[Intervention]:
         elif isinstance(it, (list, tuple)):
             out.extend(_flatten(it))
         else:
-            raise TypeError(
-                f"intervene() takes Intervention objects (ZeroValue, MaskKey, KVBias, ...), got {type(it).__name__}"
-            )
+            raise TypeError(f"intervene() takes Intervention objects (ZeroValue, MaskKey, KVBias, ...), got {type(it).__name__}")
     return out
 
 

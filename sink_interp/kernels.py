@@ -208,7 +208,9 @@ def linear_attention(scores: Scores, mask: Mask | None = None, extra: Extra | No
     return _elementwise(lambda t: t, scores, mask, extra, normalise, signed=True)
 
 
-def softpick_attention(scores: Scores, mask: Mask | None = None, extra: Extra | None = None, eps: float = SOFTPICK_EPS) -> Weights:
+def softpick_attention(
+    scores: Scores, mask: Mask | None = None, extra: Extra | None = None, eps: float = SOFTPICK_EPS
+) -> Weights:
     """``A_j = ReLU(e^{x_j-m} - e^{-m}) / (sum_i |e^{x_i-m} - e^{-m}| + eps)``, ``m`` the row max of the visible scores."""
     x, mask, e = _prepare(scores, mask, extra)
     k = x.shape[-1]
@@ -273,7 +275,9 @@ def is_normalised(name: str, **params: Any) -> bool:
     return False
 
 
-def causal_mask(q_len: int, k_len: int | None = None, device: Any = None, window: int | None = None, sinks: int = 0) -> Bool[Tensor, "q k"]:
+def causal_mask(
+    q_len: int, k_len: int | None = None, device: Any = None, window: int | None = None, sinks: int = 0
+) -> Bool[Tensor, "q k"]:
     """``[q, k]`` visibility: causal (queries are the last ``q_len`` of ``k_len`` positions),
     optionally only the last ``window`` keys plus the first ``sinks`` keys (StreamingLLM)."""
     from .masks import AttentionMask
@@ -333,8 +337,10 @@ def attention(
     qf, kf = (feature_map(q), feature_map(k)) if feature_map is not None else (q, k)
     scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale
     if mask is None:
-        mask = causal_mask(q.shape[-2], k.shape[-2], device=q.device) if causal else torch.ones(
-            q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device
+        mask = (
+            causal_mask(q.shape[-2], k.shape[-2], device=q.device)
+            if causal
+            else torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device)
         )
     extras, values = [], []
     if k_bias is not None:

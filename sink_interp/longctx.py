@@ -113,8 +113,16 @@ class LongContextReport:
         for k in ks:
             rates, mean = self.bucket_rates(k, eps), self.bucket_mean_alpha(k)
             for i, (a, b) in enumerate(zip(self.edges, self.edges[1:])):
-                rows.append({"bucket": i, "q_from": a + 1, "q_to": b, "k": int(k),
-                             f"Sink_k (eps={self._e(eps)})": float(rates[i]), "mean_alpha": float(mean[i])})
+                rows.append(
+                    {
+                        "bucket": i,
+                        "q_from": a + 1,
+                        "q_to": b,
+                        "k": int(k),
+                        f"Sink_k (eps={self._e(eps)})": float(rates[i]),
+                        "mean_alpha": float(mean[i]),
+                    }
+                )
         return pd.DataFrame(rows)
 
     # ------------------------------------------------------------- by key position
@@ -126,8 +134,13 @@ class LongContextReport:
         order = np.lexsort((-mean, -rates))[:top]
         rows = []
         for j in order:
-            row = {"k": int(j) + 1, f"Sink_k (eps={self._e(eps)})": float(rates[j]), "mean_alpha": float(mean[j]),
-                   "n_queries": self.length - int(j), "reliable": bool(self.length - int(j) >= min_queries)}
+            row = {
+                "k": int(j) + 1,
+                f"Sink_k (eps={self._e(eps)})": float(rates[j]),
+                "mean_alpha": float(mean[j]),
+                "n_queries": self.length - int(j),
+                "reliable": bool(self.length - int(j) >= min_queries),
+            }
             if self.token_ids is not None and self.token_ids.shape[0] == 1:
                 row["token_id"] = int(self.token_ids[0, j])
             rows.append(row)
@@ -165,8 +178,10 @@ class LongContextReport:
 
     def __repr__(self) -> str:
         r = self.bucket_rates(1)
-        return (f"LongContextReport(model={self.sinks.model!r}, n={self.sinks.n}, length={self.length}, "
-                f"buckets={self.n_buckets}, Sink_1 first/last bucket={r[0]:.1f}%/{r[-1]:.1f}%)")
+        return (
+            f"LongContextReport(model={self.sinks.model!r}, n={self.sinks.n}, length={self.length}, "
+            f"buckets={self.n_buckets}, Sink_1 first/last bucket={r[0]:.1f}%/{r[-1]:.1f}%)"
+        )
 
     def _repr_html_(self) -> str:
         """The figure of :func:`sink_interp.views.view_for` above the table of numbers."""
@@ -236,8 +251,9 @@ def long_context_sinks(
     T = checked.shape[1]
     edges = normalize_edges(query_edges, T) if query_edges is not None else bucket_edges(T, buckets)
     mask = as_mask(mask)
-    sums = lse_column_sums(model, checked, layers=layers, mask=mask, query_edges=edges,
-                           batch_size=batch_size, progress=progress, fused=fused)
+    sums = lse_column_sums(
+        model, checked, layers=layers, mask=mask, query_edges=edges, batch_size=batch_size, progress=progress, fused=fused
+    )
     info = getattr(tokens, "probe_info", None)
     if data is None:
         data = str(info.get("source")) if isinstance(info, dict) and "source" in info else "tokens"

@@ -273,8 +273,19 @@ def _workers(n_blocks: int, device: torch.device, threads: int | None) -> int:
     return max(1, min(want, n_blocks // 2))
 
 
-def _one_block(qs: Tensor, kf: Tensor, a: int, e: int, bucket: int, mask: AttentionMask, with_lse: bool,
-               col: Tensor, rows: Tensor, extras: _Extras, out: Tensor | None) -> None:
+def _one_block(
+    qs: Tensor,
+    kf: Tensor,
+    a: int,
+    e: int,
+    bucket: int,
+    mask: AttentionMask,
+    with_lse: bool,
+    col: Tensor,
+    rows: Tensor,
+    extras: _Extras,
+    out: Tensor | None,
+) -> None:
     """Add the column sums of queries ``a..e-1`` (all in one bucket) into ``col[..., bucket, :]``."""
     b, G, r, T, dq = qs.shape
     dev = qs.device
@@ -383,8 +394,14 @@ class LSEReducer(Reducer):
             if (i, "q") in self._pending and (i, "k") in self._pending:
                 la = self._desc[i]
                 q, k = la.final_qk(self._pending.pop((i, "q")), self._pending.pop((i, "k")))
-                col, rows = block_alpha(q.transpose(1, 2), k.transpose(1, 2), la, mask=la.mask(self.mask),
-                                        query_edges=self.edges, block_bytes=self.block_bytes)
+                col, rows = block_alpha(
+                    q.transpose(1, 2),
+                    k.transpose(1, 2),
+                    la,
+                    mask=la.mask(self.mask),
+                    query_edges=self.edges,
+                    block_bytes=self.block_bytes,
+                )
                 s = self.batch_start
                 self.col[s : s + col.shape[0], i] = col.cpu()
                 self.row_sum[s : s + col.shape[0], i] = rows.cpu()
@@ -525,22 +542,42 @@ def lse_column_sums(
         ok, reason = fused_mod.fused_supported(model, tokens, mask)
         if ok:
             try:
-                check = self_check("fused", lambda short: fused_mod.fused_column_sums(
-                    model, short, layers=layer_list, mask=mask, query_edges=None, batch_size=1, progress=False,
-                    block_bytes=block_bytes)[0].sum(3))
+                check = self_check(
+                    "fused",
+                    lambda short: fused_mod.fused_column_sums(
+                        model,
+                        short,
+                        layers=layer_list,
+                        mask=mask,
+                        query_edges=None,
+                        batch_size=1,
+                        progress=False,
+                        block_bytes=block_bytes,
+                    )[0].sum(3),
+                )
             except SelfCheckFailed as e:
                 ok, reason = False, str(e)
         if not ok and fused:
             raise ValueError(f"the fused engine cannot run this model: {reason}; fix: fused=None or False (hooks engine)")
         if ok:
             col, rows, info = fused_mod.fused_column_sums(
-                model, tokens, layers=layer_list, mask=mask, query_edges=edges,
-                batch_size=batch_size, progress=progress, block_bytes=block_bytes,
+                model,
+                tokens,
+                layers=layer_list,
+                mask=mask,
+                query_edges=edges,
+                batch_size=batch_size,
+                progress=progress,
+                block_bytes=block_bytes,
             )
             info["self_check"] = check
             if not (bool(torch.isfinite(col).all()) and bool(torch.isfinite(rows).all())):
-                first = int((~torch.isfinite(col.flatten(1))).any(1).nonzero()[0, 0]) if not bool(torch.isfinite(col).all()) else 0
-                raise NonFiniteError(explain_non_finite(model, tokens[first : first + 1], seen_at="the fused engine's column sums"))
+                first = (
+                    int((~torch.isfinite(col.flatten(1))).any(1).nonzero()[0, 0]) if not bool(torch.isfinite(col).all()) else 0
+                )
+                raise NonFiniteError(
+                    explain_non_finite(model, tokens[first : first + 1], seen_at="the fused engine's column sums")
+                )
             return ColumnSums(col, rows, edges, layer_list, "fused", info)
 
     bs = auto_batch_size(model, T) if batch_size is None else check_positive_int(batch_size, "batch_size")
@@ -555,8 +592,9 @@ def lse_column_sums(
 
     check = self_check("hooks", lambda short: hooks_engine(short, None, 1, False)[0].sum(3))
     col, rows = hooks_engine(tokens, edges, bs, progress)
-    return ColumnSums(col, rows, edges, layer_list, "hooks",
-                      {"engine": "hooks", "why_not_fused": reason, "batch_size": bs, "self_check": check})
+    return ColumnSums(
+        col, rows, edges, layer_list, "hooks", {"engine": "hooks", "why_not_fused": reason, "batch_size": bs, "self_check": check}
+    )
 
 
 # --------------------------------------------------------------------------- choosing a method

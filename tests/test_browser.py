@@ -102,7 +102,9 @@ def test_tiny_report_draws_every_widget_offline(chromium, tiny_report, artifacts
         assert drawn >= 1 or p.locator('figure[data-kind="pending"]').count() >= 1, anchor
     assert p.locator('figure[data-kind="manifold"] circle.si-pt').count() == 6 * 16
     # every figure is drawn: each SVG has a non-empty box, each widget has canvases or tokens
-    boxes = p.evaluate("Array.from(document.querySelectorAll('figure svg')).map(s => {const r = s.getBoundingClientRect(); return [r.width, r.height];})")
+    boxes = p.evaluate(
+        "Array.from(document.querySelectorAll('figure svg')).map(s => {const r = s.getBoundingClientRect(); return [r.width, r.height];})"
+    )
     assert boxes and all(w > 50 and h > 50 for w, h in boxes)
     assert p.locator("div.si-cv canvas").count() >= 2 * (H + 1)
     # hover a heat-map cell: its values appear in the figure's read-out line
@@ -125,7 +127,18 @@ def crafted_page(tmp_path_factory):
     diag = np.eye(T)
     uniform = np.tril(np.ones((T, T))) / np.arange(1, T + 1)[:, None]
     pats = np.stack([sink, diag, uniform])
-    toks = ["<bos>", "</script><script>window.__pwned=1</script>", "<img src=x onerror=window.__pwned=2>", "a & b", " the", "\n", "x", "y", "z", "end"]
+    toks = [
+        "<bos>",
+        "</script><script>window.__pwned=1</script>",
+        "<img src=x onerror=window.__pwned=2>",
+        "a & b",
+        " the",
+        "\n",
+        "x",
+        "y",
+        "z",
+        "end",
+    ]
     page = concat(
         attention_view(pats, toks, layers=[5]),
         alpha_tokens_view(np.stack([sink.mean(0), uniform.mean(0)]), toks, ["sink head", "uniform head"]),
@@ -187,8 +200,12 @@ def test_svg_figures_draw_and_read_out_on_hover(chromium, tmp_path, artifacts):
         massive_activation_view(dm, np.abs(rng.normal(size=(6, 10))) + 1, tokens=[f"t{i}" for i in range(10)], median=np.ones(6)),
         key_manifold_view(keys, np.arange(120) < 6),
         effect_bars([{"intervention": "none", "delta_loss": 0.0}, {"intervention": "zero sink V", "delta_loss": 0.8}]),
-        training_curves({"softmax": [{"step": s, "val_loss": 4 - s / 50, "sink_rate": s / 2} for s in range(0, 100, 10)],
-                         "sigmoid": [{"step": s, "val_loss": 4.2 - s / 60, "sink_rate": 0.0} for s in range(0, 100, 10)]}),
+        training_curves(
+            {
+                "softmax": [{"step": s, "val_loss": 4 - s / 50, "sink_rate": s / 2} for s in range(0, 100, 10)],
+                "sigmoid": [{"step": s, "val_loss": 4.2 - s / 60, "sink_rate": 0.0} for s in range(0, 100, 10)],
+            }
+        ),
         trace_chain_view([("spike", {"pos": 0, "ratio": 1200.0}, {"ratio": "medians"}), ("norm", {"scale_ratio": 30.0}, {})]),
     )
     path = page.save(tmp_path / "figures.html")
@@ -196,7 +213,9 @@ def test_svg_figures_draw_and_read_out_on_hover(chromium, tmp_path, artifacts):
     assert_offline_and_clean(o)
     p = o.page
     assert p.locator("script[data-si='circuitsvis-bundle']").count() == 0  # no widget, no bundle
-    boxes = p.evaluate("Array.from(document.querySelectorAll('figure svg')).map(s => {const r = s.getBoundingClientRect(); return [r.width, r.height];})")
+    boxes = p.evaluate(
+        "Array.from(document.querySelectorAll('figure svg')).map(s => {const r = s.getBoundingClientRect(); return [r.width, r.height];})"
+    )
     assert len(boxes) == 6 and all(w > 100 and h > 60 for w, h in boxes)
     for kind, mark, expect in (
         ("massive", 'rect.si-cell[data-dim="7"][data-layer="4"]', "layer 4, dim 7: max |x| = 4,000 = 4,000× median"),
@@ -265,7 +284,7 @@ def test_smollm2_report_is_readable_offline_in_under_3s(chromium, tmp_path, arti
     with capsys.disabled():
         print(f"\nsmollm2 report built in {t_build:.1f}s, {out.stat().st_size / 1e6:.1f} MB")
     html = out.read_text(encoding="utf-8")
-    assert html.count("data-si=\"circuitsvis-bundle\"") == 1
+    assert html.count('data-si="circuitsvis-bundle"') == 1
     o = open_offline(chromium, out)
     assert_offline_and_clean(o)
     p = o.page
@@ -278,7 +297,9 @@ def test_smollm2_report_is_readable_offline_in_under_3s(chromium, tmp_path, arti
     timing = {"readable_s": o.seconds_to_readable, "all_widgets_drawn_s": o.seconds_to_all_drawn, "build_s": t_build}
     (artifacts / "smollm2_report_timing.json").write_text(json.dumps(timing, indent=2))
     with capsys.disabled():
-        print(f"smollm2 report in Chromium: readable in {o.seconds_to_readable:.2f}s, all 4 widgets drawn in {o.seconds_to_all_drawn:.2f}s")
+        print(
+            f"smollm2 report in Chromium: readable in {o.seconds_to_readable:.2f}s, all 4 widgets drawn in {o.seconds_to_all_drawn:.2f}s"
+        )
         shoot(o, artifacts / "smollm2_report.png")
     assert o.seconds_to_readable < 3.0
     o.page.close()

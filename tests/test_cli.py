@@ -11,7 +11,9 @@ from sink_interp.cli import main
 
 def test_measure_prints_and_writes_json(tmp_path, capsys):
     out = tmp_path / "r.json"
-    code = main(["measure", "--model", "tiny-gqa", "--data", "random", "--n", "6", "--length", "12", "--json", str(out), "--quiet"])
+    code = main(
+        ["measure", "--model", "tiny-gqa", "--data", "random", "--n", "6", "--length", "12", "--json", str(out), "--quiet"]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert "Sink_1 =" in text and "per layer" in text and "top" in text
@@ -27,7 +29,26 @@ def test_measure_jsonl_with_bos(tmp_path, capsys):
     data = tmp_path / "p.jsonl"
     data.write_text("\n".join(json.dumps({"text": " ".join(f"t{i}" for i in range(5, 30))}) for _ in range(4)))
     out = tmp_path / "r.json"
-    assert main(["measure", "--model", "tiny-mha", "--data", str(data), "--n", "3", "--length", "8", "--bos", "--json", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "measure",
+                "--model",
+                "tiny-mha",
+                "--data",
+                str(data),
+                "--n",
+                "3",
+                "--length",
+                "8",
+                "--bos",
+                "--json",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     d = json.loads(out.read_text())
     assert d["bos"] is True and d["data"] == str(data)
 

@@ -9,8 +9,28 @@ from sink_interp.cli import main
 
 def test_ablate_prints_the_effect_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "a.json"
-    code = main(["ablate", "--model", "tiny-gqa", "--data", "random", "--n", "4", "--length", "12", "--fit-n", "4",
-                 "--fit-steps", "2", "--eps", "0.2", "--json", str(out), "--quiet"])
+    code = main(
+        [
+            "ablate",
+            "--model",
+            "tiny-gqa",
+            "--data",
+            "random",
+            "--n",
+            "4",
+            "--length",
+            "12",
+            "--fit-n",
+            "4",
+            "--fit-steps",
+            "2",
+            "--eps",
+            "0.2",
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert "zero value, all heads" in text and "mask key, all heads" in text and "kernel softpick" in text
@@ -24,8 +44,27 @@ def test_ablate_prints_the_effect_table_and_writes_json(tmp_path, capsys):
 
 def test_stream_prints_buckets(tmp_path, capsys):
     out = tmp_path / "s.json"
-    assert main(["stream", "--model", "tiny-gqa", "--sinks", "2", "--window", "8", "--length", "40", "--n", "2",
-                 "--json", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "stream",
+                "--model",
+                "tiny-gqa",
+                "--sinks",
+                "2",
+                "--window",
+                "8",
+                "--length",
+                "40",
+                "--n",
+                "2",
+                "--json",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "perplexity by predicted position" in text and "window only (10)" in text
     d = json.loads(out.read_text())

@@ -7,8 +7,26 @@ import json
 from sink_interp.cli import main
 from sink_interp.training.reproduce import FINDINGS, reproduce
 
-SMALL = ["--set", "d_model=32", "--set", "n_heads=2", "--set", "d_mlp=64", "--set", "seq_len=16", "--set", "batch_size=4",
-         "--set", "eval_batches=1", "--set", "probe_n=4", "--set", "eval_every=2", "--set", "bb_vocab=16"]
+SMALL = [
+    "--set",
+    "d_model=32",
+    "--set",
+    "n_heads=2",
+    "--set",
+    "d_mlp=64",
+    "--set",
+    "seq_len=16",
+    "--set",
+    "batch_size=4",
+    "--set",
+    "eval_batches=1",
+    "--set",
+    "probe_n=4",
+    "--set",
+    "eval_every=2",
+    "--set",
+    "bb_vocab=16",
+]
 
 
 def test_train_cli_writes_metrics_and_resumes(tmp_path, capsys):
@@ -52,5 +70,16 @@ def test_reproduce_smoke_writes_the_table(tmp_path):
     assert (tmp_path / "sink_interp_reproduce.json").is_file()
     again = reproduce(["kbias"], out=tmp_path, steps=2, overrides=small, progress=False)  # the same folder: runs reused
     assert again.rows[0].ours == table.rows[0].ours
-    assert set(FINDINGS) >= {"emergence", "lr", "weight_decay", "fixed_token", "prefix", "window", "kbias", "sigmoid",
-                             "softpick", "bos_packing", "relu_sgd"}
+    assert set(FINDINGS) >= {
+        "emergence",
+        "lr",
+        "weight_decay",
+        "fixed_token",
+        "prefix",
+        "window",
+        "kbias",
+        "sigmoid",
+        "softpick",
+        "bos_packing",
+        "relu_sgd",
+    }

@@ -72,10 +72,15 @@ MAKERS = {
     "ScaleAttention": lambda i: ScaleAttention(0.3 + 0.4 * i, positions=[i, 2], renormalise=bool(i)),
     "Calibrate": lambda i: Calibrate(tau=0.1, beta=0.4 - 0.2 * i),
     "AblateDims": lambda i: AblateDims([3 + i, 17, 40], positions=[i], mode="mean" if i else "zero"),
-    "KVBias": lambda i: KVBias(value=True, k={0: _randn(4, 16, seed=10 + i) * 2, 1: _randn(4, 16, seed=20 + i) * 2},
-                               v={0: _randn(4, 16, seed=30 + i), 1: _randn(4, 16, seed=40 + i)}),
+    "KVBias": lambda i: KVBias(
+        value=True,
+        k={0: _randn(4, 16, seed=10 + i) * 2, 1: _randn(4, 16, seed=20 + i) * 2},
+        v={0: _randn(4, 16, seed=30 + i), 1: _randn(4, 16, seed=40 + i)},
+    ),
     "SinkLogit": lambda i: SinkLogit(logits={0: _randn(4, seed=50 + i) + 1, 1: _randn(4, seed=60 + i) + 1}),
-    "AttentionKernel": lambda i: AttentionKernel("softpick", heads=[2, 3]) if i else AttentionKernel("sigmoid", bias="-log n", heads=[0, 1]),
+    "AttentionKernel": lambda i: (
+        AttentionKernel("softpick", heads=[2, 3]) if i else AttentionKernel("sigmoid", bias="-log n", heads=[0, 1])
+    ),
     "StreamingWindow": lambda i: StreamingWindow(3, sinks=2) if i else StreamingWindow(4, sinks=1),
 }
 PAIRS = [(a, b) for a in MAKERS for b in MAKERS]
@@ -120,8 +125,13 @@ def test_nested_equals_flat_for_every_ordered_pair(peaked, a, b):
 def test_three_levels_equal_one_call(peaked):
     bridge, _ = peaked
     x = tokens(seed=2)
-    ivs = [KVBias(value=True, k={1: torch.ones(16)}, v={1: torch.ones(16)}), MaskKey(), AttentionKernel("softmax1", heads=[1]),
-           ZeroValue(positions=[1]), Calibrate()]
+    ivs = [
+        KVBias(value=True, k={1: torch.ones(16)}, v={1: torch.ones(16)}),
+        MaskKey(),
+        AttentionKernel("softmax1", heads=[1]),
+        ZeroValue(positions=[1]),
+        Calibrate(),
+    ]
     flat, first_three = run(bridge, x, *ivs), run(bridge, x, *ivs[:3])
     with torch.no_grad(), intervene(bridge, ivs[0]), intervene(bridge, ivs[1], ivs[2]):
         assert [type(iv).__name__ for iv in active_interventions(bridge)] == ["KVBias", "MaskKey", "AttentionKernel"]

@@ -30,7 +30,9 @@ def test_mkdocs_build_strict_offline_lists_the_whole_api(tmp_path):
     pytest.importorskip("mkdocstrings")
     site = tmp_path / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    res = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)], cwd=ROOT, capture_output=True, text=True, env=env)
+    res = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)], cwd=ROOT, capture_output=True, text=True, env=env
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     api = (site / "api" / "index.html").read_text()
     for name in sink_interp.__all__:
@@ -82,13 +84,34 @@ def test_tutorial_executes_offline(src, tmp_path):
 
 def _check_tutorial_1_matches_the_cli(nb):
     """Tutorial 1 (as CI runs it: N=20) prints the Sink_1 that `sink-interp measure` prints with the same settings."""
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    text = "".join(
+        o.get("text", "")
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "stream"
+    )
     got = re.findall(r"Sink_1 = ([0-9.]+)%", text)
     assert got, "tutorial 1 no longer prints 'Sink_1 = ...%'"
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     n = int(re.search(r"N = (\d+) if os.environ.get\(\"CI\"\)", code).group(1))
-    cmd = [sys.executable, "-m", "sink_interp.cli", "measure", "--model", "smollm2-135m", "--data", "natural",
-           "--n", str(n), "--length", "64", "--eps", "0.3", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sink_interp.cli",
+        "measure",
+        "--model",
+        "smollm2-135m",
+        "--data",
+        "natural",
+        "--n",
+        str(n),
+        "--length",
+        "64",
+        "--eps",
+        "0.3",
+        "--quiet",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert res.returncode == 0, res.stderr
     cli = re.search(r"Sink_1 = ([0-9.]+)%", res.stdout).group(1)

@@ -115,7 +115,11 @@ def test_fit_bias_learns_and_leaves_the_model_untouched(tiny_models, kind):
     # the fitted bias lowers the training loss of the masked model (evaluated on the training tokens here)
     assert rep.loss_fitted < rep.loss_masked
     assert rep.recovered == pytest.approx((rep.loss_masked - rep.loss_fitted) / (rep.loss_masked - rep.loss_clean))
-    assert "recovered" in rep.summary() and rep.to_frame()["label"].tolist() == ["clean", "sink masked", "sink masked + fitted bias"]
+    assert "recovered" in rep.summary() and rep.to_frame()["label"].tolist() == [
+        "clean",
+        "sink masked",
+        "sink masked + fitted bias",
+    ]
 
 
 def test_grafting_the_mean_sink_key_and_value(tiny_models):

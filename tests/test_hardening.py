@@ -10,6 +10,7 @@ import torch
 
 import sink_interp.cli as cli
 from sink_interp import (
+    MaskKey,
     NonFiniteError,
     attach_hooks,
     compare,
@@ -20,7 +21,6 @@ from sink_interp import (
     tiny_checkpoint,
     tiny_model,
     trace_sink,
-    MaskKey,
 )
 from sink_interp.architecture import check_context
 
@@ -178,6 +178,7 @@ def test_output_paths_are_checked_before_the_model_is_loaded(tmp_path, capsys, n
 
 def _measure_raises(monkeypatch, exc):
     """``sink-interp measure`` whose work raises ``exc`` (after the arguments are parsed and checked)."""
+
     def fail(args):
         raise exc
 

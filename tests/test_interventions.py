@@ -288,9 +288,15 @@ CASES = {
         lambda: [ZeroValue(layers=[1], heads=[0, 3], positions=[0, 2])],
         lambda: zero_value_ref([0, 2], heads=[0, 3], layers=[1]),
     ),
-    "zero_value_one_head_per_layer": (lambda: [ZeroValue(heads={0: [1], 1: [2]})], lambda: zero_value_ref([0], heads={0: [1], 1: [2]})),
+    "zero_value_one_head_per_layer": (
+        lambda: [ZeroValue(heads={0: [1], 1: [2]})],
+        lambda: zero_value_ref([0], heads={0: [1], 1: [2]}),
+    ),
     "mask_renorm": (lambda: [MaskKey()], lambda: mask_key_ref([0])),
-    "mask_renorm_scoped": (lambda: [MaskKey(heads={1: [0, 2]}, positions=[1])], lambda: mask_key_ref([1], heads={1: [0, 2]}, layers=[1])),
+    "mask_renorm_scoped": (
+        lambda: [MaskKey(heads={1: [0, 2]}, positions=[1])],
+        lambda: mask_key_ref([1], heads={1: [0, 2]}, layers=[1]),
+    ),
     "mask_no_renorm": (lambda: [MaskKey(renormalise=False)], lambda: mask_key_ref([0], renormalise=False)),
     "scale": (lambda: [ScaleAttention(0.3, positions=[0, 1])], lambda: scale_ref([0, 1], 0.3)),
     "calibrate": (lambda: [Calibrate(tau=0.12, beta=0.4)], lambda: calibrate_ref(0.12, 0.4)),
@@ -326,7 +332,9 @@ def test_interventions_match_hand_written_attention(tiny_models, arch, case):
 
 
 @pytest.mark.parametrize("arch", ["tiny-gqa", "tiny-mqa", "tiny-learned"])
-@pytest.mark.parametrize("name,kw", KERNEL_CASES, ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for n, kw in KERNEL_CASES])
+@pytest.mark.parametrize(
+    "name,kw", KERNEL_CASES, ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for n, kw in KERNEL_CASES]
+)
 def test_kernels_match_hand_written_attention(tiny_models, arch, name, kw):
     bridge, hf = tiny_models(arch)
     got, want = run_both(bridge, hf, tokens(T=9, seed=2), [AttentionKernel(name, **kw)], kernel_ref(name, **kw))
@@ -381,7 +389,7 @@ def test_ablate_dims_matches_a_hook_on_the_hf_layers(tiny_models):
         def pre(module, args, kwargs):
             h = (kwargs.get("hidden_states") if "hidden_states" in kwargs else args[0]).clone()
             for p in (0, 2):
-                if mode == "zero":
+                if mode == "zero":  # noqa: B023
                     h[:, p, dims] = 0
                 else:
                     others = [t for t in range(h.shape[1]) if t not in (0, 2)]
@@ -460,6 +468,7 @@ def test_identities(tiny_models):
     bridge, _ = tiny_models("tiny-gqa")
     x = tokens(T=11, seed=10)
     with torch.no_grad():
+
         def run(*ivs):
             with intervene(bridge, *ivs):
                 return bridge(x)

@@ -76,7 +76,9 @@ def _char_tokenizer(d_vocab: int):
     vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3, **{c: 4 + i for i, c in enumerate(chars)}}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tk, name_or_path="char-level", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, name_or_path="char-level", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>"
+    )
 
 
 def test_natural_concat_joins_whole_passages_in_file_order(tiny_models, monkeypatch):
@@ -110,13 +112,32 @@ def test_natural_concat_joins_whole_passages_in_file_order(tiny_models, monkeypa
 
 def test_cli_long_and_measure_lse(tmp_path, capsys):
     out = tmp_path / "long.json"
-    code = main(["long", "--model", "tiny-gqa", "--data", "random", "--n", "2", "--length", "96", "--buckets", "3",
-                 "--json", str(out), "--quiet"])
+    code = main(
+        [
+            "long",
+            "--model",
+            "tiny-gqa",
+            "--data",
+            "random",
+            "--n",
+            "2",
+            "--length",
+            "96",
+            "--buckets",
+            "3",
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert "Sink_1 by query position" in text and "33-64" in text and "secondary sinks" in text and "lse, fused" in text
     d = json.loads(out.read_text())
     assert d["edges"] == [0, 32, 64, 96] and d["n"] == 2
-    assert main(["measure", "--model", "tiny-mqa", "--data", "random", "--n", "2", "--length", "20", "--method", "lse", "--quiet"]) == 0
+    assert (
+        main(["measure", "--model", "tiny-mqa", "--data", "random", "--n", "2", "--length", "20", "--method", "lse", "--quiet"])
+        == 0
+    )
     assert "method  lse, fused" in capsys.readouterr().out
     assert default_n(64) == 100 and default_n(2048) == 4 and default_n(8192) == 1

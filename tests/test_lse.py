@@ -76,8 +76,16 @@ def test_block_alpha_equals_dense_softmax_column_sums(heads, kv, mask_name, with
     mask = MASKS[mask_name]
     A, lse = dense_attention(q, k, 0.3, mask.dense(T))
     edges = [0, 10, 11, 30, T]
-    col, rows = block_alpha(q, k, 0.3, lse=lse.float() if with_lse else None, mask=mask, query_edges=edges,
-                            block_bytes=4 * b * heads * T * 5, threads=threads)
+    col, rows = block_alpha(
+        q,
+        k,
+        0.3,
+        lse=lse.float() if with_lse else None,
+        mask=mask,
+        query_edges=edges,
+        block_bytes=4 * b * heads * T * 5,
+        threads=threads,
+    )
     assert col.shape == (b, heads, 4, T) and col.dtype == torch.float32
     for i, (lo, hi) in enumerate(zip(edges, edges[1:])):
         np.testing.assert_allclose(col[:, :, i].numpy(), A[:, :, lo:hi].sum(-2).numpy(), rtol=2e-6, atol=2e-6)

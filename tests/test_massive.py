@@ -162,7 +162,20 @@ def test_report_exports(tmp_path, tiny_models):
     path = tmp_path / "m.json"
     rep.to_json(path)
     d = json.loads(path.read_text())
-    for key in ("model", "data", "bos", "n", "length", "dtype", "device", "abs_threshold", "ratio_threshold", "massive", "value_norm_ratio", "versions"):
+    for key in (
+        "model",
+        "data",
+        "bos",
+        "n",
+        "length",
+        "dtype",
+        "device",
+        "abs_threshold",
+        "ratio_threshold",
+        "massive",
+        "value_norm_ratio",
+        "versions",
+    ):
         assert key in d
     assert d["data"] == "unit" and len(d["massive"]) == 2 and set(d["massive"][0]) == {"layer", "max", "pos", "dim"}
     assert len(rep.to_frame()) == 2 and "<table>" in rep._repr_html_()

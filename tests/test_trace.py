@@ -233,7 +233,9 @@ def test_writer_and_gated_mlp_when_an_mlp_writes_the_spike():
     lays = decoder_layers(hf)
     handle = lays[0].mlp.register_forward_hook(hf_add)
     try:
-        with capture({f"{i}.{c}": getattr(l, m) for i, l in enumerate(lays) for c, m in (("attn", "self_attn"), ("mlp", "mlp"))}) as got:
+        with capture(
+            {f"{i}.{c}": getattr(l, m) for i, l in enumerate(lays) for c, m in (("attn", "self_attn"), ("mlp", "mlp"))}
+        ) as got:
             hs = hidden_states(hf, tokens)
     finally:
         handle.remove()
@@ -294,7 +296,7 @@ def test_gated_mlp_quadratic_form_against_the_weights():
     assert gm.actual == pytest.approx(float(got["out"][0][:, 0, gm.dim].mean()), rel=1e-5)
     assert gm.predicted == pytest.approx(gm.actual, rel=0.05)  # SiLU(z) ~ z holds at z ~ 32
     u1 = torch.from_numpy(evec[:, 0])
-    cos = ((xin @ u1).abs() / xin.norm(dim=-1))
+    cos = (xin @ u1).abs() / xin.norm(dim=-1)
     assert gm.cos_sink == pytest.approx(float(cos[:, 0].mean()), rel=1e-5) and gm.cos_sink > 0.99
     assert gm.cos_other == pytest.approx(float(cos[:, 1:].mean()), rel=1e-5) and gm.cos_other < 0.5
     assert gm.top_share > 0.5 and gm.eig_ratio > 10
@@ -387,5 +389,7 @@ def test_cli_trace_prints_the_story_and_writes_json(tmp_path, capsys):
 
 
 def test_cli_trace_error_exits_2(capsys):
-    assert main(["trace", "--model", "tiny-gqa", "--data", "random", "--n", "4", "--length", "10", "--layer", "7", "--quiet"]) == 2
+    assert (
+        main(["trace", "--model", "tiny-gqa", "--data", "random", "--n", "4", "--length", "10", "--layer", "7", "--quiet"]) == 2
+    )
     assert "layer=7 is out of range" in capsys.readouterr().err

@@ -18,8 +18,22 @@ T = 12
 
 
 def tiny(**over):
-    kw = dict(seq_len=T, d_model=32, n_heads=2, d_mlp=64, n_layers=2, steps=4, eval_every=2, ckpt_every=2,
-              batch_size=4, eval_batches=1, probe_n=4, warmup=1, bb_vocab=12, bb_source="random")
+    kw = dict(
+        seq_len=T,
+        d_model=32,
+        n_heads=2,
+        d_mlp=64,
+        n_layers=2,
+        steps=4,
+        eval_every=2,
+        ckpt_every=2,
+        batch_size=4,
+        eval_batches=1,
+        probe_n=4,
+        warmup=1,
+        bb_vocab=12,
+        bb_source="random",
+    )
     kw.update(over)
     return preset("bb-softmax", **kw)
 
@@ -178,7 +192,16 @@ def kernel_ref(kernel, norm, s, mask):
 
 @pytest.mark.parametrize(
     "kernel,norm",
-    [("sigmoid", "none"), ("sigmoid", "sum"), ("elu", "none"), ("elu", "sum"), ("relu", "none"), ("relu", "length"), ("softpick", "auto"), ("linear", "max1")],
+    [
+        ("sigmoid", "none"),
+        ("sigmoid", "sum"),
+        ("elu", "none"),
+        ("elu", "sum"),
+        ("relu", "none"),
+        ("relu", "length"),
+        ("softpick", "auto"),
+        ("linear", "max1"),
+    ],
 )
 def test_kernels_match_their_formulas(kernel, norm):
     lab, tokens = lab_for(kernel=kernel, attn_norm=norm)
@@ -272,7 +295,9 @@ def test_post_norm_matches_a_hand_written_forward():
             A = torch.softmax(s.masked_fill(~hand_mask(T), float("-inf")), -1)
             h = torch.einsum("bhqk,bkhd->bqhd", A, v).reshape(b, T, -1) @ sd[pre + "self_attn.o_proj.weight"].T
             x = _rms(x + h, sd[pre + "input_layernorm.weight"])  # post-norm: Norm(x + Attn(x))
-            m = (F.silu(x @ sd[pre + "mlp.gate_proj.weight"].T) * (x @ sd[pre + "mlp.up_proj.weight"].T)) @ sd[pre + "mlp.down_proj.weight"].T
+            m = (F.silu(x @ sd[pre + "mlp.gate_proj.weight"].T) * (x @ sd[pre + "mlp.up_proj.weight"].T)) @ sd[
+                pre + "mlp.down_proj.weight"
+            ].T
             x = _rms(x + m, sd[pre + "post_attention_layernorm.weight"])
         ref = _rms(x, sd["model.norm.weight"]) @ sd["lm_head.weight"].T
     torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
@@ -323,8 +348,21 @@ def test_tiny_run_writes_metrics_and_a_loadable_model(tmp_path):
     res = train(cfg, tmp_path / "run", progress=False)
     assert [m["step"] for m in res.metrics] == [0, 2, 4]
     for m in res.metrics:
-        for key in ("step", "val_loss", "sink_rate", "sink_rate_eps0.1", "sink_rate_eps0.2", "mean_alpha1", "sink_rates",
-                    "sink_star", "sink_mass", "value_norm_ratio", "resid_norm_ratio", "max_abs_sink", "max_abs_rest"):
+        for key in (
+            "step",
+            "val_loss",
+            "sink_rate",
+            "sink_rate_eps0.1",
+            "sink_rate_eps0.2",
+            "mean_alpha1",
+            "sink_rates",
+            "sink_star",
+            "sink_mass",
+            "value_norm_ratio",
+            "resid_norm_ratio",
+            "max_abs_sink",
+            "max_abs_rest",
+        ):
             assert key in m, key
     assert res.metrics[-1]["val_loss"] < res.metrics[0]["val_loss"]
     lab = load_trained(res.model_dir)

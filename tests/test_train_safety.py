@@ -21,15 +21,50 @@ T = 12
 
 
 def tiny(**over):
-    kw = dict(seq_len=T, d_model=32, n_heads=2, d_mlp=64, n_layers=2, steps=4, eval_every=2, ckpt_every=2,
-              batch_size=4, eval_batches=1, probe_n=4, warmup=1, bb_vocab=12, bb_source="random")
+    kw = dict(
+        seq_len=T,
+        d_model=32,
+        n_heads=2,
+        d_mlp=64,
+        n_layers=2,
+        steps=4,
+        eval_every=2,
+        ckpt_every=2,
+        batch_size=4,
+        eval_batches=1,
+        probe_n=4,
+        warmup=1,
+        bb_vocab=12,
+        bb_source="random",
+    )
     kw.update(over)
     return preset("bb-softmax", **kw)
 
 
-SMALL = ["--set", "d_model=32", "--set", "n_heads=2", "--set", "d_mlp=64", "--set", "seq_len=12", "--set", "batch_size=4",
-         "--set", "eval_batches=1", "--set", "probe_n=4", "--set", "eval_every=2", "--set", "bb_vocab=12",
-         "--set", "bb_source=random", "--set", "warmup=1"]
+SMALL = [
+    "--set",
+    "d_model=32",
+    "--set",
+    "n_heads=2",
+    "--set",
+    "d_mlp=64",
+    "--set",
+    "seq_len=12",
+    "--set",
+    "batch_size=4",
+    "--set",
+    "eval_batches=1",
+    "--set",
+    "probe_n=4",
+    "--set",
+    "eval_every=2",
+    "--set",
+    "bb_vocab=12",
+    "--set",
+    "bb_source=random",
+    "--set",
+    "warmup=1",
+]
 
 
 def snapshot(d):
@@ -143,8 +178,10 @@ def test_lock_is_released_on_errors_and_a_dead_holder_blocks_nothing(tmp_path):
     fd = os.open(d / LOCK, os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
     os.close(fd)
-    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
-            "os.write(fd, b'1'); print('locked', flush=True); time.sleep(60)")
+    code = (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+        "os.write(fd, b'1'); print('locked', flush=True); time.sleep(60)"
+    )
     p = subprocess.Popen([sys.executable, "-c", code, str(d / LOCK)], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "locked"
@@ -280,17 +317,20 @@ def test_cli_extend(tmp_path, capsys):
 # --------------------------------------------------------------------------- --set and --list
 
 
-@pytest.mark.parametrize("item,words", [
-    ("lr=abc", ["TrainConfig.lr", "number", "e.g. lr="]),
-    ("betas=5", ["TrainConfig.betas", "pair", "[0.9,0.95]"]),
-    ("betas=[0.9,2]", ["TrainConfig.betas", "[0, 1)"]),
-    ("steps=1.5", ["TrainConfig.steps", "integer"]),
-    ("window=wide", ["TrainConfig.window", "integer or None"]),
-    ("intra_doc=1", ["TrainConfig.intra_doc", "true or false"]),
-    ("kernal=relu", ["unknown TrainConfig fields", "did you mean 'kernel'"]),
-    ("lr", ["KEY=VALUE"]),
-    ("lr=NaN", ["TrainConfig.lr", "finite"]),
-])
+@pytest.mark.parametrize(
+    "item,words",
+    [
+        ("lr=abc", ["TrainConfig.lr", "number", "e.g. lr="]),
+        ("betas=5", ["TrainConfig.betas", "pair", "[0.9,0.95]"]),
+        ("betas=[0.9,2]", ["TrainConfig.betas", "[0, 1)"]),
+        ("steps=1.5", ["TrainConfig.steps", "integer"]),
+        ("window=wide", ["TrainConfig.window", "integer or None"]),
+        ("intra_doc=1", ["TrainConfig.intra_doc", "true or false"]),
+        ("kernal=relu", ["unknown TrainConfig fields", "did you mean 'kernel'"]),
+        ("lr", ["KEY=VALUE"]),
+        ("lr=NaN", ["TrainConfig.lr", "finite"]),
+    ],
+)
 def test_bad_set_values_give_one_line(tmp_path, capsys, item, words):
     out = tmp_path / "never"
     assert main(["train", "--preset", "bb-softmax", "--set", item, "--out", str(out)]) == 2

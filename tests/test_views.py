@@ -118,7 +118,7 @@ def test_bundle_is_inlined_once_however_many_widgets():
 
 def test_pages_reference_nothing_on_the_network():
     html = concat(attention_view(causal(2, 4), list("abcd")), training_curves([{"step": 1, "val_loss": 2.0}])).to_html()
-    assert not re.findall(r'<(?:script|link|img|iframe)[^>]+(?:src|href)=', html)
+    assert not re.findall(r"<(?:script|link|img|iframe)[^>]+(?:src|href)=", html)
     assert "unpkg.com" not in html and "cdn.jsdelivr" not in html
     assert "Content-Security-Policy" in html and "default-src 'none'" in html
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
@@ -255,14 +255,18 @@ def test_key_manifold_pca_matches_an_independent_eigendecomposition():
 
 
 def test_effect_bars_and_training_curves(tmp_path):
-    df = pd.DataFrame({"intervention": ["none", "zero sink V", "mask sink"], "delta_loss": [0.0, 0.75, -0.1], "Sink_1": [72.0, 70.0, 0.0]})
+    df = pd.DataFrame(
+        {"intervention": ["none", "zero sink V", "mask sink"], "delta_loss": [0.0, 0.75, -0.1], "Sink_1": [72.0, 70.0, 0.0]}
+    )
     html = effect_bars(df)._repr_html_()
     bars = re.findall(r'<rect class="si-bar"[^>]*data-value="([^"]+)"', html)
     assert [float(b) for b in bars] == [0.0, 0.75, -0.1, 72.0, 70.0, 0.0]
     with pytest.raises(ValueError, match="not columns"):
         effect_bars(df, values=["loss"])
     path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps({"step": s, "val_loss": 4 - s / 100, "sink_rate": s / 10}) + "\n" for s in range(0, 500, 100)))
+    path.write_text(
+        "".join(json.dumps({"step": s, "val_loss": 4 - s / 100, "sink_rate": s / 10}) + "\n" for s in range(0, 500, 100))
+    )
     v = training_curves(path, y=("val_loss", "sink_rate", "alpha_1"))
     html = v._repr_html_()
     assert html.count('class="si-line"') == 2 and "Not in the metrics: alpha_1" in html
@@ -341,7 +345,10 @@ def test_cli_report_tiny(tmp_path, capsys):
     from sink_interp.cli import main
 
     out = tmp_path / "r.html"
-    assert main(["report", "--model", "tiny-mha", "--data", "random", "--n", "4", "--length", "16", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(["report", "--model", "tiny-mha", "--data", "random", "--n", "4", "--length", "16", "--out", str(out), "--quiet"])
+        == 0
+    )
     text = out.read_text(encoding="utf-8")
     assert "Attention-sink report: tiny-mha" in text and text.count(BUNDLE_MARK) == 1
     assert "sink-interp report --model tiny-mha" in text
@@ -393,14 +400,25 @@ class EffectReport:
     n, length, model = 4, 16, "m"
 
     def to_frame(self):
-        return pd.DataFrame({"label": ["clean", "mask"], "loss": [3.0, 3.5], "delta_loss": [0.0, 0.5], "kl": [0.0, 0.2], "Sink_1": [70.0, 0.0], "score": ["softmax"] * 2})
+        return pd.DataFrame(
+            {
+                "label": ["clean", "mask"],
+                "loss": [3.0, 3.5],
+                "delta_loss": [0.0, 0.5],
+                "kl": [0.0, 0.2],
+                "Sink_1": [70.0, 0.0],
+                "score": ["softmax"] * 2,
+            }
+        )
 
 
 class TrainResult:
     config = {"name": "bb-softmax"}
 
     def to_frame(self):
-        return pd.DataFrame({"step": [0, 10, 20], "val_loss": [5.0, 4.0, 3.5], "sink_rate": [0.0, 10.0, 40.0], "mean_alpha1": [0.1, 0.2, 0.4]})
+        return pd.DataFrame(
+            {"step": [0, 10, 20], "val_loss": [5.0, 4.0, 3.5], "sink_rate": [0.0, 10.0, 40.0], "mean_alpha1": [0.1, 0.2, 0.4]}
+        )
 
 
 def test_massive_report_adapter_rebuilds_dim_maxima_from_top_k():
@@ -439,7 +457,15 @@ def test_effect_and_training_adapters():
 def test_numbers_print_without_exponents_below_a_million_and_titles_fit():
     from sink_interp.views._svg import fmt
 
-    assert [fmt(100, 2), fmt(250, 2), fmt(99.6, 2), fmt(12345), fmt(0.25), fmt(2e-5, 2), fmt(3e6)] == ["100", "250", "100", "12,345", "0.25", "2e-05", "3e+06"]
+    assert [fmt(100, 2), fmt(250, 2), fmt(99.6, 2), fmt(12345), fmt(0.25), fmt(2e-5, 2), fmt(3e6)] == [
+        "100",
+        "250",
+        "100",
+        "12,345",
+        "0.25",
+        "2e-05",
+        "3e+06",
+    ]
     html = head_heatmap(np.array([[100.0, 50.0]]), value_name="Sink_1 (% of inputs)")._repr_html_()
     assert "e+02" not in html and ">100<" in html
     width = float(re.search(r'<svg[^>]*width="([0-9.]+)"', html).group(1))

@@ -34,9 +34,6 @@ from transformers import AttentionInterface, AutoModelForCausalLM
 
 from sink_interp import (
     AttentionKernel,
-    fit_bias,
-    long_context_sinks,
-    streaming_ppl,
     KVBias,
     MaskKey,
     ScaleAttention,
@@ -44,13 +41,16 @@ from sink_interp import (
     StreamingWindow,
     ZeroValue,
     describe_attention,
+    fit_bias,
     hook_snapshot,
     intervene,
     load_model,
+    long_context_sinks,
     massive_activations,
     measure_sinks,
     model_info,
     probe_tokens,
+    streaming_ppl,
     trace_sink,
 )
 from sink_interp.lse import LSE_MIN_LENGTH
@@ -64,8 +64,8 @@ ATOL = 1e-4
 DOC = Path(__file__).resolve().parents[1] / "docs" / "support.md"
 RECORD: dict[str, dict[str, str]] = {family: {} for family in FAMILIES}
 COLUMNS = {
-    "pattern": "sink scores, `method=\"pattern\"`",
-    "lse": "sink scores, `method=\"lse\"`",
+    "pattern": 'sink scores, `method="pattern"`',
+    "lse": 'sink scores, `method="lse"`',
     "auto": f"default method at T = {LSE_MIN_LENGTH}",
     "massive": "`massive_activations`",
     "trace": "`trace_sink`",
@@ -141,8 +141,16 @@ def test_description_rebuilds_hf_eager_attention_from_q_and_k(zoo, family):
         q, k = la.final_qk(got[la.q_hook], got[la.k_hook])
         A = la.pattern(q.transpose(1, 2), k.transpose(1, 2))
         torch.testing.assert_close(A, ref[la.layer].float(), atol=ATOL, rtol=0)
-    expected_windows = {"mistral": [WINDOW] * 2, "mixtral": [WINDOW] * 2, "phi3": [WINDOW] * 2, "qwen2": [None, WINDOW],
-                        "gemma2": [WINDOW, None], "gemma3": [WINDOW, None], "gpt_oss": [WINDOW, None], "gpt_neo": [None, WINDOW]}
+    expected_windows = {
+        "mistral": [WINDOW] * 2,
+        "mixtral": [WINDOW] * 2,
+        "phi3": [WINDOW] * 2,
+        "qwen2": [None, WINDOW],
+        "gemma2": [WINDOW, None],
+        "gemma3": [WINDOW, None],
+        "gpt_oss": [WINDOW, None],
+        "gpt_neo": [None, WINDOW],
+    }
     assert spec.windows == expected_windows.get(family, [None, None])
 
 
@@ -165,7 +173,13 @@ def test_sink_scores_by_every_method_equal_hf_eager(zoo, family):
     np.testing.assert_allclose(best.alpha, ref, atol=ATOL)
     np.testing.assert_allclose(best.row_sum, pattern.row_sum, atol=ATOL)  # < 1 with gpt-oss's sink logits
     info = best.extra["lse"]
-    record(family, "lse", "exact (fused engine)" if info["engine"] == "fused" else f"exact (hooks engine; not fused: {_short(info['why_not_fused'])})")
+    record(
+        family,
+        "lse",
+        "exact (fused engine)"
+        if info["engine"] == "fused"
+        else f"exact (hooks engine; not fused: {_short(info['why_not_fused'])})",
+    )
     assert hook_snapshot(bridge) == before
 
 
@@ -297,8 +311,9 @@ def test_mask_key_equals_hf_with_the_first_token_padded_and_restores_the_model(z
 _REF: dict = {}
 
 
-def _reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                         sliding_window=None, softcap=None, s_aux=None, **kwargs):
+def _reference_attention(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None, softcap=None, s_aux=None, **kwargs
+):
     """HF's attention written out from the arguments HF passes, with the case's edit applied."""
     H, G = query.shape[1], key.shape[1]
     k = key.repeat_interleave(H // G, dim=1).float()
@@ -409,8 +424,10 @@ OUTSIDE_INTERFACE = {"falcon", "bloom", "gpt_neo"}  # HF computes their attentio
 def _skip_outside_interface(family):
     if family in OUTSIDE_INTERFACE:
         record(family, "interventions", "MaskKey only (HF attention outside transformers' interface)")
-        pytest.skip(f"HF's {family} attention does not run through transformers' AttentionInterface; "
-                    "MaskKey is checked against HF's own masking instead")
+        pytest.skip(
+            f"HF's {family} attention does not run through transformers' AttentionInterface; "
+            "MaskKey is checked against HF's own masking instead"
+        )
 
 
 @pytest.mark.parametrize("family", FAMILIES)

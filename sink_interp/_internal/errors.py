@@ -20,8 +20,7 @@ def require(module: str, pip_name: str | None = None, purpose: str = "") -> Any:
     except ImportError as e:  # pragma: no cover - exercised by tests with monkeypatch
         what = f" for {purpose}" if purpose else ""
         raise MissingDependencyError(
-            f"the optional dependency '{module}' is needed{what} but is not installed; "
-            f"fix: pip install {pip_name or module}"
+            f"the optional dependency '{module}' is needed{what} but is not installed; fix: pip install {pip_name or module}"
         ) from e
 
 
@@ -64,8 +63,7 @@ def check_tokens(tokens: Any, d_vocab: int | None = None, min_length: int = 2, n
         raise ValueError(f"{name} is empty (batch size 0); pass at least one sample")
     if tokens.shape[1] < min_length:
         raise ValueError(
-            f"{name} has length {tokens.shape[1]}; the sink score needs at least {min_length} positions "
-            f"(length >= {min_length})"
+            f"{name} has length {tokens.shape[1]}; the sink score needs at least {min_length} positions (length >= {min_length})"
         )
     if d_vocab is not None:
         lo, hi = int(tokens.min()), int(tokens.max())

@@ -40,7 +40,9 @@ def check_writable(path: str | os.PathLike[str], name: str = "path") -> Path:
     """
     p = Path(path).expanduser()
     if p.is_dir():
-        raise ValueError(f"{name}: {str(path)!r} is a folder; fix: give a file name inside it, e.g. {p / ('out' + (p.suffix or '.json'))}")
+        raise ValueError(
+            f"{name}: {str(path)!r} is a folder; fix: give a file name inside it, e.g. {p / ('out' + (p.suffix or '.json'))}"
+        )
     if p.exists() and not p.is_file():
         raise ValueError(f"{name}: {str(path)!r} exists and is not a regular file; fix: choose another path")
     parent = p.parent

@@ -128,7 +128,18 @@ class TrainConfig:
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("seq_len", "n_layers", "d_model", "n_heads", "d_mlp", "batch_size", "eval_every", "eval_batches", "probe_n", "ckpt_every"):
+        for name in (
+            "seq_len",
+            "n_layers",
+            "d_model",
+            "n_heads",
+            "d_mlp",
+            "batch_size",
+            "eval_every",
+            "eval_batches",
+            "probe_n",
+            "ckpt_every",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
@@ -150,11 +161,21 @@ class TrainConfig:
         if self.kernel == "relu" and (self.k_bias or self.sink_logit):
             raise ValueError("k_bias / sink_logit are extra attention columns, not available with kernel='relu'")
         if self.v_bias in ("zero", "e1", "ones") and not self.k_bias:
-            raise ValueError(f"v_bias={self.v_bias!r} is the value of the K-bias column; fix: k_bias=True (or v_bias='learn' for a V bias only)")
-        norms = {"softmax": ("auto", "sum"), "softpick": ("auto", "sum"), "sigmoid": ("auto", "none", "sum"),
-                 "elu": ("auto", "none", "sum"), "linear": ("auto", "none", "max1"), "relu": ("auto", "none", "sum", "length")}
+            raise ValueError(
+                f"v_bias={self.v_bias!r} is the value of the K-bias column; fix: k_bias=True (or v_bias='learn' for a V bias only)"
+            )
+        norms = {
+            "softmax": ("auto", "sum"),
+            "softpick": ("auto", "sum"),
+            "sigmoid": ("auto", "none", "sum"),
+            "elu": ("auto", "none", "sum"),
+            "linear": ("auto", "none", "max1"),
+            "relu": ("auto", "none", "sum", "length"),
+        }
         if self.attn_norm not in norms[self.kernel]:
-            raise ValueError(f"attn_norm={self.attn_norm!r} is not available for kernel={self.kernel!r}; choose one of {norms[self.kernel]}")
+            raise ValueError(
+                f"attn_norm={self.attn_norm!r} is not available for kernel={self.kernel!r}; choose one of {norms[self.kernel]}"
+            )
         if self.softmax_alpha != 1.0 and self.softmax_p != 1.0:
             raise ValueError("choose one of softmax_alpha and softmax_p")
         if (self.softmax_alpha != 1.0 or self.softmax_p != 1.0) and self.kernel != "softmax":
@@ -191,7 +212,9 @@ class TrainConfig:
             ok, value = _coerce(kind, v)
             if not ok:
                 what = _KIND_WORDS.get(kind, kind) + (" or None" if optional else "")
-                raise ValueError(f"TrainConfig.{f.name} must be {what}, got {v!r} ({type(v).__name__}); e.g. {f.name}={_example(f.name, kind, f.default)}")
+                raise ValueError(
+                    f"TrainConfig.{f.name} must be {what}, got {v!r} ({type(v).__name__}); e.g. {f.name}={_example(f.name, kind, f.default)}"
+                )
             if value is not v:
                 object.__setattr__(self, f.name, value)
 
@@ -205,7 +228,9 @@ class TrainConfig:
         """The row normaliser actually used: the kernel's own for ``"auto"``."""
         if self.attn_norm != "auto":
             return self.attn_norm
-        return {"softmax": "sum", "softpick": "sum", "sigmoid": "none", "elu": "none", "relu": "none", "linear": "none"}[self.kernel]
+        return {"softmax": "sum", "softpick": "sum", "sigmoid": "none", "elu": "none", "relu": "none", "linear": "none"}[
+            self.kernel
+        ]
 
     @property
     def metric_score(self) -> str:
@@ -229,7 +254,7 @@ class TrainConfig:
         """1-indexed position of the first data token (2 with a learnable sink token)."""
         return 2 if self.sink_token else 1
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated)."""
         _check_known(changes)
         return replace(self, **changes)
@@ -240,7 +265,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         if not isinstance(d, dict):
             raise ValueError(f"a TrainConfig dict is a JSON object of fields, got {type(d).__name__}")
         _check_known(d)
@@ -304,7 +329,9 @@ def _check_known(d: dict[str, Any]) -> None:
     if unknown:
         hints = {u: difflib.get_close_matches(u, known, n=1) for u in unknown}
         hint = "; ".join(f"{u!r}: did you mean {h[0]!r}?" for u, h in hints.items() if h)
-        raise ValueError(f"unknown TrainConfig fields {unknown}" + (f" ({hint})" if hint else "") + f"; known: {', '.join(known)}")
+        raise ValueError(
+            f"unknown TrainConfig fields {unknown}" + (f" ({hint})" if hint else "") + f"; known: {', '.join(known)}"
+        )
 
 
 def _coerce(kind: str, v: Any) -> tuple[bool, Any]:
@@ -409,8 +436,14 @@ def _p(base: dict[str, Any], **kw: Any) -> dict[str, Any]:
 #: Named presets: name -> (description, fields). ``bb-*`` and ``text-*`` run on a CPU in minutes.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "bb-softmax": ("BB task, softmax attention: the default; a BOS sink with a value drain emerges", _p(_BB)),
-    "bb-sigmoid-nonorm": ("BB, sigmoid attention without the row normaliser (paper: no sink)", _p(_BB, kernel="sigmoid", attn_norm="none")),
-    "bb-sigmoid-norm": ("BB, sigmoid attention with the normaliser (paper: the sink comes back)", _p(_BB, kernel="sigmoid", attn_norm="sum")),
+    "bb-sigmoid-nonorm": (
+        "BB, sigmoid attention without the row normaliser (paper: no sink)",
+        _p(_BB, kernel="sigmoid", attn_norm="none"),
+    ),
+    "bb-sigmoid-norm": (
+        "BB, sigmoid attention with the normaliser (paper: the sink comes back)",
+        _p(_BB, kernel="sigmoid", attn_norm="sum"),
+    ),
     "bb-elu-nonorm": ("BB, elu+1 attention without the normaliser", _p(_BB, kernel="elu", attn_norm="none")),
     "bb-elu-norm": ("BB, elu+1 attention with the normaliser", _p(_BB, kernel="elu", attn_norm="sum")),
     "bb-softpick": ("BB, softpick (Zuhri et al. 2025): rectified softmax", _p(_BB, kernel="softpick")),
@@ -432,8 +465,14 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "text-softmax": ("natural text (shipped corpus, BPE 2048), random windows, softmax", _p(_TEXT)),
     "text-fixed-bos": ("natural text with a fixed BOS at position 1", _p(_TEXT, bos="fixed")),
     "text-sigmoid-nonorm": ("natural text, sigmoid attention without normaliser", _p(_TEXT, kernel="sigmoid", attn_norm="none")),
-    "gpu-text-softmax": ("the paper's 60M recipe (10 x 768, ctx 2048, lr 4e-4, wd 0.1); needs a large JSONL corpus (text_corpus)", _p(_GPU)),
-    "gpu-text-sigmoid-nonorm": ("the paper's recipe with sigmoid attention without normaliser", _p(_GPU, kernel="sigmoid", attn_norm="none")),
+    "gpu-text-softmax": (
+        "the paper's 60M recipe (10 x 768, ctx 2048, lr 4e-4, wd 0.1); needs a large JSONL corpus (text_corpus)",
+        _p(_GPU),
+    ),
+    "gpu-text-sigmoid-nonorm": (
+        "the paper's recipe with sigmoid attention without normaliser",
+        _p(_GPU, kernel="sigmoid", attn_norm="none"),
+    ),
 }
 
 

@@ -45,13 +45,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..architecture import describe_attention
 from .._internal import hooknames
+from ..architecture import describe_attention
 from .config import TrainConfig
 
 PROXY_EPS = 1e-8  # official normaliser epsilon (model_attn_sim.py)
 
-_RUNTIMES: "weakref.WeakKeyDictionary[nn.Module, KnobRuntime]" = weakref.WeakKeyDictionary()
+_RUNTIMES: weakref.WeakKeyDictionary[nn.Module, KnobRuntime] = weakref.WeakKeyDictionary()
 
 
 def alibi_slopes(n_heads: int) -> Tensor:
@@ -206,9 +206,7 @@ class KnobRuntime:
         self.extra_column = c.k_bias or c.sink_logit
         self.custom_mask = bool(c.prefix or c.window is not None or c.intra_doc)
         self.recompute = bool(c.prefix)  # unmasking needs the raw scores
-        self.replace_pattern = (
-            c.kernel != "softmax" or self.extra_column or c.softmax_alpha != 1.0 or c.softmax_p != 1.0
-        )
+        self.replace_pattern = c.kernel != "softmax" or self.extra_column or c.softmax_alpha != 1.0 or c.softmax_p != 1.0
         self.attention_active = self.replace_pattern or self.custom_mask or c.pos == "alibi" or c.v_bias == "learn"
         self._kernel_fn = kernel_for(c)
 
@@ -276,7 +274,7 @@ class KnobRuntime:
                 ]
         return out
 
-    def attach(self) -> "KnobRuntime":
+    def attach(self) -> KnobRuntime:
         points = self.bridge.hook_dict
         for name, fn in self.hooks():
             hp = points[name]

@@ -276,7 +276,9 @@ def _check_resume(ran: dict[str, Any], cfg: TrainConfig, done: int, *, extend: b
     diff = _diff(ran, cfg.to_dict())
     if not diff:
         return
-    desc = ", ".join(f"{k} {ran.get(k)!r} -> {getattr(cfg, k, None)!r}" for k in diff[:5]) + (f" and {len(diff) - 5} more" if len(diff) > 5 else "")
+    desc = ", ".join(f"{k} {ran.get(k)!r} -> {getattr(cfg, k, None)!r}" for k in diff[:5]) + (
+        f" and {len(diff) - 5} more" if len(diff) > 5 else ""
+    )
     if diff != ["steps"]:
         hint = "; extend changes only steps" if extend and "steps" in diff else ""
         raise ValueError(
@@ -309,7 +311,9 @@ def _clear_run(out: Path) -> None:
 
 
 def _refuse(path: Path, why: str) -> ValueError:
-    return ValueError(f"{path} {why}; nothing in it was run; fix: resume=False (--fresh) to start afresh, or choose another out_dir")
+    return ValueError(
+        f"{path} {why}; nothing in it was run; fix: resume=False (--fresh) to start afresh, or choose another out_dir"
+    )
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -326,8 +330,18 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise _refuse(path, f"is not a checkpoint that loads with weights_only=True ({type(e).__name__})") from None
     if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
         fmt = ck.get("format") if isinstance(ck, dict) else None
-        raise _refuse(path, f"is not a format-{CKPT_FORMAT} sink_interp checkpoint (format {fmt!r}; format 1 came from an older version)")
-    kinds = {"step": int, "config_json": str, "model": dict, "optimizer": dict, "sampler_json": str, "torch_rng": torch.Tensor, "loss_acc": list}
+        raise _refuse(
+            path, f"is not a format-{CKPT_FORMAT} sink_interp checkpoint (format {fmt!r}; format 1 came from an older version)"
+        )
+    kinds = {
+        "step": int,
+        "config_json": str,
+        "model": dict,
+        "optimizer": dict,
+        "sampler_json": str,
+        "torch_rng": torch.Tensor,
+        "loss_acc": list,
+    }
     bad = [k for k, t in kinds.items() if not isinstance(ck.get(k), t)]
     if bad:
         raise _refuse(path, f"is damaged (missing or wrong {', '.join(bad)})")
@@ -416,7 +430,9 @@ class TrainResult:
         e = html.escape
         cols = ["step", "val_loss", "sink_rate", "mean_alpha1", "value_norm_ratio", "resid_norm_ratio"]
         rows = "".join(
-            "<tr>" + "".join(f"<td>{m.get(c, ''):.4g}</td>" if isinstance(m.get(c), float) else f"<td>{m.get(c, '')}</td>" for c in cols) + "</tr>"
+            "<tr>"
+            + "".join(f"<td>{m.get(c, ''):.4g}</td>" if isinstance(m.get(c), float) else f"<td>{m.get(c, '')}</td>" for c in cols)
+            + "</tr>"
             for m in self.metrics
         )
         head = "".join(f"<th>{c}</th>" for c in cols)
@@ -505,7 +521,9 @@ def train(
         return _train(cfg, out, ck, device=device, progress=progress, stop_at=stop_at)
 
 
-def _train(cfg: TrainConfig, out: Path, ck: dict[str, Any] | None, *, device: Any, progress: bool, stop_at: int | None) -> TrainResult:
+def _train(
+    cfg: TrainConfig, out: Path, ck: dict[str, Any] | None, *, device: Any, progress: bool, stop_at: int | None
+) -> TrainResult:
     task = make_task(cfg)
     lab = build_model(cfg, task.d_vocab, task.tokenizer(), device=device)
     dev = next(lab.bridge.parameters()).device
@@ -535,8 +553,16 @@ def _train(cfg: TrainConfig, out: Path, ck: dict[str, Any] | None, *, device: An
         write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
     write_atomic(
         out / CONFIG,
-        dumps({"sink_interp_run": RUN_FORMAT, "train_config": cfg.to_dict(), "task": task.describe(), "n_params": lab.n_params(),
-               "versions": versions(), "fingerprint": cfg.fingerprint()}),
+        dumps(
+            {
+                "sink_interp_run": RUN_FORMAT,
+                "train_config": cfg.to_dict(),
+                "task": task.describe(),
+                "n_params": lab.n_params(),
+                "versions": versions(),
+                "fingerprint": cfg.fingerprint(),
+            }
+        ),
     )
 
     def evaluate(step: int) -> dict[str, Any]:
@@ -607,13 +633,22 @@ def _train(cfg: TrainConfig, out: Path, ck: dict[str, Any] | None, *, device: An
             loss_acc[1] += 1
             bar.update(1)
             if not math.isfinite(loss_acc[0]):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}; fix: lower lr (now {cfg.lr}) or check the kernel")
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at step {step}; fix: lower lr (now {cfg.lr}) or check the kernel"
+                )
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 m = evaluate(step)
                 append(m, metrics_path)
                 loss_acc = [0.0, 0]
                 now = time.time()
-                append({"step": step, "wall_s": round(now - t0, 3), "tokens_per_s": round((step - step_last) * cfg.batch_size * cfg.seq_len / max(now - t_last, 1e-9), 1)}, out / TIMING)
+                append(
+                    {
+                        "step": step,
+                        "wall_s": round(now - t0, 3),
+                        "tokens_per_s": round((step - step_last) * cfg.batch_size * cfg.seq_len / max(now - t_last, 1e-9), 1),
+                    },
+                    out / TIMING,
+                )
                 t_last, step_last = now, step
                 bar.set_postfix(loss=f"{m['val_loss']:.3f}", sink=f"{m['sink_rate']:.1f}%")
             if step % cfg.ckpt_every == 0 or step == cfg.steps:

@@ -34,7 +34,7 @@ MARKER = "sink_interp_train.json"
 FORMAT_VERSION = 1
 NORM_EPS = 1e-5  # TinyLlama / official lit_gpt configs
 
-_LABS: "weakref.WeakKeyDictionary[nn.Module, LabModel]" = weakref.WeakKeyDictionary()
+_LABS: weakref.WeakKeyDictionary[nn.Module, LabModel] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -238,8 +238,18 @@ def save_trained(lab: LabModel, path: str | os.PathLike[str], extra: dict[str, A
 
 
 #: Files a Hugging Face ``save_pretrained`` of a model and tokenizer may write, besides :data:`MARKER` and ``sink_knobs.pt``.
-_HF_FILES = ("config.json", "generation_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-             "merges.txt", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "chat_template*")
+_HF_FILES = (
+    "config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "tokenizer*",
+    "chat_template*",
+)
 
 
 def replace_problem(path: str | os.PathLike[str], written: set[str] | frozenset[str] = frozenset()) -> str | None:
@@ -262,8 +272,11 @@ def replace_problem(path: str | os.PathLike[str], written: set[str] | frozenset[
     if not (path / MARKER).is_file():
         return f"is not a model directory sink_interp wrote (no {MARKER})"
     ours = set(written) | {MARKER, "sink_knobs.pt"}
-    foreign = [n for n in names if (path / n).is_dir() or (path / n).is_symlink()
-               or not (n in ours or any(fnmatch.fnmatch(n, pat) for pat in _HF_FILES))]
+    foreign = [
+        n
+        for n in names
+        if (path / n).is_dir() or (path / n).is_symlink() or not (n in ours or any(fnmatch.fnmatch(n, pat) for pat in _HF_FILES))
+    ]
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         return f"holds {shown}, which a save does not write"
@@ -290,7 +303,9 @@ def load_trained(path: str | os.PathLike[str], device: str | torch.device | None
 
     p = Path(path).expanduser()
     if not is_trained_dir(p):
-        raise FileNotFoundError(f"{p} is not a trained sink_interp model directory (no {MARKER}); train one with sink-interp train")
+        raise FileNotFoundError(
+            f"{p} is not a trained sink_interp model directory (no {MARKER}); train one with sink-interp train"
+        )
     meta = json.loads((p / MARKER).read_text())
     cfg = TrainConfig.from_dict(meta["train_config"])
     tok = AutoTokenizer.from_pretrained(str(p))

@@ -89,7 +89,9 @@ def run_all(
     else:
         for d, c in todo:
             _train_one((c.to_dict(), d, device, threads, progress))
-    return {label: Run(label, cfg, str(run_dir(root, cfg)), tuple(read_metrics(run_dir(root, cfg)))) for label, cfg in configs.items()}
+    return {
+        label: Run(label, cfg, str(run_dir(root, cfg)), tuple(read_metrics(run_dir(root, cfg)))) for label, cfg in configs.items()
+    }
 
 
 def _finished(d: Path, cfg: TrainConfig) -> bool:
@@ -266,7 +268,9 @@ def _j_wd(r: dict[str, Run]) -> Verdict:
         ours="; ".join(f"wd {w:g}: {m['sink_rate']:.1f}% (loss {m['val_loss']:.3f})" for w, m in rows),
         agree=bool(rises and falls) if (rises or falls) else False,
         numbers={"weight_decay": wds, "sink_rate": sinks, "val_loss": [m["val_loss"] for _, m in rows]},
-        note=("rises then falls" if rises and falls else "falls at large wd only" if falls else "rises only" if rises else "flat"),
+        note=(
+            "rises then falls" if rises and falls else "falls at large wd only" if falls else "rises only" if rises else "flat"
+        ),
     )
 
 
@@ -397,7 +401,10 @@ def _cfgs_lr(s: str) -> dict[str, TrainConfig]:
 
 def _cfgs_wd(s: str) -> dict[str, TrainConfig]:
     b = _base(s)
-    out = {f"wd{w:g}": (b if w == b.weight_decay else _v(b, f"wd{w:g}", weight_decay=w)) for w in (0.0, b.weight_decay, 0.02, 0.1, 0.5, 2.0, 5.0)}
+    out = {
+        f"wd{w:g}": (b if w == b.weight_decay else _v(b, f"wd{w:g}", weight_decay=w))
+        for w in (0.0, b.weight_decay, 0.02, 0.1, 0.5, 2.0, 5.0)
+    }
     return out
 
 
@@ -423,7 +430,10 @@ def _cfgs_kbias(s: str) -> dict[str, TrainConfig]:
 
 def _cfgs_sigmoid(s: str) -> dict[str, TrainConfig]:
     b = _base(s)
-    return {"sigmoid_nonorm": _v(b, "sigmoid-nonorm", kernel="sigmoid", attn_norm="none"), "sigmoid_norm": _v(b, "sigmoid-norm", kernel="sigmoid", attn_norm="sum")}
+    return {
+        "sigmoid_nonorm": _v(b, "sigmoid-nonorm", kernel="sigmoid", attn_norm="none"),
+        "sigmoid_norm": _v(b, "sigmoid-norm", kernel="sigmoid", attn_norm="sum"),
+    }
 
 
 def _cfgs_softpick(s: str) -> dict[str, TrainConfig]:
@@ -447,19 +457,89 @@ def _cfgs_relu_sgd(s: str) -> dict[str, TrainConfig]:
 FINDINGS: dict[str, Finding] = {
     f.name: f
     for f in [
-        Finding("emergence", "attention sink emerges with training steps", "Sink_1 grows with steps (lr 8e-4: 23.4% at 10k, 32.2% at 20k steps)", _cfgs_emergence, _j_emergence),
-        Finding("lr", "a smaller learning rate weakens the sink", "20k steps: lr 8e-4 32.2%, 4e-4 18.2%, 2e-4 11.2%, 1e-4 2.9%", _cfgs_lr, _j_lr),
-        Finding("weight_decay", "weight decay: more sink up to a point, then none", "wd 0: 15.2%, 0.1: 18.2%, 0.5: 41.1%, 1: 37.7%, 2: 6.1%, 5: 0.01%", _cfgs_wd, _j_wd),
-        Finding("fixed_token", "a fixed token at position p becomes the sink", "fixed at 1/2/3: Sink_1 74.1% / Sink_2 69.0% / Sink_3 69.6%, other positions ~0%", _cfgs_fixed, _j_fixed),
-        Finding("prefix", "prefix LM moves the sink into the prefix", "the sink shifts from position 1 to positions within the prefix", _cfgs_prefix, _j_prefix),
-        Finding("window", "a small sliding window prevents the sink", "small windows mitigate the sink; it sits on the absolute, not the relative, first token", _cfgs_window, _j_window, extra=lambda r: {"window": window_stats(r["window"])}),
-        Finding("kbias", "a learnable K bias with v*=0 takes the sink's role", "Sink_* 73.34%, Sink_1 0.00% (softmax: Sink_1 18.18%)", _cfgs_kbias, _j_kbias),
-        Finding("sigmoid", "sigmoid without normaliser: no sink, no massive activation; with normaliser they return", "no sink and no massive activations up to 1B without normaliser; sink back with it", _cfgs_sigmoid, _j_sigmoid,
-                extra=lambda r: {"nonorm_raw": raw_stats(r["sigmoid_nonorm"])}),
-        Finding("softpick", "softpick: no sink", "softpick: sink rate 0%, no massive activations (Zuhri et al. 2025)", _cfgs_softpick, _j_softpick, source="Zuhri et al. 2025"),
-        Finding("bos_packing", "a fixed BOS makes the model depend on it", "causal + fixed BOS: 90.84% / loss 2.69 with BOS, 0.05% / 7.56 without; causal, no BOS: 65.10% / 2.69 vs 65.15% / 2.70", _cfgs_bos, _j_bos, source="Barbero et al. 2025 (slides)",
-                extra=lambda r: {"fixed_bos": bos_dependence(r["fixed_bos"]), "no_bos": bos_dependence(r["no_bos"])}),
-        Finding("relu_sgd", "ReLU attention or SGD mitigates the sink", "BB task: ReLU attention or SGD removes sinks, value drains and residual peaks", _cfgs_relu_sgd, _j_relu_sgd, source="Guo et al. 2024"),
+        Finding(
+            "emergence",
+            "attention sink emerges with training steps",
+            "Sink_1 grows with steps (lr 8e-4: 23.4% at 10k, 32.2% at 20k steps)",
+            _cfgs_emergence,
+            _j_emergence,
+        ),
+        Finding(
+            "lr",
+            "a smaller learning rate weakens the sink",
+            "20k steps: lr 8e-4 32.2%, 4e-4 18.2%, 2e-4 11.2%, 1e-4 2.9%",
+            _cfgs_lr,
+            _j_lr,
+        ),
+        Finding(
+            "weight_decay",
+            "weight decay: more sink up to a point, then none",
+            "wd 0: 15.2%, 0.1: 18.2%, 0.5: 41.1%, 1: 37.7%, 2: 6.1%, 5: 0.01%",
+            _cfgs_wd,
+            _j_wd,
+        ),
+        Finding(
+            "fixed_token",
+            "a fixed token at position p becomes the sink",
+            "fixed at 1/2/3: Sink_1 74.1% / Sink_2 69.0% / Sink_3 69.6%, other positions ~0%",
+            _cfgs_fixed,
+            _j_fixed,
+        ),
+        Finding(
+            "prefix",
+            "prefix LM moves the sink into the prefix",
+            "the sink shifts from position 1 to positions within the prefix",
+            _cfgs_prefix,
+            _j_prefix,
+        ),
+        Finding(
+            "window",
+            "a small sliding window prevents the sink",
+            "small windows mitigate the sink; it sits on the absolute, not the relative, first token",
+            _cfgs_window,
+            _j_window,
+            extra=lambda r: {"window": window_stats(r["window"])},
+        ),
+        Finding(
+            "kbias",
+            "a learnable K bias with v*=0 takes the sink's role",
+            "Sink_* 73.34%, Sink_1 0.00% (softmax: Sink_1 18.18%)",
+            _cfgs_kbias,
+            _j_kbias,
+        ),
+        Finding(
+            "sigmoid",
+            "sigmoid without normaliser: no sink, no massive activation; with normaliser they return",
+            "no sink and no massive activations up to 1B without normaliser; sink back with it",
+            _cfgs_sigmoid,
+            _j_sigmoid,
+            extra=lambda r: {"nonorm_raw": raw_stats(r["sigmoid_nonorm"])},
+        ),
+        Finding(
+            "softpick",
+            "softpick: no sink",
+            "softpick: sink rate 0%, no massive activations (Zuhri et al. 2025)",
+            _cfgs_softpick,
+            _j_softpick,
+            source="Zuhri et al. 2025",
+        ),
+        Finding(
+            "bos_packing",
+            "a fixed BOS makes the model depend on it",
+            "causal + fixed BOS: 90.84% / loss 2.69 with BOS, 0.05% / 7.56 without; causal, no BOS: 65.10% / 2.69 vs 65.15% / 2.70",
+            _cfgs_bos,
+            _j_bos,
+            source="Barbero et al. 2025 (slides)",
+            extra=lambda r: {"fixed_bos": bos_dependence(r["fixed_bos"]), "no_bos": bos_dependence(r["no_bos"])},
+        ),
+        Finding(
+            "relu_sgd",
+            "ReLU attention or SGD mitigates the sink",
+            "BB task: ReLU attention or SGD removes sinks, value drains and residual peaks",
+            _cfgs_relu_sgd,
+            _j_relu_sgd,
+            source="Guo et al. 2024",
+        ),
     ]
 }
 
@@ -489,7 +569,9 @@ class ReproTable:
     versions: dict[str, str]
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([{"finding": r.finding, "paper": r.paper, "ours": r.ours, "agree": r.agree, "source": r.source} for r in self.rows])
+        return pd.DataFrame(
+            [{"finding": r.finding, "paper": r.paper, "ours": r.ours, "agree": r.agree, "source": r.source} for r in self.rows]
+        )
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -549,10 +631,10 @@ def _curves(path: Path, runs: dict[str, Run], title: str) -> str | None:
         W, H = 420, 220
 
         def sx(x: float) -> float:
-            return 40 + (x - x0) / max(x1 - x0, 1e-9) * (W - 60)
+            return 40 + (x - x0) / max(x1 - x0, 1e-9) * (W - 60)  # noqa: B023 - used within the iteration
 
         def sy(y: float) -> float:
-            return H - 30 - (y - y0) / (y1 - y0) * (H - 50)
+            return H - 30 - (y - y0) / (y1 - y0) * (H - 50)  # noqa: B023 - used within the iteration
 
         lines = "".join(
             f'<polyline fill="none" stroke="{colors[i % len(colors)]}" stroke-width="2" points="'
@@ -561,14 +643,18 @@ def _curves(path: Path, runs: dict[str, Run], title: str) -> str | None:
             for i, (lab, p) in enumerate(pts)
         )
         legend = "".join(
-            f'<text x="{W - 150}" y="{15 + 14 * i}" fill="{colors[i % len(colors)]}" font-size="11">{html.escape(lab)}</text>' for i, (lab, _) in enumerate(pts)
+            f'<text x="{W - 150}" y="{15 + 14 * i}" fill="{colors[i % len(colors)]}" font-size="11">{html.escape(lab)}</text>'
+            for i, (lab, _) in enumerate(pts)
         )
         axes = (
             f'<text x="40" y="{H - 8}" font-size="11">step {x0}..{x1}</text>'
             f'<text x="2" y="14" font-size="11">{key} {y0:.3g}..{y1:.3g}</text>'
         )
         panels.append(f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}">{axes}{lines}{legend}</svg>')
-    write_atomic(path, f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><h3>{html.escape(title)}</h3>{''.join(panels)}")
+    write_atomic(
+        path,
+        f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><h3>{html.escape(title)}</h3>{''.join(panels)}",
+    )
     return str(path)
 
 
@@ -607,7 +693,15 @@ def reproduce(
         if overrides:
             cfgs = {k: c.replace(**overrides) for k, c in cfgs.items()}
         if steps is not None:
-            cfgs = {k: c.replace(steps=steps, eval_every=max(1, min(c.eval_every, steps)), ckpt_every=max(1, min(c.ckpt_every, steps)), warmup=min(c.warmup, steps // 2)) for k, c in cfgs.items()}
+            cfgs = {
+                k: c.replace(
+                    steps=steps,
+                    eval_every=max(1, min(c.eval_every, steps)),
+                    ckpt_every=max(1, min(c.ckpt_every, steps)),
+                    warmup=min(c.warmup, steps // 2),
+                )
+                for k, c in cfgs.items()
+            }
         plan[n] = cfgs
     claim_dir(root, _is_reproduce_root, "reproduce output")  # refuse before writing anything
     root.mkdir(parents=True, exist_ok=True)
@@ -618,8 +712,17 @@ def reproduce(
         return _reproduce(names, plan, root, scale=scale, device=device, threads=threads, jobs=jobs, progress=progress)
 
 
-def _reproduce(names: list[str], plan: dict[str, dict[str, TrainConfig]], root: Path, *, scale: str, device: str,
-               threads: int | None, jobs: int, progress: bool) -> ReproTable:
+def _reproduce(
+    names: list[str],
+    plan: dict[str, dict[str, TrainConfig]],
+    root: Path,
+    *,
+    scale: str,
+    device: str,
+    threads: int | None,
+    jobs: int,
+    progress: bool,
+) -> ReproTable:
     everything = {f"{n}/{k}": c for n, cfgs in plan.items() for k, c in cfgs.items()}
     run_all(everything, root, device=device, threads=threads, jobs=jobs, progress=progress)
     rows = []

@@ -321,10 +321,10 @@ class View:
         head, body, tail = self._assets_and_body()
         page_title = esc(title or self.title or "sink_interp")
         return (
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width,initial-scale=1">'
             # belt and braces: the page may load nothing from the network
-            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+            '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
             "script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; img-src data: blob:; font-src data:\">"
             f"<title>{page_title}</title>{head}</head>"
             f'<body style="margin:0;background:#f6f6f8"><div class="si-root" style="max-width:1180px;margin:0 auto;padding:12px 20px">'
@@ -364,7 +364,9 @@ def section(title: str, intro: str | None = None, parts: Iterable[Part] = (), *,
     return View([head, *parts], figure=False, kind="section")
 
 
-def html_table(rows: list[dict[str, Any]], columns: list[str] | None = None, *, fmt: dict[str, str] | None = None, cls: str = "si-table") -> str:
+def html_table(
+    rows: list[dict[str, Any]], columns: list[str] | None = None, *, fmt: dict[str, str] | None = None, cls: str = "si-table"
+) -> str:
     """A small escaped HTML table from a list of dicts."""
     if not rows:
         return '<p class="si-note">(empty table)</p>'

@@ -111,7 +111,18 @@ def _svg(width: float, height: float, inner: str, label: str) -> str:
     )
 
 
-def _t(x: float, y: float, s: str, *, size: int = 11, anchor: str = "middle", rotate: float | None = None, fill: str = "#333", weight: str | None = None, cls: str | None = None) -> str:
+def _t(
+    x: float,
+    y: float,
+    s: str,
+    *,
+    size: int = 11,
+    anchor: str = "middle",
+    rotate: float | None = None,
+    fill: str = "#333",
+    weight: str | None = None,
+    cls: str | None = None,
+) -> str:
     tr = f' transform="rotate({rotate:.0f} {x:.1f} {y:.1f})"' if rotate else ""
     w = f' font-weight="{weight}"' if weight else ""
     c = f' class="{cls}"' if cls else ""
@@ -124,7 +135,9 @@ def _colorbar(x: float, y: float, h: float, vmin: float, vmax: float, palette: S
     for i in range(n):
         t0 = i / n
         yy = y + h - (i + 1) * h / n
-        parts.append(f'<rect x="{x:.1f}" y="{yy:.1f}" width="12" height="{h / n + 0.6:.2f}" fill="{color(t0 + 0.5 / n, palette)}"/>')
+        parts.append(
+            f'<rect x="{x:.1f}" y="{yy:.1f}" width="12" height="{h / n + 0.6:.2f}" fill="{color(t0 + 0.5 / n, palette)}"/>'
+        )
     parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="12" height="{h:.1f}" fill="none" stroke="#999" stroke-width="0.5"/>')
     sc = Scale(vmin, vmax, y + h, y, log=log)
     if log:
@@ -217,7 +230,11 @@ def heatmap_svg(
                 f'data-row="{i}" data-col="{j}" data-value="{fmt(x, 6)}"{extra}><title>{esc(tip)}</title></rect>'
             )
             if show_values and math.isfinite(x):
-                out.append(_t(xx + cw / 2, yy + ch / 2 + 3.5, fmt(x, 2), size=9, fill=text_color(fill)).replace("<text", '<text pointer-events="none"'))
+                out.append(
+                    _t(xx + cw / 2, yy + ch / 2 + 3.5, fmt(x, 2), size=9, fill=text_color(fill)).replace(
+                        "<text", '<text pointer-events="none"'
+                    )
+                )
     for j in highlight_cols:
         if 0 <= j < C:
             out.append(
@@ -287,7 +304,22 @@ def scatter_svg(
     return _svg(width, height, "".join(out), f"scatter of {ylabel} against {xlabel}")
 
 
-def _axes(sx: Scale, sy: Scale, left: float, top: float, pw: float, ph: float, x0: float, x1: float, y0: float, y1: float, xlabel: str, ylabel: str, height: float, ylog: bool = False) -> str:
+def _axes(
+    sx: Scale,
+    sy: Scale,
+    left: float,
+    top: float,
+    pw: float,
+    ph: float,
+    x0: float,
+    x1: float,
+    y0: float,
+    y1: float,
+    xlabel: str,
+    ylabel: str,
+    height: float,
+    ylog: bool = False,
+) -> str:
     out = [f'<rect x="{left}" y="{top}" width="{pw:.1f}" height="{ph:.1f}" fill="#fcfcfd" stroke="#bbb" stroke-width="0.8"/>']
     for t in nice_ticks(x0, x1, 5):
         if x0 <= t <= x1:
@@ -414,11 +446,11 @@ def lines_svg(
         step = max(1, len(pts) // 200)
         for (px, py), a, b in list(zip(pts, x[m], y[m]))[::step]:
             tip = (f"{name}: " if multi else "") + f"{xlabel} {fmt(a, 6)}, {ylabel} {fmt(b, 4)}"
-            out.append(
-                f'<circle class="si-pt" cx="{px:.1f}" cy="{py:.1f}" r="2.6" fill="{c}"><title>{esc(tip)}</title></circle>'
-            )
+            out.append(f'<circle class="si-pt" cx="{px:.1f}" cy="{py:.1f}" r="2.6" fill="{c}"><title>{esc(tip)}</title></circle>')
         if multi:
             ly = top + 12 + 16 * k
-            out.append(f'<line x1="{left + pw + 10:.1f}" x2="{left + pw + 26:.1f}" y1="{ly - 4:.1f}" y2="{ly - 4:.1f}" stroke="{c}" stroke-width="2.5"/>')
+            out.append(
+                f'<line x1="{left + pw + 10:.1f}" x2="{left + pw + 26:.1f}" y1="{ly - 4:.1f}" y2="{ly - 4:.1f}" stroke="{c}" stroke-width="2.5"/>'
+            )
             out.append(_t(left + pw + 30, ly, _clip(str(name), 44), size=11, anchor="start"))
     return _svg(width, height, "".join(out), f"line chart of {ylabel} against {xlabel}")

@@ -132,7 +132,10 @@ def attention_view(
         names = [f"L{layer}H{h}" for h in heads]
         causal = bool(np.allclose(np.triu(p, 1), 0.0))
         strip_tips = [
-            [f"layer {layer}, head {h}, key {k} {toks[k]!r}: α = {fmt(alpha[h, k])} (mean over {T - k} queries)" for k in range(T)]
+            [
+                f"layer {layer}, head {h}, key {k} {toks[k]!r}: α = {fmt(alpha[h, k])} (mean over {T - k} queries)"
+                for k in range(T)
+            ]
             for h in range(H)
         ]
         strip = heatmap_svg(

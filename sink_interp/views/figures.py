@@ -139,7 +139,10 @@ def _outline_cells(svg: str, cells: Sequence[tuple[int, int]]) -> str:
 
     add = []
     for i, j in cells:
-        m = re.search(rf'<rect class="si-cell" x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"[^>]*data-row="{i}" data-col="{j}"', svg)
+        m = re.search(
+            rf'<rect class="si-cell" x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"[^>]*data-row="{i}" data-col="{j}"',
+            svg,
+        )
         if m:
             add.append(
                 f'<rect x="{m.group(1)}" y="{m.group(2)}" width="{m.group(3)}" height="{m.group(4)}" fill="none" '
@@ -232,7 +235,13 @@ def massive_activation_view(
         if len(toks) != T:
             raise ValueError(f"tokens has {len(toks)} entries but token_max has {T} positions")
         col_labels = [f"{p} {t!s}".rstrip() if tokens is not None else str(p) for p, t in enumerate(toks)]
-        ttips = [[tip(i, tm[i, p], f"token {p} {toks[p]!r}" if tokens is not None else f"position {p}", token_value_name) for p in range(T)] for i in range(L)]
+        ttips = [
+            [
+                tip(i, tm[i, p], f"token {p} {toks[p]!r}" if tokens is not None else f"position {p}", token_value_name)
+                for p in range(T)
+            ]
+            for i in range(L)
+        ]
         same = token_value_name == "max |x|"
         tpos = tm[tm > 0]
         tlo, thi = (lo, hi) if same else ((float(tpos.min()), float(tpos.max())) if tpos.size else (1e-3, 1.0))
@@ -360,7 +369,10 @@ def key_manifold_view(
     keep = np.concatenate([others, idx[s]])
     norms = np.linalg.norm(k, axis=1)
     groups = [1 if s[i] else 0 for i in keep]
-    tips = [f"{labels[i]}: PC1 {fmt(coords[i, 0])}, PC2 {fmt(coords[i, 1])}" + ("" if projected else f", ‖k‖ {fmt(norms[i])}") for i in keep]
+    tips = [
+        f"{labels[i]}: PC1 {fmt(coords[i, 0])}, PC2 {fmt(coords[i, 1])}" + ("" if projected else f", ‖k‖ {fmt(norms[i])}")
+        for i in keep
+    ]
     svg = scatter_svg(
         coords[keep, 0],
         coords[keep, 1],
@@ -385,7 +397,11 @@ def key_manifold_view(
             rows.append(r)
     note = "" if others.size == (~s).sum() else f'<p class="si-note">{others.size} of {(~s).sum()} other-token keys drawn.</p>'
     return View(
-        [svg, html_table(rows, fmt={"mean ‖k‖": ".2f", "mean PC1": ".2f", "mean PC2": ".2f", "mean cos(k, mean other key)": ".3f"}), note],
+        [
+            svg,
+            html_table(rows, fmt={"mean ‖k‖": ".2f", "mean PC1": ".2f", "mean PC2": ".2f", "mean cos(k, mean other key)": ".3f"}),
+            note,
+        ],
         title=title or (f"Key manifold of {head}" if head else "Key manifold"),
         caption=caption
         or "Keys projected on their two main principal components: if the sink token's keys (red) sit apart from "
@@ -434,7 +450,9 @@ def effect_bars(
     if label not in df.columns:
         raise ValueError(f"label column {label!r} not in the table; columns: {list(df.columns)}")
     if values is None:
-        values = [c for c in df.columns if c != label and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
+        values = [
+            c for c in df.columns if c != label and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+        ]
     missing = [c for c in values if c not in df.columns]
     if missing:
         raise ValueError(f"values {missing} are not columns of the table; columns: {list(df.columns)}")
@@ -465,7 +483,9 @@ def read_metrics(metrics: Any) -> pd.DataFrame:
     if isinstance(metrics, (str, Path)):
         p = Path(metrics).expanduser()
         if not p.is_file():
-            raise FileNotFoundError(f"metrics file {str(metrics)!r} does not exist (expected a metrics.jsonl written by training)")
+            raise FileNotFoundError(
+                f"metrics file {str(metrics)!r} does not exist (expected a metrics.jsonl written by training)"
+            )
         rows = []
         with p.open(encoding="utf-8") as f:
             for i, line in enumerate(f, start=1):
@@ -596,7 +616,7 @@ def trace_chain_view(
             return f'<div title="{esc(docs.get(k, ""))}"><span class="si-note">{esc(k)}</span> <b>{esc(txt)}</b></div>'
 
         rest = "".join(line(k) for k in numbers if k not in show)
-        more = f"<details><summary class=\"si-note\">all numbers</summary>{rest}</details>" if rest else ""
+        more = f'<details><summary class="si-note">all numbers</summary>{rest}</details>' if rest else ""
         arrow = '<div class="si-arrow">→</div>' if i < len(links) - 1 else ""
         boxes.append(
             f'<div class="si-link" data-link="{esc(name)}"><h4>{esc(name)}</h4>'

@@ -44,7 +44,15 @@ def layer_rate_view(report: Any, k: int = 1, eps: float | None = None) -> View:
     e = report.eps if eps is None else eps
     labels = [f"layer {l}" for l in report.layers]
     tips = [f"layer {l}: Sink_{k} = {r:.1f}% of (sample, head) pairs have α_{k} > {e}" for l, r in zip(report.layers, rates)]
-    svg = bars_svg(labels, rates, value_label=f"Sink_{k} (%)", tips=tips, bar_h=11 if len(labels) > 16 else 16, width=440, domain=(0.0, 100.0))
+    svg = bars_svg(
+        labels,
+        rates,
+        value_label=f"Sink_{k} (%)",
+        tips=tips,
+        bar_h=11 if len(labels) > 16 else 16,
+        width=440,
+        domain=(0.0, 100.0),
+    )
     return View(
         [svg],
         title=f"Sink_{k} per layer",
@@ -108,7 +116,9 @@ def sink_report_view(report: Any, k: int = 1, top: int = 10) -> View:
         f"Sink_{k} = percent of (sample, layer, head) triples that are.",
         kind="sink-summary",
     )
-    return View([head, '<div class="si-row si-figrow">', heat, layer_rate_view(report, k), "</div>"], figure=False, kind="sink-report")
+    return View(
+        [head, '<div class="si-row si-figrow">', heat, layer_rate_view(report, k), "</div>"], figure=False, kind="sink-report"
+    )
 
 
 def sink_report_html(report: Any) -> str:
@@ -170,9 +180,11 @@ class ReportContext:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def _collect_details(model: Any, tokens: torch.Tensor, report: Any, sample: int, n_detail: int, n_layers_shown: int) -> dict[str, Any]:
-    from ..capture import Keep, run_reducers
+def _collect_details(
+    model: Any, tokens: torch.Tensor, report: Any, sample: int, n_detail: int, n_layers_shown: int
+) -> dict[str, Any]:
     from ..architecture import describe_attention
+    from ..capture import Keep, run_reducers
 
     table = report.head_table(1)
     top_heads = [(int(r.layer), int(r.head)) for r in table.head(8).itertuples()]
@@ -333,7 +345,9 @@ def _trace_section(ctx: ReportContext) -> View | None:
         view = trace_report_view(rep, massive=False, keys=False)  # both are in section 3 already
     except Exception as e:  # the report still renders; the box says what failed
         return pending(TRACE_TITLE, what, f"trace_sink(layer={layer}, head={head})", "trace", error=f"{type(e).__name__}: {e}")
-    return section(TRACE_TITLE, f"Traced at the strongest sink head L{layer}H{head} on the first {n} inputs.", [view], anchor="trace")
+    return section(
+        TRACE_TITLE, f"Traced at the strongest sink head L{layer}H{head} on the first {n} inputs.", [view], anchor="trace"
+    )
 
 
 def _effects_section(ctx: ReportContext) -> View | None:
@@ -379,12 +393,30 @@ def _provenance_section(ctx: ReportContext) -> View:
     mi = r.model_info
     probe = (r.extra or {}).get("probe", {}) if isinstance(r.extra, dict) else {}
     rows = [
-        {"what": "model", "value": f"{r.model} ({mi.get('n_layers')} layers × {mi.get('n_heads')} heads, {mi.get('n_kv_heads')} KV heads, d_model {mi.get('d_model')}, {mi.get('positional', mi.get('positions', ''))})"},
-        {"what": "data", "value": f"{r.data}: {r.n} inputs × {r.length} tokens" + (f", seed {probe.get('seed')}" if probe.get("seed") is not None else "")},
-        {"what": "BOS", "value": "first token is BOS" if r.bos else ("no BOS (the model sees the text only)" if r.bos is False else "unknown")},
-        {"what": "metric", "value": f"α_k = mean over t ≥ k of A[t, k] (Gu et al.); sink head when α_k > eps = {r.eps}; score {r.score}"},
+        {
+            "what": "model",
+            "value": f"{r.model} ({mi.get('n_layers')} layers × {mi.get('n_heads')} heads, {mi.get('n_kv_heads')} KV heads, d_model {mi.get('d_model')}, {mi.get('positional', mi.get('positions', ''))})",
+        },
+        {
+            "what": "data",
+            "value": f"{r.data}: {r.n} inputs × {r.length} tokens"
+            + (f", seed {probe.get('seed')}" if probe.get("seed") is not None else ""),
+        },
+        {
+            "what": "BOS",
+            "value": "first token is BOS"
+            if r.bos
+            else ("no BOS (the model sees the text only)" if r.bos is False else "unknown"),
+        },
+        {
+            "what": "metric",
+            "value": f"α_k = mean over t ≥ k of A[t, k] (Gu et al.); sink head when α_k > eps = {r.eps}; score {r.score}",
+        },
         {"what": "dtype / device", "value": f"{r.dtype} / {r.device}"},
-        {"what": "details", "value": f"attention of input {ctx.sample}; massive activations and keys over the first {ctx.extras.get('n_detail', '?')} inputs"},
+        {
+            "what": "details",
+            "value": f"attention of input {ctx.sample}; massive activations and keys over the first {ctx.extras.get('n_detail', '?')} inputs",
+        },
         {"what": "timings", "value": ", ".join(f"{k} {v:.1f} s" for k, v in ctx.timings.items())},
     ]
     if ctx.command:
@@ -396,7 +428,14 @@ def _provenance_section(ctx: ReportContext) -> View:
     return section(
         "6. How this report was produced",
         None,
-        [View([html_table(rows, cls="si-table si-meta")], title="Provenance", caption="Model, data, BOS policy, threshold and versions: each changes the numbers.", kind="provenance")],
+        [
+            View(
+                [html_table(rows, cls="si-table si-meta")],
+                title="Provenance",
+                caption="Model, data, BOS policy, threshold and versions: each changes the numbers.",
+                kind="provenance",
+            )
+        ],
         anchor="provenance",
     )
 
@@ -490,12 +529,19 @@ def layout_report(ctx: ReportContext, sections: Sequence[Callable[[ReportContext
     r = ctx.report
     toc = " · ".join(
         f'<a href="#{a}">{esc(t)}</a>'
-        for a, t in (("summary", "summary"), ("heads", "top heads"), ("massive", "massive activations"), ("trace", "trace"), ("effects", "interventions"), ("provenance", "provenance"))
+        for a, t in (
+            ("summary", "summary"),
+            ("heads", "top heads"),
+            ("massive", "massive activations"),
+            ("trace", "trace"),
+            ("effects", "interventions"),
+            ("provenance", "provenance"),
+        )
     )
     header = (
         f'<header><h1 style="font-size:24px;margin:6px 0 2px 0">Attention-sink report: {esc(r.model)}</h1>'
         f'<p class="si-intro">{esc(r.data)}, {r.n} inputs × {r.length} tokens, BOS {"yes" if r.bos else "no"}, eps {r.eps}. '
-        f'Sink_1 = <b>{r.rate(1):.1f}%</b>. Made with sink_interp {esc(r.versions.get("sink_interp", ""))}; works offline.</p>'
+        f"Sink_1 = <b>{r.rate(1):.1f}%</b>. Made with sink_interp {esc(r.versions.get('sink_interp', ''))}; works offline.</p>"
         f'<nav class="si-note">{toc}</nav></header>'
     )
     page = View([header, *parts], figure=False, kind="report", title=f"Sink report: {r.model}")
