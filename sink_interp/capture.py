@@ -137,8 +137,7 @@ def attach_hooks(
         for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
             for name, fn in pairs:
                 hp = hook_point(model, name, points)
-                handle = hp.add_hook(fn, dir=direction, prepend=prepend)
-                added.append((hp, handle, direction))
+                added.append((hp, _add_hook(hp, fn, direction, prepend), direction))
         yield
     finally:
         for hp, handle, direction in reversed(added):
@@ -148,6 +147,25 @@ def attach_hooks(
                 if h is handle:
                     del visible[i]
                     break
+
+
+def _add_hook(hp: Any, fn: HookFn, direction: str, prepend: bool) -> Any:
+    """Add ``fn`` to the hook point and return its ``LensHandle``, found in the hook point's own list.
+
+    TransformerLens 4 returns the handle from ``add_hook``; older versions returned nothing, so the
+    handle is taken as the one entry of ``fwd_hooks``/``bwd_hooks`` that was not there before.
+    """
+    visible = hp.fwd_hooks if direction == "fwd" else hp.bwd_hooks
+    before = {id(h) for h in visible}
+    returned = hp.add_hook(fn, dir=direction, prepend=prepend)
+    new = [h for h in visible if id(h) not in before]
+    if len(new) == 1:
+        return new[0]
+    if returned is not None and hasattr(returned, "hook"):
+        return returned
+    raise RuntimeError(
+        f"could not find the hook just added to {hp.name}; TransformerLens's HookPoint changed"
+    )  # pragma: no cover
 
 
 # --------------------------------------------------------------------------- reducers
