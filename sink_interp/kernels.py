@@ -36,7 +36,7 @@ separately: ``softmax([x*, x]) [v*; V]`` is
 All kernels compute in float32 and return the dtype of ``scores``; they are
 differentiable. :func:`attention` runs a whole head from ``q``, ``k``, ``v``
 (any kernel, causal mask, GQA, key/value biases, sink logits, a feature map)
-for model code that wants the same formulas outside hooks (issue 6 reuses it).
+for model code that wants the same formulas outside hooks (the training laboratory uses it).
 
 Example:
     >>> import torch

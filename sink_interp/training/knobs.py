@@ -24,9 +24,9 @@ code (``sail-sg/Attention-Sink``: ``model_attn_sim.py``, ``model_kv_bias.py``,
 ``model_prefix.py``, ``model_window.py``, ``model_postln.py``).
 
 Every kernel formula (softmax with virtual K-bias / sink-logit columns,
-scaled and p-norm softmax, sigmoid, elu+1, softpick, linear) is issue 4's
+scaled and p-norm softmax, sigmoid, elu+1, softpick, linear) comes from
 :mod:`sink_interp.kernels`; only Guo et al.'s ReLU attention is computed here.
-Issue 4's interventions (``AttentionKernel``, ``KVBias``, ``SinkLogit``)
+The interventions (``AttentionKernel``, ``KVBias``, ``SinkLogit``)
 graft the same operations onto pretrained models inside context managers;
 training needs them permanently attached, with parameters owned by the model
 (:class:`KnobParams`, saved with the weights) and composed with prefix /
@@ -382,7 +382,7 @@ class KnobRuntime:
         return fn
 
     def _kernel(self, s: Tensor, allowed: Tensor, layer: int) -> tuple[Tensor, Tensor | None]:
-        """Attention weights of the config's kernel (issue 4's :mod:`sink_interp.kernels`), and the
+        """Attention weights of the config's kernel (:mod:`sink_interp.kernels`), and the
         weight of the K-bias column when there is one."""
         c = self.cfg
         b, H, T, _ = s.shape
@@ -394,7 +394,7 @@ class KnobRuntime:
         if c.sink_logit:
             extras.append(self.params.sink_logit[layer].to(s.dtype)[None, :, None, None].expand(b, H, T, 1))
         extra = torch.cat(extras, -1) if extras else None
-        if c.kernel == "relu":  # Guo et al.'s ReLU attention (not among issue 4's kernels)
+        if c.kernel == "relu":  # Guo et al.'s ReLU attention (not among sink_interp.kernels)
             a = torch.where(allowed, F.relu(s.float()), torch.zeros((), device=s.device))
             norm = c.resolved_attn_norm
             if norm == "sum":
