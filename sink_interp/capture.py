@@ -61,10 +61,6 @@ def hook_point(model: Any, name: str, points: dict[str, Any] | None = None) -> A
     return hp
 
 
-def has_hook_point(model: Any, name: str) -> bool:
-    return name in model.hook_dict
-
-
 def user_hooks(model: Any, names: Iterable[str] | None = None) -> list[str]:
     """Hook points (of ``names``, default all) carrying hooks someone added: the bridge's own permanent hooks
     (some adapters install them at load time) do not count."""

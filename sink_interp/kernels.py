@@ -263,18 +263,6 @@ def kernel_fn(name: str, **params: Any) -> Callable[[Scores, Optional[Mask], Opt
     return bound
 
 
-def is_normalised(name: str, **params: Any) -> bool:
-    """Whether the kernel's rows sum to 1 over the keys (softmax, normalised sigmoid/elu1)."""
-    key = ALIASES.get(name, name)
-    if key == "softmax":
-        return True
-    if key in ("sigmoid", "elu1"):
-        return bool(params.get("normalise", False))
-    if key == "scaled":
-        return float(params.get("alpha", 1.0)) == 1.0
-    return False
-
-
 def causal_mask(
     q_len: int, k_len: int | None = None, device: Any = None, window: int | None = None, sinks: int = 0
 ) -> Bool[Tensor, "q k"]:

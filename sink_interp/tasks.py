@@ -41,7 +41,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -520,15 +519,3 @@ class Sampler:
     def fixed_batches(self, n_batches: int, batch_size: int) -> list[Batch]:
         """``n_batches`` batches drawn now (a fixed evaluation set)."""
         return [self.sample(batch_size) for _ in range(n_batches)]
-
-
-def corpus_info(path: str | Path) -> dict[str, Any]:
-    """Number of documents and characters of a JSONL corpus."""
-    from .data import read_jsonl_texts
-
-    texts = read_jsonl_texts(path)
-    return {"docs": len(texts), "chars": sum(len(t) for t in texts), "path": str(path)}
-
-
-def dumps_describe(task: BigramBackcopy | TextCorpus) -> str:
-    return json.dumps(task.describe(), sort_keys=True)
