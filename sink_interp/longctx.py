@@ -38,6 +38,7 @@ import pandas as pd
 from jaxtyping import Float
 from torch import Tensor
 
+from ._internal import display
 from ._internal.errors import check_eps
 from ._internal.provenance import dumps, versions, write_atomic
 from .architecture import check_model_tokens
@@ -185,9 +186,7 @@ class LongContextReport:
 
     def _repr_html_(self) -> str:
         """The figure of :func:`sink_interp.views.view_for` above the table of numbers."""
-        from .views import view_for
-
-        return view_for(self)._repr_html_() + self._table_html()
+        return display.html_of(self, fallback=lambda: "") + self._table_html()
 
     def _table_html(self) -> str:
         e = html.escape

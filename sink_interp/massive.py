@@ -42,7 +42,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ._internal import hooknames
+from ._internal import display, hooknames
 from ._internal.errors import check_positive_int
 from ._internal.provenance import dumps, versions, write_atomic
 from .architecture import check_model_tokens, describe_attention
@@ -524,9 +524,7 @@ class MassiveReport:
 
     def _repr_html_(self) -> str:
         """The figure of :func:`sink_interp.views.view_for` above the table of numbers."""
-        from .views import view_for
-
-        return view_for(self)._repr_html_() + self._table_html()
+        return display.html_of(self, fallback=lambda: "") + self._table_html()
 
     def _table_html(self) -> str:
         e = html.escape

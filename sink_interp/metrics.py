@@ -37,7 +37,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ._internal import hooknames
+from ._internal import display, hooknames
 from ._internal.errors import check_eps
 from ._internal.provenance import dumps, versions, write_atomic
 from .architecture import check_model_tokens, describe_attention
@@ -364,13 +364,8 @@ class SinkReport:
         )
 
     def _repr_html_(self) -> str:
-        try:
-            from .views import sink_report_html  # richer view when available
-        except ImportError:
-            sink_report_html = None
-        if sink_report_html is not None:
-            return sink_report_html(self)
-        return self._summary_html()
+        """The view of :func:`sink_interp.views.view_for` (a plain summary table when no view is registered)."""
+        return display.html_of(self, fallback=self._summary_html)
 
     def _summary_html(self) -> str:
         e = html.escape

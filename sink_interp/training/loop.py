@@ -43,6 +43,7 @@ from typing import Any, Iterator
 import pandas as pd
 import torch
 
+from .._internal import display
 from .._internal.provenance import dumps, versions, write_atomic
 from ..tasks import BigramBackcopy, Sampler, TextCorpus
 from .config import TrainConfig, preset  # noqa: F401  (preset: used by the docstring example)
@@ -422,10 +423,8 @@ class TrainResult:
 
     def _repr_html_(self) -> str:
         try:
-            from ..views import view_for  # training curves (issue 5's views)
-
-            return view_for(self)._repr_html_()
-        except Exception:  # views not installed or unable to draw: a plain table
+            return display.html_of(self)  # training curves
+        except Exception:  # no view registered or unable to draw: a plain table
             pass
         e = html.escape
         cols = ["step", "val_loss", "sink_rate", "mean_alpha1", "value_norm_ratio", "resid_norm_ratio"]

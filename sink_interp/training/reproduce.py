@@ -4,8 +4,7 @@
 needs (shared runs are trained once: run directories are named by the config
 fingerprint and resume), evaluates them, and writes ``reproduce.json`` and
 ``reproduce.md`` (finding, the paper's number or direction, ours, agree?) plus
-training curves (``curves/<finding>.html`` with :mod:`sink_interp.views` when it
-is installed, else a small SVG).
+training curves (``curves/<finding>.html``, drawn by :mod:`sink_interp.views`).
 
 At ``scale="cpu"`` every finding runs on the Bigram-Backcopy task (see
 :mod:`sink_interp.tasks`): natural text at CPU scale shows no sink (DESIGN
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._internal import display
 from .._internal.provenance import dumps, versions, write_atomic
 from .config import TrainConfig, preset
 from .loop import LOCK, _run_config, claim_dir, dir_lock, make_sampler, make_task, read_metrics, train
@@ -609,52 +609,20 @@ class ReproTable:
         return f"<table><tr><th>finding</th><th>paper</th><th>ours</th><th>agree?</th></tr>{rows}</table>"
 
 
+@dataclass(frozen=True)
+class FindingCurves:
+    """The training curves of one finding's runs: ``{run label: metrics rows}``, drawn by the view registered for this class."""
+
+    title: str
+    metrics: dict[str, list[dict[str, Any]]]
+
+
 def _curves(path: Path, runs: dict[str, Run], title: str) -> str | None:
-    """Sink_1 / val_loss curves of a finding's runs as an HTML file; None when nothing could be drawn."""
-    metrics = {label: list(run.metrics) for label, run in runs.items()}
-    try:
-        from ..views import training_curves  # issue 5's views, when installed
-
-        v = training_curves(metrics, y=("sink_rate", "val_loss", "mean_alpha1"), title=title)
-        v.save(path)
-        return str(path)
-    except ImportError:
-        pass
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-    panels = []
-    for key in ("sink_rate", "val_loss"):
-        pts = [(lab, [(m["step"], m.get(key)) for m in ms if m.get(key) is not None]) for lab, ms in metrics.items()]
-        xs = [x for _, p in pts for x, _ in p] or [0]
-        ys = [y for _, p in pts for _, y in p] or [0]
-        x0, x1, y0, y1 = min(xs), max(xs) or 1, min(ys), max(ys)
-        y1 = y1 if y1 > y0 else y0 + 1
-        W, H = 420, 220
-
-        def sx(x: float) -> float:
-            return 40 + (x - x0) / max(x1 - x0, 1e-9) * (W - 60)  # noqa: B023 - used within the iteration
-
-        def sy(y: float) -> float:
-            return H - 30 - (y - y0) / (y1 - y0) * (H - 50)  # noqa: B023 - used within the iteration
-
-        lines = "".join(
-            f'<polyline fill="none" stroke="{colors[i % len(colors)]}" stroke-width="2" points="'
-            + " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in p)
-            + f'"><title>{html.escape(lab)}</title></polyline>'
-            for i, (lab, p) in enumerate(pts)
-        )
-        legend = "".join(
-            f'<text x="{W - 150}" y="{15 + 14 * i}" fill="{colors[i % len(colors)]}" font-size="11">{html.escape(lab)}</text>'
-            for i, (lab, _) in enumerate(pts)
-        )
-        axes = (
-            f'<text x="40" y="{H - 8}" font-size="11">step {x0}..{x1}</text>'
-            f'<text x="2" y="14" font-size="11">{key} {y0:.3g}..{y1:.3g}</text>'
-        )
-        panels.append(f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}">{axes}{lines}{legend}</svg>')
-    write_atomic(
-        path,
-        f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><h3>{html.escape(title)}</h3>{''.join(panels)}",
-    )
+    """Sink_1 / val_loss curves of a finding's runs as a standalone HTML file; None when no view is registered."""
+    curves = FindingCurves(title, {label: list(run.metrics) for label, run in runs.items()})
+    if display.view_fn(curves) is None:
+        return None
+    display.view_of(curves).save(path)
     return str(path)
 
 

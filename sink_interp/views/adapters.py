@@ -1,13 +1,15 @@
 """``view_for(result)``: the matching view for each result type of the library.
 
 Adapters are keyed by class name (so this module imports none of the result
-modules and works whichever of them are installed); each one turns a result
-into plain arrays and calls a figure function. ``register_view`` adds more.
-The result classes' ``_repr_html_`` can simply be::
+modules); each one turns a result into plain arrays and calls a figure function.
+They live in the registry of :mod:`sink_interp._internal.display`, which the
+result classes ask without importing the view layer::
 
     def _repr_html_(self) -> str:
-        from .views import view_for
-        return view_for(self)._repr_html_()
+        from ._internal import display
+        return display.html_of(self)
+
+``register_view`` adds more.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._internal import display
 from ._page import View, concat
 from .figures import (
     effect_bars,
@@ -160,7 +163,14 @@ def long_context_view(rep: Any) -> View:
     )
 
 
-ADAPTERS: dict[str, Callable[..., View]] = {
+def finding_curves_view(rep: Any) -> View:
+    """A finding's runs (``training.reproduce.FindingCurves``): Sink_1, val_loss and mean α₁ against step, one line per run."""
+    return training_curves(dict(rep.metrics), y=("sink_rate", "val_loss", "mean_alpha1"), title=rep.title)
+
+
+#: report class name -> view function: the registry of :mod:`sink_interp._internal.display` (one dict)
+ADAPTERS: dict[str, Callable[..., View]] = display.REGISTRY
+for _name, _fn in {
     "SinkReport": sink_report_view,
     "MassiveReport": massive_report_view,
     "TraceReport": trace_report_view,
@@ -168,7 +178,10 @@ ADAPTERS: dict[str, Callable[..., View]] = {
     "TrainResult": train_result_view,
     "StreamReport": stream_report_view,
     "LongContextReport": long_context_view,
-}
+    "FindingCurves": finding_curves_view,
+}.items():
+    display.register_view(_name, _fn)
+del _name, _fn
 
 
 def register_view(class_name: str, fn: Callable[..., View]) -> None:
@@ -181,7 +194,7 @@ def register_view(class_name: str, fn: Callable[..., View]) -> None:
         >>> view_for(Mine()).title
         'mine'
     """
-    ADAPTERS[class_name] = fn
+    display.register_view(class_name, fn)
 
 
 def view_for(obj: Any, **kw: Any) -> View:
@@ -193,9 +206,9 @@ def view_for(obj: Any, **kw: Any) -> View:
     """
     if isinstance(obj, View):
         return obj
-    for cls in type(obj).__mro__:
-        if cls.__name__ in ADAPTERS:
-            return ADAPTERS[cls.__name__](obj, **kw)
+    fn = display.view_fn(obj)
+    if fn is not None:
+        return fn(obj, **kw)
     if isinstance(obj, (str, Path)) and str(obj).endswith(".jsonl"):
         return training_curves(obj, **kw)
     if isinstance(obj, (list, tuple)) and obj and isinstance(obj[0], dict):
