@@ -320,9 +320,9 @@ class TraceReport:
 
     def _repr_html_(self) -> str:
         """The figure of :func:`sink_interp.views.view_for` above the table of numbers."""
-        from ..views import view_for
+        from .._internal import display
 
-        return view_for(self)._repr_html_() + self._table_html()
+        return display.html_of(self, fallback=lambda: "") + self._table_html()
 
     def _table_html(self) -> str:
         e = html.escape
