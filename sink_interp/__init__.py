@@ -8,6 +8,8 @@ Examples:
     (4, 2, 4, 16)
 """
 
+from . import pages as _pages
+from . import views as _views
 from .architecture import AttentionSpec, describe_attention
 from .capture import Keep, NonFiniteError, Reduce, Reducer, attach_hooks, hook_snapshot, run_reducers
 from .data import probe_tokens
@@ -31,25 +33,30 @@ from .masks import AttentionMask
 from .massive import MassiveReport, massive_activations
 from .metrics import SinkReport, measure_sinks, sink_alpha
 from .models import ModelInfo, known_models, load_model, model_info, tiny_model
+from .pages import build_report, show_attention  # orchestration: runs the model, then the views
 from .streaming import StreamReport, long_tokens, streaming_ppl
 from .tasks import BigramBackcopy, TextCorpus
 from .trace import TraceReport, trace_sink
 from .training import TrainConfig, TrainResult, load_trained, preset, train
-from .views import (
+from .views import (  # also fills the registry through which reports find their views
     View,
     alpha_tokens_view,
     attention_view,
-    build_report,
     concat,
     effect_bars,
     head_heatmap,
     key_manifold_view,
     massive_activation_view,
-    show_attention,
     training_curves,
     view_for,
 )
 from .zoo import tiny_checkpoint
+
+# Names that lived in sink_interp.views before the pages that run a model moved up to sink_interp.pages:
+# the old import paths keep working (views itself imports nothing from above it).
+for _name in ("build_report", "show_attention", "attention_patterns_for", "layout_report", "ReportContext", "REPORT_SECTIONS"):
+    setattr(_views, _name, getattr(_pages, _name))
+del _name
 
 __version__ = "0.1.0"
 

@@ -306,17 +306,6 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ranges(xs: Sequence[int]) -> str:
-    """[3, 4, 5, 9] -> '3-5, 9'."""
-    out: list[str] = []
-    for x in sorted(xs):
-        if out and int(out[-1].split("-")[-1]) == x - 1:
-            out[-1] = out[-1].split("-")[0] + f"-{x}"
-        else:
-            out.append(str(x))
-    return ", ".join(out)
-
-
 def _parse_set(items: list[str]) -> dict[str, Any]:
     """``--set KEY=VALUE`` pairs: VALUE read as JSON (``3e-3``, ``true``, ``null``, ``[0.9,0.95]``), else kept as text.
 
@@ -416,105 +405,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def ablation_battery(
-    model: Any,
-    eval_tokens: Any,
-    train_tokens: Any | None,
-    *,
-    eps: float = 0.3,
-    fit_steps: int = 40,
-    fit_lr: float = 0.1,
-    fit_batch: int = 8,
-    kernels: bool = True,
-    batch_size: int | None = None,
-    progress: bool = True,
-    log: Any = print,
-) -> tuple[Any, dict[str, Any]]:
-    """The standard battery of ``sink-interp ablate``; returns ``(EffectReport, extra facts)``."""
-    from . import AblateDims, AttentionKernel, Calibrate, MaskKey, ZeroValue, compare, fit_bias, measure_sinks
-    from .interventions import sink_heads
-
-    rep = measure_sinks(model, eval_tokens, eps=eps, batch_size=batch_size, progress=progress)
-    sh = sink_heads(rep)
-    n_sh = sum(len(v) for v in sh.values())
-    n_all = rep.alpha.shape[1] * rep.alpha.shape[2]
-    log(f"sink heads (mean alpha_1 > {eps}): {n_sh} of {n_all}")
-    from .massive import massive_activations
-
-    mrep = massive_activations(model, eval_tokens, sinks=False, batch_size=batch_size, progress=progress)
-    dims = mrep.recurring_dims(min_share=0.5)
-    flags = mrep.flags_frame()
-    flags = flags[flags["dim"].isin(dims)]
-    share = flags.groupby("pos")["sample"].nunique() / mrep.n if len(flags) else {}
-    positions = sorted(int(p) for p, sh_ in dict(share).items() if sh_ >= 0.5)
-    mlayers = sorted(int(x) for x in flags["layer"].unique()) if len(flags) else []
-    log(
-        f"massive dims (Sun et al.: |x| > {mrep.abs_threshold:g} and >= {mrep.ratio_threshold:g} x the median |x| of the "
-        f"sample's hidden state, in >= 50% of samples): {dims or 'none'} at positions {positions or '-'}, "
-        f"flagged in layers {_ranges(mlayers) or '-'} (hook_resid_pre)"
-    )
-    items: dict[str, Any] = {}
-    if sh:
-        items["zero value, sink heads"] = ZeroValue(heads=sh)
-        items["mask key, sink heads"] = MaskKey(heads=sh)
-    items["zero value, all heads"] = ZeroValue()
-    items["mask key, all heads"] = MaskKey()
-    items["mask key, all heads, queries>=2"] = MaskKey(min_query=2)
-    if dims and positions:
-        items["massive dims -> 0"] = AblateDims(dims, positions=positions)
-        items["massive dims -> mean of other tokens"] = AblateDims(dims, mode="mean", positions=positions)
-    extra: dict[str, Any] = {
-        "sink_heads": {int(k): v for k, v in sh.items()},
-        "massive_dims": dims,
-        "massive_positions": positions,
-        "massive_layers": mlayers,
-        "sink_rate_1": rep.rate(1),
-    }
-    if sh and train_tokens is not None:
-        graft = fit_bias(
-            model, train_tokens, "k", eval_tokens=eval_tokens, heads=sh, init="sink", steps=0, evaluate=False, progress=progress
-        )
-        items["mask key, sink heads + mean sink key as k*, v*=0 (no training)"] = [graft.mask, graft.bias]
-        graft_kv = fit_bias(
-            model, train_tokens, "kv", eval_tokens=eval_tokens, heads=sh, init="sink", steps=0, evaluate=False, progress=progress
-        )
-        items["mask key, sink heads + mean sink key and value as k*, v* (no training)"] = [graft_kv.mask, graft_kv.bias]
-        if fit_steps > 0:
-            fit = fit_bias(
-                model,
-                train_tokens,
-                "k",
-                eval_tokens=eval_tokens,
-                heads=sh,
-                init="zeros",
-                steps=fit_steps,
-                lr=fit_lr,
-                batch_size=fit_batch,
-                evaluate=False,
-                progress=progress,
-            )
-            items[f"mask key, sink heads + fitted K bias ({fit_steps} steps)"] = [fit.mask, fit.bias]
-            extra["fit"] = {k: v for k, v in fit.summary().items() if k != "effects"}
-            log(
-                f"fitted K bias (v*=0, per head, from zeros, {fit_steps} Adam steps, lr {fit_lr}, {min(fit_batch, len(train_tokens))} samples/step, "
-                f"{len(train_tokens)} training samples): training loss {fit.history[:3].mean():.3f} -> {fit.history[-3:].mean():.3f}"
-            )
-    items["ACT calibration (tau 0.1, beta 0.4)"] = Calibrate(0.1, 0.4)
-    if kernels:
-        items["kernel softmax1 (softmax + 1)"] = AttentionKernel("softmax1")
-        items["kernel sigmoid"] = AttentionKernel("sigmoid")
-        items["kernel sigmoid - log n"] = AttentionKernel("sigmoid", bias="-log n")
-        items["kernel sigmoid, normalised"] = AttentionKernel("sigmoid", normalise=True)
-        items["kernel elu+1, normalised"] = AttentionKernel("elu1", normalise=True)
-        items["kernel softpick"] = AttentionKernel("softpick")
-        items["kernel softmax, Z / 0.5"] = AttentionKernel("scaled", alpha=0.5)
-    eff = compare(model, eval_tokens, items, eps=eps, batch_size=batch_size, progress=progress)
-    return eff, extra
-
-
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from . import load_model, probe_tokens
+    """The standard battery (:func:`sink_interp.battery.standard_battery`) on one model."""
+    from . import compare, load_model, probe_tokens
     from ._internal.errors import check_eps, check_positive_int
+    from .battery import GROUPS, standard_battery
 
     check_eps(args.eps)
     check_positive_int(args.n, "--n")
@@ -530,18 +425,20 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         f"model   {args.model}; data {info['source']} n={args.n} (+{len(tr)} training samples for the bias) "
         f"length={args.length} BOS={'yes' if args.bos else 'no'}"
     )
-    eff, extra = ablation_battery(
+    battery = standard_battery(
         model,
         ev,
-        tr if len(tr) else None,
+        train_tokens=tr if len(tr) else None,
         eps=args.eps,
         fit_steps=args.fit_steps,
         fit_lr=args.fit_lr,
         fit_batch=args.fit_batch,
-        kernels=not args.no_kernels,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        log=print,
     )
+    groups = [g for g in GROUPS if not (args.no_kernels and g == "kernels")]
+    eff = compare(model, ev, battery.items(*groups), eps=args.eps, batch_size=args.batch_size, progress=not args.quiet)
     mi = eff.model_info
     print(f"        {mi['n_layers']} layers x {mi['n_heads']} heads ({mi['n_kv_heads']} KV heads), {eff.dtype}, {eff.device}")
     print()
@@ -569,7 +466,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         from ._internal.provenance import dumps, write_atomic
 
         d = eff.summary()
-        d["battery"] = extra
+        d["battery"] = battery.facts()
         d["loss_by_position"] = eff.loss_by_position().to_dict(orient="records")
         d["argv"] = list(sys.argv[1:])
         write_atomic(args.json, dumps(d))
@@ -692,7 +589,7 @@ def cmd_long(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from . import load_model, probe_tokens
     from ._internal.errors import check_eps, check_positive_int
-    from .views import build_report
+    from .pages import build_report
 
     check_eps(args.eps)
     check_positive_int(args.n_detail, "--n-detail")

@@ -74,7 +74,7 @@ def widget_state(page, mount_id: str) -> dict:
 # --------------------------------------------------------------------------- tiny report
 @pytest.fixture(scope="module")
 def tiny_report(tiny_models, tmp_path_factory):
-    from sink_interp.views import build_report
+    from sink_interp.pages import build_report
 
     model, _ = tiny_models("tiny-gqa")
     tokens = torch.randint(4, 120, (6, 16), generator=torch.Generator().manual_seed(0))

@@ -15,11 +15,10 @@ import torch
 
 from sink_interp import measure_sinks
 from sink_interp._internal import hooknames
+from sink_interp.pages import _ResidStats, attention_patterns_for, build_report
 from sink_interp.views import (
     alpha_tokens_view,
-    attention_patterns_for,
     attention_view,
-    build_report,
     circuitsvis_bundle,
     concat,
     effect_bars,
@@ -40,7 +39,6 @@ from sink_interp.views.adapters import (
     trace_report_view,
     train_result_view,
 )
-from sink_interp.views.report import _ResidStats
 
 from .reference import hf_attentions
 

@@ -6,6 +6,13 @@ Colab (no network access, no CDN) and ``view.save("fig.html")`` writes one
 standalone HTML file that works offline. Views combine with ``+`` or
 :func:`concat`; a page carries the CircuitsVis bundle once.
 
+Views are functions of arrays and of reports' plain data: they run no model
+and import none of the analyses (reports find their view through
+:mod:`sink_interp._internal.display`, which :mod:`.adapters` fills). Pages
+that run a model first, ``build_report`` and ``show_attention``, are in
+:mod:`sink_interp.pages` (``sink_interp.views.build_report`` and the other
+names that lived here before still work: ``import sink_interp`` sets them).
+
 Example:
     >>> import numpy as np
     >>> from sink_interp.views import head_heatmap, training_curves, concat
@@ -26,6 +33,7 @@ from ._page import (
 from .adapters import (
     ADAPTERS,
     effect_report_view,
+    finding_curves_view,
     massive_report_view,
     register_view,
     trace_report_view,
@@ -35,10 +43,8 @@ from .adapters import (
 from .attention import (
     alpha_from_pattern,
     alpha_tokens_view,
-    attention_patterns_for,
     attention_view,
     find_sink_positions,
-    show_attention,
     token_strings,
 )
 from .figures import (
@@ -52,11 +58,7 @@ from .figures import (
     training_curves,
 )
 from .report import (
-    REPORT_SECTIONS,
-    ReportContext,
-    build_report,
     layer_rate_view,
-    layout_report,
     pending,
     sink_report_html,
     sink_report_view,
@@ -64,25 +66,21 @@ from .report import (
 
 __all__ = [
     "ADAPTERS",
-    "REPORT_SECTIONS",
-    "ReportContext",
     "View",
     "Widget",
     "alpha_from_pattern",
     "alpha_tokens_view",
-    "attention_patterns_for",
     "attention_view",
-    "build_report",
     "circuitsvis_bundle",
     "concat",
     "effect_bars",
     "effect_report_view",
+    "finding_curves_view",
     "find_sink_positions",
     "head_heatmap",
     "json_for_html",
     "key_manifold_view",
     "layer_rate_view",
-    "layout_report",
     "massive_activation_view",
     "massive_report_view",
     "pca_2d",
@@ -91,7 +89,6 @@ __all__ = [
     "register_view",
     "safe_token",
     "section",
-    "show_attention",
     "sink_report_html",
     "sink_report_view",
     "token_strings",

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._internal import hooknames
-from .._internal.errors import check_eps, check_tokens
+from .._internal.errors import check_eps
 from ._page import View, Widget, esc, safe_token
 from ._svg import BLUES, fmt, heatmap_svg
 from .figures import as_array
@@ -29,10 +28,13 @@ def _visible(token: str) -> str:
 
 
 def alpha_from_pattern(pattern: np.ndarray) -> np.ndarray:
-    """``alpha_k`` of each head for one sample: ``[H, T, T]`` pattern -> ``[H, T]`` (Gu et al.)."""
-    from ..metrics import sink_alpha
+    """``alpha_k`` of each head for one sample: ``[H, T, T]`` pattern -> ``[H, T]`` (Gu et al.).
 
-    return sink_alpha(torch.as_tensor(np.asarray(pattern, dtype=np.float32))).numpy()
+    The same float32 reduction as :func:`sink_interp.sink_alpha` (softmax score), bit for bit
+    (the view layer does not import the analyses).
+    """
+    p = torch.as_tensor(np.asarray(pattern, dtype=np.float32))
+    return (p.sum(-2) / torch.arange(p.shape[-1], 0, -1, dtype=torch.float32)).numpy()
 
 
 def find_sink_positions(alpha: np.ndarray, eps: float = 0.3, min_queries: int = 8) -> list[int]:
@@ -230,7 +232,7 @@ def alpha_tokens_view(
     )
 
 
-# --------------------------------------------------------------------------- from a model
+# --------------------------------------------------------------------------- token strings
 def token_strings(model: Any, ids: Sequence[int]) -> list[str]:
     """Each token id decoded on its own (``" the"``, ``"<|endoftext|>"``)."""
     tok = getattr(model, "tokenizer", None)
@@ -238,34 +240,3 @@ def token_strings(model: Any, ids: Sequence[int]) -> list[str]:
     if tok is None:
         return [str(i) for i in ids]
     return [tok.decode([i]) for i in ids]
-
-
-def attention_patterns_for(model: Any, tokens: Any, layers: Sequence[int], sample: int = 0) -> dict[int, np.ndarray]:
-    """``{layer: [heads, T, T]}`` attention patterns of one input row (only the asked layers are kept)."""
-    toks = check_tokens(tokens if getattr(tokens, "ndim", 2) == 2 else tokens[None], d_vocab=int(model.cfg.d_vocab))
-    if not 0 <= sample < toks.shape[0]:
-        raise ValueError(f"sample must be in 0..{toks.shape[0] - 1}, got {sample}")
-    L = int(model.cfg.n_layers)
-    bad = [l for l in layers if not 0 <= int(l) < L]
-    if bad:
-        raise ValueError(f"layers {bad} out of range; the model has layers 0..{L - 1}")
-    from ..capture import Keep, run_reducers
-
-    keep = Keep([hooknames.pattern(int(l)) for l in layers])
-    run_reducers(model, toks[sample : sample + 1], [keep], progress=False)
-    res = keep.result()
-    return {int(l): res[hooknames.pattern(int(l))][0].numpy() for l in layers}
-
-
-def show_attention(model: Any, tokens: Any, layers: Sequence[int], *, sample: int = 0, eps: float = 0.3, **kw: Any) -> View:
-    """:func:`attention_view` for one row of ``tokens`` run through ``model``.
-
-    Example:
-        >>> import torch
-        >>> from sink_interp import tiny_model
-        >>> show_attention(tiny_model(), torch.randint(4, 100, (2, 8)), layers=[1]).n_widgets
-        1
-    """
-    pats = attention_patterns_for(model, tokens, layers, sample)
-    row = tokens[sample] if getattr(tokens, "ndim", 1) == 2 else tokens
-    return attention_view(pats, token_strings(model, row), eps=eps, **kw)
