@@ -13,7 +13,8 @@ from . import views as _views
 from .architecture import AttentionSpec, describe_attention
 from .capture import Keep, NonFiniteError, Reduce, Reducer, attach_hooks, hook_snapshot, run_reducers
 from .data import probe_tokens
-from .effects import Effect, EffectReport, FitReport, compare, fit_bias, scan_heads
+from .effects import Effect, EffectReport, compare, scan_heads
+from .fit import FitReport, fit_bias
 from .interventions import (
     AblateDims,
     AttentionKernel,

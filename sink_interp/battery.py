@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .effects import fit_bias
+from .fit import fit_bias
 from .interventions import AblateDims, AttentionKernel, Calibrate, MaskKey, ZeroValue, sink_heads
 from .massive import massive_activations
 from .metrics import measure_sinks
