@@ -17,7 +17,7 @@ the Hugging Face model *inside* the bridge with its own attention function:
   ``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu`` returns
   ``(output, logsumexp)``; elsewhere ``F.scaled_dot_product_attention`` runs and
   the row normaliser is taken inside the blockwise pass instead — and hands q, k
-  and the LSE to :func:`sink_interp.lse.block_alpha`. After the last measured
+  and the LSE to :func:`sink_interp.blockwise.block_alpha`. After the last measured
   layer's attention the forward stops (no MLP, no unembedding).
 
 Each layer's attention follows its description (:mod:`sink_interp.architecture`):
@@ -49,8 +49,8 @@ from torch import Tensor
 
 from ._internal.errors import check_positive_int
 from .architecture import AttentionSpec, describe_attention, unwrap
+from .blockwise import BLOCK_BYTES, block_alpha, normalize_edges, score_rule
 from .capture import model_device, user_hooks
-from .lse import BLOCK_BYTES, block_alpha, normalize_edges, score_rule
 from .masks import CAUSAL, AttentionMask, as_mask
 
 ATTN_NAME = "sink_interp_fused"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sink_interp import AttentionMask, attach_hooks, hook_snapshot, measure_sinks
+from sink_interp import AttentionMask, attach_hooks, blockwise, hook_snapshot, measure_sinks
 from sink_interp import fused as fused_mod
 from sink_interp import lse as lse_mod
 from sink_interp._internal import hooknames
@@ -69,7 +69,7 @@ def test_mask_validation_and_key_span():
 @pytest.mark.parametrize("mask_name", list(MASKS))
 @pytest.mark.parametrize("with_lse, threads", [(False, 1), (True, 1), (False, 3), (True, 3)])
 def test_block_alpha_equals_dense_softmax_column_sums(heads, kv, mask_name, with_lse, threads, monkeypatch):
-    monkeypatch.setattr(lse_mod, "_MIN_BLOCK", 4)  # force many query blocks
+    monkeypatch.setattr(blockwise, "_MIN_BLOCK", 4)  # force many query blocks
     g = torch.Generator().manual_seed(heads * 10 + kv)
     b, T, d = 2, 37, 8
     q, k = 2 * torch.randn(b, heads, T, d, generator=g), 2 * torch.randn(b, kv, T, d, generator=g)
@@ -117,7 +117,7 @@ def test_mask_hooks_make_the_bridge_equal_hf_eager_with_that_mask(tiny_models, n
 @pytest.mark.parametrize("mask_name", ["causal", "window", "prefix", "prefix+window+sink"])
 @pytest.mark.parametrize("fused", [False, True])
 def test_lse_equals_pattern_on_every_tiny_architecture(tiny_models, name, mask_name, fused, monkeypatch):
-    monkeypatch.setattr(lse_mod, "_MIN_BLOCK", 4)
+    monkeypatch.setattr(blockwise, "_MIN_BLOCK", 4)
     model, _ = tiny_models(name)
     mask = MASKS[mask_name]
     tokens = torch.randint(4, 128, (5, 40), generator=torch.Generator().manual_seed(7))
