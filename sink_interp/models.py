@@ -36,7 +36,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -73,6 +73,22 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
 
 # name a model was loaded under (the bridge's cfg.model_name is a path for cached models), and why a model has no tokenizer
 _LOADED_AS: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+
+#: Checkpoint folders that transformers alone cannot load: (marker file, ``loader(path, device) -> bridge``).
+#: The layers above register theirs (:mod:`sink_interp.training` its trained models, with their knobs),
+#: so this module imports none of them.
+_FOLDER_LOADERS: dict[str, Callable[[Path, torch.device], Any]] = {}
+
+
+def register_folder_loader(marker: str, loader: Callable[[Path, torch.device], Any]) -> None:
+    """Make :func:`load_model` load a folder holding the file ``marker`` with ``loader(path, device)``."""
+    _FOLDER_LOADERS[marker] = loader
+
+
+def _folder_loader(path: Path) -> Callable[[Path, torch.device], Any] | None:
+    return next((loader for marker, loader in _FOLDER_LOADERS.items() if (path / marker).is_file()), None)
+
+
 _NO_TOKENIZER: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
 
@@ -237,10 +253,8 @@ def load_model(
         model = tiny_model(**TINY_MODELS[name], device=dev, dtype=dt)
         _LOADED_AS[model] = name
         return model
-    elif (path / "sink_interp_train.json").is_file():
-        from .training.model import load_trained  # a model trained by sink_interp.training: restore its knobs
-
-        bridge = load_trained(path, device=dev).bridge
+    elif (loader := _folder_loader(path)) is not None:  # e.g. a model trained by sink_interp.training: its knobs
+        bridge = loader(path, dev)
         return bridge if dt == torch.float32 else bridge.to(dtype=dt)
     elif path.is_dir():
         model = _boot_local(str(path), dev, dt)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..models import register_folder_loader
 from .config import TrainConfig
 from .knobs import KnobParams, KnobRuntime
 
@@ -323,3 +324,10 @@ def load_trained(path: str | os.PathLike[str], device: str | torch.device | None
     lab.load_state_dict(state)
     lab.bridge.eval()
     return lab
+
+
+def _load_bridge(path: Path, device: torch.device) -> Any:
+    return load_trained(path, device=device).bridge
+
+
+register_folder_loader(MARKER, _load_bridge)  # load_model(folder) restores the knobs of a trained model
