@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "trace",
             "interventions",
             "effects",
+            "fit",
             "battery",
             "streaming",
             "longctx",
