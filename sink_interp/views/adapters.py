@@ -34,7 +34,7 @@ from .report import sink_report_view
 
 
 def massive_report_view(rep: Any, top: int = 12) -> View:
-    """A ``MassiveReport`` (issue 3): layer x top dims from its top-k entries, and mean ‖h‖ per token.
+    """A ``MassiveReport``: layer x top dims from its top-k entries, and mean ‖h‖ per token.
 
     ``top_abs/top_dim [n, layer, k]`` give, per layer, the largest ``|x|`` seen in each dim
     (dims never in a sample's top-k stay empty); ``h_norm [n, layer, pos]`` is averaged over samples.
@@ -64,7 +64,7 @@ def massive_report_view(rep: Any, top: int = 12) -> View:
 
 
 def trace_report_view(rep: Any, massive: bool = True, keys: bool = True) -> View:
-    """A ``TraceReport`` (issue 3): the chain of links, (``keys``) the key PCA it stored, and (``massive``) its massive activations."""
+    """A ``TraceReport``: the chain of links, (``keys``) the key PCA it stored, and (``massive``) its massive activations."""
     n_heads = int((rep.model_info or {}).get("n_heads") or 0)
     links = []
     for name, link in rep.links.items():
@@ -102,7 +102,7 @@ def trace_report_view(rep: Any, massive: bool = True, keys: bool = True) -> View
 
 
 def effect_report_view(rep: Any, values: tuple[str, ...] = ("delta_loss", "kl", "Sink_1", "mean_alpha_1")) -> View:
-    """An ``EffectReport`` (issue 4): one bar per intervention for Δ loss, KL, Sink_1 and mean α₁."""
+    """An ``EffectReport``: one bar per intervention for Δ loss, KL, Sink_1 and mean α₁."""
     df = rep.to_frame()
     label = "label" if "label" in df.columns else df.columns[0]
     cols = [c for c in values if c in df.columns]
@@ -117,7 +117,7 @@ def effect_report_view(rep: Any, values: tuple[str, ...] = ("delta_loss", "kl", 
 
 
 def train_result_view(rep: Any) -> View:
-    """A training run (issue 6 ``TrainResult``): val_loss, Sink_1 and mean α₁ against step."""
+    """A training run (``TrainResult``): val_loss, Sink_1 and mean α₁ against step."""
     name = (getattr(rep, "config", None) or {}).get("name")
     return training_curves(
         rep.to_frame(),
@@ -127,7 +127,7 @@ def train_result_view(rep: Any) -> View:
 
 
 def stream_report_view(rep: Any) -> View:
-    """A ``StreamReport`` (issue 4): perplexity by position bucket, one line per condition."""
+    """A ``StreamReport``: perplexity by position bucket, one line per condition."""
     df = rep.to_frame().copy()
     df["position"] = df["end"]
     return training_curves(
@@ -145,7 +145,7 @@ def stream_report_view(rep: Any) -> View:
 
 
 def long_context_view(rep: Any) -> View:
-    """A ``LongContextReport`` (issue 8): Sink_1 and mean α₁ by query bucket."""
+    """A ``LongContextReport``: Sink_1 and mean α₁ by query bucket."""
     df = rep.bucket_frame() if hasattr(rep, "bucket_frame") else rep.to_frame()
     df = df[df["k"] == 1].copy() if "k" in df.columns else df.copy()
     rate_col = next(c for c in df.columns if str(c).startswith("Sink_k"))
