@@ -109,7 +109,8 @@ print("after it: logits torch.equal to before:", torch.equal(after, clean), "| s
 # top-1 prediction survives, and the sinks *after* the intervention: $\mathrm{Sink}_1$, mean
 # $\alpha_1$, and $\mathrm{Sink}_2$ (a sink that moved to the second token shows there).
 #
-# The battery:
+# The battery is the library's standard one, `standard_battery` (the one `sink-interp ablate` and
+# the HTML report run), plus two experiments of this tutorial:
 #
 # * **zero value** (`ZeroValue`): the first token's value vector is 0 for the queries after it;
 #   the attention it receives stays where it is. If the sink only *stores* attention, this is free.
@@ -117,15 +118,19 @@ print("after it: logits torch.equal to before:", torch.equal(after, clean), "| s
 # * **relocation.** Masking key 0 in *every* head turns token 1 into a first token: it sees no
 #   earlier token, so it is computed exactly like a first token and inherits the sink.
 #   `min_query=2` keeps token 1's own view of token 0 (only queries $t \ge 2$ lose it), so
-#   nothing inherits the sink. We run both, in all heads and in the sink heads.
-# * **massive activation** (`AblateDims`): the spike dimension that `massive_activations`
-#   finds (tutorial 2) at the first token, set to 0 or to its mean value over the passages,
-#   from the layer where it appears on (Sun et al.'s experiment).
+#   nothing inherits the sink. We run both, in all heads and (our addition) in the sink heads.
+# * **massive activation** (`AblateDims`): the battery sets the massive dims (flagged in most
+#   passages) to 0, or to the mean of the *other* tokens, in every layer at the positions where
+#   they recur. We add Sun et al.'s experiment: the spike dimension that `massive_activations`
+#   finds (tutorial 2) at the first token, set to 0 or to its own mean value over the passages,
+#   from the layer where it appears on.
 # * **kernels** (`AttentionKernel`): softmax replaced in every head by softmax + 1
-#   ($e^{x_j} / (1 + \sum_i e^{x_i})$, an implicit zero-logit sink) or by sigmoid attention
-#   $\mathrm{sigmoid}(x_j - \log n)$ without a normaliser.
+#   ($e^{x_j} / (1 + \sum_i e^{x_i})$, an implicit zero-logit sink), by sigmoid attention
+#   $\mathrm{sigmoid}(x_j - \log n)$ without a normaliser, and by five other kernels.
 # * **ACT calibration** (`Calibrate`, Yu et al. 2024): in each head and sample, keys *other than the
 #   first* with $\alpha_k > 0.1$ lose 60 % of their attention to the other keys.
+#
+# (The battery's fourth group, the grafted biases, needs training passages: section 4 runs it.)
 
 # %%
 from sink_interp import massive_activations
@@ -157,20 +162,18 @@ pd.DataFrame({f"dim {spike_dim} at token 0": [keep.result()[name].mean().item() 
 # sinks on it.
 
 # %%
-from sink_interp import AblateDims, AttentionKernel, Calibrate, ZeroValue, compare
+from sink_interp import AblateDims, compare
+from sink_interp.battery import standard_battery
 
+standard = standard_battery(model, tokens, sink_report=report, progress=False)  # sink heads from section 1
 after_spike = list(range(spike_from, model.cfg.n_layers))
 battery = {
-    "zero value, sink heads": ZeroValue(heads=heads),
-    "mask key, sink heads": MaskKey(heads=heads),
+    **standard.items("sink"),
     "mask key, sink heads, queries>=2": MaskKey(heads=heads, min_query=2),
-    "mask key, all heads": MaskKey(),
-    "mask key, all heads, queries>=2": MaskKey(min_query=2),
+    **standard.items("massive"),
     f"dim {spike_dim} -> 0": AblateDims([spike_dim], layers=after_spike),
     f"dim {spike_dim} -> its mean": AblateDims([spike_dim], mode="mean", values=[spike_mean], layers=after_spike),
-    "kernel softmax + 1": AttentionKernel("softmax1"),
-    "kernel sigmoid - log n": AttentionKernel("sigmoid", bias="-log n"),
-    "ACT calibration": Calibrate(tau=0.1, beta=0.4),
+    **standard.items("calibration", "kernels"),
 }
 effects = compare(model, tokens, battery, progress=False)
 effects.to_frame().drop(columns=["description", "score"]).round(3)
@@ -241,7 +244,8 @@ pd.DataFrame(rows).set_index("masking").round(2)
 #   token to 0 from layer 12 on wrecks the model (+9.9 nats, top-1 kept at 2 %), although half of
 #   the heads still attend to the first token ($\mathrm{Sink}_1$ 51 %). Setting it to its *mean*
 #   over the passages (22,107) changes nothing (+0.004): its value does not depend on the input.
-#   (Zeroing it in *every* layer, so it never builds up, costs +4.1: `docs/interventions.md`.)
+#   The battery's rows act in *every* layer: zeroed there, so it never builds up, it costs +4.1;
+#   set to the mean of the *other* tokens (a small value) +8.3: the model needs the spike's value.
 # * **Kernels.** Softmax + 1 lets a query hand 6 % of its attention to nobody (on average) and costs only
 #   +0.15 nats; $\mathrm{Sink}_1$ falls from 74 % to 52 %. Sigmoid attention without a normaliser,
 #   even with the $-\log n$ bias, breaks the model (+11.8 nats): its rows sum to about 7.6
