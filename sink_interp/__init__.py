@@ -10,6 +10,7 @@ Examples:
 
 from . import pages as _pages
 from . import views as _views
+from ._internal.report import load_report
 from .architecture import AttentionSpec, describe_attention
 from .capture import Keep, NonFiniteError, Reduce, Reducer, attach_hooks, hook_snapshot, run_reducers
 from .data import probe_tokens
@@ -107,6 +108,7 @@ __all__ = [
     "key_manifold_view",
     "known_models",
     "load_model",
+    "load_report",
     "load_trained",
     "long_context_sinks",
     "long_tokens",

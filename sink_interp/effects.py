@@ -46,7 +46,8 @@ from torch import Tensor
 
 from ._internal import display
 from ._internal.errors import check_eps, check_positive_int
-from ._internal.provenance import dumps, versions, write_atomic
+from ._internal.provenance import versions
+from ._internal.report import Report, register_record
 from .architecture import check_model_tokens
 from .capture import Reducer, run_reducers
 from .interventions import Intervention, _flatten, intervene
@@ -112,6 +113,7 @@ class NextTokenReducer(Reducer):
 # --------------------------------------------------------------------------- results
 
 
+@register_record
 @dataclass(frozen=True, eq=False)
 class Effect:
     """One intervention's effect (one row of :class:`EffectReport`).
@@ -158,7 +160,7 @@ class Effect:
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class EffectReport:
+class EffectReport(Report):
     """Effects of several interventions against the clean model, on the same tokens.
 
     ``effects[0]`` is the clean model. ``report["label"]`` gives one :class:`Effect`.
@@ -236,13 +238,6 @@ class EffectReport:
             "versions": self.versions,
             **({"extra": self.extra} if self.extra else {}),
         }
-
-    def to_json(self, path: str | None = None) -> str:
-        """JSON text of :meth:`summary`, written atomically to ``path`` if given."""
-        text = dumps(self.summary())
-        if path is not None:
-            write_atomic(path, text)
-        return text
 
     def table(
         self,

@@ -40,7 +40,8 @@ from torch import Tensor
 
 from ._internal import display
 from ._internal.errors import check_eps
-from ._internal.provenance import dumps, versions, write_atomic
+from ._internal.provenance import versions
+from ._internal.report import Report
 from .architecture import check_model_tokens
 from .lse import bucket_edges, lse_column_sums, normalize_edges
 from .masks import as_mask
@@ -49,7 +50,7 @@ from .models import model_info
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class LongContextReport:
+class LongContextReport(Report):
     """Sink scores per query bucket (``bucket_alpha [n, layers, heads, buckets, T]``) and over the whole input (``sinks``).
 
     Positions ``k`` are 1-indexed; ``bucket_alpha`` is NaN where no query of the bucket can see ``k``.
@@ -169,13 +170,6 @@ class LongContextReport:
             "secondary_sinks": self.secondary_sinks(),
             "top_keys": self.key_table().to_dict(orient="records"),
         }
-
-    def to_json(self, path: str | None = None) -> str:
-        """JSON of :meth:`summary` (atomically written to ``path`` if given)."""
-        text = dumps(self.summary())
-        if path is not None:
-            write_atomic(path, text)
-        return text
 
     def __repr__(self) -> str:
         r = self.bucket_rates(1)

@@ -44,7 +44,8 @@ from torch import Tensor
 
 from ._internal import display, hooknames
 from ._internal.errors import check_positive_int
-from ._internal.provenance import dumps, versions, write_atomic
+from ._internal.provenance import versions
+from ._internal.report import Report
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .metrics import SinkReport, SinkScoreReducer, _bos_policy
@@ -179,7 +180,7 @@ class MassiveReducer(Reducer):
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class MassiveReport:
+class MassiveReport(Report):
     """Massive activations of every block, per-token norms and the extreme-token triple.
 
     Arrays are indexed ``[sample, layer, ...]``; ``top_*`` hold each sample's
@@ -506,13 +507,6 @@ class MassiveReport:
             "versions": self.versions,
             **({"extra": self.extra} if self.extra else {}),
         }
-
-    def to_json(self, path: str | None = None) -> str:
-        """JSON text of :meth:`summary`; written atomically to ``path`` if given."""
-        text = dumps(self.summary())
-        if path is not None:
-            write_atomic(path, text)
-        return text
 
     def __repr__(self) -> str:
         g = self.global_max()

@@ -39,7 +39,8 @@ from torch import Tensor
 
 from ._internal import display, hooknames
 from ._internal.errors import check_eps
-from ._internal.provenance import dumps, versions, write_atomic
+from ._internal.provenance import versions
+from ._internal.report import Report
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .models import model_info
@@ -141,7 +142,7 @@ class SinkScoreReducer(Reducer):
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class SinkReport:
+class SinkReport(Report):
     """Sink scores of every (sample, layer, head, key position), with what produced them.
 
     ``alpha`` has shape ``[n, layers, heads, length]``; positions ``k`` in the
@@ -346,16 +347,27 @@ class SinkReport:
             **({"extra": self.extra} if self.extra else {}),
         }
 
-    def to_json(self, path: str | None = None, include_alpha: bool = False) -> str:
-        """JSON text of :meth:`summary` (plus the full ``alpha`` if asked); written atomically to ``path`` if given."""
-        d = self.summary()
-        if include_alpha:
-            d["alpha"] = self.alpha
-            d["row_sum"] = self.row_sum
-        text = dumps(d)
-        if path is not None:
-            write_atomic(path, text)
-        return text
+    @classmethod
+    def _from_summary(cls, d: dict[str, Any]) -> SinkReport | None:
+        """A JSON written before reports carried their fields: rebuilt when it holds ``alpha`` (``include_alpha=True``)."""
+        need = ("alpha", "row_sum", "eps", "model", "data", "score", "layers", "model_info", "versions")
+        if not all(k in d for k in need) or not isinstance(d.get("alpha"), list):
+            return None
+        return cls(
+            alpha=np.asarray(d["alpha"], dtype=np.float32),
+            row_sum=np.asarray(d["row_sum"], dtype=np.float32),
+            eps=float(d["eps"]),
+            model=d["model"],
+            bos=d.get("bos"),
+            data=d["data"],
+            score=d["score"],
+            proxy_layers={int(k): v for k, v in (d.get("proxy_layers") or {}).items()},
+            layers=tuple(int(x) for x in d["layers"]),
+            model_info=d["model_info"],
+            versions=d["versions"],
+            method=d.get("method", "pattern"),
+            extra=d.get("extra", {}),
+        )
 
     def __repr__(self) -> str:
         return (

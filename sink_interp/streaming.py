@@ -40,7 +40,8 @@ from torch import Tensor
 
 from ._internal import display
 from ._internal.errors import check_positive_int
-from ._internal.provenance import dumps, versions, write_atomic
+from ._internal.provenance import versions
+from ._internal.report import Report
 from .architecture import check_model_tokens, describe_attention
 from .capture import run_reducers
 from .effects import NextTokenReducer
@@ -116,7 +117,7 @@ def long_tokens(model: Any, length: int = 1536, n: int = 8, bos: bool = False, p
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class StreamReport:
+class StreamReport(Report):
     """Per-position next-token loss of each attention condition on long texts.
 
     ``nll[c, t]`` is the mean (over samples) loss of predicting token ``t + 1``
@@ -197,12 +198,6 @@ class StreamReport:
             "versions": self.versions,
             **({"extra": self.extra} if self.extra else {}),
         }
-
-    def to_json(self, path: str | None = None) -> str:
-        text = dumps(self.summary())
-        if path is not None:
-            write_atomic(path, text)
-        return text
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{c}: {self.ppl(c, self.full_from):.2f}" for c in self.conditions)

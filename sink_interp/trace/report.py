@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._internal.provenance import dumps, write_atomic
+from .._internal.report import Report, register_record
 from ..massive import MassiveReport
 from .story import explain_text, story_text
 
@@ -26,6 +26,7 @@ def _doc(text: str) -> Any:
     return field(metadata={"doc": text})
 
 
+@register_record
 @dataclass(frozen=True)
 class Link:
     """Base of the link records: numbers with a one-line doc each (``fields(...).metadata['doc']``)."""
@@ -47,6 +48,7 @@ class Link:
         }
 
 
+@register_record
 @dataclass(frozen=True)
 class SpikeLink(Link):
     layer: int = _doc("block whose attention norm the spike enters (the traced layer)")
@@ -61,6 +63,7 @@ class SpikeLink(Link):
     h_norm_ratio: float = _doc("||h_sink|| / mean ||h|| at the other positions (residual peak: >> 1)")
 
 
+@register_record
 @dataclass(frozen=True)
 class WriterLink(Link):
     layer: int = _doc("block where the largest massive activation over all layers is read (hook_resid_pre)")
@@ -84,6 +87,7 @@ class WriterLink(Link):
     local_value: float = _doc("its mean output at the traced layer's spike coordinate")
 
 
+@register_record
 @dataclass(frozen=True)
 class GatedMLPLink(Link):
     layer: int = _doc("block whose MLP writes most of the spike (largest contribution among MLPs)")
@@ -101,6 +105,7 @@ class GatedMLPLink(Link):
     actual: float = _doc("mean actual MLP output at (pos, dim)")
 
 
+@register_record
 @dataclass(frozen=True)
 class NormLink(Link):
     kind: str = _doc("the norm: RMSNorm or LayerNorm")
@@ -118,6 +123,7 @@ class NormLink(Link):
     out: list = _doc("mean norm output g*n (+ bias) at the sink in each spike dim: what W_Q/W_K/W_V see")
 
 
+@register_record
 @dataclass(frozen=True)
 class KeyLink(Link):
     head: int = _doc("traced query head")
@@ -141,6 +147,7 @@ class KeyLink(Link):
     reconstruction_error: float = _doc("self-check: max |sum of contributions + bias - hook_k| / max |k| (~1e-6)")
 
 
+@register_record
 @dataclass(frozen=True)
 class QKNormLink(Link):
     kind: str = _doc("per-head (Qwen3, Gemma-3: each head's key normalised alone) or all-heads (OLMo-2: over all heads at once)")
@@ -157,6 +164,7 @@ class QKNormLink(Link):
     gain_mean_abs: float = _doc("mean |gain| of the k-norm (the effective gain, 1 + w for Gemma-3)")
 
 
+@register_record
 @dataclass(frozen=True)
 class RopeLink(Link):
     head: int = _doc("traced head; the lists below have one entry per head of the layer")
@@ -175,6 +183,7 @@ class RopeLink(Link):
     alpha: list = _doc("mean sink score alpha at the sink position per head (Gu et al.)")
 
 
+@register_record
 @dataclass(frozen=True)
 class ManifoldLink(Link):
     kv_head: int = _doc("KV head whose keys and values are analysed (after RoPE)")
@@ -193,7 +202,7 @@ class ManifoldLink(Link):
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class TraceReport:
+class TraceReport(Report):
     """Every link of the sink mechanism at one (layer, head), with the massive-activation report it builds on.
 
     ``links`` maps link names (``spike, writer, gated_mlp, norm, wk, rope, manifold``)
@@ -303,13 +312,6 @@ class TraceReport:
             "versions": self.versions,
             **({"extra": self.extra} if self.extra else {}),
         }
-
-    def to_json(self, path: str | None = None) -> str:
-        """JSON text of :meth:`summary`; written atomically to ``path`` if given."""
-        text = dumps(self.summary())
-        if path is not None:
-            write_atomic(path, text)
-        return text
 
     def __repr__(self) -> str:
         w = self.writer()

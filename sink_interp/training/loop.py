@@ -45,6 +45,7 @@ import torch
 
 from .._internal import display
 from .._internal.provenance import dumps, versions, write_atomic
+from .._internal.report import Report
 from ..tasks import BigramBackcopy, Sampler, TextCorpus
 from .config import TrainConfig, preset  # noqa: F401  (preset: used by the docstring example)
 from .evaluate import _round, masked_ce, probe_stats, val_losses
@@ -360,7 +361,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, eq=False)
-class TrainResult:
+class TrainResult(Report):
     """What a run produced: its metrics curve, final numbers and where the model is.
 
     Example:
@@ -408,11 +409,23 @@ class TrainResult:
             "versions": self.versions,
         }
 
-    def to_json(self, path: str | None = None) -> str:
-        text = dumps({**self.summary(), "metrics": list(self.metrics)})
-        if path is not None:
-            write_atomic(path, text)
-        return text
+    @classmethod
+    def _from_summary(cls, d: dict[str, Any]) -> TrainResult | None:
+        """A ``to_json`` file written before reports carried their fields (summary plus ``metrics``)."""
+        if not all(k in d for k in ("out_dir", "config", "task", "metrics", "n_params", "model_dir")):
+            return None
+        return cls(
+            out_dir=d["out_dir"],
+            config=d["config"],
+            task=d["task"],
+            metrics=tuple(d["metrics"]),
+            model_dir=d["model_dir"],
+            n_params=int(d["n_params"]),
+            device=d.get("device", "cpu"),
+            dtype=d.get("dtype", "float32"),
+            resumed_from=d.get("resumed_from"),
+            versions=d.get("versions", {}),
+        )
 
     def __repr__(self) -> str:
         f = self.final

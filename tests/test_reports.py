@@ -1,0 +1,144 @@
+"""Every report saves and loads back into its own type: same summary, equal arrays, same views."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sink_interp import (
+    EffectReport,
+    LongContextReport,
+    MaskKey,
+    MassiveReport,
+    SinkReport,
+    StreamReport,
+    TraceReport,
+    TrainResult,
+    compare,
+    load_report,
+    long_context_sinks,
+    massive_activations,
+    measure_sinks,
+    streaming_ppl,
+    tiny_model,
+    trace_sink,
+    train,
+)
+from sink_interp._internal.report import loads_report
+from sink_interp.training import preset
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return torch.randint(4, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+
+
+def _equal(a, b, where="report"):
+    """Field-by-field equality: arrays exactly (NaN where NaN), records recursively."""
+    if dataclasses.is_dataclass(a):
+        assert type(a) is type(b), where
+        for f in dataclasses.fields(a):
+            _equal(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), where
+        for k in a:
+            _equal(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _equal(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and a != a:
+        assert b != b, where
+    else:
+        assert a == b, (where, a, b)
+
+
+def _round_trip(rep, tmp_path):
+    path = tmp_path / f"{type(rep).__name__}.json"
+    rep.to_json(path)
+    back = load_report(path)
+    assert type(back) is type(rep)
+    assert json.dumps(back.summary(), sort_keys=True, default=str) == json.dumps(rep.summary(), sort_keys=True, default=str)
+    _equal(rep, back)
+    assert back._repr_html_() == rep._repr_html_()  # the loaded report draws the same view
+    return back
+
+
+def test_sink_report(model, tokens, tmp_path):
+    rep = measure_sinks(model, tokens, progress=False)
+    back = _round_trip(rep, tmp_path)
+    assert back.rate(1) == rep.rate(1) and back.head_table().equals(rep.head_table())
+
+
+def test_massive_report(model, tokens, tmp_path):
+    _round_trip(massive_activations(model, tokens, progress=False), tmp_path)
+
+
+def test_effect_report(model, tokens, tmp_path):
+    rep = compare(model, tokens, {"mask": MaskKey()}, progress=False)
+    back = _round_trip(rep, tmp_path)
+    assert isinstance(back, EffectReport) and back.table() == rep.table()
+
+
+def test_trace_report(model, tokens, tmp_path):
+    rep = trace_sink(model, tokens, layer=1, head=0, progress=False)
+    back = _round_trip(rep, tmp_path)
+    assert isinstance(back, TraceReport) and back.story() == rep.story() and isinstance(back.massive, MassiveReport)
+
+
+def test_stream_report(model, tmp_path):
+    toks = torch.randint(4, 128, (2, 24), generator=torch.Generator().manual_seed(1))
+    rep = streaming_ppl(model, toks, sinks=1, window=8, progress=False)
+    back = _round_trip(rep, tmp_path)
+    assert isinstance(back, StreamReport) and back.pivot().equals(rep.pivot())
+
+
+def test_long_context_report(model, tmp_path):
+    toks = torch.randint(4, 128, (1, 32), generator=torch.Generator().manual_seed(2))
+    rep = long_context_sinks(model, toks, buckets=2, progress=False)
+    back = _round_trip(rep, tmp_path)
+    assert isinstance(back, LongContextReport) and isinstance(back.sinks, SinkReport)
+
+
+def test_train_result(tmp_path):
+    cfg = preset("bb-softmax", steps=2, eval_every=2, d_model=32, d_mlp=64, probe_n=4, eval_batches=1, batch_size=4)
+    res = train(cfg, tmp_path / "run", progress=False)
+    back = _round_trip(res, tmp_path)
+    assert isinstance(back, TrainResult) and back.to_frame().equals(res.to_frame())
+
+
+def test_files_written_before_reports_carried_their_fields(model, tokens, tmp_path):
+    """A SinkReport saved with its alpha (the old ``include_alpha=True``) and a TrainResult's old JSON still load."""
+    rep = measure_sinks(model, tokens, progress=False)
+    old = {**rep.summary(), "alpha": rep.alpha.tolist(), "row_sum": rep.row_sum.tolist()}
+    back = loads_report(json.dumps(old))
+    assert isinstance(back, SinkReport) and back.rate(1) == rep.rate(1)
+    np.testing.assert_array_equal(back.alpha, rep.alpha)
+    with pytest.raises(ValueError, match="no 'report' block"):
+        loads_report(json.dumps(rep.summary()))  # the summary alone has no arrays: refused, not half-loaded
+
+
+def test_bad_files_get_one_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_report(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="is a folder"):
+        load_report(tmp_path)
+    f = tmp_path / "x.json"
+    f.write_text("{not json")
+    with pytest.raises(ValueError, match="is not JSON"):
+        load_report(f)
+    f.write_text(json.dumps({"report": {"type": "FutureReport", "fields": {}}}))
+    with pytest.raises(ValueError, match="'FutureReport', which this version does not know"):
+        load_report(f)
