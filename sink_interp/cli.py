@@ -619,6 +619,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     tm = page.meta["timings"]
     print(f"wrote {path} ({size:.1f} MB, {page.n_widgets} CircuitsVis widgets, bundle inlined once; opens offline)")
     print(f"load {t_load:.1f}s, " + ", ".join(f"{k} {v:.1f}s" for k, v in tm.items()))
+    return 0
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
