@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ._internal import hooknames
 from ._internal.errors import NonFiniteError, check_positive_int
-from ._internal.provenance import dumps, write_atomic
+from ._internal.report import Report
 from .architecture import check_model_tokens, describe_attention
 from .capture import Keep, explain_non_finite, model_device, run_reducers
 from .effects import EffectReport, compare
@@ -35,7 +35,7 @@ from .interventions import Intervention, KVBias, MaskKey, SinkLogit, intervene
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class FitReport:
+class FitReport(Report):
     """A bias fitted to take over from a masked sink, and what it recovers.
 
     ``effects`` holds the clean model, the masked sink, and the masked sink plus
@@ -98,12 +98,6 @@ class FitReport:
         if self.effects is not None:
             out["effects"] = self.effects.summary()
         return out
-
-    def to_json(self, path: str | None = None) -> str:
-        text = dumps(self.summary())
-        if path is not None:
-            write_atomic(path, text)
-        return text
 
     def __repr__(self) -> str:
         if self.effects is None:

@@ -85,6 +85,7 @@ import torch
 from torch import Tensor, nn
 
 from ._internal import hooknames
+from ._internal.report import register_codec
 from .architecture import LayerAttention, describe_attention, expand_kv, verify_attention
 from .capture import attach_hooks
 from .kernels import kernel_fn, softmax_attention, visible_mask
@@ -180,6 +181,13 @@ class Intervention:
         self.min_query = min_query
         self.name = name
         self._bound: Any = None
+
+    def _scope_record(self) -> dict[str, Any]:
+        """The scope arguments this intervention was made with (for saving it inside a report)."""
+        rec: dict[str, Any] = {"layers": self.layers_arg, "heads": self.heads_arg, "name": self.name}
+        if self.has_positions:
+            rec.update(positions=self.positions, include_self=self.include_self, min_query=self.min_query)
+        return rec
 
     # ---------------------------------------------------------------- scope
     def bind(self, model: Any) -> None:
@@ -382,6 +390,9 @@ class MaskKey(Intervention):
     def __init__(self, *, renormalise: bool = True, **scope: Any):
         super().__init__(**scope)
         self.renormalise = bool(renormalise)
+
+    def to_record(self) -> dict[str, Any]:
+        return {**self._scope_record(), "renormalise": self.renormalise}
 
     def edits_scores(self) -> bool:
         return self.renormalise
@@ -619,6 +630,18 @@ class KVBias(Intervention):
         self._k_init, self._v_init = k, v
         self.params = nn.ParameterDict()
 
+    def to_record(self) -> dict[str, Any]:
+        """Scope, settings and the current ``k*``/``v*`` (fitted values included) per layer."""
+        k = {int(key[1:]): p.detach().cpu().clone() for key, p in self.params.items() if key[0] == "k"}
+        v = {int(key[1:]): p.detach().cpu().clone() for key, p in self.params.items() if key[0] == "v"}
+        return {
+            **self._scope_record(),
+            "per_head": self.per_head,
+            "value": self.value,
+            "k": k or self._k_init,
+            "v": (v or self._v_init) if self.value else None,
+        }
+
     def bind(self, model: Any) -> None:
         super().bind(model)
         param = next(model.parameters())
@@ -703,6 +726,11 @@ class SinkLogit(Intervention):
         self.init = float(init)
         self._given = logits
         self.params = nn.ParameterDict()
+
+    def to_record(self) -> dict[str, Any]:
+        """Scope, ``init`` and the current logits (fitted values included) per layer."""
+        logits = {int(key[1:]): p.detach().cpu().clone() for key, p in self.params.items()}
+        return {**self._scope_record(), "init": self.init, "logits": logits or self._given}
 
     def bind(self, model: Any) -> None:
         super().bind(model)
@@ -1335,3 +1363,7 @@ def sink_heads(report: Any, eps: float | None = None, k: int = 1) -> dict[int, l
         if hs:
             out[int(layer)] = hs
     return out
+
+
+for _cls in (MaskKey, KVBias, SinkLogit):  # interventions a report may hold (FitReport): saved and loaded with it
+    register_codec(_cls, lambda rec, _cls=_cls: _cls(**rec))

@@ -48,6 +48,11 @@ def _equal(a, b, where="report"):
         assert type(a) is type(b), where
         for f in dataclasses.fields(a):
             _equal(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
+    elif hasattr(a, "to_record"):  # an intervention: its scope, settings and tensors
+        assert type(a) is type(b), where
+        _equal(a.to_record(), b.to_record(), f"{where}.to_record()")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
     elif isinstance(a, np.ndarray):
         assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape, where
         assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), where
@@ -142,3 +147,17 @@ def test_bad_files_get_one_line(tmp_path):
     f.write_text(json.dumps({"report": {"type": "FutureReport", "fields": {}}}))
     with pytest.raises(ValueError, match="'FutureReport', which this version does not know"):
         load_report(f)
+
+
+@pytest.mark.parametrize("kind", ["k", "kv", "logit"])
+def test_fit_report_with_its_fitted_bias(model, tokens, tmp_path, kind):
+    from sink_interp import FitReport, fit_bias, intervene
+
+    rep = fit_bias(model, tokens, kind, steps=3, progress=False)
+    back = _round_trip(rep, tmp_path)
+    assert isinstance(back, FitReport) and back.recovered == rep.recovered
+    with torch.no_grad(), intervene(model, rep.mask, rep.bias):
+        want = model(tokens)
+    with torch.no_grad(), intervene(model, back.mask, back.bias):  # the loaded bias is the fitted one
+        got = model(tokens)
+    assert torch.equal(got, want)

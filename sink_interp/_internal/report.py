@@ -43,6 +43,15 @@ REPORT_TYPES: dict[str, type] = {}
 RECORD_TYPES: dict[str, type] = {}
 
 
+#: class name -> ``from_record(dict)``, for objects that are not dataclasses (interventions with fitted tensors)
+CODECS: dict[str, Any] = {}
+
+
+def register_codec(cls: type, from_record: Any) -> None:
+    """Let ``cls`` instances travel inside a report: stored as ``obj.to_record()``, rebuilt by ``from_record(record)``."""
+    CODECS[cls.__name__] = from_record
+
+
 def register_record(cls: type) -> type:
     """Let instances of the dataclass ``cls`` travel inside a report's JSON (use as a class decorator)."""
     RECORD_TYPES[cls.__name__] = cls
@@ -70,6 +79,8 @@ def encode(obj: Any) -> Any:
             return {"__tensor__": encode(obj.detach().cpu().numpy())}
     except ImportError:  # pragma: no cover
         pass
+    if type(obj).__name__ in CODECS and hasattr(obj, "to_record"):
+        return {"__codec__": type(obj).__name__, "record": encode(obj.to_record())}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         name = type(obj).__name__
         if name not in RECORD_TYPES and name not in REPORT_TYPES:
@@ -110,6 +121,11 @@ def decode(obj: Any) -> Any:
         import torch
 
         return torch.from_numpy(decode(obj["__tensor__"]))
+    if "__codec__" in obj:
+        name = obj["__codec__"]
+        if name not in CODECS:
+            raise ValueError(f"unknown object type {name!r} in the report; known: {sorted(CODECS)}")
+        return CODECS[name](decode(obj["record"]))
     if "__record__" in obj:
         name = obj["__record__"]
         cls = RECORD_TYPES.get(name) or REPORT_TYPES.get(name)
