@@ -12,6 +12,7 @@ that each .ipynb holds the same code as its .py and executes every tutorial offl
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -51,6 +52,36 @@ def execute(nb, cwd: Path, timeout: int = 900, env: dict | None = None):
     return nb
 
 
+BUNDLE = re.compile(r'<script data-si="circuitsvis-bundle">.*?</script>', re.S)
+
+
+def one_bundle(nb) -> int:
+    """Keep the CircuitsVis bundle in the first output that inlines it and drop later copies (one per notebook).
+
+    Outputs of one notebook share a page in Jupyter, so later widgets draw from the first copy;
+    Colab re-runs cells, and each fresh output inlines its own. Returns the number of copies dropped.
+    """
+    seen, dropped = False, 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data") or {}
+            html = data.get("text/html")
+            if html is None:
+                continue
+            text = "".join(html) if isinstance(html, list) else html
+            n = len(BUNDLE.findall(text))
+            if not n:
+                continue
+            if seen:
+                text, dropped = BUNDLE.sub("", text), dropped + n
+            else:
+                first = BUNDLE.search(text)
+                text = text[: first.end()] + BUNDLE.sub("", text[first.end() :])
+                seen, dropped = True, dropped + n - 1
+            data["text/html"] = text
+    return dropped
+
+
 def main(argv=None) -> int:
     import nbformat
 
@@ -76,6 +107,7 @@ def main(argv=None) -> int:
         elif not args.no_exec:
             print(f"executing {src.name} ...", flush=True)
             execute(nb, src.parent)
+        one_bundle(nb)
         out = src.with_suffix(".ipynb")
         nbformat.write(nb, out)
         print(f"wrote {out.relative_to(ROOT)}")

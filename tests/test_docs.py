@@ -123,3 +123,10 @@ def test_tutorial_headings_have_no_code_spans(src):
     """mkdocs-jupyter drops `code` from the site's table of contents ("7. One offline file:")."""
     bad = [line for line in src.read_text().splitlines() if re.match(r"# #+ ", line) and "`" in line]
     assert not bad, f"{src.name}: write these headings without backticks: {bad}"
+
+
+@pytest.mark.parametrize("src", TUTORIALS, ids=[p.stem for p in TUTORIALS])
+def test_executed_notebook_inlines_the_circuitsvis_bundle_at_most_once(src):
+    """Outputs share the notebook's page: one copy of the ~1 MB bundle serves every widget (scripts/build_tutorials.py)."""
+    text = src.with_suffix(".ipynb").read_text(encoding="utf-8")
+    assert text.count('data-si=\\"circuitsvis-bundle\\"') <= 1
