@@ -46,13 +46,12 @@ from torch import Tensor
 
 from ._internal import display
 from ._internal.errors import check_eps, check_positive_int
-from ._internal.provenance import versions
 from ._internal.report import Report, register_record
 from .architecture import check_model_tokens
 from .capture import Reducer, run_reducers
 from .interventions import Intervention, _flatten, intervene
-from .metrics import SinkScoreReducer, _bos_policy
-from .models import model_info
+from .metrics import SinkScoreReducer
+from .provenance import provenance
 
 # --------------------------------------------------------------------------- next-token reducer
 
@@ -402,7 +401,6 @@ def compare(
         True
     """
     eps = check_eps(eps)
-    info = getattr(tokens, "probe_info", None)
     toks = check_model_tokens(model, tokens, min_length=2)
     items = _items(interventions)
     if _meta is not None:
@@ -439,19 +437,14 @@ def compare(
         accs[lab].effect(lab, " + ".join(iv.describe() for iv in ivs), clean_eff.loss, eps, meta, reference=True)
         for lab, ivs, meta in items
     ]
-    if data is None:
-        data = str(info.get("source")) if isinstance(info, dict) and "source" in info else "tokens"
+    prov = provenance(model, tokens, bos=bos, data=data)
     return EffectReport(
         effects=tuple(effects),
-        model=model_info(model).name,
-        data=data,
-        bos=_bos_policy(model, toks if info is None else tokens, bos),
         eps=eps,
         n=n,
         length=T,
-        model_info=model_info(model).to_dict(),
-        versions=versions(),
-        extra={"probe": info} if isinstance(info, dict) else {},
+        **prov.report_fields(),
+        extra=prov.extra(),
     )
 
 

@@ -40,13 +40,12 @@ from torch import Tensor
 
 from ._internal import display
 from ._internal.errors import check_eps
-from ._internal.provenance import versions
 from ._internal.report import Report
 from .architecture import check_model_tokens
 from .lse import bucket_edges, lse_column_sums, normalize_edges
 from .masks import as_mask
-from .metrics import SinkReport, _bos_policy
-from .models import model_info
+from .metrics import SinkReport
+from .provenance import provenance
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -247,27 +246,16 @@ def long_context_sinks(
     sums = lse_column_sums(
         model, checked, layers=layers, mask=mask, query_edges=edges, batch_size=batch_size, progress=progress, fused=fused
     )
-    info = getattr(tokens, "probe_info", None)
-    if data is None:
-        data = str(info.get("source")) if isinstance(info, dict) and "source" in info else "tokens"
-    extra: dict[str, Any] = {"lse": sums.info}
-    if isinstance(info, dict):
-        extra["probe"] = info
-    if not mask.is_causal:
-        extra["mask"] = mask.to_dict()
-    mi = model_info(model)
+    prov = provenance(model, tokens, bos=bos, data=data, mask=mask)
+    extra: dict[str, Any] = {"lse": sums.info, **prov.extra()}
     report = SinkReport(
         alpha=sums.alpha().numpy(),
         row_sum=sums.row_sum.numpy(),
         eps=eps,
-        model=mi.name,
-        bos=_bos_policy(model, checked if info is None else tokens, bos),
-        data=data,
         score="softmax",
         proxy_layers={},
         layers=tuple(sums.layers),
-        model_info=mi.to_dict(),
-        versions=versions(),
+        **prov.report_fields(),
         method="lse",
         extra=extra,
     )

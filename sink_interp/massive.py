@@ -44,12 +44,11 @@ from torch import Tensor
 
 from ._internal import display, hooknames
 from ._internal.errors import check_positive_int
-from ._internal.provenance import versions
 from ._internal.report import Report
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
-from .metrics import SinkReport, SinkScoreReducer, _bos_policy
-from .models import model_info
+from .metrics import SinkReport, SinkScoreReducer
+from .provenance import provenance
 
 DEFAULT_ABS_THRESHOLD = 100.0
 DEFAULT_RATIO_THRESHOLD = 1000.0
@@ -579,9 +578,7 @@ def massive_activations(
     top_k = check_positive_int(top_k, "top_k")
     max_flags = check_positive_int(max_flags, "max_flags", minimum=0) if max_flags else 0
     tokens_checked = check_model_tokens(model, tokens, min_length=2 if sinks else 1)
-    info = getattr(tokens, "probe_info", None)
-    if data is None:
-        data = str(info.get("source")) if isinstance(info, dict) and "source" in info else "tokens"
+    prov = provenance(model, tokens, bos=bos, data=data)
     red = MassiveReducer(abs_threshold, ratio_threshold, top_k, max_flags)
     reducers: list[Reducer] = [red]
     sred = SinkScoreReducer() if sinks else None
@@ -592,8 +589,6 @@ def massive_activations(
     if missing:
         raise RuntimeError(f"hooks {missing[:4]} never fired during the forward pass; this architecture is not supported yet")
     res = red.result()
-    bos_policy = _bos_policy(model, tokens_checked if info is None else tokens, bos)
-    mi = model_info(model)
     sink_report = None
     if sred is not None:
         alpha, row_sum = sred.result()
@@ -602,25 +597,17 @@ def massive_activations(
             alpha=alpha.numpy(),
             row_sum=row_sum.numpy(),
             eps=0.3,
-            model=mi.name,
-            bos=bos_policy,
-            data=data,
             score="softmax" if not used else "auto:" + "+".join(used),
             proxy_layers=dict(sred.proxy_layers),
             layers=tuple(sred.layers),
-            model_info=mi.to_dict(),
-            versions=versions(),
+            **prov.report_fields(),
         )
     return MassiveReport(
         **res,
         abs_threshold=abs_threshold,
         ratio_threshold=ratio_threshold,
-        model=mi.name,
-        bos=bos_policy,
-        data=data,
-        model_info=mi.to_dict(),
-        versions=versions(),
+        **prov.report_fields(),
         key_after_rope=describe_attention(model).layer(0).rotary is not None,
         sinks=sink_report,
-        extra={"probe": info} if isinstance(info, dict) else {},
+        extra=prov.extra(),
     )

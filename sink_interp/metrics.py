@@ -39,11 +39,10 @@ from torch import Tensor
 
 from ._internal import display, hooknames
 from ._internal.errors import check_eps
-from ._internal.provenance import versions
 from ._internal.report import Report
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
-from .models import model_info
+from .provenance import provenance
 
 SCORES = ("auto", "softmax", "proxy", "abs-proxy")
 PROXY_EPS = 1e-8
@@ -395,18 +394,6 @@ class SinkReport(Report):
         )
 
 
-def _bos_policy(model: Any, tokens: Tensor, bos: bool | None) -> bool | None:
-    if bos is not None:
-        return bool(bos)
-    info = getattr(tokens, "probe_info", None)
-    if isinstance(info, dict) and "bos" in info:
-        return bool(info["bos"])
-    bos_id = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
-    if bos_id is None:
-        return None
-    return bool((tokens[:, 0] == bos_id).all().item())
-
-
 def measure_sinks(
     model: Any,
     tokens: Tensor,
@@ -466,12 +453,8 @@ def measure_sinks(
     requested = method
     method = _lse.choose_method(model, tokens_checked, method, score=score, batch_size=batch_size)
     mask = _lse.as_mask(mask)
-    info = getattr(tokens, "probe_info", None)
-    if data is None:
-        data = str(info.get("source")) if isinstance(info, dict) and "source" in info else "tokens"
-    extra: dict[str, Any] = {"probe": info} if isinstance(info, dict) else {}
-    if not mask.is_causal:
-        extra["mask"] = mask.to_dict()
+    prov = provenance(model, tokens, bos=bos, data=data, mask=mask)
+    extra: dict[str, Any] = prov.extra()
     if method == "lse":
         try:
             sums = _lse.lse_column_sums(
@@ -498,14 +481,10 @@ def measure_sinks(
         alpha=alpha.numpy(),
         row_sum=row_sum.numpy(),
         eps=eps,
-        model=model_info(model).name,
-        bos=_bos_policy(model, tokens_checked if info is None else tokens, bos),
-        data=data,
         score=score if score != "auto" else ("softmax" if not used else "auto:" + "+".join(used)),
         proxy_layers=proxy_layers,
         layers=tuple(layer_list),
-        model_info=model_info(model).to_dict(),
-        versions=versions(),
+        **prov.report_fields(),
         method=method,
         extra=extra,
     )

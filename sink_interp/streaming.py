@@ -40,14 +40,12 @@ from torch import Tensor
 
 from ._internal import display
 from ._internal.errors import check_positive_int
-from ._internal.provenance import versions
 from ._internal.report import Report
 from .architecture import check_model_tokens, describe_attention
 from .capture import run_reducers
 from .effects import NextTokenReducer
 from .interventions import StreamingWindow, intervene
-from .metrics import _bos_policy
-from .models import model_info
+from .provenance import provenance
 
 
 def long_tokens(model: Any, length: int = 1536, n: int = 8, bos: bool = False, path: str | None = None) -> Tensor:
@@ -251,7 +249,6 @@ def streaming_ppl(
     """
     sinks = check_positive_int(sinks, "sinks", minimum=0)
     window = check_positive_int(window, "window")
-    info = getattr(tokens, "probe_info", None)
     toks = check_model_tokens(model, tokens, min_length=2)
     n, T = toks.shape
     if T <= sinks + window:
@@ -287,21 +284,16 @@ def streaming_ppl(
             bar.update(1)
     finally:
         bar.close()
-    if data is None:
-        data = str(info.get("source")) if isinstance(info, dict) and "source" in info else "tokens"
+    prov = provenance(model, tokens, bos=bos, data=data)
     return StreamReport(
         conditions=tuple(conds),
         nll=nll,
         sinks=sinks,
         window=window,
         bucket=bucket,
-        model=model_info(model).name,
-        data=data,
-        bos=_bos_policy(model, toks if info is None else tokens, bos),
         n=n,
         length=T,
         positional=kind,
-        model_info=model_info(model).to_dict(),
-        versions=versions(),
-        extra={"probe": info} if isinstance(info, dict) else {},
+        **prov.report_fields(),
+        extra=prov.extra(),
     )

@@ -77,13 +77,19 @@ def _round_trip(rep, tmp_path):
     assert type(back) is type(rep)
     assert json.dumps(back.summary(), sort_keys=True, default=str) == json.dumps(rep.summary(), sort_keys=True, default=str)
     _equal(rep, back)
+    assert back.provenance == rep.provenance and back.provenance.model_info
     assert back._repr_html_() == rep._repr_html_()  # the loaded report draws the same view
     return back
 
 
 def test_sink_report(model, tokens, tmp_path):
+    from sink_interp import AttentionMask, probe_tokens
+
     rep = measure_sinks(model, tokens, progress=False)
     back = _round_trip(rep, tmp_path)
+    probed = measure_sinks(model, probe_tokens(model, "repeat", n=2, length=12, bos=True), mask=AttentionMask(window=4), progress=False)
+    p = _round_trip(probed, tmp_path).provenance
+    assert (p.data, p.bos, p.probe["source"], p.mask["window"]) == ("repeat", True, "repeat", 4)
     assert back.rate(1) == rep.rate(1) and back.head_table().equals(rep.head_table())
 
 

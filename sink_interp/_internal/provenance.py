@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import tempfile
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -124,3 +125,40 @@ def to_jsonable(obj: Any) -> Any:
 
 def dumps(obj: Any) -> str:
     return json.dumps(to_jsonable(obj), indent=2)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced a result: the model and its facts, the data and its probe, the BOS policy, the mask, the versions.
+
+    Built by :func:`sink_interp.provenance.provenance`; every report gives it back as ``report.provenance``.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model, measure_sinks
+        >>> rep = measure_sinks(tiny_model(), torch.randint(4, 128, (2, 8)), progress=False)
+        >>> p = rep.provenance
+        >>> p.model.startswith("tiny-gqa"), p.data, p.model_info["n_layers"]
+        (True, 'tokens', 2)
+    """
+
+    model: str
+    model_info: dict[str, Any]
+    data: str
+    bos: bool | None
+    probe: dict[str, Any] | None = None
+    mask: dict[str, Any] | None = None
+    versions: dict[str, str] = field(default_factory=versions)
+
+    def report_fields(self) -> dict[str, Any]:
+        """The fields every report stores: ``model``, ``bos``, ``data``, ``model_info``, ``versions``."""
+        return {"model": self.model, "bos": self.bos, "data": self.data, "model_info": self.model_info, "versions": self.versions}
+
+    def extra(self) -> dict[str, Any]:
+        """What goes in a report's ``extra``: the probe's description and a non-causal mask."""
+        out: dict[str, Any] = {}
+        if self.probe is not None:
+            out["probe"] = self.probe
+        if self.mask is not None:
+            out["mask"] = self.mask
+        return out

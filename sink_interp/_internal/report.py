@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .provenance import dumps, write_atomic
+from .provenance import Provenance, dumps, write_atomic
 
 FORMAT = "sink_interp.report/1"
 
@@ -163,6 +163,25 @@ class Report:
 
     def summary(self) -> dict[str, Any]:  # pragma: no cover - every report defines it
         raise NotImplementedError
+
+    @property
+    def provenance(self) -> Provenance:
+        """What produced this report: model and its facts, data and probe, BOS policy, mask, versions."""
+        extra = getattr(self, "extra", None) or {}
+        if not hasattr(self, "model_info"):  # LongContextReport, FitReport: the report they hold knows
+            for name in ("sinks", "effects"):
+                inner = getattr(self, name, None)
+                if isinstance(inner, Report):
+                    return inner.provenance
+        return Provenance(
+            model=str(getattr(self, "model", "")),
+            model_info=dict(getattr(self, "model_info", {}) or {}),
+            data=str(getattr(self, "data", "")),
+            bos=getattr(self, "bos", None),
+            probe=extra.get("probe"),
+            mask=extra.get("mask"),
+            versions=dict(getattr(self, "versions", {}) or {}),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The summary, plus a ``"report"`` block with every field (what :meth:`to_json` writes)."""

@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 
 from .._internal import display
-from .._internal.provenance import dumps, versions, write_atomic
+from .._internal.provenance import Provenance, dumps, versions, write_atomic
 from .._internal.report import Report
 from ..tasks import BigramBackcopy, Sampler, TextCorpus
 from .config import TrainConfig, preset  # noqa: F401  (preset: used by the docstring example)
@@ -408,6 +408,18 @@ class TrainResult(Report):
             "config": self.config,
             "versions": self.versions,
         }
+
+    @property
+    def provenance(self) -> Provenance:
+        """What produced the run: its config (the model it built), task, device, dtype and versions."""
+        return Provenance(
+            model=str(self.config.get("name")),
+            model_info={"n_params": self.n_params, "device": self.device, "dtype": self.dtype, "config": self.config},
+            data=str(self.config.get("task")),
+            bos=self.summary()["bos"] if self.config.get("task") == "text" else None,
+            probe=self.task,
+            versions=self.versions,
+        )
 
     @classmethod
     def _from_summary(cls, d: dict[str, Any]) -> TrainResult | None:

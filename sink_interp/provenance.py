@@ -1,0 +1,55 @@
+"""What produced a result: the model, its facts, the data, the BOS policy, the mask and the library versions.
+
+Every analysis builds one :class:`Provenance` with :func:`provenance` and stores it in
+its report (``report.provenance`` gives it back, also for a report read with
+:func:`sink_interp.load_report`), because each of these changes the numbers.
+
+Example:
+    >>> from sink_interp import tiny_model, probe_tokens
+    >>> m = tiny_model()
+    >>> p = provenance(m, probe_tokens(m, "random", n=2, length=8, bos=True))
+    >>> p.model.startswith("tiny-gqa"), p.data, p.bos, p.probe["length"]
+    (True, 'random', True, 8)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._internal.provenance import Provenance
+from .models import model_info
+
+
+def bos_policy(model: Any, tokens: Any, bos: bool | None = None) -> bool | None:
+    """Whether ``tokens`` start with BOS: as given, else as the probe says, else read from the first column."""
+    if bos is not None:
+        return bool(bos)
+    info = getattr(tokens, "probe_info", None)
+    if isinstance(info, dict) and "bos" in info:
+        return bool(info["bos"])
+    bos_id = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+    if bos_id is None:
+        return None
+    t = torch.as_tensor(tokens)
+    return bool((t[:, 0] == bos_id).all().item())
+
+
+def provenance(model: Any, tokens: Any, *, bos: bool | None = None, data: str | None = None, mask: Any = None) -> Provenance:
+    """The :class:`Provenance` of running ``model`` on ``tokens`` (a ``probe_tokens`` result carries its source).
+
+    ``data`` labels the inputs (default: the probe's source, else ``"tokens"``); ``mask`` is an
+    :class:`sink_interp.AttentionMask` the model attended with (recorded when it is not causal).
+    """
+    info = getattr(tokens, "probe_info", None)
+    info = info if isinstance(info, dict) else None
+    if data is None:
+        data = str(info["source"]) if info is not None and "source" in info else "tokens"
+    mask_dict = None
+    if mask is not None and not getattr(mask, "is_causal", True):
+        mask_dict = mask.to_dict()
+    mi = model_info(model)
+    return Provenance(
+        model=mi.name, model_info=mi.to_dict(), data=data, bos=bos_policy(model, tokens, bos), probe=info, mask=mask_dict
+    )
