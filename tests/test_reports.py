@@ -87,7 +87,9 @@ def test_sink_report(model, tokens, tmp_path):
 
     rep = measure_sinks(model, tokens, progress=False)
     back = _round_trip(rep, tmp_path)
-    probed = measure_sinks(model, probe_tokens(model, "repeat", n=2, length=12, bos=True), mask=AttentionMask(window=4), progress=False)
+    probed = measure_sinks(
+        model, probe_tokens(model, "repeat", n=2, length=12, bos=True), mask=AttentionMask(window=4), progress=False
+    )
     p = _round_trip(probed, tmp_path).provenance
     assert (p.data, p.bos, p.probe["source"], p.mask["window"]) == ("repeat", True, "repeat", 4)
     assert back.rate(1) == rep.rate(1) and back.head_table().equals(rep.head_table())
