@@ -465,7 +465,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if args.json:
         from ._internal.provenance import dumps, write_atomic
 
-        d = eff.summary()
+        d = eff.to_dict()  # the summary and the report's fields: sink_interp.load_report reads it back
         d["battery"] = battery.facts()
         d["loss_by_position"] = eff.loss_by_position().to_dict(orient="records")
         d["argv"] = list(sys.argv[1:])

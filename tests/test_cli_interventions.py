@@ -38,6 +38,10 @@ def test_ablate_prints_the_effect_table_and_writes_json(tmp_path, capsys):
     labels = [e["label"] for e in d["effects"]]
     assert labels[0] == "clean" and "ACT calibration (tau 0.1, beta 0.4)" in labels
     assert "battery" in d and "sink_heads" in d["battery"] and d["eps"] == 0.2
+    from sink_interp import EffectReport, load_report
+
+    back = load_report(out)  # the CLI's JSON is a report too
+    assert isinstance(back, EffectReport) and [e["label"] for e in back.summary()["effects"]] == labels
     assert "fit" in d["battery"] and any("fitted K bias" in lab for lab in labels)  # random tokens: every head sinks at eps 0.2
     assert any("mean sink key and value" in lab for lab in labels)
 
