@@ -92,7 +92,7 @@ def _special_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
-def _bos_id(model: Any) -> int:
+def model_bos_id(model: Any) -> int:
     from .models import special_token_ids
 
     bos = special_token_ids(model).get("bos")
@@ -101,7 +101,7 @@ def _bos_id(model: Any) -> int:
     return int(bos)
 
 
-def _tokenizer(model: Any) -> Any:
+def text_tokenizer(model: Any) -> Any:
     from .models import tokenizer_missing
 
     why = tokenizer_missing(model)
@@ -182,7 +182,7 @@ def probe_tokens(
                 raise FileNotFoundError(f"data source {src!r} is neither one of {SOURCES} nor an existing JSONL file")
             info["source"] = str(path)
         texts = read_jsonl_texts(path)
-        tok = _tokenizer(model)
+        tok = text_tokenizer(model)
         info["concat"] = bool(concat)
         if concat:
             toks = _concat_rows(tok, texts, n, body, path, info)
@@ -210,7 +210,7 @@ def probe_tokens(
         _check_natural(tok, toks, info["source"])
 
     if bos:
-        toks = torch.cat([torch.full((n, 1), _bos_id(model), dtype=torch.long), toks], dim=1)
+        toks = torch.cat([torch.full((n, 1), model_bos_id(model), dtype=torch.long), toks], dim=1)
     toks = toks.contiguous()
     toks.probe_info = info  # type: ignore[attr-defined]
     return toks

@@ -49,7 +49,7 @@ from ._internal.errors import check_eps, check_positive_int
 from ._internal.report import Report, register_record
 from .architecture import check_model_tokens
 from .capture import Reducer, run_reducers
-from .interventions import Intervention, _flatten, intervene
+from .interventions import Intervention, flatten_interventions, intervene
 from .metrics import SinkScoreReducer
 from .provenance import provenance
 
@@ -287,7 +287,7 @@ def _items(interventions: Any) -> list[Item]:
     else:
         pairs = [(None, x) for x in interventions]
     for label, x in pairs:
-        ivs = _flatten([x])
+        ivs = flatten_interventions([x])
         if label is None:
             label = " + ".join(iv.label for iv in ivs) if ivs else "clean"
         out.append((str(label), ivs, {}))

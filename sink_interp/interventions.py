@@ -1262,7 +1262,7 @@ def intervene(model: Any, *interventions: Intervention | Sequence[Intervention])
         ...     torch.equal(model(x), nested)
         True
     """
-    with _block(model, _flatten(interventions)) as m:
+    with _block(model, flatten_interventions(interventions)) as m:
         yield m
 
 
@@ -1330,13 +1330,13 @@ def masked(model: Any, mask: AttentionMask | dict[str, Any] | None, layers: Sequ
         yield m
 
 
-def _flatten(items: Iterable[Any]) -> list[Intervention]:
+def flatten_interventions(items: Iterable[Any]) -> list[Intervention]:
     out: list[Intervention] = []
     for it in items:
         if isinstance(it, Intervention):
             out.append(it)
         elif isinstance(it, (list, tuple)):
-            out.extend(_flatten(it))
+            out.extend(flatten_interventions(it))
         else:
             raise TypeError(f"intervene() takes Intervention objects (ZeroValue, MaskKey, KVBias, ...), got {type(it).__name__}")
     return out

@@ -72,7 +72,7 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
 }
 
 # name a model was loaded under (the bridge's cfg.model_name is a path for cached models), and why a model has no tokenizer
-_LOADED_AS: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+LOADED_AS: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
 #: Checkpoint folders that transformers alone cannot load: (marker file, ``loader(path, device) -> bridge``).
 #: The layers above register theirs (:mod:`sink_interp.training` its trained models, with their knobs),
@@ -251,7 +251,7 @@ def load_model(
             ) from e
     elif name in TINY_MODELS:
         model = tiny_model(**TINY_MODELS[name], device=dev, dtype=dt)
-        _LOADED_AS[model] = name
+        LOADED_AS[model] = name
         return model
     elif (loader := _folder_loader(path)) is not None:  # e.g. a model trained by sink_interp.training: its knobs
         bridge = loader(path, dev)
@@ -279,7 +279,7 @@ def load_model(
             "Or pass a Hugging Face id with its organisation (e.g. 'EleutherAI/pythia-70m', 'gpt2') "
             "or the path of a local Hugging Face directory."
         )
-    _LOADED_AS[model] = name
+    LOADED_AS[model] = name
     return model
 
 
@@ -308,7 +308,7 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_loading() -> Iterator[None]:
     """Silence TransformerLens' prints and transformers' progress bars while loading."""
     from transformers.utils import logging as hf_logging
 
@@ -322,7 +322,7 @@ def _quiet() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _bridge_class() -> Any:
+def bridge_class() -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
     return TransformerBridge
@@ -353,8 +353,8 @@ def _boot_local(path: str, device: torch.device, dtype: torch.dtype) -> Any:
     tokenizer_free = not has_tokenizer_files(path)
     if tokenizer_free:  # a checkpoint saved without its tokenizer: token ids work, text does not
         kwargs["tokenizer"] = _placeholder_tokenizer()
-    with _quiet():
-        model = _bridge_class().boot_transformers(path, device=str(device), dtype=dtype, **kwargs)
+    with quiet_loading():
+        model = bridge_class().boot_transformers(path, device=str(device), dtype=dtype, **kwargs)
     if tokenizer_free:
         model.tokenizer = None
         _NO_TOKENIZER[model] = f"{path} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}...)"
@@ -389,8 +389,8 @@ def special_token_ids(model: Any) -> dict[str, int]:
 
 def _boot_hub(name: str, device: torch.device, dtype: torch.dtype) -> Any:
     try:
-        with _quiet():
-            model = _bridge_class().boot_transformers(name, device=str(device), dtype=dtype)
+        with quiet_loading():
+            model = bridge_class().boot_transformers(name, device=str(device), dtype=dtype)
     except OSError as e:
         raise OSError(
             f"could not load {name!r} from the Hugging Face hub ({e.__class__.__name__}), and there is no local "
@@ -886,8 +886,8 @@ def tiny_model(
     hf = copy.deepcopy(hf)  # the bridge wraps modules in place; keep the reference untouched
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dev = resolve_device(device)
-    with _quiet():
-        model = _bridge_class().boot_transformers(
+    with quiet_loading():
+        model = bridge_class().boot_transformers(
             f"tiny-{attention}-{positions}-{norm}",
             hf_model=hf,
             tokenizer=tiny_tokenizer(d_vocab),
@@ -895,7 +895,7 @@ def tiny_model(
             dtype=resolve_dtype(dtype),
         )
         model = model.to(device=dev, dtype=resolve_dtype(dtype)).eval()
-    _LOADED_AS[model] = f"tiny-{attention}-{positions}-{norm}-L{n_layers}-seed{seed}"
+    LOADED_AS[model] = f"tiny-{attention}-{positions}-{norm}-L{n_layers}-seed{seed}"
     return model
 
 
@@ -904,7 +904,7 @@ def tiny_model(
 
 def model_name(model: Any) -> str:
     """The name the model was loaded under (falls back to the bridge's ``cfg.model_name``)."""
-    return _LOADED_AS.get(model) or str(getattr(model.cfg, "model_name", type(model).__name__))
+    return LOADED_AS.get(model) or str(getattr(model.cfg, "model_name", type(model).__name__))
 
 
 def model_info(model: Any) -> ModelInfo:

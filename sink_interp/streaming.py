@@ -63,7 +63,7 @@ def long_tokens(model: Any, length: int = 1536, n: int = 8, bos: bool = False, p
         >>> t.shape, docs[0].split(":")[0]
         (torch.Size([2, 512]), 'wikipedia')
     """
-    from .data import _bos_id, _tokenizer, natural_path
+    from .data import model_bos_id, natural_path, text_tokenizer
 
     length = check_positive_int(length, "length", minimum=2)
     n = check_positive_int(n, "n")
@@ -88,7 +88,7 @@ def long_tokens(model: Any, length: int = 1536, n: int = 8, bos: bool = False, p
             f"long_tokens reads natural text, which needs a tokenizer, and this model has none ({why}); "
             "fix: pass your own [n, length] token ids to streaming_ppl, or put the tokenizer files in the checkpoint folder"
         )
-    tok = _tokenizer(model)
+    tok = text_tokenizer(model)
     body = length - 1 if bos else length
     docs = []
     for key, texts in groups.items():
@@ -103,7 +103,7 @@ def long_tokens(model: Any, length: int = 1536, n: int = 8, bos: bool = False, p
     rows = [d[2] for d in docs[:n]]
     toks = torch.tensor(rows, dtype=torch.long)
     if bos:
-        toks = torch.cat([torch.full((n, 1), _bos_id(model), dtype=torch.long), toks], dim=1)
+        toks = torch.cat([torch.full((n, 1), model_bos_id(model), dtype=torch.long), toks], dim=1)
     toks.probe_info = {  # type: ignore[attr-defined]
         "source": f"long:{'natural' if path is None else p}",
         "bos": bos,

@@ -88,7 +88,7 @@ def test_natural_concat_joins_whole_passages_in_file_order(tiny_models, monkeypa
     tok = _char_tokenizer(int(model.cfg.d_vocab))
     import sink_interp.data
 
-    monkeypatch.setattr(sink_interp.data, "_tokenizer", lambda m: tok)
+    monkeypatch.setattr(sink_interp.data, "text_tokenizer", lambda m: tok)
     texts = read_jsonl_texts(natural_path())
     t = probe_tokens(model, "natural-concat", n=2, length=300)
     sep = tok(CONCAT_SEPARATOR, add_special_tokens=False)["input_ids"]

@@ -143,7 +143,7 @@ def probe_stats(
     return out
 
 
-def _round(d: dict[str, Any], nd: int = 6) -> dict[str, Any]:
+def round_metric(d: dict[str, Any], nd: int = 6) -> dict[str, Any]:
     out = {}
     for k, v in d.items():
         if isinstance(v, float):

@@ -48,7 +48,7 @@ from .._internal.provenance import Provenance, dumps, versions, write_atomic
 from .._internal.report import Report
 from ..tasks import BigramBackcopy, Sampler, TextCorpus
 from .config import TrainConfig, preset  # noqa: F401  (preset: used by the docstring example)
-from .evaluate import _round, masked_ce, probe_stats, val_losses
+from .evaluate import masked_ce, probe_stats, round_metric, val_losses
 from .model import LabModel, build_model, replace_problem, save_trained
 
 CKPT = "checkpoint.pt"
@@ -170,7 +170,7 @@ class RunDirError(FileExistsError):
     """The folder is not ours to write: other files in it, or another process writing the run."""
 
 
-def _run_config(out: Path) -> dict[str, Any] | None:
+def run_config(out: Path) -> dict[str, Any] | None:
     """The run's ``config.json`` when ``out`` is a run directory of ours, else None."""
     try:
         d = json.loads((out / CONFIG).read_text(encoding="utf-8"))
@@ -525,16 +525,16 @@ def train(
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig (see sink_interp.training.preset), got {type(cfg).__name__}")
     out = Path(out_dir).expanduser()
-    claim_dir(out, _run_config, "run")  # refuse before writing anything, the lock file included
+    claim_dir(out, run_config, "run")  # refuse before writing anything, the lock file included
     out.mkdir(parents=True, exist_ok=True)
     with dir_lock(out, "run"), _threads(threads):
-        ours = claim_dir(out, _run_config, "run")  # again, now that no other writer can change it
+        ours = claim_dir(out, run_config, "run")  # again, now that no other writer can change it
         problem = replace_problem(out / MODEL)
         if problem:
             raise RunDirError(f"{out / MODEL} {problem}; nothing was written; fix: move it away or choose another folder")
         ck = None
         if ours and resume:
-            info = _run_config(out) or {}
+            info = run_config(out) or {}
             if (out / CKPT).is_file():
                 ck = load_checkpoint(out / CKPT)
                 _check_resume(ck["config"], cfg, int(ck["step"]), extend=extend, out=out)
@@ -606,7 +606,7 @@ def _train(
             )
         )
         lab.bridge.train()
-        return _round(m)
+        return round_metric(m)
 
     def append(m: dict[str, Any], path: Path) -> None:
         with open(path, "a", encoding="utf-8") as f:

@@ -147,20 +147,20 @@ def build_model(
     """
     from .. import metrics as _metrics
     from ..architecture import register_attention_facts
-    from ..models import _LOADED_AS, _bridge_class, _quiet, resolve_device
+    from ..models import LOADED_AS, bridge_class, quiet_loading, resolve_device
 
     hf, params = build_hf_model(cfg, d_vocab)
     named = list(hf.state_dict(keep_vars=True).items())  # before the bridge renames the modules
     norm_weights = [(layer.input_layernorm.weight, layer.post_attention_layernorm.weight) for layer in hf.model.layers]
     dev = resolve_device(device)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with _quiet():
-        bridge = _bridge_class().boot_transformers(
+    with quiet_loading():
+        bridge = bridge_class().boot_transformers(
             f"sink-lab-{cfg.name}", hf_model=hf, tokenizer=tokenizer, device=str(dev), dtype=dtype
         )
         bridge = bridge.to(device=dev, dtype=dtype)
     runtime = KnobRuntime(bridge, cfg, params, norm_weights, NORM_EPS).attach()
-    _LOADED_AS[bridge] = f"sink-lab:{cfg.name}"
+    LOADED_AS[bridge] = f"sink-lab:{cfg.name}"
     att, other = runtime.knob_names()
     register_attention_facts(bridge, positional=cfg.pos, attention_knobs=att, other_knobs=other)
     register = getattr(_metrics, "register_score", None)
@@ -214,9 +214,9 @@ def save_trained(lab: LabModel, path: str | os.PathLike[str], extra: dict[str, A
         clean = cls(hc)
         clean.load_state_dict(hf_state, strict=True)
         clean.config.architectures = [cls.__name__]
-        from ..models import _quiet
+        from ..models import quiet_loading
 
-        with _quiet():  # no "Writing model shards" progress bar
+        with quiet_loading():  # no "Writing model shards" progress bar
             clean.save_pretrained(str(tmp))
         lab.tokenizer.save_pretrained(str(tmp))
         torch.save(knob_state, tmp / "sink_knobs.pt")

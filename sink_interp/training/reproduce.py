@@ -28,7 +28,7 @@ import torch
 from .._internal import display
 from .._internal.provenance import dumps, versions, write_atomic
 from .config import TrainConfig, preset
-from .loop import LOCK, _run_config, claim_dir, dir_lock, make_sampler, make_task, read_metrics, train
+from .loop import LOCK, claim_dir, dir_lock, make_sampler, make_task, read_metrics, run_config, train
 
 #: Marks a folder as a reproduce output of ours (written first).
 MARKER = "sink_interp_reproduce.json"
@@ -106,7 +106,7 @@ def _is_reproduce_root(root: Path) -> bool:
     names = {e.name for e in root.iterdir()} - {LOCK}
     if not names <= {"runs", "curves", "reproduce.json", "reproduce.md"} or not (root / "runs").is_dir():
         return False
-    return all(e.is_dir() and _run_config(e) is not None for e in (root / "runs").iterdir())
+    return all(e.is_dir() and run_config(e) is not None for e in (root / "runs").iterdir())
 
 
 # --------------------------------------------------------------------------- extra measurements
