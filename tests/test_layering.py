@@ -196,3 +196,17 @@ class _Source:
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.text
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A helper another module needs is public (no leading underscore): the import says what is shared."""
+    import ast
+
+    found = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("sink_interp")):
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                if private:
+                    found.append(f"{name}:{node.lineno} imports {private} from {node.module}")
+    assert not found, found
