@@ -13,33 +13,11 @@ import pytest
 import torch
 
 from sink_interp.cli import main
-from sink_interp.training import TrainConfig, preset, read_metrics, save_trained, train
+from sink_interp.training import TrainConfig, read_metrics, save_trained, train
 from sink_interp.training.loop import LOCK, RunDirError, load_checkpoint
 from sink_interp.training.reproduce import reproduce
 
-T = 12
-
-
-def tiny(**over):
-    kw = dict(
-        seq_len=T,
-        d_model=32,
-        n_heads=2,
-        d_mlp=64,
-        n_layers=2,
-        steps=4,
-        eval_every=2,
-        ckpt_every=2,
-        batch_size=4,
-        eval_batches=1,
-        probe_n=4,
-        warmup=1,
-        bb_vocab=12,
-        bb_source="random",
-    )
-    kw.update(over)
-    return preset("bb-softmax", **kw)
-
+from .test_train import tiny  # the same tiny BB run
 
 SMALL = [
     "--set",
