@@ -46,7 +46,7 @@ from torch import Tensor
 
 from ._internal import display
 from ._internal.errors import check_eps, check_positive_int
-from ._internal.report import Report, register_record
+from ._internal.report import ModelRun, Report, register_record
 from .architecture import check_model_tokens
 from .capture import Reducer, run_reducers
 from .interventions import Intervention, flatten_interventions, intervene
@@ -159,7 +159,7 @@ class Effect:
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class EffectReport(Report):
+class EffectReport(ModelRun, Report):
     """Effects of several interventions against the clean model, on the same tokens.
 
     ``effects[0]`` is the clean model. ``report["label"]`` gives one :class:`Effect`.
@@ -190,14 +190,6 @@ class EffectReport(Report):
     @property
     def labels(self) -> list[str]:
         return [e.label for e in self.effects]
-
-    @property
-    def dtype(self) -> str:
-        return str(self.model_info.get("dtype"))
-
-    @property
-    def device(self) -> str:
-        return str(self.model_info.get("device"))
 
     def __getitem__(self, label: str) -> Effect:
         for e in self.effects:

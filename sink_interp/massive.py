@@ -44,7 +44,7 @@ from torch import Tensor
 
 from ._internal import display, hooknames
 from ._internal.errors import check_positive_int
-from ._internal.report import Report
+from ._internal.report import ModelRun, Report
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .metrics import SinkReport, SinkScoreReducer
@@ -179,7 +179,7 @@ class MassiveReducer(Reducer):
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class MassiveReport(Report):
+class MassiveReport(ModelRun, Report):
     """Massive activations of every block, per-token norms and the extreme-token triple.
 
     Arrays are indexed ``[sample, layer, ...]``; ``top_*`` hold each sample's
@@ -228,14 +228,6 @@ class MassiveReport(Report):
     @property
     def length(self) -> int:
         return int(self.h_norm.shape[-1])
-
-    @property
-    def dtype(self) -> str:
-        return str(self.model_info.get("dtype"))
-
-    @property
-    def device(self) -> str:
-        return str(self.model_info.get("device"))
 
     def _layer(self, layer: int) -> int:
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < self.n_layers:

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from ._internal import display, hooknames
 from ._internal.errors import check_eps
-from ._internal.report import Report
+from ._internal.report import ModelRun, Report
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .provenance import provenance
@@ -141,7 +141,7 @@ class SinkScoreReducer(Reducer):
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class SinkReport(Report):
+class SinkReport(ModelRun, Report):
     """Sink scores of every (sample, layer, head, key position), with what produced them.
 
     ``alpha`` has shape ``[n, layers, heads, length]``; positions ``k`` in the
@@ -183,14 +183,6 @@ class SinkReport(Report):
     @property
     def n_heads(self) -> int:
         return int(self.alpha.shape[2])
-
-    @property
-    def dtype(self) -> str:
-        return str(self.model_info.get("dtype"))
-
-    @property
-    def device(self) -> str:
-        return str(self.model_info.get("device"))
 
     def n_queries(self, k: int) -> int:
         """How many queries ``alpha_k`` averages over (``T - k + 1``)."""

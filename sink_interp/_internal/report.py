@@ -205,6 +205,20 @@ class Report:
         return None
 
 
+class ModelRun:
+    """``dtype`` and ``device`` of the model a report ran, read from its ``model_info`` (mixed into such reports)."""
+
+    model_info: dict[str, Any]
+
+    @property
+    def dtype(self) -> str:
+        return str(self.model_info.get("dtype"))
+
+    @property
+    def device(self) -> str:
+        return str(self.model_info.get("device"))
+
+
 def loads_report(text: str, source: str = "the text") -> Report:
     """The report whose :meth:`Report.to_json` text is ``text`` (see :func:`load_report`)."""
     try:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._internal.report import Report, register_record
+from .._internal.report import ModelRun, Report, register_record
 from ..massive import MassiveReport
 from .story import explain_text, story_text
 
@@ -202,7 +202,7 @@ class ManifoldLink(Link):
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class TraceReport(Report):
+class TraceReport(ModelRun, Report):
     """Every link of the sink mechanism at one (layer, head), with the massive-activation report it builds on.
 
     ``links`` maps link names (``spike, writer, gated_mlp, norm, wk, rope, manifold``)
@@ -239,14 +239,6 @@ class TraceReport(Report):
     @property
     def length(self) -> int:
         return self.massive.length
-
-    @property
-    def dtype(self) -> str:
-        return str(self.model_info.get("dtype"))
-
-    @property
-    def device(self) -> str:
-        return str(self.model_info.get("device"))
 
     def __getattr__(self, name: str) -> Any:
         links = self.__dict__.get("links", {})
