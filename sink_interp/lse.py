@@ -302,10 +302,9 @@ def lse_column_sums(
                 block_bytes=block_bytes,
             )
             info["self_check"] = check
-            if not (bool(torch.isfinite(col).all()) and bool(torch.isfinite(rows).all())):
-                first = (
-                    int((~torch.isfinite(col.flatten(1))).any(1).nonzero()[0, 0]) if not bool(torch.isfinite(col).all()) else 0
-                )
+            bad = (~torch.isfinite(col.flatten(1))).any(1) | (~torch.isfinite(rows.flatten(1))).any(1)  # per sample
+            if bool(bad.any()):
+                first = int(bad.nonzero()[0, 0])
                 raise NonFiniteError(
                     explain_non_finite(model, tokens[first : first + 1], seen_at="the fused engine's column sums")
                 )

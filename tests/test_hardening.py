@@ -213,3 +213,27 @@ def test_cli_length_past_a_learned_context_is_one_line(tmp_path, capsys):
     n_ctx = AutoConfig.from_pretrained(str(d)).n_positions
     rc = cli.main(["measure", "--model", str(d), "--data", "random", "--n", "1", "--length", str(n_ctx + 1), "--quiet"])
     _one_line(capsys, rc, 2, f"length {n_ctx + 1} exceeds the context", f"--length {n_ctx}")
+
+
+def test_fused_engine_sums_with_a_nan_are_refused_naming_the_sample(model, monkeypatch):
+    """The fused engine runs no hooks: its column sums are checked at the end, and the sample re-run to explain."""
+    import sink_interp.fused as fused
+
+    real = fused.fused_column_sums
+    calls = []
+
+    def spoiled(*a, **k):
+        col, rows, info = real(*a, **k)
+        calls.append(col.shape[0])
+        if col.shape[0] == 3:  # the full run, not the short self-check
+            col = col.clone()
+            col[1].view(-1)[0] = float("nan")
+        return col, rows, info
+
+    monkeypatch.setattr(fused, "fused_column_sums", spoiled)
+    seen = []
+    monkeypatch.setattr("sink_interp.lse.explain_non_finite", lambda m, toks, seen_at="": seen.append(toks) or seen_at)
+    x = torch.randint(4, 128, (3, 16))
+    with pytest.raises(NonFiniteError, match="fused engine's column sums"):
+        measure_sinks(model, x, method="lse", progress=False)
+    assert 3 in calls and len(seen) == 1 and torch.equal(seen[0].cpu(), x[1:2])  # the sample that holds the NaN
