@@ -251,9 +251,14 @@ class LayerAttention:
         q: Float[Tensor, "b H Q d"],
         k: Float[Tensor, "b G K d"],
         key_positions: Tensor | None = None,
+        check: bool = True,
     ) -> Float[Tensor, "b H Q K"]:
-        """Scaled (soft-capped, ALiBi-biased) scores in float32, before any mask; GQA keys are not copied."""
-        self.check_supported("attention scores from q and k")
+        """Scaled (soft-capped, ALiBi-biased) scores in float32, before any mask; GQA keys are not copied.
+
+        ``check=False`` skips the refusal of unsupported layers (for a caller that verified the layer,
+        or that applies the unsupported features itself, as the training knobs do)."""
+        if check:
+            self.check_supported("attention scores from q and k")
         b, H, Q, d = q.shape
         G, K = k.shape[1], k.shape[2]
         r = H // G

@@ -104,6 +104,68 @@ def hook_snapshot(model: Any) -> dict[str, tuple[int, ...]]:
     return snap
 
 
+class AttachedHooks:
+    """Hooks added by :func:`add_hooks`: :meth:`remove` takes exactly these off again (idempotent).
+
+    Hooks that were on the model before, or were added later by someone else, stay, in their order.
+    """
+
+    def __init__(self) -> None:
+        self._added: list[tuple[Any, Any, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._added)
+
+    def remove(self) -> None:
+        while self._added:
+            hp, handle, direction = self._added.pop()
+            handle.hook.remove()
+            visible = hp.fwd_hooks if direction == "fwd" else hp.bwd_hooks
+            for i, h in enumerate(visible):
+                if h is handle:
+                    del visible[i]
+                    break
+
+
+def add_hooks(
+    model: Any,
+    fwd_hooks: Iterable[tuple[str, HookFn]] = (),
+    bwd_hooks: Iterable[tuple[str, HookFn]] = (),
+    *,
+    prepend: bool = False,
+    permanent: bool = False,
+) -> AttachedHooks:
+    """Add ``(hook_name, fn)`` pairs to ``model``'s hook points and return them as one :class:`AttachedHooks`.
+
+    The engine under :func:`attach_hooks` (a ``with`` block) and the training knobs (``permanent=True``:
+    TransformerLens' ``reset_hooks`` leaves them on). If adding one fails, the ones already added are removed.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model
+        >>> model = tiny_model()
+        >>> hooks = add_hooks(model, [("blocks.0.hook_resid_pre", lambda x, hook: x * 0)], permanent=True)
+        >>> model.reset_hooks()  # TransformerLens' reset leaves permanent hooks on
+        >>> with torch.no_grad():
+        ...     out = model(torch.randint(4, 128, (1, 5)))
+        >>> float(out.abs().max())  # the residual stream was zeroed
+        0.0
+        >>> hooks.remove(); len(hooks)
+        0
+    """
+    added = AttachedHooks()
+    points = model.hook_dict
+    try:
+        for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
+            for name, fn in pairs:
+                hp = hook_point(model, name, points)
+                added._added.append((hp, _add_hook(hp, fn, direction, prepend, permanent), direction))
+    except BaseException:
+        added.remove()
+        raise
+    return added
+
+
 @contextlib.contextmanager
 def attach_hooks(
     model: Any,
@@ -127,33 +189,22 @@ def attach_hooks(
         >>> seen
         [torch.Size([1, 5, 64])]
     """
-    added: list[tuple[Any, Any, str]] = []
-    points = model.hook_dict
+    added = add_hooks(model, fwd_hooks, bwd_hooks, prepend=prepend)
     try:
-        for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
-            for name, fn in pairs:
-                hp = hook_point(model, name, points)
-                added.append((hp, _add_hook(hp, fn, direction, prepend), direction))
         yield
     finally:
-        for hp, handle, direction in reversed(added):
-            handle.hook.remove()
-            visible = hp.fwd_hooks if direction == "fwd" else hp.bwd_hooks
-            for i, h in enumerate(visible):
-                if h is handle:
-                    del visible[i]
-                    break
+        added.remove()
 
 
-def _add_hook(hp: Any, fn: HookFn, direction: str, prepend: bool) -> Any:
+def _add_hook(hp: Any, fn: HookFn, direction: str, prepend: bool, permanent: bool = False) -> Any:
     """Add ``fn`` to the hook point and return its ``LensHandle``, found in the hook point's own list.
 
-    TransformerLens 4 returns the handle from ``add_hook``; older versions returned nothing, so the
-    handle is taken as the one entry of ``fwd_hooks``/``bwd_hooks`` that was not there before.
+    The handle is the one entry of ``fwd_hooks``/``bwd_hooks`` that was not there before (the documented
+    lists); ``add_hook``'s return value (TransformerLens 4) is only a fallback.
     """
     visible = hp.fwd_hooks if direction == "fwd" else hp.bwd_hooks
     before = {id(h) for h in visible}
-    returned = hp.add_hook(fn, dir=direction, prepend=prepend)
+    returned = hp.add_hook(fn, dir=direction, prepend=prepend, is_permanent=permanent)
     new = [h for h in visible if id(h) not in before]
     if len(new) == 1:
         return new[0]

@@ -86,10 +86,11 @@ from torch import Tensor, nn
 
 from ._internal import hooknames
 from ._internal.report import register_codec
-from .architecture import LayerAttention, describe_attention, expand_kv, verify_attention
+from .architecture import LayerAttention, describe_attention
 from .capture import attach_hooks
-from .kernels import kernel_fn, softmax_attention, visible_mask
+from .kernels import kernel_fn, visible_mask
 from .masks import AttentionMask, as_mask
+from .pipeline import Ctx, LayerPipeline
 
 HeadSpec = Union[None, Sequence[int], Mapping[int, Sequence[int]]]
 
@@ -109,23 +110,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- base class
-
-
-class _Ctx:
-    """Per-layer, per-forward scratch space shared by the hooks of one layer.
-
-    ``q`` / ``k``: queries and keys as they meet in the scores (after QK-norm and RoPE), ``[b, T, heads, d]``;
-    ``q_pre``: queries before RoPE; ``v``: values; ``scores`` / ``pattern``: ``[b, H, T, T]``.
-    """
-
-    __slots__ = ("q", "q_pre", "k", "v", "scores", "pattern", "extra_w", "published")
-
-    def __init__(self) -> None:
-        self.clear()
-
-    def clear(self) -> None:
-        for s in self.__slots__:
-            setattr(self, s, None)
 
 
 class Intervention:
@@ -272,10 +256,10 @@ class Intervention:
     def has_extra(self) -> bool:
         return type(self).extra_logits is not Intervention.extra_logits
 
-    def edit_scores(self, layer: int, scores: Tensor, ctx: _Ctx) -> Tensor:
+    def edit_scores(self, layer: int, scores: Tensor, ctx: Ctx) -> Tensor:
         return scores
 
-    def extra_logits(self, layer: int, ctx: _Ctx) -> Tensor | None:
+    def extra_logits(self, layer: int, ctx: Ctx) -> Tensor | None:
         """``[b, H, T, m]`` logits of virtual keys (``-inf`` where a head has none)."""
         return None
 
@@ -283,10 +267,10 @@ class Intervention:
         """``[H, m, d]`` values of the virtual keys, or None when they are 0."""
         return None
 
-    def edit_pattern(self, layer: int, pattern: Tensor, ctx: _Ctx) -> Tensor:
+    def edit_pattern(self, layer: int, pattern: Tensor, ctx: Ctx) -> Tensor:
         return pattern
 
-    def edit_z(self, layer: int, z: Tensor, ctx: _Ctx) -> Tensor:
+    def edit_z(self, layer: int, z: Tensor, ctx: Ctx) -> Tensor:
         return z
 
     def residual_hooks(self, model: Any) -> list[tuple[str, Callable[..., Any]]]:
@@ -354,7 +338,7 @@ class ZeroValue(Intervention):
 
     needs = frozenset({"v"})
 
-    def edit_z(self, layer: int, z: Tensor, ctx: _Ctx) -> Tensor:
+    def edit_z(self, layer: int, z: Tensor, ctx: Ctx) -> Tensor:
         A, v = ctx.pattern, ctx.v  # [b, H, T, T], [b, T, G, d]
         T = A.shape[-1]
         P = self.resolved_positions(T)
@@ -400,13 +384,13 @@ class MaskKey(Intervention):
     def edits_pattern(self) -> bool:
         return not self.renormalise
 
-    def edit_scores(self, layer: int, scores: Tensor, ctx: _Ctx) -> Tensor:
+    def edit_scores(self, layer: int, scores: Tensor, ctx: Ctx) -> Tensor:
         if not self.renormalise:
             return scores
         sel = self.selection(layer, scores.shape[-1], scores.device)
         return scores.masked_fill(sel, torch.finfo(scores.dtype).min)
 
-    def edit_pattern(self, layer: int, pattern: Tensor, ctx: _Ctx) -> Tensor:
+    def edit_pattern(self, layer: int, pattern: Tensor, ctx: Ctx) -> Tensor:
         if self.renormalise:
             return pattern
         return pattern.masked_fill(self.selection(layer, pattern.shape[-1], pattern.device), 0.0)
@@ -435,7 +419,7 @@ class ScaleAttention(Intervention):
         self.beta = beta
         self.renormalise = bool(renormalise)
 
-    def edit_pattern(self, layer: int, pattern: Tensor, ctx: _Ctx) -> Tensor:
+    def edit_pattern(self, layer: int, pattern: Tensor, ctx: Ctx) -> Tensor:
         sel = self.selection(layer, pattern.shape[-1], pattern.device)
         out = torch.where(sel, pattern * self.beta, pattern)
         if self.renormalise:
@@ -488,7 +472,7 @@ class Calibrate(Intervention):
             raise ValueError(f"beta must be in [0, 1], got {beta!r}")
         self.tau, self.beta, self.min_queries = float(tau), float(beta), int(min_queries)
 
-    def edit_pattern(self, layer: int, pattern: Tensor, ctx: _Ctx) -> Tensor:
+    def edit_pattern(self, layer: int, pattern: Tensor, ctx: Ctx) -> Tensor:
         A = pattern.float()
         T = A.shape[-1]
         nq = torch.arange(T, 0, -1, device=A.device, dtype=torch.float32)
@@ -673,7 +657,7 @@ class KVBias(Intervention):
     def parameters(self) -> Iterator[nn.Parameter]:
         return iter(self.params.values())
 
-    def extra_logits(self, layer: int, ctx: _Ctx) -> Tensor:
+    def extra_logits(self, layer: int, ctx: Ctx) -> Tensor:
         la = self.attention(layer)
         q = ctx.q  # [b, T, H, d]
         k = self.k_star(layer).to(q.dtype).expand(self.n_heads, -1)
@@ -750,7 +734,7 @@ class SinkLogit(Intervention):
     def logit(self, layer: int) -> Tensor:
         return self.params[f"s{layer}"]
 
-    def extra_logits(self, layer: int, ctx: _Ctx) -> Tensor:
+    def extra_logits(self, layer: int, ctx: Ctx) -> Tensor:
         b, H, T = ctx.scores.shape[0], self.n_heads, ctx.scores.shape[-1]
         s = self.logit(layer).to(ctx.scores.dtype)
         if not self.all_heads(layer):
@@ -868,7 +852,7 @@ class StreamingWindow(Intervention):
                 )
         self.needs = frozenset({"q_pre", "k"}) if self._rerotate else frozenset()
 
-    def edit_scores(self, layer: int, scores: Tensor, ctx: _Ctx) -> Tensor:
+    def edit_scores(self, layer: int, scores: Tensor, ctx: Ctx) -> Tensor:
         T = scores.shape[-1]
         la = self.attention(layer)
         # the layer's own sliding window still applies: a sink outside it stays hidden
@@ -893,184 +877,9 @@ class StreamingWindow(Intervention):
         return f"StreamingWindow({what}, positions={self.rope_positions})"
 
 
-# --------------------------------------------------------------------------- one layer's hooks
-
-
-class _Site:
-    """All interventions (and a mask) acting on one attention layer, as one set of hook functions.
-
-    ``"hooks"`` mode edits the bridge's own ``hook_attn_scores`` / ``hook_pattern`` / ``hook_z``;
-    ``"rebuild"`` mode (attention computed inside Hugging Face) rebuilds the layer's attention at
-    ``hook_z`` from its q, k and v and reports the final pattern at ``hook_pattern``.
-    """
-
-    def __init__(self, model: Any, layer: int, ivs: list[Intervention], mask: AttentionMask | None = None):
-        self.model, self.layer, self.ivs = model, layer, ivs
-        self.la = describe_attention(model).layer(layer)
-        self.mask = None if mask is None or mask.is_causal else mask
-        self.ctx = _Ctx()
-        self.score_editors = [iv for iv in ivs if iv.edits_scores()]
-        self.pattern_editors = [iv for iv in ivs if iv.edits_pattern()]
-        self.z_editors = [iv for iv in ivs if iv.edits_z()]
-        self.extras = [iv for iv in ivs if iv.has_extra()]
-        self.kernels = [iv for iv in ivs if iv.kernel is not None]
-        self.native = self.la.sink_logits()
-        H = self.la.n_heads
-        claimed = torch.zeros(H, dtype=torch.bool)
-        for kv in self.kernels:
-            hm = kv.head_mask(layer).cpu()
-            if (claimed & hm).any():
-                raise ValueError(
-                    f"two AttentionKernel interventions act on the same head of layer {layer}; give them disjoint heads"
-                )
-            claimed |= hm
-        self.needs: set[str] = set().union(*(iv.needs for iv in ivs)) if ivs else set()
-        self.rebuild = not self.la.scores_hookable
-        # a prefix LM shows keys the causal mask hid: the scores are formed again from q and k
-        self.reform = self.rebuild or (self.mask is not None and self.mask.prefix > 1)
-        if self.reform:
-            verify_attention(model, [layer], f"an intervention or mask that rebuilds layer {layer}'s attention")
-            self.needs |= {"q", "k"}
-        if self.rebuild:
-            self.needs |= {"v"}
-        self.recompute = bool(self.score_editors or self.extras or self.kernels or self.rebuild)
-        self.value_ivs = [(i, iv) for i, iv in enumerate(self.extras) if iv.extra_values(layer) is not None]
-        self.has_z_hook = bool(self.z_editors or self.value_ivs or self.rebuild)
-
-    # ------------------------------------------------------------ stages shared by both modes
-    def _scores(self, s: Tensor | None) -> Tensor:
-        """Stage 1: the layer's scores (formed again from q and k when needed), the mask, then score edits."""
-        la, ctx = self.la, self.ctx
-        if self.reform:
-            dtype = s.dtype if s is not None else ctx.v.dtype
-            s = la.logits(ctx.q.transpose(1, 2), ctx.k.transpose(1, 2)).to(dtype)
-            s = s.masked_fill(~la.mask(self.mask).dense(s.shape[-1], s.device), torch.finfo(dtype).min)
-        elif self.mask is not None:
-            s = s.masked_fill(~self.mask.dense(s.shape[-1], s.device), torch.finfo(s.dtype).min)
-        for iv in self.score_editors:
-            s = iv.edit_scores(self.layer, s, ctx)
-        return s
-
-    def _pattern(self, scores: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
-        """Stage 2: weights from the scores (kernels, virtual keys, the model's sink logits), then pattern edits."""
-        L = self.layer
-        extras = [iv.extra_logits(L, self.ctx) for iv in self.extras]
-        if self.native is not None:
-            b, H, T = scores.shape[0], scores.shape[1], scores.shape[-1]
-            extras.append(self.native.to(scores.dtype).reshape(1, -1, 1, 1).expand(b, H, T, 1))
-        E = torch.cat(extras, dim=-1) if extras else None
-        mask = visible_mask(scores)
-        A, Ae = softmax_attention(scores, mask, E)
-        for kv in self.kernels:
-            Ak, Aek = kv.kernel(scores, mask, E)
-            hm = kv.head_mask(L, scores.device)[None, :, None, None]
-            A = torch.where(hm, Ak, A)
-            if Ae is not None:
-                Ae = torch.where(hm, Aek, Ae)
-        return self._edit_pattern(A.to(dtype)), Ae
-
-    def _edit_pattern(self, A: Tensor) -> Tensor:
-        for iv in self.pattern_editors:
-            A = iv.edit_pattern(self.layer, A, self.ctx)
-        return A
-
-    def _z(self, z: Tensor) -> Tensor:
-        """Stage 3: z edits and the values of virtual keys."""
-        ctx, L = self.ctx, self.layer
-        for iv in self.z_editors:
-            z = iv.edit_z(L, z, ctx)
-        if self.value_ivs and ctx.extra_w is not None:
-            # column i of the extras belongs to self.extras[i] (one virtual key each)
-            for i, iv in self.value_ivs:
-                vals = iv.extra_values(L)  # [H, 1, d]
-                w = ctx.extra_w[..., i : i + 1]  # [b, H, T, 1]
-                z = z + torch.einsum("bhtm,hmd->bthd", w.to(z.dtype), vals.to(z.dtype))
-        return z
-
-    # ------------------------------------------------------------ hooks
-    def hooks(self) -> list[tuple[str, Callable[..., Any]]]:
-        L, la, ctx = self.layer, self.la, self.ctx
-        out: list[tuple[str, Callable[..., Any]]] = []
-
-        def stash(attr: str, how: Callable[[Tensor], Tensor] | None = None) -> Callable[..., None]:
-            def hook(x: Tensor, hook: Any) -> None:
-                setattr(ctx, attr, x if how is None else how(x))
-
-            return hook
-
-        if "q" in self.needs:
-            out.append((la.q_hook, stash("q", la.final)))
-        if "q_pre" in self.needs:
-            out.append((la.q_pre_rotary_hook, stash("q_pre", la.pre_rotary)))
-        if "k" in self.needs:
-            out.append((la.k_hook, stash("k", la.final)))
-        if "v" in self.needs:
-            out.append((hooknames.v(L), stash("v")))
-
-        if self.rebuild:
-            out.extend(self._rebuild_hooks())
-            return out
-
-        def scores_hook(s: Tensor, hook: Any) -> Tensor | None:
-            new = self._scores(s)
-            ctx.scores = new
-            return new if new is not s else None
-
-        out.append((hooknames.attn_scores(L), scores_hook))
-
-        def pattern_hook(p: Tensor, hook: Any) -> Tensor | None:
-            A, Ae = p, None
-            if self.recompute:
-                A, Ae = self._pattern(ctx.scores, p.dtype)
-            else:
-                A = self._edit_pattern(A)
-            # keep only what the hook_z stage reads; free the rest now (T x T scores per layer add up)
-            v = ctx.v
-            ctx.clear()
-            if self.has_z_hook:
-                ctx.pattern, ctx.extra_w, ctx.v = A, Ae, v
-            return A if A is not p else None
-
-        out.append((hooknames.pattern(L), pattern_hook))
-
-        if self.has_z_hook:
-
-            def z_hook(z: Tensor, hook: Any) -> Tensor:
-                z = self._z(z)
-                ctx.clear()
-                return z
-
-            out.append((hooknames.z(L), z_hook))
-        return out
-
-    def _rebuild_hooks(self) -> list[tuple[str, Callable[..., Any]]]:
-        L, la, ctx = self.layer, self.la, self.ctx
-
-        def z_hook(z: Tensor, hook: Any) -> Tensor:
-            scores = self._scores(None)
-            ctx.scores = scores
-            A, Ae = self._pattern(scores, z.dtype)
-            ctx.pattern, ctx.extra_w = A, Ae
-            v = expand_kv(ctx.v, la.n_heads, dim=2)  # [b, T, H, d]
-            new = torch.einsum("bhts,bshd->bthd", A, v.to(A.dtype)).to(z.dtype)
-            new = self._z(new)
-            published = A
-            ctx.clear()
-            ctx.published = published
-            return new
-
-        def pattern_hook(p: Tensor, hook: Any) -> Tensor | None:
-            # the Hugging Face weights arrive after the output was computed: report the rebuilt ones
-            A = ctx.published
-            ctx.clear()
-            return None if A is None else A.to(p.dtype)
-
-        return [(hooknames.z(L), z_hook), (hooknames.pattern(L), pattern_hook)]
-
-
 def _sites(
     model: Any, flat: list[Intervention], mask: AttentionMask | None = None, layers: Sequence[int] | None = None
-) -> tuple[list[_Site], list[tuple[str, Callable[..., Any]]]]:
+) -> tuple[list[LayerPipeline], list[tuple[str, Callable[..., Any]]]]:
     """Bind ``flat``, group them by layer into sites (plus ``mask`` on ``layers``, default all); return sites and residual hooks."""
     for iv in flat:
         iv.bind(model)
@@ -1090,7 +899,7 @@ def _sites(
             per_layer.setdefault(layer, [])
     # the mask acts on its own layers only, also where an intervention shares a site with it
     sites = [
-        _Site(model, layer, ivs, mask if masked_layers is not None and layer in masked_layers else None)
+        LayerPipeline(model, layer, ivs, mask if masked_layers is not None and layer in masked_layers else None)
         for layer, ivs in sorted(per_layer.items())
     ]
     return sites, residual
@@ -1131,7 +940,7 @@ def active_interventions(model: Any) -> list[Intervention]:
     return [iv for f in _STACKS.get(model, ()) for iv in f.ivs]
 
 
-def _compose(model: Any, frames: list[_Frame]) -> tuple[list[_Site], list[tuple[str, Callable[..., Any]]]]:
+def _compose(model: Any, frames: list[_Frame]) -> tuple[list[LayerPipeline], list[tuple[str, Callable[..., Any]]]]:
     """One pipeline for ``frames`` flattened: their interventions in order (outer blocks first) and their mask."""
     flat = [iv for f in frames for iv in f.ivs]
     seen: set[int] = set()

@@ -23,6 +23,8 @@ the visible keys and the virtual keys):
                (Zuhri et al. 2025: ``ReLU(e^x - 1) / sum |e^x - 1|``, computed stably)
 ``linear``     ``A_j = x_j``; with ``normalise=True``: ``A_j / max(|sum_i x_i|, 1)``
                (the paper's linear / MLP kernels: pass ``phi(q) . phi(k) / sqrt(d)`` as the scores)
+``relu``       ``A_j = ReLU(x_j)`` (Guo et al.); ``normalise="sum"``: ``A_j / (sum_i A_i + 1e-8)``,
+               ``"length"``: ``A_j / n`` (``n`` visible keys); no virtual keys
 ============  ================================================================
 
 **Virtual keys** (``extra``, shape ``[..., t, m]``): logits of keys that every
@@ -222,6 +224,25 @@ def softpick_attention(
     return _split(w, k, scores.dtype, e is not None)
 
 
+RELU_SUM_EPS = 1e-8  # the official normaliser epsilon (model_attn_sim.py)
+
+
+def relu_attention(scores: Scores, mask: Mask | None = None, extra: Extra | None = None, normalise: str | None = None) -> Weights:
+    """``A_j = ReLU(x_j)`` (Guo et al.); ``normalise="sum"``: ``/ (sum_i A_i + 1e-8)``; ``"length"``: ``/ n`` visible keys."""
+    if extra is not None:
+        raise ValueError("the relu kernel takes no virtual keys (K bias, sink logit); fix: use another kernel or drop them")
+    if normalise not in (None, "none", "sum", "length"):
+        raise ValueError(f"relu normalise must be None, 'sum' or 'length', got {normalise!r}")
+    if mask is None:
+        mask = visible_mask(scores)
+    a = torch.where(mask, F.relu(scores.float()), torch.zeros((), device=scores.device))
+    if normalise == "sum":
+        a = a / (a.sum(-1, keepdim=True) + RELU_SUM_EPS)
+    elif normalise == "length":
+        a = a / mask.sum(-1, keepdim=True).to(a.dtype)
+    return a.to(scores.dtype), None
+
+
 #: name -> (function, allowed keyword parameters, one-line formula)
 KERNELS: dict[str, tuple[Callable[..., Weights], tuple[str, ...], str]] = {
     "softmax": (softmax_attention, (), "e^x / sum e^x"),
@@ -232,6 +253,7 @@ KERNELS: dict[str, tuple[Callable[..., Weights], tuple[str, ...], str]] = {
     "elu1": (elu1_attention, ("normalise",), "elu(x) + 1 [/ sum]"),
     "softpick": (softpick_attention, ("eps",), "ReLU(e^x - 1) / (sum |e^x - 1| + eps)"),
     "linear": (linear_attention, ("normalise",), "x [/ max(|sum x|, 1)]"),
+    "relu": (relu_attention, ("normalise",), "ReLU(x) [/ sum | / n]"),
 }
 ALIASES = {"softmax-plus-one": "softmax1", "softmax+1": "softmax1", "elu+1": "elu1", "elu": "elu1", "softmax-alpha": "scaled"}
 

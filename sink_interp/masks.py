@@ -150,6 +150,21 @@ class AttentionMask:
 CAUSAL = AttentionMask()
 
 
+def documents_mask(doc_ids: Tensor) -> Bool[Tensor, "b 1 q k"]:
+    """``[b, 1, T, T]``: query ``t`` sees key ``j`` of the same document (``doc_ids`` ``[b, T]``; id ``-1``: seen by all).
+
+    Intra-document masking for packed sequences; join it with an :class:`AttentionMask` by ``&``.
+
+    Example:
+        >>> documents_mask(torch.tensor([[0, 0, 1]]))[0, 0].int()
+        tensor([[1, 1, 0],
+                [1, 1, 0],
+                [0, 0, 1]], dtype=torch.int32)
+    """
+    d = doc_ids
+    return ((d[:, :, None] == d[:, None, :]) | (d[:, None, :] < 0))[:, None]
+
+
 def as_mask(mask: AttentionMask | dict[str, Any] | None) -> AttentionMask:
     """``None`` -> causal; a dict -> ``AttentionMask(**dict)``; with a clear error otherwise."""
     if mask is None:

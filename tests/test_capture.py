@@ -7,6 +7,7 @@ import torch
 
 from sink_interp import Keep, Reducer, attach_hooks, hook_snapshot, measure_sinks, run_reducers
 from sink_interp._internal import hooknames
+from sink_interp.capture import add_hooks
 
 
 class Boom(Exception):
@@ -144,3 +145,27 @@ def test_logits_reducer_sees_the_full_forward(tiny_models):
     r = Logits()
     run_reducers(model, tokens, [r], batch_size=2, progress=False)
     assert torch.allclose(r.result(), model(tokens), atol=1e-6)
+
+
+def test_permanent_hooks_survive_reset_and_remove_exactly(tiny_models):
+    """add_hooks(permanent=True) is the engine of the training knobs: reset_hooks() keeps them, remove() takes
+    exactly them off (a user's own permanent hook stays), and a bad name leaves nothing behind."""
+    model, _ = tiny_models("tiny-mha")
+    tokens = torch.randint(4, 128, (1, 6))
+    ref = model(tokens)
+    before = hook_snapshot(model)
+    with pytest.raises(KeyError, match="no hook point"):
+        add_hooks(model, [(hooknames.resid_pre(0), lambda x, hook: x * 0), (hooknames.pattern(9), lambda x, hook: None)])
+    assert hook_snapshot(model) == before
+    user = model.hook_dict[hooknames.resid_pre(1)]
+    user.add_hook(lambda x, hook: None, dir="fwd", is_permanent=True)
+    mine = add_hooks(model, [(hooknames.resid_pre(0), lambda x, hook: x * 0)], permanent=True)
+    try:
+        model.reset_hooks()
+        assert float(model(tokens).abs().max()) == 0.0  # still attached after reset_hooks()
+        mine.remove()
+        mine.remove()  # idempotent
+        assert torch.equal(model(tokens), ref)
+        assert len(user.fwd_hooks) == 1  # the user's permanent hook stays
+    finally:
+        model.reset_hooks(including_permanent=True)

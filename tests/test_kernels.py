@@ -202,3 +202,23 @@ def test_kernel_errors_name_the_fix():
         attention(torch.zeros(1, 3, 2, 4), torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 2, 4))
     assert set(KERNELS) >= {"softmax", "softmax1", "scaled", "pnorm", "sigmoid", "elu1", "softpick", "linear"}
     assert kernel_fn("softmax-plus-one").kernel_name == "softmax1"
+
+
+@pytest.mark.parametrize("normalise", [None, "sum", "length"])
+def test_relu_kernel_equals_guo_et_al(normalise):
+    """Guo et al.'s ReLU attention (the training knob kernel="relu"), written out: ReLU over visible keys,
+    then / (sum + 1e-8) or / number of visible keys."""
+    x, mask, _ = data()
+    A, Ae = kernel_fn("relu", normalise=normalise)(x, mask)
+    ref = torch.zeros_like(x)
+    for t in range(x.shape[-1]):
+        r = F.relu(x[..., t, : t + 1])
+        if normalise == "sum":
+            r = r / (r.sum(-1, keepdim=True) + 1e-8)
+        elif normalise == "length":
+            r = r / (t + 1)
+        ref[..., t, : t + 1] = r
+    torch.testing.assert_close(A, ref)
+    assert Ae is None
+    with pytest.raises(ValueError, match="no virtual keys"):
+        kernel_fn("relu")(x, mask, torch.zeros(*x.shape[:-1], 1))

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "fused",
             "massive",
             "trace",
+            "pipeline",
             "interventions",
             "effects",
             "fit",

@@ -6,11 +6,12 @@ architecture cannot express is a hook, attached permanently (``is_permanent``)
 so that the same code runs in training and in every later analysis:
 
 * attention kernels, normalisers, K/V biases, sink logits, prefix and
-  sliding-window masks, intra-document masks and ALiBi: one recipe per layer at
-  the q/k hooks the attention description names (capture), ``attn.hook_attn_scores``
-  (mask, bias; the scores that analyses see), ``attn.hook_pattern`` (the
-  kernel's weights replace the softmax) and ``attn.hook_z`` (the value of the
-  extra K-bias column, or a V bias);
+  sliding-window masks, intra-document masks and ALiBi: the same edits the
+  interventions make (:class:`~sink_interp.KVBias`, :class:`~sink_interp.SinkLogit`,
+  :class:`~sink_interp.AttentionKernel`, an :class:`~sink_interp.AttentionMask`),
+  with parameters owned by the model, run by the same per-layer pipeline
+  (:class:`sink_interp.pipeline.LayerPipeline`: scores, mask, kernel with virtual
+  keys, pattern, output);
 * absolute positions (learned or sinusoidal) at ``hook_embed``;
 * post-norm blocks (``x = Norm(x + F(x))``): ``ln1``/``ln2`` become the
   identity and the sublayer outputs become ``Norm(x + F(x)) - x``, so the
@@ -24,13 +25,11 @@ code (``sail-sg/Attention-Sink``: ``model_attn_sim.py``, ``model_kv_bias.py``,
 ``model_prefix.py``, ``model_window.py``, ``model_postln.py``).
 
 Every kernel formula (softmax with virtual K-bias / sink-logit columns,
-scaled and p-norm softmax, sigmoid, elu+1, softpick, linear) comes from
-:mod:`sink_interp.kernels`; only Guo et al.'s ReLU attention is computed here.
-The interventions (``AttentionKernel``, ``KVBias``, ``SinkLogit``)
-graft the same operations onto pretrained models inside context managers;
-training needs them permanently attached, with parameters owned by the model
-(:class:`KnobParams`, saved with the weights) and composed with prefix /
-window / document masks and ALiBi in one pattern computation, which is what
+scaled and p-norm softmax, sigmoid, elu+1, softpick, linear, ReLU) comes from
+:mod:`sink_interp.kernels`. The interventions graft these edits onto pretrained
+models inside ``with`` blocks; training needs them permanently attached
+(:func:`sink_interp.capture.add_hooks` with ``permanent=True``), with parameters
+owned by the model (:class:`KnobParams`, saved with the weights), which is what
 :class:`KnobRuntime` does.
 """
 
@@ -47,9 +46,11 @@ from torch import Tensor, nn
 
 from .._internal import hooknames
 from ..architecture import describe_attention
+from ..capture import AttachedHooks, add_hooks
+from ..interventions import AttentionKernel, Intervention, KVBias, SinkLogit
+from ..masks import AttentionMask, documents_mask
+from ..pipeline import Ctx, LayerPipeline
 from .config import TrainConfig
-
-PROXY_EPS = 1e-8  # official normaliser epsilon (model_attn_sim.py)
 
 _RUNTIMES: weakref.WeakKeyDictionary[nn.Module, KnobRuntime] = weakref.WeakKeyDictionary()
 
@@ -79,6 +80,15 @@ def sinusoidal_positions(n_ctx: int, d_model: int) -> Tensor:
     return pe
 
 
+def knob_mask(prefix: int = 0, window: int | None = None) -> AttentionMask:
+    """The :class:`~sink_interp.AttentionMask` of the prefix / window knobs.
+
+    Official ``model_prefix.py`` (``mask[:, :p] = True``): every query sees the first ``p`` keys,
+    also past a window, so with a window the prefix keys are its sink tokens too.
+    """
+    return AttentionMask(window=window, prefix=prefix, sinks=prefix if window is not None else 0)
+
+
 def allowed_mask(
     T: int,
     *,
@@ -94,17 +104,10 @@ def allowed_mask(
     ``window = w`` only keys ``t - w < j <= t`` (flash-attn ``window_size=(w-1, 0)``);
     with ``doc_ids`` only keys of the same document (id ``-1`` is visible to all).
     """
-    t = torch.arange(T, device=device)
-    allowed = t[None, :] <= t[:, None]
-    if window is not None:
-        allowed = allowed & (t[:, None] - t[None, :] < window)
-    if prefix:
-        allowed = allowed | (t[None, :] < prefix)
-    if doc_ids is not None:
-        d = doc_ids.to(device)
-        same = (d[:, :, None] == d[:, None, :]) | (d[:, None, :] < 0)
-        allowed = (allowed[None] & same)[:, None]
-    return allowed
+    allowed = knob_mask(prefix, window).dense(T, device)
+    if doc_ids is None:
+        return allowed
+    return allowed[None, None] & documents_mask(doc_ids.to(device))
 
 
 class KnobParams(nn.Module):
@@ -146,26 +149,87 @@ class KnobParams(nn.Module):
         return None
 
 
-def kernel_for(cfg: TrainConfig) -> Callable[..., Any]:
-    """The :func:`sink_interp.kernels.kernel_fn` of a config (``relu`` is handled locally)."""
-    from ..kernels import kernel_fn
-
+def kernel_for(cfg: TrainConfig) -> tuple[str, dict[str, Any]] | None:
+    """The :mod:`sink_interp.kernels` kernel (name, parameters) of a config; ``None`` for plain softmax."""
     norm = cfg.resolved_attn_norm
     if cfg.kernel == "softmax":
         if cfg.softmax_p != 1.0:
-            return kernel_fn("pnorm", p=cfg.softmax_p)
+            return "pnorm", {"p": cfg.softmax_p}
         if cfg.softmax_alpha != 1.0:
-            return kernel_fn("scaled", alpha=cfg.softmax_alpha)
-        return kernel_fn("softmax")
+            return "scaled", {"alpha": cfg.softmax_alpha}
+        return None
     if cfg.kernel == "sigmoid":
-        return kernel_fn("sigmoid", normalise=norm == "sum")
+        return "sigmoid", {"normalise": norm == "sum"}
     if cfg.kernel == "elu":
-        return kernel_fn("elu1", normalise=norm == "sum")
+        return "elu1", {"normalise": norm == "sum"}
     if cfg.kernel == "linear":
-        return kernel_fn("linear", normalise=norm == "max1")
+        return "linear", {"normalise": norm == "max1"}
     if cfg.kernel == "softpick":
-        return kernel_fn("softpick")
-    return lambda *a, **k: None  # relu: see KnobRuntime._kernel
+        return "softpick", {}
+    return "relu", {"normalise": norm if norm in ("sum", "length") else None}
+
+
+# --------------------------------------------------------------------------- the knobs as attention edits
+
+
+class _KnobKVBias(KVBias):
+    """The K bias (and its value) of a trained model: :class:`~sink_interp.KVBias` reading :class:`KnobParams`."""
+
+    def __init__(self, params: KnobParams, per_head: bool, value: bool):
+        super().__init__(per_head=per_head, value=value, name="K bias")
+        self.knobs = params
+
+    def bind(self, model: Any) -> None:
+        Intervention.bind(self, model)  # the parameters are the model's own
+
+    def k_star(self, layer: int) -> Tensor:
+        return self.knobs.k_bias[layer]  # not rotated (official model_kv_bias.py)
+
+    def v_star(self, layer: int) -> Tensor | None:
+        return self.knobs.value_bias(layer) if self.value else None
+
+
+class _KnobSinkLogit(SinkLogit):
+    """The per-head sink logit of a trained model: :class:`~sink_interp.SinkLogit` reading :class:`KnobParams`."""
+
+    def __init__(self, params: KnobParams):
+        super().__init__(name="sink logit")
+        self.knobs = params
+
+    def bind(self, model: Any) -> None:
+        Intervention.bind(self, model)
+
+    def logit(self, layer: int) -> Tensor:
+        return self.knobs.sink_logit[layer]
+
+
+class _ValueBias(Intervention):
+    """A V bias without a K bias: ``y = Attn + v*`` (official ``model_kv_bias.py``)."""
+
+    has_positions = False
+
+    def __init__(self, params: KnobParams):
+        super().__init__(positions=(), name="V bias")
+        self.knobs = params
+
+    def edit_z(self, layer: int, z: Tensor, ctx: Ctx) -> Tensor:  # z: [b, T, H, d]
+        return z + self.knobs.value_bias(layer).to(z.dtype).expand(z.shape[2], -1)
+
+
+class _Alibi(Intervention):
+    """ALiBi (Press et al.): ``slope_h * (j - t)`` added to the scores of past keys."""
+
+    has_positions = False
+
+    def __init__(self, params: KnobParams):
+        super().__init__(positions=(), name="ALiBi")
+        self.knobs = params
+
+    def edit_scores(self, layer: int, s: Tensor, ctx: Ctx) -> Tensor:
+        T = s.shape[-1]
+        t = torch.arange(T, device=s.device)
+        rel = (t[None, :] - t[:, None]).clamp(max=0).to(s.dtype)  # j - t <= 0
+        return s + self.knobs.alibi.to(s.dtype)[:, None, None] * rel
 
 
 def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -197,18 +261,13 @@ class KnobRuntime:
         self.eps_norm = float(norm_eps)
         # how the stock model forms its scores (before any knob): the description is the one place for it
         self.attention = describe_attention(bridge).layers
-        self.scale = self.attention[0].scale
-        self.group = cfg.n_heads // (cfg.n_kv_heads or cfg.n_heads)
         self.doc_ids: Tensor | None = None
         self.ctx: dict[Any, Tensor] = {}
-        self._handles: list[tuple[Any, Any]] = []
+        self._handles: AttachedHooks | None = None
         c = cfg
-        self.extra_column = c.k_bias or c.sink_logit
-        self.custom_mask = bool(c.prefix or c.window is not None or c.intra_doc)
-        self.recompute = bool(c.prefix)  # unmasking needs the raw scores
-        self.replace_pattern = c.kernel != "softmax" or self.extra_column or c.softmax_alpha != 1.0 or c.softmax_p != 1.0
-        self.attention_active = self.replace_pattern or self.custom_mask or c.pos == "alibi" or c.v_bias == "learn"
-        self._kernel_fn = kernel_for(c)
+        custom_mask = bool(c.prefix or c.window is not None or c.intra_doc)
+        replace_pattern = c.kernel != "softmax" or c.k_bias or c.sink_logit or c.softmax_alpha != 1.0 or c.softmax_p != 1.0
+        self.attention_active = replace_pattern or custom_mask or c.pos == "alibi" or c.v_bias == "learn"
 
     def knob_names(self) -> tuple[list[str], list[str]]:
         """``(attention knobs, other knobs)`` this runtime attaches: what changes how attention forms, and the rest."""
@@ -240,23 +299,58 @@ class KnobRuntime:
             other.append(f"{c.ffn} FFN")
         return att, other
 
+    # ---------------------------------------------------------------- the attention edits
+    def edits(self) -> list[Intervention]:
+        """The attention knobs as edits of :class:`sink_interp.pipeline.LayerPipeline`, in stage order."""
+        c, p = self.cfg, self.params
+        out: list[Intervention] = []
+        if c.k_bias:
+            out.append(_KnobKVBias(p, per_head=c.bias_per_head, value=p.value_bias(0) is not None))
+        elif p.value_bias(0) is not None:
+            out.append(_ValueBias(p))
+        if c.sink_logit:
+            out.append(_KnobSinkLogit(p))
+        kernel = kernel_for(c)
+        if kernel is not None:
+            out.append(AttentionKernel(kernel[0], name=f"kernel {c.kernel}", **kernel[1]))
+        if c.pos == "alibi":
+            out.append(_Alibi(p))
+        return out
+
+    def _documents(self, T: int, device: Any) -> Tensor | None:
+        return None if self.doc_ids is None else documents_mask(self.doc_ids.to(device))
+
+    def pipelines(self) -> list[LayerPipeline]:
+        """One pipeline per layer running the attention knobs (none when no knob touches attention)."""
+        if not self.attention_active:
+            return []
+        c = self.cfg
+        edits = self.edits()
+        for e in edits:
+            e.bind(self.bridge)
+        mask = knob_mask(c.prefix, c.window)
+        return [
+            LayerPipeline(
+                self.bridge,
+                layer,
+                edits,
+                mask,
+                attention=self.attention[layer],
+                documents=self._documents if c.intra_doc else None,
+                verify=False,  # the description is the stock model's; the knobs are its only changes
+            )
+            for layer in range(c.n_layers)
+        ]
+
     # ---------------------------------------------------------------- attach / detach
     def hooks(self) -> list[tuple[str, Callable[..., Any]]]:
         c = self.cfg
         out: list[tuple[str, Callable[..., Any]]] = []
-        if self.attention_active or c.pos in ("learned", "sinusoidal") or c.norm == "post" or c.ffn in ("gelu", "relu", "swish"):
+        if c.pos in ("learned", "sinusoidal") or c.norm == "post" or c.ffn in ("gelu", "relu", "swish"):
             out.append((hooknames.EMBED, self._embed_hook))
+        for pipe in self.pipelines():
+            out.extend(pipe.hooks())
         for layer in range(c.n_layers):
-            if self.attention_active:
-                if self.recompute or c.k_bias:
-                    out.append((self.attention[layer].q_hook, self._capture(("q", layer))))
-                if self.recompute:
-                    out.append((self.attention[layer].k_hook, self._capture(("k", layer))))
-                out.append((hooknames.attn_scores(layer), self._scores_hook(layer)))
-                if self.replace_pattern:
-                    out.append((hooknames.pattern(layer), self._pattern_hook(layer)))
-                if self.params.value_bias(layer) is not None:
-                    out.append((hooknames.z(layer), self._z_hook(layer)))
             if c.norm == "post":
                 out += [
                     (hooknames.resid_pre(layer), self._capture(("x", layer))),
@@ -275,22 +369,15 @@ class KnobRuntime:
         return out
 
     def attach(self) -> KnobRuntime:
-        points = self.bridge.hook_dict
-        for name, fn in self.hooks():
-            hp = points[name]
-            handle = hp.add_hook(fn, dir="fwd", is_permanent=True)
-            self._handles.append((hp, handle))
+        """Attach the knob hooks permanently (TransformerLens' ``reset_hooks`` leaves them on)."""
+        self._handles = add_hooks(self.bridge, self.hooks(), permanent=True)
         _RUNTIMES[self.bridge] = self
         return self
 
     def detach(self) -> None:
-        for hp, handle in reversed(self._handles):
-            handle.hook.remove()
-            for i, h in enumerate(hp.fwd_hooks):
-                if h is handle:
-                    del hp.fwd_hooks[i]
-                    break
-        self._handles.clear()
+        if self._handles is not None:
+            self._handles.remove()
+            self._handles = None
         _RUNTIMES.pop(self.bridge, None)
 
     @contextlib.contextmanager
@@ -338,90 +425,6 @@ class KnobRuntime:
     def _ffn_hook(self, layer: int, act: Callable[[Tensor], Tensor]) -> Callable[..., Tensor]:
         def fn(post: Tensor, hook: Any) -> Tensor:
             return act(self.ctx.pop(("mlp_pre", layer)))
-
-        return fn
-
-    def _allowed(self, T: int, device: torch.device) -> Tensor:
-        c = self.cfg
-        key = ("mask", T, str(device))
-        doc = self.doc_ids if c.intra_doc else None
-        if doc is None and key in self.ctx:
-            return self.ctx[key]
-        m = allowed_mask(T, prefix=c.prefix, window=c.window, doc_ids=doc, device=device)
-        if doc is None:
-            self.ctx[key] = m
-        return m
-
-    def _scores_hook(self, layer: int) -> Callable[..., Tensor]:
-        c = self.cfg
-
-        def fn(scores: Tensor, hook: Any) -> Tensor:
-            b, H, T, _ = scores.shape
-            allowed = self._allowed(T, scores.device)
-            if self.recompute:
-                q = self.ctx.pop(("q", layer)) if not c.k_bias else self.ctx[("q", layer)]
-                k = self.ctx.pop(("k", layer))
-                if self.group > 1:
-                    k = k.repeat_interleave(self.group, dim=2)
-                s = torch.einsum("bqhd,bkhd->bhqk", q, k) * self.scale
-            else:
-                s = scores
-            if c.pos == "alibi":
-                t = torch.arange(T, device=s.device)
-                rel = (t[None, :] - t[:, None]).clamp(max=0).to(s.dtype)  # j - t <= 0
-                s = s + self.params.alibi.to(s.dtype)[:, None, None] * rel
-            if self.custom_mask or c.pos == "alibi":
-                s = s.masked_fill(~allowed, torch.finfo(s.dtype).min)
-            if self.replace_pattern:
-                P, extra = self._kernel(s, allowed, layer)
-                self.ctx[("p", layer)] = P
-                if extra is not None:
-                    self.ctx[("extra", layer)] = extra
-            return s
-
-        return fn
-
-    def _kernel(self, s: Tensor, allowed: Tensor, layer: int) -> tuple[Tensor, Tensor | None]:
-        """Attention weights of the config's kernel (:mod:`sink_interp.kernels`), and the
-        weight of the K-bias column when there is one."""
-        c = self.cfg
-        b, H, T, _ = s.shape
-        extras = []
-        if c.k_bias:
-            q = self.ctx.pop(("q", layer))  # [b, T, H, d] after RoPE; k* is not rotated (official model_kv_bias.py)
-            kb = self.params.k_bias[layer].to(q.dtype).expand(H, -1)
-            extras.append(torch.einsum("bqhd,hd->bhq", q, kb)[..., None] * self.scale)
-        if c.sink_logit:
-            extras.append(self.params.sink_logit[layer].to(s.dtype)[None, :, None, None].expand(b, H, T, 1))
-        extra = torch.cat(extras, -1) if extras else None
-        if c.kernel == "relu":  # Guo et al.'s ReLU attention (not among sink_interp.kernels)
-            a = torch.where(allowed, F.relu(s.float()), torch.zeros((), device=s.device))
-            norm = c.resolved_attn_norm
-            if norm == "sum":
-                a = a / (a.sum(-1, keepdim=True) + PROXY_EPS)
-            elif norm == "length":
-                a = a / allowed.sum(-1, keepdim=True).to(a.dtype)
-            return a.to(s.dtype), None
-        A, A_extra = self._kernel_fn(s, allowed.expand_as(s), extra)
-        return A, (None if A_extra is None or not c.k_bias else A_extra[..., 0])
-
-    def _pattern_hook(self, layer: int) -> Callable[..., Tensor]:
-        def fn(pattern: Tensor, hook: Any) -> Tensor:
-            return self.ctx.pop(("p", layer))
-
-        return fn
-
-    def _z_hook(self, layer: int) -> Callable[..., Tensor]:
-        c = self.cfg
-
-        def fn(z: Tensor, hook: Any) -> Tensor:  # z: [b, T, H, d]
-            v = self.params.value_bias(layer)
-            H = z.shape[2]
-            v = v.to(z.dtype).expand(H, -1)
-            if c.k_bias:
-                w = self.ctx.pop(("extra", layer))  # [b, H, T]: the K-bias column's weight
-                return z + torch.einsum("bhq,hd->bqhd", w, v)
-            return z + v  # V bias only: y = Attn + v*
 
         return fn
 
