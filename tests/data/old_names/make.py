@@ -1,8 +1,11 @@
 """Written with sink_interp at commit 19a05cb (before the names changed): reports and a run in the old vocabulary."""
 
-import shutil, torch
+import shutil
 from pathlib import Path
-from sink_interp import tiny_model, measure_sinks, compare, MaskKey, massive_activations, streaming_ppl, long_context_sinks
+
+import torch
+
+from sink_interp import MaskKey, compare, long_context_sinks, massive_activations, measure_sinks, streaming_ppl, tiny_model
 from sink_interp.training import preset, train
 
 out = Path("tests/data/old_names")
