@@ -95,6 +95,30 @@ def upgrade(kind: str, record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def upgrade_summary(type_name: str, d: dict[str, Any]) -> dict[str, Any]:
+    """A report's summary JSON (what ``summary()`` / ``to_json`` write, the ``report`` block left as it is)
+    with the old keys of ``type_name`` renamed: its own keys, effect rows, ``sink_positions``/``top_keys`` rows,
+    training metrics (``final``, ``metrics``). ``type_name`` "metrics" upgrades a metrics record.
+
+    Example:
+        >>> upgrade_summary("StreamReport", {"sinks": 4, "window": 256})
+        {'n_sinks': 4, 'window': 256}
+    """
+    if type_name == "metrics":
+        return upgrade("metrics", d)
+    out = upgrade(type_name, d) if type_name in RENAMED else dict(d)
+    if isinstance(out.get("effects"), list):
+        out["effects"] = [upgrade("Effect", e) if isinstance(e, dict) else e for e in out["effects"]]
+    for key in ("sink_positions", "top_keys"):
+        if isinstance(out.get(key), list):
+            out[key] = [upgrade("sink_positions", r) if isinstance(r, dict) else r for r in out[key]]
+    if isinstance(out.get("final"), dict):
+        out["final"] = upgrade("metrics", out["final"])
+    if type_name == "TrainResult" and isinstance(out.get("metrics"), list):
+        out["metrics"] = [upgrade("metrics", m) for m in out["metrics"]]
+    return out
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
