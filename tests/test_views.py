@@ -404,7 +404,7 @@ class EffectReport:
                 "loss": [3.0, 3.5],
                 "delta_loss": [0.0, 0.5],
                 "kl": [0.0, 0.2],
-                "Sink_1": [70.0, 0.0],
+                "sink_rate_1": [70.0, 0.0],
                 "score": ["softmax"] * 2,
             }
         )

@@ -133,7 +133,7 @@ def renamed_kwargs(**old_to_new: str) -> Callable[[F], F]:
         >>> with warnings.catch_warnings(record=True) as w:
         ...     warnings.simplefilter("always")
         ...     f(sinks=3), str(w[0].message)
-        (3, "f(sinks=...) is deprecated; use n_sinks=")
+        (3, 'f(sinks=...) is deprecated; use n_sinks=')
     """
 
     def wrap(fn: F) -> F:
