@@ -60,7 +60,7 @@ def main() -> None:
     effect_bars(
         effects,
         label="label",
-        values=["delta_loss", "kl", "Sink_1", "Sink_2"],
+        values=["delta_loss", "kl", "sink_rate_1", "sink_rate_2"],
         title="SmolLM2-135M: what removing or replacing the sink does (no BOS)",
         caption="Change in next-token loss, KL to the clean model, and Sink_1 / Sink_2 after each intervention, on 32 natural inputs of 64 tokens. "
         "Command: " + " ".join(["sink-interp", *ablate["argv"]]),
@@ -105,7 +105,7 @@ def main() -> None:
     metrics = {name: next(iter(r.values())) for name, r in contrast.items() if r}
     training_curves(
         metrics,
-        y=["val_loss", "sink_rate", "value_norm_ratio_top"],
+        y=["val_loss", "sink_rate_1", "value_norm_ratio_top"],
         title="Bigram-Backcopy task: the sink emerges with softmax, not with softpick, ReLU or SGD",
         caption="Two-layer, one-head models trained 1000 steps on the BB task (CPU). Sink_1 in %, and ||v_BOS|| / mean ||v|| of the top sink head "
         "(below 1: a value drain). Sigmoid without normaliser still reaches Sink_1 ~32% by the proxy metric, but without a value drain. "

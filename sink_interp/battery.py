@@ -118,7 +118,7 @@ def standard_battery(
     n_sh = sum(len(v) for v in sh.values())
     n_all = rep.alpha.shape[1] * rep.alpha.shape[2]
     say(f"sink heads (mean alpha_1 > {eps}): {n_sh} of {n_all}")
-    mrep = massive_activations(model, tokens, sinks=False, batch_size=batch_size, progress=progress)
+    mrep = massive_activations(model, tokens, measure_sinks=False, batch_size=batch_size, progress=progress)
     dims = mrep.recurring_dims(min_share=0.5)
     flags = mrep.flags_frame()
     flags = flags[flags["dim"].isin(dims)]

@@ -23,6 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._internal.errors import check_positive_int
+from ._internal.vocab import renamed_kwargs
 from .masks import CAUSAL, AttentionMask
 
 #: Working memory of one block of scores (batch x heads x queries x keys float32). Small blocks stay
@@ -77,18 +78,21 @@ def _block_size(batch: int, heads: int, keys: int, block_bytes: int) -> int:
 class ScoreRule:
     """How a layer turns ``q . k`` into logits, for the blockwise pass (from :class:`~sink_interp.architecture.LayerAttention`).
 
-    ``s = softcap(scale q . k) + alibi[h, j]``; ``sinks[h]`` joins each row's normaliser (gpt-oss).
+    ``s = softcap(scale q . k) + alibi[h, j]``; ``sink_logits[h]`` joins each row's normaliser (gpt-oss).
     """
 
     scale: float
     softcap: float | None = None
     alibi: Tensor | None = None  # [H, T] bias added to key j's logit
-    sinks: Tensor | None = None  # [H] sink logits
+    sink_logits: Tensor | None = None  # [H] sink logits
 
     @property
     def linear(self) -> bool:
         """True when logits are ``scale q . k`` (a fused kernel's LSE then applies)."""
-        return self.softcap is None and self.alibi is None and self.sinks is None
+        return self.softcap is None and self.alibi is None and self.sink_logits is None
+
+
+ScoreRule.__init__ = renamed_kwargs(sinks="sink_logits")(ScoreRule.__init__)  # type: ignore[method-assign]
 
 
 def score_rule(layer: Any, length: int, device: Any = None) -> ScoreRule:
@@ -101,10 +105,10 @@ def score_rule(layer: Any, length: int, device: Any = None) -> ScoreRule:
     alibi = None
     if layer.alibi is not None:
         alibi = layer.alibi_bias(torch.arange(length, device=device)).float()
-    sinks = layer.sink_logits()
-    if sinks is not None:
-        sinks = sinks.detach().float().to(device)
-    return ScoreRule(float(layer.scale), layer.softcap, alibi, sinks)
+    sink_logits = layer.sink_logits()
+    if sink_logits is not None:
+        sink_logits = sink_logits.detach().float().to(device)
+    return ScoreRule(float(layer.scale), layer.softcap, alibi, sink_logits)
 
 
 def block_alpha(
@@ -166,7 +170,7 @@ def block_alpha(
     extras = _Extras(rule, G, r, dev, None if v is None else v.to(torch.float32))
     max_keys = max(T, mask.prefix if mask.prefix > 1 else 0)
     if mask.window is not None:
-        max_keys = min(max_keys, mask.window + mask.sinks + _MAX_BLOCK)
+        max_keys = min(max_keys, mask.window + mask.n_sinks + _MAX_BLOCK)
     if mask.limit is not None:
         max_keys = min(max_keys, mask.limit + _MAX_BLOCK)
     bq = _block_size(b, H, max_keys, block_bytes)
@@ -221,7 +225,7 @@ class _Extras:
     def __post_init__(self) -> None:
         rule = self.rule
         self.alibi = None if rule.alibi is None else rule.alibi.to(self.device).reshape(self.G, self.r, 1, -1)
-        self.sinks = None if rule.sinks is None else rule.sinks.to(self.device).reshape(1, self.G, self.r, 1)
+        self.sink_logits = None if rule.sink_logits is None else rule.sink_logits.to(self.device).reshape(1, self.G, self.r, 1)
 
 
 def _workers(n_blocks: int, device: torch.device, threads: int | None) -> int:
@@ -282,12 +286,12 @@ def _one_block(
         rows += c.sum(-1)
     else:  # whole rows are here: take their maximum and sum (a sink logit joins both)
         m = s.amax(-1, keepdim=True)
-        if extras.sinks is not None:
-            sk = extras.sinks[..., None].expand(b, G, r, Q, 1)
+        if extras.sink_logits is not None:
+            sk = extras.sink_logits[..., None].expand(b, G, r, Q, 1)
             m = torch.maximum(m, sk)
         s.sub_(m).exp_()
         z = s.sum(-1)  # [b, G, r, Q]
-        if extras.sinks is None:
+        if extras.sink_logits is None:
             w = z.reciprocal_()
             rows += Q
         else:  # rows give exp(sink - m) / Z to the sink: their real keys sum to z / Z < 1

@@ -359,9 +359,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 [
                     m["step"],
                     f"{m['val_loss']:.4f}",
-                    f"{m['sink_rate']:.1f}%",
-                    f"{m.get('sink_rate_eps0.1', float('nan')):.1f}%",
-                    f"{m['mean_alpha1']:.3f}",
+                    f"{m['sink_rate_1']:.1f}%",
+                    f"{m.get('sink_rate_1_by_eps', {}).get('0.1', float('nan')):.1f}%",
+                    f"{m['mean_alpha_1']:.3f}",
                     f"{m['value_norm_ratio_top']:.2f}",
                     f"{m['resid_norm_ratio']:.2f}",
                 ]
@@ -481,7 +481,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     t0 = time.time()
     model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
     toks = long_tokens(model, length=args.length, n=args.n, bos=args.bos, path=args.data)
-    rep = streaming_ppl(model, toks, sinks=args.sinks, window=args.window, bucket=args.bucket, progress=not args.quiet)
+    rep = streaming_ppl(model, toks, n_sinks=args.sinks, window=args.window, bucket=args.bucket, progress=not args.quiet)
     mi = rep.model_info
     print(f"model   {rep.model}  ({mi['n_layers']} layers, positions: {rep.positional}, {mi['dtype']}, {mi['device']})")
     print(
@@ -490,7 +490,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         + (" ..." if rep.n > 4 else "")
     )
     print(
-        f"cache   {rep.sinks} sink tokens + {rep.window} recent tokens; window only keeps the last {rep.sinks + rep.window}; "
+        f"cache   {rep.n_sinks} sink tokens + {rep.window} recent tokens; window only keeps the last {rep.n_sinks + rep.window}; "
         f"tokens are evicted from query position {rep.full_from} on"
     )
     print()
@@ -534,7 +534,7 @@ def cmd_long(args: argparse.Namespace) -> int:
         model, tokens, eps=args.eps, buckets=args.buckets, batch_size=args.batch_size, progress=not args.quiet
     )
     t_measure = time.time() - t1
-    r = rep.sinks
+    r = rep.sink_report
     mi = r.model_info
     print(
         f"model   {r.model}  ({mi['n_layers']} layers x {mi['n_heads']} heads, {mi['n_kv_heads']} KV heads, {r.dtype}, {r.device})"
@@ -566,7 +566,7 @@ def cmd_long(args: argparse.Namespace) -> int:
         rows.append(
             [
                 row["k"],
-                f"{row[f'Sink_k (eps={rep.eps})']:.2f}%",
+                f"{row['sink_rate']:.2f}%",
                 f"{row['mean_alpha']:.4f}",
                 row["n_queries"],
                 "yes" if row["reliable"] else "no",

@@ -7,8 +7,8 @@ batches. For each it reports
   and ``delta_loss`` against the clean model;
 * ``kl``: mean ``KL(p_clean || p_intervened)`` of the next-token distributions;
 * ``top1``: share of positions whose arg-max prediction is unchanged;
-* ``Sink_1`` (percent of (sample, layer, head) with ``alpha_1 > eps``) and mean
-  ``alpha_1``, and ``Sink_2`` (a sink that moved to the second token shows
+* ``sink_rate_1`` (``Sink_1``: percent of (sample, layer, head) with ``alpha_1 > eps``),
+  ``mean_alpha_1``, and ``sink_rate_2`` (``Sink_2``: a sink that moved to the second token shows
   there), of the attention pattern the model actually used (after the
   intervention; patterns whose rows do not sum to 1 are scored through the
   proxy ``A / sum A``, see :mod:`sink_interp.metrics`), and the sink mass
@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import html
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -47,6 +48,7 @@ from torch import Tensor
 from ._internal import display
 from ._internal.errors import check_eps, check_positive_int
 from ._internal.report import ModelRun, Report, register_record
+from ._internal.vocab import RENAMED
 from .architecture import check_model_tokens
 from .capture import Reducer, run_reducers
 from .interventions import Intervention, flatten_interventions, intervene
@@ -122,7 +124,7 @@ class Effect:
         >>> from sink_interp import tiny_model, compare, MaskKey
         >>> rep = compare(tiny_model(), torch.randint(4, 128, (2, 8)), {"mask": MaskKey()}, progress=False)
         >>> eff = rep.effects[1]
-        >>> eff.label, "Sink_1" in eff.row(), eff.kl > 0
+        >>> eff.label, "sink_rate_1" in eff.row(), eff.kl > 0
         ('mask', True, True)
     """
 
@@ -132,9 +134,9 @@ class Effect:
     delta_loss: float
     kl: float
     top1: float
-    sink_1: float
+    sink_rate_1: float
     mean_alpha_1: float
-    sink_2: float
+    sink_rate_2: float
     sink_mass: float
     score: str
     head_alpha_1: Float[np.ndarray, "layer head"] = field(repr=False)
@@ -149,13 +151,25 @@ class Effect:
             "delta_loss": self.delta_loss,
             "kl": self.kl,
             "top1": self.top1,
-            "Sink_1": self.sink_1,
+            "sink_rate_1": self.sink_rate_1,
             "mean_alpha_1": self.mean_alpha_1,
-            "Sink_2": self.sink_2,
+            "sink_rate_2": self.sink_rate_2,
             "sink_mass": self.sink_mass,
             "score": self.score,
             "description": self.description,
         }
+
+    @property
+    def sink_1(self) -> float:
+        """Deprecated name of :attr:`sink_rate_1`."""
+        warnings.warn("Effect.sink_1 is deprecated; use Effect.sink_rate_1", DeprecationWarning, stacklevel=2)
+        return self.sink_rate_1
+
+    @property
+    def sink_2(self) -> float:
+        """Deprecated name of :attr:`sink_rate_2`."""
+        warnings.warn("Effect.sink_2 is deprecated; use Effect.sink_rate_2", DeprecationWarning, stacklevel=2)
+        return self.sink_rate_2
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -198,7 +212,7 @@ class EffectReport(ModelRun, Report):
         raise KeyError(f"no effect labelled {label!r}; labels: {self.labels}")
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per intervention (clean first): loss, delta_loss, kl, top1, Sink_1, mean_alpha_1, Sink_2, sink_mass."""
+        """One row per intervention (clean first): loss, delta_loss, kl, top1, sink_rate_1, mean_alpha_1, sink_rate_2, sink_mass."""
         return pd.DataFrame([e.row() for e in self.effects])
 
     def loss_by_position(self, buckets: Sequence[int] = (1, 2, 4, 8, 16, 32)) -> pd.DataFrame:
@@ -232,12 +246,24 @@ class EffectReport(ModelRun, Report):
 
     def table(
         self,
-        columns: Sequence[str] = ("label", "loss", "delta_loss", "kl", "top1", "Sink_1", "mean_alpha_1", "Sink_2", "sink_mass"),
+        columns: Sequence[str] = (
+            "label",
+            "loss",
+            "delta_loss",
+            "kl",
+            "top1",
+            "sink_rate_1",
+            "mean_alpha_1",
+            "sink_rate_2",
+            "sink_mass",
+        ),
     ) -> str:
-        """A plain-text table (what the CLI prints)."""
+        """A plain-text table (what the CLI prints; the sink rates headed ``Sink_1``, ``Sink_2`` as in the paper)."""
         df = self.to_frame()
+        columns = [RENAMED["Effect"].get(c, c) for c in columns]
         cols = [c for c in columns if c in df.columns]
-        return df[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}")
+        out = df[cols].rename(columns={"sink_rate_1": "Sink_1", "sink_rate_2": "Sink_2"})
+        return out.to_string(index=False, float_format=lambda x: f"{x:.4f}")
 
     def __repr__(self) -> str:
         return (
@@ -253,7 +279,7 @@ class EffectReport(ModelRun, Report):
         e = html.escape
         rows = "".join(
             f"<tr><td>{e(x.label)}</td><td>{x.loss:.4f}</td><td>{x.delta_loss:+.4f}</td><td>{x.kl:.4f}</td>"
-            f"<td>{100 * x.top1:.1f}%</td><td>{x.sink_1:.1f}%</td><td>{x.sink_mass:.3f}</td></tr>"
+            f"<td>{100 * x.top1:.1f}%</td><td>{x.sink_rate_1:.1f}%</td><td>{x.sink_mass:.3f}</td></tr>"
             for x in self.effects
         )
         return (
@@ -347,9 +373,9 @@ class _Acc:
             delta_loss=0.0 if clean_loss is None else loss - clean_loss,
             kl=self.kl / c if reference else 0.0,
             top1=self.top1 / c if reference else 1.0,
-            sink_1=sink1,
+            sink_rate_1=sink1,
             mean_alpha_1=mean1,
-            sink_2=sink2,
+            sink_rate_2=sink2,
             sink_mass=mass,
             score="softmax" if not self.proxy else "proxy:" + "+".join(sorted(self.proxy)),
             head_alpha_1=head,

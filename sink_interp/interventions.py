@@ -86,6 +86,7 @@ from torch import Tensor, nn
 
 from ._internal import hooknames
 from ._internal.report import register_codec
+from ._internal.vocab import renamed_kwargs
 from .architecture import LayerAttention, describe_attention
 from .capture import attach_hooks
 from .kernels import kernel_fn, visible_mask
@@ -783,15 +784,15 @@ class AttentionKernel(Intervention):
 
 
 class StreamingWindow(Intervention):
-    """StreamingLLM attention: each query sees the first ``sinks`` keys and the last ``window`` keys.
+    """StreamingLLM attention: each query sees the first ``n_sinks`` keys and the last ``window`` keys.
 
-    Query ``t`` sees keys ``j < sinks`` and ``t - window < j <= t``; ``sinks=0`` is
-    plain sliding-window attention. ``positions="cache"`` (default) gives RoPE
+    Query ``t`` sees keys ``j < n_sinks`` and ``t - window < j <= t``; ``n_sinks=0`` is
+    plain sliding-window attention. ``rope_positions="cache"`` (default) gives RoPE
     positions as indices in the rolling cache, as StreamingLLM does: once the
-    cache is full (``t >= sinks + window``) the query sits at cache index
-    ``c = sinks + window - 1`` and sink ``i`` at index ``i``, so the sink scores
+    cache is full (``t >= n_sinks + window``) the query sits at cache index
+    ``c = n_sinks + window - 1`` and sink ``i`` at index ``i``, so the sink scores
     become ``(R_c q_t) . (R_i k_i) / sqrt(d)``; recent keys keep their relative
-    distance ``t - j``, which is the same in both frames. ``positions="original"``
+    distance ``t - j``, which is the same in both frames. ``rope_positions="original"``
     keeps the absolute positions (only the mask changes). Every token's hidden
     states are computed with its own window, exactly as in token-by-token
     decoding with a rolling KV cache, so one forward pass gives the streaming
@@ -801,7 +802,7 @@ class StreamingWindow(Intervention):
         >>> import torch
         >>> from sink_interp import tiny_model, intervene, StreamingWindow
         >>> m = tiny_model()
-        >>> with intervene(m, StreamingWindow(4, sinks=1)):
+        >>> with intervene(m, StreamingWindow(4, n_sinks=1)):
         ...     _, cache = m.run_with_cache(torch.randint(4, 128, (1, 8)), names_filter="blocks.0.attn.hook_pattern")
         >>> p = cache["blocks.0.attn.hook_pattern"]
         >>> (p[0, 0, 7] > 0).int().tolist()  # query 7 sees key 0 and keys 4-7
@@ -810,45 +811,52 @@ class StreamingWindow(Intervention):
 
     has_positions = False
 
+    @renamed_kwargs(sinks="n_sinks", positions="rope_positions")
     def __init__(
         self,
         window: int,
-        sinks: int = 4,
+        n_sinks: int = 4,
         *,
-        positions: str = "cache",
+        rope_positions: str = "cache",
         layers: Sequence[int] | None = None,
         name: str | None = None,
     ):
         super().__init__(layers=layers, heads=None, positions=(), name=name)
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be an integer >= 1 (recent keys each query sees), got {window!r}")
-        if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
-            raise ValueError(f"sinks must be an integer >= 0, got {sinks!r}")
-        if positions not in ("cache", "original"):
-            raise ValueError(f"positions must be 'cache' (StreamingLLM) or 'original', got {positions!r}")
-        self.window, self.sinks, self.rope_positions = window, sinks, positions
+        if isinstance(n_sinks, bool) or not isinstance(n_sinks, int) or n_sinks < 0:
+            raise ValueError(f"n_sinks must be an integer >= 0, got {n_sinks!r}")
+        if rope_positions not in ("cache", "original"):
+            raise ValueError(f"rope_positions must be 'cache' (StreamingLLM) or 'original', got {rope_positions!r}")
+        self.window, self.n_sinks, self.rope_positions = window, n_sinks, rope_positions
+
+    @property
+    def sinks(self) -> int:
+        """Deprecated name of :attr:`n_sinks`."""
+        warnings.warn("StreamingWindow.sinks is deprecated; use .n_sinks", DeprecationWarning, stacklevel=2)
+        return self.n_sinks
 
     def bind(self, model: Any) -> None:
         super().bind(model)
         spec = describe_attention(model)
         kind = spec.positional
-        if self.rope_positions == "cache" and self.sinks > 0 and kind in ("learned", "alibi"):
+        if self.rope_positions == "cache" and self.n_sinks > 0 and kind in ("learned", "alibi"):
             where = (
                 "adds learned absolute position embeddings before the first block"
                 if kind == "learned"
                 else "biases scores by absolute key positions (ALiBi)"
             )
             raise ValueError(
-                f"positions='cache' needs relative positions (RoPE or NoPE); this model {where}, which hooks "
-                "cannot re-index per query. Fix: positions='original'"
+                f"rope_positions='cache' needs relative positions (RoPE or NoPE); this model {where}, which hooks "
+                "cannot re-index per query. Fix: rope_positions='original'"
             )
         rotated = [spec.layer(layer) for layer in self.layers if spec.layer(layer).rotary is not None]
-        self._rerotate = self.rope_positions == "cache" and self.sinks > 0 and bool(rotated)
+        self._rerotate = self.rope_positions == "cache" and self.n_sinks > 0 and bool(rotated)
         for la in rotated if self._rerotate else []:
             if la.rotary.module is None or la.rotary.style not in ("half", "interleaved"):
                 raise ValueError(
-                    f"positions='cache' re-rotates queries with the model's rotary embedding; layer {la.layer}'s "
-                    f"({la.rotary.style}) cannot be rebuilt at other positions. Fix: positions='original'"
+                    f"rope_positions='cache' re-rotates queries with the model's rotary embedding; layer {la.layer}'s "
+                    f"({la.rotary.style}) cannot be rebuilt at other positions. Fix: rope_positions='original'"
                 )
         self.needs = frozenset({"q_pre", "k"}) if self._rerotate else frozenset()
 
@@ -856,25 +864,25 @@ class StreamingWindow(Intervention):
         T = scores.shape[-1]
         la = self.attention(layer)
         # the layer's own sliding window still applies: a sink outside it stays hidden
-        vis = la.mask(AttentionMask(window=self.window, sinks=self.sinks)).dense(T, scores.device)
+        vis = la.mask(AttentionMask(window=self.window, n_sinks=self.n_sinks)).dense(T, scores.device)
         out = scores.masked_fill(~vis[None, None], torch.finfo(scores.dtype).min)
-        full_from = self.sinks + self.window
+        full_from = self.n_sinks + self.window
         if self._rerotate and la.rotary is not None and T > full_from:
             # once the cache is full the query sits at cache index c and sink i at index i
-            c = self.sinks + self.window - 1
+            c = self.n_sinks + self.window - 1
             q = ctx.q_pre[:, full_from:]  # [b, T', H, d], before RoPE
             qc = la.rotary.apply(q, torch.full((q.shape[1],), c, device=q.device))
-            ks = ctx.k[:, : self.sinks]  # [b, sinks, G, d], after RoPE at positions 0..sinks-1
+            ks = ctx.k[:, : self.n_sinks]  # [b, sinks, G, d], after RoPE at positions 0..sinks-1
             s = la.logits(qc.transpose(1, 2), ks.transpose(1, 2))  # [b, H, T', sinks]
             out = out.clone()
-            keep = out[:, :, full_from:, : self.sinks]
+            keep = out[:, :, full_from:, : self.n_sinks]
             # only where the key is still visible: hidden by this window, or by an earlier score edit, stays hidden
-            out[:, :, full_from:, : self.sinks] = torch.where(visible_mask(keep), s.to(out.dtype), keep)
+            out[:, :, full_from:, : self.n_sinks] = torch.where(visible_mask(keep), s.to(out.dtype), keep)
         return out
 
     def describe(self) -> str:
-        what = f"{self.sinks} sinks + window {self.window}" if self.sinks else f"window {self.window}"
-        return f"StreamingWindow({what}, positions={self.rope_positions})"
+        what = f"{self.n_sinks} sinks + window {self.window}" if self.n_sinks else f"window {self.window}"
+        return f"StreamingWindow({what}, rope_positions={self.rope_positions})"
 
 
 def _sites(

@@ -62,6 +62,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from ._internal.vocab import renamed_kwargs
+
 Scores = Float[Tensor, "... q k"]
 Mask = Bool[Tensor, "... q k"]
 Extra = Float[Tensor, "... q m"]
@@ -285,15 +287,16 @@ def kernel_fn(name: str, **params: Any) -> Callable[[Scores, Optional[Mask], Opt
     return bound
 
 
+@renamed_kwargs(sinks="n_sinks")
 def causal_mask(
-    q_len: int, k_len: int | None = None, device: Any = None, window: int | None = None, sinks: int = 0
+    q_len: int, k_len: int | None = None, device: Any = None, window: int | None = None, n_sinks: int = 0
 ) -> Bool[Tensor, "q k"]:
     """``[q, k]`` visibility: causal (queries are the last ``q_len`` of ``k_len`` positions),
-    optionally only the last ``window`` keys plus the first ``sinks`` keys (StreamingLLM)."""
+    optionally only the last ``window`` keys plus the first ``n_sinks`` keys (StreamingLLM)."""
     from .masks import AttentionMask
 
     k_len = q_len if k_len is None else k_len
-    mask = AttentionMask(window=window, sinks=sinks if window is not None else 0)
+    mask = AttentionMask(window=window, n_sinks=n_sinks if window is not None else 0)
     return mask.visible(torch.arange(k_len - q_len, k_len, device=device), torch.arange(k_len, device=device))
 
 

@@ -15,7 +15,7 @@ both from one blockwise pass (:mod:`sink_interp.lse`, no T x T map):
   (with one bucket this is the Gu et al. ``alpha_k``). ``Sink_k`` per bucket is
   the share of (sample, layer, head) with ``alpha_k^(i) > eps``.
 * by **key position**: the whole-sequence ``alpha_k`` of every key, as a
-  :class:`sink_interp.SinkReport` (``report.sinks``), with ``sink_positions`` and
+  :class:`sink_interp.SinkReport` (``report.sink_report``), with ``sink_positions`` and
   ``secondary_sinks``.
 
 Examples:
@@ -50,7 +50,7 @@ from .provenance import provenance
 
 @dataclass(frozen=True, eq=False, repr=False)
 class LongContextReport(Report):
-    """Sink scores per query bucket (``bucket_alpha [n, layers, heads, buckets, T]``) and over the whole input (``sinks``).
+    """Sink scores per query bucket (``bucket_alpha [n, layers, heads, buckets, T]``) and over the whole input (``sink_report``).
 
     Positions ``k`` are 1-indexed; ``bucket_alpha`` is NaN where no query of the bucket can see ``k``.
 
@@ -64,19 +64,25 @@ class LongContextReport(Report):
         [[1, 8, 1], [9, 32, 1]]
     """
 
-    sinks: SinkReport
+    sink_report: SinkReport
     bucket_alpha: Float[np.ndarray, "n layer head bucket pos"]
     edges: tuple[int, ...]
     token_ids: np.ndarray | None = None
 
     # ------------------------------------------------------------- basics
     @property
+    def sinks(self) -> SinkReport:
+        """Deprecated name of :attr:`sink_report`."""
+        warnings.warn("LongContextReport.sinks is deprecated; use .sink_report", DeprecationWarning, stacklevel=2)
+        return self.sink_report
+
+    @property
     def eps(self) -> float:
-        return self.sinks.eps
+        return self.sink_report.eps
 
     @property
     def length(self) -> int:
-        return self.sinks.length
+        return self.sink_report.length
 
     @property
     def n_buckets(self) -> int:
@@ -86,7 +92,7 @@ class LongContextReport(Report):
         return self.eps if eps is None else check_eps(eps)
 
     def _k(self, k: int) -> int:
-        return self.sinks._k(k)
+        return self.sink_report._k(k)
 
     # ------------------------------------------------------------- by query bucket
     def bucket_rates(self, k: int = 1, eps: float | None = None) -> np.ndarray:
@@ -109,7 +115,7 @@ class LongContextReport(Report):
         return 100.0 * (a > self._e(eps)).mean(axis=(0, 2)).T
 
     def bucket_frame(self, ks: Sequence[int] = (1,), eps: float | None = None) -> pd.DataFrame:
-        """One row per (query bucket, key ``k``): query range, ``Sink_k``, mean ``alpha_k``."""
+        """One row per (query bucket, key ``k``): query range, ``sink_rate`` (``Sink_k``), ``mean_alpha``; ``attrs["eps"]``."""
         rows = []
         for k in ks:
             rates, mean = self.bucket_rates(k, eps), self.bucket_mean_alpha(k)
@@ -120,24 +126,27 @@ class LongContextReport(Report):
                         "q_from": a + 1,
                         "q_to": b,
                         "k": int(k),
-                        f"Sink_k (eps={self._e(eps)})": float(rates[i]),
+                        "sink_rate": float(rates[i]),
                         "mean_alpha": float(mean[i]),
                     }
                 )
-        return pd.DataFrame(rows)
+        df = pd.DataFrame(rows)
+        df.attrs["eps"] = self._e(eps)
+        return df
 
     # ------------------------------------------------------------- by key position
     def key_table(self, eps: float | None = None, top: int = 10, min_queries: int = 64) -> pd.DataFrame:
         """The ``top`` key positions by whole-sequence ``Sink_k`` (ties: mean ``alpha_k``), with the token id
-        where there is one sample. ``reliable``: ``alpha_k`` averages at least ``min_queries`` queries."""
-        rates = self.sinks.rates(eps)
-        mean = self.sinks.alpha.mean(axis=(0, 1, 2))
+        where there is one sample. ``sink_rate`` is ``Sink_k`` at ``attrs["eps"]``; ``reliable``: ``alpha_k`` averages at
+        least ``min_queries`` queries."""
+        rates = self.sink_report.rates(eps)
+        mean = self.sink_report.alpha.mean(axis=(0, 1, 2))
         order = np.lexsort((-mean, -rates))[:top]
         rows = []
         for j in order:
             row = {
                 "k": int(j) + 1,
-                f"Sink_k (eps={self._e(eps)})": float(rates[j]),
+                "sink_rate": float(rates[j]),
                 "mean_alpha": float(mean[j]),
                 "n_queries": self.length - int(j),
                 "reliable": bool(self.length - int(j) >= min_queries),
@@ -145,11 +154,13 @@ class LongContextReport(Report):
             if self.token_ids is not None and self.token_ids.shape[0] == 1:
                 row["token_id"] = int(self.token_ids[0, j])
             rows.append(row)
-        return pd.DataFrame(rows)
+        df = pd.DataFrame(rows)
+        df.attrs["eps"] = self._e(eps)
+        return df
 
     def secondary_sinks(self, eps: float | None = None, min_rate: float = 1.0, min_queries: int = 64) -> list[int]:
         """Key positions other than the first with ``Sink_k >= min_rate`` percent, scored by enough queries."""
-        return self.sinks.secondary_sinks(eps, min_rate=min_rate, min_queries=min_queries)
+        return self.sink_report.secondary_sinks(eps, min_rate=min_rate, min_queries=min_queries)
 
     # ------------------------------------------------------------- export
     def to_frame(self, eps: float | None = None) -> pd.DataFrame:
@@ -158,8 +169,8 @@ class LongContextReport(Report):
         return self.bucket_frame(ks, eps)
 
     def summary(self) -> dict[str, Any]:
-        base = self.sinks.summary()
-        for key in ("rates", "top_heads", "sink_positions"):
+        base = self.sink_report.summary()
+        for key in ("sink_rates", "top_heads", "sink_positions"):
             base.pop(key, None)
         return {
             **base,
@@ -173,7 +184,7 @@ class LongContextReport(Report):
     def __repr__(self) -> str:
         r = self.bucket_rates(1)
         return (
-            f"LongContextReport(model={self.sinks.model!r}, n={self.sinks.n}, length={self.length}, "
+            f"LongContextReport(model={self.sink_report.model!r}, n={self.sink_report.n}, length={self.length}, "
             f"buckets={self.n_buckets}, Sink_1 first/last bucket={r[0]:.1f}%/{r[-1]:.1f}%)"
         )
 
@@ -190,8 +201,8 @@ class LongContextReport(Report):
         )
         sec = ", ".join(str(k) for k in self.secondary_sinks()[:10]) or "none"
         return (
-            f"<div><b>LongContextReport</b> &mdash; {e(self.sinks.model)} on {e(self.sinks.data)} "
-            f"(n={self.sinks.n}, T={self.length}, BOS={self.sinks.bos}, eps={self.eps})"
+            f"<div><b>LongContextReport</b> &mdash; {e(self.sink_report.model)} on {e(self.sink_report.data)} "
+            f"(n={self.sink_report.n}, T={self.length}, BOS={self.sink_report.bos}, eps={self.eps})"
             f"<table><tr><th>queries</th><th>Sink<sub>1</sub></th><th>mean &alpha;<sub>1</sub></th></tr>{rows}</table>"
             f"secondary sinks (k): {e(sec)}</div>"
         )
@@ -235,7 +246,7 @@ def long_context_sinks(
         >>> import torch
         >>> from sink_interp import tiny_model
         >>> rep = long_context_sinks(tiny_model(), torch.randint(4, 128, (2, 64)), buckets=4, progress=False)
-        >>> rep.bucket_rates(k=1).shape, rep.sinks.method
+        >>> rep.bucket_rates(k=1).shape, rep.sink_report.method
         ((4,), 'lse')
     """
     eps = check_eps(eps)
@@ -260,7 +271,7 @@ def long_context_sinks(
         extra=extra,
     )
     return LongContextReport(
-        sinks=report,
+        sink_report=report,
         bucket_alpha=sums.bucket_alpha().numpy(),
         edges=tuple(edges),
         token_ids=checked.cpu().numpy(),

@@ -6,7 +6,7 @@ positions):
     causal:   j <= t
     prefix p: also j < p when t < p       (the first p tokens see each other)
     window w: only t - j < w              (the last w keys, the query included)
-    sinks s:  keys j < s stay visible through the window (StreamingLLM)
+    n_sinks s: keys j < s stay visible through the window (StreamingLLM)
 
     limit L: only t - j < L, sinks included (the model's own sliding window)
 
@@ -21,7 +21,7 @@ The sink score keeps the official normaliser ``T - k + 1`` whatever the mask,
 so scores stay comparable with the unmasked model.
 
 Examples:
-    >>> m = AttentionMask(window=2, sinks=1)
+    >>> m = AttentionMask(window=2, n_sinks=1)
     >>> m.dense(4).int()
     tensor([[1, 0, 0, 0],
             [1, 1, 0, 0],
@@ -31,12 +31,15 @@ Examples:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from jaxtyping import Bool
 from torch import Tensor
+
+from ._internal.vocab import renamed_kwargs
 
 
 def _check_int(value: Any, name: str, minimum: int, allow_none: bool = False) -> int | None:
@@ -55,33 +58,39 @@ class AttentionMask:
     Args:
         window: each query sees the last ``window`` keys (itself included); ``None``: no window.
         prefix: the first ``prefix`` tokens attend to each other both ways (prefix LM); 0 or 1: none.
-        sinks: with a window, the first ``sinks`` keys stay visible to every later query (StreamingLLM).
+        n_sinks: with a window, the first ``n_sinks`` keys stay visible to every later query (StreamingLLM).
         limit: a window no key escapes, sinks included: the model's own sliding window, which
             :meth:`sink_interp.architecture.LayerAttention.mask` adds per layer (``None``: none).
 
     Examples:
         >>> import torch
         >>> from sink_interp import tiny_model, measure_sinks
-        >>> mask = AttentionMask(window=4, sinks=1)
+        >>> mask = AttentionMask(window=4, n_sinks=1)
         >>> mask.visible(torch.tensor([9]), torch.arange(10)).int()
         tensor([[1, 0, 0, 0, 0, 0, 1, 1, 1, 1]], dtype=torch.int32)
         >>> report = measure_sinks(tiny_model(), torch.randint(4, 128, (2, 16)), mask=mask, progress=False)
         >>> report.extra["mask"]
-        {'window': 4, 'prefix': 0, 'sinks': 1}
+        {'window': 4, 'prefix': 0, 'n_sinks': 1}
     """
 
     window: int | None = None
     prefix: int = 0
-    sinks: int = 0
+    n_sinks: int = 0
     limit: int | None = None
 
     def __post_init__(self) -> None:
         _check_int(self.window, "window", 1, allow_none=True)
         _check_int(self.limit, "limit", 1, allow_none=True)
         _check_int(self.prefix, "prefix", 0)
-        _check_int(self.sinks, "sinks", 0)
-        if self.sinks and self.window is None:
-            raise ValueError("sinks only matter with a window (without one every earlier key is visible); fix: pass window=")
+        _check_int(self.n_sinks, "n_sinks", 0)
+        if self.n_sinks and self.window is None:
+            raise ValueError("n_sinks only matter with a window (without one every earlier key is visible); fix: pass window=")
+
+    @property
+    def sinks(self) -> int:
+        """Deprecated name of :attr:`n_sinks`."""
+        warnings.warn("AttentionMask.sinks is deprecated; use .n_sinks", DeprecationWarning, stacklevel=2)
+        return self.n_sinks
 
     @property
     def is_causal(self) -> bool:
@@ -93,7 +102,7 @@ class AttentionMask:
         if limit is None:
             return self
         new = int(limit) if self.limit is None else min(int(limit), self.limit)
-        return AttentionMask(window=self.window, prefix=self.prefix, sinks=self.sinks, limit=new)
+        return AttentionMask(window=self.window, prefix=self.prefix, n_sinks=self.n_sinks, limit=new)
 
     def visible(self, t: Tensor, j: Tensor) -> Bool[Tensor, "q k"]:
         """``[len(t), len(j)]`` booleans: query position ``t[i]`` sees key position ``j[m]``."""
@@ -104,8 +113,8 @@ class AttentionMask:
             ok = ok | ((jj < self.prefix) & (tt < self.prefix))
         if self.window is not None:
             near = (tt - jj) < self.window
-            if self.sinks:
-                near = near | (jj < self.sinks)
+            if self.n_sinks:
+                near = near | (jj < self.n_sinks)
             ok = ok & near
         if self.limit is not None:
             ok = ok & ((tt - jj) < self.limit)
@@ -124,8 +133,8 @@ class AttentionMask:
             hi = max(stop, min(self.prefix, length))
         floor = 0 if self.limit is None else max(0, start - self.limit + 1)  # no key below this is visible
         lo = 0 if self.window is None else max(0, start - self.window + 1)
-        if lo > floor and self.sinks and floor < min(self.sinks, lo):
-            return torch.cat([torch.arange(floor, min(self.sinks, lo)), torch.arange(lo, hi)])
+        if lo > floor and self.n_sinks and floor < min(self.n_sinks, lo):
+            return torch.cat([torch.arange(floor, min(self.n_sinks, lo)), torch.arange(lo, hi)])
         return slice(max(lo, floor), hi)
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,13 +149,14 @@ class AttentionMask:
             parts.append(f"prefix {self.prefix}")
         if self.window is not None:
             parts.append(f"window {self.window}")
-        if self.sinks:
-            parts.append(f"{self.sinks} sink tokens")
+        if self.n_sinks:
+            parts.append(f"{self.n_sinks} sink tokens")
         if self.limit is not None:
             parts.append(f"model window {self.limit}")
         return " + ".join(parts)
 
 
+AttentionMask.__init__ = renamed_kwargs(sinks="n_sinks")(AttentionMask.__init__)  # type: ignore[method-assign]
 CAUSAL = AttentionMask()
 
 
@@ -166,14 +176,14 @@ def documents_mask(doc_ids: Tensor) -> Bool[Tensor, "b 1 q k"]:
 
 
 def as_mask(mask: AttentionMask | dict[str, Any] | None) -> AttentionMask:
-    """``None`` -> causal; a dict -> ``AttentionMask(**dict)``; with a clear error otherwise."""
+    """``None`` -> causal; a dict -> ``AttentionMask(**dict)`` (the old key ``sinks`` read as ``n_sinks``); a clear error otherwise."""
     if mask is None:
         return CAUSAL
     if isinstance(mask, AttentionMask):
         return mask
     if isinstance(mask, dict):
         try:
-            return AttentionMask(**mask)
+            return AttentionMask(**{("n_sinks" if k == "sinks" else k): v for k, v in mask.items()})
         except TypeError as e:
-            raise ValueError(f"mask: {e}; fix: use the keys window, prefix, sinks") from None
+            raise ValueError(f"mask: {e}; fix: use the keys window, prefix, n_sinks") from None
     raise ValueError(f"mask must be an AttentionMask, a dict or None, got {type(mask).__name__}")

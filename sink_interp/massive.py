@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import html
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,7 @@ from torch import Tensor
 from ._internal import display, hooknames
 from ._internal.errors import check_positive_int
 from ._internal.report import ModelRun, Report
+from ._internal.vocab import renamed_kwargs
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .metrics import SinkReport, SinkScoreReducer
@@ -213,10 +215,16 @@ class MassiveReport(ModelRun, Report):
     model_info: dict[str, Any]
     versions: dict[str, str]
     key_after_rope: bool
-    sinks: SinkReport | None = None
+    sink_report: SinkReport | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------ shape facts
+    @property
+    def sinks(self) -> SinkReport | None:
+        """Deprecated name of :attr:`sink_report`."""
+        warnings.warn("MassiveReport.sinks is deprecated; use .sink_report", DeprecationWarning, stacklevel=2)
+        return self.sink_report
+
     @property
     def n(self) -> int:
         return int(self.top_abs.shape[0])
@@ -409,15 +417,15 @@ class MassiveReport(ModelRun, Report):
                 "peak_pos": pp,
                 "peak_ratio": float(h[l, pp] / max(np.delete(h[l], pp).mean(), 1e-30)) if T > 1 else np.nan,
             }
-            if self.sinks is not None:
-                li = self.sinks.layers.index(l) if l in self.sinks.layers else None
+            if self.sink_report is not None:
+                li = self.sink_report.layers.index(l) if l in self.sink_report.layers else None
                 if li is not None:
-                    a = self.sinks.alpha[:, li].mean(axis=(0, 1))  # [T]
+                    a = self.sink_report.alpha[:, li].mean(axis=(0, 1))  # [T]
                     usable = max(1, T - int(min_queries) + 1)
                     sp = int(a[:usable].argmax())
                     row.update(sink_pos=sp, sink_alpha=float(a[sp]))
             rows.append(row)
-        cols = (["layer", "sink_pos", "sink_alpha"] if self.sinks is not None else ["layer"]) + [
+        cols = (["layer", "sink_pos", "sink_alpha"] if self.sink_report is not None else ["layer"]) + [
             "drain_pos",
             "drain_ratio",
             "peak_pos",
@@ -527,6 +535,7 @@ class MassiveReport(ModelRun, Report):
         )
 
 
+@renamed_kwargs(sinks="measure_sinks")
 def massive_activations(
     model: Any,
     tokens: Tensor,
@@ -534,7 +543,7 @@ def massive_activations(
     abs_threshold: float = DEFAULT_ABS_THRESHOLD,
     ratio_threshold: float = DEFAULT_RATIO_THRESHOLD,
     top_k: int = 5,
-    sinks: bool = True,
+    measure_sinks: bool = True,
     bos: bool | None = None,
     data: str | None = None,
     batch_size: int | None = None,
@@ -549,8 +558,8 @@ def massive_activations(
         abs_threshold: Sun et al.'s absolute threshold on ``|x|`` (strict, default 100).
         ratio_threshold: Sun et al.'s ratio to the hidden state's median ``|x|`` (default 1000).
         top_k: entries kept per sample and layer.
-        sinks: also measure sink scores (for the attention-sink part of the triple);
-            ``report.sinks`` is then a :class:`~sink_interp.SinkReport` at eps 0.3.
+        measure_sinks: also measure sink scores (for the attention-sink part of the triple);
+            ``report.sink_report`` is then a :class:`~sink_interp.SinkReport` at eps 0.3.
         bos: whether ``tokens`` start with BOS, recorded in the report (default: from
             ``probe_tokens``' ``probe_info``, else inferred from the first column).
         data: label of the inputs recorded in the report (default: the probe source).
@@ -569,11 +578,11 @@ def massive_activations(
     ratio_threshold = _check_threshold(ratio_threshold, "ratio_threshold")
     top_k = check_positive_int(top_k, "top_k")
     max_flags = check_positive_int(max_flags, "max_flags", minimum=0) if max_flags else 0
-    tokens_checked = check_model_tokens(model, tokens, min_length=2 if sinks else 1)
+    tokens_checked = check_model_tokens(model, tokens, min_length=2 if measure_sinks else 1)
     prov = provenance(model, tokens, bos=bos, data=data)
     red = MassiveReducer(abs_threshold, ratio_threshold, top_k, max_flags)
     reducers: list[Reducer] = [red]
-    sred = SinkScoreReducer() if sinks else None
+    sred = SinkScoreReducer() if measure_sinks else None
     if sred is not None:
         reducers.append(sred)
     run_reducers(model, tokens_checked, reducers, batch_size=batch_size, progress=progress, desc="massive activations")
@@ -600,6 +609,6 @@ def massive_activations(
         ratio_threshold=ratio_threshold,
         **prov.report_fields(),
         key_after_rope=describe_attention(model).layer(0).rotary is not None,
-        sinks=sink_report,
+        sink_report=sink_report,
         extra=prov.extra(),
     )

@@ -234,10 +234,14 @@ class SinkReport(ModelRun, Report):
         return 1.0 - self.row_sum.mean(axis=0)
 
     def sweep(self, eps_values: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5), k: int = 1) -> pd.DataFrame:
-        """``Sink_k`` and mean ``alpha_k`` for several thresholds, from the stored scores (no recompute)."""
+        """``sink_rate_{k}`` (``Sink_k``) and ``mean_alpha_{k}`` for several thresholds (an ``eps`` column), from the stored scores."""
         k = self._k(k)
         rows = [
-            {"eps": float(check_eps(e)), f"Sink_{k}": self.rate(k, e), f"mean_alpha_{k}": float(self.alpha[..., k - 1].mean())}
+            {
+                "eps": float(check_eps(e)),
+                f"sink_rate_{k}": self.rate(k, e),
+                f"mean_alpha_{k}": float(self.alpha[..., k - 1].mean()),
+            }
             for e in eps_values
         ]
         return pd.DataFrame(rows)
@@ -268,7 +272,7 @@ class SinkReport(ModelRun, Report):
         return df.sort_values(f"mean_alpha_{k}", ascending=False, kind="stable").reset_index(drop=True)
 
     def sink_positions(self, eps: float | None = None, min_rate: float = 1.0, min_queries: int = 8) -> pd.DataFrame:
-        """Key positions whose ``Sink_k`` is at least ``min_rate`` percent.
+        """Key positions ``k`` whose ``Sink_k`` (column ``sink_rate``, at ``attrs["eps"]``) is at least ``min_rate`` percent.
 
         ``reliable`` is False where ``alpha_k`` averages fewer than
         ``min_queries`` queries: the last keys are scored by a handful of
@@ -279,7 +283,7 @@ class SinkReport(ModelRun, Report):
         rows = [
             {
                 "k": k + 1,
-                f"Sink_k (eps={self._eps(eps)})": float(rates[k]),
+                "sink_rate": float(rates[k]),
                 "mean_alpha": float(mean[k]),
                 "n_queries": self.length - k,
                 "reliable": bool(self.length - k >= min_queries),
@@ -287,8 +291,9 @@ class SinkReport(ModelRun, Report):
             for k in range(self.length)
             if rates[k] >= min_rate
         ]
-        cols = ["k", f"Sink_k (eps={self._eps(eps)})", "mean_alpha", "n_queries", "reliable"]
-        return pd.DataFrame(rows, columns=cols)
+        df = pd.DataFrame(rows, columns=["k", "sink_rate", "mean_alpha", "n_queries", "reliable"])
+        df.attrs["eps"] = self._eps(eps)
+        return df
 
     def secondary_sinks(self, eps: float | None = None, min_rate: float = 1.0, min_queries: int = 8) -> list[int]:
         """Reliable sink positions other than the first token."""
@@ -328,7 +333,7 @@ class SinkReport(ModelRun, Report):
             "proxy_layers": {str(k): v for k, v in sorted(self.proxy_layers.items())},
             "layers": list(self.layers),
             "sink_rate_1": self.rate(1),
-            "rates": [float(x) for x in self.rates()],
+            "sink_rates": [float(x) for x in self.rates()],
             "layer_rates": [float(x) for x in self.layer_rates(1)],
             "mean_alpha_1": float(self.alpha[..., 0].mean()),
             "top_heads": top.to_dict(orient="records"),

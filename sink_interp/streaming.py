@@ -5,20 +5,20 @@ forward pass each (see :class:`~sink_interp.StreamingWindow` for why one pass
 equals token-by-token decoding with a rolling KV cache):
 
 * ``full``: ordinary causal attention over the whole text;
-* ``sinks + window``: each query sees the first ``sinks`` tokens and the last
+* ``sinks + window``: each query sees the first ``n_sinks`` tokens and the last
   ``window`` tokens, RoPE positions taken as indices in the cache (StreamingLLM);
-* ``window only``: each query sees the last ``sinks + window`` tokens (the same
+* ``window only``: each query sees the last ``n_sinks + window`` tokens (the same
   cache size, no sinks);
 
 and, with ``original_positions=True``, sinks + window with the tokens' original
 positions (only the mask changes), to show whether re-indexing matters.
 It reports perplexity per position bucket; the interesting buckets are those
-after ``sinks + window``, where the cache is full and tokens are evicted.
+after ``n_sinks + window``, where the cache is full and tokens are evicted.
 
 Example:
     >>> import torch
     >>> from sink_interp import tiny_model
-    >>> rep = streaming_ppl(tiny_model(), torch.randint(4, 128, (2, 40)), sinks=2, window=8, progress=False)
+    >>> rep = streaming_ppl(tiny_model(), torch.randint(4, 128, (2, 40)), n_sinks=2, window=8, progress=False)
     >>> rep.to_frame().columns.tolist()
     ['condition', 'start', 'end', 'ppl', 'nll']
 """
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import html
 import json
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from torch import Tensor
 from ._internal import display
 from ._internal.errors import check_positive_int
 from ._internal.report import Report
+from ._internal.vocab import renamed_kwargs
 from .architecture import check_model_tokens, describe_attention
 from .capture import run_reducers
 from .effects import NextTokenReducer
@@ -125,14 +127,14 @@ class StreamReport(Report):
     Example:
         >>> import torch
         >>> from sink_interp import tiny_model, streaming_ppl
-        >>> rep = streaming_ppl(tiny_model(), torch.randint(4, 128, (1, 24)), sinks=1, window=6, progress=False)
+        >>> rep = streaming_ppl(tiny_model(), torch.randint(4, 128, (1, 24)), n_sinks=1, window=6, progress=False)
         >>> rep.full_from, rep.conditions[0]
         (7, 'full')
     """
 
     conditions: tuple[str, ...]
     nll: Float[np.ndarray, "condition pos"]
-    sinks: int
+    n_sinks: int
     window: int
     bucket: int
     model: str
@@ -146,9 +148,15 @@ class StreamReport(Report):
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def sinks(self) -> int:
+        """Deprecated name of :attr:`n_sinks`."""
+        warnings.warn("StreamReport.sinks is deprecated; use .n_sinks", DeprecationWarning, stacklevel=2)
+        return self.n_sinks
+
+    @property
     def full_from(self) -> int:
         """First query position at which tokens have been evicted (the cache is full)."""
-        return self.sinks + self.window
+        return self.n_sinks + self.window
 
     def ppl(self, condition: str, start: int = 0, end: int | None = None) -> float:
         """Perplexity of ``condition`` over predicted positions ``start <= t < end``."""
@@ -183,7 +191,7 @@ class StreamReport(Report):
             "bos": self.bos,
             "n": self.n,
             "length": self.length,
-            "sinks": self.sinks,
+            "n_sinks": self.n_sinks,
             "window": self.window,
             "bucket": self.bucket,
             "positional": self.positional,
@@ -208,15 +216,16 @@ class StreamReport(Report):
     def _table_html(self) -> str:
         pv = self.pivot()
         return (
-            f"<div><b>StreamReport</b> &mdash; {html.escape(self.model)}, {self.sinks} sinks + window {self.window}, "
+            f"<div><b>StreamReport</b> &mdash; {html.escape(self.model)}, {self.n_sinks} sinks + window {self.window}, "
             f"n={self.n}, length={self.length}, BOS={self.bos}{pv.to_html(float_format=lambda x: f'{x:.2f}')}</div>"
         )
 
 
+@renamed_kwargs(sinks="n_sinks")
 def streaming_ppl(
     model: Any,
     tokens: Tensor,
-    sinks: int = 4,
+    n_sinks: int = 4,
     window: int = 256,
     *,
     bucket: int | None = None,
@@ -232,28 +241,28 @@ def streaming_ppl(
         model: a TransformerBridge (RoPE or NoPE for cache positions; with learned
             absolute positions or partial RoPE, as in Pythia, only the original-position
             conditions run).
-        tokens: ``[n, T]`` token ids with ``T`` well above ``sinks + window``
+        tokens: ``[n, T]`` token ids with ``T`` well above ``n_sinks + window``
             (e.g. :func:`long_tokens`).
-        sinks: number of first tokens kept.
+        n_sinks: number of first tokens kept (the attention sinks).
         window: number of recent tokens kept (the query included).
         bucket: width of the position buckets (default ``window``).
-        original_positions: also run sinks + window with the original positions.
+        original_positions: also run n_sinks + window with the original positions.
         batch_size: texts per forward pass.
 
     Example:
         >>> import torch
         >>> from sink_interp import tiny_model
-        >>> rep = streaming_ppl(tiny_model(), torch.randint(4, 128, (1, 30)), sinks=1, window=4, bucket=10, progress=False)
+        >>> rep = streaming_ppl(tiny_model(), torch.randint(4, 128, (1, 30)), n_sinks=1, window=4, bucket=10, progress=False)
         >>> rep.pivot().shape
         (3, 4)
     """
-    sinks = check_positive_int(sinks, "sinks", minimum=0)
+    sinks = check_positive_int(n_sinks, "n_sinks", minimum=0)
     window = check_positive_int(window, "window")
     toks = check_model_tokens(model, tokens, min_length=2)
     n, T = toks.shape
     if T <= sinks + window:
         raise ValueError(
-            f"tokens have length {T} but sinks + window = {sinks + window}: nothing is ever evicted. "
+            f"tokens have length {T} but n_sinks + window = {sinks + window}: nothing is ever evicted. "
             "Fix: use a longer text (e.g. long_tokens(model, length=...)) or a smaller window"
         )
     bucket = window if bucket is None else check_positive_int(bucket, "bucket")
@@ -262,14 +271,16 @@ def streaming_ppl(
     # cache positions re-rotate q by the model's RoPE; with learned absolute positions or ALiBi only
     # the original-position conditions are defined
     if kind in ("learned", "alibi"):
-        conds[f"{sinks} sinks + window {window} (original positions)"] = [StreamingWindow(window, sinks, positions="original")]
-        conds[f"window only ({sinks + window})"] = [StreamingWindow(sinks + window, 0, positions="original")]
+        conds[f"{sinks} sinks + window {window} (original positions)"] = [
+            StreamingWindow(window, sinks, rope_positions="original")
+        ]
+        conds[f"window only ({sinks + window})"] = [StreamingWindow(sinks + window, 0, rope_positions="original")]
     else:
-        conds[f"{sinks} sinks + window {window}"] = [StreamingWindow(window, sinks, positions="cache")]
+        conds[f"{sinks} sinks + window {window}"] = [StreamingWindow(window, sinks, rope_positions="cache")]
         conds[f"window only ({sinks + window})"] = [StreamingWindow(sinks + window, 0)]
         if original_positions and sinks:
             conds[f"{sinks} sinks + window {window} (original positions)"] = [
-                StreamingWindow(window, sinks, positions="original")
+                StreamingWindow(window, sinks, rope_positions="original")
             ]
     from tqdm.auto import tqdm
 
@@ -288,7 +299,7 @@ def streaming_ppl(
     return StreamReport(
         conditions=tuple(conds),
         nll=nll,
-        sinks=sinks,
+        n_sinks=sinks,
         window=window,
         bucket=bucket,
         n=n,

@@ -16,9 +16,9 @@ from .test_lse import visible_by_loops
 
 MASKS = {
     "limit": AttentionMask(limit=6),
-    "window+sinks+limit": AttentionMask(window=4, sinks=2, limit=9),
+    "window+sinks+limit": AttentionMask(window=4, n_sinks=2, limit=9),
     "prefix+limit": AttentionMask(prefix=7, limit=5),
-    "sinks beyond limit": AttentionMask(window=3, sinks=3, limit=4),
+    "sinks beyond limit": AttentionMask(window=3, n_sinks=3, limit=4),
 }
 
 
@@ -212,7 +212,7 @@ def test_a_wrong_description_is_never_used_to_rebuild_attention():
 
 
 @pytest.mark.parametrize("family", ["gemma2", "gpt_oss", "mistral"])
-@pytest.mark.parametrize("mask", [AttentionMask(window=5, sinks=1), AttentionMask(prefix=6)], ids=["window+sink", "prefix"])
+@pytest.mark.parametrize("mask", [AttentionMask(window=5, n_sinks=1), AttentionMask(prefix=6)], ids=["window+sink", "prefix"])
 def test_user_masks_on_windowed_models_agree_across_engines(family, mask):
     """A user's mask inside the model's own (alternating) windows: pattern path, hooks engine and fused engine agree."""
     from sink_interp import load_model

@@ -202,8 +202,8 @@ def test_svg_figures_draw_and_read_out_on_hover(chromium, tmp_path, artifacts):
         effect_bars([{"intervention": "none", "delta_loss": 0.0}, {"intervention": "zero sink V", "delta_loss": 0.8}]),
         training_curves(
             {
-                "softmax": [{"step": s, "val_loss": 4 - s / 50, "sink_rate": s / 2} for s in range(0, 100, 10)],
-                "sigmoid": [{"step": s, "val_loss": 4.2 - s / 60, "sink_rate": 0.0} for s in range(0, 100, 10)],
+                "softmax": [{"step": s, "val_loss": 4 - s / 50, "sink_rate_1": s / 2} for s in range(0, 100, 10)],
+                "sigmoid": [{"step": s, "val_loss": 4.2 - s / 60, "sink_rate_1": 0.0} for s in range(0, 100, 10)],
             }
         ),
         trace_chain_view([("spike", {"pos": 0, "ratio": 1200.0}, {"ratio": "medians"}), ("norm", {"scale_ratio": 30.0}, {})]),

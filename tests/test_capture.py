@@ -152,7 +152,8 @@ def test_permanent_hooks_survive_reset_and_remove_exactly(tiny_models):
     exactly them off (a user's own permanent hook stays), and a bad name leaves nothing behind."""
     model, _ = tiny_models("tiny-mha")
     tokens = torch.randint(4, 128, (1, 6))
-    ref = model(tokens)
+    with torch.no_grad():
+        ref = model(tokens)
     before = hook_snapshot(model)
     with pytest.raises(KeyError, match="no hook point"):
         add_hooks(model, [(hooknames.resid_pre(0), lambda x, hook: x * 0), (hooknames.pattern(9), lambda x, hook: None)])
@@ -162,10 +163,12 @@ def test_permanent_hooks_survive_reset_and_remove_exactly(tiny_models):
     mine = add_hooks(model, [(hooknames.resid_pre(0), lambda x, hook: x * 0)], permanent=True)
     try:
         model.reset_hooks()
-        assert float(model(tokens).abs().max()) == 0.0  # still attached after reset_hooks()
+        with torch.no_grad():
+            assert float(model(tokens).abs().max()) == 0.0  # still attached after reset_hooks()
         mine.remove()
         mine.remove()  # idempotent
-        assert torch.equal(model(tokens), ref)
+        with torch.no_grad():
+            assert torch.equal(model(tokens), ref)
         assert len(user.fwd_hooks) == 1  # the user's permanent hook stays
     finally:
         model.reset_hooks(including_permanent=True)

@@ -18,11 +18,11 @@ def test_measure_prints_and_writes_json(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Sink_1 =" in text and "per layer" in text and "top" in text
     d = json.loads(out.read_text())
-    for key in ("model", "eps", "length", "n", "bos", "rates", "layer_rates"):
+    for key in ("model", "eps", "length", "n", "bos", "sink_rates", "layer_rates"):
         assert key in d
     assert d["model"] == "tiny-gqa" and d["n"] == 6 and d["length"] == 12 and d["bos"] is False and d["eps"] == 0.3
-    assert len(d["rates"]) == 12 and len(d["layer_rates"]) == 2
-    assert d["rates"][0] == pytest.approx(d["sink_rate_1"])
+    assert len(d["sink_rates"]) == 12 and len(d["layer_rates"]) == 2
+    assert d["sink_rates"][0] == pytest.approx(d["sink_rate_1"])
 
 
 def test_measure_jsonl_with_bos(tmp_path, capsys):

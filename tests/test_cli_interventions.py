@@ -72,7 +72,7 @@ def test_stream_prints_buckets(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "perplexity by predicted position" in text and "window only (10)" in text
     d = json.loads(out.read_text())
-    assert d["sinks"] == 2 and d["window"] == 8 and d["n"] == 2
+    assert d["n_sinks"] == 2 and d["window"] == 8 and d["n"] == 2
 
 
 def test_bad_arguments_exit_2(capsys):

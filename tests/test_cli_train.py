@@ -36,7 +36,7 @@ def test_train_cli_writes_metrics_and_resumes(tmp_path, capsys):
     assert "Sink_1" in text and "val_loss" in text
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [0, 2]
-    assert all({"step", "val_loss", "sink_rate"} <= set(m) for m in lines)
+    assert all({"step", "val_loss", "sink_rate_1"} <= set(m) for m in lines)
     assert (out / "model" / "sink_interp_train.json").is_file()
     # the same command resumes the finished run; more steps continue it with --extend
     assert main(["train", "--preset", "bb-sigmoid-nonorm", "--steps", "2", "--out", str(out), "--quiet", *SMALL]) == 0

@@ -81,7 +81,7 @@ MAKERS = {
     "AttentionKernel": lambda i: (
         AttentionKernel("softpick", heads=[2, 3]) if i else AttentionKernel("sigmoid", bias="-log n", heads=[0, 1])
     ),
-    "StreamingWindow": lambda i: StreamingWindow(3, sinks=2) if i else StreamingWindow(4, sinks=1),
+    "StreamingWindow": lambda i: StreamingWindow(3, n_sinks=2) if i else StreamingWindow(4, n_sinks=1),
 }
 PAIRS = [(a, b) for a in MAKERS for b in MAKERS]
 
@@ -267,7 +267,7 @@ def test_streaming_window_then_mask_key_without_renormalising(peaked):
     bridge, hf = peaked
     x = tokens(T=12, seed=7)
     want = run_ref(hf, x, ref_streaming_then_mask_no_renorm)
-    got = run_nested(bridge, x, [StreamingWindow(4, sinks=1)], [MaskKey(renormalise=False)])
+    got = run_nested(bridge, x, [StreamingWindow(4, n_sinks=1)], [MaskKey(renormalise=False)])
     assert torch.allclose(got, want, atol=2e-5), (got - want).abs().max()
 
 
@@ -275,7 +275,7 @@ def test_masked_and_kvbias_nest_either_way(peaked):
     bridge, hf = peaked
     x = tokens(T=12, seed=8)
     ks, vs = kv_pair()
-    mask = AttentionMask(window=4, sinks=1)
+    mask = AttentionMask(window=4, n_sinks=1)
     want = run_ref(hf, x, ref_window_mask_kvbias(ks, vs))
     kv = KVBias(value=True, k=ks, v=vs)
     with torch.no_grad():
@@ -290,7 +290,7 @@ def test_masked_and_kvbias_nest_either_way(peaked):
 # --------------------------------------------------------------------------- masked() with every type
 
 
-MASKS = {"window": AttentionMask(window=4, sinks=1), "prefix": AttentionMask(prefix=4)}
+MASKS = {"window": AttentionMask(window=4, n_sinks=1), "prefix": AttentionMask(prefix=4)}
 
 
 @pytest.mark.parametrize("mask_name", list(MASKS))
@@ -298,7 +298,7 @@ MASKS = {"window": AttentionMask(window=4, sinks=1), "prefix": AttentionMask(pre
 def test_masked_composes_with_every_type_in_either_order(peaked, kind, mask_name):
     bridge, _ = peaked
     x = tokens(T=10, seed=9)
-    # StreamingWindow(4, sinks=1) would be the window mask itself: take the other instance
+    # StreamingWindow(4, n_sinks=1) would be the window mask itself: take the other instance
     iv, mask = MAKERS[kind](1 if kind == "StreamingWindow" else 0), MASKS[mask_name]
     with torch.no_grad():
         with masked(bridge, mask):
@@ -449,7 +449,7 @@ def test_a_key_hidden_by_an_earlier_score_edit_stays_hidden_under_streaming(peak
     bridge, _ = peaked
     x = tokens(T=12, seed=13)
     name = "blocks.1.attn.hook_pattern"
-    for ivs in ([MaskKey(), StreamingWindow(4, sinks=2)], [StreamingWindow(4, sinks=2), MaskKey()]):
+    for ivs in ([MaskKey(), StreamingWindow(4, n_sinks=2)], [StreamingWindow(4, n_sinks=2), MaskKey()]):
         with torch.no_grad(), intervene(bridge, ivs[0]), intervene(bridge, ivs[1]):
             _, cache = bridge.run_with_cache(x, names_filter=name)
         p = cache[name]

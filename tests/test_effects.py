@@ -50,7 +50,7 @@ def test_compare_matches_losses_kl_and_sink_scores_computed_by_hand(tiny_models)
     assert rep["mask"].kl == pytest.approx(kl, abs=1e-6)
     assert rep["mask"].top1 == pytest.approx((p.argmax(-1) == q.argmax(-1)).float().mean().item())
     # Sink_1 of the clean model is measure_sinks' number
-    assert rep.clean.sink_1 == pytest.approx(measure_sinks(model, x, progress=False).rate(1))
+    assert rep.clean.sink_rate_1 == pytest.approx(measure_sinks(model, x, progress=False).rate(1))
     # sink mass with a key bias: mean over (sample, layer, head, query) of 1 - row sum of the pattern
     pats = torch.stack([cache[hn.pattern(layer)] for layer in range(2)], 1)  # [n, L, H, T, T]
     assert rep["mask+bias"].sink_mass == pytest.approx((1 - pats.sum(-1)).mean().item(), abs=1e-5)
@@ -70,7 +70,7 @@ def test_effect_report_exports(tiny_models, tmp_path):
     assert isinstance(rep, EffectReport)
     df = rep.to_frame()
     assert df["label"].tolist()[0] == "clean" and len(df) == 3
-    assert {"loss", "delta_loss", "kl", "top1", "Sink_1", "mean_alpha_1", "Sink_2", "sink_mass"} <= set(df.columns)
+    assert {"loss", "delta_loss", "kl", "top1", "sink_rate_1", "mean_alpha_1", "sink_rate_2", "sink_mass"} <= set(df.columns)
     out = tmp_path / "eff.json"
     rep.to_json(str(out))
     d = json.loads(out.read_text())

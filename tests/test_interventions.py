@@ -417,11 +417,11 @@ def test_ablate_dims_matches_a_hook_on_the_hf_layers(tiny_models):
 def test_streaming_window_matches_rerotated_reference(tiny_models, arch, cache_positions):
     bridge, hf = tiny_models(arch)
     x = tokens(T=16, seed=8)
-    iv = StreamingWindow(5, sinks=2, positions="cache" if cache_positions else "original")
+    iv = StreamingWindow(5, n_sinks=2, rope_positions="cache" if cache_positions else "original")
     got, want = run_both(bridge, hf, x, [iv], streaming_ref(2, 5, cache_positions))
     assert torch.allclose(got, want, atol=2e-5), (got - want).abs().max()
     if cache_positions:  # the re-rotation matters: original positions give other logits
-        other, _ = run_both(bridge, hf, x, [StreamingWindow(5, sinks=2, positions="original")], softmax_ref)
+        other, _ = run_both(bridge, hf, x, [StreamingWindow(5, n_sinks=2, rope_positions="original")], softmax_ref)
         assert (other - got).abs().max() > 1e-4
 
 
@@ -450,14 +450,14 @@ def test_streaming_with_a_window_covering_everything_is_the_clean_model(tiny_mod
     bridge, _ = tiny_models("tiny-gqa")
     x = tokens(T=12)
     clean = bridge(x)
-    with intervene(bridge, StreamingWindow(12, sinks=4)):
+    with intervene(bridge, StreamingWindow(12, n_sinks=4)):
         assert torch.equal(bridge(x), clean)
 
 
 def test_streaming_refuses_cache_positions_with_learned_positions(tiny_models):
     bridge, _ = tiny_models("tiny-learned")
     with pytest.raises(ValueError, match="positions='original'"):
-        with intervene(bridge, StreamingWindow(4, sinks=2)):
+        with intervene(bridge, StreamingWindow(4, n_sinks=2)):
             pass
 
 
@@ -521,7 +521,7 @@ def all_interventions(model):
         "SinkLogit": [SinkLogit(init=1.0)],
         "sigmoid": [AttentionKernel("sigmoid")],
         "softpick": [AttentionKernel("softpick")],
-        "StreamingWindow": [StreamingWindow(3, sinks=1)],
+        "StreamingWindow": [StreamingWindow(3, n_sinks=1)],
         "composed": [MaskKey(), KVBias(), ZeroValue(positions=[1]), Calibrate()],
     }
 
@@ -540,7 +540,7 @@ def test_logits_change_inside_and_are_bit_identical_after(tiny_models, arch):
     x = tokens(T=9, seed=11)
     for name, ivs in all_interventions(bridge).items():
         if arch == "tiny-learned-mqa" and name == "StreamingWindow":
-            ivs = [StreamingWindow(3, sinks=1, positions="original")]
+            ivs = [StreamingWindow(3, n_sinks=1, rope_positions="original")]
         hooks, params, flags = hook_snapshot(bridge), state(bridge), [p.requires_grad for p in bridge.parameters()]
         with torch.no_grad():
             clean = bridge(x)
@@ -620,7 +620,7 @@ def test_gradients_flow_to_biases_and_through_kernels(tiny_models):
         [AttentionKernel("linear")],
         [MaskKey(include_self=True)],  # leaves row 0 empty: must give 0, not NaN, in the backward pass too
         [Calibrate()],
-        [StreamingWindow(3, sinks=2)],
+        [StreamingWindow(3, n_sinks=2)],
         [ZeroValue(heads=[1])],
     ):
         with intervene(bridge, *ivs):

@@ -53,7 +53,7 @@ def test_masked_sink_plus_key_bias_on_smollm2(smollm2, smollm2_hf):
 
 def test_streaming_cache_positions_on_smollm2(smollm2, smollm2_hf):
     x = probe_tokens(smollm2, "natural", n=1, length=40)
-    got, want = both(smollm2, smollm2_hf, x, [StreamingWindow(12, sinks=4)], streaming_ref(4, 12, True))
+    got, want = both(smollm2, smollm2_hf, x, [StreamingWindow(12, n_sinks=4)], streaming_ref(4, 12, True))
     assert torch.allclose(got, want, atol=2e-4), (got - want).abs().max()
 
 
@@ -63,8 +63,8 @@ def test_compare_on_smollm2_restores_the_model(smollm2):
     with torch.no_grad():
         ref = smollm2(x)
     rep = compare(smollm2, x, {"zero": ZeroValue(), "mask q>=2": MaskKey(min_query=2)}, progress=False)
-    assert rep.clean.sink_1 > 50  # SmolLM2 without BOS: most heads sink on the first token
-    assert rep["mask q>=2"].sink_1 == 0 and rep["mask q>=2"].delta_loss > 0
+    assert rep.clean.sink_rate_1 > 50  # SmolLM2 without BOS: most heads sink on the first token
+    assert rep["mask q>=2"].sink_rate_1 == 0 and rep["mask q>=2"].delta_loss > 0
     assert hook_snapshot(smollm2) == before
     with torch.no_grad():
         assert torch.equal(smollm2(x), ref)

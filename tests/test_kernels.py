@@ -173,7 +173,7 @@ def test_attention_with_a_feature_map_is_linear_attention():
 
 
 def test_causal_mask_with_window_and_sinks():
-    m = causal_mask(6, window=2, sinks=1)
+    m = causal_mask(6, window=2, n_sinks=1)
     want = torch.tensor(
         [
             [1, 0, 0, 0, 0, 0],

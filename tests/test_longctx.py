@@ -45,7 +45,7 @@ def test_bucket_alpha_is_the_mean_attention_of_each_query_bucket(tiny_models, na
     assert np.isnan(rep.bucket_rates(10)[0])  # no query of bucket 1-5 sees key 10
     # the whole-sequence scores are the official ones
     ref_all = (A.sum(-2) / torch.arange(T, 0, -1)).numpy()
-    np.testing.assert_allclose(rep.sinks.alpha, ref_all, atol=1e-6)
+    np.testing.assert_allclose(rep.sink_report.alpha, ref_all, atol=1e-6)
 
 
 def test_report_tables_json_and_html(tiny_models, tmp_path):
@@ -60,7 +60,7 @@ def test_report_tables_json_and_html(tiny_models, tmp_path):
     assert len(kt) == 5 and {"k", "mean_alpha", "reliable"} <= set(kt.columns)
     d = json.loads(rep.to_json(tmp_path / "long.json"))
     assert d["edges"] == [0, 16, 32, 48, 64] and d["method"] == "lse" and d["data"] == "random"
-    assert d["extra"]["mask"] == {"window": 16, "prefix": 0, "sinks": 0}
+    assert d["extra"]["mask"] == {"window": 16, "prefix": 0, "n_sinks": 0}
     assert json.loads((tmp_path / "long.json").read_text())["length"] == 64
     assert "Sink<sub>1</sub>" in rep._repr_html_() and "LongContextReport" in repr(rep)
     # with a 16-token window, queries after position 16 cannot see the first token

@@ -18,9 +18,9 @@ from .reference import official_alpha
 MASKS = {
     "causal": AttentionMask(),
     "window": AttentionMask(window=7),
-    "window+sinks": AttentionMask(window=5, sinks=2),
+    "window+sinks": AttentionMask(window=5, n_sinks=2),
     "prefix": AttentionMask(prefix=9),
-    "prefix+window+sink": AttentionMask(prefix=6, window=4, sinks=1),
+    "prefix+window+sink": AttentionMask(prefix=6, window=4, n_sinks=1),
 }
 
 
@@ -30,7 +30,7 @@ def visible_by_loops(mask: AttentionMask, T: int) -> torch.Tensor:
     for t in range(T):
         for j in range(T):
             seen = j <= t or (mask.prefix > 1 and j < mask.prefix and t < mask.prefix)
-            if mask.window is not None and not (t - j < mask.window or j < mask.sinks):
+            if mask.window is not None and not (t - j < mask.window or j < mask.n_sinks):
                 seen = False
             if mask.limit is not None and not t - j < mask.limit:
                 seen = False
@@ -56,10 +56,10 @@ def test_mask_validation_and_key_span():
     with pytest.raises(ValueError, match="window"):
         AttentionMask(window=0)
     with pytest.raises(ValueError, match="sinks only matter with a window"):
-        AttentionMask(sinks=2)
+        AttentionMask(n_sinks=2)
     with pytest.raises(ValueError, match="prefix"):
         AttentionMask(prefix=-1)
-    m = AttentionMask(window=4, sinks=2)
+    m = AttentionMask(window=4, n_sinks=2)
     assert m.key_span(0, 3, 20) == slice(0, 3)
     assert m.key_span(10, 12, 20).tolist() == [0, 1, 7, 8, 9, 10, 11]
     assert AttentionMask(prefix=8).key_span(0, 4, 20) == slice(0, 8)

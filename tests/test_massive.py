@@ -103,15 +103,15 @@ def test_planted_spike_is_found_in_every_layer_with_its_dim_and_position():
 def test_both_sun_thresholds_are_arguments():
     model, _ = planted("tiny-mha")
     tokens = spiked_tokens(n=4)
-    base = massive_activations(model, tokens, sinks=False, progress=False)
+    base = massive_activations(model, tokens, measure_sinks=False, progress=False)
     assert len(base.flags) == 4 * 2
     # the spike is ~500: an absolute threshold above it flags nothing
-    assert len(massive_activations(model, tokens, abs_threshold=600, sinks=False, progress=False).flags) == 0
+    assert len(massive_activations(model, tokens, abs_threshold=600, measure_sinks=False, progress=False).flags) == 0
     # the spike is ~1e4-1e5 medians: a ratio threshold above that flags nothing
     ratio = float(base.flags_frame()["ratio"].max())
-    assert len(massive_activations(model, tokens, ratio_threshold=ratio * 1.01, sinks=False, progress=False).flags) == 0
+    assert len(massive_activations(model, tokens, ratio_threshold=ratio * 1.01, measure_sinks=False, progress=False).flags) == 0
     # low thresholds flag more than the spike
-    loose = massive_activations(model, tokens, abs_threshold=0.0, ratio_threshold=2.0, sinks=False, progress=False)
+    loose = massive_activations(model, tokens, abs_threshold=0.0, ratio_threshold=2.0, measure_sinks=False, progress=False)
     assert len(loose.flags) > len(base.flags)
     f = loose.flags_frame()
     assert (f["ratio"] >= 2.0).all()
@@ -145,7 +145,7 @@ def test_extreme_tokens_follow_their_definitions(tiny_models):
         row = df.iloc[layer]
         assert row.drain_pos == int(vm.argmin()) and row.peak_pos == int(hm.argmax())
         assert row.drain_ratio == pytest.approx(vm.min() / np.delete(vm, vm.argmin()).mean(), rel=1e-4)
-        alpha = rep.sinks.alpha[:, layer].mean(axis=(0, 1))
+        alpha = rep.sink_report.alpha[:, layer].mean(axis=(0, 1))
         assert row.sink_pos == int(alpha[: 20 - 8 + 1].argmax())
 
 

@@ -62,7 +62,7 @@ def test_rates_layer_rates_and_head_rates_follow_the_definition(tiny_models):
     np.testing.assert_allclose(r.layer_rates(1), 100 * (a[..., 0] > 0.2).mean(axis=(0, 2)))
     np.testing.assert_allclose(r.head_rates(2), 100 * (a[..., 1] > 0.2).mean(axis=0))
     sweep = r.sweep([0.1, 0.2])
-    assert list(sweep["Sink_1"]) == [r.rate(1, 0.1), r.rate(1, 0.2)]
+    assert list(sweep["sink_rate_1"]) == [r.rate(1, 0.1), r.rate(1, 0.2)]
     # strictness: a head with alpha exactly eps is not a sink head
     eps_exact = float(a[0, 0, 0, 0])
     assert (r.is_sink(eps_exact)[0, 0, 0, 0]) == np.False_
@@ -112,10 +112,10 @@ def test_layers_subset_and_report_provenance(tiny_models):
     r = measure_sinks(model, tokens, layers=[1], progress=False)
     assert r.layers == (1,) and r.alpha.shape == (3, 1, 4, 9)
     s = r.summary()
-    for key in ("model", "eps", "length", "n", "bos", "rates", "layer_rates", "dtype", "versions", "data"):
+    for key in ("model", "eps", "length", "n", "bos", "sink_rates", "layer_rates", "dtype", "versions", "data"):
         assert key in s
     assert s["bos"] is True and s["data"] == "random" and s["length"] == 9 and s["n"] == 3
-    assert len(s["rates"]) == 9 and len(s["layer_rates"]) == 1
+    assert len(s["sink_rates"]) == 9 and len(s["layer_rates"]) == 1
     assert "torch" in s["versions"] and "transformer-lens" in s["versions"]
     html = r._repr_html_()
     assert "Sink" in html and "tiny-gqa" in html

@@ -113,7 +113,7 @@ def test_trace_report(model, tokens, tmp_path):
 
 def test_stream_report(model, tmp_path):
     toks = torch.randint(4, 128, (2, 24), generator=torch.Generator().manual_seed(1))
-    rep = streaming_ppl(model, toks, sinks=1, window=8, progress=False)
+    rep = streaming_ppl(model, toks, n_sinks=1, window=8, progress=False)
     back = _round_trip(rep, tmp_path)
     assert isinstance(back, StreamReport) and back.pivot().equals(rep.pivot())
 
@@ -122,7 +122,7 @@ def test_long_context_report(model, tmp_path):
     toks = torch.randint(4, 128, (1, 32), generator=torch.Generator().manual_seed(2))
     rep = long_context_sinks(model, toks, buckets=2, progress=False)
     back = _round_trip(rep, tmp_path)
-    assert isinstance(back, LongContextReport) and isinstance(back.sinks, SinkReport)
+    assert isinstance(back, LongContextReport) and isinstance(back.sink_report, SinkReport)
 
 
 def test_train_result(tmp_path):

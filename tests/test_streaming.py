@@ -20,7 +20,7 @@ def nll_by_position(model, x, ivs=()):
 def test_streaming_ppl_conditions_are_the_masked_forwards(tiny_models, tmp_path):
     model, _ = tiny_models("tiny-gqa")
     x = torch.randint(4, 128, (3, 30), generator=torch.Generator().manual_seed(0))
-    rep = streaming_ppl(model, x, sinks=2, window=6, bucket=10, batch_size=2, progress=False)
+    rep = streaming_ppl(model, x, n_sinks=2, window=6, bucket=10, batch_size=2, progress=False)
     assert rep.conditions == ("full", "2 sinks + window 6", "window only (8)", "2 sinks + window 6 (original positions)")
     np.testing.assert_allclose(rep.nll[0], nll_by_position(model, x), atol=1e-5)
     np.testing.assert_allclose(rep.nll[1], nll_by_position(model, x, [StreamingWindow(6, 2)]), atol=1e-5)
@@ -33,21 +33,21 @@ def test_streaming_ppl_conditions_are_the_masked_forwards(tiny_models, tmp_path)
     assert rep.pivot().shape == (3, 4)
     rep.to_json(str(tmp_path / "s.json"))
     d = json.loads((tmp_path / "s.json").read_text())
-    assert d["sinks"] == 2 and d["window"] == 6 and "ppl_from_8" in d
+    assert d["n_sinks"] == 2 and d["window"] == 6 and "ppl_from_8" in d
     assert "StreamReport" in repr(rep) and "<table" in rep._repr_html_()
 
 
 def test_streaming_ppl_on_learned_positions_uses_original_positions(tiny_models):
     model, _ = tiny_models("tiny-learned")
     x = torch.randint(4, 128, (1, 20))
-    rep = streaming_ppl(model, x, sinks=1, window=5, progress=False)
+    rep = streaming_ppl(model, x, n_sinks=1, window=5, progress=False)
     assert rep.conditions == ("full", "1 sinks + window 5 (original positions)", "window only (6)")
 
 
 def test_streaming_ppl_errors(tiny_models):
     model, _ = tiny_models("tiny-gqa")
     with pytest.raises(ValueError, match="nothing is ever evicted"):
-        streaming_ppl(model, torch.randint(4, 128, (1, 10)), sinks=4, window=6, progress=False)
+        streaming_ppl(model, torch.randint(4, 128, (1, 10)), n_sinks=4, window=6, progress=False)
     with pytest.raises(ValueError, match="window"):
         StreamingWindow(0)
 

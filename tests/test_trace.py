@@ -306,7 +306,7 @@ def test_default_head_is_the_strongest_sink_head(tiny_models):
     model, _ = tiny_models("tiny-mha")
     tokens = torch.randint(4, 128, (4, 12), generator=torch.Generator().manual_seed(1))
     mrep = massive_activations(model, tokens, progress=False)
-    alpha = mrep.sinks.alpha[..., 0].mean(axis=0)
+    alpha = mrep.sink_report.alpha[..., 0].mean(axis=0)
     rep = trace_sink(model, tokens, massive=mrep, links=["spike"], progress=False)
     assert (rep.layer, rep.head) == tuple(int(i) for i in np.unravel_index(alpha.argmax(), alpha.shape))
     rep1 = trace_sink(model, tokens, layer=0, massive=mrep, links=["spike"], progress=False)

@@ -351,12 +351,12 @@ def test_tiny_run_writes_metrics_and_a_loadable_model(tmp_path):
         for key in (
             "step",
             "val_loss",
-            "sink_rate",
-            "sink_rate_eps0.1",
-            "sink_rate_eps0.2",
-            "mean_alpha1",
+            "sink_rate_1",
+            "sink_rate_1_by_eps",
+            "mean_alpha_1",
             "sink_rates",
-            "sink_star",
+            "top_sink_k",
+            "sink_rate_star",
             "sink_mass",
             "value_norm_ratio",
             "resid_norm_ratio",
@@ -364,6 +364,7 @@ def test_tiny_run_writes_metrics_and_a_loadable_model(tmp_path):
             "max_abs_rest",
         ):
             assert key in m, key
+        assert set(m["sink_rate_1_by_eps"]) == {"0.1", "0.2"}
     assert res.metrics[-1]["val_loss"] < res.metrics[0]["val_loss"]
     lab = load_trained(res.model_dir)
     tokens = torch.randint(4, 16, (2, T))

@@ -265,7 +265,7 @@ def test_effect_bars_and_training_curves(tmp_path):
     path.write_text(
         "".join(json.dumps({"step": s, "val_loss": 4 - s / 100, "sink_rate": s / 10}) + "\n" for s in range(0, 500, 100))
     )
-    v = training_curves(path, y=("val_loss", "sink_rate", "alpha_1"))
+    v = training_curves(path, y=("val_loss", "sink_rate_1", "alpha_1"))  # the file's old key sink_rate is read as sink_rate_1
     html = v._repr_html_()
     assert html.count('class="si-line"') == 2 and "Not in the metrics: alpha_1" in html
     assert "<title>step 100, val_loss 3</title>" in html
@@ -404,7 +404,7 @@ class EffectReport:
                 "loss": [3.0, 3.5],
                 "delta_loss": [0.0, 0.5],
                 "kl": [0.0, 0.2],
-                "Sink_1": [70.0, 0.0],
+                "sink_rate_1": [70.0, 0.0],
                 "score": ["softmax"] * 2,
             }
         )
@@ -415,7 +415,7 @@ class TrainResult:
 
     def to_frame(self):
         return pd.DataFrame(
-            {"step": [0, 10, 20], "val_loss": [5.0, 4.0, 3.5], "sink_rate": [0.0, 10.0, 40.0], "mean_alpha1": [0.1, 0.2, 0.4]}
+            {"step": [0, 10, 20], "val_loss": [5.0, 4.0, 3.5], "sink_rate_1": [0.0, 10.0, 40.0], "mean_alpha_1": [0.1, 0.2, 0.4]}
         )
 
 

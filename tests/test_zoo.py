@@ -538,7 +538,7 @@ def test_streaming_window_at_cache_positions_equals_hf_rerotated(zoo, family):
 
     AttentionInterface.register("sink_interp_zoo_stream", capture_keys)
     with torch.no_grad():
-        with intervene(bridge, StreamingWindow(WIN, sinks=SINKS)):
+        with intervene(bridge, StreamingWindow(WIN, n_sinks=SINKS)):
             got = bridge(x)
         _REF["edit"], _REF["hf"] = streaming_edit(family), hf
         hf.set_attn_implementation("sink_interp_zoo_stream")
@@ -548,7 +548,7 @@ def test_streaming_window_at_cache_positions_equals_hf_rerotated(zoo, family):
             hf.set_attn_implementation("eager")
             _REF.clear()
             _keys.clear()
-        with intervene(bridge, StreamingWindow(WIN, sinks=SINKS, positions="original")):
+        with intervene(bridge, StreamingWindow(WIN, n_sinks=SINKS, rope_positions="original")):
             original = bridge(x)
     scale = max(1.0, want.abs().max().item())
     torch.testing.assert_close(got, want, atol=2e-5 * scale, rtol=1e-5)
@@ -563,9 +563,9 @@ def test_streaming_window_at_cache_positions_runs_on_falcon(zoo):
     x = toks(1, 16, 9)
     with torch.no_grad():
         clean = bridge(x)
-        with intervene(bridge, StreamingWindow(WIN, sinks=SINKS)):
+        with intervene(bridge, StreamingWindow(WIN, n_sinks=SINKS)):
             got = bridge(x)
-        with intervene(bridge, StreamingWindow(WIN, sinks=SINKS, positions="original")):
+        with intervene(bridge, StreamingWindow(WIN, n_sinks=SINKS, rope_positions="original")):
             original = bridge(x)
         assert torch.equal(bridge(x), clean)
     full = SINKS + WIN
@@ -577,9 +577,9 @@ def test_streaming_window_at_cache_positions_runs_on_falcon(zoo):
 @pytest.mark.parametrize("family", ["gpt2", "opt", "bloom", "gpt_neo"])
 def test_streaming_cache_positions_refused_with_absolute_positions(zoo, family):
     bridge, _ = zoo(family)
-    with pytest.raises(ValueError, match="positions='original'") as err, intervene(bridge, StreamingWindow(WIN, sinks=SINKS)):
+    with pytest.raises(ValueError, match="positions='original'") as err, intervene(bridge, StreamingWindow(WIN, n_sinks=SINKS)):
         pass
-    with intervene(bridge, StreamingWindow(WIN, sinks=SINKS, positions="original")):
+    with intervene(bridge, StreamingWindow(WIN, n_sinks=SINKS, rope_positions="original")):
         bridge(toks(1, 12, 1))
     why = "ALiBi" if "ALiBi" in str(err.value) else "learned absolute positions"
     record(family, "streaming", f"refused: {why} (positions='original' runs)")
@@ -607,7 +607,7 @@ def test_long_context_fit_bias_and_streaming_ppl(zoo, family):
     # a K bias grafted from the model's own mean sink key (rotated where the description rotates), 2 fitting steps
     fit = fit_bias(bridge, x, "k", init="sink", steps=2, batch_size=2, progress=False)
     assert np.isfinite([fit.loss_clean, fit.loss_masked, fit.loss_fitted]).all()
-    sp = streaming_ppl(bridge, toks(1, 24, 11), sinks=1, window=6, progress=False)
+    sp = streaming_ppl(bridge, toks(1, 24, 11), n_sinks=1, window=6, progress=False)
     assert np.isfinite(sp.nll).all() and np.allclose(sp.nll[:, :6], sp.nll[:1, :6], atol=1e-4)
     assert hook_snapshot(bridge) == before
     for k, v in bridge.state_dict().items():

@@ -213,7 +213,7 @@ masks = ["clean", "mask key, sink heads", "mask key, sink heads, queries>=2", "m
 rows = []
 for label in masks:
     pos0, pos1 = spike_at_tokens_0_and_1(*([] if label == "clean" else [battery[label]]))
-    rows.append({"masking": label, "|x| token 0": pos0, "|x| token 1": pos1, "Sink_2 (%)": effects[label].sink_2, "delta_loss": effects[label].delta_loss})
+    rows.append({"masking": label, "|x| token 0": pos0, "|x| token 1": pos1, "Sink_2 (%)": effects[label].sink_rate_2, "delta_loss": effects[label].delta_loss})
 pd.DataFrame(rows).set_index("masking").round(2)
 
 # %% [markdown]
@@ -306,7 +306,7 @@ grafts = compare(model, tokens, {
 }, progress=False)
 table = pd.concat([fit.to_frame(), grafts.to_frame().iloc[1:]]).set_index("label")
 table["recovered"] = (fit.loss_masked - table["loss"]) / (fit.loss_masked - fit.loss_clean)
-table[["loss", "delta_loss", "kl", "top1", "Sink_1", "Sink_2", "sink_mass", "recovered"]].round(3)
+table[["loss", "delta_loss", "kl", "top1", "sink_rate_1", "sink_rate_2", "sink_mass", "recovered"]].round(3)
 
 # %% [markdown]
 # The fitted bias is an ordinary intervention: reuse it with its mask in `intervene`, for example to
@@ -349,7 +349,7 @@ print(f"attention taken by the virtual key (mean over all heads and queries): {f
 from sink_interp import long_tokens, streaming_ppl
 
 long = long_tokens(model, length=STREAM_LENGTH, n=STREAM_N)  # passages of one Wikipedia article joined
-stream = streaming_ppl(model, long, sinks=4, window=WINDOW, progress=False)
+stream = streaming_ppl(model, long, n_sinks=4, window=WINDOW, progress=False)
 print(stream)
 stream.pivot().round(2)
 

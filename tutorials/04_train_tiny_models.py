@@ -126,7 +126,7 @@ softmax
 # The figure shows one panel per metric against the training step. The same numbers as a table:
 
 # %%
-cols = ["step", "val_loss", "val_loss_copy", "val_loss_bigram", "sink_rate", "sink_rate_eps0.1", "mean_alpha1", "value_norm_ratio_top"]
+cols = ["step", "val_loss", "val_loss_copy", "val_loss_bigram", "sink_rate_1", "sink_rate_1_by_eps", "mean_alpha_1", "value_norm_ratio_top"]
 softmax.to_frame()[cols].round(3).set_index("step").T
 
 # %% [markdown]
@@ -148,7 +148,8 @@ softmax.to_frame()[cols].round(3).set_index("step").T
 # %%
 from sink_interp import training_curves
 
-training_curves(RUNS / "bb-softmax" / "metrics.jsonl", y=["sink_rate_eps0.1", "sink_rate_eps0.2", "sink_rate", "value_norm_ratio_top"], title="bb-softmax: Sink_1 at eps 0.1 / 0.2 / 0.3 and the value drain")
+sweep = pd.DataFrame([{"step": m["step"], "eps": eps, "sink_rate_1": rate} for m in softmax.metrics for eps, rate in {**m["sink_rate_1_by_eps"], "0.3": m["sink_rate_1"]}.items()])
+training_curves(sweep, y=["sink_rate_1"], run="eps", title="bb-softmax: Sink_1 at eps 0.1 / 0.2 / 0.3")
 
 # %% [markdown]
 # The threshold matters for *when*: at $\epsilon = 0.1$ the rate is above 40 % by step 50, while the
@@ -278,12 +279,12 @@ softpick
 # %%
 training_curves(
     {"softmax": softmax.metrics, "softpick": softpick.metrics},
-    y=["val_loss", "sink_rate", "mean_alpha1", "value_norm_ratio_top"],
+    y=["val_loss", "sink_rate_1", "mean_alpha_1", "value_norm_ratio_top"],
     title="softmax vs softpick on the BB task",
 )
 
 # %%
-final = ["val_loss", "val_loss_copy", "sink_rate", "mean_alpha1", "value_norm_ratio_top", "attn_mass"]
+final = ["val_loss", "val_loss_copy", "sink_rate_1", "mean_alpha_1", "value_norm_ratio_top", "attn_mass"]
 pd.DataFrame({"softmax": softmax.final, "softpick": softpick.final}).loc[final].astype(float).round(3)
 
 # %% [markdown]

@@ -293,14 +293,14 @@ effects = compare(
     progress=False,
 )
 fx = effects.to_frame()
-fx[["label", "loss", "delta_loss", "kl", "Sink_1", "Sink_2"]].round(3)
+fx[["label", "loss", "delta_loss", "kl", "sink_rate_1", "sink_rate_2"]].round(3)
 
 # %%
 effects_v = effect_bars(
     fx,
     label="label",
-    values=["delta_loss", "kl", "Sink_1", "Sink_2"],
-    units={"delta_loss": "nats", "kl": "nats", "Sink_1": "%", "Sink_2": "%"},
+    values=["delta_loss", "kl", "sink_rate_1", "sink_rate_2"],
+    units={"delta_loss": "nats", "kl": "nats", "sink_rate_1": "%", "sink_rate_2": "%"},
     title=f"{MODEL}: removing the sink, {N_DETAIL} inputs x {LENGTH} tokens",
 )
 effects_v
@@ -328,12 +328,12 @@ from sink_interp import preset, train, training_curves
 
 small = {"steps": 300, "eval_every": 20, "d_model": 64, "d_mlp": 128, "seq_len": 32, "batch_size": 16, "probe_n": 16, "eval_batches": 2}
 runs = {kernel: train(preset(f"bb-{kernel}", **small), OUT / f"bb-{kernel}", threads=1, progress=False) for kernel in ["softmax", "softpick"]}
-pd.DataFrame({k: r.final for k, r in runs.items()}).loc[["val_loss", "sink_rate", "mean_alpha1", "value_norm_ratio_top"]].astype(float).round(3)
+pd.DataFrame({k: r.final for k, r in runs.items()}).loc[["val_loss", "sink_rate_1", "mean_alpha_1", "value_norm_ratio_top"]].astype(float).round(3)
 
 # %%
 curves_v = training_curves(
     {k: OUT / f"bb-{k}" / "metrics.jsonl" for k in runs},
-    y=["val_loss", "sink_rate", "mean_alpha1", "value_norm_ratio_top"],
+    y=["val_loss", "sink_rate_1", "mean_alpha_1", "value_norm_ratio_top"],
     title="Bigram-Backcopy, 2 layers x 1 head: softmax grows a sink, softpick does not",
 )
 curves_v

@@ -5,7 +5,8 @@ A report is a dataclass that subclasses :class:`Report`. ``to_json`` writes what
 any JSON reader, as before) plus a ``"report"`` block that holds every field of
 the dataclass, arrays as exact little-endian bytes (zlib, base64). :func:`load_report`
 reads it back into the class it came from; the loaded report's ``summary()``,
-tables and views are those of the original.
+tables and views are those of the original. Fields renamed since a file was
+written are read under their new names (:data:`vocab.RENAMED`).
 
 Example:
     >>> from dataclasses import dataclass
@@ -33,6 +34,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from . import vocab
 from .provenance import Provenance, dumps, write_atomic
 
 FORMAT = "sink_interp.report/1"
@@ -131,7 +133,7 @@ def decode(obj: Any) -> Any:
         cls = RECORD_TYPES.get(name) or REPORT_TYPES.get(name)
         if cls is None:
             raise ValueError(f"unknown record type {name!r} in the report; known: {sorted(RECORD_TYPES)}")
-        return cls(**{k: decode(v) for k, v in obj["fields"].items()})
+        return cls(**renamed(name, {k: decode(v) for k, v in obj["fields"].items()}))
     if "__tuple__" in obj:
         return tuple(decode(v) for v in obj["__tuple__"])
     if "__dict__" in obj:
@@ -141,6 +143,11 @@ def decode(obj: Any) -> Any:
     if "__float__" in obj:
         return float(obj["__float__"])
     return {k: decode(v) for k, v in obj.items()}
+
+
+def renamed(type_name: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` of a ``type_name`` record with the field names of older versions renamed (:data:`vocab.RENAMED`)."""
+    return vocab.upgrade(type_name, fields) if type_name in vocab.RENAMED else fields
 
 
 def _hashable(x: Any) -> Any:
@@ -169,7 +176,7 @@ class Report:
         """What produced this report: model and its facts, data and probe, BOS policy, mask, versions."""
         extra = getattr(self, "extra", None) or {}
         if not hasattr(self, "model_info"):  # LongContextReport, FitReport: the report they hold knows
-            for name in ("sinks", "effects"):
+            for name in ("sink_report", "effects"):
                 inner = getattr(self, name, None)
                 if isinstance(inner, Report):
                     return inner.provenance
@@ -235,7 +242,7 @@ def loads_report(text: str, source: str = "the text") -> Report:
         cls = REPORT_TYPES.get(name)
         if cls is None:
             raise ValueError(f"{source} holds a {name!r}, which this version does not know; known: {sorted(REPORT_TYPES)}")
-        return cls._from_fields({k: decode(v) for k, v in block["fields"].items()})
+        return cls._from_fields(renamed(name, {k: decode(v) for k, v in block["fields"].items()}))
     for cls in REPORT_TYPES.values():
         rebuilt = cls._from_summary(d)  # type: ignore[attr-defined]
         if rebuilt is not None:

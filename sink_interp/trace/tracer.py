@@ -68,12 +68,12 @@ def _choose_head(
 ) -> tuple[int, int, np.ndarray | None]:
     """``(layer, head)`` to trace (the given ones, or the strongest sink head), and the mean ``alpha`` per layer and head."""
     alpha_lh = None
-    if massive.sinks is not None:
-        alpha_lh = massive.sinks.alpha[..., sink_pos].mean(axis=0)  # [L, H]
+    if massive.sink_report is not None:
+        alpha_lh = massive.sink_report.alpha[..., sink_pos].mean(axis=0)  # [L, H]
     if layer is None or head is None:
         if alpha_lh is None:
             raise ValueError(
-                "massive has no sink scores to choose the head from; fix: pass layer and head, or massive_activations(..., sinks=True)"
+                "massive has no sink scores to choose the head from; fix: pass layer and head, or massive_activations(..., measure_sinks=True)"
             )
         a = alpha_lh.copy()
         if layer is not None:
@@ -173,7 +173,7 @@ def trace_sink(
             tokens,
             abs_threshold=abs_threshold,
             ratio_threshold=ratio_threshold,
-            sinks=True,
+            measure_sinks=True,
             bos=bos,
             data=data,
             batch_size=batch_size,

@@ -69,9 +69,12 @@ def probe_stats(
 ) -> dict[str, Any]:
     """Sink and extreme-token statistics of ``model`` on ``tokens`` (1-indexed positions).
 
-    Returns ``sink_rate`` (``Sink_{first_pos}`` at ``eps``, percent), the
-    same at 0.1 and 0.2, ``mean_alpha1``, ``sink_rates`` (``Sink_k`` for the
-    first ``positions`` keys), ``sink_star``/``sink_mass`` (attention given to
+    Returns ``sink_rate_1`` (``Sink_{first_pos}`` at ``eps``, percent: the first
+    data token), ``sink_rate_1_by_eps`` (the same at the other thresholds of
+    ``EPS_SWEEP``, keyed by the threshold as text), ``mean_alpha_1``,
+    ``sink_rates`` (``Sink_k`` for the first ``positions`` keys, ``sink_rates[k - 1]``),
+    ``top_sink_k`` (the ``k`` with the largest ``Sink_k`` among keys scored by at
+    least 8 queries), ``sink_rate_star``/``sink_mass`` (attention given to
     no token: the K-bias / sink-logit column's share), ``attn_mass`` (mean row
     sum), ``value_norm_ratio`` (mean over layers and KV heads of
     ``||v_sink|| / mean_{t != sink} ||v_t||``; the strongest sink head's in
@@ -115,20 +118,18 @@ def probe_stats(
     T = alpha.shape[-1]
     k0 = first_pos - 1
     out: dict[str, Any] = {
-        "sink_rate": float(100.0 * (alpha[..., k0] > eps).mean()),
+        "sink_rate_1": float(100.0 * (alpha[..., k0] > eps).mean()),
+        "sink_rate_1_by_eps": {f"{e:g}": float(100.0 * (alpha[..., k0] > e).mean()) for e in EPS_SWEEP if e != eps},
     }
-    for e in EPS_SWEEP:
-        if e != eps:
-            out[f"sink_rate_eps{e:g}"] = float(100.0 * (alpha[..., k0] > e).mean())
-    out["mean_alpha1"] = float(alpha[..., k0].mean())
+    out["mean_alpha_1"] = float(alpha[..., k0].mean())
     rates = 100.0 * (alpha > eps).mean(axis=(0, 1, 2))
     out["sink_rates"] = [round(float(r), 3) for r in rates[:positions]]
     reliable = [k for k in range(T) if T - k >= 8]
     kmax = max(reliable, key=lambda k: rates[k]) if reliable else 0
-    out["sink_pos_max"] = int(kmax + 1)
+    out["top_sink_k"] = int(kmax + 1)
     mass = 1.0 - row_sum  # [n, L, H]
     out["sink_mass"] = float(mass.mean())
-    out["sink_star"] = float(100.0 * (mass > eps).mean())
+    out["sink_rate_star"] = float(100.0 * (mass > eps).mean())
     out["attn_mass"] = float(row_sum.mean())
     mean_alpha_sink = alpha[..., s_idx].mean(0)  # [L, H]
     H = mean_alpha_sink.shape[1]
@@ -144,10 +145,13 @@ def probe_stats(
 
 
 def round_metric(d: dict[str, Any], nd: int = 6) -> dict[str, Any]:
+    """``d`` with its float values (those of nested dicts included) rounded to ``nd`` digits."""
     out = {}
     for k, v in d.items():
         if isinstance(v, float):
             out[k] = round(v, nd)
+        elif isinstance(v, dict):
+            out[k] = round_metric(v, nd)
         else:
             out[k] = v
     return out

@@ -86,7 +86,7 @@ def knob_mask(prefix: int = 0, window: int | None = None) -> AttentionMask:
     Official ``model_prefix.py`` (``mask[:, :p] = True``): every query sees the first ``p`` keys,
     also past a window, so with a window the prefix keys are its sink tokens too.
     """
-    return AttentionMask(window=window, prefix=prefix, sinks=prefix if window is not None else 0)
+    return AttentionMask(window=window, prefix=prefix, n_sinks=prefix if window is not None else 0)
 
 
 def allowed_mask(

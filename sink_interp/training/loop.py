@@ -5,10 +5,12 @@ A run directory holds:
 * ``config.json`` -- the :class:`TrainConfig`, the task description, versions
   (written first: it marks the folder as a run of ours);
 * ``metrics.jsonl`` -- one line per evaluation (``step``, ``val_loss``,
-  ``sink_rate`` = Sink_1 in percent at ``eps``, the sweep at 0.1/0.2, ``mean_alpha1``,
-  ``sink_rates`` for k = 1..16, sink mass, value-norm ratio, residual peak,
+  ``sink_rate_1`` = Sink_1 in percent at ``eps``, ``sink_rate_1_by_eps`` (the sweep at
+  0.1/0.2), ``mean_alpha_1``, ``sink_rates`` for k = 1..16, sink mass, value-norm ratio, residual peak,
   ``train_loss``, ``lr``). Deterministic: a killed and resumed run writes the
-  same bytes as an uninterrupted one (same torch version and thread count, CPU);
+  same bytes as an uninterrupted one (same torch version and thread count, CPU).
+  Files written with the old key names (``sink_rate``, ``mean_alpha1``, ...) are read
+  with the new ones (:data:`sink_interp._internal.vocab.RENAMED`);
 * ``timing.jsonl`` -- wall-clock time and tokens/s (not deterministic, kept apart);
 * ``checkpoint.pt`` -- model, optimiser, data-sampler and loss-accumulator state,
   written atomically (temporary file + ``os.replace``) every ``ckpt_every`` steps.
@@ -43,7 +45,7 @@ from typing import Any, Iterator
 import pandas as pd
 import torch
 
-from .._internal import display
+from .._internal import display, vocab
 from .._internal.provenance import Provenance, dumps, versions, write_atomic
 from .._internal.report import Report
 from ..tasks import BigramBackcopy, Sampler, TextCorpus
@@ -369,7 +371,7 @@ class TrainResult(Report):
         >>> from sink_interp.training import preset, train
         >>> cfg = preset("bb-softmax", steps=2, eval_every=2, d_model=32, d_mlp=64, probe_n=4, eval_batches=1, batch_size=4)
         >>> res = train(cfg, tempfile.mkdtemp(), progress=False)
-        >>> [m["step"] for m in res.metrics], "sink_rate" in res.final
+        >>> [m["step"] for m in res.metrics], "sink_rate_1" in res.final
         ([0, 2], True)
     """
 
@@ -430,7 +432,7 @@ class TrainResult(Report):
             out_dir=d["out_dir"],
             config=d["config"],
             task=d["task"],
-            metrics=tuple(d["metrics"]),
+            metrics=tuple(vocab.upgrade("metrics", m) for m in d["metrics"]),
             model_dir=d["model_dir"],
             n_params=int(d["n_params"]),
             device=d.get("device", "cpu"),
@@ -439,11 +441,16 @@ class TrainResult(Report):
             versions=d.get("versions", {}),
         )
 
+    @classmethod
+    def _from_fields(cls, fields: dict[str, Any]) -> TrainResult:
+        """Metrics records written with the old key names are read with the new ones."""
+        return cls(**{**fields, "metrics": tuple(vocab.upgrade("metrics", m) for m in fields["metrics"])})
+
     def __repr__(self) -> str:
         f = self.final
         return (
             f"TrainResult({self.config.get('name')!r}, steps={f.get('step')}, val_loss={f.get('val_loss', float('nan')):.4f}, "
-            f"Sink_1={f.get('sink_rate', float('nan')):.1f}%, out_dir={self.out_dir!r})"
+            f"Sink_1={f.get('sink_rate_1', float('nan')):.1f}%, out_dir={self.out_dir!r})"
         )
 
     def _repr_html_(self) -> str:
@@ -452,7 +459,7 @@ class TrainResult(Report):
         except Exception:  # no view registered or unable to draw: a plain table
             pass
         e = html.escape
-        cols = ["step", "val_loss", "sink_rate", "mean_alpha1", "value_norm_ratio", "resid_norm_ratio"]
+        cols = ["step", "val_loss", "sink_rate_1", "mean_alpha_1", "value_norm_ratio", "resid_norm_ratio"]
         rows = "".join(
             "<tr>"
             + "".join(f"<td>{m.get(c, ''):.4g}</td>" if isinstance(m.get(c), float) else f"<td>{m.get(c, '')}</td>" for c in cols)
@@ -468,11 +475,11 @@ class TrainResult(Report):
 
 
 def read_metrics(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The lines of a run's ``metrics.jsonl``."""
+    """The lines of a run's ``metrics.jsonl`` (old key names read as the new ones)."""
     p = Path(out_dir) / METRICS
     if not p.is_file():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return [vocab.upgrade("metrics", json.loads(line)) for line in p.read_text().splitlines() if line.strip()]
 
 
 # --------------------------------------------------------------------------- the loop
@@ -674,7 +681,7 @@ def _train(
                     out / TIMING,
                 )
                 t_last, step_last = now, step
-                bar.set_postfix(loss=f"{m['val_loss']:.3f}", sink=f"{m['sink_rate']:.1f}%")
+                bar.set_postfix(loss=f"{m['val_loss']:.3f}", sink=f"{m['sink_rate_1']:.1f}%")
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 save_checkpoint(step)
             if stop_at is not None and step >= stop_at:

@@ -144,8 +144,8 @@ def bos_dependence(run: Run) -> dict[str, Any]:
                 n += ce.numel()
         stats = probe_stats(lab.bridge, _probe(cfg)[:, cut:], score=cfg.metric_score, eps=cfg.eps)
         out[f"val_loss_{tag}_first"] = tot / n
-        out[f"sink_rate_{tag}_first"] = stats["sink_rate"]
-        out[f"mean_alpha1_{tag}_first"] = stats["mean_alpha1"]
+        out[f"sink_rate_1_{tag}_first"] = stats["sink_rate_1"]
+        out[f"mean_alpha_1_{tag}_first"] = stats["mean_alpha_1"]
     return out
 
 
@@ -179,11 +179,11 @@ def window_stats(run: Run) -> dict[str, Any]:
     a_rel = torch.stack(rel)
     return {
         "window": w,
-        "sink_rate_visible_queries": float(100 * (a_vis > cfg.eps).float().mean()),
-        "mean_alpha1_visible_queries": float(a_vis.mean()),
+        "sink_rate_1_visible_queries": float(100 * (a_vis > cfg.eps).float().mean()),
+        "mean_alpha_1_visible_queries": float(a_vis.mean()),
         "sink_rate_relative_first": float(100 * (a_rel > cfg.eps).float().mean()),
         "mean_alpha_relative_first": float(a_rel.mean()),
-        "alpha1_bound": min(1.0, w / cfg.seq_len),
+        "alpha_1_bound": min(1.0, w / cfg.seq_len),
     }
 
 
@@ -229,18 +229,18 @@ def _v(cfg: TrainConfig, suffix: str, **kw: Any) -> TrainConfig:
     return cfg.replace(name=f"{cfg.name}-{suffix}", **kw)
 
 
-def _s(m: dict[str, Any], key: str = "sink_rate") -> float:
+def _s(m: dict[str, Any], key: str = "sink_rate_1") -> float:
     return float(m.get(key, float("nan")))
 
 
 def _j_emergence(r: dict[str, Run]) -> Verdict:
     ms = r["base"].metrics
     first, last = ms[0], ms[-1]
-    curve = [(m["step"], round(m["sink_rate"], 1)) for m in ms]
-    agree = last["sink_rate"] >= 30.0 and last["sink_rate"] > first["sink_rate"] + 20.0
+    curve = [(m["step"], round(m["sink_rate_1"], 1)) for m in ms]
+    agree = last["sink_rate_1"] >= 30.0 and last["sink_rate_1"] > first["sink_rate_1"] + 20.0
     return Verdict(
-        ours=f"Sink_1 {first['sink_rate']:.1f}% (step 0) -> {last['sink_rate']:.1f}% (step {last['step']}); "
-        f"mean alpha_1 {first['mean_alpha1']:.3f} -> {last['mean_alpha1']:.3f}; value-norm ratio of the top sink head {last['value_norm_ratio_top']:.2f}",
+        ours=f"Sink_1 {first['sink_rate_1']:.1f}% (step 0) -> {last['sink_rate_1']:.1f}% (step {last['step']}); "
+        f"mean alpha_1 {first['mean_alpha_1']:.3f} -> {last['mean_alpha_1']:.3f}; value-norm ratio of the top sink head {last['value_norm_ratio_top']:.2f}",
         agree=agree,
         numbers={"curve": curve, "final": last},
     )
@@ -248,10 +248,12 @@ def _j_emergence(r: dict[str, Run]) -> Verdict:
 
 def _j_lr(r: dict[str, Run]) -> Verdict:
     b, s = r["base"].final, r["small_lr"].final
-    agree = s["sink_rate"] < b["sink_rate"] - 5.0 or (s["sink_rate"] <= b["sink_rate"] and s["mean_alpha1"] < b["mean_alpha1"])
+    agree = s["sink_rate_1"] < b["sink_rate_1"] - 5.0 or (
+        s["sink_rate_1"] <= b["sink_rate_1"] and s["mean_alpha_1"] < b["mean_alpha_1"]
+    )
     return Verdict(
-        ours=f"lr {r['base'].cfg.lr:g}: Sink_1 {b['sink_rate']:.1f}% (loss {b['val_loss']:.3f}); "
-        f"lr {r['small_lr'].cfg.lr:g}: {s['sink_rate']:.1f}% (loss {s['val_loss']:.3f})",
+        ours=f"lr {r['base'].cfg.lr:g}: Sink_1 {b['sink_rate_1']:.1f}% (loss {b['val_loss']:.3f}); "
+        f"lr {r['small_lr'].cfg.lr:g}: {s['sink_rate_1']:.1f}% (loss {s['val_loss']:.3f})",
         agree=agree,
         numbers={"base": b, "small_lr": s},
     )
@@ -259,15 +261,15 @@ def _j_lr(r: dict[str, Run]) -> Verdict:
 
 def _j_wd(r: dict[str, Run]) -> Verdict:
     rows = sorted(((run.cfg.weight_decay, run.final) for run in r.values()), key=lambda x: x[0])
-    sinks = [m["sink_rate"] for _, m in rows]
+    sinks = [m["sink_rate_1"] for _, m in rows]
     wds = [w for w, _ in rows]
     peak = int(np.argmax(sinks))
     rises = sinks[peak] > sinks[0] + 2.0
     falls = sinks[-1] < sinks[peak] - 10.0
     return Verdict(
-        ours="; ".join(f"wd {w:g}: {m['sink_rate']:.1f}% (loss {m['val_loss']:.3f})" for w, m in rows),
+        ours="; ".join(f"wd {w:g}: {m['sink_rate_1']:.1f}% (loss {m['val_loss']:.3f})" for w, m in rows),
         agree=bool(rises and falls) if (rises or falls) else False,
-        numbers={"weight_decay": wds, "sink_rate": sinks, "val_loss": [m["val_loss"] for _, m in rows]},
+        numbers={"weight_decay": wds, "sink_rate_1": sinks, "val_loss": [m["val_loss"] for _, m in rows]},
         note=(
             "rises then falls" if rises and falls else "falls at large wd only" if falls else "rises only" if rises else "flat"
         ),
@@ -304,21 +306,21 @@ def _j_prefix(r: dict[str, Run]) -> Verdict:
 def _j_window(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
     b, w = r["base"].final, r["window"].final
     ws = extra["window"]
-    agree = w["sink_rate"] < b["sink_rate"] - 10.0 and ws["sink_rate_relative_first"] < 10.0
+    agree = w["sink_rate_1"] < b["sink_rate_1"] - 10.0 and ws["sink_rate_relative_first"] < 10.0
     return Verdict(
-        ours=f"full attention: Sink_1 {b['sink_rate']:.1f}%; window w={ws['window']}: Sink_1 {w['sink_rate']:.1f}% "
-        f"(alpha_1 <= w/T = {ws['alpha1_bound']:.2f} by construction); among queries that see position 1: "
-        f"{ws['sink_rate_visible_queries']:.1f}%; on the window's first key: {ws['sink_rate_relative_first']:.1f}%",
+        ours=f"full attention: Sink_1 {b['sink_rate_1']:.1f}%; window w={ws['window']}: Sink_1 {w['sink_rate_1']:.1f}% "
+        f"(alpha_1 <= w/T = {ws['alpha_1_bound']:.2f} by construction); among queries that see position 1: "
+        f"{ws['sink_rate_1_visible_queries']:.1f}%; on the window's first key: {ws['sink_rate_relative_first']:.1f}%",
         agree=agree,
-        numbers={"base": b["sink_rate"], "window": w["sink_rate"], **ws},
+        numbers={"base": b["sink_rate_1"], "window": w["sink_rate_1"], **ws},
     )
 
 
 def _j_kbias(r: dict[str, Run]) -> Verdict:
     b, k = r["base"].final, r["kbias"].final
-    agree = k["sink_rate"] < min(5.0, b["sink_rate"]) and k["sink_star"] >= 30.0
+    agree = k["sink_rate_1"] < min(5.0, b["sink_rate_1"]) and k["sink_rate_star"] >= 30.0
     return Verdict(
-        ours=f"softmax: Sink_1 {b['sink_rate']:.1f}%; K bias (v*=0): Sink_1 {k['sink_rate']:.1f}%, Sink_* {k['sink_star']:.1f}% "
+        ours=f"softmax: Sink_1 {b['sink_rate_1']:.1f}%; K bias (v*=0): Sink_1 {k['sink_rate_1']:.1f}%, Sink_* {k['sink_rate_star']:.1f}% "
         f"(mean mass on k* {k['sink_mass']:.2f}); loss {b['val_loss']:.3f} vs {k['val_loss']:.3f}",
         agree=agree,
         numbers={"base": b, "kbias": k},
@@ -336,18 +338,18 @@ def raw_stats(run: Run) -> dict[str, Any]:
 
     lab = load_trained(run.model_dir)
     st = probe_stats(lab.bridge, _probe(run.cfg), score="softmax", eps=run.cfg.eps)
-    return {"sink_rate_raw": st["sink_rate"], "mean_alpha1_raw": st["mean_alpha1"], "attn_mass": st["attn_mass"]}
+    return {"sink_rate_1_raw": st["sink_rate_1"], "mean_alpha_1_raw": st["mean_alpha_1"], "attn_mass": st["attn_mass"]}
 
 
 def _j_sigmoid(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
     n, y = r["sigmoid_nonorm"].final, r["sigmoid_norm"].final
     raw = extra["nonorm_raw"]
-    agree = n["sink_rate"] < 5.0 and y["sink_rate"] > n["sink_rate"] + 10.0
+    agree = n["sink_rate_1"] < 5.0 and y["sink_rate_1"] > n["sink_rate_1"] + 10.0
     return Verdict(
-        ours=f"sigmoid without normaliser: Sink_1 {n['sink_rate']:.1f}% by the paper's proxy A/sum A, but the raw weights "
-        f"give Sink_1 {raw['sink_rate_raw']:.1f}% (mean raw alpha_1 {raw['mean_alpha1_raw']:.3f}, mean row sum {raw['attn_mass']:.2f}), "
+        ours=f"sigmoid without normaliser: Sink_1 {n['sink_rate_1']:.1f}% by the paper's proxy A/sum A, but the raw weights "
+        f"give Sink_1 {raw['sink_rate_1_raw']:.1f}% (mean raw alpha_1 {raw['mean_alpha_1_raw']:.3f}, mean row sum {raw['attn_mass']:.2f}), "
         f"v-ratio {n['value_norm_ratio_top']:.2f}, {_massive(n)}, loss {n['val_loss']:.3f}; "
-        f"with normaliser: {y['sink_rate']:.1f}%, v-ratio {y['value_norm_ratio_top']:.2f}, {_massive(y)}, loss {y['val_loss']:.3f}",
+        f"with normaliser: {y['sink_rate_1']:.1f}%, v-ratio {y['value_norm_ratio_top']:.2f}, {_massive(y)}, loss {y['val_loss']:.3f}",
         agree=agree,
         numbers={"nonorm": n, "norm": y, "nonorm_raw": raw},
     )
@@ -355,9 +357,9 @@ def _j_sigmoid(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
 
 def _j_softpick(r: dict[str, Run]) -> Verdict:
     b, s = r["base"].final, r["softpick"].final
-    agree = s["sink_rate"] < 5.0
+    agree = s["sink_rate_1"] < 5.0
     return Verdict(
-        ours=f"softmax: Sink_1 {b['sink_rate']:.1f}%, {_massive(b)}; softpick: {s['sink_rate']:.1f}%, {_massive(s)}; "
+        ours=f"softmax: Sink_1 {b['sink_rate_1']:.1f}%, {_massive(b)}; softpick: {s['sink_rate_1']:.1f}%, {_massive(s)}; "
         f"loss {b['val_loss']:.3f} vs {s['val_loss']:.3f}",
         agree=agree,
         numbers={"base": b, "softpick": s},
@@ -368,11 +370,11 @@ def _j_bos(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
     fb, nb = extra["fixed_bos"], extra["no_bos"]
     dl_fixed = fb["val_loss_without_first"] - fb["val_loss_with_first"]
     dl_free = nb["val_loss_without_first"] - nb["val_loss_with_first"]
-    agree = dl_fixed > max(0.1, 3 * abs(dl_free)) and fb["sink_rate_without_first"] < fb["sink_rate_with_first"] - 10.0
+    agree = dl_fixed > max(0.1, 3 * abs(dl_free)) and fb["sink_rate_1_without_first"] < fb["sink_rate_1_with_first"] - 10.0
     return Verdict(
         ours=f"trained with a fixed BOS: loss {fb['val_loss_with_first']:.3f} with BOS -> {fb['val_loss_without_first']:.3f} without, "
-        f"Sink_1 {fb['sink_rate_with_first']:.1f}% -> {fb['sink_rate_without_first']:.1f}%; trained without BOS, dropping the first token: "
-        f"loss {nb['val_loss_with_first']:.3f} -> {nb['val_loss_without_first']:.3f}, Sink_1 {nb['sink_rate_with_first']:.1f}% -> {nb['sink_rate_without_first']:.1f}%",
+        f"Sink_1 {fb['sink_rate_1_with_first']:.1f}% -> {fb['sink_rate_1_without_first']:.1f}%; trained without BOS, dropping the first token: "
+        f"loss {nb['val_loss_with_first']:.3f} -> {nb['val_loss_without_first']:.3f}, Sink_1 {nb['sink_rate_1_with_first']:.1f}% -> {nb['sink_rate_1_without_first']:.1f}%",
         agree=agree,
         numbers={"fixed_bos": fb, "no_bos": nb},
     )
@@ -380,11 +382,11 @@ def _j_bos(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
 
 def _j_relu_sgd(r: dict[str, Run]) -> Verdict:
     b, re, sg = r["base"].final, r["relu"].final, r["sgd"].final
-    agree = re["sink_rate"] < b["sink_rate"] - 10.0 and sg["sink_rate"] < b["sink_rate"] - 10.0
+    agree = re["sink_rate_1"] < b["sink_rate_1"] - 10.0 and sg["sink_rate_1"] < b["sink_rate_1"] - 10.0
     return Verdict(
-        ours=f"softmax+AdamW: Sink_1 {b['sink_rate']:.1f}%, v-ratio {b['value_norm_ratio_top']:.2f}, {_massive(b)}; "
-        f"ReLU attention: {re['sink_rate']:.1f}%, v-ratio {re['value_norm_ratio_top']:.2f}, loss {re['val_loss']:.3f}; "
-        f"SGD: {sg['sink_rate']:.1f}%, v-ratio {sg['value_norm_ratio_top']:.2f}, loss {sg['val_loss']:.3f} (softmax loss {b['val_loss']:.3f})",
+        ours=f"softmax+AdamW: Sink_1 {b['sink_rate_1']:.1f}%, v-ratio {b['value_norm_ratio_top']:.2f}, {_massive(b)}; "
+        f"ReLU attention: {re['sink_rate_1']:.1f}%, v-ratio {re['value_norm_ratio_top']:.2f}, loss {re['val_loss']:.3f}; "
+        f"SGD: {sg['sink_rate_1']:.1f}%, v-ratio {sg['value_norm_ratio_top']:.2f}, loss {sg['val_loss']:.3f} (softmax loss {b['val_loss']:.3f})",
         agree=agree,
         numbers={"base": b, "relu": re, "sgd": sg},
     )

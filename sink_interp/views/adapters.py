@@ -101,7 +101,7 @@ def trace_report_view(rep: Any, massive: bool = True, keys: bool = True) -> View
     return concat(*parts)
 
 
-def effect_report_view(rep: Any, values: tuple[str, ...] = ("delta_loss", "kl", "Sink_1", "mean_alpha_1")) -> View:
+def effect_report_view(rep: Any, values: tuple[str, ...] = ("delta_loss", "kl", "sink_rate_1", "mean_alpha_1")) -> View:
     """An ``EffectReport``: one bar per intervention for Δ loss, KL, Sink_1 and mean α₁."""
     df = rep.to_frame()
     label = "label" if "label" in df.columns else df.columns[0]
@@ -121,7 +121,7 @@ def train_result_view(rep: Any) -> View:
     name = (getattr(rep, "config", None) or {}).get("name")
     return training_curves(
         rep.to_frame(),
-        y=("val_loss", "sink_rate", "mean_alpha1"),
+        y=("val_loss", "sink_rate_1", "mean_alpha_1"),
         title=f"Training curves{f' of {name}' if name else ''}",
     )
 
@@ -136,10 +136,10 @@ def stream_report_view(rep: Any) -> View:
         y=["ppl"],
         run="condition",
         log_y=["ppl"],
-        title=f"Streaming with {rep.sinks} sink(s) + a window of {rep.window} on {rep.model}",
+        title=f"Streaming with {rep.n_sinks} sink(s) + a window of {rep.window} on {rep.model}",
         caption=(
             f"Perplexity of the next token by position (bucket end) over {rep.n} texts of {rep.length} tokens: full attention, "
-            f"sinks + window, and the window alone; past position {rep.sinks + rep.window} evicted tokens are missing."
+            f"sinks + window, and the window alone; past position {rep.n_sinks + rep.window} evicted tokens are missing."
         ),
     )
 
@@ -148,16 +148,15 @@ def long_context_view(rep: Any) -> View:
     """A ``LongContextReport``: Sink_1 and mean α₁ by query bucket."""
     df = rep.bucket_frame() if hasattr(rep, "bucket_frame") else rep.to_frame()
     df = df[df["k"] == 1].copy() if "k" in df.columns else df.copy()
-    rate_col = next(c for c in df.columns if str(c).startswith("Sink_k"))
-    df = df.rename(columns={rate_col: "Sink_1 (%)", "mean_alpha": "mean alpha_1"})
+    df = df.rename(columns={"sink_rate": "Sink_1 (%)", "mean_alpha": "mean alpha_1"})
     df["query position"] = df["q_to"]
     return training_curves(
         df,
         x="query position",
         y=["Sink_1 (%)", "mean alpha_1"],
-        title=f"First-token sink by query position on {rep.sinks.model} (T = {rep.length})",
+        title=f"First-token sink by query position on {rep.sink_report.model} (T = {rep.length})",
         caption=(
-            f"alpha_1 restricted to the queries of each bucket (bucket end on the x axis), over {rep.sinks.n} input(s); "
+            f"alpha_1 restricted to the queries of each bucket (bucket end on the x axis), over {rep.sink_report.n} input(s); "
             f"Sink_1 = share of (sample, layer, head) with alpha_1 > {rep.eps}. A flat line: the sink holds at long range."
         ),
     )
@@ -165,7 +164,7 @@ def long_context_view(rep: Any) -> View:
 
 def finding_curves_view(rep: Any) -> View:
     """A finding's runs (``training.reproduce.FindingCurves``): Sink_1, val_loss and mean α₁ against step, one line per run."""
-    return training_curves(dict(rep.metrics), y=("sink_rate", "val_loss", "mean_alpha1"), title=rep.title)
+    return training_curves(dict(rep.metrics), y=("sink_rate_1", "val_loss", "mean_alpha_1"), title=rep.title)
 
 
 #: report class name -> view function: the registry of :mod:`sink_interp._internal.display` (one dict)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._internal import vocab
 from ._page import View, esc, html_table
 from ._svg import (
     BLUES,
@@ -477,7 +478,7 @@ def effect_bars(
 
 # --------------------------------------------------------------------------- training curves
 def read_metrics(metrics: Any) -> pd.DataFrame:
-    """A metrics table from a ``metrics.jsonl`` path, a DataFrame or a list of dicts."""
+    """A metrics table from a ``metrics.jsonl`` path (old key names read as the new ones), a DataFrame or a list of dicts."""
     if isinstance(metrics, pd.DataFrame):
         return metrics
     if isinstance(metrics, (str, Path)):
@@ -491,7 +492,7 @@ def read_metrics(metrics: Any) -> pd.DataFrame:
             for i, line in enumerate(f, start=1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        rows.append(vocab.upgrade("metrics", json.loads(line)))
                     except json.JSONDecodeError as e:
                         raise ValueError(f"{p}:{i}: not valid JSON ({e.msg})") from None
         return pd.DataFrame(rows)
@@ -504,7 +505,7 @@ def training_curves(
     metrics: Any,
     *,
     x: str = "step",
-    y: Sequence[str] = ("val_loss", "sink_rate"),
+    y: Sequence[str] = ("val_loss", "sink_rate_1"),
     run: str | None = None,
     log_y: Sequence[str] = (),
     title: str | None = None,
@@ -520,7 +521,7 @@ def training_curves(
         log_y: metrics drawn on a log axis.
 
     Example:
-        >>> rows = [{"step": s, "val_loss": 5 - s / 100, "sink_rate": s / 10} for s in range(0, 300, 50)]
+        >>> rows = [{"step": s, "val_loss": 5 - s / 100, "sink_rate_1": s / 10} for s in range(0, 300, 50)]
         >>> training_curves(rows).kind
         'training'
     """
