@@ -246,7 +246,7 @@ def main() -> None:
         else:
             toks = probe_tokens(model, "random", n=n, length=T)
         token_files[T] = os.path.join(tmp, f"tokens_{T}.pt")
-        torch.save(torch.as_tensor(toks).clone(), token_files[T])
+        torch.save(toks.tokens.clone(), token_files[T])
     del model
     gc.collect()
 

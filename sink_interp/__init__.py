@@ -13,7 +13,7 @@ from . import views as _views
 from ._internal.report import load_report
 from .architecture import AttentionSpec, describe_attention
 from .capture import Keep, NonFiniteError, Reduce, Reducer, attach_hooks, hook_snapshot, run_reducers
-from .data import probe_tokens
+from .data import ProbeSet, probe_tokens
 from .effects import Effect, EffectReport, compare, scan_heads
 from .fit import FitReport, fit_bias
 from .interventions import (
@@ -80,6 +80,7 @@ __all__ = [
     "MassiveReport",
     "ModelInfo",
     "NonFiniteError",
+    "ProbeSet",
     "Reduce",
     "Reducer",
     "ScaleAttention",

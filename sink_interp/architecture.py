@@ -55,6 +55,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._internal import hooknames
+from ._internal.probe import ProbeSet, as_tokens
 from .masks import AttentionMask, as_mask
 
 #: how the bridge runs a layer's attention
@@ -771,7 +772,7 @@ def qk_hooks(model: Any, layers: Sequence[int] | None = None) -> list[str]:
     return out
 
 
-def check_attention(model: Any, tokens: Tensor | None = None, *, length: int = 24, seed: int = 0) -> dict[int, float]:
+def check_attention(model: Any, tokens: Tensor | ProbeSet | None = None, *, length: int = 24, seed: int = 0) -> dict[int, float]:
     """``{layer: max |A_description - A_model|}``: the description against the model's own ``hook_pattern``.
 
     Runs one short forward (default: one random sample of ``length`` tokens) and rebuilds each
@@ -789,6 +790,7 @@ def check_attention(model: Any, tokens: Tensor | None = None, *, length: int = 2
     if tokens is None:
         gen = torch.Generator().manual_seed(seed)
         tokens = torch.randint(0, int(model.cfg.d_vocab), (1, length), generator=gen)
+    tokens = as_tokens(tokens)
     layers = [la for la in spec.layers if not la.unsupported]
     names = [n for la in layers for n in (la.q_hook, la.k_hook, hooknames.pattern(la.layer))]
     keep = Keep(names, dtype=None)
@@ -894,7 +896,10 @@ def check_context(model: Any, length: int) -> None:
 
 
 def check_model_tokens(model: Any, tokens: Any, min_length: int = 2, name: str = "tokens") -> Tensor:
-    """:func:`sink_interp._internal.errors.check_tokens` for ``model``'s vocabulary, then :func:`check_context`."""
+    """:func:`sink_interp._internal.errors.check_tokens` for ``model``'s vocabulary, then :func:`check_context`.
+
+    ``tokens`` is a tensor (or list) of ids or a :class:`~sink_interp.ProbeSet`; the checked plain tensor is returned.
+    """
     from ._internal.errors import check_tokens
 
     toks = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=min_length, name=name)

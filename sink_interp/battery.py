@@ -35,6 +35,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import Tensor
+
+from ._internal.probe import ProbeSet
 from .fit import fit_bias
 from .interventions import AblateDims, AttentionKernel, Calibrate, MaskKey, ZeroValue, sink_heads
 from .massive import massive_activations
@@ -82,9 +85,9 @@ class Battery:
 
 def standard_battery(
     model: Any,
-    tokens: Any,
+    tokens: Tensor | ProbeSet,
     *,
-    train_tokens: Any | None = None,
+    train_tokens: Tensor | ProbeSet | None = None,
     sink_report: Any | None = None,
     eps: float = 0.3,
     fit_steps: int = 40,
@@ -98,7 +101,8 @@ def standard_battery(
 
     Args:
         model: a TransformerBridge.
-        tokens: ``[n, length]`` evaluation tokens: the sink heads and massive dims are found on them.
+        tokens: ``[n, length]`` evaluation tokens (a tensor or a :class:`~sink_interp.ProbeSet`): the sink
+            heads and massive dims are found on them.
         train_tokens: other tokens to fit the grafted biases on; ``None``: no ``"grafts"`` group.
         sink_report: a :class:`~sink_interp.SinkReport` already measured on ``tokens`` (its eps then
             picks the sink heads); ``None``: measured here at ``eps``.

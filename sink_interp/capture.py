@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ._internal import hooknames
 from ._internal.errors import NonFiniteError, check_positive_int, check_tokens
+from ._internal.probe import ProbeSet
 
 HookFn = Callable[..., Any]
 
@@ -370,7 +371,7 @@ class RunStats:
 
 def run_reducers(
     model: Any,
-    tokens: Tensor,
+    tokens: Tensor | ProbeSet,
     reducers: Sequence[Reducer],
     batch_size: int | None = None,
     progress: bool = True,
@@ -382,7 +383,7 @@ def run_reducers(
 
     Args:
         model: a TransformerBridge.
-        tokens: ``[batch, pos]`` token ids.
+        tokens: ``[batch, pos]`` token ids (a tensor or a :class:`~sink_interp.ProbeSet`).
         reducers: reducers to feed; their results are read with ``r.result()``.
         batch_size: samples per forward pass (default: :func:`auto_batch_size`).
         progress: show a tqdm progress bar over batches.

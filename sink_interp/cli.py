@@ -17,7 +17,10 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from ._internal.probe import ProbeSet
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -216,7 +219,7 @@ def default_n(length: int) -> int:
     return int(max(1, min(100, 8192 // max(1, length))))
 
 
-def _probe(model: Any, args: argparse.Namespace) -> Any:
+def _probe(model: Any, args: argparse.Namespace) -> ProbeSet:
     from . import probe_tokens
 
     n = args.n if args.n is not None else default_n(args.length)
@@ -256,7 +259,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
     t_load = time.time() - t0
     tokens = _probe(model, args)
-    info = tokens.probe_info
+    info = tokens.info
     t1 = time.time()
     report = measure_sinks(model, tokens, eps=args.eps, batch_size=args.batch_size, progress=not args.quiet, method=args.method)
     t_measure = time.time() - t1
@@ -407,7 +410,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     """The standard battery (:func:`sink_interp.battery.standard_battery`) on one model."""
-    from . import compare, load_model, probe_tokens
+    from . import ProbeSet, compare, load_model, probe_tokens
     from ._internal.errors import check_eps, check_positive_int
     from .battery import GROUPS, standard_battery
 
@@ -418,9 +421,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
     n_train = check_positive_int(args.fit_n, "--fit-n", minimum=0)
     allt = probe_tokens(model, args.data, n=args.n + n_train, length=args.length, bos=args.bos, seed=args.seed)
-    info = dict(allt.probe_info)
-    ev, tr = allt[: args.n], allt[args.n :]
-    ev.probe_info = {**info, "n": args.n, "role": "evaluation"}  # type: ignore[attr-defined]
+    info = allt.info
+    ev = allt.rows(slice(0, args.n))  # the evaluation rows, labelled as such in the reports
+    ev = ProbeSet(ev.tokens, {**ev.info, "role": "evaluation"})
+    tr = allt[args.n :]  # the training rows: a plain tensor (only the grafts are fitted on them)
     print(
         f"model   {args.model}; data {info['source']} n={args.n} (+{len(tr)} training samples for the bias) "
         f"length={args.length} BOS={'yes' if args.bos else 'no'}"
@@ -486,7 +490,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     print(f"model   {rep.model}  ({mi['n_layers']} layers, positions: {rep.positional}, {mi['dtype']}, {mi['device']})")
     print(
         f"data    {rep.n} texts of {rep.length} tokens ({rep.data}; BOS={'yes' if rep.bos else 'no'}): "
-        + ", ".join(toks.probe_info["documents"][:4])
+        + ", ".join(toks.info["documents"][:4])
         + (" ..." if rep.n > 4 else "")
     )
     print(
@@ -629,7 +633,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
     t_load = time.time() - t0
     tokens = probe_tokens(model, args.data, n=args.n, length=args.length, bos=args.bos, seed=args.seed)
-    info = tokens.probe_info
+    info = tokens.info
     t1 = time.time()
     rep = trace_sink(
         model,

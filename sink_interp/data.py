@@ -1,7 +1,8 @@
 """Probe sets: the inputs sink scores are measured on.
 
-``probe_tokens(model, source, n, length, bos, seed)`` returns an ``[n, length]``
-tensor of token ids. ``source`` is one of:
+``probe_tokens(model, source, n, length, bos, seed)`` returns a :class:`ProbeSet`: the
+``[n, length]`` token ids (``probe.tokens``) and how they were made (``probe.info``).
+``source`` is one of:
 
 * ``"natural"`` — natural English shipped with the library
   (``sink_interp/assets/natural.jsonl``: Wikipedia, the Python documentation and
@@ -21,8 +22,9 @@ overflows a row is dropped.
 Text is tokenised without special tokens and truncated to ``length``; with
 ``bos=True`` the BOS id takes the first position and the text fills the other
 ``length - 1`` (the total length stays ``length``, as in the official code).
-The returned tensor carries ``tensor.probe_info`` (source, BOS policy, seed,
-skipped lines), which :func:`sink_interp.measure_sinks` records.
+The returned :class:`ProbeSet` carries ``probe.info`` (source, BOS policy, seed,
+skipped lines), which :func:`sink_interp.measure_sinks` and every other analysis record;
+``probe[:, 1:]`` and other indexing give plain tensors (``probe.rows(idx)`` keeps the facts).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 from torch import Tensor
 
 from ._internal.errors import check_positive_int
+from ._internal.probe import ProbeSet  # built here and re-exported: sink_interp.data.ProbeSet
 
 SOURCES = ("natural", "random", "repeat", "natural-concat")
 
@@ -121,8 +124,8 @@ def probe_tokens(
     bos: bool = False,
     seed: int = 0,
     concat: bool = False,
-) -> Tensor:
-    """An ``[n, length]`` probe set of token ids for ``model``.
+) -> ProbeSet:
+    """An ``[n, length]`` probe set of token ids for ``model``, with how it was made.
 
     Args:
         model: a TransformerBridge with a tokenizer.
@@ -133,12 +136,21 @@ def probe_tokens(
         seed: seed for ``"random"`` and ``"repeat"`` (text sources keep file order).
         concat: for text sources, join passages until each row is full (long contexts).
 
+    Returns:
+        A :class:`ProbeSet`: ``probe.tokens`` is the ``[n, length]`` long tensor, ``probe.info``
+        the facts (``"source"``, ``"bos"``, ``"n"``, ``"length"``, ``"seed"``; for text sources
+        also ``"concat"`` and ``"skipped"``/``"lines_read"`` or ``"separator"``/``"passages_per_row"``)
+        that every analysis given the probe set records. Indexing (``probe[:, 1:]``) gives the
+        plain tensor.
+
     Examples:
         >>> from sink_interp import tiny_model
-        >>> toks = probe_tokens(tiny_model(), "repeat", n=3, length=5, bos=True)
-        >>> toks.shape, toks.probe_info["bos"]
+        >>> probe = probe_tokens(tiny_model(), "repeat", n=3, length=5, bos=True)
+        >>> probe
+        ProbeSet(source='repeat', n=3, length=5, bos=True, seed=0)
+        >>> probe.shape, probe.info["bos"]
         (torch.Size([3, 5]), True)
-        >>> bool((toks[:, 1:] == toks[:, 1:2]).all())
+        >>> bool((probe[:, 1:] == probe[:, 1:2]).all())
         True
     """
     n = check_positive_int(n, "n")
@@ -211,9 +223,7 @@ def probe_tokens(
 
     if bos:
         toks = torch.cat([torch.full((n, 1), model_bos_id(model), dtype=torch.long), toks], dim=1)
-    toks = toks.contiguous()
-    toks.probe_info = info  # type: ignore[attr-defined]
-    return toks
+    return ProbeSet(toks.contiguous(), info)
 
 
 CONCAT_SEPARATOR = "\n\n"

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from ._internal import display
 from ._internal.errors import check_eps, check_positive_int
+from ._internal.probe import ProbeSet
 from ._internal.report import ModelRun, Report, register_record
 from ._internal.vocab import RENAMED
 from .architecture import check_model_tokens
@@ -386,7 +387,7 @@ class _Acc:
 
 def compare(
     model: Any,
-    tokens: Tensor,
+    tokens: Tensor | ProbeSet,
     interventions: Mapping[str, Any] | Sequence[Any] | Intervention,
     *,
     eps: float = 0.3,
@@ -401,15 +402,16 @@ def compare(
 
     Args:
         model: a TransformerBridge.
-        tokens: ``[n, length]`` token ids (e.g. :func:`sink_interp.probe_tokens`).
+        tokens: ``[n, length]`` token ids (a tensor or a :class:`~sink_interp.ProbeSet`, whose facts the report records),
+            e.g. :func:`sink_interp.probe_tokens`.
         interventions: a dict ``label -> intervention`` (or a list of interventions;
             a list/tuple item is a composition applied together).
         eps: sink threshold for ``Sink_1``.
         sinks: also measure the sink scores (one more reducer in the same forward).
         batch_size: samples per forward (default: small enough for two sets of log-probs).
         progress: one progress bar over all forward passes.
-        bos: recorded in the report (default: from ``probe_tokens`` output).
-        data: label of the inputs recorded in the report (default: the probe source).
+        bos: recorded in the report (default: from the :class:`~sink_interp.ProbeSet`).
+        data: label of the inputs recorded in the report (default: the ProbeSet's source, else ``"tokens"``).
 
     Example:
         >>> import torch
@@ -468,7 +470,7 @@ def compare(
 
 def scan_heads(
     model: Any,
-    tokens: Tensor,
+    tokens: Tensor | ProbeSet,
     make: Callable[..., Intervention] = None,  # type: ignore[assignment]
     *,
     layers: Sequence[int] | None = None,

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ._internal import hooknames
 from ._internal.errors import NonFiniteError, check_positive_int
+from ._internal.probe import ProbeSet
 from ._internal.report import Report
 from .architecture import check_model_tokens, describe_attention
 from .capture import Keep, explain_non_finite, model_device, run_reducers
@@ -141,10 +142,10 @@ def _sink_kv_init(
 
 def fit_bias(
     model: Any,
-    tokens: Tensor,
+    tokens: Tensor | ProbeSet,
     kind: str = "k",
     *,
-    eval_tokens: Tensor | None = None,
+    eval_tokens: Tensor | ProbeSet | None = None,
     layers: Sequence[int] | None = None,
     heads: Any = None,
     positions: Sequence[int] = (0,),
@@ -267,7 +268,7 @@ def fit_bias(
         model.train(was_training)
     for p in params:
         p.requires_grad_(False)
-    ev = toks if eval_tokens is None else eval_tokens
+    ev = (tokens if isinstance(tokens, ProbeSet) else toks) if eval_tokens is None else eval_tokens  # a ProbeSet keeps its facts
     effects = (
         compare(model, ev, {"sink masked": mask, "sink masked + fitted bias": [mask, bias]}, eps=eps, progress=progress)
         if evaluate

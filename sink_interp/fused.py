@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._internal.errors import check_positive_int
+from ._internal.probe import ProbeSet, as_tokens
 from .architecture import AttentionSpec, describe_attention, unwrap
 from .blockwise import BLOCK_BYTES, block_alpha, normalize_edges, score_rule
 from .capture import model_device, user_hooks
@@ -252,7 +253,7 @@ def hf_twin(model: Any) -> torch.nn.Module:
 # --------------------------------------------------------------------------- when it applies
 
 
-def fused_supported(model: Any, tokens: Tensor, mask: AttentionMask | None = None) -> tuple[bool, str]:
+def fused_supported(model: Any, tokens: Tensor | ProbeSet, mask: AttentionMask | None = None) -> tuple[bool, str]:
     """Whether the fused engine can run this model, and why not.
 
     Checks: the bridge wraps an HF model; no hooks are attached (an intervention would be
@@ -360,7 +361,7 @@ def _run_twin(
 
 def fused_column_sums(
     model: Any,
-    tokens: Tensor,
+    tokens: Tensor | ProbeSet,
     *,
     layers: Sequence[int],
     mask: AttentionMask,
@@ -370,6 +371,7 @@ def fused_column_sums(
     block_bytes: int = BLOCK_BYTES,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Column sums ``[n, layers, heads, buckets, T]`` and row sums by the fused engine (see the module doc)."""
+    tokens = as_tokens(tokens)
     n, T = tokens.shape
     bs = default_batch_size(T) if batch_size is None else check_positive_int(batch_size, "batch_size")
     twin = hf_twin(model)

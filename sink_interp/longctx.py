@@ -40,6 +40,7 @@ from torch import Tensor
 
 from ._internal import display
 from ._internal.errors import check_eps
+from ._internal.probe import ProbeSet
 from ._internal.report import Report
 from .architecture import check_model_tokens
 from .lse import bucket_edges, lse_column_sums, normalize_edges
@@ -210,7 +211,7 @@ class LongContextReport(Report):
 
 def long_context_sinks(
     model: Any,
-    tokens: Tensor,
+    tokens: Tensor | ProbeSet,
     eps: float = 0.3,
     *,
     buckets: int = 8,
@@ -227,14 +228,15 @@ def long_context_sinks(
 
     Args:
         model: a TransformerBridge.
-        tokens: ``[n, T]`` ids, e.g. ``probe_tokens(model, "natural-concat", n=1, length=8192)``.
+        tokens: ``[n, T]`` ids (a tensor or a :class:`~sink_interp.ProbeSet`), e.g.
+            ``probe_tokens(model, "natural-concat", n=1, length=8192)``.
         eps: sink threshold.
         buckets: number of equal query buckets (ignored when ``query_edges`` is given).
         query_edges: explicit bucket edges ``[0, ..., T]``.
         layers: layers to measure (default: all).
         mask: an ``AttentionMask`` the model attends with (default: causal).
-        bos: whether ``tokens`` start with BOS (default: read from the probe or the first column).
-        data: label of the inputs (default: the probe source).
+        bos: whether ``tokens`` start with BOS (default: from the :class:`~sink_interp.ProbeSet` or the first column).
+        data: label of the inputs (default: the ProbeSet's source, else ``"tokens"``).
         batch_size: samples per forward pass.
         progress: show a progress bar.
         fused: ``None`` fused attention when possible, ``False`` the bridge's hooks, ``True`` require fused.

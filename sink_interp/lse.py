@@ -63,6 +63,7 @@ from . import fused as fused_mod
 from ._internal import hooknames
 from ._internal.errors import NonFiniteError, check_positive_int
 from ._internal.memory import available_bytes
+from ._internal.probe import ProbeSet, as_tokens
 from .architecture import UnsupportedAttention, attention_atol, describe_attention, qk_hooks
 
 # the blockwise kernel (its own module, so that the fused engine needs nothing from here)
@@ -180,8 +181,11 @@ class SelfCheckFailed(ValueError):
     """An lse engine did not reproduce the model's own attention on a short input."""
 
 
-def pattern_alpha(model: Any, tokens: Tensor, mask: AttentionMask | None = None, layers: Sequence[int] | None = None) -> Tensor:
+def pattern_alpha(
+    model: Any, tokens: Tensor | ProbeSet, mask: AttentionMask | None = None, layers: Sequence[int] | None = None
+) -> Tensor:
     """``alpha [n, layers, heads, T]`` straight from the model's ``hook_pattern`` (short inputs: keeps T x T per layer)."""
+    tokens = as_tokens(tokens)
     from .interventions import masked
 
     L = int(model.cfg.n_layers)
@@ -236,7 +240,7 @@ class _SelfCheck:
 
 def lse_column_sums(
     model: Any,
-    tokens: Tensor,
+    tokens: Tensor | ProbeSet,
     *,
     layers: Sequence[int] | None = None,
     mask: AttentionMask | dict[str, Any] | None = None,
@@ -255,6 +259,7 @@ def lse_column_sums(
     (``method="pattern"`` is then the exact alternative). The engine, its self-check and the reason
     for not fusing are recorded in ``info``.
     """
+    tokens = as_tokens(tokens)
     mask = as_mask(mask)
     n, T = tokens.shape
     spec = describe_attention(model)
@@ -359,7 +364,9 @@ def lse_blockers(model: Any) -> list[str]:
     return [f"layer {la.layer}: {', '.join(la.unsupported)}" for la in spec.layers if la.unsupported]
 
 
-def choose_method(model: Any, tokens: Tensor, method: str = "auto", *, score: str = "auto", batch_size: int | None = None) -> str:
+def choose_method(
+    model: Any, tokens: Tensor | ProbeSet, method: str = "auto", *, score: str = "auto", batch_size: int | None = None
+) -> str:
     """``"pattern"`` or ``"lse"`` for a measurement; validates an explicit choice.
 
     ``"auto"`` takes ``"lse"`` when ``T >= LSE_MIN_LENGTH`` or when one layer's attention maps
@@ -369,6 +376,7 @@ def choose_method(model: Any, tokens: Tensor, method: str = "auto", *, score: st
     description cannot rebuild from q and k (:func:`lse_blockers`). ``measure_sinks`` also falls
     back to ``"pattern"`` when the ``lse`` self-check fails.
     """
+    tokens = as_tokens(tokens)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     needs_pattern = []

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from ._internal import display, hooknames
 from ._internal.errors import check_positive_int
+from ._internal.probe import ProbeSet
 from ._internal.report import ModelRun, Report
 from ._internal.vocab import renamed_kwargs
 from .architecture import check_model_tokens, describe_attention
@@ -538,7 +539,7 @@ class MassiveReport(ModelRun, Report):
 @renamed_kwargs(sinks="measure_sinks")
 def massive_activations(
     model: Any,
-    tokens: Tensor,
+    tokens: Tensor | ProbeSet,
     *,
     abs_threshold: float = DEFAULT_ABS_THRESHOLD,
     ratio_threshold: float = DEFAULT_RATIO_THRESHOLD,
@@ -554,15 +555,15 @@ def massive_activations(
 
     Args:
         model: a TransformerBridge.
-        tokens: ``[n, length]`` token ids (no BOS is added).
+        tokens: ``[n, length]`` token ids (a tensor or a :class:`~sink_interp.ProbeSet`, whose facts the report records); no BOS is added.
         abs_threshold: Sun et al.'s absolute threshold on ``|x|`` (strict, default 100).
         ratio_threshold: Sun et al.'s ratio to the hidden state's median ``|x|`` (default 1000).
         top_k: entries kept per sample and layer.
         measure_sinks: also measure sink scores (for the attention-sink part of the triple);
             ``report.sink_report`` is then a :class:`~sink_interp.SinkReport` at eps 0.3.
         bos: whether ``tokens`` start with BOS, recorded in the report (default: from
-            ``probe_tokens``' ``probe_info``, else inferred from the first column).
-        data: label of the inputs recorded in the report (default: the probe source).
+            the :class:`~sink_interp.ProbeSet`, else inferred from the first column).
+        data: label of the inputs recorded in the report (default: the ProbeSet's source, else ``"tokens"``).
         batch_size: samples per forward pass (default: chosen from the length).
         progress: show a progress bar.
         max_flags: cap on the number of flagged entries kept.

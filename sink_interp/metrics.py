@@ -39,6 +39,7 @@ from torch import Tensor
 
 from ._internal import display, hooknames
 from ._internal.errors import check_eps
+from ._internal.probe import ProbeSet
 from ._internal.report import ModelRun, Report
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
@@ -393,7 +394,7 @@ class SinkReport(ModelRun, Report):
 
 def measure_sinks(
     model: Any,
-    tokens: Tensor,
+    tokens: Tensor | ProbeSet,
     eps: float = 0.3,
     *,
     bos: bool | None = None,
@@ -410,12 +411,13 @@ def measure_sinks(
 
     Args:
         model: a TransformerBridge (see :func:`sink_interp.load_model`).
-        tokens: ``[n, length]`` token ids, e.g. from :func:`sink_interp.probe_tokens`.
+        tokens: ``[n, length]`` token ids, e.g. the :class:`~sink_interp.ProbeSet` of
+            :func:`sink_interp.probe_tokens` (its source and facts are recorded) or a plain tensor.
             The model sees exactly these tokens: no BOS is added.
         eps: sink threshold in (0, 1); change it later with ``report.rate(k, eps=...)``.
         bos: whether ``tokens`` start with BOS, recorded in the report
-            (default: read from ``probe_tokens`` output, else inferred from the first column).
-        data: label of the inputs recorded in the report (default: the probe source).
+            (default: the :class:`~sink_interp.ProbeSet`'s, else inferred from the first column).
+        data: label of the inputs recorded in the report (default: the ProbeSet's source, else ``"tokens"``).
         layers: layers to measure (default: all).
         score: ``"auto"`` (softmax rows as they are; the proxy for rows that do not
             sum to 1), ``"softmax"``, ``"proxy"`` or ``"abs-proxy"``.

@@ -25,6 +25,7 @@ import torch
 
 from ._internal import hooknames
 from ._internal.errors import check_tokens
+from ._internal.probe import ProbeSet, as_tokens
 from .architecture import describe_attention
 from .battery import standard_battery
 from .capture import Keep, Reducer, run_reducers
@@ -332,7 +333,7 @@ REPORT_SECTIONS: list[Callable[[ReportContext], View | None]] = [
 
 def build_report(
     model: Any,
-    tokens: torch.Tensor,
+    tokens: torch.Tensor | ProbeSet,
     *,
     eps: float = 0.3,
     sample: int = 0,
@@ -348,7 +349,8 @@ def build_report(
 
     Args:
         model: a TransformerBridge.
-        tokens: ``[n, length]`` probe tokens (e.g. from :func:`sink_interp.probe_tokens`).
+        tokens: ``[n, length]`` probe tokens: a :class:`~sink_interp.ProbeSet` (e.g. from
+            :func:`sink_interp.probe_tokens`, whose facts the measurement records) or a tensor.
         eps: sink threshold.
         sample: which input's attention and tokens to show.
         n_detail: how many inputs the massive-activation and key statistics use.
@@ -368,6 +370,7 @@ def build_report(
     if sink_report is None:
         sink_report = measure_sinks(model, tokens, eps=eps, batch_size=batch_size, progress=progress)
     timings["measure"] = time.perf_counter() - t0
+    tokens = as_tokens(tokens)  # the page's sections run on (slices of) the plain tensor
     if not 0 <= sample < tokens.shape[0]:
         raise ValueError(f"sample must be in 0..{tokens.shape[0] - 1}, got {sample}")
     t1 = time.perf_counter()
@@ -428,8 +431,11 @@ def layout_report(ctx: ReportContext, sections: Sequence[Callable[[ReportContext
 
 
 # --------------------------------------------------------------------------- attention of one input
-def attention_patterns_for(model: Any, tokens: Any, layers: Sequence[int], sample: int = 0) -> dict[int, np.ndarray]:
+def attention_patterns_for(
+    model: Any, tokens: torch.Tensor | ProbeSet, layers: Sequence[int], sample: int = 0
+) -> dict[int, np.ndarray]:
     """``{layer: [heads, T, T]}`` attention patterns of one input row (only the asked layers are kept)."""
+    tokens = as_tokens(tokens)
     toks = check_tokens(tokens if getattr(tokens, "ndim", 2) == 2 else tokens[None], d_vocab=int(model.cfg.d_vocab))
     if not 0 <= sample < toks.shape[0]:
         raise ValueError(f"sample must be in 0..{toks.shape[0] - 1}, got {sample}")
@@ -443,7 +449,9 @@ def attention_patterns_for(model: Any, tokens: Any, layers: Sequence[int], sampl
     return {int(l): res[hooknames.pattern(int(l))][0].numpy() for l in layers}
 
 
-def show_attention(model: Any, tokens: Any, layers: Sequence[int], *, sample: int = 0, eps: float = 0.3, **kw: Any) -> View:
+def show_attention(
+    model: Any, tokens: torch.Tensor | ProbeSet, layers: Sequence[int], *, sample: int = 0, eps: float = 0.3, **kw: Any
+) -> View:
     """:func:`~sink_interp.views.attention_view` for one row of ``tokens`` run through ``model``.
 
     Example:
@@ -452,6 +460,7 @@ def show_attention(model: Any, tokens: Any, layers: Sequence[int], *, sample: in
         >>> show_attention(tiny_model(), torch.randint(4, 100, (2, 8)), layers=[1]).n_widgets
         1
     """
+    tokens = as_tokens(tokens)
     pats = attention_patterns_for(model, tokens, layers, sample)
     row = tokens[sample] if getattr(tokens, "ndim", 1) == 2 else tokens
     return attention_view(pats, token_strings(model, row), eps=eps, **kw)

@@ -17,33 +17,37 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 
+from ._internal.probe import ProbeSet, as_tokens, probe_of
 from ._internal.provenance import Provenance
 from .models import model_info
 
 
-def bos_policy(model: Any, tokens: Any, bos: bool | None = None) -> bool | None:
-    """Whether ``tokens`` start with BOS: as given, else as the probe says, else read from the first column."""
+def bos_policy(model: Any, tokens: Tensor | ProbeSet, bos: bool | None = None) -> bool | None:
+    """Whether ``tokens`` start with BOS: as given, else as the :class:`ProbeSet` says, else read from the first column."""
     if bos is not None:
         return bool(bos)
-    info = getattr(tokens, "probe_info", None)
-    if isinstance(info, dict) and "bos" in info:
-        return bool(info["bos"])
+    probe = probe_of(tokens)
+    if probe is not None and "bos" in probe.info:
+        return bool(probe.info["bos"])
     bos_id = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
     if bos_id is None:
         return None
-    t = torch.as_tensor(tokens)
+    t = torch.as_tensor(as_tokens(tokens))
     return bool((t[:, 0] == bos_id).all().item())
 
 
-def provenance(model: Any, tokens: Any, *, bos: bool | None = None, data: str | None = None, mask: Any = None) -> Provenance:
-    """The :class:`Provenance` of running ``model`` on ``tokens`` (a ``probe_tokens`` result carries its source).
+def provenance(
+    model: Any, tokens: Tensor | ProbeSet, *, bos: bool | None = None, data: str | None = None, mask: Any = None
+) -> Provenance:
+    """The :class:`Provenance` of running ``model`` on ``tokens`` (a :class:`ProbeSet` carries its source and facts).
 
-    ``data`` labels the inputs (default: the probe's source, else ``"tokens"``); ``mask`` is an
+    ``data`` labels the inputs (default: the probe's source; ``"tokens"`` for a plain tensor); ``mask`` is an
     :class:`sink_interp.AttentionMask` the model attended with (recorded when it is not causal).
     """
-    info = getattr(tokens, "probe_info", None)
-    info = info if isinstance(info, dict) else None
+    probe = probe_of(tokens)
+    info = probe.info if probe is not None else None
     if data is None:
         data = str(info["source"]) if info is not None and "source" in info else "tokens"
     mask_dict = None

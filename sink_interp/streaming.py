@@ -41,6 +41,7 @@ from torch import Tensor
 
 from ._internal import display
 from ._internal.errors import check_positive_int
+from ._internal.probe import ProbeSet
 from ._internal.report import Report
 from ._internal.vocab import renamed_kwargs
 from .architecture import check_model_tokens, describe_attention
@@ -50,18 +51,19 @@ from .interventions import StreamingWindow, intervene
 from .provenance import provenance
 
 
-def long_tokens(model: Any, length: int = 1536, n: int = 8, bos: bool = False, path: str | None = None) -> Tensor:
-    """``[n, length]`` token ids of long natural texts: the passages of one article joined.
+def long_tokens(model: Any, length: int = 1536, n: int = 8, bos: bool = False, path: str | None = None) -> ProbeSet:
+    """``[n, length]`` token ids of long natural texts (a :class:`~sink_interp.ProbeSet`): the passages of one article joined.
 
     Reads the shipped ``natural.jsonl`` (or ``path``), joins the passages that
     share ``source`` and ``title`` (blank line between; their order within the
     article was not kept when the corpus was built) and keeps the ``n`` longest
-    documents with at least ``length`` tokens, truncated to ``length``.
+    documents with at least ``length`` tokens, truncated to ``length``. ``info["documents"]``
+    names them (``"source:title"``), ``info["source"]`` is ``"long:natural"`` (or ``"long:<path>"``).
 
     Example:
         >>> from sink_interp import tiny_model
         >>> t = long_tokens(tiny_model(), length=512, n=2)
-        >>> docs = t.probe_info["documents"]
+        >>> docs = t.info["documents"]
         >>> t.shape, docs[0].split(":")[0]
         (torch.Size([2, 512]), 'wikipedia')
     """
@@ -106,14 +108,14 @@ def long_tokens(model: Any, length: int = 1536, n: int = 8, bos: bool = False, p
     toks = torch.tensor(rows, dtype=torch.long)
     if bos:
         toks = torch.cat([torch.full((n, 1), model_bos_id(model), dtype=torch.long), toks], dim=1)
-    toks.probe_info = {  # type: ignore[attr-defined]
+    info = {
         "source": f"long:{'natural' if path is None else p}",
         "bos": bos,
         "n": n,
         "length": length,
         "documents": [f"{d[1][0]}:{d[1][1]}" for d in docs[:n]],
     }
-    return toks
+    return ProbeSet(toks, info)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -224,7 +226,7 @@ class StreamReport(Report):
 @renamed_kwargs(sinks="n_sinks")
 def streaming_ppl(
     model: Any,
-    tokens: Tensor,
+    tokens: Tensor | ProbeSet,
     n_sinks: int = 4,
     window: int = 256,
     *,
@@ -242,7 +244,7 @@ def streaming_ppl(
             absolute positions or partial RoPE, as in Pythia, only the original-position
             conditions run).
         tokens: ``[n, T]`` token ids with ``T`` well above ``n_sinks + window``
-            (e.g. :func:`long_tokens`).
+            (a tensor or a :class:`~sink_interp.ProbeSet`, e.g. :func:`long_tokens`).
         n_sinks: number of first tokens kept (the attention sinks).
         window: number of recent tokens kept (the query included).
         bucket: width of the position buckets (default ``window``).

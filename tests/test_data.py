@@ -16,15 +16,15 @@ def test_random_probe_avoids_special_tokens_and_is_seeded(tiny_models):
     a = probe_tokens(model, "random", n=20, length=30, seed=1)
     b = probe_tokens(model, "random", n=20, length=30, seed=1)
     c = probe_tokens(model, "random", n=20, length=30, seed=2)
-    assert a.shape == (20, 30) and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == (20, 30) and torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
     special = set(model.tokenizer.all_special_ids)
-    assert special and not (set(a.unique().tolist()) & special)
-    assert a.probe_info == {"bos": False, "n": 20, "length": 30, "seed": 1, "source": "random"}
+    assert special and not (set(a.tokens.unique().tolist()) & special)
+    assert a.info == {"bos": False, "n": 20, "length": 30, "seed": 1, "source": "random"}
 
 
 def test_repeat_probe_one_token_per_sample_all_different(tiny_models):
     model, _ = tiny_models("tiny-gqa")
-    t = probe_tokens(model, "repeat", n=10, length=6)
+    t = probe_tokens(model, "repeat", n=10, length=6).tokens
     assert bool((t == t[:, :1]).all())
     assert len(set(t[:, 0].tolist())) == 10
 
@@ -34,7 +34,7 @@ def test_bos_takes_the_first_position_and_total_length_is_kept(tiny_models):
     t = probe_tokens(model, "repeat", n=4, length=6, bos=True)
     assert t.shape == (4, 6)
     assert bool((t[:, 0] == model.tokenizer.bos_token_id).all())
-    assert t.probe_info["bos"] is True
+    assert t.info["bos"] is True and t.bos is True
 
 
 def test_jsonl_file_order_truncation_and_skips(tmp_path, tiny_models):
@@ -48,10 +48,10 @@ def test_jsonl_file_order_truncation_and_skips(tmp_path, tiny_models):
     f = tmp_path / "probe.jsonl"
     f.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     t = probe_tokens(model, str(f), n=2, length=4)
-    assert t.tolist() == [[10, 11, 12, 13], [20, 21, 22, 23]]
-    assert t.probe_info["skipped"] == 1
+    assert t.tokens.tolist() == [[10, 11, 12, 13], [20, 21, 22, 23]]
+    assert t.info["skipped"] == 1
     t = probe_tokens(model, f, n=3, length=4, bos=True)
-    assert t.tolist() == [[1, 5, 6, 7], [1, 10, 11, 12], [1, 20, 21, 22]]  # with BOS the short line fits, file order
+    assert t.tokens.tolist() == [[1, 5, 6, 7], [1, 10, 11, 12], [1, 20, 21, 22]]  # with BOS the short line fits, file order
     with pytest.raises(ValueError, match=r"only 3 lines .*1 shorter lines skipped.*lower n or length"):
         probe_tokens(model, f, n=4, length=4)
 

@@ -23,7 +23,7 @@ def both(model, hf, x, ivs, fn):
 
 
 def test_zero_value_in_single_query_heads_of_a_gqa_group(smollm2, smollm2_hf):
-    x = probe_tokens(smollm2, "natural", n=2, length=24)
+    x = probe_tokens(smollm2, "natural", n=2, length=24).tokens
     heads = {3: [0], 7: [4, 5], 20: [8]}  # query heads that share their value head with untouched heads
     got, want = both(smollm2, smollm2_hf, x, [ZeroValue(heads=heads)], zero_value_ref([0], heads=heads, layers=list(heads)))
     assert torch.allclose(got, want, atol=2e-4), (got - want).abs().max()
@@ -33,7 +33,7 @@ def test_zero_value_in_single_query_heads_of_a_gqa_group(smollm2, smollm2_hf):
 
 
 def test_masked_sink_plus_key_bias_on_smollm2(smollm2, smollm2_hf):
-    x = probe_tokens(smollm2, "natural", n=2, length=24)
+    x = probe_tokens(smollm2, "natural", n=2, length=24).tokens
     g = torch.Generator().manual_seed(0)
     ks = {layer: torch.randn(9, 64, generator=g) for layer in range(30)}
 
@@ -52,13 +52,13 @@ def test_masked_sink_plus_key_bias_on_smollm2(smollm2, smollm2_hf):
 
 
 def test_streaming_cache_positions_on_smollm2(smollm2, smollm2_hf):
-    x = probe_tokens(smollm2, "natural", n=1, length=40)
+    x = probe_tokens(smollm2, "natural", n=1, length=40).tokens
     got, want = both(smollm2, smollm2_hf, x, [StreamingWindow(12, n_sinks=4)], streaming_ref(4, 12, True))
     assert torch.allclose(got, want, atol=2e-4), (got - want).abs().max()
 
 
 def test_compare_on_smollm2_restores_the_model(smollm2):
-    x = probe_tokens(smollm2, "natural", n=2, length=32)
+    x = probe_tokens(smollm2, "natural", n=2, length=32).tokens
     before = hook_snapshot(smollm2)
     with torch.no_grad():
         ref = smollm2(x)

@@ -101,9 +101,9 @@ def test_natural_concat_joins_whole_passages_in_file_order(tiny_models, monkeypa
             row += tok(texts[i], add_special_tokens=False)["input_ids"]
             i += 1
         expect.append(row[:300])
-    assert t.tolist() == expect
-    assert t.probe_info["concat"] is True and t.probe_info["source"] == "natural-concat"
-    assert t.probe_info["lines_read"] == i
+    assert t.tokens.tolist() == expect
+    assert t.info["concat"] is True and t.info["source"] == "natural-concat"
+    assert t.info["lines_read"] == i
     with pytest.raises(ValueError, match="concat=True"):
         probe_tokens(model, "natural", n=2, length=5000)
     with pytest.raises(ValueError, match="enough text for"):

@@ -39,7 +39,7 @@ def test_user_jsonl_agrees_with_hf_eager_official_formula(smollm2, smollm2_hf, t
         if len(ids) >= T:
             ref_rows.append(ids[:T])
     ref_tokens = torch.tensor(ref_rows[:n])
-    assert torch.equal(tokens, ref_tokens)
+    assert torch.equal(tokens.tokens, ref_tokens)
     before = hook_snapshot(smollm2)
     report = measure_sinks(smollm2, tokens, eps=0.3, progress=False)
     assert hook_snapshot(smollm2) == before
@@ -72,7 +72,7 @@ def test_lse_fused_equals_hf_eager_official_formula_on_concatenated_text(smollm2
     report = measure_sinks(smollm2, tokens, method="lse", progress=False)
     assert hook_snapshot(smollm2) == before
     assert report.method == "lse" and report.extra["lse"]["engine"] == "fused"
-    alpha = official_alpha(hf_attentions(smollm2_hf, tokens, batch_size=1))
+    alpha = official_alpha(hf_attentions(smollm2_hf, tokens.tokens, batch_size=1))
     np.testing.assert_allclose(report.alpha, alpha.numpy(), atol=2e-5)
     pattern = measure_sinks(smollm2, tokens, method="pattern", progress=False)
     np.testing.assert_allclose(report.alpha, pattern.alpha, atol=1e-5)

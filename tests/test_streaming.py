@@ -56,7 +56,7 @@ def test_long_tokens_joins_passages_of_one_article(tiny_models):
     model, _ = tiny_models("tiny-gqa")
     t = long_tokens(model, length=300, n=3)
     assert t.shape == (3, 300)
-    info = t.probe_info
+    info = t.info
     assert len(info["documents"]) == 3 and all(d.startswith(("wikipedia:", "kjv:", "python-docs:")) for d in info["documents"])
     with pytest.raises(ValueError, match="lower n or length"):
         long_tokens(model, length=10**6, n=1)

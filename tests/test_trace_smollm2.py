@@ -72,7 +72,7 @@ def test_trace_agrees_with_hf_on_smollm2(smollm2, smollm2_hf, tmp_path):
     rep = trace_sink(smollm2, tokens, progress=False)
     assert hook_snapshot(smollm2) == before
     d = json.loads(rep.to_json())
-    hs, massive, vnr, attn, mlp, k = _hf_numbers(smollm2_hf, tokens, rep.layer)
+    hs, massive, vnr, attn, mlp, k = _hf_numbers(smollm2_hf, tokens.tokens, rep.layer)
 
     # massive activations per layer: max within 1e-3 relative, same position and dim above 1000
     assert len(d["massive"]) == len(massive) == 30

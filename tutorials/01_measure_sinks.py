@@ -50,7 +50,9 @@ model.cfg.n_layers, model.cfg.n_heads, model.cfg.n_key_value_heads
 # %% [markdown]
 # ## Natural text, no BOS
 #
-# `probe_tokens` never adds BOS unless asked (`bos=True`); the report records the policy.
+# `probe_tokens` never adds BOS unless asked (`bos=True`); the report records the policy. It returns
+# a `ProbeSet`: the `[N, 64]` token ids (`tokens.tokens`) with their source, BOS policy and seed
+# (`tokens.info`), which every analysis records.
 
 # %%
 tokens = probe_tokens(model, "natural", n=N, length=LENGTH, bos=False)

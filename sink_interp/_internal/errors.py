@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from .probe import as_tokens
+
 
 class MissingDependencyError(ImportError):
     """An optional dependency is not installed; the message says how to install it."""
@@ -38,7 +40,8 @@ def check_eps(eps: float, name: str = "eps") -> float:
 
 
 def check_tokens(tokens: Any, d_vocab: int | None = None, min_length: int = 2, name: str = "tokens") -> torch.Tensor:
-    """Validate a [batch, pos] tensor of token ids and return it as int64."""
+    """Validate a [batch, pos] tensor of token ids (or a :class:`~sink_interp.ProbeSet`'s) and return it as int64."""
+    tokens = as_tokens(tokens)
     if isinstance(tokens, (list, tuple)):
         try:
             tokens = torch.tensor(tokens)

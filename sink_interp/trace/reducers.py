@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .._internal import hooknames
+from .._internal.probe import ProbeSet
 from .._internal.weights import attn_weights
 from ..architecture import describe_attention
 from ..capture import Reducer, run_reducers
@@ -322,7 +323,7 @@ class GatedMLPReducer(Reducer):
 
 def collect_trace(
     model: Any,
-    tokens: Tensor,
+    tokens: Tensor | ProbeSet,
     layer: int,
     head: int,
     *,

@@ -17,6 +17,7 @@ import numpy as np
 from torch import Tensor
 
 from .._internal.errors import check_positive_int
+from .._internal.probe import ProbeSet, probe_of
 from .._internal.provenance import versions
 from ..architecture import check_model_tokens, describe_attention
 from ..massive import (
@@ -90,7 +91,7 @@ def _choose_head(
 
 def trace_sink(
     model: Any,
-    tokens: Tensor,
+    tokens: Tensor | ProbeSet,
     layer: int | None = None,
     head: int | None = None,
     *,
@@ -109,7 +110,8 @@ def trace_sink(
 
     Args:
         model: a TransformerBridge (RMSNorm or LayerNorm; RoPE, learned or no positions; MHA/MQA/GQA).
-        tokens: ``[n, length]`` token ids; ``n >= 3`` for the manifold link's PCA.
+        tokens: ``[n, length]`` token ids (a tensor or a :class:`~sink_interp.ProbeSet`, whose facts the report records);
+            ``n >= 3`` for the manifold link's PCA.
         layer: the layer to trace. Default: the layer of the head with the largest mean
             sink score ``alpha`` at ``sink_pos`` (over all layers, or over the layers where
             ``head`` is that head when only the head is given).
@@ -123,8 +125,8 @@ def trace_sink(
         ratio_threshold: Sun et al.'s ratio to the hidden state's median ``|x|`` (default 1000;
             that of ``massive`` when it is given).
         n_dims: how many dims make the spike when no dim passes the thresholds at the sink.
-        bos: whether ``tokens`` start with BOS, recorded in the report (default: from ``probe_info``).
-        data: label of the inputs recorded in the report (default: the probe source).
+        bos: whether ``tokens`` start with BOS, recorded in the report (default: from the :class:`~sink_interp.ProbeSet`).
+        data: label of the inputs recorded in the report (default: the ProbeSet's source, else ``"tokens"``).
         batch_size: samples per forward pass (default: chosen from the length).
         progress: show progress bars.
 
@@ -166,7 +168,8 @@ def trace_sink(
             f"the manifold link runs a PCA over the sink keys of the samples and needs at least {MIN_PCA_SAMPLES} samples, got n={n}; "
             "fix: pass more samples (20 or more is better), or links without 'manifold'"
         )
-    info = getattr(tokens, "probe_info", None)
+    probe = probe_of(tokens)
+    info = probe.info if probe is not None else None
     if massive is None:
         massive = massive_activations(
             model,
@@ -245,5 +248,5 @@ def trace_sink(
         model_info=mi.to_dict(),
         versions=versions(),
         key_pca=key_pca,
-        extra={"probe": info} if isinstance(info, dict) else {},
+        extra={"probe": info} if info is not None else {},
     )

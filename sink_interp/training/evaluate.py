@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._internal import hooknames
+from .._internal.probe import ProbeSet, as_tokens
 from ..capture import Reduce, run_reducers
 from ..metrics import SinkScoreReducer
 
@@ -58,7 +59,7 @@ def val_losses(lab: Any, batches: Sequence[Any], task: Any = None) -> dict[str, 
 
 def probe_stats(
     model: Any,
-    tokens: Tensor,
+    tokens: Tensor | ProbeSet,
     *,
     score: str = "auto",
     eps: float = 0.3,
@@ -83,6 +84,7 @@ def probe_stats(
     ``max_abs_rest`` (largest ``|h|`` at the sink and elsewhere, max over layers,
     mean over samples).
     """
+    tokens = as_tokens(tokens)
     L = int(model.cfg.n_layers)
     s_idx = sink_pos - 1
     sinks = SinkScoreReducer(score=score)
