@@ -10,7 +10,17 @@ def on_page_markdown(markdown, page, config, files):
     import sink_interp
 
     blocks = [f"::: sink_interp.{name}\n" for name in sink_interp.__all__]
+    by_module: dict[str, list[str]] = {}
+    for name, module in {**sink_interp._MOVED, **EXTRA}.items():
+        by_module.setdefault(module, []).append(name)
+    for module in sorted(by_module):
+        blocks.append(f"## `sink_interp.{module}`\n")
+        blocks += [f"::: sink_interp.{module}.{name}\n" for name in by_module[module]]
     return markdown.replace("<!-- API_REFERENCE -->", "\n".join(blocks))
+
+
+#: submodule names worth a place on the API page beside those that moved out of the top level
+EXTRA = {"add_hooks": "capture", "AttachedHooks": "capture", "LayerPipeline": "pipeline"}
 
 
 def on_page_content(html, page, config, files):

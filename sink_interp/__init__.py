@@ -9,12 +9,12 @@ Examples:
 """
 
 from . import pages as _pages
-from . import views as _views
+from . import views as _views  # also fills the registry through which reports find their views
 from ._internal.report import load_report
-from .architecture import AttentionSpec, describe_attention
-from .capture import Keep, NonFiniteError, Reduce, Reducer, attach_hooks, hook_snapshot, run_reducers
+from .architecture import describe_attention
+from .capture import NonFiniteError
 from .data import ProbeSet, probe_tokens
-from .effects import Effect, EffectReport, compare, scan_heads
+from .effects import EffectReport, compare, scan_heads
 from .fit import FitReport, fit_bias
 from .interventions import (
     AblateDims,
@@ -33,26 +33,12 @@ from .interventions import (
 from .longctx import LongContextReport, long_context_sinks
 from .masks import AttentionMask
 from .massive import MassiveReport, massive_activations
-from .metrics import SinkReport, measure_sinks, sink_alpha
-from .models import ModelInfo, known_models, load_model, model_info, tiny_model
+from .metrics import SinkReport, measure_sinks
+from .models import known_models, load_model, tiny_model
 from .pages import build_report, show_attention  # orchestration: runs the model, then the views
 from .streaming import StreamReport, long_tokens, streaming_ppl
-from .tasks import BigramBackcopy, TextCorpus
 from .trace import TraceReport, trace_sink
 from .training import TrainConfig, TrainResult, load_trained, preset, train
-from .views import (  # also fills the registry through which reports find their views
-    View,
-    alpha_tokens_view,
-    attention_view,
-    concat,
-    effect_bars,
-    head_heatmap,
-    key_manifold_view,
-    massive_activation_view,
-    training_curves,
-    view_for,
-)
-from .zoo import tiny_checkpoint
 
 # Names that lived in sink_interp.views before the pages that run a model moved up to sink_interp.pages:
 # the old import paths keep working (views itself imports nothing from above it).
@@ -62,73 +48,60 @@ del _name
 
 __version__ = "0.1.0"
 
+# The public names, by task. Everything else lives in its submodule: the hook engine in
+# sink_interp.capture, the views in sink_interp.views, the model facts in sink_interp.models and
+# sink_interp.architecture, training tasks in sink_interp.tasks, tiny checkpoints in sink_interp.zoo.
 __all__ = [
-    "AblateDims",
-    "AttentionKernel",
-    "AttentionMask",
-    "AttentionSpec",
-    "BigramBackcopy",
-    "Calibrate",
-    "Effect",
-    "EffectReport",
-    "FitReport",
-    "Intervention",
-    "KVBias",
-    "Keep",
-    "LongContextReport",
-    "MaskKey",
-    "MassiveReport",
-    "ModelInfo",
-    "NonFiniteError",
-    "ProbeSet",
-    "Reduce",
-    "Reducer",
-    "ScaleAttention",
-    "SinkLogit",
-    "SinkReport",
-    "StreamReport",
-    "StreamingWindow",
-    "TextCorpus",
-    "TraceReport",
-    "TrainConfig",
-    "TrainResult",
-    "View",
-    "ZeroValue",
-    "alpha_tokens_view",
-    "attach_hooks",
-    "attention_view",
-    "build_report",
-    "compare",
-    "concat",
-    "describe_attention",
-    "effect_bars",
-    "fit_bias",
-    "head_heatmap",
-    "hook_snapshot",
-    "intervene",
-    "key_manifold_view",
-    "known_models",
-    "load_model",
-    "load_report",
-    "load_trained",
-    "long_context_sinks",
-    "long_tokens",
-    "massive_activation_view",
-    "massive_activations",
-    "measure_sinks",
-    "model_info",
-    "preset",
-    "probe_tokens",
-    "run_reducers",
-    "scan_heads",
-    "show_attention",
-    "sink_alpha",
-    "sink_heads",
-    "streaming_ppl",
-    "tiny_checkpoint",
-    "tiny_model",
-    "trace_sink",
-    "train",
-    "training_curves",
-    "view_for",
-]
+    # load a model and make probe inputs
+    "load_model", "tiny_model", "known_models", "probe_tokens", "long_tokens", "ProbeSet",
+    # measure and explain sinks
+    "measure_sinks", "SinkReport", "massive_activations", "MassiveReport", "trace_sink", "TraceReport",
+    "long_context_sinks", "LongContextReport", "describe_attention",
+    # intervene and compare
+    "intervene", "Intervention", "ZeroValue", "MaskKey", "ScaleAttention", "Calibrate", "AblateDims",
+    "KVBias", "SinkLogit", "AttentionKernel", "StreamingWindow", "AttentionMask", "sink_heads",
+    "compare", "scan_heads", "EffectReport", "fit_bias", "FitReport", "streaming_ppl", "StreamReport",
+    # train tiny models
+    "train", "preset", "TrainConfig", "TrainResult", "load_trained",
+    # look, save, load
+    "build_report", "show_attention", "load_report", "NonFiniteError",
+]  # fmt: skip
+
+#: names the package exported before they moved to their submodule: still found there, with a warning
+_MOVED = {
+    "AttentionSpec": "architecture",
+    "Keep": "capture",
+    "Reduce": "capture",
+    "Reducer": "capture",
+    "attach_hooks": "capture",
+    "hook_snapshot": "capture",
+    "run_reducers": "capture",
+    "Effect": "effects",
+    "ModelInfo": "models",
+    "model_info": "models",
+    "sink_alpha": "metrics",
+    "BigramBackcopy": "tasks",
+    "TextCorpus": "tasks",
+    "View": "views",
+    "alpha_tokens_view": "views",
+    "attention_view": "views",
+    "concat": "views",
+    "effect_bars": "views",
+    "head_heatmap": "views",
+    "key_manifold_view": "views",
+    "massive_activation_view": "views",
+    "training_curves": "views",
+    "view_for": "views",
+    "tiny_checkpoint": "zoo",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _MOVED:
+        import importlib
+        import warnings
+
+        where = f"sink_interp.{_MOVED[name]}"
+        warnings.warn(f"sink_interp.{name} moved to {where}; fix: from {where} import {name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(where), name)
+    raise AttributeError(f"module 'sink_interp' has no attribute {name!r}")

@@ -230,7 +230,8 @@ class Reducer:
     Examples:
         the largest residual value entering each block:
         >>> import torch
-        >>> from sink_interp import tiny_model, run_reducers
+        >>> from sink_interp import tiny_model
+        >>> from sink_interp.capture import run_reducers
         >>> class MaxResid(Reducer):
         ...     def hook_names(self, model):
         ...         return [f"blocks.{l}.hook_resid_pre" for l in range(model.cfg.n_layers)]
@@ -278,7 +279,8 @@ class Keep(Reducer):
 
     Examples:
         >>> import torch
-        >>> from sink_interp import tiny_model, run_reducers
+        >>> from sink_interp import tiny_model
+        >>> from sink_interp.capture import run_reducers
         >>> keep = Keep(["blocks.1.attn.hook_v"], select=lambda v: v[:, 0])  # value vectors at position 0
         >>> _ = run_reducers(tiny_model(), torch.randint(4, 128, (3, 8)), [keep], progress=False)
         >>> keep.result()["blocks.1.attn.hook_v"].shape  # [sample, kv_head, d_head]
@@ -314,7 +316,8 @@ class Reduce(Reducer):
     Examples:
         mean residual norm at position 0 entering block 1:
         >>> import torch
-        >>> from sink_interp import tiny_model, run_reducers
+        >>> from sink_interp import tiny_model
+        >>> from sink_interp.capture import run_reducers
         >>> norms = []
         >>> r = Reduce(["blocks.1.hook_resid_pre"], lambda name, x, start: norms.append(x[:, 0].norm(dim=-1)),
         ...            result=lambda: torch.cat(norms).mean().item())
@@ -393,7 +396,8 @@ def run_reducers(
 
     Examples:
         >>> import torch
-        >>> from sink_interp import tiny_model, Keep
+        >>> from sink_interp import tiny_model
+        >>> from sink_interp.capture import Keep
         >>> keep = Keep(["blocks.0.attn.hook_pattern"])
         >>> stats = run_reducers(tiny_model(), torch.randint(4, 128, (5, 6)), [keep], batch_size=2, progress=False)
         >>> stats.n_batches, keep.result()["blocks.0.attn.hook_pattern"].shape
@@ -551,7 +555,7 @@ def explain_non_finite(model: Any, tokens: Tensor, seen_at: str = "") -> str:
     if by_hook and name in own:
         return (
             f"a hook on {name} returned NaN/Inf (its input was finite){where}; "
-            "fix: check the hook functions added to the model (sink_interp.hook_snapshot lists them)"
+            "fix: check the hook functions added to the model (sink_interp.capture.hook_snapshot lists them)"
         )
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     if dtype in (torch.float16, torch.bfloat16):

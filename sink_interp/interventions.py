@@ -1086,7 +1086,7 @@ def intervene(model: Any, *interventions: Intervention | Sequence[Intervention])
 def mask_hooks(
     model: Any, mask: AttentionMask | dict[str, Any] | None, layers: Sequence[int] | None = None
 ) -> list[tuple[str, Callable[..., Any]]]:
-    """Hooks that make a TransformerBridge attend with ``mask`` (pass them to :func:`sink_interp.attach_hooks`).
+    """Hooks that make a TransformerBridge attend with ``mask`` (pass them to :func:`sink_interp.capture.attach_hooks`).
 
     These raw hooks do not compose with :func:`intervene`: asking for them inside an
     ``intervene``/``masked`` block, or entering one while they are attached, is a ``ValueError``;
@@ -1099,7 +1099,8 @@ def mask_hooks(
 
     Examples:
         >>> import torch
-        >>> from sink_interp import tiny_model, attach_hooks, AttentionMask
+        >>> from sink_interp import tiny_model, AttentionMask
+        >>> from sink_interp.capture import attach_hooks
         >>> m = tiny_model()
         >>> with attach_hooks(m, mask_hooks(m, AttentionMask(window=2))):
         ...     _, cache = m.run_with_cache(torch.randint(4, 128, (1, 5)), names_filter="blocks.0.attn.hook_pattern")

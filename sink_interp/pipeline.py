@@ -19,7 +19,8 @@ beyond one forward pass's scratch space (:class:`Ctx`).
 
 Example:
     >>> import torch
-    >>> from sink_interp import tiny_model, attach_hooks, MaskKey
+    >>> from sink_interp import tiny_model, MaskKey
+    >>> from sink_interp.capture import attach_hooks
     >>> model = tiny_model()
     >>> edit = MaskKey(layers=[0]); edit.bind(model)
     >>> with attach_hooks(model, LayerPipeline(model, 0, [edit]).hooks()):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sink_interp import Keep, Reducer, attach_hooks, hook_snapshot, measure_sinks, run_reducers
+from sink_interp import measure_sinks
 from sink_interp._internal import hooknames
-from sink_interp.capture import add_hooks
+from sink_interp.capture import Keep, Reducer, add_hooks, attach_hooks, hook_snapshot, run_reducers
 
 
 class Boom(Exception):

@@ -29,10 +29,9 @@ from sink_interp import (
     SinkLogit,
     StreamingWindow,
     ZeroValue,
-    attach_hooks,
-    hook_snapshot,
     intervene,
 )
+from sink_interp.capture import attach_hooks, hook_snapshot
 from sink_interp.interventions import active_interventions, mask_hooks, masked
 from sink_interp.models import tiny_hf_model, tiny_model
 

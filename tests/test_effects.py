@@ -7,19 +7,9 @@ import json
 import pytest
 import torch
 
-from sink_interp import (
-    EffectReport,
-    KVBias,
-    MaskKey,
-    ZeroValue,
-    compare,
-    fit_bias,
-    hook_snapshot,
-    intervene,
-    measure_sinks,
-    scan_heads,
-)
+from sink_interp import EffectReport, KVBias, MaskKey, ZeroValue, compare, fit_bias, intervene, measure_sinks, scan_heads
 from sink_interp._internal import hooknames as hn
+from sink_interp.capture import hook_snapshot
 
 
 def toks(n=5, T=10, seed=0):

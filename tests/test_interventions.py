@@ -28,9 +28,9 @@ from sink_interp import (
     SinkLogit,
     StreamingWindow,
     ZeroValue,
-    hook_snapshot,
     intervene,
 )
+from sink_interp.capture import hook_snapshot
 
 ROPE_ARCHS = ["tiny-mha", "tiny-mqa", "tiny-gqa"]
 ALL_ARCHS = ROPE_ARCHS + ["tiny-learned", "tiny-learned-mqa"]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sink_interp import KVBias, MaskKey, StreamingWindow, ZeroValue, compare, hook_snapshot, intervene, probe_tokens
+from sink_interp import KVBias, MaskKey, StreamingWindow, ZeroValue, compare, intervene, probe_tokens
+from sink_interp.capture import hook_snapshot
 
 from .test_interventions import hf_attention, streaming_ref, zero_value_ref
 

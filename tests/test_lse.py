@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from sink_interp import AttentionMask, attach_hooks, blockwise, hook_snapshot, measure_sinks
+from sink_interp import AttentionMask, blockwise, measure_sinks
 from sink_interp import fused as fused_mod
 from sink_interp import lse as lse_mod
 from sink_interp._internal import hooknames
+from sink_interp.capture import attach_hooks, hook_snapshot
 from sink_interp.lse import block_alpha, bucket_counts, choose_method, lse_column_sums
 
 from .conftest import ARCHS

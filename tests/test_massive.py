@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from sink_interp import hook_snapshot, massive_activations
+from sink_interp import massive_activations
+from sink_interp.capture import hook_snapshot
 from sink_interp.massive import exact_median
 from sink_interp.models import TINY_MODELS, tiny_hf_model, tiny_model
 

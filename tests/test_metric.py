@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from sink_interp import attach_hooks, measure_sinks, probe_tokens, sink_alpha
+from sink_interp import measure_sinks, probe_tokens
 from sink_interp._internal import hooknames
+from sink_interp.capture import attach_hooks
+from sink_interp.metrics import sink_alpha
 
 from .conftest import ARCHS
 from .reference import hf_attentions, official_alpha, official_rates, uniform_alpha

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sink_interp import known_models, load_model, model_info
-from sink_interp.models import TINY_MODELS, cache_dir, resolve_dtype, tiny_model
+from sink_interp import known_models, load_model
+from sink_interp.models import TINY_MODELS, cache_dir, model_info, resolve_dtype, tiny_model
 
 from .conftest import ARCHS
 

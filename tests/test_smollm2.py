@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from sink_interp import hook_snapshot, measure_sinks, probe_tokens
+from sink_interp import measure_sinks, probe_tokens
+from sink_interp.capture import hook_snapshot
 from sink_interp.data import natural_path
 
 from .reference import hf_attentions, official_alpha, official_rates

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from sink_interp import attach_hooks, hook_snapshot, massive_activations, trace_sink
+from sink_interp import massive_activations, trace_sink
 from sink_interp._internal import hooknames
+from sink_interp.capture import attach_hooks, hook_snapshot
 from sink_interp.cli import main
 from sink_interp.trace import (
     LINKS,

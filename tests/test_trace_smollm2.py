@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from sink_interp import hook_snapshot, probe_tokens, trace_sink
+from sink_interp import probe_tokens, trace_sink
+from sink_interp.capture import hook_snapshot
 from sink_interp.data import natural_path
 
 from .reference_trace import capture, decoder_layers, norm_scale

@@ -42,18 +42,18 @@ from sink_interp import (
     ZeroValue,
     describe_attention,
     fit_bias,
-    hook_snapshot,
     intervene,
     load_model,
     long_context_sinks,
     massive_activations,
     measure_sinks,
-    model_info,
     probe_tokens,
     streaming_ppl,
     trace_sink,
 )
+from sink_interp.capture import hook_snapshot
 from sink_interp.lse import LSE_MIN_LENGTH
+from sink_interp.models import model_info
 from sink_interp.zoo import FAMILIES, WINDOW, ZOO, tiny_checkpoint
 
 from .conftest import warm

@@ -83,7 +83,8 @@ print("non-sink heads per layer:", {l: model.cfg.n_heads - len(heads.get(l, []))
 # the logits afterwards are bit-for-bit the logits before.
 
 # %%
-from sink_interp import MaskKey, hook_snapshot, intervene
+from sink_interp import MaskKey, intervene
+from sink_interp.capture import hook_snapshot
 
 x = tokens[:4]
 with torch.no_grad():
@@ -148,7 +149,7 @@ print(f"spike: dim {spike_dim} of the first token, massive from layer {spike_fro
 # next to each layer's $\mathrm{Sink}_1$ from section 1:
 
 # %%
-from sink_interp import Keep, run_reducers
+from sink_interp.capture import Keep, run_reducers
 
 keep = Keep([f"blocks.{l}.hook_resid_pre" for l in range(model.cfg.n_layers)], select=lambda h: h[:, 0, spike_dim])
 run_reducers(model, tokens[:8], [keep], progress=False)

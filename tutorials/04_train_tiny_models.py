@@ -146,7 +146,7 @@ softmax.to_frame()[cols].round(3).set_index("step").T
 # $\mathrm{Sink}_1$ sweep over $\epsilon$:
 
 # %%
-from sink_interp import training_curves
+from sink_interp.views import training_curves
 
 sweep = pd.DataFrame([{"step": m["step"], "eps": eps, "sink_rate_1": rate} for m in softmax.metrics for eps, rate in {**m["sink_rate_1_by_eps"], "0.3": m["sink_rate_1"]}.items()])
 training_curves(sweep, y=["sink_rate_1"], run="eps", title="bb-softmax: Sink_1 at eps 0.1 / 0.2 / 0.3")
@@ -185,7 +185,7 @@ report.head_table()
 # of each head, split by query type.
 
 # %%
-from sink_interp import Keep, run_reducers
+from sink_interp.capture import Keep, run_reducers
 
 
 def head_roles(model, tokens):

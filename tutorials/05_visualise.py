@@ -89,7 +89,7 @@ report
 # $\alpha_1$ on hover and the three strongest heads outlined in red:
 
 # %%
-from sink_interp import head_heatmap
+from sink_interp.views import head_heatmap
 
 top = report.head_table().head(3)
 heat = head_heatmap(
@@ -131,8 +131,8 @@ top
 # the first 32 tokens.
 
 # %%
-from sink_interp import alpha_tokens_view, show_attention
-from sink_interp.views import token_strings
+from sink_interp import show_attention
+from sink_interp.views import alpha_tokens_view, token_strings
 
 strongest = int(top.iloc[0]["layer"])
 free = [l for l, r in zip(report.layers, report.layer_rates(1)) if r == report.layer_rates(1).min() and l < strongest]
@@ -174,7 +174,8 @@ print("input 0:", repr(model.tokenizer.decode(tokens[0, :ATT_LENGTH])))
 # `view_for(result)` returns the matching view of any result object, to combine or save.
 
 # %%
-from sink_interp import massive_activations, view_for
+from sink_interp import massive_activations
+from sink_interp.views import view_for
 
 massive = massive_activations(model, tokens[:N_DETAIL], progress=False)
 cols = ["max", "pos", "dim", "ratio", "massive", "h_norm_ratio_0", "value_norm_ratio"]
@@ -206,7 +207,9 @@ massive_v
 # RoPE) of the KV head that the strongest sink head reads, at every position of the detail inputs:
 
 # %%
-from sink_interp import Keep, describe_attention, key_manifold_view, run_reducers
+from sink_interp import describe_attention
+from sink_interp.capture import Keep, run_reducers
+from sink_interp.views import key_manifold_view
 
 L, H = int(top.iloc[0]["layer"]), int(top.iloc[0]["head"])
 kv = int(top.iloc[0]["kv_head"])
@@ -276,7 +279,8 @@ chain_v
 # `effect_bars` draws the table, one panel per measure, one bar per intervention.
 
 # %%
-from sink_interp import AblateDims, MaskKey, ZeroValue, compare, effect_bars
+from sink_interp import AblateDims, MaskKey, ZeroValue, compare
+from sink_interp.views import effect_bars
 from sink_interp.interventions import sink_heads
 
 heads = sink_heads(report)  # {layer: [heads]} with mean alpha_1 > eps
@@ -324,7 +328,8 @@ effects_v
 # steps, a few seconds each: softmax attention and softpick (which can give a row no weight at all).
 
 # %%
-from sink_interp import preset, train, training_curves
+from sink_interp import preset, train
+from sink_interp.views import training_curves
 
 small = {"steps": 300, "eval_every": 20, "d_model": 64, "d_mlp": 128, "seq_len": 32, "batch_size": 16, "probe_n": 16, "eval_batches": 2}
 runs = {kernel: train(preset(f"bb-{kernel}", **small), OUT / f"bb-{kernel}", threads=1, progress=False) for kernel in ["softmax", "softpick"]}
@@ -360,7 +365,7 @@ curves_v
 # %%
 import re
 
-from sink_interp import concat
+from sink_interp.views import concat
 
 
 def offline(path):

@@ -99,7 +99,8 @@ class NonFiniteError(ValueError):
 
     Examples:
         >>> import torch
-        >>> from sink_interp import tiny_model, measure_sinks, attach_hooks
+        >>> from sink_interp import tiny_model, measure_sinks
+        >>> from sink_interp.capture import attach_hooks
         >>> m = tiny_model()
         >>> def spoil(x, hook):
         ...     return x * float("nan")

@@ -234,7 +234,7 @@ class TrainConfig:
 
     @property
     def metric_score(self) -> str:
-        """How the sink metric reads this model's attention (see :func:`sink_interp.sink_alpha`).
+        """How the sink metric reads this model's attention (see :func:`sink_interp.metrics.sink_alpha`).
 
         Softmax (with or without an extra K-bias / sink-logit column, whose
         share then is the sink mass) and softpick are scored as they are;

@@ -30,7 +30,7 @@ def _visible(token: str) -> str:
 def alpha_from_pattern(pattern: np.ndarray) -> np.ndarray:
     """``alpha_k`` of each head for one sample: ``[H, T, T]`` pattern -> ``[H, T]`` (Gu et al.).
 
-    The same float32 reduction as :func:`sink_interp.sink_alpha` (softmax score), bit for bit
+    The same float32 reduction as :func:`sink_interp.metrics.sink_alpha` (softmax score), bit for bit
     (the view layer does not import the analyses).
     """
     p = torch.as_tensor(np.asarray(pattern, dtype=np.float32))
