@@ -61,8 +61,8 @@ class LongContextReport(Report):
         >>> rep = long_context_sinks(tiny_model(), torch.randint(4, 128, (1, 32)), query_edges=[0, 8, 32], progress=False)
         >>> rep.bucket_alpha.shape  # [n, layers, heads, buckets, T]
         (1, 2, 4, 2, 32)
-        >>> rep.bucket_frame(ks=(1,))[["q_from", "q_to", "k"]].values.tolist()
-        [[1, 8, 1], [9, 32, 1]]
+        >>> rep.bucket_frame(ks=(1,))[["query_start", "query_stop", "k"]].values.tolist()
+        [[0, 8, 1], [8, 32, 1]]
     """
 
     sink_report: SinkReport
@@ -116,7 +116,11 @@ class LongContextReport(Report):
         return 100.0 * (a > self._e(eps)).mean(axis=(0, 2)).T
 
     def bucket_frame(self, ks: Sequence[int] = (1,), eps: float | None = None) -> pd.DataFrame:
-        """One row per (query bucket, key ``k``): query range, ``sink_rate`` (``Sink_k``), ``mean_alpha``; ``attrs["eps"]``."""
+        """One row per (query bucket, key ``k``): ``sink_rate`` (``Sink_k``), ``mean_alpha``; ``attrs["eps"]``.
+
+        The bucket's queries are positions ``query_start <= t < query_stop`` (0-indexed, like :attr:`edges`);
+        ``k`` is the paper's 1-indexed key position.
+        """
         rows = []
         for k in ks:
             rates, mean = self.bucket_rates(k, eps), self.bucket_mean_alpha(k)
@@ -124,8 +128,8 @@ class LongContextReport(Report):
                 rows.append(
                     {
                         "bucket": i,
-                        "q_from": a + 1,
-                        "q_to": b,
+                        "query_start": int(a),
+                        "query_stop": int(b),
                         "k": int(k),
                         "sink_rate": float(rates[i]),
                         "mean_alpha": float(mean[i]),

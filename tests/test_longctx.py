@@ -54,7 +54,7 @@ def test_report_tables_json_and_html(tiny_models, tmp_path):
     rep = long_context_sinks(model, tokens, buckets=4, mask=AttentionMask(window=16), progress=False)
     assert rep.edges == (0, 16, 32, 48, 64)
     frame = rep.bucket_frame((1, 2))
-    assert list(frame["q_from"])[:4] == [1, 17, 33, 49] and len(frame) == 8
+    assert list(frame["query_start"])[:4] == [0, 16, 32, 48] and len(frame) == 8
     assert rep.bucket_layer_rates().shape == (4, 2)
     kt = rep.key_table(top=5)
     assert len(kt) == 5 and {"k", "mean_alpha", "reliable"} <= set(kt.columns)

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .._internal import hooknames
 from .._internal.probe import ProbeSet, as_tokens
+from .._internal.vocab import renamed_kwargs
 from ..capture import Reduce, run_reducers
 from ..metrics import SinkScoreReducer
 
@@ -57,23 +58,27 @@ def val_losses(lab: Any, batches: Sequence[Any], task: Any = None) -> dict[str, 
     return out
 
 
+@renamed_kwargs(first_pos="first_k", sink_pos="sink_k", positions="max_k")
 def probe_stats(
     model: Any,
     tokens: Tensor | ProbeSet,
     *,
     score: str = "auto",
     eps: float = 0.3,
-    first_pos: int = 1,
-    sink_pos: int = 1,
-    positions: int = N_POSITIONS,
+    first_k: int = 1,
+    sink_k: int = 1,
+    max_k: int = N_POSITIONS,
     batch_size: int | None = None,
 ) -> dict[str, Any]:
-    """Sink and extreme-token statistics of ``model`` on ``tokens`` (1-indexed positions).
+    """Sink and extreme-token statistics of ``model`` on ``tokens``.
 
-    Returns ``sink_rate_1`` (``Sink_{first_pos}`` at ``eps``, percent: the first
+    ``first_k`` (the first data token), ``sink_k`` (the token whose norms are compared) and ``max_k``
+    are the paper's 1-indexed key positions ``k``.
+
+    Returns ``sink_rate_1`` (``Sink_{first_k}`` at ``eps``, percent: the first
     data token), ``sink_rate_1_by_eps`` (the same at the other thresholds of
     ``EPS_SWEEP``, keyed by the threshold as text), ``mean_alpha_1``,
-    ``sink_rates`` (``Sink_k`` for the first ``positions`` keys, ``sink_rates[k - 1]``),
+    ``sink_rates`` (``Sink_k`` for ``k = 1..max_k``, ``sink_rates[k - 1]``),
     ``top_sink_k`` (the ``k`` with the largest ``Sink_k`` among keys scored by at
     least 8 queries), ``sink_rate_star``/``sink_mass`` (attention given to
     no token: the K-bias / sink-logit column's share), ``attn_mass`` (mean row
@@ -86,7 +91,7 @@ def probe_stats(
     """
     tokens = as_tokens(tokens)
     L = int(model.cfg.n_layers)
-    s_idx = sink_pos - 1
+    s_idx = sink_k - 1
     sinks = SinkScoreReducer(score=score)
     v_ratio = torch.zeros(L, int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads))
     h_ratio = torch.zeros(L)
@@ -118,14 +123,14 @@ def probe_stats(
     alpha = alpha.numpy()
     row_sum = row_sum.numpy()
     T = alpha.shape[-1]
-    k0 = first_pos - 1
+    k0 = first_k - 1
     out: dict[str, Any] = {
         "sink_rate_1": float(100.0 * (alpha[..., k0] > eps).mean()),
         "sink_rate_1_by_eps": {f"{e:g}": float(100.0 * (alpha[..., k0] > e).mean()) for e in EPS_SWEEP if e != eps},
     }
     out["mean_alpha_1"] = float(alpha[..., k0].mean())
     rates = 100.0 * (alpha > eps).mean(axis=(0, 1, 2))
-    out["sink_rates"] = [round(float(r), 3) for r in rates[:positions]]
+    out["sink_rates"] = [round(float(r), 3) for r in rates[:max_k]]
     reliable = [k for k in range(T) if T - k >= 8]
     kmax = max(reliable, key=lambda k: rates[k]) if reliable else 0
     out["top_sink_k"] = int(kmax + 1)

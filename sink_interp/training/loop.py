@@ -130,7 +130,7 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def sink_position(cfg: TrainConfig) -> int:
-    """Where the paper expects the sink: the fixed token's position, else the first token (the sink token if any)."""
+    """Where the paper expects the sink, as its 1-indexed ``k``: the fixed token's, else the first token (the sink token if any)."""
     return cfg.fixed_token_pos or 1
 
 
@@ -608,8 +608,8 @@ def _train(
                 probe,
                 score=cfg.metric_score,
                 eps=cfg.eps,
-                first_pos=cfg.first_token_pos,
-                sink_pos=sink_position(cfg),
+                first_k=cfg.first_token_pos,
+                sink_k=sink_position(cfg),
             )
         )
         lab.bridge.train()

@@ -149,7 +149,7 @@ def long_context_view(rep: Any) -> View:
     df = rep.bucket_frame() if hasattr(rep, "bucket_frame") else rep.to_frame()
     df = df[df["k"] == 1].copy() if "k" in df.columns else df.copy()
     df = df.rename(columns={"sink_rate": "Sink_1 (%)", "mean_alpha": "mean alpha_1"})
-    df["query position"] = df["q_to"]
+    df["query position"] = df["query_stop"]  # the bucket's last query, 1-indexed (its 0-indexed stop)
     return training_curves(
         df,
         x="query position",
