@@ -36,6 +36,7 @@ from .massive import MassiveReport, massive_activations
 from .metrics import SinkReport, measure_sinks, sink_alpha
 from .models import ModelInfo, known_models, load_model, model_info, tiny_model
 from .pages import build_report, show_attention  # orchestration: runs the model, then the views
+from .patching import PatchReport, patch_heads, patch_sink
 from .streaming import StreamReport, long_tokens, streaming_ppl
 from .tasks import BigramBackcopy, TextCorpus
 from .trace import TraceReport, trace_sink
@@ -80,6 +81,7 @@ __all__ = [
     "MassiveReport",
     "ModelInfo",
     "NonFiniteError",
+    "PatchReport",
     "Reduce",
     "Reducer",
     "ScaleAttention",
@@ -116,6 +118,8 @@ __all__ = [
     "massive_activations",
     "measure_sinks",
     "model_info",
+    "patch_heads",
+    "patch_sink",
     "preset",
     "probe_tokens",
     "run_reducers",

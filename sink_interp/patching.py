@@ -94,9 +94,9 @@ class _Site:
     sink: bool  # default positions (0,)
 
     def hook(self, layer: int) -> str:
-        return {"z": hooknames.z, "q": hooknames.q, "k": hooknames.k, "v": hooknames.v, "pattern": hooknames.pattern}[
-            self.base
-        ](layer)
+        return {"z": hooknames.z, "q": hooknames.q, "k": hooknames.k, "v": hooknames.v, "pattern": hooknames.pattern}[self.base](
+            layer
+        )
 
     def index(self, rows: slice, head: int, pos: Any) -> tuple[Any, ...]:
         """Index of head ``head`` at positions ``pos`` (a LongTensor or ``slice(None)``) in the hooked tensor's ``rows``."""
@@ -199,7 +199,7 @@ class PatchReport(ModelRun, Report):
         >>> from sink_interp import tiny_model, patch_heads
         >>> clean = torch.randint(4, 128, (2, 8), generator=torch.Generator().manual_seed(0))
         >>> rep = patch_heads(tiny_model(), clean, clean.flip(0), "kl", method="both", progress=False)
-        >>> rep.base, rep.estimate.shape, rep.to_frame()["metric"].notna().all()
+        >>> rep.base, rep.estimate.shape, bool(rep.to_frame()["metric"].notna().all())
         (0.0, (2, 4), True)
     """
 
@@ -492,9 +492,7 @@ class _Cond:
     table: str  # "values" or "kv_values"
 
 
-def _conditions(
-    site: _Site, layers: Sequence[int], heads: Sequence[int], spec: Any, H: int, G: int
-) -> list[_Cond]:
+def _conditions(site: _Site, layers: Sequence[int], heads: Sequence[int], spec: Any, H: int, G: int) -> list[_Cond]:
     out: list[_Cond] = []
     for l_ in layers:
         if not site.kv:
@@ -573,7 +571,11 @@ def _edit_hooks(
                 x[rows, :, c.index] += torch.einsum("bqk,bkd->bqd", A[rows, c.index].to(dv.dtype), dv).to(x.dtype)
             return x
 
-        hooks = [(hooknames.v(l_), grab(hooknames.v(l_))), (hooknames.pattern(l_), grab(hooknames.pattern(l_)))] + hooks + [(hooknames.z(l_), z_edit)]
+        hooks = (
+            [(hooknames.v(l_), grab(hooknames.v(l_))), (hooknames.pattern(l_), grab(hooknames.pattern(l_)))]
+            + hooks
+            + [(hooknames.z(l_), z_edit)]
+        )
     return hooks
 
 
@@ -735,7 +737,7 @@ def patch_heads(
         for c in conds:
             by_layer.setdefault(c.layer, []).append(c)
         plan = []
-        for l_, cs in by_layer.items():
+        for cs in by_layer.values():
             k = chunk_arg or _default_chunk(model, n, T, len(cs))
             plan += [cs[i : i + k] for i in range(0, len(cs), k)]
         bar = tqdm(total=len(plan), desc=f"patch {what}", unit="forward", disable=not progress, leave=False)
