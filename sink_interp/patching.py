@@ -120,7 +120,7 @@ def _site(what: str) -> _Site:
 # --------------------------------------------------------------------------- metrics
 
 
-def named_metric(name: str, clean: Tensor, corrupted: Tensor, clean_logits: Tensor) -> Metric:
+def named_metric(name: str, clean: Tensor, corrupted: Tensor, clean_logits: Tensor, start: int = 0) -> Metric:
     """The metric called ``name`` as a function of the logits ``[n, T, V]`` (one scalar):
 
     * ``"logit_diff"``: at the last position that has a next token (``T - 2``), the logit of the
@@ -129,6 +129,9 @@ def named_metric(name: str, clean: Tensor, corrupted: Tensor, clean_logits: Tens
     * ``"logprob"``: mean log-probability of the clean input's next tokens (all positions);
     * ``"kl"``: mean ``KL(p_clean || p)`` of the next-token distributions, ``p_clean`` from the
       clean run (0 on the clean run).
+
+    ``start``: ``"logprob"`` and ``"kl"`` read the predictions made at positions ``start..T-2`` only (a recipe
+    that changes the first tokens leaves out the predictions made from them).
 
     Example:
         >>> import torch
@@ -152,18 +155,18 @@ def named_metric(name: str, clean: Tensor, corrupted: Tensor, clean_logits: Tens
 
         return logit_diff
     if name == "logprob":
-        tgt = clean[:, 1:]
+        tgt = clean[:, start + 1 :]
 
         def logprob(logits: Tensor) -> Tensor:
-            lp = torch.log_softmax(logits[:, :-1].float(), -1)
+            lp = torch.log_softmax(logits[:, start:-1].float(), -1)
             return lp.gather(-1, tgt.to(lp.device)[..., None]).mean()
 
         return logprob
     if name == "kl":
-        ref = torch.log_softmax(clean_logits[:, :-1].detach().float(), -1)
+        ref = torch.log_softmax(clean_logits[:, start:-1].detach().float(), -1)
 
         def kl(logits: Tensor) -> Tensor:
-            lp = torch.log_softmax(logits[:, :-1].float(), -1)
+            lp = torch.log_softmax(logits[:, start:-1].float(), -1)
             r = ref.to(lp.device)
             return (r.exp() * (r - lp)).sum(-1).mean()
 
@@ -198,9 +201,9 @@ class PatchReport(ModelRun, Report):
         >>> import torch
         >>> from sink_interp import tiny_model, patch_heads
         >>> clean = torch.randint(4, 128, (2, 8), generator=torch.Generator().manual_seed(0))
-        >>> rep = patch_heads(tiny_model(), clean, clean.flip(0), "kl", method="both", progress=False)
-        >>> rep.base, rep.estimate.shape, bool(rep.to_frame()["metric"].notna().all())
-        (0.0, (2, 4), True)
+        >>> rep = patch_heads(tiny_model(), clean, clean.flip(0), "kl", direction="denoise", method="both", progress=False)
+        >>> rep.clean, rep.base == rep.corrupted, rep.estimate.shape, bool(rep.to_frame()["metric"].notna().all())
+        (0.0, True, (2, 4), True)
     """
 
     values: Float[np.ndarray, "layer head"]
@@ -270,7 +273,7 @@ class PatchReport(ModelRun, Report):
             >>> import torch
             >>> from sink_interp import tiny_model, patch_heads
             >>> clean = torch.randint(4, 128, (2, 8), generator=torch.Generator().manual_seed(0))
-            >>> rep = patch_heads(tiny_model(), clean, clean.flip(0), "kl", method="both", progress=False)
+            >>> rep = patch_heads(tiny_model(), clean, clean.flip(0), "logprob", method="both", progress=False)
             >>> sorted(rep.agreement())
             ['missed', 'n_heads', 'pearson', 'spearman']
         """
@@ -624,6 +627,7 @@ def patch_heads(
     positions: Sequence[int] | int | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    metric_from: int = 0,
     bos: bool | None = None,
     data: str | None = None,
     extra: dict[str, Any] | None = None,
@@ -647,6 +651,8 @@ def patch_heads(
         batch_size: conditions (patched heads) stacked in one forward, each a copy of all ``n`` inputs
             (default: about 64 rows, 512 MB of logits, at most one layer's conditions).
         progress: a progress bar over the patched forwards.
+        metric_from: the named metrics ``"logprob"`` and ``"kl"`` read the predictions made at positions
+            ``metric_from..T-2`` (default all); recorded in the metric's name.
         bos, data: recorded in the report's provenance (default: read from the tokens).
         extra: more facts to record in the report (a recipe's settings).
 
@@ -695,6 +701,8 @@ def patch_heads(
     if (site.kv and site.base == "k" and G < H) or (site.qk and method != "exact"):
         verify_attention(model, layers_, f"patching {what!r}")
     chunk_arg = None if batch_size is None else check_positive_int(batch_size, "batch_size")
+    if not 0 <= int(metric_from) <= T - 2:
+        raise ValueError(f"metric_from must lie in [0, {T - 2}] (a prediction with a next token), got {metric_from!r}")
     dev = model_device(model)
     clean_t, corr_t = clean_t.to(dev), corr_t.to(dev)
     base_t, src_t = (clean_t, corr_t) if direction == "noise" else (corr_t, clean_t)
@@ -711,7 +719,8 @@ def patch_heads(
     base_logits, base_cache = _forward_capture(model, base_t, [hooknames.resid_pre(l_) for l_ in layers_])
     clean_logits = base_logits if direction == "noise" else src_logits
     if isinstance(metric, str):
-        metric_name, fn = metric, named_metric(metric, clean_t, corr_t, clean_logits)
+        metric_name = metric if not metric_from else f"{metric}[{metric_from}:]"
+        fn = named_metric(metric, clean_t, corr_t, clean_logits, start=metric_from)
     else:
         metric_name, fn = getattr(metric, "__name__", "metric"), metric
     with torch.no_grad():
@@ -764,6 +773,15 @@ def patch_heads(
         seconds["exact"] = time.perf_counter() - t0
 
     if method in ("attribution", "both"):
+        if metric_name.startswith("kl") and direction == "noise":
+            import warnings
+
+            warnings.warn(
+                "metric='kl' with direction='noise': the KL to the clean run is at its minimum (0) on the clean run, so its "
+                "gradient there is 0 and the attribution estimate is ~0 for every head; use metric='logprob' or "
+                "direction='denoise' for attribution",
+                stacklevel=2,
+            )
         t0 = time.perf_counter()
         est, est_lin, kv_est = _attribution(model, spec, site, layers_, heads_, base_t, src, fn, pos, T, n)
         seconds["attribution"] = time.perf_counter() - t0
@@ -971,8 +989,10 @@ def patch_sink(
       ``move_to`` (denoise);
     * ``"shuffle"``: patch each sample's ``what`` (e.g. ``"k-sink"``, ``"v-sink"``) from another sample (noise).
 
-    ``tokens`` are the clean input; ``metric`` defaults to the log-prob of its next tokens; ``kw`` go to
-    :func:`patch_heads` (``direction`` overrides the recipe's).
+    ``tokens`` are the clean input; ``metric`` defaults to the log-prob of its next tokens, read after the
+    positions the recipe changes (``metric_from``: 1 for ``"bos"``, ``move_to + 1`` for ``"first-token"``, 0 for
+    ``"shuffle"``: predicting the next token from a replaced token says little about the heads); ``kw`` go to
+    :func:`patch_heads` (``direction`` and ``metric_from`` override the recipe's).
 
     Example:
         >>> from sink_interp import tiny_model, probe_tokens
@@ -984,6 +1004,7 @@ def patch_sink(
     toks = check_model_tokens(model, tokens, min_length=2)
     corrupted = corrupt_tokens(model, toks, corrupt, move_to=move_to)
     kw.setdefault("direction", RECIPE_DIRECTION[corrupt])
+    kw.setdefault("metric_from", {"bos": 1, "first-token": move_to + 1, "shuffle": 0}[corrupt])
     extra = {"recipe": corrupt, **({"move_to": move_to} if corrupt == "first-token" else {}), **kw.pop("extra", {})}
     return patch_heads(model, tokens, corrupted, metric, what=what, method=method, extra=extra, **kw)
 

@@ -313,8 +313,11 @@ def test_qk_fix_beats_linear_attribution_on_saturated_heads():
 
 def test_pattern_attribution_is_exact_to_first_order(gqa):
     clean, corr = _pair(seed=13)
-    rep = patch_heads(gqa, clean, corr, "kl", what="pattern-sink", method="both", progress=False)
+    rep = patch_heads(gqa, clean, corr, "logprob", what="pattern-sink", method="both", progress=False)
     assert rep.estimate.shape == rep.values.shape and np.isfinite(rep.estimate).all()
+    with pytest.warns(UserWarning, match="gradient there is 0"):
+        rep = patch_heads(gqa, clean, corr, "kl", what="z", layers=[1], method="attribution", progress=False)
+    assert np.abs(rep.values[1] - rep.base).max() < 1e-6  # the KL to clean has no slope at the clean run
 
 
 # --------------------------------------------------------------------------- recipes
@@ -332,9 +335,10 @@ def test_corrupt_tokens_and_recipes(gqa):
     toks = probe_tokens(gqa, "random", n=3, length=10, bos=True)
     rep = patch_sink(gqa, toks, "bos", what="z", progress=False)
     assert rep.direction == "denoise" and rep.extra["recipe"] == "bos" and rep.bos is True
+    assert rep.metric == "logprob[1:]"
     base = toks.clone()
     base[:, 0] = toks[:, 1]
-    ref = patch_heads(gqa, toks, base, "logprob", direction="denoise", progress=False)
+    ref = patch_heads(gqa, toks, base, "logprob", direction="denoise", metric_from=1, progress=False)
     np.testing.assert_allclose(rep.values, ref.values, atol=1e-6)
     rep = patch_sink(gqa, toks, "shuffle", what="k-sink", method="attribution", progress=False)
     assert rep.direction == "noise" and rep.positions == (0,)
@@ -344,3 +348,19 @@ def test_can_start_at_layer_checks_the_model(gqa):
     clean, _ = _pair()
     with torch.no_grad():
         assert can_start_at_layer(gqa, clean, gqa(clean)) is True
+
+
+def test_named_metrics_by_formula():
+    g = torch.Generator().manual_seed(2)
+    clean, corr = _pair(n=2, T=6, seed=9)
+    clean_logits = torch.randn(2, 6, 128, generator=g)
+    logits = torch.randn(2, 6, 128, generator=g)
+    lp = torch.log_softmax(logits, -1)
+    want = np.mean([float(lp[b, t, clean[b, t + 1]]) for b in range(2) for t in range(2, 5)])
+    assert float(named_metric("logprob", clean, corr, clean_logits, start=2)(logits)) == pytest.approx(want, abs=1e-6)
+    assert float(named_metric("kl", clean, corr, clean_logits)(clean_logits)) == pytest.approx(0.0, abs=1e-6)
+    p, q = torch.softmax(clean_logits[:, :-1], -1), torch.softmax(logits[:, :-1], -1)
+    kl = float((p * (p.log() - q.log())).sum(-1).mean())
+    assert float(named_metric("kl", clean, corr, clean_logits)(logits)) == pytest.approx(kl, abs=1e-5)
+    d = [float(logits[b, -2, clean[b, -1]] - logits[b, -2, corr[b, -1]]) for b in range(2)]
+    assert float(named_metric("logit_diff", clean, corr, clean_logits)(logits)) == pytest.approx(np.mean(d), abs=1e-6)

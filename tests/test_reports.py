@@ -109,7 +109,7 @@ def test_effect_report(model, tokens, tmp_path):
 
 @pytest.mark.parametrize("what, method", [("z", "exact"), ("k", "both"), ("v-sink", "attribution")])
 def test_patch_report(model, tokens, tmp_path, what, method):
-    rep = patch_heads(model, tokens, tokens.roll(1, 0), "kl", what=what, method=method, progress=False)
+    rep = patch_heads(model, tokens, tokens.roll(1, 0), "logprob", what=what, method=method, progress=False)
     back = _round_trip(rep, tmp_path)
     assert isinstance(back, PatchReport) and back.to_frame().equals(rep.to_frame())
 
