@@ -636,7 +636,8 @@ def patch_heads(
 
     Args:
         model: a TransformerBridge.
-        clean, corrupted: ``[n, T]`` token ids of the same shape (row ``i`` of one pairs with row ``i`` of the other).
+        clean: ``[n, T]`` token ids (row ``i`` pairs with row ``i`` of ``corrupted``).
+        corrupted: ``[n, T]`` token ids of the same shape.
         metric: ``metric(logits [n, T, V]) -> scalar tensor`` (reduce over the batch inside it), or
             ``"logit_diff"``, ``"logprob"``, ``"kl"`` (see :func:`named_metric`).
         what: ``"z"`` (default), ``"q"``, ``"k"``, ``"v"``, ``"pattern"`` (query rows ``positions``),
@@ -645,7 +646,8 @@ def patch_heads(
             ``"denoise"``: run corrupted, write in the clean activation.
         method: ``"exact"`` (patched forwards), ``"attribution"`` (AtP with the AtP* QK fix, one forward
             per input and one backward) or ``"both"``.
-        layers, heads: which to patch (default all; ``heads`` are query heads).
+        layers: layers to patch (default all).
+        heads: query heads to patch (default all).
         positions: token positions where the activation is replaced (default all; the key column for the
             sink sites, default ``(0,)``).
         batch_size: conditions (patched heads) stacked in one forward, each a copy of all ``n`` inputs
@@ -653,7 +655,8 @@ def patch_heads(
         progress: a progress bar over the patched forwards.
         metric_from: the named metrics ``"logprob"`` and ``"kl"`` read the predictions made at positions
             ``metric_from..T-2`` (default all); recorded in the metric's name.
-        bos, data: recorded in the report's provenance (default: read from the tokens).
+        bos: whether the inputs start with BOS, recorded in the report (default: read from the tokens).
+        data: label of the inputs recorded in the report (default: the probe source).
         extra: more facts to record in the report (a recipe's settings).
 
     Returns:
