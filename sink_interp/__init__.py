@@ -36,6 +36,7 @@ from .massive import MassiveReport, massive_activations
 from .metrics import SinkReport, measure_sinks
 from .models import known_models, load_model, tiny_model
 from .pages import build_report, show_attention  # orchestration: runs the model, then the views
+from .patching import PatchReport, patch_heads, patch_sink
 from .streaming import StreamReport, long_tokens, streaming_ppl
 from .trace import TraceReport, trace_sink
 from .training import TrainConfig, TrainResult, load_trained, preset, train
@@ -61,6 +62,8 @@ __all__ = [
     "intervene", "Intervention", "ZeroValue", "MaskKey", "ScaleAttention", "Calibrate", "AblateDims",
     "KVBias", "SinkLogit", "AttentionKernel", "StreamingWindow", "AttentionMask", "sink_heads",
     "compare", "scan_heads", "EffectReport", "fit_bias", "FitReport", "streaming_ppl", "StreamReport",
+    # patch heads between a clean and a corrupted input
+    "patch_heads", "patch_sink", "PatchReport",
     # train tiny models
     "train", "preset", "TrainConfig", "TrainResult", "load_trained",
     # look, save, load

@@ -9,6 +9,8 @@ sink-interp train --preset bb-softmax [--steps N] [--set key=value ...] --out DI
 sink-interp reproduce [--finding NAME|all] [--scale cpu|gpu] --out DIR
 sink-interp report --model smollm2-135m [--data natural] --out report.html
 sink-interp trace --model smollm2-135m --data natural --n 20 --length 64 [--layer L --head H] [--json OUT]
+sink-interp patch --model smollm2-135m --data natural --n 4 --length 32 --corrupt bos|first-token|shuffle \
+                  --what z|k-sink|v-sink|... --method exact|attribution|both [--metric logprob] [--json OUT]
 """
 
 from __future__ import annotations
@@ -141,6 +143,37 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", default=None, metavar="OUT", help="write the effect report (and the fit) as JSON")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.set_defaults(func=cmd_ablate)
+
+    pt = sub.add_parser(
+        "patch", help="patch every head between an input and its corrupted partner (BOS removed, sink moved, another sample)"
+    )
+    _add_model_args(pt)
+    _add_data_args(pt, n=4, length=32, concat=True)
+    pt.add_argument(
+        "--corrupt",
+        default="bos",
+        choices=["bos", "first-token", "shuffle"],
+        help="bos: the same text without BOS (needs --bos; default); first-token: the first token moved to --move-to; "
+        "shuffle: another sample",
+    )
+    pt.add_argument(
+        "--what",
+        default="z",
+        choices=["z", "q", "k", "v", "pattern", "k-sink", "v-sink", "pattern-sink"],
+        help="the activation patched per head (default z; k-sink/v-sink: key/value at position 0)",
+    )
+    pt.add_argument("--method", default="exact", choices=["exact", "attribution", "both"], help="default exact")
+    pt.add_argument("--metric", default="logprob", choices=["logprob", "kl", "logit_diff"], help="default logprob")
+    pt.add_argument(
+        "--direction", default=None, choices=["noise", "denoise"], help="default: the recipe's (bos, first-token: denoise)"
+    )
+    pt.add_argument("--move-to", type=int, default=1, help="--corrupt first-token: where the first token goes (default 1)")
+    pt.add_argument("--layers", default=None, help="layers to patch, e.g. 0-3,7 (default all)")
+    pt.add_argument("--top", type=int, default=10, help="heads listed (default 10)")
+    pt.add_argument("--batch-size", type=int, default=None, help="patched heads per forward")
+    pt.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
+    pt.add_argument("--quiet", action="store_true", help="no progress bar")
+    pt.set_defaults(func=cmd_patch)
 
     st = sub.add_parser("stream", help="StreamingLLM: sinks + window vs window only vs full attention, perplexity by position")
     _add_model_args(st)
@@ -474,6 +507,66 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         d["loss_by_position"] = eff.loss_by_position().to_dict(orient="records")
         d["argv"] = list(sys.argv[1:])
         write_atomic(args.json, dumps(d))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _parse_layers(text: str | None) -> list[int] | None:
+    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]``."""
+    if text is None:
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            a, _, b = part.strip().partition("-")
+            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    except ValueError:
+        raise ValueError(f"--layers must look like 0-3,7, got {text!r}") from None
+    return out
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    """Patch every head between the probe inputs and their corrupted partners (:func:`sink_interp.patching.patch_sink`)."""
+    from . import load_model
+    from ._internal.errors import check_positive_int
+    from .patching import patch_sink
+
+    check_positive_int(args.n, "--n")
+    if args.corrupt == "bos" and not args.bos:
+        raise ValueError("--corrupt bos patches from the input with BOS into the same text without it; fix: add --bos")
+    t0 = time.time()
+    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
+    tokens = _probe(model, args)
+    kw: dict[str, Any] = {"progress": not args.quiet, "layers": _parse_layers(args.layers), "batch_size": args.batch_size}
+    if args.direction:
+        kw["direction"] = args.direction
+    rep = patch_sink(
+        model, tokens, args.corrupt, what=args.what, method=args.method, metric=args.metric, move_to=args.move_to, **kw
+    )
+    base = "corrupted" if rep.direction == "denoise" else "clean"
+    print(
+        f"model   {args.model}; data {rep.data} n={rep.n} length={rep.length} BOS={'yes' if rep.bos else 'no'}; "
+        f"corrupt {args.corrupt}"
+    )
+    print(
+        f"patch   {rep.what} of each head ({rep.method}, {rep.direction}: the {base} run gets the other input's activation); "
+        f"metric {rep.metric}: clean {rep.clean:.4f}, corrupted {rep.corrupted:.4f}"
+    )
+    print("normalised = (patched - base) / (other - base): 1 = the head alone carries the whole difference")
+    print()
+    cols = [c for c in ("layer", "head", "metric", "effect", "normalised", "kv_metric", "estimate") if c in rep.to_frame()]
+    print(rep.top(args.top)[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    if rep.estimate.size:
+        ag = rep.agreement()
+        print()
+        print(f"attribution vs exact: Spearman {ag['spearman']:.3f} over {ag['n_heads']} heads; missed {len(ag['missed'])}")
+        for layer, head, e, est in ag["missed"][:5]:
+            print(f"  missed L{layer}H{head}: exact effect {e:+.4f}, estimate {est:+.4f}")
+    print()
+    secs = ", ".join(f"{k} {v:.1f}s" for k, v in rep.seconds.items())
+    print(f"total {time.time() - t0:.0f}s ({secs}); versions: " + ", ".join(f"{k} {v}" for k, v in rep.versions.items()))
+    if args.json:
+        rep.to_json(args.json)
         print(f"wrote {args.json}")
     return 0
 

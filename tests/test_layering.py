@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "pipeline",
             "interventions",
             "effects",
+            "patching",
             "fit",
             "battery",
             "streaming",

@@ -14,6 +14,7 @@ from sink_interp import (
     LongContextReport,
     MaskKey,
     MassiveReport,
+    PatchReport,
     SinkReport,
     StreamReport,
     TraceReport,
@@ -23,6 +24,7 @@ from sink_interp import (
     long_context_sinks,
     massive_activations,
     measure_sinks,
+    patch_heads,
     streaming_ppl,
     tiny_model,
     trace_sink,
@@ -103,6 +105,13 @@ def test_effect_report(model, tokens, tmp_path):
     rep = compare(model, tokens, {"mask": MaskKey()}, progress=False)
     back = _round_trip(rep, tmp_path)
     assert isinstance(back, EffectReport) and back.table() == rep.table()
+
+
+@pytest.mark.parametrize("what, method", [("z", "exact"), ("k", "both"), ("v-sink", "attribution")])
+def test_patch_report(model, tokens, tmp_path, what, method):
+    rep = patch_heads(model, tokens, tokens.roll(1, 0), "logprob", what=what, method=method, progress=False)
+    back = _round_trip(rep, tmp_path)
+    assert isinstance(back, PatchReport) and back.to_frame().equals(rep.to_frame())
 
 
 def test_trace_report(model, tokens, tmp_path):

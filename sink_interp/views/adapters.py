@@ -27,6 +27,7 @@ from .figures import (
     effect_bars,
     key_manifold_view,
     massive_activation_view,
+    patch_heatmap,
     trace_chain_view,
     training_curves,
 )
@@ -116,6 +117,27 @@ def effect_report_view(rep: Any, values: tuple[str, ...] = ("delta_loss", "kl", 
     )
 
 
+def patch_report_view(rep: Any) -> View:
+    """A ``PatchReport``: the normalised effect of patching each head, exact and attribution side by side."""
+    what = {"noise": "clean run, corrupted activation written in", "denoise": "corrupted run, clean activation written in"}
+    est = np.asarray(rep.estimate, dtype=float)
+    extra = {"metric": np.asarray(rep.values, dtype=float)}
+    if est.size:
+        extra["estimate"] = est
+    return patch_heatmap(
+        rep.normalised(),
+        rep.normalised(est) if est.size else None,
+        value_name="normalised effect",
+        extra=extra,
+        title=f"Patching {rep.what} of each head on {rep.model} ({rep.method})",
+        caption=(
+            f"{what.get(rep.direction, rep.direction)}; metric {rep.metric}: clean {rep.clean:.4g}, corrupted "
+            f"{rep.corrupted:.4g}. Each cell: (patched - base) / (other - base); 1 = this head alone carries the whole "
+            "difference, 0 = nothing, grey = not patched. Hover a cell for the metric."
+        ),
+    )
+
+
 def train_result_view(rep: Any) -> View:
     """A training run (``TrainResult``): val_loss, Sink_1 and mean α₁ against step."""
     name = (getattr(rep, "config", None) or {}).get("name")
@@ -174,6 +196,7 @@ for _name, _fn in {
     "MassiveReport": massive_report_view,
     "TraceReport": trace_report_view,
     "EffectReport": effect_report_view,
+    "PatchReport": patch_report_view,
     "TrainResult": train_result_view,
     "StreamReport": stream_report_view,
     "LongContextReport": long_context_view,

@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 
 from .._internal import vocab
-from ._page import View, esc, html_table
+from ._page import View, concat, esc, html_table
 from ._svg import (
     BLUES,
+    DIVERGING,
     HEAT,
     OTHER_COLOR,
     SINK_COLOR,
@@ -66,6 +67,7 @@ def head_heatmap(
     title: str | None = None,
     caption: str | None = None,
     highlight: Sequence[tuple[int, int]] = (),
+    palette: Sequence[str] | None = None,
 ) -> View:
     """Layer x head heat map (rows = layers, columns = heads) with every value on hover.
 
@@ -78,6 +80,7 @@ def head_heatmap(
         vmin: bottom of the colour range (default 0).
         vmax: top of the colour range (default: the largest value).
         highlight: ``(layer, head)`` pairs to outline.
+        palette: colours from low to high (default blues; ``DIVERGING`` for signed values).
 
     Example:
         >>> import numpy as np
@@ -117,7 +120,7 @@ def head_heatmap(
         tips=tips,
         vmin=vmin,
         vmax=vmax,
-        palette=BLUES,
+        palette=BLUES if palette is None else palette,
         cell_attrs=attrs,
         row_every=1 if L <= 40 else 2,
     )
@@ -133,6 +136,53 @@ def head_heatmap(
         readout=True,
         meta={"shape": (L, H)},
     )
+
+
+def patch_heatmap(
+    values: Any,
+    estimate: Any = None,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    value_name: str = "normalised effect",
+    extra: Mapping[str, Any] | None = None,
+    title: str | None = None,
+    caption: str | None = None,
+) -> View:
+    """Layer x head map of patching effects (blue below 0, red above, white 0), with the attribution
+    estimate side by side on the same colour range when given.
+
+    Example:
+        >>> import numpy as np
+        >>> v = patch_heatmap(np.array([[0.9, -0.1], [0.5, 0.0]]), np.array([[0.7, 0.0], [0.6, 0.1]]))
+        >>> v._repr_html_().count('class="si-cell"')
+        8
+    """
+    v = as_array(values, "values", 2)
+    parts = [v] if estimate is None else [v, as_array(estimate, "estimate", 2)]
+    finite = np.concatenate([p[np.isfinite(p)] for p in parts])
+    m = float(np.abs(finite).max()) if finite.size else 1.0
+    m = m if m > 0 else 1.0
+    names = ["exact"] if estimate is None else ["exact", "attribution"]
+    views = [
+        head_heatmap(
+            p,
+            layers=layers,
+            heads=heads,
+            value_name=value_name if estimate is None else f"{value_name} ({nm})",
+            extra=extra,
+            vmin=-m,
+            vmax=m,
+            palette=DIVERGING,
+            title=title if estimate is None else f"{nm}: {title or value_name}",
+            caption=caption if estimate is None else None,
+        )
+        for p, nm in zip(parts, names)
+    ]
+    if estimate is None:
+        return views[0]
+    out = concat(*views, title=title or f"{value_name}: exact and attribution", caption=caption)
+    return out
 
 
 def _outline_cells(svg: str, cells: Sequence[tuple[int, int]]) -> str:
