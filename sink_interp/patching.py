@@ -427,15 +427,19 @@ def _identity_block(self: Any, *args: Any, **kwargs: Any) -> Any:
 @contextlib.contextmanager
 def _skip_blocks_below(model: Any, layer: int) -> Iterator[None]:
     """Blocks ``0..layer-1`` return their input untouched (the forward starts at ``layer`` from a given residual)."""
-    done: list[Any] = []
+    done: list[tuple[Any, Any]] = []
+    missing = object()
     try:
         for b in list(model.blocks)[:layer]:
+            done.append((b, b.__dict__.get("forward", missing)))  # an instance-level forward (accelerate's hooks) is kept
             object.__setattr__(b, "forward", types.MethodType(_identity_block, b))
-            done.append(b)
         yield
     finally:
-        for b in done:
-            b.__dict__.pop("forward", None)
+        for b, before in done:
+            if before is missing:
+                b.__dict__.pop("forward", None)
+            else:
+                object.__setattr__(b, "forward", before)
 
 
 _CAN_START: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()

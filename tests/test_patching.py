@@ -365,3 +365,22 @@ def test_named_metrics_by_formula():
     assert float(named_metric("kl", clean, corr, clean_logits)(logits)) == pytest.approx(kl, abs=1e-5)
     d = [float(logits[b, -2, clean[b, -1]] - logits[b, -2, corr[b, -1]]) for b in range(2)]
     assert float(named_metric("logit_diff", clean, corr, clean_logits)(logits)) == pytest.approx(np.mean(d), abs=1e-6)
+
+
+def test_skipping_blocks_restores_an_instance_level_forward(gqa):
+    """Blocks skipped for a forward that starts at a layer get back exactly the forward they had, also one set on the
+    instance (accelerate's device_map hooks live there)."""
+    from sink_interp.patching import _skip_blocks_below
+
+    block = gqa.blocks[0]
+    own = block.forward
+    object.__setattr__(block, "forward", own)  # an instance-level forward, as accelerate installs
+    try:
+        with _skip_blocks_below(gqa, 1):
+            assert block.forward is not own
+        assert block.__dict__["forward"] is own
+    finally:
+        block.__dict__.pop("forward", None)
+    with _skip_blocks_below(gqa, 1):
+        pass
+    assert "forward" not in block.__dict__
