@@ -63,7 +63,7 @@ def test_z_equals_the_plain_loop_and_hooks_stay(smollm2):
 
 
 def test_sink_value_per_kv_head_and_attribution(smollm2):
-    toks = probe_tokens(smollm2, "natural", n=3, length=24)
+    toks = probe_tokens(smollm2, "natural", n=3, length=24).tokens
     corr = toks.roll(1, 0)
     fn = _metric(toks)
     rep = patch_heads(smollm2, toks, corr, fn, what="v-sink", layers=[4], method="both", progress=False)
