@@ -63,3 +63,7 @@ def smollm2_hf():
     from sink_interp.models import smollm2_checkpoint
 
     return AutoModelForCausalLM.from_pretrained(str(smollm2_checkpoint()), attn_implementation="eager").eval()
+
+
+# fixture-writing scripts under tests/data are run by hand, never collected
+collect_ignore_glob = ["data/*"]
