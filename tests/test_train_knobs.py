@@ -163,7 +163,9 @@ def test_relative_buckets_match_t5_and_the_official_code():
         from transformers.models.t5.modeling_t5 import T5Attention
 
         pos = torch.arange(n)
-        hf = T5Attention._relative_position_bucket(pos[None, :] - pos[:, None], bidirectional=False, num_buckets=32, max_distance=128)
+        hf = T5Attention._relative_position_bucket(
+            pos[None, :] - pos[:, None], bidirectional=False, num_buckets=32, max_distance=128
+        )
         assert torch.equal(got, hf)
     except ImportError:  # pragma: no cover
         pass
