@@ -254,6 +254,10 @@ def relative_buckets(T: int, n_buckets: int = 32, max_distance: int = 128, *, bf
     official ``model_relpos.py``. ``bf16=True`` computes as the official code
     does (relative positions and the logarithm in bfloat16), which moves a few
     bucket edges.
+
+    Example:
+        >>> relative_buckets(40, 32, 128)[39, ::4].tolist()  # query 39, keys 0, 4, ..., 36: distances 39, 35, ..., 3
+        [22, 22, 21, 20, 18, 17, 15, 11, 7, 3]
     """
     pos = torch.arange(T, device=device)
     rel = pos[None, :] - pos[:, None]  # j - t
