@@ -840,12 +840,11 @@ class StreamingWindow(Intervention):
         super().bind(model)
         spec = describe_attention(model)
         kind = spec.positional
-        if self.rope_positions == "cache" and self.n_sinks > 0 and kind in ("learned", "alibi"):
-            where = (
-                "adds learned absolute position embeddings before the first block"
-                if kind == "learned"
-                else "biases scores by absolute key positions (ALiBi)"
-            )
+        if self.rope_positions == "cache" and self.n_sinks > 0 and kind in ("learned", "alibi", "relative", "t5"):
+            where = {
+                "learned": "adds learned absolute position embeddings before the first block",
+                "alibi": "biases scores by absolute key positions (ALiBi)",
+            }.get(kind, f"biases scores by the original query-key distances ({kind} position buckets)")
             raise ValueError(
                 f"rope_positions='cache' needs relative positions (RoPE or NoPE); this model {where}, which hooks "
                 "cannot re-index per query. Fix: rope_positions='original'"

@@ -270,9 +270,9 @@ def streaming_ppl(
     bucket = window if bucket is None else check_positive_int(bucket, "bucket")
     kind = describe_attention(model).positional
     conds: dict[str, list[Any]] = {"full": []}
-    # cache positions re-rotate q by the model's RoPE; with learned absolute positions or ALiBi only
-    # the original-position conditions are defined
-    if kind in ("learned", "alibi"):
+    # cache positions re-rotate q by the model's RoPE; with learned absolute positions, ALiBi or a
+    # relative-position bias only the original-position conditions are defined
+    if kind in ("learned", "alibi", "relative", "t5"):
         conds[f"{sinks} sinks + window {window} (original positions)"] = [
             StreamingWindow(window, sinks, rope_positions="original")
         ]

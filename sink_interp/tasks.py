@@ -426,6 +426,12 @@ class Sampler:
             ``0 .. p - 1`` (0-indexed) leave the loss, as in the official code.
         sink_token: prepend the learnable sink token (id 3) to every sequence
             (the sequence stays ``seq_len`` long: one data token fewer).
+        random_token_pos: 1-indexed first position overwritten with uniformly
+            random tokens (ids ``0 .. d_vocab - 1``, drawn from this sampler's
+            generator) in every sequence: the paper's randomness-in-data
+            experiment (official ``random_data.py``: positions ``start .. end - 1``,
+            0-indexed, uniform over the whole vocabulary). None: off.
+        random_token_count: how many consecutive positions from ``random_token_pos`` are random.
     """
 
     def __init__(
@@ -440,6 +446,8 @@ class Sampler:
         data_tokens: int | None = None,
         prefix: int = 0,
         sink_token: bool = False,
+        random_token_pos: int | None = None,
+        random_token_count: int = 1,
     ):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -458,6 +466,15 @@ class Sampler:
             raise ValueError(f"prefix must be in 0..{self.seq_len - 2}, got {prefix}")
         self.prefix = int(prefix)
         self.sink_token = bool(sink_token)
+        self.random_span: tuple[int, int] | None = None
+        if random_token_pos is not None:
+            start = int(random_token_pos)
+            count = check_positive_int(random_token_count, "random_token_count")
+            if not (1 <= start and start + count - 1 <= self.seq_len):
+                raise ValueError(
+                    f"random tokens at positions {start}..{start + count - 1} do not fit in seq_len {self.seq_len} (1-indexed)"
+                )
+            self.random_span = (start - 1, start - 1 + count)  # 0-indexed [start, end), as random_data.py
         self.data_tokens = None if data_tokens is None else check_positive_int(data_tokens, "data_tokens")
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self._pool: np.ndarray | None = None
@@ -505,6 +522,10 @@ class Sampler:
             x = np.concatenate([np.full((len(x), 1), SINK_ID), x], axis=1)
             if d is not None:
                 d = np.concatenate([np.full((len(d), 1), -1), d], axis=1)
+        if self.random_span is not None:
+            a, b = self.random_span
+            x = x.copy()
+            x[:, a:b] = self.rng.integers(0, self.task.d_vocab, size=(len(x), b - a))
         if self.fixed_token_pos is not None:
             x = x.copy()
             x[:, self.fixed_token_pos - 1] = self.fixed_token_id

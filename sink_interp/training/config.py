@@ -22,8 +22,8 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any
 
 TASKS = ("bb", "text")
-POSITIONS = ("rope", "nope", "alibi", "sinusoidal", "learned")
-KERNELS = ("softmax", "sigmoid", "elu", "relu", "softpick", "linear")
+POSITIONS = ("rope", "nope", "alibi", "sinusoidal", "learned", "relative", "t5")
+KERNELS = ("softmax", "sigmoid", "elu", "relu", "softpick", "linear", "mlp")
 ATTN_NORMS = ("auto", "none", "sum", "length", "max1")
 FFNS = ("swiglu", "geglu", "reglu", "gelu", "relu", "swish")
 V_BIAS = ("none", "learn", "zero", "e1", "ones")
@@ -59,6 +59,8 @@ class TrainConfig:
     fixed_token_id: int = 1  # the fixed token (official code: id 1)
     data_tokens: int | None = None  # unique training tokens (paper: 50M .. 5B); None = all / infinite
     sink_token: bool = False  # prepend a learnable sink token (Xiao et al.; paper table row 2)
+    random_token_pos: int | None = None  # first uniformly random position, 1-indexed (official random_data.py: start 0 = 1)
+    random_token_count: int = 1  # random positions from random_token_pos on (official: end - start; paper: 1, the first token)
 
     # ------------------------------------------------------------------ model
     n_layers: int = 2  # paper 60M: 10 layers; Guo: 1-3
@@ -66,7 +68,9 @@ class TrainConfig:
     n_heads: int = 4  # paper: 8; Guo: 1
     n_kv_heads: int | None = None  # None = multi-head attention
     d_mlp: int = 256  # paper: SwiGLU 1536
-    pos: str = "rope"  # "rope" (paper base), "nope", "alibi", "sinusoidal", "learned"
+    pos: str = "rope"  # "rope" (paper base), "nope", "alibi", "sinusoidal", "learned", "relative" (official), "t5" (learned)
+    rel_buckets: int = 32  # relative / t5: distance buckets, half exact, half log-spaced (official model_relpos.py: 32)
+    rel_max_distance: int = 128  # relative / t5: distance where the last bucket starts (official: 128)
     rope_theta: float = 10000.0
     norm: str = "pre"  # "pre" (paper base) or "post" (x = Norm(x + F(x)), official model_postln)
     ffn: str = "swiglu"  # "swiglu" (paper base), "geglu", "reglu" (gated) or "gelu", "relu", "swish"
@@ -74,11 +78,12 @@ class TrainConfig:
     tie_embeddings: bool = False
 
     # ------------------------------------------------------------------ attention
-    kernel: str = "softmax"  # "softmax", "sigmoid", "elu" (elu+1), "relu", "softpick", "linear"
+    kernel: str = "softmax"  # "softmax", "sigmoid", "elu" (elu+1), "relu", "softpick", "linear", "mlp" (learned phi(q).phi(k))
     attn_norm: str = "auto"  # row normaliser: "auto" (kernel's own), "none", "sum", "length" (1/t), "max1" (max(|sum|,1))
     softmax_alpha: float = 1.0  # softmax with Z -> Z / alpha (rows sum to alpha)
     softmax_p: float = 1.0  # p-norm softmax: softmax(p s)^(1/p)
     k_bias: bool = False  # learnable key bias k* (an extra key column: softmax([q k*, q K^T]))
+    k_bias_dims: int | None = None  # d_a learnable dims of k* (the first d_a, the rest 0); paper: 1..64 of d_h 64; None: all
     v_bias: str = "none"  # v*: "learn", "zero" (K bias with v*=0), "e1"/"ones" (fixed v', v''), "none"
     v_bias_scale: float = 1.0  # fixed v* = scale * v' (or v''); paper: 1, 5, 20
     bias_per_head: bool = False  # one k*/v* per head (paper: both variants)
@@ -164,12 +169,14 @@ class TrainConfig:
             raise ValueError(
                 f"v_bias={self.v_bias!r} is the value of the K-bias column; fix: k_bias=True (or v_bias='learn' for a V bias only)"
             )
+        self._check_new_knobs()
         norms = {
             "softmax": ("auto", "sum"),
             "softpick": ("auto", "sum"),
             "sigmoid": ("auto", "none", "sum"),
             "elu": ("auto", "none", "sum"),
             "linear": ("auto", "none", "max1"),
+            "mlp": ("auto", "none", "max1"),
             "relu": ("auto", "none", "sum", "length"),
         }
         if self.attn_norm not in norms[self.kernel]:
@@ -194,6 +201,55 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be in {span}, got {v!r}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {list(self.betas)}; e.g. betas=[0.9,0.95]")
+
+    def _check_new_knobs(self) -> None:
+        """Random-token data, K bias with d_a learnable dims, relative positions, the MLP kernel (one-line errors)."""
+        if self.random_token_pos is not None:
+            if not 1 <= self.random_token_pos <= self.seq_len:
+                raise ValueError(
+                    f"TrainConfig.random_token_pos must be in 1..{self.seq_len} or None, got {self.random_token_pos}"
+                )
+            last = self.seq_len - self.random_token_pos + 1
+            if not 1 <= self.random_token_count <= last:
+                raise ValueError(
+                    f"TrainConfig.random_token_count must be in 1..{last} (positions {self.random_token_pos}..{self.seq_len}), "
+                    f"got {self.random_token_count}"
+                )
+            span = range(self.random_token_pos, self.random_token_pos + self.random_token_count)
+            if self.sink_token and 1 in span:
+                raise ValueError("TrainConfig.random_token_pos must be >= 2 with sink_token=True (position 1 is the sink token)")
+            if self.fixed_token_pos is not None and self.fixed_token_pos in span:
+                raise ValueError(
+                    f"TrainConfig.fixed_token_pos ({self.fixed_token_pos}) must lie outside the random tokens "
+                    f"(positions {span.start}..{span.stop - 1}); choose one of them for that position"
+                )
+        elif self.random_token_count != 1:
+            raise ValueError("TrainConfig.random_token_count needs random_token_pos (the first random position, e.g. 1)")
+        if self.k_bias_dims is not None:
+            if not self.k_bias:
+                raise ValueError("TrainConfig.k_bias_dims sets the learnable dims of the K bias; fix: k_bias=True")
+            if not 1 <= self.k_bias_dims <= self.d_head:
+                raise ValueError(f"TrainConfig.k_bias_dims must be in 1..{self.d_head} (d_head) or None, got {self.k_bias_dims}")
+            if self.k_bias_dims == self.d_head:  # d_a = d_h is the full K bias: one config, one fingerprint
+                object.__setattr__(self, "k_bias_dims", None)
+        relative = self.pos in ("relative", "t5")
+        if (self.rel_buckets, self.rel_max_distance) != (32, 128) and not relative:
+            raise ValueError(
+                "TrainConfig.rel_buckets / rel_max_distance set the relative-position buckets; fix: pos='relative' or 't5'"
+            )
+        if self.rel_buckets < 2:
+            raise ValueError(
+                f"TrainConfig.rel_buckets must be an integer >= 2 (half exact, half log-spaced), got {self.rel_buckets}"
+            )
+        if self.rel_max_distance <= self.rel_buckets // 2:
+            raise ValueError(
+                f"TrainConfig.rel_max_distance must be > rel_buckets // 2 = {self.rel_buckets // 2} "
+                f"(where the log-spaced buckets end), got {self.rel_max_distance}"
+            )
+        if self.kernel == "mlp" and (self.k_bias or self.sink_logit):
+            raise ValueError(
+                "TrainConfig.kernel='mlp' takes no k_bias / sink_logit (the extra key would bypass phi); fix: kernel='linear'"
+            )
 
     def _check_types(self) -> None:
         """Each field has its annotated type (one-line ValueError naming the field and an example otherwise).
@@ -228,9 +284,15 @@ class TrainConfig:
         """The row normaliser actually used: the kernel's own for ``"auto"``."""
         if self.attn_norm != "auto":
             return self.attn_norm
-        return {"softmax": "sum", "softpick": "sum", "sigmoid": "none", "elu": "none", "relu": "none", "linear": "none"}[
-            self.kernel
-        ]
+        return {
+            "softmax": "sum",
+            "softpick": "sum",
+            "sigmoid": "none",
+            "elu": "none",
+            "relu": "none",
+            "linear": "none",
+            "mlp": "none",
+        }[self.kernel]
 
     @property
     def metric_score(self) -> str:
@@ -241,7 +303,7 @@ class TrainConfig:
         un-normalised or rescaled kernels through the proxy ``A / sum A``
         (absolute values for the linear kernel), as in the official evaluation.
         """
-        if self.kernel == "linear":
+        if self.kernel in ("linear", "mlp"):
             return "abs-proxy"
         if self.kernel == "softmax":
             return "softmax" if (self.softmax_alpha == 1.0 and self.softmax_p == 1.0) else "proxy"
@@ -284,7 +346,30 @@ class TrainConfig:
         d = self.to_dict()
         for k in ("name", "steps", "ckpt_every"):
             d.pop(k)
+        for k, default in LATER_FIELDS.items():  # knobs added later, at their defaults: the hashes of older runs stay
+            if d[k] == default:
+                d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- fields added later
+
+#: Fields added after run directories were first named by :meth:`TrainConfig.fingerprint`, with their
+#: defaults (which leave the model and data as before). At their defaults they are left out of the
+#: fingerprint, and a run's stored config without them reads as having them at their defaults, so
+#: older run directories keep their names and still resume.
+LATER_FIELDS: dict[str, Any] = {
+    "random_token_pos": None,
+    "random_token_count": 1,
+    "rel_buckets": 32,
+    "rel_max_distance": 128,
+    "k_bias_dims": None,
+}
+
+
+def with_later_defaults(d: dict[str, Any]) -> dict[str, Any]:
+    """A stored config dict with the :data:`LATER_FIELDS` it lacks filled in at their defaults."""
+    return {**LATER_FIELDS, **d}
 
 
 # --------------------------------------------------------------------------- field checks
@@ -462,6 +547,15 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "bb-learned": ("BB, learned absolute positions", _p(_BB, pos="learned")),
     "bb-sinusoidal": ("BB, sinusoidal absolute positions", _p(_BB, pos="sinusoidal")),
     "bb-postnorm": ("BB, post-norm blocks", _p(_BB, norm="post")),
+    "bb-kbias-da": (
+        "BB, K bias with d_a = 4 learnable dims (the rest 0) and v* = 0 (paper: d_a 1..64)",
+        _p(_BB, k_bias=True, v_bias="zero", k_bias_dims=4),
+    ),
+    "bb-mlp-nonorm": ("BB, learned MLP kernel phi(q).phi(k) without normaliser (paper: no sink)", _p(_BB, kernel="mlp")),
+    "bb-mlp-norm": ("BB, learned MLP kernel with Z = max(|sum|, 1)", _p(_BB, kernel="mlp", attn_norm="max1")),
+    "bb-relative": ("BB, relative positions as the official code ran them (+bucket index)", _p(_BB, pos="relative")),
+    "bb-t5": ("BB, T5 relative bias (learned per bucket and head)", _p(_BB, pos="t5")),
+    "bb-random-first": ("BB, a uniformly random first token (official random_data.py 0..1)", _p(_BB, random_token_pos=1)),
     "text-softmax": ("natural text (shipped corpus, BPE 2048), random windows, softmax", _p(_TEXT)),
     "text-fixed-bos": ("natural text with a fixed BOS at position 1", _p(_TEXT, bos="fixed")),
     "text-sigmoid-nonorm": ("natural text, sigmoid attention without normaliser", _p(_TEXT, kernel="sigmoid", attn_norm="none")),

@@ -45,9 +45,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._internal import hooknames
-from ..architecture import describe_attention
+from ..architecture import describe_attention, expand_kv
 from ..capture import AttachedHooks, add_hooks
 from ..interventions import AttentionKernel, Intervention, KVBias, SinkLogit
+from ..kernels import visible_mask
 from ..masks import AttentionMask, documents_mask
 from ..pipeline import Ctx, LayerPipeline
 from .config import TrainConfig
@@ -122,7 +123,8 @@ class KnobParams(nn.Module):
         L, H, d, D = cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_model
         hb = H if cfg.bias_per_head else 1
         if cfg.k_bias:
-            self.k_bias = nn.Parameter(torch.randn(L, hb, d) * 0.02)  # official init N(0, 0.02)
+            # official init N(0, 0.02); with d_a = k_bias_dims only the first d_a dims are parameters, the rest is 0
+            self.k_bias = nn.Parameter(torch.randn(L, hb, cfg.k_bias_dims or d) * 0.02)
         if cfg.v_bias == "learn":
             self.v_bias = nn.Parameter(torch.randn(L, hb, d) * 0.02)
         elif cfg.v_bias in ("e1", "ones"):
@@ -140,6 +142,15 @@ class KnobParams(nn.Module):
             self.register_buffer("pos_table", sinusoidal_positions(n_ctx, D))
         if cfg.pos == "alibi":
             self.register_buffer("alibi", alibi_slopes(H))
+        if cfg.pos == "t5":
+            # T5 (Raffel et al.): one learned bias per (bucket, head), shared by all layers; HF T5 init N(0, d_model^-1/2)
+            self.rel_bias = nn.Parameter(torch.randn(cfg.rel_buckets, H) * D**-0.5)
+        if cfg.kernel == "mlp":
+            # official model_attn_kernel.py: phi(x) = W2 relu(W1 x), two bias-free d_head x d_head linears per layer,
+            # shared by the heads, applied to q and k after RoPE; init N(0, sqrt(2 / 5 / d_head)) (fan-in)
+            std = math.sqrt(2.0 / 5.0 / d)
+            self.kernel_w1 = nn.Parameter(torch.randn(L, d, d) * std)  # [layer, out, in] like nn.Linear.weight
+            self.kernel_w2 = nn.Parameter(torch.randn(L, d, d) * std)
 
     def value_bias(self, layer: int) -> Tensor | None:
         if hasattr(self, "v_bias"):
@@ -162,7 +173,7 @@ def kernel_for(cfg: TrainConfig) -> tuple[str, dict[str, Any]] | None:
         return "sigmoid", {"normalise": norm == "sum"}
     if cfg.kernel == "elu":
         return "elu1", {"normalise": norm == "sum"}
-    if cfg.kernel == "linear":
+    if cfg.kernel in ("linear", "mlp"):  # mlp: the linear kernel on phi(q) . phi(k) / sqrt(d) (see _MlpFeatureMap)
         return "linear", {"normalise": norm == "max1"}
     if cfg.kernel == "softpick":
         return "softpick", {}
@@ -183,7 +194,9 @@ class _KnobKVBias(KVBias):
         Intervention.bind(self, model)  # the parameters are the model's own
 
     def k_star(self, layer: int) -> Tensor:
-        return self.knobs.k_bias[layer]  # not rotated (official model_kv_bias.py)
+        k = self.knobs.k_bias[layer]  # not rotated (official model_kv_bias.py)
+        d_a = k.shape[-1]
+        return k if d_a == self.d_head else F.pad(k, (0, self.d_head - d_a))  # d_a learnable dims, the rest fixed at 0
 
     def v_star(self, layer: int) -> Tensor | None:
         return self.knobs.value_bias(layer) if self.value else None
@@ -232,6 +245,102 @@ class _Alibi(Intervention):
         return s + self.knobs.alibi.to(s.dtype)[:, None, None] * rel
 
 
+def relative_buckets(T: int, n_buckets: int = 32, max_distance: int = 128, *, bf16: bool = False, device: Any = None) -> Tensor:
+    """``[T, T]`` long: the causal T5 bucket of distance ``t - j`` (0 for keys after the query).
+
+    Half the buckets hold the exact distances ``0 .. n/2 - 1``, the other half
+    log-spaced distances up to ``max_distance`` (larger ones share the last
+    bucket): HF T5's ``_relative_position_bucket(bidirectional=False)`` and the
+    official ``model_relpos.py``. ``bf16=True`` computes as the official code
+    does (relative positions and the logarithm in bfloat16), which moves a few
+    bucket edges.
+
+    Example:
+        >>> relative_buckets(40, 32, 128)[39, ::4].tolist()  # query 39, keys 0, 4, ..., 36: distances 39, 35, ..., 3
+        [22, 22, 21, 20, 18, 17, 15, 11, 7, 3]
+    """
+    pos = torch.arange(T, device=device)
+    rel = pos[None, :] - pos[:, None]  # j - t
+    if bf16:
+        rel = rel.to(torch.bfloat16)
+    rel = -torch.min(rel, torch.zeros_like(rel))  # t - j >= 0
+    max_exact = n_buckets // 2
+    is_small = rel < max_exact
+    rel_f = rel if bf16 else rel.float()
+    large = max_exact + (torch.log(rel_f / max_exact) / math.log(max_distance / max_exact) * (n_buckets - max_exact)).to(
+        torch.long
+    )
+    large = torch.min(large, torch.full_like(large, n_buckets - 1))
+    return torch.where(is_small, rel.to(torch.long), large)
+
+
+class _RelativeBias(Intervention):
+    """Relative positions as a bias on the scores of every layer.
+
+    ``"relative"`` is the official ``model_relpos.py``: the bucket index itself,
+    ``+bucket(t - j)``, added to every head's scores (not learned; it grows with
+    the distance). ``"t5"`` is T5's learned bias ``b[bucket(t - j), h]`` per
+    head, one table shared by all layers.
+    """
+
+    has_positions = False
+
+    def __init__(self, params: KnobParams, kind: str, n_buckets: int, max_distance: int):
+        super().__init__(positions=(), name="T5 relative bias" if kind == "t5" else "relative positions")
+        self.knobs, self.kind = params, kind
+        self.n_buckets, self.max_distance = n_buckets, max_distance
+        self._buckets: dict[tuple[int, str], Tensor] = {}
+
+    def bind(self, model: Any) -> None:
+        Intervention.bind(self, model)
+
+    def buckets(self, T: int, device: Any) -> Tensor:
+        key = (T, str(device))
+        if key not in self._buckets:
+            self._buckets[key] = relative_buckets(
+                T, self.n_buckets, self.max_distance, bf16=self.kind == "relative", device=device
+            )
+        return self._buckets[key]
+
+    def bias(self, T: int, device: Any) -> Tensor:
+        """``[H or 1, T, T]``: what is added to the scores."""
+        b = self.buckets(T, device)
+        if self.kind == "relative":
+            return b.float()[None]
+        return self.knobs.rel_bias[b].permute(2, 0, 1)  # [H, T, T]
+
+    def edit_scores(self, layer: int, s: Tensor, ctx: Ctx) -> Tensor:
+        return s + self.bias(s.shape[-1], s.device).to(s.dtype)
+
+
+class _MlpFeatureMap(Intervention):
+    """The paper's MLP kernel: scores ``phi(q) . phi(k) / sqrt(d)`` with ``phi(x) = W2 relu(W1 x)`` (official ``model_attn_kernel.py``).
+
+    Replaces the scores (keeping the mask) before the kernel stage, which then
+    applies the linear kernel (``A = x``, or ``x / max(|sum x|, 1)`` with the normaliser).
+    """
+
+    has_positions = False
+    needs = frozenset({"q", "k"})
+
+    def __init__(self, params: KnobParams):
+        super().__init__(positions=(), name="MLP feature map")
+        self.knobs = params
+
+    def bind(self, model: Any) -> None:
+        Intervention.bind(self, model)
+
+    def phi(self, layer: int, x: Tensor) -> Tensor:
+        w1, w2 = self.knobs.kernel_w1[layer].to(x.dtype), self.knobs.kernel_w2[layer].to(x.dtype)
+        return F.relu(x @ w1.T) @ w2.T
+
+    def edit_scores(self, layer: int, s: Tensor, ctx: Ctx) -> Tensor:
+        q = self.phi(layer, ctx.q)  # [b, T, H, d], after RoPE
+        k = expand_kv(self.phi(layer, ctx.k), q.shape[2], dim=2)
+        new = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
+        return new.to(s.dtype).masked_fill(~visible_mask(s), torch.finfo(s.dtype).min)
+
+
 def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     dtype = x.dtype
     x32 = x.float()
@@ -267,7 +376,8 @@ class KnobRuntime:
         c = cfg
         custom_mask = bool(c.prefix or c.window is not None or c.intra_doc)
         replace_pattern = c.kernel != "softmax" or c.k_bias or c.sink_logit or c.softmax_alpha != 1.0 or c.softmax_p != 1.0
-        self.attention_active = replace_pattern or custom_mask or c.pos == "alibi" or c.v_bias == "learn"
+        positional = c.pos in ("alibi", "relative", "t5")
+        self.attention_active = replace_pattern or custom_mask or positional or c.v_bias == "learn"
 
     def knob_names(self) -> tuple[list[str], list[str]]:
         """``(attention knobs, other knobs)`` this runtime attaches: what changes how attention forms, and the rest."""
@@ -278,7 +388,7 @@ class KnobRuntime:
         if c.softmax_alpha != 1.0 or c.softmax_p != 1.0:
             att.append("scaled/p-norm softmax")
         if c.k_bias:
-            att.append("K bias")
+            att.append("K bias" if c.k_bias_dims is None else f"K bias (d_a = {c.k_bias_dims})")
         if c.sink_logit:
             att.append("sink logit")
         if c.v_bias == "learn":
@@ -291,6 +401,8 @@ class KnobRuntime:
             att.append("intra-document mask")
         if c.pos == "alibi":
             att.append("ALiBi")
+        if c.pos in ("relative", "t5"):
+            att.append("T5 relative bias" if c.pos == "t5" else "relative positions (official bucket bias)")
         if c.pos in ("learned", "sinusoidal"):
             other.append(f"{c.pos} positions")
         if c.norm == "post":
@@ -310,11 +422,15 @@ class KnobRuntime:
             out.append(_ValueBias(p))
         if c.sink_logit:
             out.append(_KnobSinkLogit(p))
+        if c.kernel == "mlp":  # replaces the scores: first of the score edits
+            out.append(_MlpFeatureMap(p))
         kernel = kernel_for(c)
         if kernel is not None:
             out.append(AttentionKernel(kernel[0], name=f"kernel {c.kernel}", **kernel[1]))
         if c.pos == "alibi":
             out.append(_Alibi(p))
+        if c.pos in ("relative", "t5"):
+            out.append(_RelativeBias(p, c.pos, c.rel_buckets, c.rel_max_distance))
         return out
 
     def _documents(self, T: int, device: Any) -> Tensor | None:

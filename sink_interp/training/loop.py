@@ -49,7 +49,7 @@ from .._internal import display, vocab
 from .._internal.provenance import Provenance, dumps, versions, write_atomic
 from .._internal.report import Report
 from ..tasks import BigramBackcopy, Sampler, TextCorpus
-from .config import TrainConfig, preset  # noqa: F401  (preset: used by the docstring example)
+from .config import TrainConfig, preset, with_later_defaults  # noqa: F401  (preset: used by the docstring example)
 from .evaluate import masked_ce, probe_stats, round_metric, val_losses
 from .model import LabModel, build_model, replace_problem, save_trained
 
@@ -95,6 +95,8 @@ def make_sampler(cfg: TrainConfig, task: Any, seed: int, split: str = "train", *
         data_tokens=cfg.data_tokens if split == "train" else None,
         prefix=cfg.prefix,
         sink_token=cfg.sink_token,
+        random_token_pos=cfg.random_token_pos,
+        random_token_count=cfg.random_token_count,
     )
     kw.update(over)
     return Sampler(task, seed=seed, **kw)
@@ -277,6 +279,7 @@ def extension_problem(old: TrainConfig, new: TrainConfig, done: int) -> str | No
 
 def _check_resume(ran: dict[str, Any], cfg: TrainConfig, done: int, *, extend: bool, out: Path) -> None:
     """Refuse to continue the run ``ran`` (at step ``done``) as ``cfg`` unless it is the same run (or an exact extension)."""
+    ran = with_later_defaults(ran)  # a run stored before a knob existed had it at its default
     diff = _diff(ran, cfg.to_dict())
     if not diff:
         return
@@ -560,7 +563,9 @@ def _train(
     dev = next(lab.bridge.parameters()).device
     sampler = make_sampler(cfg, task, seed=cfg.seed + 1, split="train")
     val_batches = make_sampler(cfg, task, seed=cfg.seed + 10_007, split="val").fixed_batches(cfg.eval_batches, cfg.batch_size)
-    probe = make_sampler(cfg, task, seed=cfg.seed + 20_011, split="val", intra_doc=False).sample(cfg.probe_n).tokens
+    # the sink probe is the data without random tokens (official eval_sink_pretrain.py probes natural text)
+    probe = make_sampler(cfg, task, seed=cfg.seed + 20_011, split="val", intra_doc=False, random_token_pos=None)
+    probe = probe.sample(cfg.probe_n).tokens
     optimizer = make_optimizer(cfg, lab)
 
     ckpt_path = out / CKPT
