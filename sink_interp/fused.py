@@ -29,7 +29,8 @@ windowed layer it only ever touches the keys inside the window).
 It is used only when nothing can differ from the bridge (see
 :func:`fused_supported`): no hooks on the bridge (interventions and traces use
 hooks, so they keep using the hooks engine), a model whose attention runs
-through transformers' attention interface (not Bloom's ALiBi), and a self-check
+through transformers' attention interface (not Bloom's ALiBi), a model on one device (a ``device_map``
+that splits or offloads it needs accelerate's hooks, which the twin does not carry), and a self-check
 on a short slice of the input that compares the twin's scores with the bridge's
 ``hook_pattern`` (:func:`sink_interp.lse.self_check`).
 """
@@ -47,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._internal import placement
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet, as_tokens
 from .architecture import AttentionSpec, describe_attention, unwrap
@@ -264,6 +266,11 @@ def fused_supported(model: Any, tokens: Tensor | ProbeSet, mask: AttentionMask |
     orig = getattr(model, "original_model", None)
     if orig is None or not hasattr(orig, "config") or not hasattr(model, "hook_dict"):
         return False, "not a TransformerBridge wrapping a Hugging Face model"
+    if placement.split(model):
+        return False, (
+            f"the model is split or offloaded by a device_map ({placement.describe_map(model)}): the fused twin carries no "
+            "accelerate hooks to move weights and activations, so the hooks engine runs"
+        )
     hooks = user_hooks(model)
     if hooks:
         return False, f"hooks are attached to the model ({hooks[:3]}...); only the hooks engine sees their effect"
