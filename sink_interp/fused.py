@@ -59,8 +59,11 @@ from .masks import CAUSAL, AttentionMask, as_mask
 ATTN_NAME = "sink_interp_fused"
 CPU_KERNEL = "aten._scaled_dot_product_flash_attention_for_cpu"
 SDPA = "F.scaled_dot_product_attention"
-#: weight dtypes the fused kernels round like the bridge's eager attention
-FUSED_DTYPES = (torch.float32, torch.float64)
+#: weight dtypes the fused engine runs. Half precision: the sink scores still accumulate in float32 (q and k are
+#: cast up in :func:`sink_interp.blockwise.block_alpha`; on the CPU the kernel itself runs in float32), and the
+#: self-check's tolerance is the dtype's (``ATTENTION_ATOL``), since eager and fused attention round differently.
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+FUSED_DTYPES = (torch.float32, torch.float64, *HALF_DTYPES)
 #: use the CPU flash kernel's logsumexp when it applies (False: F.scaled_dot_product_attention + blockwise LSE,
 #: the path CUDA/MPS take)
 USE_CPU_LSE_KERNEL = True
@@ -159,7 +162,12 @@ def _attention(
     else:
         T = query.shape[-2]
         additive = None if mask.is_causal else run.additive_mask(T, query.dtype, query.device)
-        out, lse, kernel = fused_attention(query, key, value, scale, mask, additive, want_lse=i is not None)
+        if query.dtype in HALF_DTYPES and query.device.type == "cpu":  # the CPU LSE kernel runs in float32
+            up = None if additive is None else additive.float()
+            out, lse, kernel = fused_attention(query.float(), key.float(), value.float(), scale, mask, up, want_lse=i is not None)
+            out = out.to(query.dtype)
+        else:
+            out, lse, kernel = fused_attention(query, key, value, scale, mask, additive, want_lse=i is not None)
         lse_from = "kernel" if lse is not None else "blockwise"
         if i is not None:
             col, rows = block_alpha(query, key, scale, lse=lse, mask=mask, query_edges=run.edges, block_bytes=run.block_bytes)
