@@ -55,6 +55,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._internal import hooknames
+from ._internal.placement import materialized
 from ._internal.probe import ProbeSet, as_tokens
 from .masks import AttentionMask, as_mask
 
@@ -428,18 +429,19 @@ class AttentionSpec:
             module = getattr(module, part, None)
         if module is None:
             return None, None
-        w = getattr(module, "weight", None)
-        if w is None:
-            w = getattr(module, "w", None)
-        if not isinstance(w, Tensor):
-            return None, None
-        g = w.detach().float().cpu()
-        if getattr(module, "uses_weight_offset", False):
-            g = g + 1.0
-        b = getattr(getattr(module, "original_component", None), "bias", None)
-        if b is None:
-            b = getattr(module, "b", None)
-        b = b.detach().float().cpu() if isinstance(b, Tensor) else None
+        with materialized(module):  # weights offloaded by a device_map hold their values only in here
+            w = getattr(module, "weight", None)
+            if w is None:
+                w = getattr(module, "w", None)
+            if not isinstance(w, Tensor):
+                return None, None
+            g = w.detach().float().cpu().clone()
+            if getattr(module, "uses_weight_offset", False):
+                g = g + 1.0
+            b = getattr(getattr(module, "original_component", None), "bias", None)
+            if b is None:
+                b = getattr(module, "b", None)
+            b = b.detach().float().cpu().clone() if isinstance(b, Tensor) else None
         return g, b
 
     def to_dict(self) -> dict[str, Any]:

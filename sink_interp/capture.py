@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ._internal import hooknames
+from ._internal import placement as _placement
 from ._internal.errors import NonFiniteError, check_positive_int, check_tokens
 from ._internal.probe import ProbeSet
 
@@ -349,10 +350,8 @@ class _StopForward(Exception):
 
 
 def model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover
-        return torch.device("cpu")
+    """The device inputs and accumulators go to (``cfg.device`` under a device map; see :mod:`sink_interp._internal.placement`)."""
+    return _placement.model_device(model)
 
 
 def auto_batch_size(model: Any, length: int, budget_bytes: float = 512e6) -> int:

@@ -30,11 +30,38 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
     p.add_argument(
+        "--device-map", default=None, help="let accelerate place the model: auto, balanced, sequential (not with --device)"
+    )
+    p.add_argument("--max-memory", default=None, help="budget per device for --device-map, e.g. 0=20GiB,cpu=250MB")
+    p.add_argument("--offload-folder", default=None, help="folder for weights --device-map offloads to disk")
+    p.add_argument("--revision", default=None, help="branch, tag or commit of a hub model, e.g. step3000 (Pythia checkpoints)")
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
         help="CPU threads for torch (default: torch's); on a shared, busy machine 1 is often fastest",
     )
+
+
+def _placement(args: argparse.Namespace) -> dict[str, Any]:
+    """load_model's placement keywords from --device-map, --max-memory, --offload-folder and --revision."""
+    out: dict[str, Any] = {}
+    if getattr(args, "device_map", None):
+        out["device_map"] = args.device_map
+    if getattr(args, "max_memory", None):
+        budget: dict[Any, str] = {}
+        for part in args.max_memory.split(","):
+            dev, sep, size = part.partition("=")
+            if not sep or not dev.strip() or not size.strip():
+                raise ValueError(f"--max-memory {args.max_memory!r}: write DEVICE=SIZE pairs, e.g. 0=20GiB,cpu=250MB")
+            dev = dev.strip()
+            budget[int(dev) if dev.isdigit() else dev] = size.strip()
+        out["max_memory"] = budget
+    if getattr(args, "offload_folder", None):
+        out["offload_folder"] = args.offload_folder
+    if getattr(args, "revision", None):
+        out["revision"] = args.revision
+    return out
 
 
 def _add_data_args(p: argparse.ArgumentParser, n: int | None, length: int, data: str = "natural", concat: bool = False) -> None:
@@ -289,7 +316,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     check_eps(args.eps)
     t0 = time.time()
-    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet, **_placement(args))
     t_load = time.time() - t0
     tokens = _probe(model, args)
     info = tokens.info
@@ -451,7 +478,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     check_positive_int(args.n, "--n")
     check_positive_int(args.fit_steps, "--fit-steps", minimum=0)
     t0 = time.time()
-    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet, **_placement(args))
     n_train = check_positive_int(args.fit_n, "--fit-n", minimum=0)
     allt = probe_tokens(model, args.data, n=args.n + n_train, length=args.length, bos=args.bos, seed=args.seed)
     info = allt.info
@@ -535,7 +562,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
     if args.corrupt == "bos" and not args.bos:
         raise ValueError("--corrupt bos patches from the input with BOS into the same text without it; fix: add --bos")
     t0 = time.time()
-    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet, **_placement(args))
     tokens = _probe(model, args)
     kw: dict[str, Any] = {"progress": not args.quiet, "layers": _parse_layers(args.layers), "batch_size": args.batch_size}
     if args.direction:
@@ -576,7 +603,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from .streaming import long_tokens, streaming_ppl
 
     t0 = time.time()
-    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet, **_placement(args))
     toks = long_tokens(model, length=args.length, n=args.n, bos=args.bos, path=args.data)
     rep = streaming_ppl(model, toks, n_sinks=args.sinks, window=args.window, bucket=args.bucket, progress=not args.quiet)
     mi = rep.model_info
@@ -623,7 +650,7 @@ def cmd_long(args: argparse.Namespace) -> int:
 
     check_eps(args.eps)
     t0 = time.time()
-    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet, **_placement(args))
     t_load = time.time() - t0
     tokens = _probe(model, args)
     t1 = time.time()
@@ -692,7 +719,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     check_positive_int(args.n_detail, "--n-detail")
     check_positive_int(args.attention_layers, "--attention-layers")
     t0 = time.time()
-    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet, **_placement(args))
     tokens = probe_tokens(model, args.data, n=args.n, length=args.length, bos=args.bos, seed=args.seed)
     t_load = time.time() - t0
     command = "sink-interp report " + " ".join(
@@ -723,7 +750,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from . import load_model, probe_tokens, trace_sink
 
     t0 = time.time()
-    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet, **_placement(args))
     t_load = time.time() - t0
     tokens = probe_tokens(model, args.data, n=args.n, length=args.length, bos=args.bos, seed=args.seed)
     info = tokens.info

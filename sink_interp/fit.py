@@ -246,7 +246,7 @@ def fit_bias(
                 with intervene(model, mask, bias):
                     logits = model(batch)
                 loss = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1)
+                    logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1).to(logits.device)
                 )
                 if not bool(torch.isfinite(loss)):
                     with intervene(model, mask, bias):

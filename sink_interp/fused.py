@@ -29,7 +29,8 @@ windowed layer it only ever touches the keys inside the window).
 It is used only when nothing can differ from the bridge (see
 :func:`fused_supported`): no hooks on the bridge (interventions and traces use
 hooks, so they keep using the hooks engine), a model whose attention runs
-through transformers' attention interface (not Bloom's ALiBi), and a self-check
+through transformers' attention interface (not Bloom's ALiBi), a model on one device (a ``device_map``
+that splits or offloads it needs accelerate's hooks, which the twin does not carry), and a self-check
 on a short slice of the input that compares the twin's scores with the bridge's
 ``hook_pattern`` (:func:`sink_interp.lse.self_check`).
 """
@@ -47,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._internal import placement
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet, as_tokens
 from .architecture import AttentionSpec, describe_attention, unwrap
@@ -57,8 +59,11 @@ from .masks import CAUSAL, AttentionMask, as_mask
 ATTN_NAME = "sink_interp_fused"
 CPU_KERNEL = "aten._scaled_dot_product_flash_attention_for_cpu"
 SDPA = "F.scaled_dot_product_attention"
-#: weight dtypes the fused kernels round like the bridge's eager attention
-FUSED_DTYPES = (torch.float32, torch.float64)
+#: weight dtypes the fused engine runs. Half precision: the sink scores still accumulate in float32 (q and k are
+#: cast up in :func:`sink_interp.blockwise.block_alpha`; on the CPU the kernel itself runs in float32), and the
+#: self-check's tolerance is the dtype's (``ATTENTION_ATOL``), since eager and fused attention round differently.
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+FUSED_DTYPES = (torch.float32, torch.float64, *HALF_DTYPES)
 #: use the CPU flash kernel's logsumexp when it applies (False: F.scaled_dot_product_attention + blockwise LSE,
 #: the path CUDA/MPS take)
 USE_CPU_LSE_KERNEL = True
@@ -157,7 +162,12 @@ def _attention(
     else:
         T = query.shape[-2]
         additive = None if mask.is_causal else run.additive_mask(T, query.dtype, query.device)
-        out, lse, kernel = fused_attention(query, key, value, scale, mask, additive, want_lse=i is not None)
+        if query.dtype in HALF_DTYPES and query.device.type == "cpu":  # the CPU LSE kernel runs in float32
+            up = None if additive is None else additive.float()
+            out, lse, kernel = fused_attention(query.float(), key.float(), value.float(), scale, mask, up, want_lse=i is not None)
+            out = out.to(query.dtype)
+        else:
+            out, lse, kernel = fused_attention(query, key, value, scale, mask, additive, want_lse=i is not None)
         lse_from = "kernel" if lse is not None else "blockwise"
         if i is not None:
             col, rows = block_alpha(query, key, scale, lse=lse, mask=mask, query_edges=run.edges, block_bytes=run.block_bytes)
@@ -264,6 +274,11 @@ def fused_supported(model: Any, tokens: Tensor | ProbeSet, mask: AttentionMask |
     orig = getattr(model, "original_model", None)
     if orig is None or not hasattr(orig, "config") or not hasattr(model, "hook_dict"):
         return False, "not a TransformerBridge wrapping a Hugging Face model"
+    if placement.split(model):
+        return False, (
+            f"the model is split or offloaded by a device_map ({placement.describe_map(model)}): the fused twin carries no "
+            "accelerate hooks to move weights and activations, so the hooks engine runs"
+        )
     hooks = user_hooks(model)
     if hooks:
         return False, f"hooks are attached to the model ({hooks[:3]}...); only the hooks engine sees their effect"

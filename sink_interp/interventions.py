@@ -84,7 +84,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ._internal import hooknames
+from ._internal import hooknames, placement
 from ._internal.report import register_codec
 from ._internal.vocab import renamed_kwargs
 from .architecture import LayerAttention, describe_attention
@@ -580,7 +580,7 @@ class KVBias(Intervention):
     ``per_head=True``: one ``k*`` per query head (``[H, d]``), else one shared by
     all heads of the layer (``[d]``). ``value=False`` keeps ``v* = 0`` (the
     paper's "K bias"). Parameters live in :attr:`params` (an ``nn.ParameterDict``
-    keyed by layer), created on first use and kept, so a fitted bias can be
+    keyed by layer), created on first use (on that layer's device) and kept, so a fitted bias can be
     reused; pass ``k`` / ``v`` (``{layer: tensor}``) to set them.
 
     Example:
@@ -629,18 +629,18 @@ class KVBias(Intervention):
 
     def bind(self, model: Any) -> None:
         super().bind(model)
-        param = next(model.parameters())
         rows = self.n_heads if self.per_head else 1
         for layer in self.layers:
+            dev = placement.layer_device(model, layer)  # split / offloaded models: each layer's own device
             for kind, init in (("k", self._k_init), ("v", self._v_init if self.value else None)):
                 if kind == "v" and not self.value:
                     continue
                 key = f"{kind}{layer}"
                 if key in self.params:
                     continue
-                t = torch.zeros(rows, self.d_head, dtype=torch.float32, device=param.device)
+                t = torch.zeros(rows, self.d_head, dtype=torch.float32, device=dev)
                 if init is not None and layer in init:
-                    given = torch.as_tensor(init[layer], dtype=torch.float32, device=param.device)
+                    given = torch.as_tensor(init[layer], dtype=torch.float32, device=dev)
                     try:
                         t = t + given.reshape(-1, self.d_head).expand(rows, -1)
                     except RuntimeError:
@@ -719,11 +719,11 @@ class SinkLogit(Intervention):
 
     def bind(self, model: Any) -> None:
         super().bind(model)
-        dev = next(model.parameters()).device
         for layer in self.layers:
             key = f"s{layer}"
             if key in self.params:
                 continue
+            dev = placement.layer_device(model, layer)  # split / offloaded models: each layer's own device
             t = torch.full((self.n_heads,), self.init, dtype=torch.float32, device=dev)
             if self._given is not None and layer in self._given:
                 t = t * 0 + torch.as_tensor(self._given[layer], dtype=torch.float32, device=dev).reshape(-1).expand(self.n_heads)

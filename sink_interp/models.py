@@ -41,6 +41,8 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ._internal.errors import require
+from ._internal.placement import device_map as _device_map_of
+from ._internal.placement import model_device as _model_device
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -116,6 +118,7 @@ class ModelInfo:
     bos_token_id: int | None
     family: str = ""
     attention: tuple[str, ...] = ()
+    device_map: dict[str, str] | None = None  # where accelerate placed each module (load_model(device_map=...)), else None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -214,6 +217,12 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     progress: bool = True,
+    *,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
+    n_devices: int | None = None,
+    revision: str | None = None,
 ) -> Any:
     """Load a model as a ``TransformerBridge`` in eval mode.
 
@@ -221,11 +230,19 @@ def load_model(
         name: ``"smollm2-135m"`` (offline default), a ``"tiny-*"`` test model,
             a Hugging Face id, or a local Hugging Face directory.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...; default:
-            CUDA when available.
+            CUDA when available. Not with ``device_map``.
         dtype: model weights' dtype (default float32). Sink scores are always
             reduced in float32.
         progress: show the progress line and bars of a first-time cache build
             (``smollm2-135m``); ``False`` hides them (warnings still show).
+        device_map: let Hugging Face accelerate place the model (``"auto"``, ``"balanced"``,
+            ``{"model.layers.0": 0, ...}``): split over GPUs, or offloaded to the CPU and disk.
+            Checkpoints only (``smollm2-135m``, folders, hub ids), not the tiny models.
+        max_memory: per-device budget for ``device_map``, e.g. ``{0: "20GiB", "cpu": "250MB"}``.
+        offload_folder: folder for the weights ``device_map`` offloads to disk.
+        n_devices: split over this many GPUs (the bridge turns it into a device map).
+        revision: a branch, tag or commit of a Hugging Face hub id, e.g. Pythia's training
+            checkpoint ``"step3000"``; refused for the offline names and local folders.
 
     Examples:
         >>> model = load_model("tiny-gqa")
@@ -234,30 +251,35 @@ def load_model(
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"name must be a model name, got {name!r}; known offline names: {known_models()}")
-    dev = resolve_device(device)
+    place = _check_placement(name, device, device_map, max_memory, offload_folder, n_devices, revision)
+    dev = None if "device_map" in place or place.get("n_devices", 1) > 1 else resolve_device(device)
     dt = resolve_dtype(dtype)
     path = Path(name).expanduser()
     if name == DEFAULT_MODEL:
         ckpt = smollm2_checkpoint(progress=progress)
         try:
-            model = _boot_local(str(ckpt), dev, dt)
+            model = _boot_local(str(ckpt), dev, dt, **place)
         except (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError)):
             raise
         except Exception as e:
+            if place:  # the checkpoint was verified just now: the placement is what failed
+                raise ValueError(_placement_failed(place, e)) from e
             raise CacheError(
                 f"the cached SmolLM2 checkpoint in {ckpt} does not load ({type(e).__name__}: {_first_line(e)}); "
                 "fix: rebuild it with sink_interp.models.smollm2_checkpoint(refresh=True), or delete that folder "
                 "and run again"
             ) from e
     elif name in TINY_MODELS:
+        _refuse_placement(name, place, "a tiny model is built in memory")
         model = tiny_model(**TINY_MODELS[name], device=dev, dtype=dt)
         LOADED_AS[model] = name
         return model
     elif (loader := _folder_loader(path)) is not None:  # e.g. a model trained by sink_interp.training: its knobs
+        _refuse_placement(name, place, "a model trained by sink_interp is loaded by its own loader")
         bridge = loader(path, dev)
         return bridge if dt == torch.float32 else bridge.to(dtype=dt)
     elif path.is_dir():
-        model = _boot_local(str(path), dev, dt)
+        model = _boot_local(str(path), dev, dt, **place)
     elif path.exists():
         raise ValueError(
             f"model {name!r} is a file, not a folder; pass the folder of a Hugging Face checkpoint "
@@ -272,7 +294,7 @@ def load_model(
             "or one of: " + ", ".join(known_models())
         )
     elif _looks_like_hub_id(name):
-        model = _boot_hub(name, dev, dt)
+        model = _boot_hub(name, dev, dt, **place)
     else:
         raise ValueError(
             f"unknown model name {name!r}. Known offline names: {', '.join(known_models())}. "
@@ -281,6 +303,78 @@ def load_model(
         )
     LOADED_AS[model] = name
     return model
+
+
+_PLACEMENT_ARGS = ("device_map", "max_memory", "offload_folder", "n_devices")
+
+
+def _check_placement(
+    name: str,
+    device: Any,
+    device_map: Any,
+    max_memory: Any,
+    offload_folder: Any,
+    n_devices: Any,
+    revision: Any,
+) -> dict[str, Any]:
+    """The placement keywords for the bridge (only those given), checked; one-line errors naming the argument."""
+    out: dict[str, Any] = {}
+    if device_map is not None:
+        if not isinstance(device_map, (str, dict)) or (isinstance(device_map, str) and not device_map.strip()):
+            raise ValueError(
+                f"device_map must be a string ('auto', 'balanced', 'sequential') or a dict of module -> device, "
+                f"got {device_map!r}"
+            )
+        out["device_map"] = device_map.strip() if isinstance(device_map, str) else dict(device_map)
+    if n_devices is not None:
+        if isinstance(n_devices, bool) or not isinstance(n_devices, int) or n_devices < 1:
+            raise ValueError(f"n_devices must be a positive int (GPUs to split the model over), got {n_devices!r}")
+        out["n_devices"] = int(n_devices)
+    if device is not None and ("device_map" in out or out.get("n_devices", 1) > 1):
+        which = "device_map" if "device_map" in out else "n_devices"
+        raise ValueError(
+            f"device={str(device)!r} and {which}={out[which]!r} are exclusive: device puts the whole model on one device, "
+            f"{which} lets accelerate place it; fix: pass only one of them"
+        )
+    if max_memory is not None:
+        if not isinstance(max_memory, dict) or not max_memory:
+            raise ValueError(
+                f"max_memory must be a dict of device -> budget, e.g. {{0: '20GiB', 'cpu': '250MB'}}, got {max_memory!r}"
+            )
+        out["max_memory"] = dict(max_memory)
+    if offload_folder is not None:
+        out["offload_folder"] = str(Path(offload_folder).expanduser())
+    spread = "device_map" in out or out.get("n_devices", 1) > 1
+    for arg in ("max_memory", "offload_folder"):
+        if arg in out and not spread:
+            raise ValueError(f"{arg} applies to a device_map; fix: add device_map='auto' (or drop {arg})")
+    if spread and importlib.util.find_spec("accelerate") is None:
+        require("accelerate", "accelerate", "device_map / n_devices (Hugging Face accelerate places the model)")
+    if revision is not None:
+        if not isinstance(revision, str) or not revision.strip():
+            raise ValueError(f"revision must be a branch, tag or commit of a hub repository (e.g. 'step3000'), got {revision!r}")
+        local = "an offline model with one version" if name in known_models() else "a local folder"
+        if name in known_models() or Path(name).expanduser().exists():
+            raise ValueError(
+                f"revision={revision!r} selects a version of a Hugging Face hub repository, but {name!r} is {local}; "
+                "fix: drop revision, or pass a hub id (e.g. 'EleutherAI/pythia-70m' with revision='step3000')"
+            )
+        out["revision"] = revision.strip()
+    return out
+
+
+def _refuse_placement(name: str, placement: dict[str, Any], why: str) -> None:
+    given = [k for k in _PLACEMENT_ARGS if k in placement]
+    if given:
+        raise ValueError(
+            f"{given[0]} is not available for {name!r} ({why}, not by Hugging Face from a checkpoint); fix: device=... "
+            "instead, or load a checkpoint folder, a hub id or 'smollm2-135m'"
+        )
+
+
+def _placement_failed(placement: dict[str, Any], e: BaseException) -> str:
+    given = ", ".join(f"{k}={v!r}" for k, v in placement.items())
+    return f"loading with {given} failed ({type(e).__name__}: {_first_line(e)}); fix: check these arguments, or use device=..."
 
 
 def _looks_like_path(name: str) -> bool:
@@ -347,14 +441,16 @@ def _placeholder_tokenizer() -> Any:
     )
 
 
-def _boot_local(path: str, device: torch.device, dtype: torch.dtype) -> Any:
+def _boot_local(path: str, device: torch.device | None, dtype: torch.dtype, **placement: Any) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(placement)
+    if device is not None:
+        kwargs["device"] = str(device)
     tokenizer_free = not has_tokenizer_files(path)
     if tokenizer_free:  # a checkpoint saved without its tokenizer: token ids work, text does not
         kwargs["tokenizer"] = _placeholder_tokenizer()
     with quiet_loading():
-        model = bridge_class().boot_transformers(path, device=str(device), dtype=dtype, **kwargs)
+        model = bridge_class().boot_transformers(path, dtype=dtype, **kwargs)
     if tokenizer_free:
         model.tokenizer = None
         _NO_TOKENIZER[model] = f"{path} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}...)"
@@ -387,10 +483,13 @@ def special_token_ids(model: Any) -> dict[str, int]:
     return out
 
 
-def _boot_hub(name: str, device: torch.device, dtype: torch.dtype) -> Any:
+def _boot_hub(name: str, device: torch.device | None, dtype: torch.dtype, **placement: Any) -> Any:
+    kwargs: dict[str, Any] = dict(placement)
+    if device is not None:
+        kwargs["device"] = str(device)
     try:
         with quiet_loading():
-            model = bridge_class().boot_transformers(name, device=str(device), dtype=dtype)
+            model = bridge_class().boot_transformers(name, dtype=dtype, **kwargs)
     except OSError as e:
         raise OSError(
             f"could not load {name!r} from the Hugging Face hub ({e.__class__.__name__}), and there is no local "
@@ -919,10 +1018,10 @@ def model_info(model: Any) -> ModelInfo:
     cfg = model.cfg
     spec = describe_attention(model)
     try:
-        param = next(model.parameters())
-        dtype, device = str(param.dtype).replace("torch.", ""), str(param.device)
+        dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     except StopIteration:  # pragma: no cover
-        dtype, device = "unknown", "unknown"
+        dtype = "unknown"
+    device = str(_model_device(model))  # cfg.device (the embedding's) under a device map, never meta
     bos = special_token_ids(model).get("bos")
     return ModelInfo(
         name=model_name(model),
@@ -939,4 +1038,5 @@ def model_info(model: Any) -> ModelInfo:
         bos_token_id=None if bos is None else int(bos),
         family=spec.family,
         attention=tuple(spec.features()),
+        device_map=_device_map_of(model),
     )

@@ -3,7 +3,8 @@
 Shapes: ``W_Q [H, D, d]``, ``W_K`` / ``W_V [G, D, d]`` (G = KV heads), biases ``[H or G, d]``;
 MLP ``W_gate`` / ``W_in [D, d_mlp]``, ``W_out [d_mlp, D]``. Norm gains (with Gemma's ``1 + w``) come from
 :meth:`sink_interp.architecture.AttentionSpec.norm_gain`.
-Missing biases come back as ``None``. Everything is detached and float32 on the CPU.
+Missing biases come back as ``None``. Everything is detached, copied, float32 on the CPU; weights offloaded by a
+``device_map`` are read inside :func:`~sink_interp._internal.placement.materialized`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .placement import materialized
+
 
 def _get(obj: Any, name: str) -> Tensor | None:
     try:
@@ -21,13 +24,14 @@ def _get(obj: Any, name: str) -> Tensor | None:
         return None
     if not isinstance(w, torch.Tensor):
         return None
-    return w.detach().float().cpu()
+    return w.detach().float().cpu().clone()
 
 
 def attn_weights(model: Any, layer: int) -> dict[str, Tensor | None]:
     """``W_Q, b_Q, W_K, b_K, W_V, b_V`` of block ``layer``'s attention."""
     attn = model.blocks[layer].attn
-    out = {name: _get(attn, name) for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V")}
+    with materialized(attn):
+        out = {name: _get(attn, name) for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V")}
     for name in ("W_Q", "W_K", "W_V"):
         if out[name] is None:
             raise ValueError(
@@ -40,7 +44,8 @@ def attn_weights(model: Any, layer: int) -> dict[str, Tensor | None]:
 def mlp_weights(model: Any, layer: int) -> dict[str, Any]:
     """``W_gate`` (None when not gated), ``W_in``, ``W_out``, their biases, and the activation name."""
     mlp = model.blocks[layer].mlp
-    out: dict[str, Any] = {name: _get(mlp, name) for name in ("W_gate", "W_in", "W_out", "b_gate", "b_in", "b_out")}
+    with materialized(mlp):
+        out: dict[str, Any] = {name: _get(mlp, name) for name in ("W_gate", "W_in", "W_out", "b_gate", "b_in", "b_out")}
     out["act_fn"] = str(getattr(model.cfg, "act_fn", "") or "")
     out["gated"] = out["W_gate"] is not None
     return out
