@@ -185,3 +185,17 @@ def test_local_process_pool_gives_the_same_table(reference, tmp_path):
     table = reproduce(NAMES, out=tmp_path, steps=STEPS, overrides=SMALL, progress=False, jobs=2)
     assert rows(table) == rows(ref)
     assert metrics_of(tmp_path) == metrics_of(ref_root)
+
+
+@pytest.mark.slow
+def test_submitit_local_cluster_gives_the_same_table(reference, tmp_path):
+    """The real submitit, its local executor (no SLURM): each run a separate job; skipped where submitit is not installed."""
+    pytest.importorskip("submitit")
+    ref_root, ref = reference
+    opts = {"cluster": "local", "timeout_min": 10}
+    table = reproduce(
+        NAMES, out=tmp_path, steps=STEPS, overrides=SMALL, progress=False, executor="submitit", executor_options=opts
+    )
+    assert rows(table) == rows(ref)
+    assert metrics_of(tmp_path) == metrics_of(ref_root)
+    assert len(list((tmp_path / "submitit").glob("*_result.pkl"))) == 3

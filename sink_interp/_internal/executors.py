@@ -86,7 +86,9 @@ def map_jobs(
         return []
     if executor == "submitit":
         submitit = require("submitit", "'sink_interp[slurm]'", "executor='submitit' (SLURM arrays)")
-        executor = submitit.AutoExecutor(folder=str(Path(folder or "submitit")))
+        cluster = options.pop("cluster", None)  # "local" or "debug" run without SLURM (submitit's own test executors)
+        kw = {"cluster": cluster} if cluster is not None else {}
+        executor = submitit.AutoExecutor(folder=str(Path(folder or "submitit")), **kw)
         if options:
             executor.update_parameters(**options)
         options = {}
