@@ -487,7 +487,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     if args.plan_only:
         p = plan(finding, scale=scale, steps=args.steps, overrides=over or None, out=args.out)
-        print(_fmt_table([[s.index, ", ".join(s.labels), s.dir] for s in p], ["index", "used by", "folder"]))
+        used = [", ".join(s.labels[:2]) + (f" +{len(s.labels) - 2} more" if len(s.labels) > 2 else "") for s in p]
+        print(_fmt_table([[s.index, u, s.dir] for s, u in zip(p, used)], ["index", "used by", "folder"]))
         print(f"wrote {args.out}/plan.json: {len(p)} runs. Next, one per index (e.g. a SLURM array, --array=0-{len(p) - 1}):")
         print(f"  sink-interp reproduce --out {args.out} --run-one $SLURM_ARRAY_TASK_ID")
         print(f"then: sink-interp reproduce --out {args.out} --tabulate")
