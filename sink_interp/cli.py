@@ -6,7 +6,8 @@ sink-interp stream  --model smollm2-135m --sinks 4 --window 256 [--length 1536 -
 sink-interp measure --length 8192            # long inputs: method auto -> lse, passages joined
 sink-interp long --length 8192 --buckets 8   # Sink_k by query bucket and by key position
 sink-interp train --preset bb-softmax [--steps N] [--set key=value ...] --out DIR
-sink-interp reproduce [--finding NAME|all] [--scale cpu|gpu] --out DIR
+sink-interp reproduce [--finding NAME|all] [--scale cpu|gpu] --out DIR [--jobs N | --executor submitit|ray]
+sink-interp reproduce --out DIR --plan-only | --run-one INDEX | --tabulate   # the same in steps (SLURM arrays)
 sink-interp report --model smollm2-135m [--data natural] --out report.html
 sink-interp trace --model smollm2-135m --data natural --n 20 --length 64 [--layer L --head H] [--json OUT]
 sink-interp patch --model smollm2-135m --data natural --n 4 --length 32 --corrupt bos|first-token|shuffle \
@@ -141,19 +142,58 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--list", action="store_true", help="list the presets and exit")
     t.set_defaults(func=cmd_train)
 
-    r = sub.add_parser("reproduce", help="run paired experiments and tabulate the paper's findings")
-    r.add_argument("--finding", default="all", help="a finding name or 'all' (see --list)")
-    r.add_argument("--scale", default="cpu", choices=["cpu", "gpu"], help="cpu: BB task in minutes; gpu: the paper's recipe")
+    r = sub.add_parser(
+        "reproduce",
+        help="run paired experiments and tabulate the paper's findings (plan -> run one -> tabulate)",
+        description="Train the runs the findings need and write the table. The same work in steps, for a SLURM array: "
+        "--plan-only, then --run-one INDEX for each run (e.g. $SLURM_ARRAY_TASK_ID), then --tabulate.",
+    )
+    r.add_argument("--finding", default=None, help="a finding name, several joined by commas, or 'all' (default; see --list)")
+    r.add_argument(
+        "--scale", default=None, choices=["cpu", "gpu"], help="cpu (default): BB task in minutes; gpu: the paper's recipe"
+    )
     r.add_argument(
         "--out",
         default=None,
         help="directory for runs/ and the table (reproduce.json, reproduce.md): new, empty or an earlier one",
     )
     r.add_argument("--steps", type=int, default=None, help="override every run's steps (smoke tests)")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a TrainConfig field of every run (repeatable; smoke tests), e.g. --set d_model=32",
+    )
     r.add_argument("--device", default="cpu")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--list", action="store_true", help="list the findings and exit")
-    r.add_argument("--jobs", type=int, default=1, help="runs trained in parallel, one thread each (default 1)")
+    r.add_argument("--jobs", type=int, default=1, help="runs trained in parallel local processes, one thread each (default 1)")
+    r.add_argument(
+        "--executor",
+        default="local",
+        choices=["local", "submitit", "ray"],
+        help="what runs the list: local processes (default), submitit (one SLURM array; pip install 'sink_interp[slurm]') "
+        "or ray (pip install 'sink_interp[ray]')",
+    )
+    r.add_argument(
+        "--executor-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the executor (repeatable): submitit's update_parameters (slurm_partition=gpu, timeout_min=120, "
+        "gpus_per_node=1) or ray's .options (num_cpus=1, num_gpus=1)",
+    )
+    step = r.add_mutually_exclusive_group()
+    step.add_argument("--plan-only", action="store_true", help="write DIR/plan.json and list the runs; train nothing")
+    step.add_argument(
+        "--run-one",
+        type=int,
+        default=None,
+        metavar="INDEX",
+        help="train run INDEX of DIR/plan.json (resumes; a finished run is kept)",
+    )
+    step.add_argument("--tabulate", action="store_true", help="write the table from the finished runs of DIR/plan.json")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_reproduce)
 
@@ -446,22 +486,52 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .training.reproduce import FINDINGS, reproduce
+    from .training.reproduce import FINDINGS, plan, reproduce, run_one, tabulate
 
     if args.list:
         print(_fmt_table([[f.name, f.claim] for f in FINDINGS.values()], ["finding", "paper"]))
         return 0
     if not args.out:
         raise ValueError("--out DIR is required: a new or empty folder, or an earlier reproduce output")
+    finding = "all" if args.finding in (None, "all") else [x.strip() for x in args.finding.split(",") if x.strip()]
+    scale = args.scale or "cpu"
+    over = _parse_set(args.set)
+    if args.run_one is not None or args.tabulate:
+        flag = "--run-one" if args.run_one is not None else "--tabulate"
+        given = [n for n, v in (("--finding", args.finding), ("--scale", args.scale), ("--steps", args.steps)) if v is not None]
+        given += ["--set"] if args.set else []
+        given += [n for n, bad in (("--executor", args.executor != "local"), ("--jobs", args.jobs != 1)) if bad]
+        if given:
+            raise ValueError(f"{flag} reads the runs from DIR/plan.json; fix: drop {', '.join(given)} (give them to --plan-only)")
+        if args.tabulate:
+            table = tabulate(args.out)
+            print(table.to_markdown())
+            print(f"wrote {args.out}/reproduce.json and {args.out}/reproduce.md")
+            return 0
+        t0 = time.time()
+        d = run_one(args.run_one, args.out, device=args.device, threads=args.threads, progress=not args.quiet)
+        print(f"run {args.run_one}: {args.out}/{d} finished ({time.time() - t0:.0f}s)")
+        return 0
+    if args.plan_only:
+        p = plan(finding, scale=scale, steps=args.steps, overrides=over or None, out=args.out)
+        used = [", ".join(s.labels[:2]) + (f" +{len(s.labels) - 2} more" if len(s.labels) > 2 else "") for s in p]
+        print(_fmt_table([[s.index, u, s.dir] for s, u in zip(p, used)], ["index", "used by", "folder"]))
+        print(f"wrote {args.out}/plan.json: {len(p)} runs. Next, one per index (e.g. a SLURM array, --array=0-{len(p) - 1}):")
+        print(f"  sink-interp reproduce --out {args.out} --run-one $SLURM_ARRAY_TASK_ID")
+        print(f"then: sink-interp reproduce --out {args.out} --tabulate")
+        return 0
     table = reproduce(
-        args.finding,
-        scale=args.scale,
+        finding,
+        scale=scale,
         out=args.out,
         steps=args.steps,
+        overrides=over or None,
         device=args.device,
         threads=args.threads,
         jobs=args.jobs,
         progress=not args.quiet,
+        executor=args.executor,
+        executor_options=_parse_set(args.executor_opt) or None,
     )
     print(table.to_markdown())
     print(f"wrote {args.out}/reproduce.json and {args.out}/reproduce.md")

@@ -11,11 +11,29 @@ At ``scale="cpu"`` every finding runs on the Bigram-Backcopy task (see
 section 3), while BB develops one in minutes. ``scale="gpu"`` uses the
 paper's 60M-model recipe on natural text (``gpu-text-softmax``; give it a
 large corpus with ``text_corpus``); it is a recipe, not run in CI.
+
+The work splits into plan -> run one -> tabulate, so that the runs can go to
+any executor (a local process pool by default, SLURM arrays through submitit,
+Ray) and every run is a resumable directory keyed by its config:
+
+    >>> import tempfile
+    >>> small = dict(d_model=32, d_mlp=64, seq_len=16, batch_size=4, eval_batches=1, probe_n=4, bb_vocab=16)
+    >>> p = plan(["kbias"], steps=2, overrides=small)
+    >>> [s.labels for s in p]
+    [('kbias/base',), ('kbias/kbias',)]
+    >>> root = tempfile.mkdtemp()
+    >>> _ = plan(["kbias"], steps=2, overrides=small, out=root)   # writes root/plan.json
+    >>> [run_one(i, root, progress=False) for i in range(len(p))]  # e.g. one SLURM array task each  # doctest: +ELLIPSIS
+    ['runs/bb-softmax-...-s2', 'runs/bb-softmax-kbias-...-s2']
+    >>> tabulate(root).rows[0].finding
+    'kbias'
 """
 
 from __future__ import annotations
 
+import functools
 import html
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +44,15 @@ import pandas as pd
 import torch
 
 from .._internal import display
+from .._internal.executors import check_executor, map_jobs
 from .._internal.provenance import dumps, versions, write_atomic
 from .config import TrainConfig, preset
 from .loop import LOCK, claim_dir, dir_lock, make_sampler, make_task, read_metrics, run_config, train
 
 #: Marks a folder as a reproduce output of ours (written first).
 MARKER = "sink_interp_reproduce.json"
+#: The list of runs of the last plan written to a reproduce output (``run_one(INDEX)`` reads it).
+PLAN = "plan.json"
 
 
 # --------------------------------------------------------------------------- runs
@@ -59,11 +80,9 @@ def run_dir(root: Path, cfg: TrainConfig) -> Path:
     return root / "runs" / f"{cfg.name}-{cfg.fingerprint()}-s{cfg.steps}"
 
 
-def _train_one(args: tuple[dict[str, Any], str, str, int | None, bool]) -> str:
-    cfg_d, out, device, threads, progress = args
-    cfg = TrainConfig.from_dict(cfg_d)
-    train(cfg, out, resume=True, device=device, threads=threads, progress=progress)
-    return out
+def _rel(d: Path, root: Path) -> str:
+    """``d`` relative to the output root, with forward slashes (the folder can move)."""
+    return Path(d).relative_to(root).as_posix()
 
 
 def run_all(
@@ -74,24 +93,247 @@ def run_all(
     threads: int | None = 1,
     jobs: int = 1,
     progress: bool = True,
+    executor: Any = "local",
+    executor_options: dict[str, Any] | None = None,
 ) -> dict[str, Run]:
-    """Train every config (finished runs are reused), ``jobs`` at a time in separate processes."""
-    unique: dict[str, TrainConfig] = {}
-    for cfg in configs.values():
-        unique[str(run_dir(root, cfg))] = cfg
-    todo = [(d, c) for d, c in unique.items() if not _finished(Path(d), c)]
-    if jobs > 1 and len(todo) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-            list(ex.map(_train_one, [(c.to_dict(), d, device, threads, False) for d, c in todo]))
-    else:
-        for d, c in todo:
-            _train_one((c.to_dict(), d, device, threads, progress))
+    """Train every config (finished runs are reused) on ``executor`` (``jobs`` local processes by default)."""
+    specs = _specs({label: cfg for label, cfg in configs.items()}, root)
+    _run_specs(
+        specs, root, device=device, threads=threads, jobs=jobs, progress=progress, executor=executor, options=executor_options
+    )
     return {
         label: Run(label, cfg, str(run_dir(root, cfg)), tuple(read_metrics(run_dir(root, cfg)))) for label, cfg in configs.items()
     }
+
+
+# --------------------------------------------------------------------------- plan -> run one -> tabulate
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a plan: its config, the findings' labels that use it, and its folder relative to the output root."""
+
+    index: int
+    labels: tuple[str, ...]
+    config: TrainConfig
+    dir: str
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "labels": list(self.labels), "dir": self.dir, "config": self.config.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        return cls(int(d["index"]), tuple(d["labels"]), TrainConfig.from_dict(d["config"]), str(d["dir"]))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The runs of a reproduction (a sequence of :class:`RunSpec`), the findings that use them and the scale."""
+
+    findings: tuple[str, ...]
+    scale: str
+    runs: tuple[RunSpec, ...]
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __iter__(self) -> Any:
+        return iter(self.runs)
+
+    def __getitem__(self, i: int) -> RunSpec:
+        return self.runs[i]
+
+    def uses(self, finding: str) -> dict[str, RunSpec]:
+        """``{run key: spec}`` of one finding (the keys its judge reads, e.g. ``base``)."""
+        out = {}
+        for s in self.runs:
+            for lab in s.labels:
+                f, _, key = lab.partition("/")
+                if f == finding:
+                    out[key] = s
+        return out
+
+    def to_json(self) -> str:
+        return dumps(
+            {
+                "sink_interp_plan": 1,
+                "findings": list(self.findings),
+                "scale": self.scale,
+                "runs": [s.to_dict() for s in self.runs],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        d = json.loads(text)
+        return cls(tuple(d["findings"]), str(d["scale"]), tuple(RunSpec.from_dict(r) for r in d["runs"]))
+
+    @classmethod
+    def read(cls, root: str | os.PathLike[str]) -> Plan:
+        """The plan saved in a reproduce output (one-line ``FileNotFoundError`` when there is none)."""
+        path = Path(root).expanduser() / PLAN
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: no plan in this folder; fix: write one first with "
+                f"`sink-interp reproduce --out {root} --plan-only` (or sink_interp.training.reproduce.plan(..., out=))"
+            )
+        try:
+            return cls.from_json(path.read_text(encoding="utf-8"))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} is not a readable plan ({e}); fix: write it again with --plan-only") from None
+
+
+def _specs(configs: dict[str, TrainConfig], root: Path) -> list[RunSpec]:
+    """One spec per distinct run folder, in order of first use; ``configs`` maps ``finding/key`` labels to configs."""
+    by_dir: dict[str, tuple[list[str], TrainConfig]] = {}
+    for label, cfg in configs.items():
+        d = _rel(run_dir(root, cfg), root)
+        by_dir.setdefault(d, ([], cfg))[0].append(label)
+    return [RunSpec(i, tuple(labels), cfg, d) for i, (d, (labels, cfg)) in enumerate(by_dir.items())]
+
+
+def _configs(
+    names: list[str], scale: str, steps: int | None, overrides: dict[str, Any] | None
+) -> dict[str, dict[str, TrainConfig]]:
+    out: dict[str, dict[str, TrainConfig]] = {}
+    for n in names:
+        cfgs = FINDINGS[n].configs(scale)
+        if overrides:
+            cfgs = {k: c.replace(**overrides) for k, c in cfgs.items()}
+        if steps is not None:
+            cfgs = {
+                k: c.replace(
+                    steps=steps,
+                    eval_every=max(1, min(c.eval_every, steps)),
+                    ckpt_every=max(1, min(c.ckpt_every, steps)),
+                    warmup=min(c.warmup, steps // 2),
+                )
+                for k, c in cfgs.items()
+            }
+        out[n] = cfgs
+    return out
+
+
+def _names(finding: str | Sequence[str], scale: str) -> list[str]:
+    if scale not in ("cpu", "gpu"):
+        raise ValueError(f"scale must be 'cpu' or 'gpu', got {scale!r}")
+    names = list(FINDINGS) if finding == "all" else ([finding] if isinstance(finding, str) else list(finding))
+    unknown = [n for n in names if n not in FINDINGS]
+    if unknown:
+        raise ValueError(f"unknown finding(s) {unknown}; known: {', '.join(FINDINGS)} or 'all'")
+    if not names:
+        raise ValueError("finding is empty; fix: give a finding name, a list of them, or 'all'")
+    return names
+
+
+def _claim(root: Path) -> None:
+    """Refuse a folder that is not ours before writing anything; then mark it (under the caller's lock)."""
+    claim_dir(root, _is_reproduce_root, "reproduce output")
+    if not (root / MARKER).is_file():
+        write_atomic(root / MARKER, dumps({"sink_interp_reproduce": 1, "versions": versions()}))
+
+
+def plan(
+    finding: str | Sequence[str] = "all",
+    *,
+    scale: str = "cpu",
+    steps: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    out: str | os.PathLike[str] | None = None,
+) -> Plan:
+    """The runs that ``finding`` needs (shared runs once), numbered in a fixed order; nothing is trained.
+
+    With ``out``, the plan is also written to ``out/plan.json`` (atomically;
+    ``out`` must be new, empty or an earlier reproduce output), where
+    :func:`run_one` finds a run by its index and :func:`tabulate` the findings.
+    ``steps`` and ``overrides`` as in :func:`reproduce`.
+
+        >>> p = plan(["lr", "kbias"])
+        >>> len(p), p[0].labels, p[0].dir.startswith("runs/bb-softmax-")
+        (3, ('lr/base', 'kbias/base'), True)
+    """
+    names = _names(finding, scale)
+    cfgs = _configs(names, scale, steps, overrides)
+    root = Path(out).expanduser() if out is not None else Path("reproduce")
+    p = Plan(tuple(names), scale, tuple(_specs({f"{n}/{k}": c for n in names for k, c in cfgs[n].items()}, root)))
+    if out is not None:
+        claim_dir(root, _is_reproduce_root, "reproduce output")  # refuse before writing anything
+        root.mkdir(parents=True, exist_ok=True)
+        with dir_lock(root, "reproduce output"):
+            _claim(root)
+            write_atomic(root / PLAN, p.to_json())
+    return p
+
+
+def _ours(root: Path) -> None:
+    if not (root / MARKER).is_file():
+        raise FileNotFoundError(
+            f"{root} is not a sink_interp reproduce output (no {MARKER}); fix: write a plan there first with "
+            f"`sink-interp reproduce --out {root} --plan-only`"
+        )
+
+
+def run_one(
+    spec: RunSpec | int,
+    root: str | os.PathLike[str],
+    *,
+    device: str = "cpu",
+    threads: int | None = 1,
+    progress: bool = True,
+) -> str:
+    """Train one run of a plan under ``root`` (resumable and idempotent); returns its folder relative to ``root``.
+
+    ``spec`` is a :class:`RunSpec` or its index in ``root/plan.json`` (what a
+    SLURM array task passes as ``$SLURM_ARRAY_TASK_ID``). A finished run is
+    left as it is; an unfinished one resumes from its checkpoint. Two
+    processes on one run: the second is refused with a one-line error.
+    """
+    root = Path(root).expanduser()
+    _ours(root)
+    if not isinstance(spec, RunSpec):
+        p = Plan.read(root)
+        if isinstance(spec, bool) or not isinstance(spec, int) or not 0 <= spec < len(p):
+            raise ValueError(
+                f"run index must be a whole number in 0..{len(p) - 1} (the plan in {root / PLAN} has {len(p)} runs), got {spec!r}"
+            )
+        spec = p[spec]
+    d = root / spec.dir
+    if not _finished(d, spec.config):
+        train(spec.config, d, resume=True, device=device, threads=threads, progress=progress)
+    return spec.dir
+
+
+def _run_specs(
+    specs: Sequence[RunSpec],
+    root: Path,
+    *,
+    device: str,
+    threads: int | None,
+    jobs: int,
+    progress: bool,
+    executor: Any,
+    options: dict[str, Any] | None,
+) -> None:
+    """Run the unfinished specs on ``executor``, then check that every one finished (never tabulate a partial plan)."""
+    todo = [s for s in specs if not _finished(root / s.dir, s.config)]
+    local_serial = executor == "local" and (jobs == 1 or len(todo) <= 1)
+    fn = functools.partial(run_one, root=str(root), device=device, threads=threads, progress=progress and local_serial)
+    map_jobs(fn, todo, executor=executor, jobs=jobs, options=options, folder=root / "submitit")
+    _check_finished(specs, root)
+
+
+def _check_finished(specs: Sequence[RunSpec], root: Path) -> None:
+    left = [s.index for s in specs if not _finished(root / s.dir, s.config)]
+    if left:
+        shown = ", ".join(map(str, left[:8])) + (f" and {len(left) - 8} more" if len(left) > 8 else "")
+        raise ValueError(
+            f"{len(left)} of {len(specs)} runs under {root} are not finished (plan index {shown}); nothing was tabulated; "
+            f"fix: run them (`sink-interp reproduce --out {root} --run-one INDEX`), or the same reproduce command again"
+        )
 
 
 def _finished(d: Path, cfg: TrainConfig) -> bool:
@@ -639,66 +881,66 @@ def reproduce(
     threads: int | None = 1,
     jobs: int = 1,
     progress: bool = True,
+    executor: Any = "local",
+    executor_options: dict[str, Any] | None = None,
 ) -> ReproTable:
     """Run the paired experiments of ``finding`` (a name, a list, or ``"all"``) and write the table.
 
-    ``steps`` overrides every run's step count and ``overrides`` any other
-    :class:`TrainConfig` field of every run (for smoke tests: the numbers then
-    mean little). Finished runs under ``out/runs`` are reused and unfinished
-    ones resumed; ``jobs`` runs train in parallel processes with ``threads``
-    threads each. ``out`` must be new, empty or an earlier reproduce output
-    (one-line ``FileExistsError`` otherwise, before anything is written); a
-    second process on the same ``out`` is refused while the first one runs.
+    The same as :func:`plan` (with ``out``), :func:`run_one` for every run,
+    then :func:`tabulate`. ``steps`` overrides every run's step count and
+    ``overrides`` any other :class:`TrainConfig` field of every run (for smoke
+    tests: the numbers then mean little). Finished runs under ``out/runs`` are
+    reused and unfinished ones resumed. ``executor`` runs the list (see
+    :func:`sink_interp._internal.executors.map_jobs`): ``"local"`` (default;
+    ``jobs`` runs in parallel processes with ``threads`` threads each),
+    ``"submitit"`` (a SLURM array; ``executor_options`` such as
+    ``{"slurm_partition": "gpu", "timeout_min": 120}``), ``"ray"``, or any
+    object with ``map(fn, items)``. ``out`` must be new, empty or an earlier
+    reproduce output (one-line ``FileExistsError`` otherwise, before anything
+    is written); a second process on the same ``out`` is refused while the
+    first one runs.
     """
-    if scale not in ("cpu", "gpu"):
-        raise ValueError(f"scale must be 'cpu' or 'gpu', got {scale!r}")
-    names = list(FINDINGS) if finding == "all" else ([finding] if isinstance(finding, str) else list(finding))
-    unknown = [n for n in names if n not in FINDINGS]
-    if unknown:
-        raise ValueError(f"unknown finding(s) {unknown}; known: {', '.join(FINDINGS)} or 'all'")
+    names = _names(finding, scale)
+    check_executor(executor, jobs)
     root = Path(out).expanduser()
-    plan: dict[str, dict[str, TrainConfig]] = {}
-    for n in names:
-        cfgs = FINDINGS[n].configs(scale)
-        if overrides:
-            cfgs = {k: c.replace(**overrides) for k, c in cfgs.items()}
-        if steps is not None:
-            cfgs = {
-                k: c.replace(
-                    steps=steps,
-                    eval_every=max(1, min(c.eval_every, steps)),
-                    ckpt_every=max(1, min(c.ckpt_every, steps)),
-                    warmup=min(c.warmup, steps // 2),
-                )
-                for k, c in cfgs.items()
-            }
-        plan[n] = cfgs
+    cfgs = _configs(names, scale, steps, overrides)
+    p = Plan(tuple(names), scale, tuple(_specs({f"{n}/{k}": c for n in names for k, c in cfgs[n].items()}, root)))
     claim_dir(root, _is_reproduce_root, "reproduce output")  # refuse before writing anything
     root.mkdir(parents=True, exist_ok=True)
     with dir_lock(root, "reproduce output"):
-        claim_dir(root, _is_reproduce_root, "reproduce output")
-        if not (root / MARKER).is_file():
-            write_atomic(root / MARKER, dumps({"sink_interp_reproduce": 1, "versions": versions()}))
-        return _reproduce(names, plan, root, scale=scale, device=device, threads=threads, jobs=jobs, progress=progress)
+        _claim(root)
+        write_atomic(root / PLAN, p.to_json())
+        _run_specs(
+            p.runs,
+            root,
+            device=device,
+            threads=threads,
+            jobs=jobs,
+            progress=progress,
+            executor=executor,
+            options=executor_options,
+        )
+        return _tabulate(p, root)
 
 
-def _reproduce(
-    names: list[str],
-    plan: dict[str, dict[str, TrainConfig]],
-    root: Path,
-    *,
-    scale: str,
-    device: str,
-    threads: int | None,
-    jobs: int,
-    progress: bool,
-) -> ReproTable:
-    everything = {f"{n}/{k}": c for n, cfgs in plan.items() for k, c in cfgs.items()}
-    run_all(everything, root, device=device, threads=threads, jobs=jobs, progress=progress)
+def tabulate(root: str | os.PathLike[str]) -> ReproTable:
+    """The findings table of the plan in ``root`` from its finished runs; writes ``reproduce.json`` and ``reproduce.md``.
+
+    Refuses (one line, nothing written) while any run of the plan is unfinished.
+    """
+    root = Path(root).expanduser()
+    _ours(root)
+    p = Plan.read(root)
+    with dir_lock(root, "reproduce output"):
+        return _tabulate(p, root)
+
+
+def _tabulate(p: Plan, root: Path) -> ReproTable:
+    _check_finished(p.runs, root)
     rows = []
-    for n in names:
+    for n in p.findings:
         f = FINDINGS[n]
-        runs = {k: Run(k, c, str(run_dir(root, c)), tuple(read_metrics(run_dir(root, c)))) for k, c in plan[n].items()}
+        runs = {k: Run(k, s.config, str(root / s.dir), tuple(read_metrics(root / s.dir))) for k, s in p.uses(n).items()}
         v = f.verdict(runs)
         curves = _curves(root / "curves" / f"{n}.html", runs, f"{n}: {f.claim}")
         rows.append(
@@ -709,15 +951,28 @@ def _reproduce(
                 ours=v.ours,
                 agree=v.agree,
                 source=f.source,
-                runs={k: r.out_dir for k, r in runs.items()} | ({"curves": curves} if curves else {}),
+                runs={k: p.uses(n)[k].dir for k in runs} | ({"curves": _rel(Path(curves), root)} if curves else {}),
                 numbers=v.numbers,
                 note=v.note,
             )
         )
-    table = ReproTable(rows=tuple(rows), scale=scale, out=str(root), versions=versions())
+    table = ReproTable(rows=tuple(rows), scale=p.scale, out=str(root), versions=versions())
     table.to_json(str(root / "reproduce.json"))
     write_atomic(root / "reproduce.md", table.to_markdown())
     return table
 
 
-__all__ = ["FINDINGS", "Finding", "ReproRow", "ReproTable", "bos_dependence", "reproduce", "window_stats"]
+__all__ = [
+    "FINDINGS",
+    "Finding",
+    "Plan",
+    "ReproRow",
+    "ReproTable",
+    "RunSpec",
+    "bos_dependence",
+    "plan",
+    "reproduce",
+    "run_one",
+    "tabulate",
+    "window_stats",
+]
