@@ -69,6 +69,12 @@ class NextTokenReducer(Reducer):
     """
 
     needs_logits = True
+    rows = ("nll_sample",)
+    sums = ("nll_sum", "kl_sum", "top1_sum", "count", "nll_pos")
+
+    @property
+    def shardable(self) -> bool:  # type: ignore[override]
+        return self.reference is None and not self.keep  # a reference and kept log-probs belong to one batch
 
     def __init__(self, reference: Tensor | None = None, keep: bool = False):
         self.reference = reference

@@ -90,6 +90,9 @@ class LSEReducer(Reducer):
     Result: ``col [n, layers, heads, buckets, T]`` and ``row_sum [n, layers, heads]`` (float32, CPU).
     """
 
+    shardable = True
+    rows = ("col", "row_sum")
+
     def __init__(
         self,
         layers: Sequence[int] | None = None,

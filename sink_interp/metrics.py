@@ -92,6 +92,9 @@ def _row_tolerance(dtype: torch.dtype) -> float:
 class SinkScoreReducer(Reducer):
     """Streams ``alpha`` [sample, layer, head, key] and mean row sums from ``hook_pattern``."""
 
+    shardable = True
+    rows = ("alpha", "row_sum")
+
     def __init__(self, layers: Sequence[int] | None = None, score: str = "auto"):
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
@@ -136,6 +139,15 @@ class SinkScoreReducer(Reducer):
         i = self._index[layer]
         self.alpha[s : s + a.shape[0], i] = a.cpu()
         self.row_sum[s : s + a.shape[0], i] = rows.mean(-1).cpu()
+
+    def local_state(self) -> dict[int, str]:
+        return self.proxy_layers
+
+    def merge(self, states: list[Any]) -> None:
+        merged: dict[int, str] = {}
+        for st in states:  # rank order is batch order: the last batch's decision wins, as in one process
+            merged.update(st)
+        self.proxy_layers = merged
 
     def result(self) -> tuple[Tensor, Tensor]:
         return self.alpha, self.row_sum
