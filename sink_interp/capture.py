@@ -523,9 +523,7 @@ def run_reducers(
             for a, v in totals[id(r)].items():
                 setattr(r, a, v)
     if sharded:  # every rank learns of a failure (no rank waits forever in the merge), then merges
-        errors = [e for e in dist.gather(failed) if e is not None]
-        if errors:
-            raise errors[0]
+        dist.raise_any(failed)
         start, stop = batches.start * bs, min(batches.stop * bs, n)
         for r in reducers:
             dist.gather_rows({a: getattr(r, a) for a in r.rows}, start, stop)

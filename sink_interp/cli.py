@@ -16,10 +16,11 @@ sink-interp patch --model smollm2-135m --data natural --n 4 --length 32 --corrup
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 if TYPE_CHECKING:
     from ._internal.probe import ProbeSet
@@ -832,11 +833,34 @@ def _check_outputs(args: argparse.Namespace) -> None:
         check_writable(args.out, "--out")
 
 
+#: commands that shard their samples over the ranks when launched by torchrun
+SHARDED_COMMANDS = ("measure", "massive", "trace", "ablate", "long", "patch")
+
+
+@contextlib.contextmanager
+def _ranks(args: argparse.Namespace) -> Iterator[None]:
+    """Under ``torchrun``: shard over the ranks (:func:`sink_interp.distributed`); only rank 0 prints and shows progress."""
+    from ._internal import distributed as dist
+
+    if args.command not in SHARDED_COMMANDS or not dist.launched_by_torchrun():
+        yield
+        return
+    with dist.distributed():
+        if dist.is_main():
+            yield
+            return
+        if hasattr(args, "quiet"):
+            args.quiet = True
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            yield
+
+
 def _run(args: argparse.Namespace, debug: bool) -> int:
     try:
         _check_outputs(args)
         _set_threads(args)
-        return int(args.func(args) or 0)
+        with _ranks(args):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if debug:
             raise

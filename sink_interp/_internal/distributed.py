@@ -191,6 +191,17 @@ def decide(fn: Callable[[], Any]) -> Any:
     return value
 
 
+def raise_any(failed: BaseException | None) -> None:
+    """Raise the first rank's error on every rank (so that no rank waits forever in a merge); nothing when all ran."""
+    if active() is None:
+        if failed is not None:
+            raise failed
+        return
+    errors = [e for e in gather(failed) if e is not None]
+    if errors:
+        raise errors[0]
+
+
 def gather_rows(tensors: dict[str, torch.Tensor], start: int, stop: int) -> None:
     """Fill rows outside ``[start, stop)`` of each full-size per-sample tensor with the other ranks' rows, in place."""
     if active() is None:

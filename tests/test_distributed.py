@@ -1,0 +1,262 @@
+"""Data parallelism over samples (``sink_interp.distributed``): 2 gloo ranks on the CPU give, bit for bit,
+the report one process gives, for every analysis, with uneven and empty shards.
+
+The reference is the same call in one process: rank 0 repeats every call after the sharded run, outside
+``with si.distributed()`` (the process group still exists there and must not be used), and compares every
+array of both reports with ``np.array_equal`` / ``torch.equal``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+
+from sink_interp._internal import distributed as dist
+
+# --------------------------------------------------------------------------- comparison
+
+
+def differences(a: Any, b: Any, path: str = "report") -> list[str]:
+    """Where ``a`` and ``b`` differ (bit for bit; NaN equals NaN); the record of the run (world size, times) is skipped."""
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        if type(a) is not type(b):
+            return [f"{path}: {type(a).__name__} vs {type(b).__name__}"]
+        return [d for f in dataclasses.fields(a) for d in differences(getattr(a, f.name), getattr(b, f.name), f"{path}.{f.name}")]
+    if isinstance(a, dict):
+        skip = {"distributed", "seconds"}
+        if set(a) - skip != set(b) - skip:
+            return [f"{path}: keys {sorted(set(a) ^ set(b), key=str)}"]
+        return [d for k in a if k not in skip for d in differences(a[k], b[k], f"{path}[{k!r}]")]
+    if isinstance(a, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{path}: length {len(a)} vs {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
+    if isinstance(a, torch.Tensor):
+        ok = a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a.nan_to_num(7.5), b.nan_to_num(7.5)))
+        return [] if ok else [f"{path}: tensors differ"]
+    if isinstance(a, np.ndarray):
+        ok = a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+        return [] if ok else [f"{path}: arrays differ (max |diff| {np.nanmax(np.abs(a - b)) if a.shape == b.shape else 'shape'})"]
+    if isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b):
+        return []
+    return [] if a == b else [f"{path}: {a!r} vs {b!r}"]
+
+
+def test_differences_sees_one_ulp():
+    x = np.ones((2, 3), dtype=np.float32)
+    y = x.copy()
+    y[1, 2] = np.nextafter(np.float32(1), np.float32(2))
+    assert differences({"a": x}, {"a": x.copy()}) == []
+    assert differences({"a": x}, {"a": y}) != []
+
+
+# --------------------------------------------------------------------------- the calls
+
+
+@cache
+def _model() -> Any:
+    from sink_interp import tiny_model
+
+    return tiny_model()
+
+
+def _toks(n: int, T: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(4, 128, (n, T), generator=torch.Generator().manual_seed(seed))
+
+
+def _measure(n: int, bs: int | None, **kw: Any) -> Callable[[], Any]:
+    def run() -> Any:
+        import sink_interp as si
+
+        return si.measure_sinks(_model(), _toks(n, 12), batch_size=bs, progress=False, **kw)
+
+    return run
+
+
+def _massive() -> Any:
+    import sink_interp as si
+
+    return si.massive_activations(_model(), _toks(5, 12, 1), batch_size=2, progress=False)
+
+
+def _trace() -> Any:
+    import sink_interp as si
+
+    return si.trace_sink(_model(), _toks(5, 12, 2), batch_size=2, progress=False)
+
+
+def _compare() -> Any:
+    import sink_interp as si
+
+    ivs = {
+        "zero value": si.ZeroValue(layers=[1]),
+        "mask key": si.MaskKey(layers=[0, 1]),
+        "sigmoid": si.AttentionKernel("sigmoid"),
+    }
+    return si.compare(_model(), _toks(5, 12, 3), ivs, batch_size=2, progress=False)
+
+
+def _long() -> Any:
+    import sink_interp as si
+
+    return si.long_context_sinks(_model(), _toks(3, 32, 4), buckets=4, batch_size=1, progress=False)
+
+
+def _patch() -> Any:
+    import sink_interp as si
+
+    clean = _toks(3, 10, 5)
+    return si.patch_heads(_model(), clean, clean.roll(1, dims=1), "logprob", method="both", batch_size=1, progress=False)
+
+
+def _summary() -> Any:
+    import sink_interp as si
+
+    return si.measure_sinks(_model(), _toks(5, 12, 6), batch_size=2, keep="summary", progress=False)
+
+
+CASES: dict[str, Callable[[], Any]] = {
+    "measure pattern, 3 batches (1 + 2)": _measure(5, 2, method="pattern"),
+    "measure pattern, 1 batch (rank 0 empty)": _measure(2, 2, method="pattern"),
+    "measure auto batch size": _measure(3, None),
+    "measure lse hooks": _measure(5, 2, method="lse", fused=False),
+    "measure lse fused": _measure(5, 2, method="lse", fused=True),
+    "massive": _massive,
+    "trace": _trace,
+    "compare (ablate)": _compare,
+    "long": _long,
+    "patch": _patch,
+    "measure keep=summary": _summary,
+}
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as td
+
+    td.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        import sink_interp as si
+
+        got: dict[str, Any] = {}
+        with si.distributed() as ctx:
+            assert (ctx.rank, ctx.world_size, ctx.backend) == (rank, world, "gloo")
+            for name, fn in CASES.items():
+                got[name] = fn()
+        if rank == 0:  # the same calls in this one process: the group exists, but nothing is sharded outside the block
+            ref = {name: fn() for name, fn in CASES.items()}
+            result = {
+                "diff": {name: differences(got[name], ref[name]) for name in CASES},
+                "records": {name: (getattr(got[name], "extra", None) or {}).get("distributed") for name in CASES},
+                "ref_records": {name: (getattr(ref[name], "extra", None) or {}).get("distributed") for name in CASES},
+                "engines": {name: got[name].extra.get("lse", {}).get("engine") for name in CASES if "measure lse" in name},
+            }
+            Path(out).write_bytes(pickle.dumps(result))
+        td.barrier()
+    finally:
+        td.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("dist") / "result.pkl"
+    torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    return pickle.loads(out.read_bytes())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_gloo_ranks_equal_one_process(two_ranks: dict[str, Any], case: str) -> None:
+    assert two_ranks["diff"][case] == []
+    assert two_ranks["records"][case] == {"world_size": 2, "backend": "gloo"}
+    assert two_ranks["ref_records"][case] is None  # outside the block: one process, and recorded as such
+
+
+@pytest.mark.slow
+def test_both_lse_engines_ran(two_ranks: dict[str, Any]) -> None:
+    assert two_ranks["engines"] == {"measure lse hooks": "hooks", "measure lse fused": "fused"}
+
+
+# --------------------------------------------------------------------------- one process
+
+
+def test_outside_torchrun_one_process():
+    env_rank = os.environ.pop("RANK", None)
+    try:
+        with dist.distributed() as ctx:
+            assert (ctx.world_size, ctx.rank, dist.active(), list(dist.shard(3))) == (1, 0, None, [0, 1, 2])
+        assert dist.current() is None
+    finally:
+        if env_rank is not None:
+            os.environ["RANK"] = env_rank
+
+
+def test_shard_blocks_cover_every_batch_once():
+    for n_batches in range(0, 9):
+        for world in (1, 2, 3, 5):
+            blocks = [range(r * n_batches // world, (r + 1) * n_batches // world) for r in range(world)]
+            assert [b for blk in blocks for b in blk] == list(range(n_batches))
+
+
+def test_bad_backend_names_the_argument():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with dist.distributed(backend="tcp"):
+            pass
+
+
+def test_report_records_world_size_inside_the_block():
+    import sink_interp as si
+
+    with si.distributed():
+        rep = si.measure_sinks(_model(), _toks(2, 8), progress=False)
+    assert rep.extra["distributed"] == {"world_size": 1, "backend": "none"}
+    assert "distributed" not in si.measure_sinks(_model(), _toks(2, 8), progress=False).extra
+
+
+# --------------------------------------------------------------------------- the CLI under torchrun
+
+
+@pytest.mark.slow
+def test_torchrun_measure_cli_equals_one_process(tmp_path: Path):
+    """``torchrun --nproc_per_node=2 -- sink-interp measure`` writes the rates of one process, with all samples."""
+    data = tmp_path / "text.jsonl"
+    words = "the cat sat on the mat while a dog ran around the garden and birds sang in the old oak tree".split()
+    data.write_text("".join(json.dumps({"text": " ".join(words[i:] + words[:i]) * 3}) + "\n" for i in range(12)))
+    args = ["measure", "--model", "smollm2-135m", "--data", str(data), "--n", "8", "--length", "64", "--threads", "1"]
+    args += ["--batch-size", "3", "--quiet"]  # 3 batches: 1 on rank 0, 2 on rank 1
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    subprocess.run([sys.executable, "-m", "sink_interp.cli", *args, "--json", str(one)], check=True, env=env, timeout=600)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port())]
+    r = subprocess.run(
+        [*torchrun, "-m", "sink_interp.cli", *args, "--json", str(two)], env=env, timeout=600, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("wrote ") == 1  # only rank 0 prints
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["n"] == b["n"] == 8
+    for key in ("sink_rates", "layer_rates", "sink_rate_1", "mean_alpha_1"):
+        assert a[key] == b[key], key
+    assert a["report"]["fields"]["alpha"] == b["report"]["fields"]["alpha"]
+    assert b["extra"]["distributed"] == {"world_size": 2, "backend": "gloo"}
