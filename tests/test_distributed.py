@@ -27,18 +27,21 @@ from sink_interp._internal import distributed as dist
 
 # --------------------------------------------------------------------------- comparison
 
+#: the record of the run, not its result: where the ranks are and how long it took
+SKIP = {"distributed", "seconds"}
+
 
 def differences(a: Any, b: Any, path: str = "report") -> list[str]:
     """Where ``a`` and ``b`` differ (bit for bit; NaN equals NaN); the record of the run (world size, times) is skipped."""
     if dataclasses.is_dataclass(a) and not isinstance(a, type):
         if type(a) is not type(b):
             return [f"{path}: {type(a).__name__} vs {type(b).__name__}"]
-        return [d for f in dataclasses.fields(a) for d in differences(getattr(a, f.name), getattr(b, f.name), f"{path}.{f.name}")]
+        names = [f.name for f in dataclasses.fields(a) if f.name not in SKIP]
+        return [d for nm in names for d in differences(getattr(a, nm), getattr(b, nm), f"{path}.{nm}")]
     if isinstance(a, dict):
-        skip = {"distributed", "seconds"}
-        if set(a) - skip != set(b) - skip:
+        if set(a) - SKIP != set(b) - SKIP:
             return [f"{path}: keys {sorted(set(a) ^ set(b), key=str)}"]
-        return [d for k in a if k not in skip for d in differences(a[k], b[k], f"{path}[{k!r}]")]
+        return [d for k in a if k not in SKIP for d in differences(a[k], b[k], f"{path}[{k!r}]")]
     if isinstance(a, (list, tuple)):
         if len(a) != len(b):
             return [f"{path}: length {len(a)} vs {len(b)}"]
@@ -142,6 +145,12 @@ CASES: dict[str, Callable[[], Any]] = {
 }
 
 
+def _record(rep: Any) -> Any:
+    """The report's record of the ranks (a long-context report keeps it in its SinkReport)."""
+    extra = getattr(rep, "extra", None) or getattr(getattr(rep, "sink_report", None), "extra", None) or {}
+    return extra.get("distributed")
+
+
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -160,8 +169,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             ref = {name: fn() for name, fn in CASES.items()}
             result = {
                 "diff": {name: differences(got[name], ref[name]) for name in CASES},
-                "records": {name: (getattr(got[name], "extra", None) or {}).get("distributed") for name in CASES},
-                "ref_records": {name: (getattr(ref[name], "extra", None) or {}).get("distributed") for name in CASES},
+                "records": {name: _record(got[name]) for name in CASES},
+                "ref_records": {name: _record(ref[name]) for name in CASES},
                 "engines": {name: got[name].extra.get("lse", {}).get("engine") for name in CASES if "measure lse" in name},
             }
             Path(out).write_bytes(pickle.dumps(result))
@@ -240,7 +249,7 @@ def test_torchrun_measure_cli_equals_one_process(tmp_path: Path):
     """``torchrun --nproc_per_node=2 -- sink-interp measure`` writes the rates of one process, with all samples."""
     data = tmp_path / "text.jsonl"
     words = "the cat sat on the mat while a dog ran around the garden and birds sang in the old oak tree".split()
-    data.write_text("".join(json.dumps({"text": " ".join(words[i:] + words[:i]) * 3}) + "\n" for i in range(12)))
+    data.write_text("".join(json.dumps({"text": " ".join(words[i:] + words[:i]) * 6}) + "\n" for i in range(12)))
     args = ["measure", "--model", "smollm2-135m", "--data", str(data), "--n", "8", "--length", "64", "--threads", "1"]
     args += ["--batch-size", "3", "--quiet"]  # 3 batches: 1 on rank 0, 2 on rank 1
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
@@ -250,7 +259,7 @@ def test_torchrun_measure_cli_equals_one_process(tmp_path: Path):
     subprocess.run([sys.executable, "-m", "sink_interp.cli", *args, "--json", str(one)], check=True, env=env, timeout=600)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port())]
     r = subprocess.run(
-        [*torchrun, "-m", "sink_interp.cli", *args, "--json", str(two)], env=env, timeout=600, capture_output=True, text=True
+        [*torchrun, "-m", "--", "sink_interp.cli", *args, "--json", str(two)], env=env, timeout=600, capture_output=True, text=True
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("wrote ") == 1  # only rank 0 prints
