@@ -259,7 +259,11 @@ def test_torchrun_measure_cli_equals_one_process(tmp_path: Path):
     subprocess.run([sys.executable, "-m", "sink_interp.cli", *args, "--json", str(one)], check=True, env=env, timeout=600)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port())]
     r = subprocess.run(
-        [*torchrun, "-m", "--", "sink_interp.cli", *args, "--json", str(two)], env=env, timeout=600, capture_output=True, text=True
+        [*torchrun, "-m", "--", "sink_interp.cli", *args, "--json", str(two)],
+        env=env,
+        timeout=600,
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("wrote ") == 1  # only rank 0 prints
