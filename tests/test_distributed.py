@@ -124,10 +124,13 @@ def _patch() -> Any:
     return si.patch_heads(_model(), clean, clean.roll(1, dims=1), "logprob", method="both", batch_size=1, progress=False)
 
 
-def _summary() -> Any:
-    import sink_interp as si
+def _summary(n: int, bs: int) -> Callable[[], Any]:
+    def run() -> Any:
+        import sink_interp as si
 
-    return si.measure_sinks(_model(), _toks(5, 12, 6), batch_size=2, keep="summary", progress=False)
+        return si.measure_sinks(_model(), _toks(n, 12, 6), batch_size=bs, keep="summary", progress=False)
+
+    return run
 
 
 CASES: dict[str, Callable[[], Any]] = {
@@ -141,7 +144,8 @@ CASES: dict[str, Callable[[], Any]] = {
     "compare (ablate)": _compare,
     "long": _long,
     "patch": _patch,
-    "measure keep=summary": _summary,
+    "measure keep=summary, 1 chunk (rank 0 empty)": _summary(5, 2),
+    "measure keep=summary, 2 chunks (32 + 8)": _summary(40, 4),
 }
 
 
@@ -239,6 +243,31 @@ def test_report_records_world_size_inside_the_block():
         rep = si.measure_sinks(_model(), _toks(2, 8), progress=False)
     assert rep.extra["distributed"] == {"world_size": 1, "backend": "none"}
     assert "distributed" not in si.measure_sinks(_model(), _toks(2, 8), progress=False).extra
+
+
+def test_summary_rates_equal_the_full_report_bit_for_bit(tmp_path: Path):
+    import sink_interp as si
+    from sink_interp.metrics import EPS_GRID
+
+    toks = _toks(37, 16, 7)
+    full = si.measure_sinks(_model(), toks, batch_size=4, progress=False)
+    s = si.measure_sinks(_model(), toks, batch_size=4, keep="summary", progress=False)
+    assert isinstance(s, si.SinkSummary) and s.n == 37 and s.counts.dtype == np.int64
+    for e in EPS_GRID:
+        assert np.array_equal(full.rates(e), s.rates(e))
+        assert s.rate(2, e) == full.rate(2, e)
+        assert np.array_equal(full.layer_rates(1, e), s.layer_rates(1, e))
+        assert np.array_equal(full.head_rates(3, e), s.head_rates(3, e))
+    assert np.abs(s.mean_alpha(1) - full.mean_alpha(1)).max() < 1e-6  # fixed point vs float mean
+    assert np.abs(s.sink_mass() - full.sink_mass()).max() < 1e-6
+    back = si.load_report(s.to_json(tmp_path / "s.json") and tmp_path / "s.json")
+    assert isinstance(back, si.SinkSummary) and differences(back, s) == []
+    with pytest.raises(ValueError, match=r"eps must be one of .*grid.*got 0.33"):
+        s.rate(1, eps=0.33)
+    with pytest.raises(ValueError, match=r"eps must be one of .*grid.*got 0.33"):
+        si.measure_sinks(_model(), toks, eps=0.33, keep="summary", progress=False)
+    with pytest.raises(ValueError, match="keep must be one of"):
+        si.measure_sinks(_model(), toks, keep="everything", progress=False)
 
 
 # --------------------------------------------------------------------------- the CLI under torchrun
