@@ -479,7 +479,8 @@ def run_reducers(
     mine: dict[int, list[tuple[int, Any]]] = {id(r): [] for r in folding}
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, desc=desc, unit="sample", disable=not (progress and dist.is_main()), leave=False)
+    start, stop = min(batches.start * bs, n), min(batches.stop * bs, n)  # this rank's samples
+    bar = tqdm(total=stop - start, desc=desc, unit="sample", disable=not (progress and dist.is_main()), leave=False)
     grad_ctx = contextlib.nullcontext() if grad else torch.no_grad()
     failed: BaseException | None = None
     try:
@@ -524,7 +525,6 @@ def run_reducers(
                 setattr(r, a, v)
     if sharded:  # every rank learns of a failure (no rank waits forever in the merge), then merges
         dist.raise_any(failed)
-        start, stop = batches.start * bs, min(batches.stop * bs, n)
         for r in reducers:
             dist.gather_rows({a: getattr(r, a) for a in r.rows}, start, stop)
             if r.sums:

@@ -326,8 +326,11 @@ def _run_twin(
     kernels: set[str] = set()
     lse_from: set[str] = set()
     base = twin.base_model
-    bar = tqdm(total=n, desc="sink scores (lse, fused)", unit="sample", disable=not (progress and dist.is_main()), leave=False)
     mine = dist.shard((n + batch_size - 1) // batch_size)  # whole batches per rank inside sink_interp.distributed()
+    start, stop = min(mine.start * batch_size, n), min(mine.stop * batch_size, n)
+    bar = tqdm(
+        total=stop - start, desc="sink scores (lse, fused)", unit="sample", disable=not (progress and dist.is_main()), leave=False
+    )
     failed: BaseException | None = None
     try:
         with torch.no_grad():
@@ -361,7 +364,7 @@ def _run_twin(
     finally:
         bar.close()
     dist.raise_any(failed)
-    dist.gather_rows({"col": col, "rows": rows}, mine.start * batch_size, min(mine.stop * batch_size, n))
+    dist.gather_rows({"col": col, "rows": rows}, start, stop)
     for ks, ls in dist.gather((kernels, lse_from)):
         kernels |= ks
         lse_from |= ls

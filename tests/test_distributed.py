@@ -111,6 +111,12 @@ def _compare() -> Any:
     return si.compare(_model(), _toks(5, 12, 3), ivs, batch_size=2, progress=False)
 
 
+def _fit() -> Any:
+    import sink_interp as si
+
+    return si.fit_bias(_model(), _toks(6, 12, 8), "k", eval_tokens=_toks(5, 12, 9), steps=3, batch_size=4, progress=False)
+
+
 def _long() -> Any:
     import sink_interp as si
 
@@ -142,6 +148,7 @@ CASES: dict[str, Callable[[], Any]] = {
     "massive": _massive,
     "trace": _trace,
     "compare (ablate)": _compare,
+    "fit_bias (ablate's fitted K bias)": _fit,
     "long": _long,
     "patch": _patch,
     "measure keep=summary, 1 chunk (rank 0 empty)": _summary(5, 2),

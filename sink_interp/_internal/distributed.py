@@ -151,14 +151,6 @@ def shard(n_batches: int) -> range:
     return range(r * n_batches // w, (r + 1) * n_batches // w)
 
 
-def _device() -> torch.device:
-    import torch.distributed as td
-
-    if td.get_backend() == "nccl":  # pragma: no cover - needs GPUs
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def gather(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (picklable), in rank order, on every rank (``[obj]`` when not sharded)."""
     ctx = active()
