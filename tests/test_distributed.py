@@ -38,6 +38,8 @@ def differences(a: Any, b: Any, path: str = "report") -> list[str]:
             return [f"{path}: {type(a).__name__} vs {type(b).__name__}"]
         names = [f.name for f in dataclasses.fields(a) if f.name not in SKIP]
         return [d for nm in names for d in differences(getattr(a, nm), getattr(b, nm), f"{path}.{nm}")]
+    if isinstance(a, torch.nn.Module):  # fitted parameters
+        return differences(dict(a.state_dict()), dict(b.state_dict()), path)
     if isinstance(a, dict):
         if set(a) - SKIP != set(b) - SKIP:
             return [f"{path}: keys {sorted(set(a) ^ set(b), key=str)}"]
@@ -54,6 +56,12 @@ def differences(a: Any, b: Any, path: str = "report") -> list[str]:
         return [] if ok else [f"{path}: arrays differ (max |diff| {np.nanmax(np.abs(a - b)) if a.shape == b.shape else 'shape'})"]
     if isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b):
         return []
+    if type(a).__module__.startswith("sink_interp") and hasattr(a, "__dict__"):  # an intervention: its fields
+        return (
+            [f"{path}: {type(a).__name__} vs {type(b).__name__}"]
+            if type(a) is not type(b)
+            else differences(vars(a), vars(b), path)
+        )
     return [] if a == b else [f"{path}: {a!r} vs {b!r}"]
 
 
@@ -157,8 +165,9 @@ CASES: dict[str, Callable[[], Any]] = {
 
 
 def _record(rep: Any) -> Any:
-    """The report's record of the ranks (a long-context report keeps it in its SinkReport)."""
-    extra = getattr(rep, "extra", None) or getattr(getattr(rep, "sink_report", None), "extra", None) or {}
+    """The report's record of the ranks (a long-context report keeps it in its SinkReport, a fit in its EffectReport)."""
+    inner = getattr(rep, "sink_report", None) or getattr(rep, "effects", None)
+    extra = getattr(rep, "extra", None) or getattr(inner, "extra", None) or {}
     return extra.get("distributed")
 
 
