@@ -676,7 +676,7 @@ def _measure_summary(
                     model, checked[c * chunk : (c + 1) * chunk], eps, batch_size=bs, progress=progress and dist.is_main(), **kw
                 )
                 a = torch.from_numpy(rep.alpha)  # [b, L, H, T]
-                counts = (a[None] > grid[:, None, None, None, None]).sum(1)  # [grid, L, H, T]
+                counts = torch.stack([(a > g).sum(0) for g in grid])  # [grid, L, H, T], one threshold at a time
                 parts.append(
                     (
                         c,
