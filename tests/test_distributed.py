@@ -164,6 +164,31 @@ CASES: dict[str, Callable[[], Any]] = {
 }
 
 
+def _failure_on_one_rank() -> tuple[str, bool]:
+    """A reducer that fails on samples 4.. only (rank 1's shard): every rank raises it, none waits, hooks are removed."""
+    from sink_interp._internal import hooknames
+    from sink_interp.capture import Reducer, hook_snapshot, run_reducers
+
+    class Boom(Reducer):
+        shardable = True
+
+        def hook_names(self, model: Any) -> list[str]:
+            return [hooknames.pattern(0)]
+
+        def update(self, name: str, tensor: torch.Tensor) -> None:
+            if self.batch_start >= 4:
+                raise ValueError("boom at sample 4")
+
+    model = _model()
+    model(_toks(1, 4))  # the bridge adds its own hooks once
+    before = hook_snapshot(model)
+    try:
+        run_reducers(model, _toks(6, 8), [Boom()], batch_size=2, progress=False)
+    except ValueError as e:
+        return str(e), hook_snapshot(model) == before
+    return "no error", hook_snapshot(model) == before
+
+
 def _record(rep: Any) -> Any:
     """The report's record of the ranks (a long-context report keeps it in its SinkReport, a fit in its EffectReport)."""
     inner = getattr(rep, "sink_report", None) or getattr(rep, "effects", None)
@@ -185,12 +210,14 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             assert (ctx.rank, ctx.world_size, ctx.backend) == (rank, world, "gloo")
             for name, fn in CASES.items():
                 got[name] = fn()
+            failures = dist.gather(_failure_on_one_rank())
         if rank == 0:  # the same calls in this one process: the group exists, but nothing is sharded outside the block
             ref = {name: fn() for name, fn in CASES.items()}
             result = {
                 "diff": {name: differences(got[name], ref[name]) for name in CASES},
                 "records": {name: _record(got[name]) for name in CASES},
                 "ref_records": {name: _record(ref[name]) for name in CASES},
+                "failures": failures,
                 "engines": {name: got[name].extra.get("lse", {}).get("engine") for name in CASES if "measure lse" in name},
             }
             Path(out).write_bytes(pickle.dumps(result))
@@ -223,6 +250,11 @@ def test_two_gloo_ranks_equal_one_process(two_ranks: dict[str, Any], case: str) 
 @pytest.mark.slow
 def test_both_lse_engines_ran(two_ranks: dict[str, Any]) -> None:
     assert two_ranks["engines"] == {"measure lse hooks": "hooks", "measure lse fused": "fused"}
+
+
+@pytest.mark.slow
+def test_a_failure_on_one_rank_raises_on_every_rank(two_ranks: dict[str, Any]) -> None:
+    assert two_ranks["failures"] == [("boom at sample 4", True), ("boom at sample 4", True)]
 
 
 # --------------------------------------------------------------------------- one process
