@@ -476,7 +476,8 @@ def run_reducers(
     batches = dist.shard(n_batches) if sharded else range(n_batches)
     folding = [r for r in reducers if r.sums]
     totals = {id(r): {a: getattr(r, a) for a in r.sums} for r in folding}  # sums before the first batch
-    mine: dict[int, list[tuple[int, Any]]] = {id(r): [] for r in folding}
+    mine: dict[int, list[Any]] = {id(r): [] for r in folding}  # partials kept until the merge (ranks > 0 only)
+    keep_partials = sharded and dist.rank() > 0
     from tqdm.auto import tqdm
 
     start, stop = min(batches.start * bs, n), min(batches.stop * bs, n)  # this rank's samples
@@ -511,8 +512,8 @@ def run_reducers(
                     r.end_batch()
                 for r in folding:
                     part = {a: getattr(r, a) for a in r.sums}
-                    if sharded:
-                        mine[id(r)].append((b, part))
+                    if keep_partials:  # rank r > 0 folds after rank r - 1's total has come
+                        mine[id(r)].append(part)
                     else:
                         totals[id(r)] = {a: dist.add(totals[id(r)][a], part[a]) for a in r.sums}
                 bar.update(batch.shape[0])
@@ -528,7 +529,7 @@ def run_reducers(
         for r in reducers:
             dist.gather_rows({a: getattr(r, a) for a in r.rows}, start, stop)
             if r.sums:
-                merged = dist.fold_gathered(totals[id(r)], mine[id(r)])
+                merged = dist.fold_chain(totals[id(r)], mine[id(r)])
                 for a in r.sums:
                     setattr(r, a, merged[a])
             r.merge(dist.gather(r.local_state()))

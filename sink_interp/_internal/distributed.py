@@ -240,8 +240,25 @@ def fold(total: Any, partials: Sequence[Any]) -> Any:
     return total
 
 
-def fold_gathered(total: Any, mine: Sequence[tuple[int, Any]]) -> Any:
-    """Fold ``(batch index, partial)`` pairs of every rank into ``total`` in batch order."""
-    allp = [p for rank_parts in gather(list(mine)) for p in rank_parts]
-    allp.sort(key=lambda bp: bp[0])
-    return fold(total, [p for _, p in allp])
+def fold_chain(total: Any, partials: Sequence[Any]) -> Any:
+    """The left fold of every rank's partials in rank (= batch) order, on every rank.
+
+    Rank 0 passes ``total`` with its own partials already folded in (and ``partials`` empty, so it
+    keeps none); rank ``r > 0`` receives rank ``r - 1``'s running total, folds its own ``partials``
+    into it and sends it on; the last rank broadcasts the result. Each rank holds only its own partials.
+    """
+    ctx = active()
+    if ctx is None:
+        return fold(total, partials)
+    import torch.distributed as td
+
+    if ctx.rank > 0:
+        box: list[Any] = [None]
+        td.recv_object_list(box, src=ctx.rank - 1)
+        total = box[0]
+    total = fold(total, partials)
+    if ctx.rank < ctx.world_size - 1:
+        td.send_object_list([total], dst=ctx.rank + 1)
+    out = [total]
+    td.broadcast_object_list(out, src=ctx.world_size - 1)
+    return out[0]
