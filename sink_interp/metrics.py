@@ -617,6 +617,29 @@ class SinkSummary(ModelRun, Report):
 
     head_table = SinkReport.head_table
 
+    def to_frame(self, eps: float | None = None) -> pd.DataFrame:
+        """Long table, one row per (layer, head, k): mean ``alpha_k`` and sink rate (percent of samples)."""
+        L, H, T = len(self.layers), self.n_heads, self.length
+        return pd.DataFrame(
+            {
+                "layer": np.repeat(np.asarray(self.layers), H * T),
+                "head": np.tile(np.repeat(np.arange(H), T), L),
+                "k": np.tile(np.arange(1, T + 1), L * H),
+                "mean_alpha": (self.alpha_sum / (FIXED * self.n)).reshape(-1),
+                "sink_rate": (100.0 * self.counts[self._g(eps)] / self.n).reshape(-1),
+            }
+        )
+
+    def _repr_html_(self) -> str:
+        return display.html_of(self, fallback=self._summary_html)
+
+    def _summary_html(self) -> str:
+        e = html.escape
+        return (
+            f"<div><b>SinkSummary</b> &mdash; {e(self.model)} on {e(self.data)} (n={self.n}, length={self.length}, "
+            f"BOS={self.bos}, eps={self.eps}): <b>Sink<sub>1</sub> = {self.rate(1):.2f}%</b></div>"
+        )
+
     def summary(self) -> dict[str, Any]:
         return {
             "model": self.model,
