@@ -10,6 +10,7 @@ Examples:
 
 from . import pages as _pages
 from . import views as _views  # also fills the registry through which reports find their views
+from ._internal.distributed import distributed
 from ._internal.report import load_report
 from .architecture import describe_attention
 from .capture import NonFiniteError
@@ -33,7 +34,7 @@ from .interventions import (
 from .longctx import LongContextReport, long_context_sinks
 from .masks import AttentionMask
 from .massive import MassiveReport, massive_activations
-from .metrics import SinkReport, measure_sinks
+from .metrics import SinkReport, SinkSummary, measure_sinks
 from .models import known_models, load_model, tiny_model
 from .pages import build_report, show_attention  # orchestration: runs the model, then the views
 from .patching import PatchReport, patch_heads, patch_sink
@@ -56,7 +57,7 @@ __all__ = [
     # load a model and make probe inputs
     "load_model", "tiny_model", "known_models", "probe_tokens", "long_tokens", "ProbeSet",
     # measure and explain sinks
-    "measure_sinks", "SinkReport", "massive_activations", "MassiveReport", "trace_sink", "TraceReport",
+    "measure_sinks", "SinkReport", "SinkSummary", "massive_activations", "MassiveReport", "trace_sink", "TraceReport",
     "long_context_sinks", "LongContextReport", "describe_attention",
     # intervene and compare
     "intervene", "Intervention", "ZeroValue", "MaskKey", "ScaleAttention", "Calibrate", "AblateDims",
@@ -68,6 +69,8 @@ __all__ = [
     "train", "preset", "TrainConfig", "TrainResult", "load_trained",
     # look, save, load
     "build_report", "show_attention", "load_report", "NonFiniteError",
+    # shard the samples over torch.distributed ranks
+    "distributed",
 ]  # fmt: skip
 
 #: names the package exported before they moved to their submodule: still found there, with a warning

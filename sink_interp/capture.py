@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from ._internal import distributed as dist
 from ._internal import hooknames
 from ._internal import placement as _placement
 from ._internal.errors import NonFiniteError, check_positive_int, check_tokens
@@ -251,6 +252,15 @@ class Reducer:
     #: True when the reducer needs the model's final output (logits / loss).
     needs_logits: bool = False
 
+    #: Inside ``sink_interp.distributed()`` the engine shards the batches over the ranks when every reducer
+    #: says how its state merges: ``rows`` (attributes ``[n_samples, ...]`` filled at ``batch_start``) are
+    #: gathered, ``sums`` (numbers, tensors, dicts of them) are folded one batch partial at a time in batch
+    #: order (also in one process, so one process and ``W`` ranks add the same floats in the same order),
+    #: and :meth:`merge` combines whatever else :meth:`local_state` returns. Others run every batch on every rank.
+    shardable: bool = False
+    rows: tuple[str, ...] = ()
+    sums: tuple[str, ...] = ()
+
     def hook_names(self, model: Any) -> list[str]:
         raise NotImplementedError
 
@@ -267,6 +277,16 @@ class Reducer:
 
     def update_logits(self, logits: Tensor) -> None:
         """Receives the logits of each batch when :attr:`needs_logits` is True."""
+
+    def end_batch(self) -> None:
+        """Called after each batch's forward pass (and its logits)."""
+
+    def local_state(self) -> Any:
+        """State other than ``rows`` and ``sums`` that :meth:`merge` combines over ranks (default none)."""
+        return None
+
+    def merge(self, states: list[Any]) -> None:
+        """Install the merge of every rank's :meth:`local_state`, given in rank (= sample) order."""
 
     def result(self) -> Any:
         raise NotImplementedError
@@ -306,6 +326,14 @@ class Keep(Reducer):
         if self.dtype is not None and x.is_floating_point():
             x = x.to(self.dtype)
         self._parts[name].append(x.cpu())
+
+    shardable = True
+
+    def local_state(self) -> dict[str, list[Tensor]]:
+        return self._parts
+
+    def merge(self, states: list[Any]) -> None:
+        self._parts = {n: [t for st in states for t in st[n]] for n in self.names}
 
     def result(self) -> dict[str, Tensor]:
         return {n: torch.cat(p, dim=0) for n, p in self._parts.items() if p}
@@ -404,7 +432,10 @@ def run_reducers(
     """
     tokens = check_tokens(tokens, d_vocab=int(model.cfg.d_vocab), min_length=1)
     n, length = tokens.shape
-    bs = auto_batch_size(model, length) if batch_size is None else check_positive_int(batch_size, "batch_size")
+    if batch_size is None:
+        bs = dist.decide(lambda: auto_batch_size(model, length))  # rank 0 decides for all
+    else:
+        bs = check_positive_int(batch_size, "batch_size")
     device = model_device(model)
 
     needs_logits = any(r.needs_logits for r in reducers)
@@ -440,14 +471,25 @@ def run_reducers(
         return hook
 
     n_batches = (n + bs - 1) // bs
+    sharded = dist.active() is not None and not grad and all(r.shardable for r in reducers)
+    batches = dist.shard(n_batches) if sharded else range(n_batches)
+    folding = [r for r in reducers if r.sums]
+    totals = {id(r): {a: getattr(r, a) for a in r.sums} for r in folding}  # sums before the first batch
+    mine: dict[int, list[Any]] = {id(r): [] for r in folding}  # partials kept until the merge (ranks > 0 only)
+    keep_partials = sharded and dist.rank() > 0
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, desc=desc, unit="sample", disable=not progress, leave=False)
+    start, stop = min(batches.start * bs, n), min(batches.stop * bs, n)  # this rank's samples
+    bar = tqdm(total=stop - start, desc=desc, unit="sample", disable=not (progress and dist.is_main()), leave=False)
     grad_ctx = contextlib.nullcontext() if grad else torch.no_grad()
+    failed: BaseException | None = None
     try:
         with attach_hooks(model, [(name, make_hook(name, rs)) for name, rs in wanted.items()]), grad_ctx:
-            for b in range(n_batches):
+            for b in batches:
                 batch = tokens[b * bs : (b + 1) * bs].to(device)
+                for r in folding:  # each batch's sums start from zero: a partial
+                    for a, v in totals[id(r)].items():
+                        setattr(r, a, dist.zero_like(v))
                 for r in reducers:
                     r.begin_batch(batch, b * bs)
                 fired.clear()
@@ -465,9 +507,33 @@ def run_reducers(
                     for r in reducers:
                         if r.needs_logits:
                             r.update_logits(out)
+                for r in reducers:
+                    r.end_batch()
+                for r in folding:
+                    part = {a: getattr(r, a) for a in r.sums}
+                    if keep_partials:  # rank r > 0 folds after rank r - 1's total has come
+                        mine[id(r)].append(part)
+                    else:
+                        totals[id(r)] = {a: dist.add(totals[id(r)][a], part[a]) for a in r.sums}
                 bar.update(batch.shape[0])
+    except Exception as e:  # noqa: BLE001 - re-raised below, on every rank when sharded
+        failed = e
     finally:
         bar.close()
+        for r in folding:
+            for a, v in totals[id(r)].items():
+                setattr(r, a, v)
+    if sharded:  # every rank learns of a failure (no rank waits forever in the merge), then merges
+        dist.raise_any(failed)
+        for r in reducers:
+            dist.gather_rows({a: getattr(r, a) for a in r.rows}, start, stop)
+            if r.sums:
+                merged = dist.fold_chain(totals[id(r)], mine[id(r)])
+                for a in r.sums:
+                    setattr(r, a, merged[a])
+            r.merge(dist.gather(r.local_state()))
+    elif failed is not None:
+        raise failed
     return RunStats(n, length, bs, n_batches, ",".join(sorted(last_names)) or None)
 
 

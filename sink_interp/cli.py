@@ -17,10 +17,11 @@ sink-interp patch --model smollm2-135m --data natural --n 4 --length 32 --corrup
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 if TYPE_CHECKING:
     from ._internal.probe import ProbeSet
@@ -104,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "pattern", "lse"],
         help="pattern: reduce hook_pattern; lse: blockwise from q, k and the row log-sum-exp (no T x T map); "
         "auto (default): lse from length 512 or when the maps would not fit",
+    )
+    m.add_argument(
+        "--keep",
+        default="alpha",
+        choices=["alpha", "summary"],
+        help="alpha (default): every sample's scores; summary: counts over a fixed eps grid and fixed-point sums "
+        "(memory independent of --n; --eps must be on the grid 0.05, 0.10, ..., 0.95)",
     )
     m.add_argument("--top", type=int, default=10, help="how many top sink heads to print")
     m.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
@@ -361,8 +369,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
     tokens = _probe(model, args)
     info = tokens.info
     t1 = time.time()
-    report = measure_sinks(model, tokens, eps=args.eps, batch_size=args.batch_size, progress=not args.quiet, method=args.method)
+    report = measure_sinks(
+        model, tokens, eps=args.eps, batch_size=args.batch_size, progress=not args.quiet, method=args.method, keep=args.keep
+    )
     t_measure = time.time() - t1
+    if args.keep == "summary":
+        return _print_summary(report, args, t_load, t_measure)
 
     mi = report.model_info
     print(
@@ -403,6 +415,24 @@ def cmd_measure(args: argparse.Namespace) -> int:
         f"load {t_load:.1f}s, measure {t_measure:.1f}s, peak RSS {_peak_rss_mb():.0f} MB; versions: "
         + ", ".join(f"{k} {v}" for k, v in report.versions.items())
     )
+    if args.json:
+        report.to_json(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _print_summary(report: Any, args: argparse.Namespace, t_load: float, t_measure: float) -> int:
+    """``measure --keep summary``: the rates and top heads a :class:`~sink_interp.SinkSummary` answers."""
+    print(f"model   {report.model}  ({report.dtype}, {report.device}); data {report.data}  n={report.n} length={report.length}")
+    print(f"method  {_method_line(report)}; keep=summary (counts over eps {report.eps_grid[0]}..{report.eps_grid[-1]})")
+    sweep = ", ".join(f"eps {e}: {report.rate(1, e):.1f}%" for e in (0.1, 0.2, 0.3, 0.5, 0.8))
+    print(f"Sink_1 = {report.rate(1):.2f}%   {sweep}")
+    lr = report.layer_rates(1)
+    print(_fmt_table([[layer, f"{r:6.2f}%", _bar(r)] for layer, r in zip(report.layers, lr)], ["layer", "Sink_1", ""]))
+    top = report.head_table().head(args.top)
+    rows = [[int(r.layer), int(r.head), f"{r.mean_alpha_1:.3f}", f"{r.sink_rate_1:.1f}%"] for r in top.itertuples()]
+    print(_fmt_table(rows, ["layer", "head", "mean alpha_1", "sink in % of samples"]))
+    print(f"load {t_load:.1f}s, measure {t_measure:.1f}s, peak RSS {_peak_rss_mb():.0f} MB")
     if args.json:
         report.to_json(args.json)
         print(f"wrote {args.json}")
@@ -929,11 +959,34 @@ def _check_outputs(args: argparse.Namespace) -> None:
         check_writable(args.out, "--out")
 
 
+#: commands that shard their samples over the ranks when launched by torchrun
+SHARDED_COMMANDS = ("measure", "massive", "trace", "ablate", "long", "patch")
+
+
+@contextlib.contextmanager
+def _ranks(args: argparse.Namespace) -> Iterator[None]:
+    """Under ``torchrun``: shard over the ranks (:func:`sink_interp.distributed`); only rank 0 prints and shows progress."""
+    from ._internal import distributed as dist
+
+    if args.command not in SHARDED_COMMANDS or not dist.launched_by_torchrun():
+        yield
+        return
+    with dist.distributed():
+        if dist.is_main():
+            yield
+            return
+        if hasattr(args, "quiet"):
+            args.quiet = True
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            yield
+
+
 def _run(args: argparse.Namespace, debug: bool) -> int:
     try:
         _check_outputs(args)
         _set_threads(args)
-        return int(args.func(args) or 0)
+        with _ranks(args):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if debug:
             raise

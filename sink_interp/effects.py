@@ -46,6 +46,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._internal import display
+from ._internal import distributed as dist
 from ._internal.errors import check_eps, check_positive_int
 from ._internal.probe import ProbeSet
 from ._internal.report import ModelRun, Report, register_record
@@ -69,6 +70,12 @@ class NextTokenReducer(Reducer):
     """
 
     needs_logits = True
+    rows = ("nll_sample",)
+    sums = ("nll_sum", "kl_sum", "top1_sum", "count", "nll_pos")
+
+    @property
+    def shardable(self) -> bool:  # type: ignore[override]
+        return self.reference is None and not self.keep  # a reference and kept log-probs belong to one batch
 
     def __init__(self, reference: Tensor | None = None, keep: bool = False):
         self.reference = reference
@@ -339,19 +346,29 @@ class _Acc:
         self.n = 0
         self.proxy: set[str] = set()
 
-    def add(self, r: NextTokenReducer, s: SinkScoreReducer | None) -> None:
-        self.nll += r.nll_sum
-        self.kl += r.kl_sum
-        self.top1 += r.top1_sum
-        self.count += r.count
-        self.nll_pos = r.nll_pos.clone() if self.nll_pos is None else self.nll_pos + r.nll_pos
-        self.n += len(r.nll_sample)
+    @staticmethod
+    def part(r: NextTokenReducer, s: SinkScoreReducer | None) -> dict[str, Any]:
+        """One batch's contribution (picklable: ranks send it to each other)."""
+        d: dict[str, Any] = {k: getattr(r, k) for k in ("nll_sum", "kl_sum", "top1_sum", "count", "nll_pos")}
+        d["n"] = len(r.nll_sample)
         if s is not None:
             alpha, row = s.result()
-            self.alpha1.append(alpha[..., 0])
-            self.alpha2.append(alpha[..., 1])
-            self.rows.append(row)
-            self.proxy |= set(s.proxy_layers.values())
+            d.update(alpha1=alpha[..., 0].clone(), alpha2=alpha[..., 1].clone(), row=row, proxy=set(s.proxy_layers.values()))
+        return d
+
+    def add(self, p: dict[str, Any]) -> None:
+        """Fold one batch's :meth:`part` (in batch order, in one process and on several ranks alike)."""
+        self.nll += p["nll_sum"]
+        self.kl += p["kl_sum"]
+        self.top1 += p["top1_sum"]
+        self.count += p["count"]
+        self.nll_pos = p["nll_pos"].clone() if self.nll_pos is None else self.nll_pos + p["nll_pos"]
+        self.n += p["n"]
+        if "alpha1" in p:
+            self.alpha1.append(p["alpha1"])
+            self.alpha2.append(p["alpha2"])
+            self.rows.append(p["row"])
+            self.proxy |= p["proxy"]
 
     def effect(
         self, label: str, description: str, clean_loss: float | None, eps: float, meta: dict[str, Any], reference: bool
@@ -426,32 +443,47 @@ def compare(
     if _meta is not None:
         items = [(lab, ivs, dict(m)) for (lab, ivs, _), m in zip(items, _meta)]
     n, T = toks.shape
-    bs = _compare_batch_size(model, T) if batch_size is None else check_positive_int(batch_size, "batch_size")
+    bs = (
+        dist.decide(lambda: _compare_batch_size(model, T)) if batch_size is None else check_positive_int(batch_size, "batch_size")
+    )
     n_batches = (n + bs - 1) // bs
     accs = {"clean": _Acc(), **{lab: _Acc() for lab, _, _ in items}}
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n_batches * (1 + len(items)), desc="compare", unit="forward", disable=not progress, leave=False)
+    mine = dist.shard(n_batches)  # whole batches per rank inside sink_interp.distributed()
+    parts: list[tuple[int, dict[str, dict[str, Any]]]] = []  # (batch, label -> its contribution)
+    bar = tqdm(
+        total=len(mine) * (1 + len(items)), desc="compare", unit="forward", disable=not (progress and dist.is_main()), leave=False
+    )
+    failed: BaseException | None = None
     try:
-        for b in range(n_batches):
-            batch = toks[b * bs : (b + 1) * bs]
-            clean = NextTokenReducer(keep=True)
-            sr = SinkScoreReducer() if sinks else None
-            run_reducers(model, batch, [clean] + ([sr] if sr else []), batch_size=len(batch), progress=False)
-            accs["clean"].add(clean, sr)
-            ref = clean.kept
-            bar.update(1)
-            for lab, ivs, _ in items:
-                r = NextTokenReducer(reference=ref)
-                s = SinkScoreReducer() if sinks else None
-                with intervene(model, *ivs):
-                    run_reducers(model, batch, [r] + ([s] if s else []), batch_size=len(batch), progress=False)
-                accs[lab].add(r, s)
-                bar.set_postfix_str(lab[:30])
+        with dist.local():
+            for b in mine:
+                batch = toks[b * bs : (b + 1) * bs]
+                clean = NextTokenReducer(keep=True)
+                sr = SinkScoreReducer() if sinks else None
+                run_reducers(model, batch, [clean] + ([sr] if sr else []), batch_size=len(batch), progress=False)
+                got = {"clean": _Acc.part(clean, sr)}
+                ref = clean.kept
                 bar.update(1)
-            del ref, clean
+                for lab, ivs, _ in items:
+                    r = NextTokenReducer(reference=ref)
+                    s = SinkScoreReducer() if sinks else None
+                    with intervene(model, *ivs):
+                        run_reducers(model, batch, [r] + ([s] if s else []), batch_size=len(batch), progress=False)
+                    got[lab] = _Acc.part(r, s)
+                    bar.set_postfix_str(lab[:30])
+                    bar.update(1)
+                parts.append((b, got))
+                del ref, clean
+    except Exception as e:  # noqa: BLE001 - re-raised on every rank
+        failed = e
     finally:
         bar.close()
+    dist.raise_any(failed)
+    for _, got in sorted((bp for rank_parts in dist.gather(parts) for bp in rank_parts), key=lambda bp: bp[0]):
+        for lab, p in got.items():
+            accs[lab].add(p)
     clean_eff = accs["clean"].effect("clean", "no intervention", None, eps, {}, reference=False)
     effects = [clean_eff] + [
         accs[lab].effect(lab, " + ".join(iv.describe() for iv in ivs), clean_eff.loss, eps, meta, reference=True)

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._internal import distributed as dist
 from ._internal import placement
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet, as_tokens
@@ -340,10 +341,15 @@ def _run_twin(
     kernels: set[str] = set()
     lse_from: set[str] = set()
     base = twin.base_model
-    bar = tqdm(total=n, desc="sink scores (lse, fused)", unit="sample", disable=not progress, leave=False)
+    mine = dist.shard((n + batch_size - 1) // batch_size)  # whole batches per rank inside sink_interp.distributed()
+    start, stop = min(mine.start * batch_size, n), min(mine.stop * batch_size, n)
+    bar = tqdm(
+        total=stop - start, desc="sink scores (lse, fused)", unit="sample", disable=not (progress and dist.is_main()), leave=False
+    )
+    failed: BaseException | None = None
     try:
         with torch.no_grad():
-            for s in range(0, n, batch_size):
+            for s in (bi * batch_size for bi in mine):
                 batch = tokens[s : s + batch_size].to(device)
                 b = batch.shape[0]
                 run = _Run(
@@ -368,8 +374,15 @@ def _run_twin(
                 kernels |= run.kernels
                 lse_from |= run.lse_from
                 bar.update(b)
+    except Exception as e:  # noqa: BLE001 - re-raised on every rank
+        failed = e
     finally:
         bar.close()
+    dist.raise_any(failed)
+    dist.gather_rows({"col": col, "rows": rows}, start, stop)
+    for ks, ls in dist.gather((kernels, lse_from)):
+        kernels |= ks
+        lse_from |= ls
     info = {"engine": "fused", "kernel": sorted(kernels), "lse": sorted(lse_from), "batch_size": batch_size}
     return col, rows, info
 
@@ -388,7 +401,7 @@ def fused_column_sums(
     """Column sums ``[n, layers, heads, buckets, T]`` and row sums by the fused engine (see the module doc)."""
     tokens = as_tokens(tokens)
     n, T = tokens.shape
-    bs = default_batch_size(T) if batch_size is None else check_positive_int(batch_size, "batch_size")
+    bs = dist.decide(lambda: default_batch_size(T)) if batch_size is None else check_positive_int(batch_size, "batch_size")
     twin = hf_twin(model)
     edges = normalize_edges(query_edges, T)
     return _run_twin(twin, model, tokens, list(layers), as_mask(mask), edges, bs, progress, block_bytes)

@@ -60,6 +60,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from . import fused as fused_mod
+from ._internal import distributed as dist
 from ._internal import hooknames
 from ._internal.errors import NonFiniteError, check_positive_int
 from ._internal.memory import available_bytes
@@ -89,6 +90,9 @@ class LSEReducer(Reducer):
     ``hook_rot_k``); elsewhere the description's rotary embedding is applied to ``hook_q`` / ``hook_k``.
     Result: ``col [n, layers, heads, buckets, T]`` and ``row_sum [n, layers, heads]`` (float32, CPU).
     """
+
+    shardable = True
+    rows = ("col", "row_sum")
 
     def __init__(
         self,
@@ -275,24 +279,31 @@ def lse_column_sums(
     self_check = _SelfCheck(model, tokens, mask, layer_list)
     reason = "fused=False"
     if fused is not False:
-        ok, reason = fused_mod.fused_supported(model, tokens, mask)
-        if ok:
-            try:
-                check = self_check(
-                    "fused",
-                    lambda short: fused_mod.fused_column_sums(
-                        model,
-                        short,
-                        layers=layer_list,
-                        mask=mask,
-                        query_edges=None,
-                        batch_size=1,
-                        progress=False,
-                        block_bytes=block_bytes,
-                    )[0].sum(3),
-                )
-            except SelfCheckFailed as e:
-                ok, reason = False, str(e)
+
+        def fused_decision() -> tuple[bool, str, str | None]:
+            with dist.local():  # rank 0 checks on its own and tells the others (one engine everywhere)
+                ok, reason = fused_mod.fused_supported(model, tokens, mask)
+                check = None
+                if ok:
+                    try:
+                        check = self_check(
+                            "fused",
+                            lambda short: fused_mod.fused_column_sums(
+                                model,
+                                short,
+                                layers=layer_list,
+                                mask=mask,
+                                query_edges=None,
+                                batch_size=1,
+                                progress=False,
+                                block_bytes=block_bytes,
+                            )[0].sum(3),
+                        )
+                    except SelfCheckFailed as e:
+                        ok, reason = False, str(e)
+            return ok, reason, check
+
+        ok, reason, check = dist.decide(fused_decision)
         if not ok and fused:
             raise ValueError(f"the fused engine cannot run this model: {reason}; fix: fused=None or False (hooks engine)")
         if ok:
@@ -315,7 +326,7 @@ def lse_column_sums(
                 )
             return ColumnSums(col, rows, edges, layer_list, "fused", info)
 
-    bs = auto_batch_size(model, T) if batch_size is None else check_positive_int(batch_size, "batch_size")
+    bs = dist.decide(lambda: auto_batch_size(model, T)) if batch_size is None else check_positive_int(batch_size, "batch_size")
 
     def hooks_engine(toks: Tensor, edges_: list[int] | None, batch: int, show: bool) -> tuple[Tensor, Tensor]:
         from .interventions import masked
@@ -325,7 +336,11 @@ def lse_column_sums(
             run_reducers(model, toks, [reducer], batch_size=batch, progress=show, desc="sink scores (lse)")
         return reducer.result()
 
-    check = self_check("hooks", lambda short: hooks_engine(short, None, 1, False)[0].sum(3))
+    def hooks_check() -> str:
+        with dist.local():
+            return self_check("hooks", lambda short: hooks_engine(short, None, 1, False)[0].sum(3))
+
+    check = dist.decide(hooks_check)
     col, rows = hooks_engine(tokens, edges, bs, progress)
     return ColumnSums(
         col, rows, edges, layer_list, "hooks", {"engine": "hooks", "why_not_fused": reason, "batch_size": bs, "self_check": check}

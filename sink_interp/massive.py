@@ -77,6 +77,9 @@ def _check_threshold(value: Any, name: str) -> float:
 class MassiveReducer(Reducer):
     """Streams ``hook_resid_pre`` of every block (top-k, median, flags, norms) and k/v norms."""
 
+    shardable = True
+    rows = ("h_norm", "k_norm", "v_norm", "median", "top_abs", "top_val", "top_pos", "top_dim")
+
     def __init__(self, abs_threshold: float, ratio_threshold: float, top_k: int, max_flags: int = 100_000):
         self.abs_threshold = abs_threshold
         self.ratio_threshold = ratio_threshold
@@ -164,6 +167,20 @@ class MassiveReducer(Reducer):
                 self.truncated = True
             self.flags.append(rows)
             self.n_flags += rows.shape[0]
+
+    def local_state(self) -> tuple[list[Tensor], int, bool, set[str]]:
+        return self.flags, self.n_flags, self.truncated, self.seen
+
+    def merge(self, states: list[Any]) -> None:
+        # each rank kept the first max_flags of its own rows; the first max_flags of all rows, in sample order, are among them
+        rows = [t for st in states for t in st[0]]
+        total = sum(st[1] for st in states)
+        flags = torch.cat(rows) if rows else torch.zeros(0, 6, dtype=torch.float64)
+        self.truncated = any(st[2] for st in states) or total > self.max_flags
+        flags = flags[: self.max_flags]
+        self.flags = [flags] if flags.shape[0] else []
+        self.n_flags = int(flags.shape[0])
+        self.seen = set().union(*(st[3] for st in states))
 
     def result(self) -> dict[str, Any]:
         flags = torch.cat(self.flags) if self.flags else torch.zeros(0, 6, dtype=torch.float64)

@@ -38,6 +38,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._internal import display, hooknames
+from ._internal import distributed as dist
 from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
 from ._internal.report import ModelRun, Report
@@ -92,6 +93,9 @@ def _row_tolerance(dtype: torch.dtype) -> float:
 class SinkScoreReducer(Reducer):
     """Streams ``alpha`` [sample, layer, head, key] and mean row sums from ``hook_pattern``."""
 
+    shardable = True
+    rows = ("alpha", "row_sum")
+
     def __init__(self, layers: Sequence[int] | None = None, score: str = "auto"):
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
@@ -136,6 +140,15 @@ class SinkScoreReducer(Reducer):
         i = self._index[layer]
         self.alpha[s : s + a.shape[0], i] = a.cpu()
         self.row_sum[s : s + a.shape[0], i] = rows.mean(-1).cpu()
+
+    def local_state(self) -> dict[int, str]:
+        return self.proxy_layers
+
+    def merge(self, states: list[Any]) -> None:
+        merged: dict[int, str] = {}
+        for st in states:  # rank order is batch order: the last batch's decision wins, as in one process
+            merged.update(st)
+        self.proxy_layers = merged
 
     def result(self) -> tuple[Tensor, Tensor]:
         return self.alpha, self.row_sum
@@ -406,7 +419,8 @@ def measure_sinks(
     method: str = "auto",
     mask: Any = None,
     fused: bool | None = None,
-) -> SinkReport:
+    keep: str = "alpha",
+) -> SinkReport | SinkSummary:
     """Measure the sink score of every head, layer and key position.
 
     Args:
@@ -432,6 +446,10 @@ def measure_sinks(
             the model attends with during the measurement; default causal.
         fused: for ``"lse"``: ``None`` uses fused attention when nothing hooks the model
             (:mod:`sink_interp.fused`), ``False`` forces the bridge's hooks, ``True`` requires fused.
+        keep: ``"alpha"`` (default) keeps every sample's scores (a :class:`SinkReport`);
+            ``"summary"`` keeps integer counts of ``alpha > eps`` for the eps of :data:`EPS_GRID` and
+            fixed-point sums of alpha (a :class:`SinkSummary`: memory independent of ``n``, the same
+            numbers for any number of ranks).
 
     Examples:
         >>> import torch
@@ -441,7 +459,19 @@ def measure_sinks(
         (2,)
     """
     eps = check_eps(eps)
+    if keep not in KEEPS:
+        raise ValueError(f"keep must be one of {KEEPS}, got {keep!r}")
     tokens_checked = check_model_tokens(model, tokens, min_length=2)
+    if keep == "summary":
+        return _measure_summary(
+            model,
+            tokens,
+            tokens_checked,
+            eps,
+            dict(bos=bos, data=data, layers=layers, score=score, method=method, mask=mask, fused=fused),
+            batch_size,
+            progress,
+        )
     from . import lse as _lse
 
     if score == "auto":
@@ -450,7 +480,8 @@ def measure_sinks(
         except TypeError:  # not weak-referenceable: nothing registered
             pass
     requested = method
-    method = _lse.choose_method(model, tokens_checked, method, score=score, batch_size=batch_size)
+    chosen = method
+    method = dist.decide(lambda: _lse.choose_method(model, tokens_checked, chosen, score=score, batch_size=batch_size))
     mask = _lse.as_mask(mask)
     prov = provenance(model, tokens, bos=bos, data=data, mask=mask)
     extra: dict[str, Any] = prov.extra()
@@ -486,4 +517,228 @@ def measure_sinks(
         **prov.report_fields(),
         method=method,
         extra=extra,
+    )
+
+
+# --------------------------------------------------------------------------- keep="summary"
+
+KEEPS = ("alpha", "summary")
+#: the thresholds ``keep="summary"`` counts ``alpha > eps`` for
+EPS_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
+#: fixed-point unit of the summed scores: ``round(alpha * FIXED)`` as int64 (exact sums in any order; n < 2**30)
+FIXED = 2**32
+#: samples measured at once by ``keep="summary"`` (whole batches; their scores are dropped after counting)
+SUMMARY_CHUNK = 32
+
+
+def _fixed(x: Tensor) -> Tensor:
+    return torch.round(x.double() * FIXED).to(torch.int64)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class SinkSummary(ModelRun, Report):
+    """What ``measure_sinks(..., keep="summary")`` keeps: counts over a fixed eps grid and fixed-point sums.
+
+    ``counts[g, layer, head, k - 1]`` is the number of samples with ``alpha_k > eps_grid[g]``;
+    ``alpha_sum`` and ``row_sum_sum`` are sums over samples in units of ``1 / FIXED``. Integers add
+    exactly in any order, so the report is the same for any number of ranks, and its rates equal
+    those of the full :class:`SinkReport` bit for bit. ``eps`` must lie on ``eps_grid``.
+
+    Examples:
+        >>> import torch
+        >>> from sink_interp import tiny_model, measure_sinks
+        >>> m, toks = tiny_model(), torch.randint(4, 128, (4, 16))
+        >>> s = measure_sinks(m, toks, keep="summary", progress=False)
+        >>> s.rate(1, eps=0.2) == measure_sinks(m, toks, progress=False).rate(1, eps=0.2)
+        True
+    """
+
+    counts: np.ndarray  # int64 [grid, layer, head, pos]
+    alpha_sum: np.ndarray  # int64 [layer, head, pos], units of 1 / FIXED
+    row_sum_sum: np.ndarray  # int64 [layer, head]
+    n: int
+    eps_grid: tuple[float, ...]
+    eps: float
+    model: str
+    bos: bool | None
+    data: str
+    score: str
+    proxy_layers: dict[int, str]
+    layers: tuple[int, ...]
+    model_info: dict[str, Any]
+    versions: dict[str, str]
+    method: str = "pattern"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def length(self) -> int:
+        return int(self.counts.shape[-1])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.counts.shape[2])
+
+    def _g(self, eps: float | None) -> int:
+        e = self.eps if eps is None else check_eps(eps)
+        for i, g in enumerate(self.eps_grid):
+            if abs(g - e) < 1e-12:
+                return i
+        raise ValueError(f"eps must be one of the summary's grid {list(self.eps_grid)}, got {eps!r}; fix: pick one of them")
+
+    _k = SinkReport._k
+    _layer_index = SinkReport._layer_index
+
+    def rates(self, eps: float | None = None) -> np.ndarray:
+        """``Sink_k^eps`` in percent for every ``k = 1..length``."""
+        c = self.counts[self._g(eps)]
+        return 100.0 * (c.sum(axis=(0, 1)) / (self.n * c.shape[0] * c.shape[1]))
+
+    def rate(self, k: int = 1, eps: float | None = None) -> float:
+        """``Sink_k^eps`` in percent (``eps`` on :attr:`eps_grid`)."""
+        c = self.counts[self._g(eps)][..., self._k(k) - 1]
+        return float(100.0 * (c.sum() / (self.n * c.size)))
+
+    def layer_rates(self, k: int = 1, eps: float | None = None) -> np.ndarray:
+        """``Sink_k^eps`` in percent for each measured layer."""
+        c = self.counts[self._g(eps)][..., self._k(k) - 1]
+        return 100.0 * (c.sum(axis=1) / (self.n * c.shape[1]))
+
+    def head_rates(self, k: int = 1, eps: float | None = None) -> np.ndarray:
+        """``[layers, heads]``: percent of samples in which the head is a sink head on ``k``."""
+        return 100.0 * (self.counts[self._g(eps)][..., self._k(k) - 1] / self.n)
+
+    def mean_alpha(self, k: int = 1) -> np.ndarray:
+        """``[layers, heads]`` mean ``alpha_k`` over samples (from the fixed-point sums)."""
+        return self.alpha_sum[..., self._k(k) - 1] / (FIXED * self.n)
+
+    def sink_mass(self) -> np.ndarray:
+        """``[layers, heads]`` mean of ``1 - sum_j A[t, j]``."""
+        return 1.0 - self.row_sum_sum / (FIXED * self.n)
+
+    head_table = SinkReport.head_table
+
+    def to_frame(self, eps: float | None = None) -> pd.DataFrame:
+        """Long table, one row per (layer, head, k): mean ``alpha_k`` and sink rate (percent of samples)."""
+        L, H, T = len(self.layers), self.n_heads, self.length
+        return pd.DataFrame(
+            {
+                "layer": np.repeat(np.asarray(self.layers), H * T),
+                "head": np.tile(np.repeat(np.arange(H), T), L),
+                "k": np.tile(np.arange(1, T + 1), L * H),
+                "mean_alpha": (self.alpha_sum / (FIXED * self.n)).reshape(-1),
+                "sink_rate": (100.0 * self.counts[self._g(eps)] / self.n).reshape(-1),
+            }
+        )
+
+    def _repr_html_(self) -> str:
+        return display.html_of(self, fallback=self._summary_html)
+
+    def _summary_html(self) -> str:
+        e = html.escape
+        return (
+            f"<div><b>SinkSummary</b> &mdash; {e(self.model)} on {e(self.data)} (n={self.n}, length={self.length}, "
+            f"BOS={self.bos}, eps={self.eps}): <b>Sink<sub>1</sub> = {self.rate(1):.2f}%</b></div>"
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "data": self.data,
+            "bos": self.bos,
+            "eps": self.eps,
+            "length": self.length,
+            "n": self.n,
+            "keep": "summary",
+            "eps_grid": list(self.eps_grid),
+            "dtype": self.dtype,
+            "device": self.device,
+            "method": self.method,
+            "score": self.score,
+            "layers": list(self.layers),
+            "sink_rate_1": self.rate(1),
+            "sink_rates": [float(x) for x in self.rates()],
+            "layer_rates": [float(x) for x in self.layer_rates(1)],
+            "mean_alpha_1": float(self.mean_alpha(1).mean()),
+            "model_info": self.model_info,
+            "versions": self.versions,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"SinkSummary(model={self.model!r}, data={self.data!r}, n={self.n}, length={self.length}, Sink_1={self.rate(1):.2f}%)"
+        )
+
+
+def _measure_summary(
+    model: Any, tokens: Any, checked: Tensor, eps: float, kw: dict[str, Any], batch_size: int | None, progress: bool
+) -> SinkSummary:
+    """``keep="summary"``: measure chunks of whole batches, count and sum their scores, drop them; ranks share the chunks."""
+    from . import lse as _lse
+    from .capture import auto_batch_size
+
+    if not any(abs(g - eps) < 1e-12 for g in EPS_GRID):
+        raise ValueError(f"eps must be one of the keep='summary' grid {list(EPS_GRID)}, got {eps!r}; fix: pick one of them")
+    if kw["score"] == "auto":
+        try:
+            kw["score"] = _MODEL_SCORE.get(model, "auto")
+        except TypeError:
+            pass
+    kw["method"] = dist.decide(lambda: _lse.choose_method(model, checked, kw["method"], score=kw["score"], batch_size=batch_size))
+    n, T = checked.shape
+    bs = batch_size or dist.decide(lambda: auto_batch_size(model, T))
+    chunk = bs * max(1, SUMMARY_CHUNK // bs)
+    grid = torch.tensor(EPS_GRID, dtype=torch.float32)
+    mine = dist.shard((n + chunk - 1) // chunk)
+    parts: list[tuple[int, Any]] = []
+    failed: BaseException | None = None
+    try:
+        with dist.local():
+            for c in mine:
+                rep = measure_sinks(
+                    model, checked[c * chunk : (c + 1) * chunk], eps, batch_size=bs, progress=progress and dist.is_main(), **kw
+                )
+                a = torch.from_numpy(rep.alpha)  # [b, L, H, T]
+                counts = torch.stack([(a > g).sum(0) for g in grid])  # [grid, L, H, T], one threshold at a time
+                parts.append(
+                    (
+                        c,
+                        counts,
+                        _fixed(a).sum(0),
+                        _fixed(torch.from_numpy(rep.row_sum)).sum(0),
+                        rep.proxy_layers,
+                        rep.score,
+                        rep.method,
+                        rep.layers,
+                        rep.extra,
+                    )
+                )
+    except Exception as e:  # noqa: BLE001 - re-raised on every rank
+        failed = e
+    dist.raise_any(failed)
+    allp = sorted((p for rank_parts in dist.gather(parts) for p in rank_parts), key=lambda p: p[0])
+    counts = sum(p[1] for p in allp)
+    alpha_sum = sum(p[2] for p in allp)
+    row_sum_sum = sum(p[3] for p in allp)
+    proxy: dict[int, str] = {}
+    for p in allp:
+        proxy.update(p[4])
+    scores = sorted({p[5] for p in allp})
+    first = allp[0]
+    extra = dict(first[8])
+    extra.pop("probe", None)
+    prov = provenance(model, tokens, bos=kw["bos"], data=kw["data"], mask=_lse.as_mask(kw["mask"]))
+    return SinkSummary(
+        counts=counts.numpy(),
+        alpha_sum=alpha_sum.numpy(),
+        row_sum_sum=row_sum_sum.numpy(),
+        n=int(n),
+        eps_grid=EPS_GRID,
+        eps=eps,
+        score=scores[0] if len(scores) == 1 else "+".join(scores),
+        proxy_layers=proxy,
+        layers=tuple(first[7]),
+        **prov.report_fields(),
+        method=first[6],
+        extra={**extra, **prov.extra()},
     )

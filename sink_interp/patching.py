@@ -65,6 +65,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._internal import display, hooknames
+from ._internal import distributed as dist
 from ._internal.errors import NonFiniteError, check_positive_int
 from ._internal.report import ModelRun, Report
 from .architecture import LayerAttention, check_model_tokens, describe_attention, verify_attention
@@ -756,9 +757,14 @@ def patch_heads(
         for cs in by_layer.values():
             k = chunk_arg or _default_chunk(model, n, T, len(cs))
             plan += [cs[i : i + k] for i in range(0, len(cs), k)]
-        bar = tqdm(total=len(plan), desc=f"patch {what}", unit="forward", disable=not progress, leave=False)
+        # inside sink_interp.distributed() each rank runs a contiguous block of the patched forwards: the metric
+        # reads all n samples' logits at once, so the conditions are split, not the samples
+        mine = dist.shard(len(plan))
+        got: list[tuple[str, int, int, float]] = []
+        bar = tqdm(total=len(mine), desc=f"patch {what}", unit="forward", disable=not (progress and dist.is_main()), leave=False)
+        failed: BaseException | None = None
         try:
-            for chunk in plan:
+            for chunk in (plan[i] for i in mine):
                 l_ = chunk[0].layer
                 la = spec.layer(l_)
                 k = len(chunk)
@@ -768,12 +774,16 @@ def patch_heads(
                     logits = _run_from(model, l_, resid.repeat(k, 1, 1), base_t.repeat(k, 1), skip)
                 with torch.no_grad():
                     for i, c in enumerate(chunk):
-                        v = _scalar(fn(logits[i * n : (i + 1) * n]))
-                        (values if c.table == "values" else kv_values)[c.layer, c.index] = v
+                        got.append((c.table, c.layer, c.index, _scalar(fn(logits[i * n : (i + 1) * n]))))
                 del logits
                 bar.update(1)
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank
+            failed = e
         finally:
             bar.close()
+        dist.raise_any(failed)
+        for table, layer_, index, v in (g for rank_got in dist.gather(got) for g in rank_got):
+            (values if table == "values" else kv_values)[layer_, index] = v
         if site.kv and G == H:  # one KV head per query head: the two tables are the same patches
             values[np.ix_(layers_, heads_)] = kv_values[np.ix_(layers_, heads_)]
         meta["forwards"] = len(plan)
@@ -790,7 +800,12 @@ def patch_heads(
                 stacklevel=2,
             )
         t0 = time.perf_counter()
-        est, est_lin, kv_est = _attribution(model, spec, site, layers_, heads_, base_t, src, fn, pos, T, n)
+
+        def attribution() -> Any:
+            with dist.local():  # one forward and one backward: rank 0 computes, the others receive
+                return _attribution(model, spec, site, layers_, heads_, base_t, src, fn, pos, T, n)
+
+        est, est_lin, kv_est = dist.decide(attribution)
         seconds["attribution"] = time.perf_counter() - t0
         est = est + base_value
         est_lin = est_lin + base_value if est_lin is not None else None

@@ -12,6 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import distributed
+
 
 @lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
@@ -65,9 +67,11 @@ def check_writable(path: str | os.PathLike[str], name: str = "path") -> Path:
 def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and a rename (never half-written).
 
-    Errors name ``path``, not the temporary file.
+    Errors name ``path``, not the temporary file. Inside ``sink_interp.distributed()`` only rank 0 writes.
     """
     path = Path(path).expanduser()
+    if not distributed.is_main():
+        return path
     if path.is_dir():
         raise IsADirectoryError(f"cannot write {str(path)!r}: it is a folder; fix: give a file name inside it")
     try:
@@ -161,4 +165,7 @@ class Provenance:
             out["probe"] = self.probe
         if self.mask is not None:
             out["mask"] = self.mask
+        ctx = distributed.current()
+        if ctx is not None:  # run inside sink_interp.distributed(): the world size and backend
+            out["distributed"] = ctx.info()
         return out

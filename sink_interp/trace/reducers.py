@@ -39,6 +39,25 @@ class TraceReducer(Reducer):
     (the writer link's coordinate).
     """
 
+    shardable = True
+    rows = ("x_sink", "scale", "n_sink", "out_sink", "k_sink_pre", "k_share", "k_share_bias", "keys", "values")
+    sums = (
+        "w_resid",
+        "w_attn",
+        "w_mlp",
+        "other_abs_sum",
+        "n_other",
+        "unit_sum",
+        "share_other_sum",
+        "k_other_norm_sum",
+        "q_share_sum",
+        "q_bias_sum",
+        "q_count",
+        "rope",
+        "rope_counts",
+        "qkn",
+    )
+
     def __init__(self, model: Any, layer: int, head: int, sink: int, coord_pos: int, links: set[str]):
         self.layer, self.head, self.sink, self.coord_pos, self.links = layer, head, sink, coord_pos, links
         cfg = model.cfg
@@ -122,9 +141,15 @@ class TraceReducer(Reducer):
         self.values = z(n, T, dh)
         self.qkn = {key: 0.0 for key in ("sb", "ob", "sa", "oa", "ss", "os", "cos")}
 
-    def begin_batch(self, tokens: Tensor, start: int) -> None:
+    def end_batch(self) -> None:
         self._flush()
-        super().begin_batch(tokens, start)
+
+    def local_state(self) -> tuple[float, set[str]]:
+        return self.recon_err, self.seen
+
+    def merge(self, states: list[Any]) -> None:
+        self.recon_err = max(st[0] for st in states)
+        self.seen = set().union(*(st[1] for st in states))
 
     def update(self, name: str, tensor: Tensor) -> None:
         self.seen.add(name)
@@ -287,6 +312,10 @@ class TraceReducer(Reducer):
 
 class GatedMLPReducer(Reducer):
     """Pass 3: the writer MLP's input and output, scored against the quadratic form's top eigenvector."""
+
+    shardable = True
+    rows = ("cos_sink", "pred", "pred1", "actual")
+    sums = ("cos_other_sum", "cos_other_count")
 
     def __init__(self, layer: int, pos: int, dim: int, S: Tensor, u1: Tensor, lam1: float):
         self.layer, self.pos, self.dim, self.S, self.u1, self.lam1 = layer, pos, dim, S, u1, lam1

@@ -248,5 +248,8 @@ def trace_sink(
         model_info=mi.to_dict(),
         versions=versions(),
         key_pca=key_pca,
-        extra={"probe": info} if info is not None else {},
+        extra={
+            **({"probe": info} if info is not None else {}),
+            **({"distributed": massive.extra["distributed"]} if "distributed" in massive.extra else {}),
+        },
     )
