@@ -292,6 +292,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_report)
 
+    mv = sub.add_parser("massive", help="massive activations (Sun et al.) per block, norms at the sink, the extreme-token triple")
+    _add_model_args(mv)
+    _add_data_args(mv, n=20, length=64)
+    mv.add_argument("--abs-threshold", type=float, default=100.0, help="massive activation: |x| above this (default 100)")
+    mv.add_argument(
+        "--ratio-threshold", type=float, default=1000.0, help="massive activation: at least this many medians (default 1000)"
+    )
+    mv.add_argument("--top-k", type=int, default=5, help="largest |x| entries kept per sample and layer (default 5)")
+    mv.add_argument("--batch-size", type=int, default=None, help="samples per forward pass")
+    mv.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
+    mv.add_argument("--quiet", action="store_true", help="no progress bar")
+    mv.set_defaults(func=cmd_massive)
+
     t = sub.add_parser("trace", help="trace the sink mechanism: spike, writer, norm, W_K, RoPE, key manifold")
     _add_model_args(t)
     _add_data_args(t, n=20, length=64)
@@ -843,6 +856,60 @@ def cmd_report(args: argparse.Namespace) -> int:
     tm = page.meta["timings"]
     print(f"wrote {path} ({size:.1f} MB, {page.n_widgets} CircuitsVis widgets, bundle inlined once; opens offline)")
     print(f"load {t_load:.1f}s, " + ", ".join(f"{k} {v:.1f}s" for k, v in tm.items()))
+    return 0
+
+
+def cmd_massive(args: argparse.Namespace) -> int:
+    from . import load_model, massive_activations, probe_tokens
+
+    t0 = time.time()
+    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet, **_placement(args))
+    t_load = time.time() - t0
+    tokens = probe_tokens(model, args.data, n=args.n, length=args.length, bos=args.bos, seed=args.seed)
+    t1 = time.time()
+    rep = massive_activations(
+        model,
+        tokens,
+        abs_threshold=args.abs_threshold,
+        ratio_threshold=args.ratio_threshold,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    t_run = time.time() - t1
+    mi = rep.model_info
+    print(
+        f"model   {rep.model}  ({mi['n_layers']} layers x {mi['n_heads']} heads, d_model {mi['d_model']}, {rep.dtype}, {rep.device})"
+    )
+    print(f"data    {rep.data}  n={rep.n} length={rep.length} BOS={'yes' if rep.bos else 'no'}")
+    print(f"massive: |x| > {rep.abs_threshold:g} and > {rep.ratio_threshold:g} x the median |x| (Sun et al.)")
+    print()
+    rows = [
+        [
+            int(r.layer),
+            f"{r.max:,.1f}" if r.max >= 10 else f"{r.max:.3g}",
+            int(r.pos),
+            int(r.dim),
+            f"{r.ratio:,.0f}",
+            "yes" if r.massive else "",
+            f"{r.h_norm_ratio_0:.2f}",
+            f"{r.value_norm_ratio:.3f}",
+        ]
+        for r in rep.to_frame().itertuples()
+    ]
+    print(_fmt_table(rows, ["layer", "max |x|", "pos", "dim", "x median", "massive", "||h_0||/mean", "value_norm_ratio"]))
+    triple = rep.extreme_triple()
+    parts = [
+        f"{role} at position {v['pos']} ({v['layers']}/{v['of']} layers)" for role, v in triple.items() if isinstance(v, dict)
+    ]
+    if parts:
+        print()
+        print("extreme tokens: " + "; ".join(parts) + ("; they coincide" if triple.get("coincide") else ""))
+    print()
+    print(f"load {t_load:.1f}s, massive {t_run:.1f}s")
+    if args.json:
+        rep.to_json(args.json)
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from sink_interp.cli import main
@@ -65,3 +66,26 @@ def test_measure_jsonl_with_bos(tmp_path, capsys):
 def test_measure_errors_exit_2_with_a_message(capsys, args, match):
     assert main(["measure", "--quiet", "--n", "2", *args]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_massive_prints_and_writes_json_equal_to_the_residual_stream(tmp_path, capsys):
+    """`sink-interp massive`: each layer's max |x| entering the block, checked against the cached residual stream."""
+    import torch
+
+    from sink_interp import load_model, probe_tokens
+
+    out = tmp_path / "m.json"
+    args = ["--model", "tiny-gqa", "--data", "random", "--n", "3", "--length", "12", "--seed", "4"]
+    assert main(["massive", *args, "--json", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "max |x|" in text and "extreme tokens" in text and f"wrote {out}" in text
+    d = json.loads(out.read_text())
+    model = load_model("tiny-gqa")
+    tokens = probe_tokens(model, "random", n=3, length=12, seed=4).tokens
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    for layer, row in enumerate(d["layers"]):
+        x = cache[f"blocks.{layer}.hook_resid_pre"].abs()
+        assert row["max"] == pytest.approx(float(x.max()), rel=1e-6)
+        s, p, k = (int(i) for i in np.unravel_index(int(x.argmax()), x.shape))
+        assert (row["sample"], row["pos"], row["dim"]) == (s, p, k)
