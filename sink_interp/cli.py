@@ -859,6 +859,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _massive_table(rep: Any, h_norm: bool = False) -> str:
+    """Per block: largest |x| entering it with its position and dim, ratio to the median, massive or not, norm ratios."""
+    rows = [
+        [
+            int(r.layer),
+            f"{r.max:,.1f}" if r.max >= 10 else f"{r.max:.3g}",
+            int(r.pos),
+            int(r.dim),
+            f"{r.ratio:,.0f}",
+            "yes" if r.massive else "",
+            *([f"{r.h_norm_ratio_0:.2f}"] if h_norm else []),
+            f"{r.value_norm_ratio:.3f}",
+        ]
+        for r in rep.to_frame().itertuples()
+    ]
+    head = ["layer", "max |x|", "pos", "dim", "x median", "massive", *(["||h_0||/mean"] if h_norm else []), "value_norm_ratio"]
+    return _fmt_table(rows, head)
+
+
 def cmd_massive(args: argparse.Namespace) -> int:
     from . import load_model, massive_activations, probe_tokens
 
@@ -884,20 +903,7 @@ def cmd_massive(args: argparse.Namespace) -> int:
     print(f"data    {rep.data}  n={rep.n} length={rep.length} BOS={'yes' if rep.bos else 'no'}")
     print(f"massive: |x| > {rep.abs_threshold:g} and > {rep.ratio_threshold:g} x the median |x| (Sun et al.)")
     print()
-    rows = [
-        [
-            int(r.layer),
-            f"{r.max:,.1f}" if r.max >= 10 else f"{r.max:.3g}",
-            int(r.pos),
-            int(r.dim),
-            f"{r.ratio:,.0f}",
-            "yes" if r.massive else "",
-            f"{r.h_norm_ratio_0:.2f}",
-            f"{r.value_norm_ratio:.3f}",
-        ]
-        for r in rep.to_frame().itertuples()
-    ]
-    print(_fmt_table(rows, ["layer", "max |x|", "pos", "dim", "x median", "massive", "||h_0||/mean", "value_norm_ratio"]))
+    print(_massive_table(rep, h_norm=True))
     triple = rep.extreme_triple()
     parts = [
         f"{role} at position {v['pos']} ({v['layers']}/{v['of']} layers)" for role, v in triple.items() if isinstance(v, dict)
@@ -946,20 +952,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     print(rep.story())
     print()
     print("per block: largest |x| entering it (hook_resid_pre), and ||v|| at position 0 over the mean at positions >= 1")
-    df = m.to_frame()
-    rows = [
-        [
-            int(r.layer),
-            f"{r.max:,.1f}" if r.max >= 10 else f"{r.max:.3g}",
-            int(r.pos),
-            int(r.dim),
-            f"{r.ratio:,.0f}",
-            "yes" if r.massive else "",
-            f"{r.value_norm_ratio:.3f}",
-        ]
-        for r in df.itertuples()
-    ]
-    print(_fmt_table(rows, ["layer", "max |x|", "pos", "dim", "x median", "massive", "value_norm_ratio"]))
+    print(_massive_table(m))
     if args.explain:
         print()
         print(rep.explain())
