@@ -60,7 +60,7 @@ from typing import Callable, Iterable, Iterator
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
-VERSION = 1  # bump when a cleaner changes: cached parts of older versions are rebuilt
+VERSION = 2  # bump when a cleaner changes: cached parts of older versions are rebuilt
 VAL_PERMILLE = 20  # 2 % of the documents of each source are held out for validation
 MIN_DOC_WORDS = 40
 MIN_PAR_CHARS_DEDUP = 60  # shorter paragraphs (a stage direction, "Amen.") may repeat
@@ -164,16 +164,25 @@ class _ParagraphHTML(HTMLParser):
         self._buf: list[str] | None = None
         self._skip = 0
         self._in_title = False
+        self._div_depth = 0
+        self._para_depth: int | None = None
 
     def handle_starttag(self, tag, attrs):
         if tag in self.SKIP:
             self._skip += 1
-        elif tag == "p" and not self._skip:
-            self._flush()
+        elif (tag == "p" or (tag == "div" and ("class", "para") in attrs)) and not self._skip:
+            self._flush()  # <div class="para">: DocBook's paragraphs (the Debian handbook)
             self._buf = []
+            self._para_depth = self._div_depth if tag == "div" else None
+            if tag == "div":
+                self._div_depth += 1
+        elif tag == "div":
+            self._div_depth += 1
+            if self._para_depth is None:
+                self._flush()
         elif tag == "title":
             self._in_title = True
-        elif tag in ("div", "table", "ul", "ol", "dl", "h1", "h2", "h3", "h4", "blockquote"):
+        elif tag in ("table", "ul", "ol", "dl", "h1", "h2", "h3", "h4", "blockquote"):
             self._flush()
 
     def handle_endtag(self, tag):
@@ -181,6 +190,10 @@ class _ParagraphHTML(HTMLParser):
             self._skip = max(0, self._skip - 1)
         elif tag == "p":
             self._flush()
+        elif tag == "div":
+            self._div_depth = max(0, self._div_depth - 1)
+            if self._para_depth is not None and self._div_depth == self._para_depth:
+                self._flush()
         elif tag == "title":
             self._in_title = False
 
@@ -196,6 +209,7 @@ class _ParagraphHTML(HTMLParser):
             if s:
                 self.pars.append(s)
         self._buf = None
+        self._para_depth = None
 
 
 def clean_html_document(src: str, min_words: int = 8) -> tuple[str | None, str]:
