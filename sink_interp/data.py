@@ -50,6 +50,13 @@ def natural_path() -> Path:
 
 def read_jsonl_texts(path: str | Path) -> list[str]:
     """The ``"text"`` field of every line of a JSONL file, with errors that name the line."""
+    return read_jsonl_texts_splits(path, splits=False)[0]
+
+
+def read_jsonl_texts_splits(path: str | Path, splits: bool = True) -> tuple[list[str], list[str] | None]:
+    """``(texts, splits)`` of a JSONL file: the ``"text"`` of every line and, when the lines carry one,
+    their ``"split"`` (``"train"`` or ``"val"``; every line must then have it), else ``None``
+    (always ``None`` with ``splits=False``, which ignores the field)."""
     p = Path(path).expanduser()
     if p.is_dir():
         raise ValueError(
@@ -60,6 +67,7 @@ def read_jsonl_texts(path: str | Path) -> list[str]:
             f"data file {str(path)!r} does not exist; pass 'natural', 'random', 'repeat' or the path of a JSONL file"
         )
     texts: list[str] = []
+    found: list[Any] = []
     with p.open("rb") as f:
         for i, raw in enumerate(f, start=1):
             try:
@@ -81,9 +89,18 @@ def read_jsonl_texts(path: str | Path) -> list[str]:
             if not isinstance(obj["text"], str):
                 raise ValueError(f'{p}:{i}: "text" must be a string, got {type(obj["text"]).__name__}')
             texts.append(obj["text"])
+            sp = obj.get("split") if splits else None
+            if sp is not None and sp not in ("train", "val"):
+                raise ValueError(f'{p}:{i}: "split" must be "train" or "val", got {sp!r}')
+            found.append(sp)
     if not texts:
         raise ValueError(f'{p} is empty: it holds no JSONL lines with a "text" field')
-    return texts
+    if all(sp is None for sp in found):
+        return texts, None
+    if any(sp is None for sp in found):
+        i = found.index(None)
+        raise ValueError(f'{p}: document {i + 1} has no "split" field while others have one; fix: give every line a "split" or none')
+    return texts, found
 
 
 def _special_ids(tokenizer: Any) -> set[int]:

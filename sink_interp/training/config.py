@@ -51,7 +51,7 @@ class TrainConfig:
     bb_triggers: int = 3  # BB: number of trigger tokens, the most frequent ones (Guo: k = 3)
     bb_bos_num: int = 1  # BB: BOS tokens at the start (Guo: 1)
     bb_delimiter_p: float = 0.0  # BB: delimiter probability (Guo: 0)
-    text_corpus: str = "natural"  # text: "natural" (shipped) or a JSONL path
+    text_corpus: str = "natural"  # text: "natural" (shipped), "big" (scripts/build_corpus.py) or a JSONL path
     text_vocab: int = 2048  # text: byte-level BPE vocabulary (paper: Llama's 32000)
     bos: str = "none"  # text packing: "none" random windows (paper default), "fixed" BOS at pos 1, "doc" BOS per document
     intra_doc: bool = False  # mask attention across documents (Barbero et al. table)
@@ -169,6 +169,7 @@ class TrainConfig:
             raise ValueError(
                 f"v_bias={self.v_bias!r} is the value of the K-bias column; fix: k_bias=True (or v_bias='learn' for a V bias only)"
             )
+        self._check_text_corpus()
         self._check_new_knobs()
         norms = {
             "softmax": ("auto", "sum"),
@@ -201,6 +202,25 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be in {span}, got {v!r}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {list(self.betas)}; e.g. betas=[0.9,0.95]")
+
+    def _check_text_corpus(self) -> None:
+        """``text_corpus`` is a corpus name or looks like a path (a typo of a name is caught here;
+        whether the file exists is checked when the data is built)."""
+        from ..tasks import CORPUS_NAMES
+
+        c = self.text_corpus
+        if c in CORPUS_NAMES:
+            return
+        if not c.strip():
+            raise ValueError(f"TrainConfig.text_corpus must be one of {CORPUS_NAMES} or a JSONL path, got {c!r}")
+        if "/" not in c and "\\" not in c and not c.endswith((".jsonl", ".json")) and not c.startswith("~"):
+            import difflib
+
+            hint = difflib.get_close_matches(c, CORPUS_NAMES, n=1)
+            raise ValueError(
+                f"TrainConfig.text_corpus {c!r} is neither a corpus name {CORPUS_NAMES} nor a JSONL path"
+                + (f"; did you mean {hint[0]!r}?" if hint else "; fix: give the file's path, e.g. './my_corpus.jsonl'")
+            )
 
     def _check_new_knobs(self) -> None:
         """Random-token data, K bias with d_a learnable dims, relative positions, the MLP kernel (one-line errors)."""
