@@ -131,7 +131,7 @@ def join_paragraphs(pars: Iterable[str | None]) -> str:
 
 def split_key(source: str, title: str) -> int:
     """A stable number in [0, 1000) per document: documents below ``VAL_PERMILLE`` are validation."""
-    return int(hashlib.sha256(f"{source}\x00{title}".encode("utf-8")).hexdigest()[:8], 16) % 1000
+    return int(hashlib.sha256(f"{source}\x00{title}".encode()).hexdigest()[:8], 16) % 1000
 
 
 def split_of(source: str, title: str, val_permille: int = VAL_PERMILLE) -> str:
@@ -697,9 +697,7 @@ def write_notice(path: Path, names: list[str], metas: dict, per_source: dict, to
     ]
     for n in names:
         s = per_source.get(n, {"docs": 0, "val_docs": 0, "words": 0})
-        lines.append(
-            f"| `{n}` | {s['docs']:,} | {s['val_docs']:,} | {s['words']:,} | {metas[n]['origin']} | {SOURCES[n][1]} |"
-        )
+        lines.append(f"| `{n}` | {s['docs']:,} | {s['val_docs']:,} | {s['words']:,} | {metas[n]['origin']} | {SOURCES[n][1]} |")
     lines += ["", "## Attribution", ""]
     for n in names:
         lines += [f"- **{n}** ({SOURCES[n][1]}): {SOURCES[n][2]}"]
@@ -779,7 +777,9 @@ def main(argv: list[str] | None = None) -> int:
         "bytes": sum(s["bytes"] for s in per_source.values()),
     }
     corpus = out / "corpus.jsonl"
-    write_jsonl_atomic(corpus, ({"text": d["text"], "source": d["source"], "title": d["title"], "split": d["split"]} for d in docs))
+    write_jsonl_atomic(
+        corpus, ({"text": d["text"], "source": d["source"], "title": d["title"], "split": d["split"]} for d in docs)
+    )
     write_notice(out / "NOTICE.md", names, metas, per_source, totals)
     manifest = {
         "version": VERSION,
@@ -790,16 +790,20 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_parts": round(t_parts, 1),
         "seconds_total": round(time.time() - t0, 1),
     }
-    print(f"\n{corpus}: {totals['docs']:,} documents ({totals['val_docs']:,} val), {totals['words']:,} words, "
-          f"{totals['bytes'] / 1e6:.1f} MB; dedup {stats}")
+    print(
+        f"\n{corpus}: {totals['docs']:,} documents ({totals['val_docs']:,} val), {totals['words']:,} words, "
+        f"{totals['bytes'] / 1e6:.1f} MB; dedup {stats}"
+    )
     for n in names:
         s = per_source.get(n, {"docs": 0, "words": 0})
         print(f"  {n:20s} {s['docs']:7,} docs {s['words']:12,} words")
     if not a.no_tokens:
         tok = count_tokens(corpus, a.vocab)
         manifest["tokens"] = tok
-        print(f"BPE {a.vocab}: {tok['train_tokens']:,} train + {tok['val_tokens']:,} val tokens; "
-              f"BPE training {tok['bpe_seconds']} s, tokenising {tok['tokenise_seconds']} s")
+        print(
+            f"BPE {a.vocab}: {tok['train_tokens']:,} train + {tok['val_tokens']:,} val tokens; "
+            f"BPE training {tok['bpe_seconds']} s, tokenising {tok['tokenise_seconds']} s"
+        )
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1))
     return 0
 

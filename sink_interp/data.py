@@ -99,7 +99,9 @@ def read_jsonl_texts_splits(path: str | Path, splits: bool = True) -> tuple[list
         return texts, None
     if any(sp is None for sp in found):
         i = found.index(None)
-        raise ValueError(f'{p}: document {i + 1} has no "split" field while others have one; fix: give every line a "split" or none')
+        raise ValueError(
+            f'{p}: document {i + 1} has no "split" field while others have one; fix: give every line a "split" or none'
+        )
     return texts, found
 
 

@@ -416,7 +416,6 @@ def _tokenised_docs(tok: Any, texts: Sequence[str], digest: str, vocab_size: int
     return docs
 
 
-
 class TextCorpus:
     """Natural text tokenised with a cached byte-level BPE, split by documents.
 
