@@ -1293,7 +1293,8 @@ def _j_sigmoid_mass(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
         heads = "; ".join(
             f"L{l}H{h}: mass on key 1 {hs['alpha_1_raw'][l][h]:.2f} (proxy {hs['alpha_1_proxy'][l][h]:.2f}), row sum {hs['row_sum'][l][h]:.2f}, "
             f"v-ratio {hs['value_ratio'][l][h]:.2f}, |z|/|v| {hs['z_ratio'][l][h]:.2f}, "
-            f"{'dormant' if hs.get('dormant', [[False]])[l][h] else 'active'} (dloss {hs.get('dloss', [[0]])[l][h]:+.3f})"
+            f"{'dormant' if hs.get('dormant', [[False]])[l][h] else 'active'} on non-copy tokens "
+            f"(zeroed: non-copy loss {hs.get('dloss_bigram', [[0]])[l][h]:+.3f}, all {hs.get('dloss', [[0]])[l][h]:+.3f})"
             for l in range(len(hs["alpha_1_raw"]))
             for h in range(len(hs["alpha_1_raw"][l]))
         )
