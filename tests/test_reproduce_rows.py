@@ -13,7 +13,7 @@ from sink_interp.cli import main
 from sink_interp.training.config import TrainConfig, preset
 from sink_interp.training.reproduce import FINDINGS, Run, plan, reproduce
 
-TINY = dict(d_model=32, d_mlp=64, seq_len=16, batch_size=4, eval_batches=1, probe_n=4, bb_vocab=16, text_vocab=300)
+TINY = dict(d_model=32, d_mlp=64, seq_len=16, batch_size=4, eval_batches=1, probe_n=4, bb_vocab=16, text_vocab=300, text_corpus="natural")
 RETESTS = ("weight_decay_schedule", "lr_constant_budget", "kbias_official_rope", "prefix_positional", "sigmoid_mass")
 
 
@@ -180,6 +180,34 @@ def test_judge_sigmoid_mass():
     assert v.agree is True and "a bias, not a sink" in v.note
     v = f.judge(runs, {"base": _hs(0.7, 0.2), "sigmoid_norm": _hs(0.6, 0.3), "sigmoid_nonorm": _hs(0.7, 0.2)})
     assert v.agree is False
+    v = f.judge(runs, {"base": _hs(0.7, 0.2), "sigmoid_norm": _hs(0.6, 0.9), "sigmoid_nonorm": _hs(0.77, 0.97)})
+    assert v.agree is True and "not seen at this scale" in v.note and "positive control" in v.note
+
+
+def _text_runs(long_curve, pairs):
+    cfgs = FINDINGS["text-emergence"].configs("cpu")
+    runs = {k: Run(k, cfgs[k], "", (_m(v),)) for k, v in pairs.items()}
+    runs["softmax_long"] = Run("softmax_long", cfgs["softmax_long"], "", tuple(_m(v, step=s) for s, v in long_curve))
+    return runs
+
+
+def test_text_emergence_configs_and_judge():
+    f = FINDINGS["text-emergence"]
+    cfgs = f.configs("cpu")
+    assert set(cfgs) == {"softmax", "softmax_long", "sigmoid_nonorm", "no_bos"}
+    assert all(c.task == "text" and c.text_corpus == "big" for c in cfgs.values())
+    assert cfgs["softmax"].bos == "fixed" and cfgs["no_bos"].bos == "none" and cfgs["sigmoid_nonorm"].attn_norm == "none"
+    assert cfgs["softmax_long"].steps == 2 * cfgs["softmax"].steps and cfgs["softmax"].steps == cfgs["no_bos"].steps
+    # the pilot of docs/training.md is the 20k-step softmax run (same config, so its folder is reused)
+    assert cfgs["softmax"] == preset("text-fixed-bos", text_corpus="big", steps=20_000, eval_every=500)
+    raw = {"sigmoid_raw": {"sink_rate_1_raw": 0.0, "mean_alpha_1_raw": 0.01, "attn_mass": 3.0}}
+    pairs = {"softmax": 18.2, "sigmoid_nonorm": 0.0, "no_bos": 0.0}
+    v = f.judge(_text_runs([(0, 0.0), (20_000, 15.0), (40_000, 24.5)], pairs), raw)
+    assert v.agree is True and v.numbers["final"]["sink_rate"] == 24.5 and v.numbers["onset_step"] == 20_000
+    assert v.numbers["curve"] == [(0, 0.0), (20_000, 15.0), (40_000, 24.5)] and "65.10%" in v.ours  # no-BOS has none here
+    assert f.judge(_text_runs([(0, 0.0), (40_000, 18.0)], pairs), raw).agree is False  # below the 20% goal
+    assert f.judge(_text_runs([(0, 0.0), (40_000, 24.5)], dict(pairs, sigmoid_nonorm=12.0)), raw).agree is False
+    assert f.judge(_text_runs([(0, 0.0), (40_000, 24.5)], dict(pairs, no_bos=18.0)), raw).agree is False
 
 
 def test_judge_intra_doc_not_comparable_without_a_sink():

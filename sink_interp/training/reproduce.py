@@ -1299,13 +1299,19 @@ def _j_sigmoid_mass(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
             for h in range(len(hs["alpha_1_raw"][l]))
         )
         parts.append(f"{arm.replace('_', ' ')}: sink heads (mass > {eps:g} on a drained value) {sinks}; {heads}")
+    # the re-tested half: no sink head without the normaliser, while softmax (or the normalised kernel) shows that
+    # the measure finds one where there is one
     agree = not out["sigmoid_nonorm"]["sink_heads"] and bool(out["sigmoid_norm"]["sink_heads"] or out["base"]["sink_heads"])
-    note = (
-        "sigmoid without normaliser parks mass on key 1 without a value drain (a bias, not a sink)"
-        if out["sigmoid_nonorm"]["parked_heads"] and not out["sigmoid_nonorm"]["sink_heads"]
-        else ""
-    )
-    return Verdict(ours="; ".join(parts), agree=agree, numbers=out, note=note)
+    notes = []
+    if out["sigmoid_nonorm"]["parked_heads"] and not out["sigmoid_nonorm"]["sink_heads"]:
+        notes.append("sigmoid without normaliser parks mass on key 1 without a value drain (a bias, not a sink)")
+    if not out["sigmoid_norm"]["sink_heads"]:
+        notes.append(
+            "the other half of the claim (with the normaliser the sink returns) is not seen at this scale: "
+            "sigmoid with normaliser has no sink head either"
+            + (", while softmax has one (the positive control)" if out["base"]["sink_heads"] else "")
+        )
+    return Verdict(ours="; ".join(parts), agree=agree, numbers=out, note="; ".join(notes))
 
 
 # --------------------------------------------------------------------------- configs of the new rows
