@@ -13,7 +13,9 @@ from sink_interp.cli import main
 from sink_interp.training.config import TrainConfig, preset
 from sink_interp.training.reproduce import FINDINGS, Run, plan, reproduce
 
-TINY = dict(d_model=32, d_mlp=64, seq_len=16, batch_size=4, eval_batches=1, probe_n=4, bb_vocab=16, text_vocab=300, text_corpus="natural")
+TINY = dict(
+    d_model=32, d_mlp=64, seq_len=16, batch_size=4, eval_batches=1, probe_n=4, bb_vocab=16, text_vocab=300, text_corpus="natural"
+)
 RETESTS = ("weight_decay_schedule", "lr_constant_budget", "kbias_official_rope", "prefix_positional", "sigmoid_mass")
 
 
