@@ -10,12 +10,14 @@ Figures drawn from results saved by the CLI (their commands are in each JSON's "
   smollm2_effects.html    docs/results/ablate-nobos.json     (sink-interp ablate)
   smollm2_stream.html     docs/results/stream-nobos.json     (sink-interp stream)
   smollm2_long.html       docs/results/long-8192.json        (sink-interp long --length 8192)
-  training_*.html         docs/results/reproduce/runs/*/metrics.jsonl  (sink-interp reproduce)
+  training_*.html         docs/results/reproduce/ (sink-interp reproduce; scripts/publish_reproduce.py)
 Each page is standalone and offline (docs/gallery.md shows them in iframes).
+``--only training`` redraws the training figures alone (no model is loaded).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -26,11 +28,70 @@ OUT = ROOT / "docs" / "figures"
 RESULTS = ROOT / "docs" / "results"
 
 
-def runs(pattern: str) -> dict[str, Path]:
-    return {p.parent.name.rsplit("-", 2)[0]: p for p in sorted((RESULTS / "reproduce" / "runs").glob(f"{pattern}/metrics.jsonl"))}
+REPRO = RESULTS / "reproduce"
+
+
+def finding_runs(finding: str) -> dict[str, Path]:
+    """``{run key: metrics.jsonl}`` of one finding of the published table (keys as in its ``runs``)."""
+    rows = {r["finding"]: r for r in json.loads((REPRO / "reproduce.json").read_text())["rows"]}
+    return {k: REPRO / d / "metrics.jsonl" for k, d in rows[finding]["runs"].items() if k != "curves"}
+
+
+def training_figures() -> None:
+    from sink_interp.views import training_curves
+
+    base = finding_runs("relu_sgd")
+    contrast = {
+        "softmax": base["base"],
+        "sigmoid, no normaliser": finding_runs("sigmoid")["sigmoid_nonorm"],
+        "softpick": finding_runs("softpick")["softpick"],
+        "ReLU attention": base["relu"],
+        "SGD": base["sgd"],
+        "lr / 8": finding_runs("lr")["small_lr"],
+    }
+    training_curves(
+        contrast,
+        y=["val_loss", "sink_rate_1", "value_norm_ratio_top"],
+        title="Bigram-Backcopy task: the sink emerges with softmax, not with softpick, ReLU or SGD",
+        caption="Two-layer, one-head models trained 1000 steps on the BB task (CPU). Sink_1 in %, and ||v_BOS|| / mean ||v|| of the top sink head "
+        "(below 1: a value drain). Sigmoid without normaliser still reaches Sink_1 ~32% by the proxy metric, but without a value drain. "
+        "Command: sink-interp reproduce --finding all --scale cpu",
+    ).save(OUT / "training_bb.html")
+
+    wd = finding_runs("weight_decay_schedule")
+    training_curves(
+        {f"paper wd {k[2:]}": v for k, v in wd.items()},
+        y=["sink_rate_1", "val_loss"],
+        title="Weight decay with the paper's schedule (cosine, lr x wd per step as the paper's): Sink_1 rises, then vanishes",
+        caption="Bigram-Backcopy, 2 layers x 1 head, 1000 steps; weight decay scaled so that lr x wd per step equals the paper's "
+        "for its wd 0, 0.1, 0.5, 1, 2, 5. Command: sink-interp reproduce --finding weight_decay_schedule",
+    ).save(OUT / "training_wd_schedule.html")
+
+    text = finding_runs("text-emergence")
+    names = {
+        "softmax_long": "softmax, fixed BOS, 40k steps",
+        "softmax": "softmax, fixed BOS, 20k steps",
+        "sigmoid_nonorm": "sigmoid without normaliser, fixed BOS, 20k",
+        "no_bos": "softmax without BOS, 20k",
+    }
+    training_curves(
+        {names[k]: text[k] for k in names if k in text},
+        x="tokens",
+        y=["sink_rate_1", "mean_alpha_1", "val_loss"],
+        title="Natural text at CPU scale: a first-token sink forms with softmax and a fixed BOS",
+        caption="4 layers x 4 heads, d 128, 64-token windows of the offline corpus (scripts/build_corpus.py, 24M tokens, BPE 2048), "
+        "one CPU thread per run. Sink_1 in % at eps 0.3. Command: sink-interp reproduce --finding text-emergence",
+    ).save(OUT / "training_text.html")
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description="Build the gallery's figures (docs/figures/*.html).")
+    ap.add_argument("--only", choices=["training"], help="redraw only the training figures (from docs/results/reproduce)")
+    if ap.parse_args().only == "training":
+        OUT.mkdir(parents=True, exist_ok=True)
+        training_figures()
+        print("wrote", ", ".join(sorted(p.name for p in OUT.glob("training_*.html"))))
+        return
     import torch
 
     torch.set_num_threads(1)
@@ -93,24 +154,7 @@ def main() -> None:
         "Command: sink-interp long --length 8192",
     ).save(OUT / "smollm2_long.html")
 
-    emergence = runs("bb-softmax-e2b*")
-    contrast = {
-        "softmax": emergence,
-        "sigmoid, no normaliser": runs("bb-softmax-sigmoid-nonorm-*"),
-        "softpick": runs("bb-softmax-softpick-*"),
-        "ReLU attention": runs("bb-softmax-relu-*"),
-        "SGD": runs("bb-softmax-sgd-*"),
-        "lr / 8": runs("bb-softmax-lr8x-smaller-*"),
-    }
-    metrics = {name: next(iter(r.values())) for name, r in contrast.items() if r}
-    training_curves(
-        metrics,
-        y=["val_loss", "sink_rate_1", "value_norm_ratio_top"],
-        title="Bigram-Backcopy task: the sink emerges with softmax, not with softpick, ReLU or SGD",
-        caption="Two-layer, one-head models trained 1000 steps on the BB task (CPU). Sink_1 in %, and ||v_BOS|| / mean ||v|| of the top sink head "
-        "(below 1: a value drain). Sigmoid without normaliser still reaches Sink_1 ~32% by the proxy metric, but without a value drain. "
-        "Command: sink-interp reproduce --finding all --scale cpu",
-    ).save(OUT / "training_bb.html")
+    training_figures()
     print("wrote", ", ".join(sorted(p.name for p in OUT.glob("*.html"))))
 
 

@@ -243,3 +243,39 @@ def test_override_keeps_whole_sequence_random_and_da_within_the_head():
     assert (c.random_token_pos, c.random_token_count, c.seq_len) == (1, 16, 16)
     assert all((s.config.k_bias_dims or 32) <= 32 for s in p.uses("kbias_da").values())
     assert isinstance(preset("bb-softmax"), TrainConfig)
+
+
+def _script(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_publish_copies_the_table_without_models(tmp_path):
+    src, dest = tmp_path / "out", tmp_path / "published"
+    table = reproduce(["kbias"], out=src, steps=2, overrides=TINY, progress=False)
+    dest.mkdir()
+    (dest / "stale.txt").write_text("replaced")  # the destination is replaced as a whole
+    assert _script("publish_reproduce").publish(src, dest) == 1
+    d = json.loads((dest / "reproduce.json").read_text())
+    assert d["rows"] == json.loads(table.to_json())["rows"] and d["out"] == str(dest)
+    row = d["rows"][0]
+    assert row["runs"] == {k: v for k, v in table.rows[0].runs.items()}
+    for key, rel in row["runs"].items():
+        if key == "curves":
+            assert (dest / rel).read_bytes() == (src / rel).read_bytes()
+        else:
+            assert (dest / rel / "metrics.jsonl").read_bytes() == (src / rel / "metrics.jsonl").read_bytes()
+            assert (dest / rel / "config.json").is_file() and not (dest / rel / "model").exists()
+            assert not (dest / rel / "checkpoint.pt").exists()
+    assert not (dest / "stale.txt").exists() and (dest / "reproduce.md").read_text() == (src / "reproduce.md").read_text()
+    broken = json.loads((src / "reproduce.json").read_text())
+    broken["rows"][0]["runs"]["base"] = "runs/missing"
+    (src / "reproduce.json").write_text(json.dumps(broken))
+    with pytest.raises(SystemExit, match="missing"):
+        _script("publish_reproduce").publish(src, tmp_path / "other")
+    assert not (tmp_path / "other").exists()
