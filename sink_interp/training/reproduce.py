@@ -6,11 +6,13 @@ fingerprint and resume), evaluates them, and writes ``reproduce.json`` and
 ``reproduce.md`` (finding, the paper's number or direction, ours, agree?) plus
 training curves (``curves/<finding>.html``, drawn by :mod:`sink_interp.views`).
 
-At ``scale="cpu"`` every finding runs on the Bigram-Backcopy task (see
-:mod:`sink_interp.tasks`): natural text at CPU scale shows no sink (DESIGN
-section 3), while BB develops one in minutes. ``scale="gpu"`` uses the
-paper's 60M-model recipe on natural text (``gpu-text-softmax``; give it a
-large corpus with ``text_corpus``); it is a recipe, not run in CI.
+At ``scale="cpu"`` the findings run on the Bigram-Backcopy task (see
+:mod:`sink_interp.tasks`), which develops a sink in minutes; the intra-document
+rows run on the shipped natural-text corpus, and ``text-emergence`` on the big
+offline corpus (``scripts/build_corpus.py``), where a first-token sink needs
+~10M tokens (hours on one CPU thread). ``scale="gpu"`` uses the paper's
+60M-model recipe on natural text (``gpu-text-softmax``; give it a large corpus
+with ``text_corpus``); it is a recipe, not run in CI.
 
 The work splits into plan -> run one -> tabulate, so that the runs can go to
 any executor (a local process pool by default, SLURM arrays through submitit,
