@@ -202,11 +202,24 @@ def test_text_emergence_configs_and_judge():
     assert cfgs["softmax_long"].steps == 2 * cfgs["softmax"].steps and cfgs["softmax"].steps == cfgs["no_bos"].steps
     # the pilot of docs/training.md is the 20k-step softmax run (same config, so its folder is reused)
     assert cfgs["softmax"] == preset("text-fixed-bos", text_corpus="big", steps=20_000, eval_every=500)
-    raw = {"sigmoid_raw": {"sink_rate_1_raw": 0.0, "mean_alpha_1_raw": 0.01, "attn_mass": 3.0}}
+    ms = {
+        "max": [2.0, 15.0],
+        "ratio": [5.0, 40.0],
+        "pos": [3, 0],
+        "dim": [7, 11],
+        "h_norm_ratio_first": [1.0, 4.1],
+        "sun_massive": [False, False],
+    }
+    raw = {
+        "sigmoid_raw": {"sink_rate_1_raw": 0.0, "mean_alpha_1_raw": 0.01, "attn_mass": 3.0},
+        "massive_softmax": ms,
+        "massive_sigmoid": ms,
+    }
     pairs = {"softmax": 18.2, "sigmoid_nonorm": 0.0, "no_bos": 0.0}
     v = f.judge(_text_runs([(0, 0.0), (20_000, 15.0), (40_000, 24.5)], pairs), raw)
     assert v.agree is True and v.numbers["final"]["sink_rate"] == 24.5 and v.numbers["onset_step"] == 20_000
     assert v.numbers["curve"] == [(0, 0.0), (20_000, 15.0), (40_000, 24.5)] and "65.10%" in v.ours  # no-BOS has none here
+    assert "block 1, position 0, dim 11" in v.ours and "(|x| > 100, >= 1000 medians): none" in v.ours
     assert f.judge(_text_runs([(0, 0.0), (40_000, 18.0)], pairs), raw).agree is False  # below the 20% goal
     assert f.judge(_text_runs([(0, 0.0), (40_000, 24.5)], dict(pairs, sigmoid_nonorm=12.0)), raw).agree is False
     assert f.judge(_text_runs([(0, 0.0), (40_000, 24.5)], dict(pairs, no_bos=18.0)), raw).agree is False

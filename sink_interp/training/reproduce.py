@@ -1553,6 +1553,38 @@ def _cfgs_text_emergence(s: str) -> dict[str, TrainConfig]:
     }
 
 
+def massive_stats(run: Run) -> dict[str, Any]:
+    """Massive activations of a run's model on its validation probe (:func:`sink_interp.massive_activations`), per block.
+
+    ``max`` the largest ``|x|`` of the block's input residual, ``ratio`` that value over the
+    median ``|x|`` of its hidden state, ``pos``/``dim`` where it sits (0 = the first token),
+    ``h_norm_ratio_first`` the first token's residual norm over the others'.
+    """
+    from ..massive import massive_activations
+    from .model import load_trained
+
+    lab = load_trained(run.model_dir)
+    rep = massive_activations(lab.bridge, _probe(run.cfg), measure_sinks=False, bos=run.cfg.bos == "fixed", progress=False)
+    arg = rep.layer_argmax
+    return {
+        "max": [round(float(x), 4) for x in rep.layer_max],
+        "ratio": [round(float(x), 2) for x in rep.layer_ratio],
+        "pos": [int(x) for x in arg[:, 1]],
+        "dim": [int(x) for x in arg[:, 2]],
+        "h_norm_ratio_first": [round(float(x), 3) for x in rep.norm_ratio("h", 0)],
+        "sun_massive": [bool(x) for x in rep.is_massive()],  # |x| > 100 and >= 1000 medians (Sun et al. 2024)
+    }
+
+
+def _massive_desc(m: dict[str, Any]) -> str:
+    top = max(range(len(m["max"])), key=lambda l: m["ratio"][l])
+    return (
+        f"largest |x| / median {m['ratio'][top]:.0f} (|x| {m['max'][top]:.1f}) at block {top}, position {m['pos'][top]}, dim {m['dim'][top]}; "
+        f"first-token residual norm / others' {max(m['h_norm_ratio_first']):.2f} at most; "
+        f"Sun et al.'s massive activations (|x| > 100, >= 1000 medians): {'in blocks ' + str([l for l, x in enumerate(m['sun_massive']) if x]) if any(m['sun_massive']) else 'none'}"
+    )
+
+
 def _j_text_emergence(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
     s, g, nb = r["softmax"].final, r["sigmoid_nonorm"].final, r["no_bos"].final
     long = r["softmax_long"]
@@ -1575,6 +1607,7 @@ def _j_text_emergence(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
         f"(mean row sum {raw['attn_mass']:.2f}; {_massive(g)}, loss {g['val_loss']:.3f}), "
         f"no BOS {nb['sink_rate_1']:.1f}% ({_massive(nb)}, loss {nb['val_loss']:.3f})"
     )
+    ours += f"; massive activations, softmax 40k: {_massive_desc(extra['massive_softmax'])}; sigmoid without normaliser: {_massive_desc(extra['massive_sigmoid'])}"
     if not checks["no_bos_sink"]:
         ours += "; without BOS no first-token sink forms at this scale (the paper's no-BOS model keeps 65.10%)"
     agree = checks["emerges"] and checks["sigmoid_no_sink"] and checks["fixed_bos_above_no_bos"]
@@ -1590,6 +1623,8 @@ def _j_text_emergence(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
             "sigmoid_nonorm": g,
             "sigmoid_nonorm_raw": raw,
             "no_bos": nb,
+            "massive_softmax": extra["massive_softmax"],
+            "massive_sigmoid": extra["massive_sigmoid"],
         },
     )
 
@@ -1792,7 +1827,11 @@ NEW_FINDINGS: list[Finding] = [
         _cfgs_text_emergence,
         _j_text_emergence,
         source="Gu et al. 2025; Barbero et al. 2025 (slides)",
-        extra=lambda r: {"sigmoid_raw": raw_stats(r["sigmoid_nonorm"])},
+        extra=lambda r: {
+            "sigmoid_raw": raw_stats(r["sigmoid_nonorm"]),
+            "massive_softmax": massive_stats(r["softmax_long"]),
+            "massive_sigmoid": massive_stats(r["sigmoid_nonorm"]),
+        },
     ),
 ]
 
