@@ -292,3 +292,18 @@ def test_publish_copies_the_table_without_models(tmp_path):
     with pytest.raises(SystemExit, match="missing"):
         _script("publish_reproduce").publish(src, tmp_path / "other")
     assert not (tmp_path / "other").exists()
+
+
+def test_judge_kbias_official_rope_names_the_layers():
+    f = FINDINGS["kbias_official_rope"]
+    keys = f.configs("cpu")
+    ms = {k: _m(46.0) if k.endswith("base") else _m(46.0, 39.0) for k in keys}
+    two = {"alpha_1_raw": [[0.47], [0.0]], "row_sum": [[0.97], [0.48]]}  # layer 0 on BOS, layer 1 on k*
+    four = {"alpha_1_raw": [[0.36], [0.02], [0.0], [0.0]], "row_sum": [[0.97], [0.99], [0.29], [0.41]]}
+    v = f.judge(_runs("kbias_official_rope", ms), {"rope": two, "nope": two, "deep": four})
+    assert v.agree is False
+    assert "at 2 layers it does not (k* takes layers [1], BOS keeps layers [0])" in v.ours
+    assert "with 4 layers it does not (k* takes layers [2, 3], BOS keeps layers [0])" in v.ours
+    gone = {"alpha_1_raw": [[0.0], [0.0]], "row_sum": [[0.2], [0.3]]}
+    ok = dict(ms, rope_kbias=_m(0.0, 73.0))
+    assert f.judge(_runs("kbias_official_rope", ok), {"rope": gone, "nope": two, "deep": four}).agree is True

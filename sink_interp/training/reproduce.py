@@ -1250,16 +1250,20 @@ def _j_kbias_rope(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
         parts.append(
             f"{arm}: softmax Sink_1 {b['sink_rate_1']:.1f}% -> K bias Sink_1 {k['sink_rate_1']:.1f}%, Sink_* {k['sink_rate_star']:.1f}% ({lay})"
         )
+    for a in arms.values():  # which layers hand their sink to k* (> 0.3 of a head's attention) and which keep BOS
+        a["layers_on_k_star"] = [p["layer"] for p in a["per_layer"] if max(p["on_k_star"]) > 0.3]
+        a["layers_on_bos"] = [p["layer"] for p in a["per_layer"] if max(p["alpha_1"]) > 0.3]
     agree = arms["rope"]["reproduces"]
     reason = ""
     if not agree:
-        first = arms["rope"]["per_layer"][0]
-        keeps = max(first["alpha_1"]) > 0.3
+        desc = {"rope": "at 2 layers", "nope": "without RoPE", "deep": "with 4 layers"}
         reason = (
-            " — the official placement (k* appended after RoPE, unrotated; ours is the same) does not reproduce at 2 layers"
-            + ("; layer 0 keeps its BOS sink" if keeps else "")
-            + ("; without RoPE it does" if arms["nope"]["reproduces"] else "; without RoPE it does not either")
-            + ("; with 4 layers it does" if arms["deep"]["reproduces"] else "; with 4 layers it does not either")
+            " — the official placement (k* appended after RoPE, unrotated; ours is the same) does not reproduce: "
+            + "; ".join(
+                f"{desc[k]} {'it does' if a['reproduces'] else 'it does not'} (k* takes layers {a['layers_on_k_star']}, "
+                f"BOS keeps layers {a['layers_on_bos']})"
+                for k, a in arms.items()
+            )
         )
     return Verdict(ours="; ".join(parts) + reason, agree=agree, numbers=arms)
 
