@@ -1184,7 +1184,8 @@ def _j_intra_doc(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
     if ref < 5.0:
         return Verdict(
             ours="not comparable: natural text at CPU scale forms no sink in any packing (max Sink_1 "
-            f"{ref:.1f}%, DESIGN section 3), so the BOS/packing rows cannot be read; " + ours,
+            f"{ref:.1f}%, DESIGN section 3) on the shipped corpus, so the BOS/packing rows cannot be read "
+            "(on the big corpus a sink needs ~10M tokens, about an hour per run: the text-emergence row); " + ours,
             agree=None,
             numbers={**m, "bos_dependence": dep},
         )
