@@ -307,3 +307,30 @@ def test_judge_kbias_official_rope_names_the_layers():
     gone = {"alpha_1_raw": [[0.0], [0.0]], "row_sum": [[0.2], [0.3]]}
     ok = dict(ms, rope_kbias=_m(0.0, 73.0))
     assert f.judge(_runs("kbias_official_rope", ok), {"rope": gone, "nope": two, "deep": four}).agree is True
+
+
+def test_markdown_cells_escape_brackets_and_bars():
+    from sink_interp.training.reproduce import ReproRow, ReproTable
+
+    row = ReproRow("sink_token", "claim", "token ([q*; Q][k*; K]^T)", "a | b", True, "src", {}, command="x --set a=[1]")
+    md = ReproTable((row,), "cpu", "out", {}).to_markdown()
+    assert r"token (\[q*; Q\]\[k*; K\]^T)" in md and r"a \| b" in md and "`x --set a=[1]`" in md
+
+
+def test_the_published_table_is_whole():
+    """docs/results/reproduce: every row with its command, its runs by relative path (present), its verdict and numbers."""
+    root = Path(__file__).resolve().parents[1] / "docs" / "results" / "reproduce"
+    d = json.loads((root / "reproduce.json").read_text())
+    assert d["n"] == len(d["rows"]) >= 30 and d["scale"] == "cpu" and not Path(d["out"]).is_absolute()
+    assert {r["finding"] for r in d["rows"]} <= set(FINDINGS)
+    for r in d["rows"]:
+        assert {"finding", "paper", "ours", "agree", "numbers", "command", "runs"} <= set(r), r["finding"]
+        assert r["command"] == f"sink-interp reproduce --finding {r['finding']} --out OUT"  # the paper's scale, no overrides
+        assert r["agree"] in (True, False, None) and r["numbers"] and "not run" not in r["ours"]
+        assert r["agree"] is not None or r["ours"].startswith("not comparable")
+        for key, rel in r["runs"].items():
+            assert not Path(rel).is_absolute()
+            assert (root / rel).is_file() if key == "curves" else (root / rel / "metrics.jsonl").is_file(), rel
+    assert (
+        sum(r["agree"] is True for r in d["rows"]) == d["agree"] and sum(r["agree"] is False for r in d["rows"]) == d["disagree"]
+    )

@@ -1900,14 +1900,17 @@ class ReproTable:
         return text
 
     def to_markdown(self) -> str:
-        def cell(s: str) -> str:
+        def cell(s: str) -> str:  # a table cell: no column breaks, and brackets never read as link references
+            return code(s).replace("[", "\\[").replace("]", "\\]")
+
+        def code(s: str) -> str:  # inside a code span only the column break needs escaping
             return str(s).replace("|", "\\|").replace("\n", " ")
 
         lines = ["| finding | paper | ours | agree? | command |", "|---|---|---|---|---|"]
         for r in self.rows:
             mark = "yes" if r.agree else ("no" if r.agree is False else "n/a")
             lines.append(
-                f"| {cell(r.finding + ': ' + r.claim)} | {cell(r.paper)} ({cell(r.source)}) | {cell(r.ours)} | {mark} | `{cell(r.command)}` |"
+                f"| {cell(r.finding + ': ' + r.claim)} | {cell(r.paper)} ({cell(r.source)}) | {cell(r.ours)} | {mark} | `{code(r.command)}` |"
             )
         return "\n".join(lines) + "\n"
 
