@@ -1208,8 +1208,7 @@ def _j_wd_schedule(r: dict[str, Run]) -> Verdict:
         ours="lr x wd per step as the paper's (cosine schedule, wd = paper wd x 4e-4 / lr): "
         + "; ".join(
             f"paper wd {c.weight_decay / _WD_SCALE:g} (ours {c.weight_decay:.3g}): {m['sink_rate_1']:.1f}%" for c, m in rows
-        )
-        + f" ({v.note})",
+        ),
         agree=v.agree,
         numbers=v.numbers,
         note=v.note,
