@@ -220,6 +220,13 @@ def test_text_emergence_configs_and_judge():
     assert v.agree is True and v.numbers["final"]["sink_rate"] == 24.5 and v.numbers["onset_step"] == 20_000
     assert v.numbers["curve"] == [(0, 0.0), (20_000, 15.0), (40_000, 24.5)] and "65.10%" in v.ours  # no-BOS has none here
     assert "block 1, position 0, dim 11" in v.ours and "(|x| > 100, >= 1000 medians): none" in v.ours
+    heads = dict(raw, heads_softmax=_hs(0.6, 0.1), heads_sigmoid_nonorm=_hs(0.4, 0.8))
+    v = f.judge(_text_runs([(0, 0.0), (40_000, 24.5)], pairs), heads)
+    assert (
+        "softmax at 20k, heads with raw mass > 0.3 on BOS: L0H0 (0.60, row sum 1.00, v-ratio 0.10), of which drained (v-ratio < 0.5): [(0, 0)]"
+        in v.ours
+    )
+    assert "sigmoid nonorm at 20k" in v.ours and v.numbers["heads"]["sigmoid_nonorm"]["sink_heads"] == []
     assert f.judge(_text_runs([(0, 0.0), (40_000, 18.0)], pairs), raw).agree is False  # below the 20% goal
     assert f.judge(_text_runs([(0, 0.0), (40_000, 24.5)], dict(pairs, sigmoid_nonorm=12.0)), raw).agree is False
     assert f.judge(_text_runs([(0, 0.0), (40_000, 24.5)], dict(pairs, no_bos=18.0)), raw).agree is False

@@ -1612,6 +1612,25 @@ def _j_text_emergence(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
         f"no BOS {nb['sink_rate_1']:.1f}% ({_massive(nb)}, loss {nb['val_loss']:.3f})"
     )
     ours += f"; massive activations, softmax 40k: {_massive_desc(extra['massive_softmax'])}; sigmoid without normaliser: {_massive_desc(extra['massive_sigmoid'])}"
+    heads = {}
+    for arm in ("softmax", "sigmoid_nonorm"):  # sink heads as sigmoid_mass defines them: raw mass > eps on a drained value
+        hs = extra.get(f"heads_{arm}")
+        if hs is None:
+            continue
+        eps = r[arm].cfg.eps
+        heads[arm] = {**hs, "sink_heads": _sink_heads(hs, eps), "parked_heads": _parked_heads(hs, eps)}
+        parked = heads[arm]["parked_heads"]
+        ours += (
+            f"; {arm.replace('_', ' ')} at 20k, heads with raw mass > {eps:g} on BOS: "
+            + (
+                ", ".join(
+                    f"L{l}H{h} ({hs['alpha_1_raw'][l][h]:.2f}, row sum {hs['row_sum'][l][h]:.2f}, v-ratio {hs['value_ratio'][l][h]:.2f})"
+                    for l, h in parked
+                )
+                or "none"
+            )
+            + f", of which drained (v-ratio < 0.5): {heads[arm]['sink_heads']}"
+        )
     if not checks["no_bos_sink"]:
         ours += "; without BOS no first-token sink forms at this scale (the paper's no-BOS model keeps 65.10%)"
     agree = checks["emerges"] and checks["sigmoid_no_sink"] and checks["fixed_bos_above_no_bos"]
@@ -1629,6 +1648,7 @@ def _j_text_emergence(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
             "no_bos": nb,
             "massive_softmax": extra["massive_softmax"],
             "massive_sigmoid": extra["massive_sigmoid"],
+            "heads": heads,
         },
     )
 
@@ -1835,6 +1855,8 @@ NEW_FINDINGS: list[Finding] = [
             "sigmoid_raw": raw_stats(r["sigmoid_nonorm"]),
             "massive_softmax": massive_stats(r["softmax_long"]),
             "massive_sigmoid": massive_stats(r["sigmoid_nonorm"]),
+            "heads_softmax": head_stats(r["softmax"], ablate=False),
+            "heads_sigmoid_nonorm": head_stats(r["sigmoid_nonorm"], ablate=False),
         },
     ),
 ]
