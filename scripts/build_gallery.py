@@ -32,9 +32,9 @@ REPRO = RESULTS / "reproduce"
 
 
 def finding_runs(finding: str) -> dict[str, Path]:
-    """``{run key: metrics.jsonl}`` of one finding of the published table (keys as in its ``runs``; empty if absent)."""
+    """``{run key: metrics.jsonl}`` of one finding of the published table (keys as in its ``runs``)."""
     rows = {r["finding"]: r for r in json.loads((REPRO / "reproduce.json").read_text())["rows"]}
-    return {k: REPRO / d / "metrics.jsonl" for k, d in rows.get(finding, {"runs": {}})["runs"].items() if k != "curves"}
+    return {k: REPRO / d / "metrics.jsonl" for k, d in rows[finding]["runs"].items() if k != "curves"}
 
 
 def training_figures() -> None:
@@ -67,8 +67,7 @@ def training_figures() -> None:
         "for its wd 0, 0.1, 0.5, 1, 2, 5. Command: sink-interp reproduce --finding weight_decay_schedule",
     ).save(OUT / "training_wd_schedule.html")
 
-    pilot = {"softmax": RESULTS / "text-pilot" / "metrics.jsonl"}  # the 20k-step run, until the table has the row
-    text = finding_runs("text-emergence") or pilot
+    text = finding_runs("text-emergence")
     names = {
         "softmax_long": "softmax, fixed BOS, 40k steps",
         "softmax": "softmax, fixed BOS, 20k steps",
@@ -76,7 +75,7 @@ def training_figures() -> None:
         "no_bos": "softmax without BOS, 20k",
     }
     training_curves(
-        {names[k]: text[k] for k in names if k in text},
+        {label: text[k] for k, label in names.items()},
         x="tokens",
         y=["sink_rate_1", "mean_alpha_1", "val_loss"],
         title="Natural text at CPU scale: a first-token sink forms with softmax and a fixed BOS",

@@ -214,14 +214,15 @@ def test_text_emergence_configs_and_judge():
         "sigmoid_raw": {"sink_rate_1_raw": 0.0, "mean_alpha_1_raw": 0.01, "attn_mass": 3.0},
         "massive_softmax": ms,
         "massive_sigmoid": ms,
+        "heads_softmax": _hs(0.6, 0.1),
+        "heads_sigmoid_nonorm": _hs(0.4, 0.8),
     }
     pairs = {"softmax": 18.2, "sigmoid_nonorm": 0.0, "no_bos": 0.0}
     v = f.judge(_text_runs([(0, 0.0), (20_000, 15.0), (40_000, 24.5)], pairs), raw)
     assert v.agree is True and v.numbers["final"]["sink_rate"] == 24.5 and v.numbers["onset_step"] == 20_000
     assert v.numbers["curve"] == [(0, 0.0), (20_000, 15.0), (40_000, 24.5)] and "65.10%" in v.ours  # no-BOS has none here
     assert "block 1, position 0, dim 11" in v.ours and "(|x| > 100, >= 1000 medians): none" in v.ours
-    heads = dict(raw, heads_softmax=_hs(0.6, 0.1), heads_sigmoid_nonorm=_hs(0.4, 0.8))
-    v = f.judge(_text_runs([(0, 0.0), (40_000, 24.5)], pairs), heads)
+    v = f.judge(_text_runs([(0, 0.0), (40_000, 24.5)], pairs), raw)
     assert (
         "softmax at 20k, heads with raw mass > 0.3 on BOS: L0H0 (0.60, row sum 1.00, v-ratio 0.10), of which drained (v-ratio < 0.5): [(0, 0)]"
         in v.ours

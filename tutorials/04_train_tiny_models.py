@@ -423,17 +423,13 @@ names = {
     "sigmoid_nonorm": "sigmoid without normaliser, 20k",
     "no_bos": "softmax without BOS, 20k",
 }
-if "text-emergence" in rows:
-    r = rows["text-emergence"]
-    final = r["numbers"]["final"]
-    print(f"text-emergence ({verdict[r['agree']]}): final Sink_1 {final['sink_rate']:.1f}% after {final['step']} steps")
-    print(r["ours"])
-    text_runs = finding_runs("text-emergence")
-else:  # a table made before the row existed: the 20k-step pilot run published beside it
-    print("this table has no text-emergence row; showing the 20k-step pilot run (docs/results/text-pilot)")
-    text_runs = {"softmax": REPRO.parent / "text-pilot" / "metrics.jsonl"}
+r = rows["text-emergence"]
+final = r["numbers"]["final"]
+print(f"text-emergence ({verdict[r['agree']]}): final Sink_1 {final['sink_rate']:.1f}% after {final['step']} steps")
+print(r["ours"])
+text_runs = finding_runs("text-emergence")
 training_curves(
-    {label: text_runs[k] for k, label in names.items() if k in text_runs},
+    {label: text_runs[k] for k, label in names.items()},
     x="tokens",
     y=["sink_rate_1", "mean_alpha_1", "val_loss"],
     title="Natural text at CPU scale: the first-token sink forms with softmax and a fixed BOS",

@@ -943,6 +943,11 @@ def _parked_heads(hs: dict[str, Any], eps: float) -> list[tuple[int, int]]:
     return [(l, h) for l, row in enumerate(hs["alpha_1_raw"]) for h, a in enumerate(row) if a > eps]
 
 
+def _classify_heads(hs: dict[str, Any], eps: float) -> dict[str, Any]:
+    """``head_stats`` with its ``sink_heads`` (mass > eps on a drained value) and ``parked_heads`` (mass > eps) added."""
+    return {**hs, "sink_heads": _sink_heads(hs, eps), "parked_heads": _parked_heads(hs, eps)}
+
+
 # --------------------------------------------------------------------------- more findings: helpers and judges
 
 
@@ -1294,8 +1299,8 @@ def _j_sigmoid_mass(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
     out, parts = {}, []
     for arm in ("base", "sigmoid_norm", "sigmoid_nonorm"):
         hs = extra[arm]
-        sinks, parked = _sink_heads(hs, eps), _parked_heads(hs, eps)
-        out[arm] = {**hs, "sink_heads": sinks, "parked_heads": parked}
+        out[arm] = _classify_heads(hs, eps)
+        sinks = out[arm]["sink_heads"]
         heads = "; ".join(
             f"L{l}H{h}: mass on key 1 {hs['alpha_1_raw'][l][h]:.2f} (proxy {hs['alpha_1_proxy'][l][h]:.2f}), row sum {hs['row_sum'][l][h]:.2f}, "
             f"v-ratio {hs['value_ratio'][l][h]:.2f}, |z|/|v| {hs['z_ratio'][l][h]:.2f}, "
@@ -1614,11 +1619,9 @@ def _j_text_emergence(r: dict[str, Run], extra: dict[str, Any]) -> Verdict:
     ours += f"; massive activations, softmax 40k: {_massive_desc(extra['massive_softmax'])}; sigmoid without normaliser: {_massive_desc(extra['massive_sigmoid'])}"
     heads = {}
     for arm in ("softmax", "sigmoid_nonorm"):  # sink heads as sigmoid_mass defines them: raw mass > eps on a drained value
-        hs = extra.get(f"heads_{arm}")
-        if hs is None:
-            continue
+        hs = extra[f"heads_{arm}"]
         eps = r[arm].cfg.eps
-        heads[arm] = {**hs, "sink_heads": _sink_heads(hs, eps), "parked_heads": _parked_heads(hs, eps)}
+        heads[arm] = _classify_heads(hs, eps)
         parked = heads[arm]["parked_heads"]
         ours += (
             f"; {arm.replace('_', ' ')} at 20k, heads with raw mass > {eps:g} on BOS: "
