@@ -8,47 +8,105 @@ Examples:
     (4, 2, 4, 16)
 """
 
-from . import pages as _pages
-from . import views as _views  # also fills the registry through which reports find their views
-from ._internal.distributed import distributed
-from ._internal.report import load_report
-from .architecture import describe_attention
-from .capture import NonFiniteError
-from .data import ProbeSet, probe_tokens
-from .effects import EffectReport, compare, scan_heads
-from .fit import FitReport, fit_bias
-from .interventions import (
-    AblateDims,
-    AttentionKernel,
-    Calibrate,
-    Intervention,
-    KVBias,
-    MaskKey,
-    ScaleAttention,
-    SinkLogit,
-    StreamingWindow,
-    ZeroValue,
-    intervene,
-    sink_heads,
-)
-from .longctx import LongContextReport, long_context_sinks
-from .masks import AttentionMask
-from .massive import MassiveReport, massive_activations
-from .metrics import SinkReport, SinkSummary, measure_sinks
-from .models import known_models, load_model, tiny_model
-from .pages import build_report, show_attention  # orchestration: runs the model, then the views
-from .patching import PatchReport, patch_heads, patch_sink
-from .streaming import StreamReport, long_tokens, streaming_ppl
-from .trace import TraceReport, trace_sink
-from .training import TrainConfig, TrainResult, load_trained, preset, train
+from __future__ import annotations
 
-# Names that lived in sink_interp.views before the pages that run a model moved up to sink_interp.pages:
-# the old import paths keep working (views itself imports nothing from above it).
-for _name in ("build_report", "show_attention", "attention_patterns_for", "layout_report", "ReportContext", "REPORT_SECTIONS"):
-    setattr(_views, _name, getattr(_pages, _name))
-del _name
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._internal import display as _display
 
 __version__ = "0.1.0"
+
+#: public name -> the submodule that defines it. Nothing heavy is imported by ``import sink_interp``: torch,
+#: transformers and pandas load with the first name you use, so the command line answers ``--help`` at once.
+_EXPORTS: dict[str, str] = {
+    "distributed": "_internal.distributed",
+    "load_report": "_internal.report",
+    "describe_attention": "architecture",
+    "NonFiniteError": "capture",
+    "ProbeSet": "data",
+    "probe_tokens": "data",
+    "EffectReport": "effects",
+    "compare": "effects",
+    "scan_heads": "effects",
+    "FitReport": "fit",
+    "fit_bias": "fit",
+    "AblateDims": "interventions",
+    "AttentionKernel": "interventions",
+    "Calibrate": "interventions",
+    "Intervention": "interventions",
+    "KVBias": "interventions",
+    "MaskKey": "interventions",
+    "ScaleAttention": "interventions",
+    "SinkLogit": "interventions",
+    "StreamingWindow": "interventions",
+    "ZeroValue": "interventions",
+    "intervene": "interventions",
+    "sink_heads": "interventions",
+    "LongContextReport": "longctx",
+    "long_context_sinks": "longctx",
+    "AttentionMask": "masks",
+    "MassiveReport": "massive",
+    "massive_activations": "massive",
+    "SinkReport": "metrics",
+    "SinkSummary": "metrics",
+    "measure_sinks": "metrics",
+    "known_models": "models",
+    "load_model": "models",
+    "tiny_model": "models",
+    "build_report": "pages",  # orchestration: runs the model, then the views
+    "show_attention": "pages",
+    "PatchReport": "patching",
+    "patch_heads": "patching",
+    "patch_sink": "patching",
+    "StreamReport": "streaming",
+    "long_tokens": "streaming",
+    "streaming_ppl": "streaming",
+    "TraceReport": "trace",
+    "trace_sink": "trace",
+    "TrainConfig": "training",
+    "TrainResult": "training",
+    "load_trained": "training",
+    "preset": "training",
+    "train": "training",
+}
+
+# The views fill the registry through which a report finds its view; they are imported the first time a
+# report is drawn, however the report was made (the analyses never import the view layer).
+_display.PROVIDERS.append(f"{__name__}.views")
+
+if TYPE_CHECKING:  # what static tools (type checkers, the API reference) see
+    from ._internal.distributed import distributed
+    from ._internal.report import load_report
+    from .architecture import describe_attention
+    from .capture import NonFiniteError
+    from .data import ProbeSet, probe_tokens
+    from .effects import EffectReport, compare, scan_heads
+    from .fit import FitReport, fit_bias
+    from .interventions import (
+        AblateDims,
+        AttentionKernel,
+        Calibrate,
+        Intervention,
+        KVBias,
+        MaskKey,
+        ScaleAttention,
+        SinkLogit,
+        StreamingWindow,
+        ZeroValue,
+        intervene,
+        sink_heads,
+    )
+    from .longctx import LongContextReport, long_context_sinks
+    from .masks import AttentionMask
+    from .massive import MassiveReport, massive_activations
+    from .metrics import SinkReport, SinkSummary, measure_sinks
+    from .models import known_models, load_model, tiny_model
+    from .pages import build_report, show_attention
+    from .patching import PatchReport, patch_heads, patch_sink
+    from .streaming import StreamReport, long_tokens, streaming_ppl
+    from .trace import TraceReport, trace_sink
+    from .training import TrainConfig, TrainResult, load_trained, preset, train
 
 # The public names, by task. Everything else lives in its submodule: the hook engine in
 # sink_interp.capture, the views in sink_interp.views, the model facts in sink_interp.models and
@@ -102,12 +160,19 @@ _MOVED = {
 }
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value  # later lookups are plain attribute reads
+        return value
     if name in _MOVED:
-        import importlib
         import warnings
 
         where = f"sink_interp.{_MOVED[name]}"
         warnings.warn(f"sink_interp.{name} moved to {where}; fix: from {where} import {name}", DeprecationWarning, stacklevel=2)
         return getattr(importlib.import_module(where), name)
     raise AttributeError(f"module 'sink_interp' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

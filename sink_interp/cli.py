@@ -21,7 +21,7 @@ import contextlib
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, NoReturn, Sequence
 
 if TYPE_CHECKING:
     from ._internal.probe import ProbeSet
@@ -90,8 +90,15 @@ def _add_data_args(p: argparse.ArgumentParser, n: int | None, length: int, data:
     p.add_argument("--seed", type=int, default=0, help="seed for random/repeat probes")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the argument and the fix, then where the help is), not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sink-interp", description="Find, explain and switch off attention sinks.")
+    parser = _Parser(prog="sink-interp", description="Find, explain and switch off attention sinks.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("measure", help="measure Sink_k (Gu et al.) for every layer and head")
@@ -323,7 +330,59 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     for sp in sub.choices.values():
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
+        for action in sp._actions:  # checked as parsed: a wrong value fails in milliseconds, before torch loads
+            if action.dest in ARGUMENT_CHECKS and action.type in (int, float, None):
+                action.type = ARGUMENT_CHECKS[action.dest]
     return parser
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None, *, open_low: bool = False) -> Any:
+    """An argparse type: a ``kind`` number within [low, high] (or (low, high] with ``open_low``)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        too_low = low is not None and (value <= low if open_low else value < low)
+        if too_low or (high is not None and value >= high):
+            bound = ("> " if open_low else ">= ") + f"{low:g}" if low is not None else ""
+            if high is not None:
+                bound = f"between {low:g} and {high:g} (exclusive)" if open_low else f"{bound} and < {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _data_source(text: str) -> str:
+    """``--data``: a named probe source or an existing file."""
+    from pathlib import Path
+
+    if text in DATA_SOURCES or Path(text).is_file():
+        return text
+    raise argparse.ArgumentTypeError(
+        f'no such file {text!r}; use {" | ".join(DATA_SOURCES)} or a .jsonl file with a "text" field'
+    )
+
+
+#: the probe sources --data names (anything else is a file)
+DATA_SOURCES = ("natural", "natural-concat", "random", "repeat")
+
+#: argument -> its check, applied to every subcommand that has it
+ARGUMENT_CHECKS: dict[str, Any] = {
+    **dict.fromkeys(
+        ["n", "batch_size", "threads", "jobs", "top", "buckets", "n_detail", "attention_layers", "fit_n", "fit_batch"]
+        + ["top_k", "window", "steps", "bucket"],
+        _number(int, 1),
+    ),
+    "length": _number(int, 2),
+    **dict.fromkeys(["fit_steps", "sinks", "sample", "sink_pos", "move_to", "layer", "head"], _number(int, 0)),
+    "eps": _number(float, 0.0, 1.0, open_low=True),
+    **dict.fromkeys(["fit_lr", "abs_threshold", "ratio_threshold"], _number(float, 0.0, open_low=True)),
+    "data": _data_source,
+}
 
 
 def _set_threads(args: argparse.Namespace) -> None:
@@ -999,7 +1058,10 @@ def _one_line_warnings() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user errors and Ctrl-C give one line on stderr (exit 2 and 130), ``--debug`` shows tracebacks."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a wrong argument (2, one line on stderr, before anything heavy loads)
+        return int(e.code or 0)
     debug = bool(getattr(args, "debug", False)) or os.environ.get("SINK_INTERP_DEBUG", "") not in ("", "0")
     import warnings
 

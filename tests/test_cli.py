@@ -60,7 +60,7 @@ def test_measure_jsonl_with_bos(tmp_path, capsys):
         (["--model", "no-such-model"], "unknown model name"),
         (["--model", "tiny-gqa", "--eps", "1.5"], "eps"),
         (["--model", "tiny-gqa", "--length", "1"], "length"),
-        (["--model", "tiny-gqa", "--data", "missing.jsonl"], "neither"),
+        (["--model", "tiny-gqa", "--data", "missing.jsonl"], "no such file 'missing.jsonl'"),
     ],
 )
 def test_measure_errors_exit_2_with_a_message(capsys, args, match):
@@ -89,3 +89,36 @@ def test_massive_prints_and_writes_json_equal_to_the_residual_stream(tmp_path, c
         assert row["max"] == pytest.approx(float(x.max()), rel=1e-6)
         s, p, k = (int(i) for i in np.unravel_index(int(x.argmax()), x.shape))
         assert (row["sample"], row["pos"], row["dim"]) == (s, p, k)
+
+
+HEAVY = ("torch", "pandas", "transformers", "transformer_lens", "numpy")
+
+
+@pytest.mark.parametrize(
+    "argv, code, says",
+    [
+        (["--help"], 0, "usage: sink-interp"),
+        (["report", "--help"], 0, "--no-interventions"),
+        (["train", "--help"], 0, "bb-softmax"),
+        (["measure", "--n", "-3"], 2, "argument --n: must be >= 1, got -3"),
+        (["measure", "--eps", "0"], 2, "argument --eps: must be between 0 and 1 (exclusive), got 0"),
+        (["trace", "--data", "nope.jsonl"], 2, "argument --data: no such file 'nope.jsonl'"),
+        (["patch", "--corrupt", "nope"], 2, "invalid choice: 'nope'"),
+    ],
+)
+def test_help_and_argument_errors_answer_without_loading_torch(argv, code, says):
+    """`--help` and wrong arguments come back before any heavy module is imported (so in well under 2 s)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, contextlib, io; from sink_interp.cli import main; out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out): rc = main(sys.argv[1:])\n"
+        f"print(rc, sorted(m for m in {HEAVY!r} if m in sys.modules)); print(out.getvalue())"
+    )
+    res = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=60)
+    first, _, rest = res.stdout.partition("\n")
+    assert first == f"{code} []", res.stdout + res.stderr
+    assert says in rest
+    if code == 2:
+        assert len(rest.strip().splitlines()) <= 3  # usage lines and the one-line error, no traceback

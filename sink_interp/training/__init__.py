@@ -11,11 +11,40 @@ models behind a ``TransformerBridge``), :mod:`.knobs` (the knobs as hooks),
 :mod:`.loop` (``train``), :mod:`.reproduce` (the paper's findings).
 """
 
-from .config import PRESETS, TrainConfig, preset, preset_table
-from .evaluate import probe_stats
-from .knobs import KnobParams, KnobRuntime, allowed_mask, runtime_of
-from .loop import RunDirError, TrainResult, make_sampler, make_task, read_metrics, train
-from .model import LabModel, build_model, lab_of, load_trained, save_trained, trained_config
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: name -> submodule; imported on first use, so ``sink_interp.training.config`` (the presets the command line
+#: lists in its help) loads without torch
+_EXPORTS = {
+    **dict.fromkeys(["PRESETS", "TrainConfig", "preset", "preset_table"], "config"),
+    "probe_stats": "evaluate",
+    **dict.fromkeys(["KnobParams", "KnobRuntime", "allowed_mask", "runtime_of"], "knobs"),
+    **dict.fromkeys(["RunDirError", "TrainResult", "make_sampler", "make_task", "read_metrics", "train"], "loop"),
+    **dict.fromkeys(["LabModel", "build_model", "lab_of", "load_trained", "save_trained", "trained_config"], "model"),
+}
+
+if TYPE_CHECKING:
+    from .config import PRESETS, TrainConfig, preset, preset_table
+    from .evaluate import probe_stats
+    from .knobs import KnobParams, KnobRuntime, allowed_mask, runtime_of
+    from .loop import RunDirError, TrainResult, make_sampler, make_task, read_metrics, train
+    from .model import LabModel, build_model, lab_of, load_trained, save_trained, trained_config
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "KnobParams",

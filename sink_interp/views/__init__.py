@@ -10,8 +10,7 @@ Views are functions of arrays and of reports' plain data: they run no model
 and import none of the analyses (reports find their view through
 :mod:`sink_interp._internal.display`, which :mod:`.adapters` fills). Pages
 that run a model first, ``build_report`` and ``show_attention``, are in
-:mod:`sink_interp.pages` (``sink_interp.views.build_report`` and the other
-names that lived here before still work: ``import sink_interp`` sets them).
+:mod:`sink_interp.pages`.
 
 Example:
     >>> import numpy as np
