@@ -1,7 +1,8 @@
 """Probe sets: the inputs sink scores are measured on.
 
 ``probe_tokens(model, source, n, length, bos, seed)`` returns a :class:`ProbeSet`: the
-``[n, length]`` token ids (``probe.tokens``) and how they were made (``probe.info``).
+``[n, length]`` tensor of token ids itself (a ``torch.Tensor`` subclass: ``model(probe)`` runs
+on it; ``probe.tokens`` is the plain tensor) and how they were made (``probe.info``).
 ``source`` is one of:
 
 * ``"natural"`` — natural English shipped with the library
@@ -24,7 +25,8 @@ Text is tokenised without special tokens and truncated to ``length``; with
 ``length - 1`` (the total length stays ``length``, as in the official code).
 The returned :class:`ProbeSet` carries ``probe.info`` (source, BOS policy, seed,
 skipped lines), which :func:`sink_interp.measure_sinks` and every other analysis record;
-``probe[:, 1:]`` and other indexing give plain tensors (``probe.rows(idx)`` keeps the facts).
+``probe[:, 1:]``, other indexing and every torch operation give plain tensors (``probe.rows(idx)``,
+``probe.to(device)`` and the other moves and copies keep the facts).
 """
 
 from __future__ import annotations
@@ -156,19 +158,23 @@ def probe_tokens(
         concat: for text sources, join passages until each row is full (long contexts).
 
     Returns:
-        A :class:`ProbeSet`: ``probe.tokens`` is the ``[n, length]`` long tensor, ``probe.info``
-        the facts (``"source"``, ``"bos"``, ``"n"``, ``"length"``, ``"seed"``; for text sources
+        A :class:`ProbeSet`: the ``[n, length]`` long tensor of ids itself (run a model on it:
+        ``model(probe)``; ``probe.tokens`` is the plain tensor), with ``probe.info`` the facts
+        (``"source"``, ``"bos"``, ``"n"``, ``"length"``, ``"seed"``; for text sources
         also ``"concat"`` and ``"skipped"``/``"lines_read"`` or ``"separator"``/``"passages_per_row"``)
         that every analysis given the probe set records. Indexing (``probe[:, 1:]``) gives the
         plain tensor.
 
     Examples:
         >>> from sink_interp import tiny_model
-        >>> probe = probe_tokens(tiny_model(), "repeat", n=3, length=5, bos=True)
+        >>> model = tiny_model()
+        >>> probe = probe_tokens(model, "repeat", n=3, length=5, bos=True)
         >>> probe
         ProbeSet(source='repeat', n=3, length=5, bos=True, seed=0)
         >>> probe.shape, probe.info["bos"]
         (torch.Size([3, 5]), True)
+        >>> model(probe).shape  # a probe set is the token tensor: the model runs on it
+        torch.Size([3, 5, 128])
         >>> bool((probe[:, 1:] == probe[:, 1:2]).all())
         True
     """

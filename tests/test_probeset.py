@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
-import dataclasses
+import copy
+import gc
+import io
 import json
+import pickle
+import weakref
 
 import numpy as np
 import pytest
 import torch
 
 from sink_interp import (
+    MaskKey,
     ProbeSet,
     compare,
+    intervene,
     long_tokens,
     massive_activations,
     measure_sinks,
     probe_tokens,
 )
+from sink_interp._internal.errors import check_tokens
+from sink_interp._internal.probe import as_tokens, probe_of
+from sink_interp._internal.provenance import to_jsonable
+from sink_interp._internal.report import decode, encode
 from sink_interp.data import natural_path, read_jsonl_texts
+from sink_interp.models import TINY_MODELS, tiny_model
 
 from .test_longctx import _char_tokenizer
 
@@ -125,7 +136,7 @@ def test_indexing_gives_plain_tensors_and_rows_keep_the_facts(model):
 
     moved = p.to("cpu")
     assert isinstance(moved, ProbeSet) and moved.info == p.info and torch.equal(moved.tokens, p.tokens)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError, match="read-only"):
         p.tokens = p.tokens  # type: ignore[misc]
 
 
@@ -195,3 +206,250 @@ def _walk(x):
     elif isinstance(x, list):
         for v in x:
             yield from _walk(v)
+
+
+# --------------------------------------------------------------------------- a ProbeSet is the token tensor
+
+
+def test_a_probe_set_is_a_tensor_and_torch_results_are_plain(model):
+    p = probe_tokens(model, "random", n=4, length=8, bos=True, seed=2)
+    ref = p.tokens.clone()  # the reference: a plain tensor holding the same ids, in its own storage
+    w = torch.randn(int(model.cfg.d_vocab), 3)
+    assert isinstance(p, torch.Tensor) and type(p.tokens) is torch.Tensor and p.tokens.data_ptr() == p.data_ptr()
+    assert p.shape == ref.shape == (4, 8) and p.dtype == torch.long and p.ndim == 2 and p.device == ref.device
+    assert len(p) == 4 and p.tolist() == ref.tolist() and np.array_equal(p.numpy(), ref.numpy())
+    assert np.array_equal(np.asarray(p), ref.numpy()) and p.sum().item() == ref.sum().item() and int(p[1, 2]) == int(ref[1, 2])
+    rows = list(p)
+    assert len(rows) == 4 and all(type(r) is torch.Tensor and torch.equal(r, e) for r, e in zip(rows, ref))
+    assert torch.equal(p, ref) and torch.equal(ref, p) and not torch.equal(p, ref + 1)
+    results = {
+        "slice": (p[:, 1:], ref[:, 1:]),
+        "row": (p[0], ref[0]),
+        "all": (p[:], ref[:]),
+        "ellipsis": (p[...], ref[...]),
+        "cat": (torch.cat([p, p]), torch.cat([ref, ref])),
+        "cat with a plain tensor": (torch.cat([p.tokens, p], dim=1), torch.cat([ref, ref], dim=1)),
+        "eq": (p == ref, ref == ref),
+        "lt": (p < 50, ref < 50),
+        "add": (p + 1, ref + 1),
+        "long (a no-op on long ids)": (p.long(), ref),
+        "to int32": (p.to(torch.int32), ref.to(torch.int32)),
+        "to cpu and int32": (p.to("cpu", torch.int32), ref.to(torch.int32)),
+        "float": (p.float(), ref.float()),
+        "view": (p.view(-1), ref.view(-1)),
+        "reshape to the same shape": (p.reshape(4, 8), ref),
+        "atleast_2d (returns its input)": (torch.atleast_2d(p), ref),
+        "stack": (torch.stack([p, p]), torch.stack([ref, ref])),
+        "unbind": (torch.unbind(p)[3], ref[3]),
+        "split": (p.split(2)[1], ref[2:]),
+        "max": (p.max(dim=1).values, ref.max(dim=1).values),
+        "embedding": (torch.nn.functional.embedding(p, w), torch.nn.functional.embedding(ref, w)),
+    }
+    for name, (got, want) in results.items():
+        assert type(got) is torch.Tensor, name
+        assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want), name
+    assert torch.as_tensor(p) is p  # not an operation: torch hands back the very object (no torch function runs)
+    q = p.clone()
+    out = q.add_(1)  # in place: the values change, so what comes back is a plain tensor
+    assert type(out) is torch.Tensor and torch.equal(out, ref + 1)
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["to(device)", "to(same dtype)", "to(like)", "cpu()", "clone()", "detach()", "contiguous()", "torch.clone", "torch.detach"],
+)
+def test_moves_and_copies_keep_a_copy_of_the_facts(model, how):
+    p = probe_tokens(model, "repeat", n=3, length=6, bos=True, seed=5)
+    ref, ref_info = p.tokens.clone(), dict(p.info)
+    move = {
+        "to(device)": lambda x: x.to("cpu"),
+        "to(same dtype)": lambda x: x.to(dtype=torch.long),
+        "to(like)": lambda x: x.to(torch.zeros(1, dtype=torch.long)),
+        "cpu()": lambda x: x.cpu(),
+        "clone()": lambda x: x.clone(),
+        "detach()": lambda x: x.detach(),
+        "contiguous()": lambda x: x.contiguous(),
+        "torch.clone": torch.clone,
+        "torch.detach": torch.detach,
+    }[how]
+    q = move(p)
+    assert type(q) is ProbeSet and q is not p
+    assert q.info == ref_info and q.info is not p.info and repr(q) == repr(p)
+    assert q.dtype == ref.dtype and q.shape == ref.shape and torch.equal(q.tokens, ref)
+    q.info["role"] = "moved"  # a copy of the facts: the original's stay as they were
+    assert p.info == ref_info
+
+
+def test_a_non_contiguous_probe_set_made_contiguous_keeps_the_facts():
+    ids = torch.arange(24).reshape(4, 6)
+    p = ProbeSet(ids.t(), {"source": "random", "n": 6})
+    c = p.contiguous()
+    assert not p.is_contiguous() and c.is_contiguous() and type(c) is ProbeSet
+    assert c.info == p.info and torch.equal(c.tokens, ids.t())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_moves_keep_the_facts_and_the_model_runs_on_the_gpu(model):
+    p = probe_tokens(model, "random", n=3, length=8, seed=6)
+    ref = p.tokens.clone()
+    for g in (p.cuda(), p.to("cuda")):
+        assert type(g) is ProbeSet and g.device.type == "cuda" and g.info == p.info
+        assert repr(g) == repr(p)[:-1] + f", device='{g.device}')"
+        assert torch.equal(g.cpu().tokens, ref) and type(g.cpu()) is ProbeSet
+    assert type(p.cuda().to(torch.int32)) is torch.Tensor
+    gpu = tiny_model(**TINY_MODELS["tiny-gqa"], device="cuda")
+    with torch.no_grad():
+        got, want = gpu(p.cuda()), gpu(ref.cuda())
+    assert type(got) is torch.Tensor and got.device.type == "cuda" and torch.equal(got, want)
+
+
+def test_a_probe_set_is_read_only(model):
+    p = probe_tokens(model, "random", n=2, length=5, seed=1)
+    ref, ref_info = p.tokens.clone(), dict(p.info)
+    for name in ("tokens", "info", "source", "bos", "n", "length", "seed"):
+        with pytest.raises(AttributeError, match="read-only"):
+            setattr(p, name, None)
+    with pytest.raises(AttributeError, match="read-only"):
+        del p.info
+    assert p.info == ref_info and torch.equal(p.tokens, ref)
+
+
+def test_pickle_deepcopy_and_torch_save_keep_the_facts(model, tmp_path):
+    p = probe_tokens(model, "repeat", n=3, length=6, bos=False, seed=4)
+    ref, ref_info = p.tokens.clone(), dict(p.info)
+    torch.save({"probe": p, "again": p}, tmp_path / "p.pt")
+    loaded = torch.load(tmp_path / "p.pt", weights_only=False)
+    buf = io.BytesIO()
+    torch.save(p, buf)
+    buf.seek(0)
+    copies = {
+        "pickle": pickle.loads(pickle.dumps(p)),
+        "deepcopy": copy.deepcopy(p),
+        "copy": copy.copy(p),
+        "torch.save": torch.load(buf, weights_only=False),
+        "torch.save in a dict": loaded["probe"],
+    }
+    for name, q in copies.items():
+        assert type(q) is ProbeSet, name
+        assert q.info == ref_info and repr(q) == repr(p) and torch.equal(q.tokens, ref), name
+    assert loaded["again"] is loaded["probe"]  # one object saved twice loads as one
+    deep = copies["deepcopy"]
+    assert deep.info is not p.info and deep.data_ptr() != p.data_ptr()
+    both = copy.deepcopy([p, p])
+    assert both[0] is both[1]  # the memo is honoured
+
+
+def test_no_reference_cycle_keeps_a_probe_set_alive(model):
+    gc.collect()
+    gc.disable()  # freed by reference counting alone, not by the cycle collector
+    try:
+        p = probe_tokens(model, "random", n=2, length=5, seed=1)
+        refs = [weakref.ref(x) for x in (p, p.to("cpu"), p.clone(), p.rows(0), copy.deepcopy(p))]
+        assert all(r() is None for r in refs[1:])  # the temporaries are gone already
+        del p
+        assert refs[0]() is None
+    finally:
+        gc.enable()
+
+
+def test_as_tokens_gives_the_plain_tensor_and_analyses_unwrap(model):
+    p = probe_tokens(model, "random", n=3, length=7, seed=3)
+    ref = p.tokens.clone()
+    t = as_tokens(p)
+    assert type(t) is torch.Tensor and t.data_ptr() == p.data_ptr() and torch.equal(t, ref)
+    plain = torch.ones(2, 3, dtype=torch.long)
+    assert as_tokens(plain) is plain and as_tokens([[1, 2]]) == [[1, 2]]
+    assert probe_of(p) is p and probe_of(t) is None and probe_of(plain) is None
+    checked = check_tokens(p, d_vocab=int(model.cfg.d_vocab))
+    assert type(checked) is torch.Tensor and torch.equal(checked, ref)
+    # the constructor takes a probe set too (its plain ids, new facts)
+    relabelled = ProbeSet(p, {**p.info, "role": "evaluation"})
+    assert type(relabelled) is ProbeSet and relabelled.info["role"] == "evaluation" and "role" not in p.info
+    assert torch.equal(relabelled.tokens, ref)
+
+
+def test_report_encoders_treat_a_probe_set_as_before(model):
+    """Reports store ``probe.info``, never the probe set itself: the encoders refuse it as they did
+    when it was a dataclass, instead of storing it as a bare tensor without its facts."""
+    p = probe_tokens(model, "random", n=2, length=5, seed=1)
+    with pytest.raises(TypeError, match="ProbeSet"):
+        encode({"tokens": p})
+    assert torch.equal(decode(encode(p.tokens)), p.tokens)  # the plain ids still travel
+    assert to_jsonable(p) is p
+    with pytest.raises(TypeError, match="ProbeSet"):
+        json.dumps(to_jsonable({"tokens": p}))
+    assert to_jsonable({"tokens": p.tokens}) == {"tokens": p.tolist()}
+
+
+# --------------------------------------------------------------------------- TransformerLens runs on a ProbeSet
+
+
+def _outcome(f, *a, **kw):
+    try:
+        return "value", f(*a, **kw)
+    except Exception as e:  # noqa: BLE001 - the same failure for both inputs is the same outcome
+        return "error", type(e).__name__
+
+
+def _entry_points(model, x, everything: bool = True) -> tuple[dict, list]:
+    """What a TransformerLens user (and the tutorials) calls with token ids, run on ``x``: the forward,
+    ``run_with_cache`` and ``run_with_hooks``, and with ``everything`` also the loss, ``hooks()``,
+    :func:`intervene` and greedy ``generate``."""
+    seen: list[type] = []
+
+    def halve(act, hook):  # changes the run, so a hook that did not fire shows
+        seen.append(type(act))
+        return act * 0.5
+
+    hook = [("blocks.0.hook_resid_post", halve)]
+    out: dict = {}
+    with torch.no_grad():
+        out["forward"] = model(x)
+        logits, cache = model.run_with_cache(x)
+        out["run_with_cache logits"] = logits
+        out.update({f"cache {k}": cache[k] for k in cache.keys()})
+        out["run_with_hooks"] = model.run_with_hooks(x, fwd_hooks=hook)
+        if everything:
+            out["loss"] = model(x, return_type="loss")
+            with model.hooks(fwd_hooks=hook):
+                out["hooks()"] = model(x)
+            with intervene(model, MaskKey()) as m:
+                out["intervene"] = m(x)
+            out["generate"] = model.generate(x, max_new_tokens=3, do_sample=False, verbose=False)
+    return out, seen
+
+
+def _same_runs(model, p, everything: bool = True) -> None:
+    ref = p.tokens.clone()  # the reference: the same ids as a plain tensor
+    got, seen = _entry_points(model, p, everything)
+    want, seen_ref = _entry_points(model, ref, everything)
+    assert got.keys() == want.keys() and len(got) > 10
+    for k in want:
+        assert type(got[k]) is torch.Tensor, k
+        assert got[k].shape == want[k].shape and torch.equal(got[k], want[k]), k
+    assert not torch.equal(want["run_with_hooks"], want["forward"])  # the hook fired
+    if everything:
+        assert torch.equal(want["hooks()"], want["run_with_hooks"])
+        assert not torch.equal(want["intervene"], want["forward"])
+    assert seen == seen_ref == [torch.Tensor] * (2 if everything else 1)
+    assert torch.equal(p, ref)  # the run left the ids as they were
+
+
+def test_transformer_lens_runs_on_a_probe_set_as_on_its_ids(model):
+    _same_runs(model, probe_tokens(model, "random", n=3, length=10, bos=True, seed=3))
+
+
+def test_to_string_and_to_str_tokens_as_on_the_ids(model):
+    p = probe_tokens(model, "random", n=3, length=6, bos=True, seed=8)
+    ref = p.tokens.clone()
+    assert model.to_string(p) == model.to_string(ref)
+    assert model.to_str_tokens(p[0]) == model.to_str_tokens(ref[0])
+    assert model.to_str_tokens(p.rows(1)) == model.to_str_tokens(ref[1:2])
+    assert _outcome(model.to_str_tokens, p) == _outcome(model.to_str_tokens, ref)  # [n, T]: whatever TL does with ids
+
+
+@pytest.mark.smollm2
+def test_smollm2_runs_on_a_probe_set_as_on_its_ids(smollm2):
+    p = probe_tokens(smollm2, "natural", n=4, length=32)
+    _same_runs(smollm2, p, everything=False)  # the other entry points: on the tiny model above
+    assert smollm2.to_string(p) == smollm2.to_string(p.tokens.clone())

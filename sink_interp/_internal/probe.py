@@ -7,33 +7,67 @@ that validates its input) and :func:`probe_of` gives it back to whoever records 
 
 from __future__ import annotations
 
+import copy
 import operator
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+_DisableSubclass = torch._C.DisableTorchFunctionSubclass
 
-@dataclass(frozen=True, eq=False, repr=False)
-class ProbeSet:
+#: the methods whose result is a :class:`ProbeSet` again (with a copy of ``info``): they move or copy
+#: the ids and change neither their values nor their shape (``to`` only while the dtype stays)
+_KEEP_FACTS = frozenset(
+    {
+        Tensor.to,
+        Tensor.cpu,
+        Tensor.cuda,
+        Tensor.clone,
+        Tensor.detach,
+        Tensor.contiguous,
+        torch.clone,
+        torch.detach,
+    }
+)
+
+#: what cannot be assigned on a probe set: it is read-only (make a new one, ``ProbeSet(tokens, info)``)
+_READ_ONLY = frozenset({"tokens", "info", "_info", "source", "bos", "n", "length", "seed"})
+
+
+class ProbeSet(Tensor):
     """``[n, T]`` token ids together with what made them (source, BOS policy, seed, ...).
 
-    :func:`sink_interp.probe_tokens` and :func:`sink_interp.long_tokens` return one. Every
-    analysis that takes ``tokens`` takes a ``ProbeSet`` or a plain tensor; with a ``ProbeSet``
-    its report records ``info`` (the data label, the BOS policy and the probe's facts in
-    ``report.provenance``), with a plain tensor the data is labelled ``"tokens"`` and BOS is
+    :func:`sink_interp.probe_tokens` and :func:`sink_interp.long_tokens` return one. A
+    ``ProbeSet`` *is* the token tensor (a ``torch.Tensor`` subclass): run a model on it directly
+    (``model(probe)``, ``model.run_with_cache(probe)``, ``model.run_with_hooks(probe, ...)``; the
+    results are bit for bit those of the plain ids), and use it wherever a tensor of ids goes.
+    Every analysis that takes ``tokens`` takes a ``ProbeSet`` or a plain tensor; with a
+    ``ProbeSet`` its report records ``info`` (the data label, the BOS policy and the probe's facts
+    in ``report.provenance``), with a plain tensor the data is labelled ``"tokens"`` and BOS is
     read from the first column.
 
     ``info`` is the dict of facts (``"source"``, ``"bos"``, ``"n"``, ``"length"``, ``"seed"``
     and, depending on the source, ``"skipped"``, ``"lines_read"``, ``"concat"``,
     ``"separator"``, ``"passages_per_row"`` or ``"documents"``); it is stored in reports as is.
 
-    Indexing gives the plain tensor: ``probe[:, 1:]`` is ``probe.tokens[:, 1:]``, a ``Tensor``
-    that no longer says where it came from (an analysis run on it records ``data="tokens"``).
-    To keep the facts, take rows with :meth:`rows` (a ``ProbeSet`` with ``info["n"]`` updated)
-    or move the set with :meth:`to`. Run a model on ``probe.tokens``.
+    What a torch operation returns is a plain ``Tensor`` that no longer says where it came from
+    (an analysis run on it records ``data="tokens"``): indexing (``probe[:, 1:]``), ``torch.cat``,
+    arithmetic, comparisons, a model's outputs and cache. Only the pure moves and copies keep the
+    facts (a ``ProbeSet`` with a copy of ``info``): ``.to(device)``, ``.cpu()``, ``.cuda()``,
+    ``.clone()``, ``.detach()``, ``.contiguous()`` (and ``torch.clone``, ``torch.detach``). A
+    ``.to`` that changes the dtype gives a plain tensor, as do ``.long()``, ``.int()``, ...: the
+    facts describe the ids as :func:`~sink_interp.probe_tokens` made them, and a cast is a
+    computation (floats round large ids). To keep the facts for a subset of rows take them with
+    :meth:`rows` (a ``ProbeSet`` with ``info["n"]`` updated). ``probe.tokens`` is the plain tensor
+    (a view of the same ids), the form every analysis unwraps to before it computes.
+
+    A probe set is read-only: assigning (or deleting) ``probe.tokens``, ``probe.info`` or a fact
+    raises ``AttributeError``; build a new one instead, ``ProbeSet(tokens, info)`` (``tokens`` may
+    be a probe set; the ids are shared, not copied). Its ids are a tensor's storage like any other:
+    an in-place op (``probe.add_(1)``, ``probe[0, 0] = 5``) changes them and leaves the facts stale,
+    so clone first. It pickles, deep-copies and goes through ``torch.save`` and
+    ``torch.load(..., weights_only=False)`` with its facts.
 
     Examples:
         >>> import torch
@@ -41,27 +75,82 @@ class ProbeSet:
         >>> probe = ProbeSet(torch.arange(12).reshape(3, 4), info)
         >>> probe
         ProbeSet(source='random', n=3, length=4, bos=False, seed=0)
-        >>> probe.shape, len(probe), probe.source, probe.bos
-        (torch.Size([3, 4]), 3, 'random', False)
+        >>> isinstance(probe, torch.Tensor), probe.shape, len(probe), probe.source, probe.bos
+        (True, torch.Size([3, 4]), 3, 'random', False)
         >>> type(probe[:, 1:]).__name__  # a slice is just tokens
         'Tensor'
+        >>> probe.to("cpu")  # a move keeps the facts
+        ProbeSet(source='random', n=3, length=4, bos=False, seed=0)
         >>> evaluation = probe.rows(slice(1, None))
-        >>> evaluation.n, evaluation.source, evaluation.tokens.tolist()
+        >>> evaluation.n, evaluation.source, evaluation.tolist()
         (2, 'random', [[4, 5, 6, 7], [8, 9, 10, 11]])
     """
 
-    tokens: Tensor
-    info: dict[str, Any]
+    def __new__(cls, tokens: Tensor, info: dict[str, Any]) -> ProbeSet:
+        if not isinstance(tokens, Tensor):
+            raise TypeError(f"ProbeSet.tokens must be a torch.Tensor of token ids, got {type(tokens).__name__}")
+        if tokens.ndim != 2:
+            raise ValueError(f"ProbeSet.tokens must be 2-D [n, T], got shape {tuple(tokens.shape)}")
+        if not isinstance(info, dict):
+            raise TypeError(f"ProbeSet.info must be a dict, got {type(info).__name__}")
+        return cls._wrap(tokens, info)
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.tokens, Tensor):
-            raise TypeError(f"ProbeSet.tokens must be a torch.Tensor of token ids, got {type(self.tokens).__name__}")
-        if self.tokens.ndim != 2:
-            raise ValueError(f"ProbeSet.tokens must be 2-D [n, T], got shape {tuple(self.tokens.shape)}")
-        if not isinstance(self.info, dict):
-            raise TypeError(f"ProbeSet.info must be a dict, got {type(self.info).__name__}")
+    @classmethod
+    def _wrap(cls, tokens: Tensor, info: dict[str, Any]) -> ProbeSet:
+        """``tokens`` (checked by the caller) as a probe set with ``info``: no copy of the ids."""
+        self = Tensor._make_subclass(cls, tokens)  # a new tensor over the same storage (detached)
+        self.__dict__["_info"] = info
+        return self
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        # Runs on every torch call on a probe set: one call with the subclass switched off (so the
+        # result is a plain Tensor), then the few moves and copies get their facts back.
+        with _DisableSubclass():
+            out = func(*args, **(kwargs or {}))
+            if func in _KEEP_FACTS:
+                src = args[0]
+                if isinstance(src, ProbeSet) and isinstance(out, Tensor) and out.dtype == src.dtype:
+                    return cls._wrap(out, dict(src.info))
+            if isinstance(out, ProbeSet):  # an op that returned its input (in place, or a no-op such as .long())
+                return out.as_subclass(Tensor)
+            if type(out) in (tuple, list) and any(isinstance(o, ProbeSet) for o in out):
+                return type(out)(o.as_subclass(Tensor) if isinstance(o, ProbeSet) else o for o in out)
+            return out
+
+    # ------------------------------------------------------------------ read-only, copies, pickling
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _READ_ONLY:
+            raise AttributeError(f"a ProbeSet is read-only: cannot set {name!r}; build a new one, ProbeSet(tokens, info)")
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in _READ_ONLY:
+            raise AttributeError(f"a ProbeSet is read-only: cannot delete {name!r}")
+        super().__delattr__(name)
+
+    def __reduce_ex__(self, proto: Any) -> Any:
+        # the plain ids (pickled, or stored by torch.save, the usual way) and the facts
+        return (_rebuild, (self.tokens, self.info))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ProbeSet:
+        if id(self) in memo:
+            return memo[id(self)]
+        new = ProbeSet._wrap(copy.deepcopy(self.tokens, memo), copy.deepcopy(self.info, memo))
+        memo[id(self)] = new
+        return new
 
     # ------------------------------------------------------------------ the facts
+    @property
+    def tokens(self) -> Tensor:
+        """The ids as a plain ``torch.Tensor`` (a view of the same storage, no facts)."""
+        return self.as_subclass(Tensor)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The facts of how the ids were made (the dict every report records)."""
+        return self.__dict__.get("_info", {})
+
     @property
     def source(self) -> str | None:
         """Where the tokens came from: ``"random"``, ``"repeat"``, ``"natural"``, a file path, ..."""
@@ -77,43 +166,18 @@ class ProbeSet:
     @property
     def n(self) -> int:
         """Number of rows (``info["n"]``)."""
-        return int(self.info.get("n", self.tokens.shape[0]))
+        return int(self.info.get("n", self.shape[0]))
 
     @property
     def length(self) -> int:
         """Tokens per row, BOS included (``info["length"]``)."""
-        return int(self.info.get("length", self.tokens.shape[1]))
+        return int(self.info.get("length", self.shape[1]))
 
     @property
     def seed(self) -> int | None:
         """The seed of ``"random"`` and ``"repeat"`` sources (``None`` when not recorded)."""
         v = self.info.get("seed")
         return None if v is None else int(v)
-
-    # ------------------------------------------------------------------ tensor conveniences
-    @property
-    def shape(self) -> torch.Size:
-        """``tokens.shape``: ``[n, T]``."""
-        return self.tokens.shape
-
-    @property
-    def device(self) -> torch.device:
-        """``tokens.device``."""
-        return self.tokens.device
-
-    def __len__(self) -> int:
-        return int(self.tokens.shape[0])
-
-    def __iter__(self) -> Iterator[Tensor]:
-        return iter(self.tokens)
-
-    def __getitem__(self, idx: Any) -> Tensor:
-        """``tokens[idx]``: a plain ``Tensor`` (the facts stay behind; use :meth:`rows` to keep them)."""
-        return self.tokens[idx]
-
-    def to(self, device: Any) -> ProbeSet:
-        """The same probe set with its tokens on ``device``."""
-        return ProbeSet(self.tokens.to(device), dict(self.info))
 
     def rows(self, index: Any) -> ProbeSet:
         """The rows ``index`` (an int, a slice, a list, or an index or bool tensor) as a ``ProbeSet``.
@@ -133,21 +197,27 @@ class ProbeSet:
                 f"rows takes row indices (an int, a slice, a list or a tensor of row ids), got {index!r}; "
                 "fix: for columns index the tensor, probe[:, a:b] (a plain Tensor)"
             )
-        return ProbeSet(toks, {**self.info, "n": int(toks.shape[0])})
+        return ProbeSet._wrap(toks, {**self.info, "n": int(toks.shape[0])})
 
-    def __repr__(self) -> str:
-        n, t = self.tokens.shape
-        parts = [f"source={self.source!r}", f"n={n}", f"length={t}", f"bos={self.bos}"]
+    def __repr__(self, *, tensor_contents: Any = None) -> str:
+        t = self.tokens
+        n, length = t.shape
+        parts = [f"source={self.source!r}", f"n={n}", f"length={length}", f"bos={self.bos}"]
         if "seed" in self.info:
             parts.append(f"seed={self.info['seed']!r}")
-        if self.tokens.device.type != "cpu":
-            parts.append(f"device='{self.tokens.device}'")
+        if t.device.type != "cpu":
+            parts.append(f"device='{t.device}'")
         return f"ProbeSet({', '.join(parts)})"
 
 
+def _rebuild(tokens: Tensor, info: dict[str, Any]) -> ProbeSet:
+    """Unpickle a :class:`ProbeSet` (``__reduce_ex__``)."""
+    return ProbeSet._wrap(tokens, info)
+
+
 def as_tokens(x: Any) -> Any:
-    """The token tensor of a :class:`ProbeSet`; anything else is returned unchanged (validated by the caller)."""
-    return x.tokens if isinstance(x, ProbeSet) else x
+    """The plain token tensor of a :class:`ProbeSet` (type exactly ``torch.Tensor``); anything else unchanged (validated by the caller)."""
+    return x.as_subclass(Tensor) if isinstance(x, ProbeSet) else x
 
 
 def probe_of(x: Any) -> ProbeSet | None:

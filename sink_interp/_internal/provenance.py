@@ -120,7 +120,9 @@ def to_jsonable(obj: Any) -> Any:
     try:
         import torch
 
-        if isinstance(obj, torch.Tensor):
+        from .probe import ProbeSet
+
+        if isinstance(obj, torch.Tensor) and not isinstance(obj, ProbeSet):  # a ProbeSet is left as is, as before
             return to_jsonable(obj.detach().cpu().numpy())
     except ImportError:  # pragma: no cover
         pass

@@ -77,6 +77,13 @@ def encode(obj: Any) -> Any:
     try:
         import torch
 
+        from .probe import ProbeSet
+
+        if isinstance(obj, ProbeSet):  # a tensor that would lose its facts as one: refused, as before it was a tensor
+            raise TypeError(
+                "ProbeSet is not registered to travel inside a report; store probe.info (its facts) "
+                "and, if needed, probe.tokens (the plain ids)"
+            )
         if isinstance(obj, torch.Tensor):
             return {"__tensor__": encode(obj.detach().cpu().numpy())}
     except ImportError:  # pragma: no cover
