@@ -77,3 +77,14 @@ def test_the_lock_holds_every_package_the_suite_needs():
             "this environment is not the locked one: "
             + ", ".join(f"{k} {v} installed, {lk} locked" for k, (lk, v) in sorted(differ.items()))
         )
+
+
+def test_the_library_never_passes_a_deprecated_cache_keyword():
+    """The one allow-listed deprecation (pyproject.toml) is TransformerLens's: our own code uses the cache API."""
+    hits = [
+        f"{path.relative_to(ROOT)}:{i}"
+        for path in sorted((ROOT / "sink_interp").rglob("*.py"))
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "past_key_values" in line
+    ]
+    assert not hits, f"pass transformers' `cache=` instead of `past_key_values=`: {hits}"
