@@ -89,6 +89,7 @@ def standard_battery(
     *,
     train_tokens: Tensor | ProbeSet | None = None,
     sink_report: Any | None = None,
+    massive_report: Any | None = None,
     eps: float = 0.3,
     fit_steps: int = 40,
     fit_lr: float = 0.1,
@@ -106,6 +107,8 @@ def standard_battery(
         train_tokens: other tokens to fit the grafted biases on; ``None``: no ``"grafts"`` group.
         sink_report: a :class:`~sink_interp.SinkReport` already measured on ``tokens`` (its eps then
             picks the sink heads); ``None``: measured here at ``eps``.
+        massive_report: a :class:`~sink_interp.MassiveReport` already measured on ``tokens`` (its flags
+            pick the massive dims); ``None``: measured here.
         fit_steps, fit_lr, fit_batch: Adam steps, learning rate and samples per step of the fitted K bias
             (``fit_steps=0``: only the grafts of the mean sink key and value).
         log: called with one line per choice made (sink heads, massive dims, the fit); ``None``: silent.
@@ -122,7 +125,14 @@ def standard_battery(
     n_sh = sum(len(v) for v in sh.values())
     n_all = rep.alpha.shape[1] * rep.alpha.shape[2]
     say(f"sink heads (mean alpha_1 > {eps}): {n_sh} of {n_all}")
-    mrep = massive_activations(model, tokens, measure_sinks=False, batch_size=batch_size, progress=progress)
+    mrep = massive_report
+    if mrep is None:
+        mrep = massive_activations(model, tokens, measure_sinks=False, batch_size=batch_size, progress=progress)
+    elif (mrep.n, mrep.length) != tuple(tokens.shape):
+        raise ValueError(
+            f"massive_report was measured on {mrep.n} x {mrep.length} tokens but tokens are "
+            f"{tokens.shape[0]} x {tokens.shape[1]}; fix: pass the report of these tokens, or none"
+        )
     dims = mrep.recurring_dims(min_share=0.5)
     flags = mrep.flags_frame()
     flags = flags[flags["dim"].isin(dims)]

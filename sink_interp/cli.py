@@ -296,7 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--attention-layers", type=int, default=3, help="layers of the top sink heads that get attention widgets (default 3)"
     )
     r.add_argument("--batch-size", type=int, default=None, help="samples per forward pass")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument(
+        "--no-interventions",
+        dest="interventions",
+        action="store_false",
+        help="skip the intervention battery (its slowest section; the page says it was skipped)",
+    )
+    r.add_argument("--no-trace", dest="trace", action="store_false", help="skip the trace chain (the page says it was skipped)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars or phase lines")
     r.set_defaults(func=cmd_report)
 
     mv = sub.add_parser("massive", help="massive activations (Sun et al.) per block, norms at the sink, the extreme-token triple")
@@ -891,13 +898,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     check_positive_int(args.n_detail, "--n-detail")
     check_positive_int(args.attention_layers, "--attention-layers")
     t0 = time.time()
+    if not args.quiet:
+        print(f"report: loading {args.model} and {args.n} x {args.length} {args.data} tokens", file=sys.stderr, flush=True)
     model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.quiet, **_placement(args))
     tokens = probe_tokens(model, args.data, n=args.n, length=args.length, bos=args.bos, seed=args.seed)
     t_load = time.time() - t0
-    command = "sink-interp report " + " ".join(
-        f"--{k.replace('_', '-')} {v}"
-        for k, v in vars(args).items()
-        if k not in ("func", "command", "quiet") and v not in (None, False)
+    skipped = [f"--no-{k}" for k in ("interventions", "trace") if not getattr(args, k)]
+    command = " ".join(
+        [
+            "sink-interp report",
+            *(
+                f"--{k.replace('_', '-')} {v}"
+                for k, v in vars(args).items()
+                if k not in ("func", "command", "quiet", "interventions", "trace") and v not in (None, False)
+            ),
+            *skipped,
+        ]
     )
     page = build_report(
         model,
@@ -909,6 +925,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.quiet,
         command=command.replace("--bos True", "--bos"),
+        trace=args.trace,
+        interventions=args.interventions,
     )
     path = page.save(args.out)
     size = os.path.getsize(path) / 1e6

@@ -14,7 +14,9 @@ function and one list entry.
 
 from __future__ import annotations
 
+import functools
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from .architecture import describe_attention
 from .battery import standard_battery
 from .capture import Keep, Reducer, run_reducers
 from .effects import compare
+from .massive import massive_activations
 from .metrics import measure_sinks
 from .trace import trace_sink
 from .views import (
@@ -101,10 +104,20 @@ class ReportContext:
     timings: dict[str, float]
     command: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    progress: bool = False
+
+    def phase(self, what: str) -> None:
+        """Say which phase of the page is being computed (one line on stderr, with ``progress``)."""
+        _say(self.progress, what)
+
+
+def _say(progress: bool, what: str) -> None:
+    if progress:
+        print(f"report: {what}", file=sys.stderr, flush=True)
 
 
 def _collect_details(
-    model: Any, tokens: torch.Tensor, report: Any, sample: int, n_detail: int, n_layers_shown: int
+    model: Any, tokens: torch.Tensor, report: Any, sample: int, n_detail: int, n_layers_shown: int, progress: bool = False
 ) -> dict[str, Any]:
     table = report.head_table(1)
     top_heads = [(int(r.layer), int(r.head)) for r in table.head(8).itertuples()]
@@ -124,7 +137,7 @@ def _collect_details(
     stats = _ResidStats(range(int(model.cfg.n_layers)), sample=s)
     keep_p = Keep([hooknames.pattern(l) for l in att_layers], select=None)
     keep_k = Keep([key_name])
-    run_reducers(model, sub, [stats, keep_p, keep_k], progress=False)
+    run_reducers(model, sub, [stats, keep_p, keep_k], progress=progress, desc="residual stream, patterns, keys")
     pats = {l: keep_p.result()[hooknames.pattern(l)][s].numpy() for l in att_layers}
     k_all = la.final(keep_k.result()[key_name])[:, :, key_head // group].numpy()  # [n, T, d]
     return {
@@ -226,14 +239,29 @@ TRACE_TITLE = "4. Trace chain: spike → norm → W_K → RoPE → sink key"
 EFFECTS_TITLE = "5. Intervention effects"
 
 
+def _shared_massive(ctx: ReportContext) -> Any:
+    """One massive-activation pass over the detail inputs, shared by the trace and the battery."""
+    if "massive_report" not in ctx.extras:
+        n = int(ctx.extras.get("n_detail", 16))
+        ctx.phase(f"massive activations of the first {n} inputs (for the trace and the interventions)")
+        t0 = time.perf_counter()
+        ctx.extras["massive_report"] = massive_activations(ctx.model, ctx.tokens[:n], measure_sinks=False, progress=ctx.progress)
+        ctx.timings["massive"] = time.perf_counter() - t0
+    return ctx.extras["massive_report"]
+
+
 def _trace_section(ctx: ReportContext) -> View | None:
-    """The trace of the strongest sink head (:func:`sink_interp.trace_sink`); a marked box when it fails."""
+    """The trace of the strongest sink head (:func:`sink_interp.trace_sink`); a marked box when it fails or is skipped."""
     what = "It shows which MLP/attention writes the spike and how the norm, W_K and RoPE turn it into the sink key."
     layer, head = ctx.top_heads[0]
     n = int(ctx.extras.get("n_detail", 16))
+    if not ctx.extras.get("trace", True):
+        return pending(TRACE_TITLE, what, "trace_sink", "trace", skipped="build the report without --no-trace (trace=False)")
     try:
+        massive = _shared_massive(ctx)
+        ctx.phase(f"trace of L{layer}H{head} on the first {n} inputs")
         t0 = time.perf_counter()
-        rep = trace_sink(ctx.model, ctx.tokens[:n], layer=layer, head=head, progress=False)
+        rep = trace_sink(ctx.model, ctx.tokens[:n], layer=layer, head=head, massive=massive, progress=ctx.progress)
         ctx.timings["trace"] = time.perf_counter() - t0
         view = trace_report_view(rep, massive=False, keys=False)  # both are in section 3 already
     except Exception as e:  # the report still renders; the box says what failed
@@ -248,13 +276,23 @@ REPORT_BATTERY = ("sink", "massive")
 
 
 def _effects_section(ctx: ReportContext) -> View | None:
-    """The standard battery's interventions on the sink (:func:`sink_interp.compare`); a marked box when it fails."""
+    """The standard battery's interventions on the sink (:func:`sink_interp.compare`); a marked box when it fails or is skipped."""
     what = "It shows how zeroing the sink's values, masking the sink and ablating the massive dims change loss and the sinks."
     n = int(ctx.extras.get("n_detail", 16))
+    if not ctx.extras.get("interventions", True):
+        return pending(
+            EFFECTS_TITLE, what, "compare(...) of sink_interp.effects", "effects",
+            skipped="build the report without --no-interventions (interventions=False)",
+        )  # fmt: skip
     try:
+        massive = _shared_massive(ctx)
+        battery = standard_battery(
+            ctx.model, ctx.tokens[:n], sink_report=ctx.report, massive_report=massive, progress=ctx.progress
+        )
+        items = battery.items(*REPORT_BATTERY)
+        ctx.phase(f"interventions: {len(items)} conditions and the clean model on the first {n} inputs")
         t0 = time.perf_counter()
-        battery = standard_battery(ctx.model, ctx.tokens[:n], sink_report=ctx.report, progress=False)
-        rep = compare(ctx.model, ctx.tokens[:n], battery.items(*REPORT_BATTERY), eps=ctx.eps, progress=False)
+        rep = compare(ctx.model, ctx.tokens[:n], items, eps=ctx.eps, progress=ctx.progress)
         ctx.timings["interventions"] = time.perf_counter() - t0
         view = effect_report_view(rep)
     except Exception as e:
@@ -344,6 +382,8 @@ def build_report(
     command: str | None = None,
     sections: Sequence[Callable[[ReportContext], View | None]] | None = None,
     sink_report: Any | None = None,
+    trace: bool = True,
+    interventions: bool = True,
 ) -> View:
     """Measure sinks on ``tokens`` and lay out the standalone report page.
 
@@ -357,6 +397,9 @@ def build_report(
         attention_layers: how many layers (of the strongest sink heads) get attention widgets.
         sections: section functions (default :data:`REPORT_SECTIONS`).
         sink_report: a :class:`SinkReport` already measured on ``tokens`` (skips the measurement).
+        progress: progress bars, and one line on stderr as each phase starts.
+        trace, interventions: run the trace chain and the intervention battery (``False``: the section
+            says it was skipped; the interventions are the slowest phase).
 
     Example:
         >>> import torch
@@ -366,15 +409,20 @@ def build_report(
         3
     """
     timings: dict[str, float] = {}
+    say = functools.partial(_say, progress)
+    n_all = int(tokens.shape[0])
+    if not 0 <= sample < n_all:
+        raise ValueError(f"sample must be in 0..{n_all - 1}, got {sample}")
     t0 = time.perf_counter()
     if sink_report is None:
+        say(f"sink scores of {n_all} inputs")
         sink_report = measure_sinks(model, tokens, eps=eps, batch_size=batch_size, progress=progress)
     timings["measure"] = time.perf_counter() - t0
     tokens = as_tokens(tokens)  # the page's sections run on (slices of) the plain tensor
-    if not 0 <= sample < tokens.shape[0]:
-        raise ValueError(f"sample must be in 0..{tokens.shape[0] - 1}, got {sample}")
+    n_det = max(1, min(n_detail, n_all))
+    say(f"residual stream, attention patterns and keys of the first {n_det} inputs")
     t1 = time.perf_counter()
-    det = _collect_details(model, tokens, sink_report, sample, n_detail, attention_layers)
+    det = _collect_details(model, tokens, sink_report, sample, n_detail, attention_layers, progress=progress)
     timings["details"] = time.perf_counter() - t1
     s = det["sample"]
     ctx = ReportContext(
@@ -391,7 +439,8 @@ def build_report(
         keys=det["keys"],
         timings=timings,
         command=command,
-        extras={"n_detail": min(n_detail, tokens.shape[0])},
+        extras={"n_detail": min(n_detail, tokens.shape[0]), "trace": bool(trace), "interventions": bool(interventions)},
+        progress=progress,
     )
     return layout_report(ctx, sections)
 
@@ -406,6 +455,7 @@ def layout_report(ctx: ReportContext, sections: Sequence[Callable[[ReportContext
         if v is not None:
             parts.append(v)
     measured_in_sections = sum(ctx.timings.values()) - measured_before  # trace / interventions
+    ctx.phase("assembling the page")
     ctx.timings["layout"] = time.perf_counter() - t2 - measured_in_sections
     r = ctx.report
     toc = " · ".join(

@@ -339,6 +339,52 @@ def test_build_report_tiny(tiny):
         build_report(model, tokens, sample=99)
 
 
+def test_report_measures_massive_activations_once_and_says_each_phase(tiny, monkeypatch, capsys):
+    """The trace and the intervention battery share one massive-activation pass; every phase says it starts."""
+    import sink_interp.battery
+    import sink_interp.pages
+    import sink_interp.trace.tracer
+    from sink_interp.massive import massive_activations
+
+    model, _, tokens = tiny
+    calls = []
+
+    def counted(*a, **kw):
+        calls.append(tuple(a[1].shape))
+        return massive_activations(*a, **kw)
+
+    def forbidden(*a, **kw):
+        raise AssertionError("a second massive-activation pass over the detail inputs")
+
+    monkeypatch.setattr(sink_interp.pages, "massive_activations", counted)
+    monkeypatch.setattr(sink_interp.battery, "massive_activations", forbidden)
+    monkeypatch.setattr(sink_interp.trace.tracer, "massive_activations", forbidden)
+    page = build_report(model, tokens, n_detail=4, progress=True)
+    assert calls == [(4, 12)]
+    assert {"measure", "details", "massive", "trace", "interventions", "layout"} <= set(page.meta["timings"])
+    phases = [line for line in capsys.readouterr().err.splitlines() if line.startswith("report: ")]
+    assert [p.split()[1] for p in phases] == ["sink", "residual", "massive", "trace", "interventions:", "assembling"], phases
+    html = page.to_html()
+    assert "Skipped" not in html and 'id="effects"' in html
+
+
+def test_report_without_interventions_or_trace_says_they_were_skipped(tiny, monkeypatch):
+    import sink_interp.pages
+
+    def forbidden(*a, **kw):
+        raise AssertionError("ran although skipped")
+
+    monkeypatch.setattr(sink_interp.pages, "compare", forbidden)
+    monkeypatch.setattr(sink_interp.pages, "trace_sink", forbidden)
+    monkeypatch.setattr(sink_interp.pages, "massive_activations", forbidden)
+    model, _, tokens = tiny
+    page = build_report(model, tokens, trace=False, interventions=False)
+    html = page.to_html()
+    assert html.count("Skipped:") == 2 and "--no-interventions" in html and "--no-trace" in html
+    assert "Could not be computed" not in html
+    assert not {"massive", "trace", "interventions"} & set(page.meta["timings"])
+
+
 def test_cli_report_tiny(tmp_path, capsys):
     from sink_interp.cli import main
 
@@ -352,6 +398,12 @@ def test_cli_report_tiny(tmp_path, capsys):
     assert "sink-interp report --model tiny-mha" in text
     assert "wrote" in capsys.readouterr().out
     assert main(["report", "--model", "tiny-mha", "--eps", "2", "--out", str(out)]) == 2
+    argv = ["report", "--model", "tiny-mha", "--data", "random", "--n", "3", "--length", "12", "--no-interventions"]
+    assert main([*argv, "--out", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert "Skipped:" in text and "sink-interp report --model tiny-mha" in text and "--no-interventions" in text
+    err = capsys.readouterr().err
+    assert "report: loading tiny-mha" in err and "report: assembling the page" in err and "report: interventions" not in err
 
 
 # --------------------------------------------------------------------------- adapters (duck-typed result objects)

@@ -111,9 +111,14 @@ def sink_report_html(report: Any) -> str:
 
 
 # --------------------------------------------------------------------------- report sections
-def pending(title: str, what: str, needs: str, anchor: str, error: str | None = None) -> View:
-    """A clearly marked placeholder section for results whose module is not in this build (or failed)."""
-    if error is None:
+def pending(title: str, what: str, needs: str, anchor: str, error: str | None = None, skipped: str | None = None) -> View:
+    """A clearly marked placeholder section for results that were skipped (``skipped``: how to get them),
+    failed (``error``) or whose module is not in this build."""
+    if skipped is not None:
+        text = f"Skipped: <code>{esc(needs)}</code> was not run for this report. {esc(what)}"
+        head = "Not measured in this report"
+        cap = f"To include it: {skipped}."
+    elif error is None:
         text = f"Not in this report: <code>{esc(needs)}</code> is not available in this build of sink_interp. {esc(what)}"
         head = "Not measured in this build"
         cap = "This section is filled automatically once the module is installed; nothing was measured for it."
