@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._internal import display as _display
+from ._internal import providers as _providers
 
 __version__ = "0.1.0"
 
@@ -71,9 +71,10 @@ _EXPORTS: dict[str, str] = {
     "train": "training",
 }
 
-# The views fill the registry through which a report finds its view; they are imported the first time a
-# report is drawn, however the report was made (the analyses never import the view layer).
-_display.PROVIDERS.append(f"{__name__}.views")
+# Registries of the lower layers that upper modules fill, imported the first time each is read (the lower
+# layers never import them): the views register how each report draws itself, the training package how
+# load_model reads a trained run's folder.
+_providers.PROVIDERS.update(views=[f"{__name__}.views"], folder_loaders=[f"{__name__}.training.model"])
 
 if TYPE_CHECKING:  # what static tools (type checkers, the API reference) see
     from ._internal.distributed import distributed

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from ._internal import providers
 from ._internal.errors import require
 from ._internal.placement import device_map as _device_map_of
 from ._internal.placement import model_device as _model_device
@@ -88,6 +89,7 @@ def register_folder_loader(marker: str, loader: Callable[[Path, torch.device], A
 
 
 def _folder_loader(path: Path) -> Callable[[Path, torch.device], Any] | None:
+    providers.load("folder_loaders")  # the training package registers its run folders' loader when imported
     return next((loader for marker, loader in _FOLDER_LOADERS.items() if (path / marker).is_file()), None)
 
 

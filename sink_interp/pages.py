@@ -398,8 +398,9 @@ def build_report(
         sections: section functions (default :data:`REPORT_SECTIONS`).
         sink_report: a :class:`SinkReport` already measured on ``tokens`` (skips the measurement).
         progress: progress bars, and one line on stderr as each phase starts.
-        trace, interventions: run the trace chain and the intervention battery (``False``: the section
-            says it was skipped; the interventions are the slowest phase).
+        trace: run the trace chain (``False``: its section says it was skipped).
+        interventions: run the intervention battery, the slowest phase (``False``: its section says it
+            was skipped).
 
     Example:
         >>> import torch

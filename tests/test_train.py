@@ -408,3 +408,28 @@ def test_resume_refuses_another_config(tmp_path):
     assert res.resumed_from == 2 and read_metrics(tmp_path)[-1]["step"] == 4
     # ckpt_every changes no number: the same run
     assert train(tiny(steps=4, ckpt_every=1), tmp_path, progress=False).resumed_from == 4
+
+
+def test_a_fresh_process_loads_a_trained_folder_with_its_knobs_through_the_top_level_alone(tmp_path):
+    """`import sink_interp` is lazy; load_model still finds the training package's folder loader (a registry
+    filled on first read), so the knobs come back and the logits equal those of load_trained."""
+    import subprocess
+    import sys
+
+    res = train(tiny(k_bias=True, v_bias="zero", steps=2), tmp_path / "run", progress=False)
+    tokens = torch.randint(4, 16, (2, T), generator=torch.Generator().manual_seed(0))
+    torch.save(tokens, tmp_path / "x.pt")
+    probe = (
+        "import sys, torch, sink_interp\n"
+        "m = sink_interp.load_model(sys.argv[1])\n"
+        "assert 'sink_interp.training.model' in sys.modules\n"
+        "with torch.no_grad(): torch.save(m(torch.load(sys.argv[2])), sys.argv[3])\n"
+    )
+    out = tmp_path / "logits.pt"
+    env_run = subprocess.run(
+        [sys.executable, "-c", probe, str(res.model_dir), str(tmp_path / "x.pt"), str(out)], capture_output=True, text=True
+    )
+    assert env_run.returncode == 0, env_run.stderr
+    with torch.no_grad():
+        want = load_trained(res.model_dir).bridge(tokens)
+    assert torch.equal(torch.load(out), want)

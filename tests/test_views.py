@@ -520,3 +520,22 @@ def test_numbers_print_without_exponents_below_a_million_and_titles_fit():
     assert "e+02" not in html and ">100<" in html
     width = float(re.search(r'<svg[^>]*width="([0-9.]+)"', html).group(1))
     assert width >= 14 * 2 + len("Sink_1 (% of inputs)") * 6.0  # the colour bar's title is not cut off
+
+
+def test_a_report_made_through_a_submodule_finds_its_view_in_a_fresh_process():
+    """Nothing imports the views up front (`import sink_interp` is lazy); the registry is filled when first read."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, torch\n"
+        "from sink_interp.metrics import measure_sinks\n"
+        "from sink_interp.models import tiny_model\n"
+        "r = measure_sinks(tiny_model(), torch.randint(4, 100, (2, 8)), progress=False)\n"
+        "assert 'sink_interp.views' not in sys.modules\n"
+        "html = r._repr_html_()\n"
+        "print('sink_interp.views' in sys.modules, 'head-heatmap' in html)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["True", "True"]

@@ -3,9 +3,9 @@
 The view layer (:mod:`sink_interp.views.adapters`) registers one drawing
 function per report class name; a report's ``_repr_html_`` asks here. The
 analyses import only this module, never :mod:`sink_interp.views`, so the view
-layer can sit above them. The package names the modules that fill the registry
-(:data:`PROVIDERS`); they are imported the first time a view is looked up, so
-a report finds its view however it was made.
+layer can sit above them. The package names the module that fills the registry
+(:mod:`sink_interp._internal.providers`); it is imported the first time a view
+is looked up, so a report finds its view however it was made.
 
 Example:
     >>> from sink_interp._internal import display
@@ -18,22 +18,13 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
+from . import providers
+
 #: report class name -> ``fn(report, **kw)`` returning an object with ``_repr_html_`` (a view)
 REGISTRY: dict[str, Callable[..., Any]] = {}
-
-
-#: modules whose import fills :data:`REGISTRY` (``sink_interp/__init__.py`` names ``sink_interp.views``);
-#: each is imported once, at the first lookup
-PROVIDERS: list[str] = []
-
-
-def _import_providers() -> None:
-    while PROVIDERS:
-        importlib.import_module(PROVIDERS.pop(0))
 
 
 def register_view(type_name: str, fn: Callable[..., Any]) -> None:
@@ -43,7 +34,7 @@ def register_view(type_name: str, fn: Callable[..., Any]) -> None:
 
 def view_fn(obj: Any) -> Callable[..., Any] | None:
     """The drawing function registered for ``obj``'s class or the nearest base class; None when there is none."""
-    _import_providers()
+    providers.load("views")
     for cls in type(obj).__mro__:
         if cls.__name__ in REGISTRY:
             return REGISTRY[cls.__name__]
