@@ -25,8 +25,8 @@ def locked() -> dict[str, str]:
     return out
 
 
-def readme_commands() -> dict[int, str]:
-    block = re.search(r"## Quickstart.*?```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+def readme_commands(page: str = "README.md") -> dict[int, str]:
+    block = re.search(r"## Quickstart.*?```bash\n(.*?)```", (ROOT / page).read_text(), re.S).group(1)
     found = re.findall(r"^# (\d)\. .*\n(.+)$", block, re.M)
     return {int(k): v.strip() for k, v in found}
 
@@ -40,6 +40,7 @@ def test_readme_commands_install_with_the_lock_and_ci_runs_command_2_verbatim():
     ci = (ROOT / ".ci" / "run").read_text()
     assert cmds[2] in ci.splitlines(), "README command 2 must appear verbatim as a line of .ci/run"
     assert "python3 -m venv" in ci and "mktemp -d" in ci  # a fresh environment on every run
+    assert readme_commands("docs/index.md") == cmds  # the site's home page gives the same two commands
 
 
 def _closure() -> dict[str, str]:
