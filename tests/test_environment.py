@@ -3,6 +3,7 @@ README command 2 verbatim in a fresh virtual environment, and the lock holds eve
 
 from __future__ import annotations
 
+import importlib
 import re
 from importlib import metadata
 from pathlib import Path
@@ -89,3 +90,22 @@ def test_the_library_never_passes_a_deprecated_cache_keyword():
         if "past_key_values" in line
     ]
     assert not hits, f"pass transformers' `cache=` instead of `past_key_values=`: {hits}"
+
+
+def test_the_lazy_top_level_names_each_public_name_once_and_static_tools_see_the_same():
+    """sink_interp's `_EXPORTS` (what loads on first use) and its TYPE_CHECKING imports (what type checkers and the
+    API reference read) name the same modules for exactly the public names."""
+    import ast
+
+    import sink_interp
+
+    tree = ast.parse((ROOT / "sink_interp" / "__init__.py").read_text(encoding="utf-8"))
+    static = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            for imp in node.body:
+                static.update({a.name: imp.module.lstrip(".") for a in imp.names})
+    assert static == sink_interp._EXPORTS
+    assert set(sink_interp.__all__) == set(sink_interp._EXPORTS)
+    for name, module in sink_interp._EXPORTS.items():
+        assert getattr(sink_interp, name) is getattr(importlib.import_module(f"sink_interp.{module}"), name)
