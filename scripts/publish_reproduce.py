@@ -1,14 +1,16 @@
-"""Copy a finished reproduce output into docs/results/reproduce/ without the models.
+"""Copy a reproduce output's plan and finished runs (never the models) into docs/results/reproduce/.
 
     python scripts/publish_reproduce.py OUT [--dest docs/results/reproduce]
+    sink-interp reproduce --out docs/results/reproduce --tabulate     # the table, from what is published
 
-``OUT`` is the folder of ``sink-interp reproduce --out OUT``. Copied: ``reproduce.json``,
-``reproduce.md``, ``curves/*.html`` and, for every run folder the table names, its
-``config.json``, ``metrics.jsonl`` and ``timing.jsonl`` (the weights and checkpoints stay behind:
-``sink-interp reproduce --finding NAME --out OUT`` re-makes them). Every path in the table is
-relative to ``OUT``, so it stays valid in the copy; the copy's ``out`` field becomes the
-destination relative to the repository. The destination is replaced atomically (written beside
-it, then renamed), and nothing is written unless every path the table names exists in ``OUT``.
+``OUT`` is the folder of ``sink-interp reproduce --out OUT`` (or ``--plan-only``), finished or
+not. Copied: ``plan.json`` and the reproduce marker, then every run of the plan that is done
+(evaluated to its last step, its measurements taken): its ``config.json``, ``metrics.jsonl``,
+``timing.jsonl`` and ``measured/*.json``. The weights and checkpoints stay behind (the row's
+command re-makes them). Runs already published stay; each run folder is copied beside its place
+and renamed into it, so a reader never sees half a run. Run the script as runs finish, commit,
+and a sweep spread over days loses nothing; tabulate from the published folder at the end (the
+table's paths are relative to it).
 """
 
 from __future__ import annotations
@@ -16,52 +18,71 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_FILES = ("config.json", "metrics.jsonl", "timing.jsonl")
+TOP_FILES = ("plan.json", "sink_interp_reproduce.json", "reproduce.json", "reproduce.md")
 
 
-def publish(src: Path, dest: Path) -> int:
-    table = json.loads((src / "reproduce.json").read_text(encoding="utf-8"))
-    paths = sorted({p for row in table["rows"] for p in row["runs"].values()})
-    missing = [p for p in paths if Path(p).is_absolute() or not (src / p).exists()]
-    if missing:
-        raise SystemExit(
-            f"{len(missing)} path(s) of {src / 'reproduce.json'} are absolute or missing, e.g. {missing[0]}; nothing written"
-        )
-    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
-    for p in paths:
-        if p.endswith(".html"):
-            (tmp / p).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / p, tmp / p)
+def publish(src: Path, dest: Path) -> tuple[int, int]:
+    """Copy the plan and the done runs of ``src`` into ``dest``; returns (runs copied now, runs of the plan)."""
+    sys.path.insert(0, str(ROOT))
+    from sink_interp.training.reproduce.runner import Plan, _done
+
+    p = Plan.read(src)
+    bad = [s.dir for s in p if Path(s.dir).is_absolute() or ".." in Path(s.dir).parts]
+    if bad:
+        raise SystemExit(f"{src / 'plan.json'} names run folders outside the output, e.g. {bad[0]}; nothing written")
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    for spec in p:
+        d, out = src / spec.dir, dest / spec.dir
+        if not _done(d, spec) or (out.is_dir() and _done(out, spec)):
             continue
-        (tmp / p).mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent if out.parent.exists() else _mk(out.parent)))
         for name in RUN_FILES:
-            if (src / p / name).is_file():
-                shutil.copy2(src / p / name, tmp / p / name)
-    try:
-        table["out"] = dest.resolve().relative_to(ROOT).as_posix()
-    except ValueError:
-        table["out"] = str(dest)
-    (tmp / "reproduce.json").write_text(json.dumps(table, indent=2), encoding="utf-8")  # as reproduce writes it
-    shutil.copy2(src / "reproduce.md", tmp / "reproduce.md")
-    old = dest.with_name(dest.name + ".old")
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
-    return len(table["rows"])
+            if (d / name).is_file():
+                shutil.copy2(d / name, tmp / name)
+        if (d / "measured").is_dir():
+            shutil.copytree(d / "measured", tmp / "measured")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+        copied += 1
+    for name in TOP_FILES:
+        if (src / name).is_file():
+            text = (src / name).read_text(encoding="utf-8")
+            if name == "reproduce.json":  # its run paths are relative; its out names the published folder
+                table = json.loads(text)
+                try:
+                    table["out"] = dest.resolve().relative_to(ROOT).as_posix()
+                except ValueError:
+                    table["out"] = str(dest)
+                text = json.dumps(table, indent=2)
+            tmp_file = dest / f".{name}.tmp"
+            tmp_file.write_text(text, encoding="utf-8")
+            tmp_file.replace(dest / name)
+    if (src / "curves").is_dir():
+        shutil.copytree(src / "curves", dest / "curves", dirs_exist_ok=True)
+    return copied, len(p)
+
+
+def _mk(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    return d
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("src", type=Path, help="the reproduce output folder (holds reproduce.json)")
+    ap.add_argument("src", type=Path, help="the reproduce output folder (holds plan.json)")
     ap.add_argument("--dest", type=Path, default=ROOT / "docs" / "results" / "reproduce")
     a = ap.parse_args()
-    n = publish(a.src.expanduser(), a.dest)
-    print(f"published {n} findings to {a.dest}")
+    copied, total = publish(a.src.expanduser(), a.dest)
+    done = sum(1 for d in (a.dest / "runs").iterdir() if (d / "metrics.jsonl").is_file()) if (a.dest / "runs").is_dir() else 0
+    print(f"copied {copied} finished run(s); {a.dest} now holds {done} of the plan's {total} runs")
 
 
 if __name__ == "__main__":

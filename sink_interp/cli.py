@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--steps", type=int, default=None, help="override every run's steps (smoke tests)")
     r.add_argument(
+        "--seeds", default=None, metavar="S,S,...", help="seeds of every arm, e.g. 0 (default: each finding's; three at cpu scale)"
+    )
+    r.add_argument(
         "--set",
         action="append",
         default=[],
@@ -594,6 +597,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_seeds(text: str | None) -> list[int] | None:
+    """``--seeds 0,1,2`` -> ``[0, 1, 2]`` (None: each finding's own seeds)."""
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds takes whole numbers separated by commas, e.g. 0,1,2; got {text!r}") from None
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .training.reproduce import FINDINGS, plan, reproduce, run_one, tabulate
 
@@ -605,9 +618,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     finding = "all" if args.finding in (None, "all") else [x.strip() for x in args.finding.split(",") if x.strip()]
     scale = args.scale or "cpu"
     over = _parse_set(args.set)
+    seeds = _parse_seeds(args.seeds)
     if args.run_one is not None or args.tabulate:
         flag = "--run-one" if args.run_one is not None else "--tabulate"
-        given = [n for n, v in (("--finding", args.finding), ("--scale", args.scale), ("--steps", args.steps)) if v is not None]
+        given = [
+            n
+            for n, v in (("--finding", args.finding), ("--scale", args.scale), ("--steps", args.steps), ("--seeds", args.seeds))
+            if v is not None
+        ]
         given += ["--set"] if args.set else []
         given += [n for n, bad in (("--executor", args.executor != "local"), ("--jobs", args.jobs != 1)) if bad]
         if given:
@@ -622,7 +640,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"run {args.run_one}: {args.out}/{d} finished ({time.time() - t0:.0f}s)")
         return 0
     if args.plan_only:
-        p = plan(finding, scale=scale, steps=args.steps, overrides=over or None, out=args.out)
+        p = plan(finding, scale=scale, steps=args.steps, overrides=over or None, seeds=seeds, out=args.out)
         used = [", ".join(s.labels[:2]) + (f" +{len(s.labels) - 2} more" if len(s.labels) > 2 else "") for s in p]
         print(_fmt_table([[s.index, u, s.dir] for s, u in zip(p, used)], ["index", "used by", "folder"]))
         print(f"wrote {args.out}/plan.json: {len(p)} runs. Next, one per index (e.g. a SLURM array, --array=0-{len(p) - 1}):")
@@ -635,6 +653,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         out=args.out,
         steps=args.steps,
         overrides=over or None,
+        seeds=seeds,
         device=args.device,
         threads=args.threads,
         jobs=args.jobs,

@@ -16,7 +16,8 @@ from sink_interp.training import read_metrics, train
 from sink_interp.training.reproduce import Plan, plan, reproduce, run_one, tabulate
 
 SMALL = dict(d_model=32, d_mlp=64, seq_len=16, batch_size=4, eval_batches=1, probe_n=4, bb_vocab=16, ckpt_every=2, eval_every=2)
-NAMES = ["kbias", "window"]  # 3 runs, one shared; window has an extra measurement read from the models
+NAMES = ["lr", "window"]  # 4 runs, one shared; window has measurements read from the models
+SEEDS = [0]
 STEPS = 4
 
 
@@ -32,15 +33,16 @@ def metrics_of(root: Path) -> dict[str, list[dict]]:
 def reference(tmp_path_factory):
     """The one-call reproduce, in this process one run after the other."""
     root = tmp_path_factory.mktemp("ref")
-    return root, reproduce(NAMES, out=root, steps=STEPS, overrides=SMALL, progress=False)
+    return root, reproduce(NAMES, out=root, steps=STEPS, overrides=SMALL, seeds=SEEDS, progress=False)
 
 
 def test_plan_numbers_runs_once_each_with_relative_folders():
-    p = plan(NAMES, steps=STEPS, overrides=SMALL)
-    assert [s.labels for s in p] == [("kbias/base", "window/base"), ("kbias/kbias",), ("window/window",)]
-    assert [s.index for s in p] == [0, 1, 2]
+    p = plan(NAMES, steps=STEPS, overrides=SMALL, seeds=SEEDS)
+    assert [s.labels for s in p] == [("lr/base@0", "window/base@0"), ("lr/small_lr@0",), ("window/small@0",), ("window/half@0",)]
+    assert [s.index for s in p] == [0, 1, 2, 3]
     assert all(s.dir.startswith("runs/") and not Path(s.dir).is_absolute() for s in p)
-    assert set(p.uses("window")) == {"base", "window"} and p.uses("window")["base"] is p[0]
+    assert set(p.uses("window")) == {"base", "small", "half"} and p.uses("window")["base"] is p[0]
+    assert p[0].measures == ("window:8", "window:32") and p[1].measures == ()
     assert Plan.from_json(p.to_json()) == p  # the file round trip keeps every config exactly
     assert p[1].config.fingerprint() in p[1].dir and p[1].config.steps == STEPS
 
@@ -48,15 +50,15 @@ def test_plan_numbers_runs_once_each_with_relative_folders():
 def test_split_run_killed_and_resumed_equals_one_call(reference, tmp_path):
     ref_root, ref = reference
     root = tmp_path / "split"
-    p = plan(NAMES, steps=STEPS, overrides=SMALL, out=root)
+    p = plan(NAMES, steps=STEPS, overrides=SMALL, seeds=SEEDS, out=root)
     assert json.loads((root / "plan.json").read_text())["findings"] == NAMES
     # run 0 is killed after step 2 (its checkpoint written), then resumed by run_one; the others run in reverse order
     train(p[0].config, root / p[0].dir, stop_at=2, progress=False)
     assert [m["step"] for m in read_metrics(root / p[0].dir)] == [0, 2]
-    with pytest.raises(ValueError, match=r"3 of 3 runs .* not finished \(plan index 0, 1, 2\).*--run-one INDEX"):
+    with pytest.raises(ValueError, match=r"4 of 4 runs .* not finished \(plan index 0, 1, 2, 3\).*--run-one INDEX"):
         tabulate(root)
     assert not (root / "reproduce.json").exists()
-    for i in (2, 1, 0):
+    for i in (3, 2, 1, 0):
         assert run_one(i, root, progress=False) == p[i].dir
     before = (root / p[0].dir / "metrics.jsonl").stat().st_mtime_ns
     assert run_one(p[0], root, progress=False) == p[0].dir  # idempotent: a finished run is left alone
@@ -64,7 +66,7 @@ def test_split_run_killed_and_resumed_equals_one_call(reference, tmp_path):
     table = tabulate(root)
     assert metrics_of(root) == metrics_of(ref_root)  # every evaluation of every run, bit for bit
     assert rows(table) == rows(ref)  # verdicts, numbers and the (relative) run folders
-    assert table.rows[0].runs["base"] == p[0].dir and table.rows[0].runs["curves"] == "curves/kbias.html"
+    assert table.rows[0].runs["base"] == {"0": p[0].dir} and table.rows[0].curves == "curves/lr.html"
     assert (root / "reproduce.md").read_text() == (ref_root / "reproduce.md").read_text()
 
 
@@ -83,11 +85,11 @@ class Recorder:
 def test_executor_object_and_reuse(reference, tmp_path):
     ref_root, ref = reference
     ex = Recorder()
-    table = reproduce(NAMES, out=tmp_path, steps=STEPS, overrides=SMALL, progress=False, executor=ex)
-    assert [s.index for s in ex.items] == [0, 1, 2]
+    table = reproduce(NAMES, out=tmp_path, steps=STEPS, overrides=SMALL, seeds=SEEDS, progress=False, executor=ex)
+    assert [s.index for s in ex.items] == [0, 1, 2, 3]
     assert rows(table) == rows(ref)
     again = Recorder()
-    reproduce(NAMES, out=tmp_path, steps=STEPS, overrides=SMALL, progress=False, executor=again)
+    reproduce(NAMES, out=tmp_path, steps=STEPS, overrides=SMALL, seeds=SEEDS, progress=False, executor=again)
     assert again.items == []  # finished runs are not handed to the executor again
 
 
@@ -137,7 +139,7 @@ def test_executor_errors_are_one_line(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "submitit", None)  # import fails as if not installed
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'sink_interp\[slurm\]'"):
-        reproduce(["kbias"], out=tmp_path / "a", steps=2, overrides=SMALL, executor="submitit", progress=False)
+        reproduce(["lr"], out=tmp_path / "a", steps=2, overrides=SMALL, executor="submitit", progress=False)
     with pytest.raises(MissingDependencyError, match=r"pip install 'sink_interp\[ray\]'"):
         map_jobs(abs, [1], executor="ray")
     with pytest.raises(ValueError, match="executor must be one of local, submitit, ray"):
@@ -151,7 +153,7 @@ def test_executor_errors_are_one_line(monkeypatch, tmp_path):
     assert not (tmp_path / "a").exists()  # refused before anything was written
     with pytest.raises(FileNotFoundError, match="no sink_interp_reproduce.json.*--plan-only"):
         run_one(0, tmp_path)
-    plan(["kbias"], steps=2, overrides=SMALL, out=tmp_path / "b")
+    plan(["lr"], steps=2, overrides=SMALL, seeds=SEEDS, out=tmp_path / "b")
     with pytest.raises(ValueError, match=r"run index must be a whole number in 0\.\.1 .* has 2 runs"):
         run_one(2, tmp_path / "b")
 
@@ -160,19 +162,20 @@ def test_cli_plan_run_one_tabulate(reference, tmp_path, capsys):
     ref_root, ref = reference
     out = str(tmp_path / "cli")
     sets = [x for k, v in SMALL.items() for x in ("--set", f"{k}={v}")]
-    assert main(["reproduce", "--finding", "kbias,window", "--steps", str(STEPS), *sets, "--out", out, "--plan-only"]) == 0
+    argv = ["reproduce", "--finding", "lr,window", "--steps", str(STEPS), "--seeds", "0", *sets, "--out", out, "--plan-only"]
+    assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "3 runs" in text and "--array=0-2" in text
-    assert main(["reproduce", "--out", out, "--run-one", "0", "--finding", "kbias"]) == 2
+    assert "4 runs" in text and "--array=0-3" in text
+    assert main(["reproduce", "--out", out, "--run-one", "0", "--finding", "lr"]) == 2
     assert "--finding" in capsys.readouterr().err
     assert main(["reproduce", "--out", out, "--tabulate"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "3 of 3 runs" in err[0]
-    for i in range(3):
+    assert len(err) == 1 and "4 of 4 runs" in err[0]
+    for i in range(4):
         assert main(["reproduce", "--out", out, "--run-one", str(i), "--quiet"]) == 0
     capsys.readouterr()
     assert main(["reproduce", "--out", out, "--tabulate"]) == 0
-    assert "| finding | paper | ours | agree? |" in capsys.readouterr().out
+    assert "| finding | paper | ours | verdict | command |" in capsys.readouterr().out
     assert (
         json.loads(Path(out, "reproduce.json").read_text())["rows"]
         == json.loads((ref_root / "reproduce.json").read_text())["rows"]
@@ -182,7 +185,7 @@ def test_cli_plan_run_one_tabulate(reference, tmp_path, capsys):
 def test_local_process_pool_gives_the_same_table(reference, tmp_path):
     """jobs=2: the runs train in two spawned processes (the local default engine), with the same results."""
     ref_root, ref = reference
-    table = reproduce(NAMES, out=tmp_path, steps=STEPS, overrides=SMALL, progress=False, jobs=2)
+    table = reproduce(NAMES, out=tmp_path, steps=STEPS, overrides=SMALL, seeds=SEEDS, progress=False, jobs=2)
     assert rows(table) == rows(ref)
     assert metrics_of(tmp_path) == metrics_of(ref_root)
 
@@ -194,7 +197,7 @@ def test_submitit_local_cluster_gives_the_same_table(reference, tmp_path):
     ref_root, ref = reference
     opts = {"cluster": "local", "timeout_min": 10}
     table = reproduce(
-        NAMES, out=tmp_path, steps=STEPS, overrides=SMALL, progress=False, executor="submitit", executor_options=opts
+        NAMES, out=tmp_path, steps=STEPS, overrides=SMALL, seeds=SEEDS, progress=False, executor="submitit", executor_options=opts
     )
     assert rows(table) == rows(ref)
     assert metrics_of(tmp_path) == metrics_of(ref_root)

@@ -433,3 +433,17 @@ def test_a_fresh_process_loads_a_trained_folder_with_its_knobs_through_the_top_l
     with torch.no_grad():
         want = load_trained(res.model_dir).bridge(tokens)
     assert torch.equal(torch.load(out), want)
+
+
+def test_micro_batches_accumulate_the_full_batch_gradient(tmp_path):
+    """micro_batch=2 of a batch of 4: the same loss and, after one AdamW step, the same weights up to float rounding."""
+    from sink_interp.training.loop import train as run
+
+    full = run(tiny(steps=1, eval_every=1, ckpt_every=1), tmp_path / "full", progress=False)
+    micro = run(tiny(steps=1, eval_every=1, ckpt_every=1, micro_batch=2), tmp_path / "micro", progress=False)
+    assert micro.metrics[-1]["train_loss"] == pytest.approx(full.metrics[-1]["train_loss"], rel=1e-6)
+    a, b = load_trained(full.model_dir), load_trained(micro.model_dir)
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="micro_batch must divide batch_size"):
+        tiny(micro_batch=3)

@@ -104,6 +104,7 @@ class TrainConfig:
     wd_on: str = "all"  # "all" parameters (official runs, norm gains included) or "no-norms"
     grad_clip: float = 1.0  # paper: 1.0; 0 disables
     batch_size: int = 32  # paper: 512 x 2048 tokens; Guo: 512 x 256
+    micro_batch: int | None = None  # samples per forward/backward; the step's gradient accumulates over the batch; None: all
     steps: int = 1000  # paper: 20k-25k; Guo: 10k
 
     # ------------------------------------------------------------------ run
@@ -157,6 +158,12 @@ class TrainConfig:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({kv})")
         if (self.d_model // self.n_heads) % 2 and self.pos == "rope":
             raise ValueError("RoPE needs an even head dimension; fix: change d_model or n_heads")
+        if self.micro_batch is not None and (
+            isinstance(self.micro_batch, bool) or self.micro_batch < 1 or self.batch_size % self.micro_batch
+        ):
+            raise ValueError(
+                f"micro_batch must divide batch_size ({self.batch_size}), e.g. {self.batch_size // 4 or 1}; got {self.micro_batch!r}"
+            )
         if self.window is not None and self.window < 1:
             raise ValueError(f"window must be >= 1 (keys incl. the query) or None, got {self.window}")
         if not 0 <= self.prefix < self.seq_len - 1:
@@ -384,6 +391,7 @@ LATER_FIELDS: dict[str, Any] = {
     "rel_buckets": 32,
     "rel_max_distance": 128,
     "k_bias_dims": None,
+    "micro_batch": None,
 }
 
 
@@ -526,7 +534,8 @@ _GPU = dict(
     warmup=1000,
     betas=(0.9, 0.95),
     weight_decay=0.1,
-    batch_size=64,
+    batch_size=512,  # the paper's 512 x 2048 tokens per step
+    micro_batch=16,  # accumulated: 32 forwards of 16 x 2048 per step fit one 80 GB GPU
     steps=20000,
     eval_every=1000,
     ckpt_every=1000,

@@ -488,6 +488,25 @@ def read_metrics(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- the loop
 
 
+def _accumulate(lab: Any, optimizer: Any, tokens: torch.Tensor, batch: Any, micro: int, dev: Any) -> torch.Tensor:
+    """One step's gradient over ``micro``-sample slices: each slice's summed loss over the whole batch's target count,
+    so the gradient is the full batch's (up to float rounding); returns the batch loss."""
+    loss_mask = batch.loss_mask.to(dev)
+    n = loss_mask[:, :-1].sum().clamp(min=1)  # the targets masked_ce scores, over the whole batch
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=tokens.device)
+    for i in range(0, tokens.shape[0], micro):
+        rows = slice(i, i + micro)
+        docs = None if batch.doc_ids is None else batch.doc_ids[rows].to(dev)
+        with lab.runtime.documents(docs):
+            logits = lab.bridge(tokens[rows], return_type="logits")
+        ce, mask = masked_ce(logits, tokens[rows], loss_mask[rows])
+        part = (ce * mask).sum() / n
+        part.backward()
+        total += part.detach()
+    return total
+
+
 def train(
     cfg: TrainConfig,
     out_dir: str | os.PathLike[str],
@@ -655,12 +674,15 @@ def _train(
                 g["lr"] = lr
             batch = sampler.sample(cfg.batch_size)
             tokens = batch.tokens.to(dev)
-            with lab.runtime.documents(None if batch.doc_ids is None else batch.doc_ids.to(dev)):
-                logits = lab.bridge(tokens, return_type="logits")
-            ce, mask = masked_ce(logits, tokens, batch.loss_mask.to(dev))
-            loss = (ce * mask).sum() / mask.sum().clamp(min=1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if cfg.micro_batch is None or cfg.micro_batch >= cfg.batch_size:
+                with lab.runtime.documents(None if batch.doc_ids is None else batch.doc_ids.to(dev)):
+                    logits = lab.bridge(tokens, return_type="logits")
+                ce, mask = masked_ce(logits, tokens, batch.loss_mask.to(dev))
+                loss = (ce * mask).sum() / mask.sum().clamp(min=1)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            else:
+                loss = _accumulate(lab, optimizer, tokens, batch, cfg.micro_batch, dev)
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_([p for _, p in lab.named_parameters()], cfg.grad_clip)
             optimizer.step()
