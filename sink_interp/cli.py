@@ -174,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--steps", type=int, default=None, help="override every run's steps (smoke tests)")
     r.add_argument(
-        "--seeds", default=None, metavar="S,S,...", help="seeds of every arm, e.g. 0 (default: each finding's; three at cpu scale)"
+        "--seeds",
+        default=None,
+        metavar="S,S,...",
+        help="seeds of every arm, e.g. 0 (default: each finding's; three at cpu scale)",
     )
     r.add_argument(
         "--set",
