@@ -110,7 +110,11 @@ def test_decide_needs_every_seed_and_a_margin_beyond_the_spread():
     # a precondition that fails on every seed: not comparable; on some: mixed
     ok = [one(0.0)] * 2
     assert decide(ok, [check("sink", 0.0, ">=", 10.0)] * 2).verdict == "not comparable"
-    assert decide(ok, [check("sink", v, ">=", 10.0) for v in (0.0, 40.0)]).verdict == "mixed"
+    assert decide(ok, [check("sink", v, ">=", 10.0) for v in (0.0, 40.0)]).verdict == "mixed"  # one seed left
+    # a seed whose base forms no sink cannot test "the knob weakens it": left out, the other two decide
+    d = decide([one(v) for v in (0.0, 1.0, 30.0)], [check("base sink", v, ">=", 10.0) for v in (40.0, 45.0, 2.0)])
+    assert d.verdict == "agree" and d.per_seed == ["agree", "agree", "not comparable"]
+    assert [r["values"] for r in d.checks] == [[40.0, 45.0, 2.0], [0.0, 1.0]] and d.checks[1]["seeds"] == [0, 1]
 
 
 def test_the_final_number_is_the_mean_of_the_last_evaluations():

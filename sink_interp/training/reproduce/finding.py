@@ -92,6 +92,15 @@ def peak(m: dict[str, Any]) -> float:
     return float(m.get("resid_norm_ratio", float("nan")))
 
 
+#: a run "has a sink" to compare against when its Sink_1 is at least this
+HAS_SINK = 10.0
+
+
+def has_sink(name: str, m: dict[str, Any]) -> Node:
+    """The precondition of a claim made relative to a sink: the run forms one (:data:`HAS_SINK`)."""
+    return check(f"{name}: Sink_1 (a sink to compare with)", sink(m), ">=", HAS_SINK)
+
+
 def no_peak(name: str, m: dict[str, Any]) -> Node:
     return check(f"{name}: first-token residual norm / mean", peak(m), "<", PEAK_RATIO)
 

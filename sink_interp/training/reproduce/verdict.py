@@ -6,8 +6,12 @@ check is *robust* when every seed gives the same answer and the mean margin exce
 seed-to-seed spread (the standard deviation of the margin, ``ddof=1``); otherwise it is
 unsure. The tree is combined in three-valued (Kleene) logic: ``all_of`` fails when one part
 robustly fails and passes when every part robustly passes; ``any_of`` the other way round.
-The row's verdict is ``agree`` (passes), ``disagree`` (fails) or ``mixed`` (unsure), and
-``not comparable`` when the judge's precondition (``comparable``) robustly fails.
+The row's verdict is ``agree`` (passes), ``disagree`` (fails) or ``mixed`` (unsure).
+
+A judge may state a precondition (``comparable``: e.g. "the softmax base forms a sink", without
+which "a knob weakens the sink" tests nothing). A seed whose precondition fails is left out of
+the decision and said so; the claim is decided on the seeds that can test it, at least two of
+them (one seed alone is ``mixed``), and is ``not comparable`` when no seed can.
 
     >>> seeds = [all_of(check("Sink_1 of the K bias", v, "<", 5.0)) for v in (0.0, 0.8, 1.6)]
     >>> decide(seeds).verdict
@@ -149,22 +153,25 @@ def decide(tests: list[Node], comparable: list[Node] | None = None) -> Decision:
     if not tests:
         raise ValueError("decide needs the claim of at least one seed")
     rows: list[dict[str, Any]] = []
-    per_seed = []
+    able = list(range(len(tests)))
     if comparable is not None:
-        state = _combine(comparable, rows)
+        _combine(comparable, rows)
         for row in rows:
             row["precondition"] = True
-        per_seed = ["not comparable" if not holds(c) else "" for c in comparable]
-        if state == "fail":
-            return Decision("not comparable", rows, ["not comparable"] * len(tests))
-        if state == "unsure":
-            _combine(tests, rows)  # the numbers are still shown
-            return Decision("mixed", rows, [p or _VERDICT["pass" if holds(t) else "fail"] for p, t in zip(per_seed, tests)])
-    state = _combine(tests, rows)
-    seeds = [_VERDICT["pass" if holds(t) else "fail"] for t in tests]
-    if per_seed:
-        seeds = [p or s for p, s in zip(per_seed, seeds)]
-    return Decision(_VERDICT[state], rows, seeds)
+        able = [i for i, c in enumerate(comparable) if holds(c)]
+    per_seed = ["not comparable"] * len(tests)
+    for i in able:
+        per_seed[i] = _VERDICT["pass" if holds(tests[i]) else "fail"]
+    if not able:
+        return Decision("not comparable", rows, per_seed)
+    tested: list[dict[str, Any]] = []
+    state = _combine([tests[i] for i in able], tested)
+    for row in tested:
+        row["seeds"] = able
+    rows += tested
+    if len(able) < min(2, len(tests)):  # one seed of several: no verdict rests on it
+        return Decision("mixed", rows, per_seed)
+    return Decision(_VERDICT[state], rows, per_seed)
 
 
 def _num(x: float) -> str:
@@ -183,4 +190,6 @@ def checks_text(decision: Decision, seeds: list[int]) -> str:
         pre = "precondition " if row.get("precondition") else ""
         parts.append(f"{pre}{row['check']}: {vals}{spread} {word[row['state']]}")
     label = f"seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
-    return f"checks over {label}: " + "; ".join(parts) + f"; verdict per seed: {', '.join(decision.per_seed)}"
+    out = [p for p in decision.per_seed if p == "not comparable"]
+    left = f" ({len(out)} of {len(seeds)} seeds not comparable: left out of the checks)" if out and len(out) < len(seeds) else ""
+    return f"checks over {label}{left}: " + "; ".join(parts) + f"; verdict per seed: {', '.join(decision.per_seed)}"

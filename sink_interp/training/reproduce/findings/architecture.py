@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ...config import TrainConfig
-from ..finding import Finding, Verdict, base, fmt, sink, variant
+from ..finding import Finding, Verdict, base, fmt, has_sink, sink, variant
 from ..runs import Run
 from ..verdict import all_of, check
 
@@ -20,7 +20,8 @@ def _emerges(keys: Sequence[str]) -> Callable[[dict[str, Run]], Verdict]:
         ms = {k: r[k].final for k in keys}
         return Verdict(
             ours="; ".join(f"{k}: {fmt(ms[k], 'v')}" for k in keys),
-            test=all_of(*(check(f"{k}: Sink_1", sink(ms[k]), ">=", EMERGES) for k in keys)),
+            comparable=has_sink(f"{keys[0]} (the base)", ms[keys[0]]),
+            test=all_of(*(check(f"{k}: Sink_1", sink(ms[k]), ">=", EMERGES) for k in keys[1:])),
             numbers=dict(ms),
         )
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...config import TrainConfig
-from ..finding import PEAK_RATIO, Finding, Verdict, base, fmt, has_peak, no_peak, sink, variant
+from ..finding import PEAK_RATIO, Finding, Verdict, base, fmt, has_peak, has_sink, no_peak, sink, variant
 from ..runs import Run
 from ..verdict import Node, all_of, any_of, check
 
@@ -105,6 +105,7 @@ def _j_relu_sgd(r: dict[str, Run]) -> Verdict:
     b, re, sg = r["base"].final, r["relu"].final, r["sgd"].final
     return Verdict(
         ours=f"softmax+AdamW: {fmt(b, 'v', 'massive')}; ReLU attention: {fmt(re, 'v', 'massive')}; SGD: {fmt(sg, 'v', 'massive')}",
+        comparable=has_sink("softmax + AdamW", b),
         test=all_of(
             check("ReLU attention: Sink_1 below softmax's (points)", sink(b) - sink(re), ">", 10.0),
             check("SGD: Sink_1 below AdamW's (points)", sink(b) - sink(sg), ">", 10.0),
@@ -135,6 +136,7 @@ def _j_mitigate(keys: Sequence[str], what: str) -> Callable[[dict[str, Run]], Ve
         value = {k: f"{r[k].cfg.softmax_alpha:g}" if what == "alpha" else f"{r[k].cfg.softmax_p:g}" for k in keys}
         return Verdict(
             ours=f"softmax: {fmt(b)}; " + "; ".join(f"{what} {value[k]}: {fmt(m)}" for k, m in ms.items()),
+            comparable=has_sink("softmax", b),
             test=all_of(
                 *(check(f"{what} {value[k]}: Sink_1 (not prevented)", sink(m), ">=", 5.0) for k, m in ms.items()),
                 any_of(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...config import TrainConfig
-from ..finding import Finding, Verdict, base, fmt, nobos, rates, sink, variant
+from ..finding import Finding, Verdict, base, fmt, has_sink, nobos, rates, sink, variant
 from ..runs import Run
 from ..verdict import Node, all_of, check
 
@@ -116,6 +116,7 @@ def _j_v_only(r: dict[str, Run]) -> Verdict:
     b, v = r["base"].final, r["v_only"].final
     return Verdict(
         ours=f"softmax: {fmt(b, 'v')}; V bias only (y = Attn + v*): {fmt(v, 'v')}",
+        comparable=has_sink("softmax", b),
         test=all_of(
             check("V bias: Sink_1", sink(v), ">=", 10.0),
             check("|Sink_1(V bias) - Sink_1(softmax)| (points)", abs(sink(v) - sink(b)), "<=", max(10.0, 0.35 * sink(b))),

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ...config import TrainConfig, preset
-from ..finding import Finding, Verdict, base, fmt, massive, nobos, rates, sink, variant
+from ..finding import Finding, Verdict, base, fmt, has_sink, massive, nobos, rates, sink, variant
 from ..measure import classify_heads
 from ..runs import Run
 from ..verdict import all_of, any_of, check
@@ -59,6 +59,7 @@ def _j_random_first(r: dict[str, Run]) -> Verdict:
             f"random tokens at 1..{r[k].cfg.random_token_count}: Sink_1..4 {rates(m)}, loss {m['val_loss']:.3f}"
             for k, m in per.items()
         ),
+        comparable=has_sink("fixed BOS (the base)", b),
         test=all_of(
             *(
                 c
@@ -88,6 +89,7 @@ def _j_random_data(r: dict[str, Run]) -> Verdict:
     return Verdict(
         ours=f"BB data: {fmt(b)}; every token uniformly random: Sink_1..4 {rates(x)}, loss {x['val_loss']:.3f} "
         f"(log V = {np.log(max(2, r['random_all'].cfg.bb_vocab)):.3f} for BB's ordinary tokens)",
+        comparable=has_sink("BB data (the base)", b),
         test=all_of(check("random data: Sink_1", sink(x), "<", 5.0)),
         numbers={"base": b, "random_all": x},
     )
@@ -122,9 +124,11 @@ def _j_data_amount(r: dict[str, Run]) -> Verdict:
         )
         + f"; unlimited: Sink_1 {top:.1f}% (train {full.get('train_loss', float('nan')):.3f}, val {full['val_loss']:.3f}); "
         f"an arm is memorised when val - train > {MEMORISED_GAP} nats",
-        comparable=any_of(*(check(f"{d:,} tokens: val - train loss", _gap(m), "<", MEMORISED_GAP) for d, m in ms)),
+        comparable=all_of(
+            has_sink("unlimited data", full),
+            any_of(*(check(f"{d:,} tokens: val - train loss", _gap(m), "<", MEMORISED_GAP) for d, m in ms)),
+        ),
         test=all_of(
-            check("unlimited data: Sink_1", top, ">=", 10.0),
             any_of(
                 *(
                     all_of(
@@ -161,6 +165,7 @@ def _j_bos(r: dict[str, Run]) -> Verdict:
         f"Sink_1 {fb['sink_rate_1_with_first']:.1f}% -> {fb['sink_rate_1_without_first']:.1f}%; trained without BOS, dropping the first token: "
         f"loss {nb['val_loss_with_first']:.3f} -> {nb['val_loss_without_first']:.3f}, Sink_1 {nb['sink_rate_1_with_first']:.1f}% -> "
         f"{nb['sink_rate_1_without_first']:.1f}%",
+        comparable=check("fixed BOS: Sink_1 with BOS (a sink to depend on)", fb["sink_rate_1_with_first"], ">=", 10.0),
         test=all_of(
             check("fixed BOS: loss rise without BOS (nats)", _dep(fb), ">", 0.1),
             check("fixed BOS: loss rise beyond 3x the no-BOS model's (nats)", _dep(fb) - 3 * abs(_dep(nb)), ">", 0.0),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...config import TrainConfig
-from ..finding import Finding, Verdict, base, nobos, sink, variant
+from ..finding import Finding, Verdict, base, has_sink, nobos, sink, variant
 from ..runs import Run
 from ..verdict import all_of, any_of, check
 
@@ -92,6 +92,7 @@ def _j_window(r: dict[str, Run]) -> Verdict:
         f"{ws['sink_rate_relative_first']:.1f}%; window {half}: over the queries that see position 1 "
         f"{wh['sink_rate_1_visible_queries']:.1f}% (full attention, same queries: {b_half['sink_rate_1_visible_queries']:.1f}%), "
         f"on the oldest visible key {wh['sink_rate_relative_first']:.1f}%",
+        comparable=has_sink("full attention", b),
         test=all_of(
             check(
                 f"window {small} mitigates: the first {small} queries' Sink_1 below full attention's (points)",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...config import TrainConfig
-from ..finding import Finding, Verdict, base, fmt, sink, variant
+from ..finding import Finding, Verdict, base, fmt, has_sink, sink, variant
 from ..runs import Run
 from ..verdict import all_of, check
 
@@ -38,6 +38,7 @@ def _j_lr(r: dict[str, Run]) -> Verdict:
     return Verdict(
         ours=f"lr {r['base'].cfg.lr:g}: {fmt(b)}, mean alpha_1 {b['mean_alpha_1']:.3f}; "
         f"lr {r['small_lr'].cfg.lr:g}: {fmt(s)}, mean alpha_1 {s['mean_alpha_1']:.3f}",
+        comparable=has_sink(f"lr {r['base'].cfg.lr:g}", b),
         test=all_of(check("Sink_1 drop at lr / 8", sink(b) - sink(s), ">", 10.0)),
         numbers={"base": b, "small_lr": s},
     )
@@ -115,6 +116,7 @@ def _j_lr_budget(r: dict[str, Run]) -> Verdict:
     # the paper (lr x steps constant): 23.44 -> 18.18 -> 16.81 -> 6.29: weaker at a smaller lr, the last clearly
     return Verdict(
         ours="lr x steps constant: " + "; ".join(f"lr {lr:g} x {st} steps: {fmt(m)}" for lr, st, m in ms),
+        comparable=has_sink(f"lr {ms[0][0]:g}", ms[0][2]),
         test=all_of(
             *(
                 check(f"Sink_1 rise from lr {ms[i][0]:g} to lr {ms[i + 1][0]:g} (points)", sinks[i + 1] - sinks[i], "<=", 5.0)
@@ -142,6 +144,7 @@ def _j_batch(r: dict[str, Run]) -> Verdict:
     ms = [(r[k].cfg.batch_size, r[k].final) for k in keys]
     return Verdict(
         ours="; ".join(f"batch {bs}: {fmt(m)}" for bs, m in ms),
+        comparable=has_sink(f"batch {r['base'].cfg.batch_size} (the base)", r["base"].final),
         test=all_of(*(check(f"batch {bs}: Sink_1", sink(m), ">=", 10.0) for bs, m in ms)),
         numbers={"batch_size": [bs for bs, _ in ms], "sink_rate_1": [sink(m) for _, m in ms]},
     )
