@@ -67,7 +67,7 @@ from torch import Tensor
 from ._internal import display, hooknames
 from ._internal import distributed as dist
 from ._internal.errors import NonFiniteError, check_positive_int
-from ._internal.report import ModelRun, Report
+from ._internal.report import FieldError, ModelRun, Report, check_indices
 from .architecture import LayerAttention, check_model_tokens, describe_attention, verify_attention
 from .capture import attach_hooks, model_device
 from .provenance import provenance
@@ -232,6 +232,29 @@ class PatchReport(ModelRun, Report):
     model_info: dict[str, Any]
     versions: dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)
+
+    _nan_fields = ("values", "kv_values", "estimate", "estimate_linear", "kv_estimate")  # NaN: heads not patched
+
+    def _check(self) -> None:
+        L, H = self.values.shape
+        check_indices("layers", self.layers, L)
+        check_indices("heads", self.heads, H)
+        if self.n_heads != H:
+            raise FieldError("n_heads", f"is {self.n_heads}, but values has {H} heads")
+        if self.n < 1 or self.length < 2:
+            raise FieldError(
+                "length" if self.n >= 1 else "n", f"is {self.length if self.n >= 1 else self.n}; too small for a patch"
+            )
+        if self.positions is not None:
+            check_indices("positions", self.positions, self.length)
+        for name in self._nan_fields:
+            if np.isinf(getattr(self, name)).any():
+                raise FieldError(name, "holds Inf; a report holds finite numbers (NaN only for heads not patched)")
+        run = self.values[np.ix_(list(self.layers), list(self.heads))] if self.layers and self.heads else np.zeros(0)
+        if not np.isfinite(run).all():
+            raise FieldError(
+                "values", f"holds NaN for {int((~np.isfinite(run)).sum())} patched heads; a patched head has a finite value"
+            )
 
     # ------------------------------------------------------------ baselines
     @property
