@@ -51,7 +51,7 @@ from .._internal.report import Report
 from ..tasks import BigramBackcopy, Sampler, TextCorpus
 from .config import TrainConfig, preset, with_later_defaults  # noqa: F401  (preset: used by the docstring example)
 from .evaluate import masked_ce, probe_stats, round_metric, val_losses
-from .model import LabModel, build_model, replace_problem, save_trained
+from .model import LabModel, build_model, remove_save, replace_problem, save_trained
 
 CKPT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -310,11 +310,7 @@ def _clear_run(out: Path) -> None:
     for name in (CKPT, METRICS, TIMING, SUMMARY):
         with contextlib.suppress(FileNotFoundError):
             (out / name).unlink()
-    model = out / MODEL
-    if model.is_dir() and not model.is_symlink() and not replace_problem(model):
-        import shutil
-
-        shutil.rmtree(model)
+    remove_save(out / MODEL)  # the files its save recorded, unchanged; a user's file keeps the folder (train refuses it)
 
 
 def _refuse(path: Path, why: str) -> ValueError:
