@@ -1112,13 +1112,48 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Output files are checked before any model is loaded: a folder or an unwritable place fails now, not after the work."""
+    """Output files are checked before any model is loaded: a folder or an unwritable place fails now, not after the work.
+
+    An output is never one of the inputs: the ``--data`` file, or a file inside the ``--model`` folder
+    (``--offload-folder`` neither). Before, ``measure --data mydata.jsonl --json mydata.jsonl`` overwrote the data.
+    """
+    from pathlib import Path
+
+    from ._internal.files import same_file
     from ._internal.provenance import check_writable
 
-    if getattr(args, "json", None):
-        check_writable(args.json, "--json")
+    outputs = [("--json", args.json)] if getattr(args, "json", None) else []
     if args.command == "report":
-        check_writable(args.out, "--out")
+        outputs.append(("--out", args.out))
+    data = getattr(args, "data", None)
+    model = Path(str(getattr(args, "model", "") or "")).expanduser()
+    model_dir = model if str(model) not in ("", ".") and model.is_dir() else None
+    for flag, out in outputs:
+        check_writable(out, flag)
+        if data and data not in DATA_SOURCES and same_file(out, data):
+            raise ValueError(
+                f"{flag} {out!r} is the --data file: writing there would overwrite your data; fix: give {flag} another path"
+            )
+        if model_dir is not None and _within(Path(out).expanduser(), model_dir):
+            raise ValueError(
+                f"{flag} {out!r} is inside the --model folder {str(model_dir)!r}: writing there could overwrite the checkpoint; "
+                f"fix: give {flag} a path outside it"
+            )
+    offload = getattr(args, "offload_folder", None)
+    if (
+        offload
+        and model_dir is not None
+        and (_within(Path(offload).expanduser(), model_dir) or _within(model_dir, Path(offload).expanduser()))
+    ):
+        raise ValueError(
+            f"--offload-folder {offload!r} overlaps the --model folder {str(model_dir)!r}: offloaded weights would be written "
+            "among the checkpoint's files; fix: give --offload-folder a folder of its own"
+        )
+
+
+def _within(path: Any, folder: Any) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (links resolved)."""
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 #: commands that shard their samples over the ranks when launched by torchrun

@@ -62,6 +62,40 @@ def read_json(path: str | os.PathLike[str], fix: str = "restore it from the chec
     return value
 
 
+def read_jsonl(path: str | os.PathLike[str], fix: str) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file that a process appends to (``metrics.jsonl``).
+
+    A last line that is not JSON is what a process stopped in the middle of an append leaves: it is
+    dropped with a one-line warning naming the file. Any other line that is not a JSON object is one
+    ``ValueError`` naming the file, the line and ``fix``.
+    """
+    import warnings
+
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise ValueError(f"{p} cannot be read ({e.strerror or e}); fix: {fix}") from None
+    lines = [(i, line) for i, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    out = []
+    for j, (i, line) in enumerate(lines):
+        try:
+            value = json.loads(line)
+        except (ValueError, RecursionError) as e:
+            if j == len(lines) - 1:
+                warnings.warn(
+                    f"{p}: its last line (line {i}) is cut off, as a process stopped while writing it leaves it; "
+                    "dropped (a run resumes from its checkpoint and writes it again)",
+                    stacklevel=3,
+                )
+                break
+            raise ValueError(f"{p}, line {i}: not JSON ({e}); fix: {fix}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{p}, line {i}: a JSON {type(value).__name__}, not an object; fix: {fix}")
+        out.append(value)
+    return out
+
+
 def check_safetensors(path: str | os.PathLike[str]) -> None:
     """Refuse (one line) a safetensors file whose header is not one, or that is shorter or longer than its header says.
 
@@ -194,17 +228,17 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     return pa.resolve() == pb.resolve()
 
 
-def inside(root: str | os.PathLike[str], rel: str, what: str) -> Path:
+def inside(root: str | os.PathLike[str], rel: str, what: str, fix: str) -> Path:
     """``root / rel``, refused (one line naming ``what``) unless ``rel`` is relative and stays inside ``root``.
 
     Links are followed: a folder that resolves outside ``root`` is refused as well.
     """
     r = Path(root).expanduser()
     if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or Path(rel).drive:
-        raise ValueError(f"{what} is {rel!r}; it must be a relative folder inside {r}; fix: write the plan again")
+        raise ValueError(f"{what} is {rel!r}; it must be a relative folder inside {r}; fix: {fix}")
     p = r / rel
-    if not p.resolve().is_relative_to(r.resolve()) or ".." in Path(rel).parts:
-        raise ValueError(f"{what} is {rel!r}, which leads outside {r}; fix: write the plan again (run folders stay inside it)")
+    if ".." in Path(rel).parts or not p.resolve().is_relative_to(r.resolve()):
+        raise ValueError(f"{what} is {rel!r}, which leads outside {r}; fix: {fix}")
     return p
 
 
@@ -217,6 +251,7 @@ __all__ = [
     "load_tensors",
     "manifest",
     "read_json",
+    "read_jsonl",
     "same_file",
     "torch_load",
     "unchanged",

@@ -45,7 +45,7 @@ from typing import Any, Iterator
 import pandas as pd
 import torch
 
-from .._internal import display, vocab
+from .._internal import display, files, vocab
 from .._internal.provenance import Provenance, dumps, versions, write_atomic
 from .._internal.report import Report
 from ..tasks import BigramBackcopy, Sampler, TextCorpus
@@ -474,11 +474,16 @@ class TrainResult(Report):
 
 
 def read_metrics(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The lines of a run's ``metrics.jsonl`` (old key names read as the new ones)."""
+    """The lines of a run's ``metrics.jsonl`` (old key names read as the new ones).
+
+    A cut-off last line (a run stopped while appending it) is dropped with a warning; resuming rewrites the file
+    without it.
+    """
     p = Path(out_dir) / METRICS
     if not p.is_file():
         return []
-    return [vocab.upgrade("metrics", json.loads(line)) for line in p.read_text().splitlines() if line.strip()]
+    fix = "remove the damaged lines, or train afresh in that folder (resume=False, --fresh)"
+    return [vocab.upgrade("metrics", m) for m in files.read_jsonl(p, fix=fix)]
 
 
 # --------------------------------------------------------------------------- the loop
