@@ -555,6 +555,13 @@ def train(
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig (see sink_interp.training.preset), got {type(cfg).__name__}")
     out = Path(out_dir).expanduser()
+    for name in ("text_corpus", "bb_source"):  # a data file is an input: never inside the folder the run writes
+        data = getattr(cfg, name)
+        if data not in ("natural", "random", "big") and out.resolve() in Path(data).expanduser().resolve().parents:
+            raise ValueError(
+                f"{name} {data!r} lies inside the run folder {str(out)!r}, which the run writes; "
+                "fix: keep the data outside the run folder"
+            )
     claim_dir(out, run_config, "run")  # refuse before writing anything, the lock file included
     out.mkdir(parents=True, exist_ok=True)
     with dir_lock(out, "run"), _threads(threads):
@@ -606,6 +613,15 @@ def _train(
             raise _refuse(ckpt_path, f"does not fit this model ({type(e).__name__}: {first})") from None
         resumed_from = step
         kept = [m for m in read_metrics(out) if m["step"] <= step]
+        lost = sorted(set(_eval_steps(cfg, step)) - {m.get("step") for m in kept})
+        if lost:  # a stopped append loses only a line past the checkpoint (evaluated again); these are older
+            import warnings
+
+            warnings.warn(
+                f"{metrics_path} lacks the evaluations at steps {lost[:5]}, which the checkpoint (step {step}) is past; "
+                "the run resumes without them; fix: resume=False (--fresh) for a complete record",
+                stacklevel=3,
+            )
         write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
     write_atomic(
         out / CONFIG,
