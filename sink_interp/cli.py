@@ -1067,8 +1067,11 @@ def _user_error(e: BaseException) -> str | None:
     """The one-line message for an error the user can fix, or None for a bug (which keeps its traceback)."""
     import torch
 
+    from ._internal.distributed import PeerStopped
     from ._internal.errors import MissingDependencyError
 
+    if isinstance(e, PeerStopped):  # another rank failed: its own line says why
+        return str(e)
     if isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
         isinstance(e, RuntimeError) and any(s in str(e) for s in ("out of memory", "can't allocate memory", "not enough memory"))
     ):
@@ -1156,6 +1159,12 @@ def _within(path: Any, folder: Any) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
+def _torchrun() -> bool:
+    from ._internal.distributed import launched_by_torchrun
+
+    return launched_by_torchrun()
+
+
 #: commands that shard their samples over the ranks when launched by torchrun
 SHARDED_COMMANDS = ("measure", "massive", "trace", "ablate", "long", "patch")
 
@@ -1194,6 +1203,9 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
         msg = _user_error(e)
         if msg is None or debug:
             raise
+        rank = os.environ.get("RANK", "0") if args.command in SHARDED_COMMANDS and _torchrun() else None
+        if rank is not None and not msg.startswith("rank "):  # under torchrun every rank prints its own line
+            msg = f"rank {rank}: {msg}"
         print(f"sink-interp {args.command}: error: {msg}", file=sys.stderr)
         return 2
 

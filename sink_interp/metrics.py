@@ -751,7 +751,7 @@ def _measure_summary(
     bs = batch_size or dist.decide(lambda: auto_batch_size(model, T))
     chunk = bs * max(1, SUMMARY_CHUNK // bs)
     grid = torch.tensor(EPS_GRID, dtype=torch.float32)
-    mine = dist.shard((n + chunk - 1) // chunk)
+    mine = dist.shard((n + chunk - 1) // chunk, {"tokens": checked, "batch_size": bs, "model": model, "eps": eps, "settings": kw})
     parts: list[tuple[int, Any]] = []
     failed: BaseException | None = None
     try:

@@ -820,7 +820,13 @@ def patch_heads(
             plan += [cs[i : i + k] for i in range(0, len(cs), k)]
         # inside sink_interp.distributed() each rank runs a contiguous block of the patched forwards: the metric
         # reads all n samples' logits at once, so the conditions are split, not the samples
-        mine = dist.shard(len(plan))
+        inputs = {
+            "clean": clean_t,
+            "corrupted": corr_t,
+            "model": model,
+            "settings": [what, direction, method, metric_name, layers_, heads_, pos_t, [len(c) for c in plan]],
+        }
+        mine = dist.shard(len(plan), inputs)
         got: list[tuple[str, int, int, float]] = []
         bar = tqdm(total=len(mine), desc=f"patch {what}", unit="forward", disable=not (progress and dist.is_main()), leave=False)
         failed: BaseException | None = None
