@@ -109,7 +109,20 @@ SETS = {
 @pytest.mark.slow
 def test_ctrl_c_on_reproduce_jobs_2_leaves_resumable_runs(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "sink_interp.cli", "reproduce", "--finding", "kbias,window", "--steps", "1000", "--jobs", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sink_interp.cli",
+        "reproduce",
+        "--finding",
+        "window",
+        "--seeds",
+        "0",
+        "--steps",
+        "1000",
+        "--jobs",
+        "2",
+    ]
     cmd += ["--out", str(out), "--quiet"] + [a for k, v in SETS.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
