@@ -73,8 +73,16 @@ _EXPORTS: dict[str, str] = {
 
 # Registries of the lower layers that upper modules fill, imported the first time each is read (the lower
 # layers never import them): the views register how each report draws itself, the training package how
-# load_model reads a trained run's folder.
-_providers.PROVIDERS.update(views=[f"{__name__}.views"], folder_loaders=[f"{__name__}.training.model"])
+# load_model reads a trained run's folder, the analyses their report classes (for load_report).
+_providers.PROVIDERS.update(
+    views=[f"{__name__}.views"],
+    folder_loaders=[f"{__name__}.training.model"],
+    # load_report finds a report's class by name: the modules that define report classes
+    reports=[
+        f"{__name__}.{m}"
+        for m in ("metrics", "massive", "effects", "patching", "streaming", "longctx", "fit", "trace", "training.loop")
+    ],
+)
 
 if TYPE_CHECKING:  # what static tools (type checkers, the API reference) see
     from ._internal.distributed import distributed

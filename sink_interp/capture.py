@@ -472,7 +472,8 @@ def run_reducers(
 
     n_batches = (n + bs - 1) // bs
     sharded = dist.active() is not None and not grad and all(r.shardable for r in reducers)
-    batches = dist.shard(n_batches) if sharded else range(n_batches)
+    inputs = {"tokens": tokens, "batch_size": bs, "model": model, "reducers": reducers}
+    batches = dist.shard(n_batches, inputs) if sharded else range(n_batches)
     folding = [r for r in reducers if r.sums]
     totals = {id(r): {a: getattr(r, a) for a in r.sums} for r in folding}  # sums before the first batch
     mine: dict[int, list[Any]] = {id(r): [] for r in folding}  # partials kept until the merge (ranks > 0 only)

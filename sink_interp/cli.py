@@ -1067,8 +1067,11 @@ def _user_error(e: BaseException) -> str | None:
     """The one-line message for an error the user can fix, or None for a bug (which keeps its traceback)."""
     import torch
 
+    from ._internal.distributed import PeerStopped
     from ._internal.errors import MissingDependencyError
 
+    if isinstance(e, PeerStopped):  # another rank failed: its own line says why
+        return str(e)
     if isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
         isinstance(e, RuntimeError) and any(s in str(e) for s in ("out of memory", "can't allocate memory", "not enough memory"))
     ):
@@ -1112,13 +1115,54 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Output files are checked before any model is loaded: a folder or an unwritable place fails now, not after the work."""
+    """Output files are checked before any model is loaded: a folder or an unwritable place fails now, not after the work.
+
+    An output is never one of the inputs: the ``--data`` file, or a file inside the ``--model`` folder
+    (``--offload-folder`` neither). Before, ``measure --data mydata.jsonl --json mydata.jsonl`` overwrote the data.
+    """
+    from pathlib import Path
+
+    from ._internal.files import same_file
     from ._internal.provenance import check_writable
 
-    if getattr(args, "json", None):
-        check_writable(args.json, "--json")
+    outputs = [("--json", args.json)] if getattr(args, "json", None) else []
     if args.command == "report":
-        check_writable(args.out, "--out")
+        outputs.append(("--out", args.out))
+    data = getattr(args, "data", None)
+    model = Path(str(getattr(args, "model", "") or "")).expanduser()
+    model_dir = model if str(model) not in ("", ".") and model.is_dir() else None
+    for flag, out in outputs:
+        check_writable(out, flag)
+        if data and data not in DATA_SOURCES and same_file(out, data):
+            raise ValueError(
+                f"{flag} {out!r} is the --data file: writing there would overwrite your data; fix: give {flag} another path"
+            )
+        if model_dir is not None and _within(Path(out).expanduser(), model_dir):
+            raise ValueError(
+                f"{flag} {out!r} is inside the --model folder {str(model_dir)!r}: writing there could overwrite the checkpoint; "
+                f"fix: give {flag} a path outside it"
+            )
+    offload = getattr(args, "offload_folder", None)
+    if (
+        offload
+        and model_dir is not None
+        and (_within(Path(offload).expanduser(), model_dir) or _within(model_dir, Path(offload).expanduser()))
+    ):
+        raise ValueError(
+            f"--offload-folder {offload!r} overlaps the --model folder {str(model_dir)!r}: offloaded weights would be written "
+            "among the checkpoint's files; fix: give --offload-folder a folder of its own"
+        )
+
+
+def _within(path: Any, folder: Any) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (links resolved)."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _torchrun() -> bool:
+    from ._internal.distributed import launched_by_torchrun
+
+    return launched_by_torchrun()
 
 
 #: commands that shard their samples over the ranks when launched by torchrun
@@ -1159,6 +1203,9 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
         msg = _user_error(e)
         if msg is None or debug:
             raise
+        rank = os.environ.get("RANK", "0") if args.command in SHARDED_COMMANDS and _torchrun() else None
+        if rank is not None and not msg.startswith("rank "):  # under torchrun every rank prints its own line
+            msg = f"rank {rank}: {msg}"
         print(f"sink-interp {args.command}: error: {msg}", file=sys.stderr)
         return 2
 

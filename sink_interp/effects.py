@@ -450,7 +450,8 @@ def compare(
     accs = {"clean": _Acc(), **{lab: _Acc() for lab, _, _ in items}}
     from tqdm.auto import tqdm
 
-    mine = dist.shard(n_batches)  # whole batches per rank inside sink_interp.distributed()
+    inputs = {"tokens": toks, "batch_size": bs, "model": model, "eps": eps, "interventions": items}
+    mine = dist.shard(n_batches, inputs)  # whole batches per rank inside sink_interp.distributed()
     parts: list[tuple[int, dict[str, dict[str, Any]]]] = []  # (batch, label -> its contribution)
     bar = tqdm(
         total=len(mine) * (1 + len(items)), desc="compare", unit="forward", disable=not (progress and dist.is_main()), leave=False

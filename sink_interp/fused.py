@@ -341,7 +341,8 @@ def _run_twin(
     kernels: set[str] = set()
     lse_from: set[str] = set()
     base = twin.base_model
-    mine = dist.shard((n + batch_size - 1) // batch_size)  # whole batches per rank inside sink_interp.distributed()
+    inputs = {"tokens": tokens, "batch_size": batch_size, "model": model, "layers": list(layers), "edges": list(edges)}
+    mine = dist.shard((n + batch_size - 1) // batch_size, inputs)  # whole batches per rank inside sink_interp.distributed()
     start, stop = min(mine.start * batch_size, n), min(mine.stop * batch_size, n)
     bar = tqdm(
         total=stop - start, desc="sink scores (lse, fused)", unit="sample", disable=not (progress and dist.is_main()), leave=False

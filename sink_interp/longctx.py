@@ -41,11 +41,11 @@ from torch import Tensor
 from ._internal import display
 from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
-from ._internal.report import Report
+from ._internal.report import FieldError, Report, check_range
 from .architecture import check_model_tokens
 from .lse import bucket_edges, lse_column_sums, normalize_edges
 from .masks import as_mask
-from .metrics import SinkReport
+from .metrics import ALPHA_MAX, SinkReport
 from .provenance import provenance
 
 
@@ -69,6 +69,24 @@ class LongContextReport(Report):
     bucket_alpha: Float[np.ndarray, "n layer head bucket pos"]
     edges: tuple[int, ...]
     token_ids: np.ndarray | None = None
+
+    _nan_fields = ("bucket_alpha",)  # NaN where no query of the bucket sees k; never Inf
+
+    def _check(self) -> None:
+        a, whole = self.bucket_alpha, self.sink_report.alpha
+        if a.shape[:3] != whole.shape[:3] or a.shape[-1] != whole.shape[-1]:
+            raise FieldError(
+                "bucket_alpha", f"has shape {list(a.shape)}, which does not fit sink_report.alpha {list(whole.shape)}"
+            )
+        e = list(self.edges)
+        if len(e) != a.shape[3] + 1 or e[0] != 0 or e[-1] != whole.shape[-1] or any(x >= y for x, y in zip(e, e[1:])):
+            raise FieldError(
+                "edges", f"is {e}; it must rise from 0 to the length {whole.shape[-1]} in {a.shape[3]} buckets (bucket_alpha)"
+            )
+        if np.isinf(a).any():
+            raise FieldError("bucket_alpha", "holds Inf; a report holds finite numbers (NaN only where no query sees k)")
+        if float(np.max(self.sink_report.row_sum, initial=0.0)) <= ALPHA_MAX:
+            check_range("bucket_alpha", a, 0.0, ALPHA_MAX)
 
     # ------------------------------------------------------------- basics
     @property

@@ -46,7 +46,7 @@ from torch import Tensor
 from ._internal import display, hooknames
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
-from ._internal.report import ModelRun, Report
+from ._internal.report import FieldError, ModelRun, Report, check_range
 from ._internal.vocab import renamed_kwargs
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
@@ -235,6 +235,22 @@ class MassiveReport(ModelRun, Report):
     key_after_rope: bool
     sink_report: SinkReport | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def _check(self) -> None:
+        for name in ("top_abs", "median", "h_norm", "k_norm", "v_norm"):
+            check_range(name, getattr(self, name), 0.0, None)
+        if not np.array_equal(np.abs(self.top_val), self.top_abs):
+            raise FieldError("top_val", "does not match top_abs (top_abs holds |top_val|)")
+        check_range("top_pos", self.top_pos, 0, self.h_norm.shape[-1] - 1)
+        check_range("top_dim", self.top_dim, 0, None)
+        for name in ("abs_threshold", "ratio_threshold"):
+            if not getattr(self, name) > 0:
+                raise FieldError(name, f"is {getattr(self, name)!r}; a threshold is > 0")
+        if self.sink_report is not None and self.sink_report.alpha.shape[:2] != self.top_abs.shape[:2]:
+            raise FieldError(
+                "sink_report",
+                f"has {list(self.sink_report.alpha.shape[:2])} samples x layers, the report {list(self.top_abs.shape[:2])}",
+            )
 
     # ------------------------------------------------------------ shape facts
     @property

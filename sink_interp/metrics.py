@@ -34,14 +34,14 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from ._internal import display, hooknames
 from ._internal import distributed as dist
 from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
-from ._internal.report import ModelRun, Report
+from ._internal.report import FieldError, ModelRun, Report, check_indices, check_range
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .provenance import provenance
@@ -88,6 +88,10 @@ def sink_alpha(pattern: Float[Tensor, "... q k"], score: str = "softmax") -> Flo
 
 def _row_tolerance(dtype: torch.dtype) -> float:
     return 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+
+
+#: the largest alpha a report scored as softmax or proxy can hold: rows sum to 1 within the half-precision tolerance
+ALPHA_MAX = 1.0 + 2 * 2e-2
 
 
 class SinkScoreReducer(Reducer):
@@ -154,6 +158,42 @@ class SinkScoreReducer(Reducer):
         return self.alpha, self.row_sum
 
 
+def _check_scores(rep: Any, alpha: np.ndarray, row_sum: np.ndarray, names: tuple[str, str]) -> None:
+    """The scores of a loaded report against their row sums: ``sum_k alpha_k (T - k + 1) = sum_t rowsum_t``.
+
+    ``alpha`` ``[..., layer, head, T]`` and ``row_sum`` ``[..., layer, head]`` (or their means over samples).
+    A layer scored on the pattern as it is holds that identity with its mean row sum (measured: within 3e-6
+    relative, float32 to bfloat16, pattern and lse); a proxy-scored layer's rows sum to 1 (0 for an all-zero
+    row), so there it lies in [0, 1]. Where every row sums to at most 1 (softmax, learned sink logits, the
+    proxies), ``alpha`` lies in [0, 1] too. A file whose scores were edited (scaled, shifted, transposed along
+    positions) breaks these.
+    """
+    T = alpha.shape[-1]
+    weight = np.arange(T, 0, -1, dtype=np.float64) / T
+    total = (alpha.astype(np.float64) * weight).sum(-1)
+    proxy = np.array([layer in rep.proxy_layers for layer in rep.layers])[:, None]
+    rows = row_sum.astype(np.float64)
+    err = np.where(proxy, np.maximum(total - 1.0, -total), np.abs(total - rows) / np.maximum(1.0, np.abs(rows)))
+    if err.size and float(err.max()) > 1e-3:
+        raise FieldError(
+            names[0],
+            f"does not add up to its row sums ({names[1]}): sum_k alpha_k (T - k + 1) / T is off by {float(err.max()):.3g} "
+            "(at most 1e-3 in a report as written)",
+        )
+    if float(np.max(rows, initial=0.0)) <= ALPHA_MAX:
+        check_range(names[0], alpha, 0.0, ALPHA_MAX)
+
+
+def _check_layers(rep: Any, n_layers: int, field_name: str) -> None:
+    """The measured ``layers`` of a loaded report: distinct indices, one per entry of ``field_name``'s layer axis."""
+    check_indices("layers", rep.layers)
+    if len(rep.layers) != n_layers:
+        raise FieldError("layers", f"names {len(rep.layers)} layers, but {field_name} holds {n_layers}")
+    extra = sorted(set(rep.proxy_layers) - set(rep.layers))
+    if extra:
+        raise FieldError("proxy_layers", f"names layers {extra}, which were not measured (layers {list(rep.layers)})")
+
+
 @dataclass(frozen=True, eq=False, repr=False)
 class SinkReport(ModelRun, Report):
     """Sink scores of every (sample, layer, head, key position), with what produced them.
@@ -214,6 +254,12 @@ class SinkReport(ModelRun, Report):
         if layer not in self.layers:
             raise ValueError(f"layer {layer} was not measured; measured layers: {list(self.layers)}")
         return self.layers.index(layer)
+
+    def _check(self) -> None:
+        _check_layers(self, self.alpha.shape[1], "alpha")
+        if self.alpha.shape[0] < 1 or self.alpha.shape[-1] < 1:
+            raise FieldError("alpha", f"has shape {list(self.alpha.shape)}: no sample or no key position")
+        _check_scores(self, self.alpha, self.row_sum, ("alpha", "row_sum"))
 
     # ---------------------------------------------------------------- rates
     def is_sink(self, eps: float | None = None) -> np.ndarray:
@@ -553,9 +599,9 @@ class SinkSummary(ModelRun, Report):
         True
     """
 
-    counts: np.ndarray  # int64 [grid, layer, head, pos]
-    alpha_sum: np.ndarray  # int64 [layer, head, pos], units of 1 / FIXED
-    row_sum_sum: np.ndarray  # int64 [layer, head]
+    counts: Int[np.ndarray, "grid layer head pos"]  # int64
+    alpha_sum: Int[np.ndarray, "layer head pos"]  # int64, units of 1 / FIXED
+    row_sum_sum: Int[np.ndarray, "layer head"]  # int64, units of 1 / FIXED
     n: int
     eps_grid: tuple[float, ...]
     eps: float
@@ -587,6 +633,22 @@ class SinkSummary(ModelRun, Report):
 
     _k = SinkReport._k
     _layer_index = SinkReport._layer_index
+
+    def _check(self) -> None:
+        _check_layers(self, self.counts.shape[1], "counts")
+        if self.n < 1:
+            raise FieldError("n", f"is {self.n}; a summary counts at least one sample")
+        if len(self.eps_grid) != self.counts.shape[0]:
+            raise FieldError("eps_grid", f"has {len(self.eps_grid)} thresholds, but counts holds {self.counts.shape[0]}")
+        for e in self.eps_grid:
+            if not 0.0 < e < 1.0:
+                raise FieldError("eps_grid", f"holds {e!r}; thresholds lie strictly between 0 and 1")
+        try:
+            self._g(None)
+        except ValueError:
+            raise FieldError("eps", f"is {self.eps!r}, which is not on eps_grid {list(self.eps_grid)}") from None
+        check_range("counts", self.counts, 0, self.n)
+        _check_scores(self, self.alpha_sum / (FIXED * self.n), 1.0 - self.sink_mass(), ("alpha_sum", "row_sum_sum"))
 
     def rates(self, eps: float | None = None) -> np.ndarray:
         """``Sink_k^eps`` in percent for every ``k = 1..length``."""
@@ -689,7 +751,7 @@ def _measure_summary(
     bs = batch_size or dist.decide(lambda: auto_batch_size(model, T))
     chunk = bs * max(1, SUMMARY_CHUNK // bs)
     grid = torch.tensor(EPS_GRID, dtype=torch.float32)
-    mine = dist.shard((n + chunk - 1) // chunk)
+    mine = dist.shard((n + chunk - 1) // chunk, {"tokens": checked, "batch_size": bs, "model": model, "eps": eps, "settings": kw})
     parts: list[tuple[int, Any]] = []
     failed: BaseException | None = None
     try:

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ._internal import providers
+from ._internal import files, providers
 from ._internal.errors import require
 from ._internal.placement import device_map as _device_map_of
 from ._internal.placement import model_device as _model_device
@@ -443,8 +443,20 @@ def _placeholder_tokenizer() -> Any:
     )
 
 
+def check_checkpoint_files(path: str | os.PathLike[str]) -> None:
+    """Refuse, in one line naming the file, a checkpoint folder whose ``config.json`` is not a JSON object or whose
+    weights files (its index's, else ``model.safetensors``) are cut short or not safetensors: checked from their
+    headers, before Hugging Face reads them (its errors name no file)."""
+    d = Path(path)
+    files.read_json(d / "config.json", fix="restore the checkpoint's config.json (copy the folder again)")
+    if (d / files.WEIGHTS).is_file() or (d / files.WEIGHTS_INDEX).is_file():
+        for f in files.weight_files(d):
+            files.check_safetensors(f)
+
+
 def _boot_local(path: str, device: torch.device | None, dtype: torch.dtype, **placement: Any) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    check_checkpoint_files(path)
     kwargs: dict[str, Any] = dict(placement)
     if device is not None:
         kwargs["device"] = str(device)

@@ -52,11 +52,12 @@ from __future__ import annotations
 
 import contextlib
 import html
+import math
 import time
 import types
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -67,9 +68,11 @@ from torch import Tensor
 from ._internal import display, hooknames
 from ._internal import distributed as dist
 from ._internal.errors import NonFiniteError, check_positive_int
-from ._internal.report import ModelRun, Report
+from ._internal.probe import ProbeSet, as_tokens
+from ._internal.report import FieldError, ModelRun, Report, check_indices
 from .architecture import LayerAttention, check_model_tokens, describe_attention, verify_attention
 from .capture import attach_hooks, model_device
+from .models import special_token_ids
 from .provenance import provenance
 
 #: the activations :func:`patch_heads` can replace
@@ -175,13 +178,33 @@ def named_metric(name: str, clean: Tensor, corrupted: Tensor, clean_logits: Tens
     raise ValueError(f"metric must be a function of the logits or one of {METRICS}, got {name!r}")
 
 
-def _scalar(value: Any) -> float:
-    t = torch.as_tensor(value)
-    if t.numel() != 1:
+def _scalar(value: Any, where: str) -> float:
+    """The metric's value on one run (``where`` names it): a float tensor of one element, finite.
+
+    Anything else is one line: the wrong type or shape a ``ValueError``, NaN/Inf a :class:`NonFiniteError`
+    (as in every analysis: no number is made from a NaN).
+    """
+    fix = "return a float tensor of one number computed from the logits, e.g. logits[:, -2, token].mean()"
+    if not isinstance(value, torch.Tensor):
+        shown = repr(value)
+        shown = shown if len(shown) <= 40 else shown[:40] + "..."
         raise ValueError(
-            f"metric must return one number (a scalar tensor), got shape {tuple(t.shape)}; fix: reduce inside it, e.g. .mean()"
+            f"metric must return a scalar tensor; it returned a {type(value).__name__} ({shown}) on {where}; fix: {fix}"
         )
-    return float(t.detach().reshape(()))
+    if value.numel() != 1:
+        raise ValueError(
+            f"metric must return one number (a scalar tensor), got shape {tuple(value.shape)} on {where}; "
+            "fix: reduce inside it, e.g. .mean()"
+        )
+    if not value.dtype.is_floating_point:
+        raise ValueError(f"metric must return a float tensor, got {value.dtype} on {where}; fix: {fix}")
+    v = float(value.detach().reshape(()))
+    if not math.isfinite(v):
+        raise NonFiniteError(
+            f"the metric is {v} on {where}: a report holds finite numbers only; fix: check the metric (a log of 0, "
+            "a division by 0) and the model (measure_sinks names a NaN in its weights or hooks)"
+        )
+    return v
 
 
 # --------------------------------------------------------------------------- the report
@@ -232,6 +255,29 @@ class PatchReport(ModelRun, Report):
     model_info: dict[str, Any]
     versions: dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)
+
+    _nan_fields = ("values", "kv_values", "estimate", "estimate_linear", "kv_estimate")  # NaN: heads not patched
+
+    def _check(self) -> None:
+        L, H = self.values.shape
+        check_indices("layers", self.layers, L)
+        check_indices("heads", self.heads, H)
+        if self.n_heads != H:
+            raise FieldError("n_heads", f"is {self.n_heads}, but values has {H} heads")
+        if self.n < 1 or self.length < 2:
+            raise FieldError(
+                "length" if self.n >= 1 else "n", f"is {self.length if self.n >= 1 else self.n}; too small for a patch"
+            )
+        if self.positions is not None:
+            check_indices("positions", self.positions, self.length)
+        for name in self._nan_fields:
+            if np.isinf(getattr(self, name)).any():
+                raise FieldError(name, "holds Inf; a report holds finite numbers (NaN only for heads not patched)")
+        run = self.values[np.ix_(list(self.layers), list(self.heads))] if self.layers and self.heads else np.zeros(0)
+        if not np.isfinite(run).all():
+            raise FieldError(
+                "values", f"holds NaN for {int((~np.isfinite(run)).sum())} patched heads; a patched head has a finite value"
+            )
 
     # ------------------------------------------------------------ baselines
     @property
@@ -590,20 +636,28 @@ def _edit_hooks(
 # --------------------------------------------------------------------------- the analysis
 
 
+def _whole_numbers(values: Any, name: str) -> list[int]:
+    """``values`` (one index or a sequence) as ints; floats, bools and text are refused, never truncated."""
+    items = [values] if isinstance(values, (int, np.integer)) or not isinstance(values, Iterable) else list(values)
+    if isinstance(values, (str, bytes)) or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in items):
+        raise ValueError(f"{name} must hold whole numbers (indices), got {values!r}; fix: e.g. {name}=[0, 1]")
+    return [int(v) for v in items]
+
+
 def _check_list(values: Sequence[int] | None, n: int, name: str) -> list[int]:
     if values is None:
         return list(range(n))
-    out = [int(v) for v in ([values] if isinstance(values, int) else values)]
+    out = _whole_numbers(values, name)
     bad = [v for v in out if not 0 <= v < n]
     if bad or not out:
-        raise ValueError(f"{name} must be a non-empty list of indices in [0, {n}); got {list(values)!r}")
+        raise ValueError(f"{name} must be a non-empty list of indices in [0, {n}); got {out!r}")
     return sorted(set(out))
 
 
 def _positions(positions: Sequence[int] | int | None, site: _Site, T: int) -> tuple[int, ...] | None:
     if positions is None:
         return (0,) if site.sink else None
-    ps = [int(p) for p in ([positions] if isinstance(positions, int) else positions)]
+    ps = _whole_numbers(positions, "positions")
     if not ps:
         raise ValueError("positions is empty; fix: pass None (all positions) or a list of token positions")
     out = sorted({p + T if p < 0 else p for p in ps})
@@ -709,8 +763,11 @@ def patch_heads(
     if (site.kv and site.base == "k" and G < H) or (site.qk and method != "exact"):
         verify_attention(model, layers_, f"patching {what!r}")
     chunk_arg = None if batch_size is None else check_positive_int(batch_size, "batch_size")
-    if not 0 <= int(metric_from) <= T - 2:
-        raise ValueError(f"metric_from must lie in [0, {T - 2}] (a prediction with a next token), got {metric_from!r}")
+    if isinstance(metric_from, bool) or not isinstance(metric_from, (int, np.integer)) or not 0 <= metric_from <= T - 2:
+        raise ValueError(
+            f"metric_from must be a whole number in [0, {T - 2}] (a prediction with a next token), got {metric_from!r}"
+        )
+    metric_from = int(metric_from)
     dev = model_device(model)
     clean_t, corr_t = clean_t.to(dev), corr_t.to(dev)
     base_t, src_t = (clean_t, corr_t) if direction == "noise" else (corr_t, clean_t)
@@ -731,8 +788,12 @@ def patch_heads(
         fn = named_metric(metric, clean_t, corr_t, clean_logits, start=metric_from)
     else:
         metric_name, fn = getattr(metric, "__name__", "metric"), metric
+    base_name, src_name = (
+        ("the clean input", "the corrupted input") if direction == "noise" else ("the corrupted input", "the clean input")
+    )
     with torch.no_grad():
-        base_value, src_value = _scalar(fn(base_logits)), _scalar(fn(src_logits))
+        base_value = _scalar(fn(base_logits), f"{base_name} (unpatched)")
+        src_value = _scalar(fn(src_logits), f"{src_name} (unpatched)")
     clean_value, corr_value = (base_value, src_value) if direction == "noise" else (src_value, base_value)
     seconds = {"baselines": time.perf_counter() - t0}
 
@@ -759,7 +820,13 @@ def patch_heads(
             plan += [cs[i : i + k] for i in range(0, len(cs), k)]
         # inside sink_interp.distributed() each rank runs a contiguous block of the patched forwards: the metric
         # reads all n samples' logits at once, so the conditions are split, not the samples
-        mine = dist.shard(len(plan))
+        inputs = {
+            "clean": clean_t,
+            "corrupted": corr_t,
+            "model": model,
+            "settings": [what, direction, method, metric_name, layers_, heads_, pos_t, [len(c) for c in plan]],
+        }
+        mine = dist.shard(len(plan), inputs)
         got: list[tuple[str, int, int, float]] = []
         bar = tqdm(total=len(mine), desc=f"patch {what}", unit="forward", disable=not (progress and dist.is_main()), leave=False)
         failed: BaseException | None = None
@@ -774,7 +841,9 @@ def patch_heads(
                     logits = _run_from(model, l_, resid.repeat(k, 1, 1), base_t.repeat(k, 1), skip)
                 with torch.no_grad():
                     for i, c in enumerate(chunk):
-                        got.append((c.table, c.layer, c.index, _scalar(fn(logits[i * n : (i + 1) * n]))))
+                        part = "KV head" if c.table == "kv_values" else "head"
+                        where = f"{base_name} with layer {c.layer} {part} {c.index}'s {what} patched"
+                        got.append((c.table, c.layer, c.index, _scalar(fn(logits[i * n : (i + 1) * n]), where)))
                 del logits
                 bar.update(1)
         except Exception as e:  # noqa: BLE001 - re-raised on every rank
@@ -807,6 +876,14 @@ def patch_heads(
 
         est, est_lin, kv_est = dist.decide(attribution)
         seconds["attribution"] = time.perf_counter() - t0
+        for name, arr in (("estimate", est), ("linear estimate", est_lin), ("KV estimate", kv_est)):
+            ran = np.zeros(0) if arr is None else arr[np.ix_(layers_, heads_ if arr.shape[1] == H else range(arr.shape[1]))]
+            if not np.isfinite(ran).all():
+                raise NonFiniteError(
+                    f"the attribution {name} is NaN/Inf for {int((~np.isfinite(ran)).sum())} patched heads (the metric's gradient "
+                    "or the activations hold NaN/Inf): a report holds finite numbers only; fix: check the metric and the model, "
+                    "or method='exact'"
+                )
         est = est + base_value
         est_lin = est_lin + base_value if est_lin is not None else None
         kv_est = kv_est + base_value if kv_est is not None else None
@@ -875,7 +952,12 @@ def _attribution(
             names += [hooknames.z(l_), hooknames.pattern(l_)]
     logits, got = _forward_capture(model, base_t, names, grad=True, cut=hooknames.resid_pre(min(layers)))
     value = fn(logits)
-    _scalar(value)
+    _scalar(value, "the attribution's forward (the input that is patched)")
+    if not value.requires_grad:
+        raise ValueError(
+            "method='attribution' needs the metric's gradient, but the metric's value does not depend on the logits "
+            "(it was detached or made with .item()); fix: compute it from the logits with torch operations, or method='exact'"
+        )
     wanted = list(dict.fromkeys(names))
     grads = torch.autograd.grad(value.reshape(()), [got[nm] for nm in wanted], allow_unused=True)
     grad = {nm: (torch.zeros_like(got[nm]) if g is None else g.detach()) for nm, g in zip(wanted, grads)}
@@ -965,15 +1047,23 @@ def corrupt_tokens(model: Any, tokens: Tensor, how: str, *, move_to: int = 1) ->
         >>> corrupt_tokens(None, t, "first-token", move_to=2)[0].tolist(), corrupt_tokens(None, t, "bos")[0].tolist()
         ([5, 6, 1, 7], [5, 5, 6, 7])
     """
-    t = torch.as_tensor(tokens).long()
+    said_bos = tokens.bos if isinstance(tokens, ProbeSet) else None  # what the probe says it made
+    t = torch.as_tensor(as_tokens(tokens)).long()
     if how not in CORRUPTIONS:
         raise ValueError(f"corrupt must be one of {CORRUPTIONS}, got {how!r}")
     out = t.clone()
     if how == "bos":
-        bos_id = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+        fix = "fix: probe_tokens(model, ..., bos=True) (CLI: --bos)"
+        bos_id = special_token_ids(model).get("bos") if model is not None else None  # the tokenizer's, else the config's
+        if said_bos is False:
+            raise ValueError(f"corrupt='bos' removes the BOS token, but these tokens were made without BOS (bos=False); {fix}")
         if bos_id is not None and not bool((t[:, 0] == bos_id).all()):
+            raise ValueError(f"corrupt='bos' needs tokens that start with BOS (id {bos_id}); {fix}")
+        if bos_id is None and model is not None and said_bos is not True:
             raise ValueError(
-                "corrupt='bos' needs tokens that start with BOS; fix: probe_tokens(model, ..., bos=True) (CLI: --bos)"
+                "corrupt='bos' removes the BOS token, but this model names no BOS id (no tokenizer, no bos_token_id in its "
+                "config), so nothing shows that these tokens start with one; fix: pass a ProbeSet made with bos=True, or "
+                "corrupt='first-token' (move the first token)"
             )
         out[:, 0] = t[:, 1]
     elif how == "first-token":
@@ -1023,8 +1113,8 @@ def patch_sink(
         >>> rep.direction, rep.positions, rep.extra["recipe"]
         ('noise', (0,), 'shuffle')
     """
-    toks = check_model_tokens(model, tokens, min_length=2)
-    corrupted = corrupt_tokens(model, toks, corrupt, move_to=move_to)
+    check_model_tokens(model, tokens, min_length=2)
+    corrupted = corrupt_tokens(model, tokens, corrupt, move_to=move_to)
     kw.setdefault("direction", RECIPE_DIRECTION[corrupt])
     kw.setdefault("metric_from", {"bos": 1, "first-token": move_to + 1, "shuffle": 0}[corrupt])
     extra = {"recipe": corrupt, **({"move_to": move_to} if corrupt == "first-token" else {}), **kw.pop("extra", {})}

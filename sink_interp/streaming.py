@@ -42,7 +42,7 @@ from torch import Tensor
 from ._internal import display
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
-from ._internal.report import Report
+from ._internal.report import FieldError, Report, check_range
 from ._internal.vocab import renamed_kwargs
 from .architecture import check_model_tokens, describe_attention
 from .capture import run_reducers
@@ -148,6 +148,14 @@ class StreamReport(Report):
     model_info: dict[str, Any]
     versions: dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def _check(self) -> None:
+        if self.nll.shape[0] != len(self.conditions):
+            raise FieldError("conditions", f"names {len(self.conditions)} conditions, but nll holds {self.nll.shape[0]}")
+        for name, low in (("n", 1), ("window", 1), ("bucket", 1), ("n_sinks", 0), ("length", 2)):
+            if getattr(self, name) < low:
+                raise FieldError(name, f"is {getattr(self, name)}; it is at least {low}")
+        check_range("nll", self.nll, 0.0, None)
 
     @property
     def sinks(self) -> int:

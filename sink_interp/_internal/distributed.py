@@ -10,7 +10,12 @@ every rank holds the report one process would give, bit for bit:
 * per-sample arrays are gathered and concatenated in sample order;
 * sums are folded batch by batch, each batch's contribution a partial computed from zero, in the
   global batch order, in one process and on ``W`` ranks alike (:func:`fold`);
-* only rank 0 shows progress bars and writes files (:func:`is_main`).
+* only rank 0 shows progress bars and writes files (:func:`is_main`);
+* before the work, the ranks compare a digest of their inputs (tokens, settings, a sample of the model's
+  weights; :func:`shard`'s ``inputs``): ranks given different data are refused in one line naming them,
+  instead of merged (:class:`RanksDisagree`);
+* a rank that stops (an error of its own) leaves the others in a collective that fails: they stop with one
+  line that says so (:class:`PeerStopped`), and the failing rank's own line says why.
 
 A process group that exists without ``with distributed():`` (a user's own DDP) is never used.
 Under ``torchrun`` the context initialises the group from the environment (``gloo`` on CPU,
@@ -26,12 +31,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 BACKENDS = ("gloo", "nccl", "mpi", "ucc")
+
+
+class RanksDisagree(ValueError):
+    """Ranks inside ``distributed()`` were given different inputs (tokens, settings or model): refused, never merged."""
+
+
+class PeerStopped(RuntimeError):
+    """Another rank stopped while this one waited for it in a collective; that rank's own message says why."""
 
 
 @dataclass(frozen=True)
@@ -142,13 +156,117 @@ def local() -> Iterator[None]:
 # --------------------------------------------------------------------------- sharding and merging
 
 
-def shard(n_batches: int) -> range:
-    """The batch indices this rank runs: a contiguous block (all of them outside ``distributed()``)."""
+def shard(n_batches: int, inputs: dict[str, Any] | None = None) -> range:
+    """The batch indices this rank runs: a contiguous block (all of them outside ``distributed()``).
+
+    ``inputs`` (what the work reads: ``{"tokens": ..., "batch_size": ..., "model": ...}``) are compared
+    across the ranks first (:func:`agree`): the work is split only when every rank was given the same.
+    """
     ctx = active()
     if ctx is None:
         return range(n_batches)
+    agree({**(inputs or {}), "batches": n_batches})
     r, w = ctx.rank, ctx.world_size
     return range(r * n_batches // w, (r + 1) * n_batches // w)
+
+
+def digest(obj: Any) -> str:
+    """A SHA-256 of what ``obj`` holds: tensors by dtype, shape and bytes; a model by its config and a sample of
+    every parameter (its first and last 64 values: different checkpoints or random inits differ there);
+    containers, dataclasses and plain values by their contents; other objects by their type and simple fields."""
+    import dataclasses
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def feed(x: Any, depth: int = 0) -> None:
+        if depth > 20:
+            h.update(b"<deep>")
+            return
+        if isinstance(x, torch.Tensor):
+            t = x.detach()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            if t.numel():
+                h.update(t.reshape(-1).contiguous().cpu().numpy().tobytes())
+        elif isinstance(x, torch.nn.Module):
+            h.update(f"M{type(x).__name__}".encode())
+            feed(getattr(getattr(x, "cfg", None), "to_dict", lambda: {})(), depth + 1)
+            for name, p in x.named_parameters():
+                h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+                if p.device.type != "meta":  # offloaded weights: their shapes only
+                    flat = p.detach().reshape(-1)
+                    feed(torch.cat([flat[:64], flat[-64:]]) if flat.numel() > 128 else flat, depth + 1)
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode())
+                feed(x[k], depth + 1)
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(f"[{len(x)}".encode())
+            for v in x:
+                feed(v, depth + 1)
+        elif x is None or isinstance(x, (str, int, float, bool, bytes)):
+            h.update(repr(x).encode())
+        elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+            h.update(type(x).__name__.encode())
+            feed({f.name: getattr(x, f.name) for f in dataclasses.fields(x)}, depth + 1)
+        elif hasattr(x, "to_record"):
+            h.update(type(x).__name__.encode())
+            feed(x.to_record(), depth + 1)
+        else:  # an object: its type and its plain fields (numbers, text and containers of them; not its address)
+            h.update(type(x).__qualname__.encode())
+            feed({k: v for k, v in vars(x).items() if _plain(v)} if hasattr(x, "__dict__") else {}, depth + 1)
+
+    feed(obj)
+    return h.hexdigest()
+
+
+def _plain(v: Any, depth: int = 0) -> bool:
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return True
+    if depth < 4 and isinstance(v, (list, tuple)):
+        return all(_plain(x, depth + 1) for x in v)
+    if depth < 4 and isinstance(v, dict):
+        return all(_plain(k, depth + 1) and _plain(x, depth + 1) for k, x in v.items())
+    return False
+
+
+def agree(inputs: dict[str, Any]) -> None:
+    """Refuse, on every rank, work whose ``inputs`` differ between ranks (one :class:`RanksDisagree` line naming them).
+
+    Ranks that run different data and merge their results make a report of neither (and record rank 0's
+    probe for all of it); nothing is computed until every rank holds the same digests as rank 0.
+    """
+    ctx = active()
+    if ctx is None:
+        return
+    mine = {k: digest(v) for k, v in inputs.items()}
+    everyone = gather(mine)
+    ref = everyone[0]
+    odd = [(r, sorted(k for k in set(ref) | set(d) if ref.get(k) != d.get(k))) for r, d in enumerate(everyone) if d != ref]
+    if odd:
+        which = "; ".join(f"rank {r}'s {', '.join(keys)}" for r, keys in odd[:3]) + (
+            f" and {len(odd) - 3} more ranks" if len(odd) > 3 else ""
+        )
+        raise RanksDisagree(
+            f"the ranks were given different inputs: {which} differ from rank 0's; nothing was computed (sharding would "
+            "merge results of different data); fix: give every rank the same data and settings (the same --data, --n, "
+            "--seed and model; tokens from a fixed seed)"
+        )
+
+
+def _collective(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """Run one ``torch.distributed`` collective; a rank that left (it stopped on an error) becomes one line here."""
+    try:
+        return fn(*args, **kw)
+    except Exception as e:  # noqa: BLE001 - gloo/NCCL report a peer that exited as RuntimeError/DistBackendError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0][:100]  # gloo: "[.../pair.cc:553] Connection closed by peer"
+        raise PeerStopped(
+            f"rank {rank()}: another rank stopped while this one waited for it ({first}); its own message says why; "
+            "nothing was written"
+        ) from e
 
 
 def gather(obj: Any) -> list[Any]:
@@ -159,7 +277,7 @@ def gather(obj: Any) -> list[Any]:
     import torch.distributed as td
 
     out: list[Any] = [None] * ctx.world_size
-    td.all_gather_object(out, obj)
+    _collective(td.all_gather_object, out, obj)
     return out
 
 
@@ -176,7 +294,7 @@ def decide(fn: Callable[[], Any]) -> Any:
             box[0] = ("ok", fn())
         except Exception as e:  # noqa: BLE001 - the other ranks raise the same error
             box[0] = ("error", e)
-    td.broadcast_object_list(box, src=0)
+    _collective(td.broadcast_object_list, box, src=0)
     kind, value = box[0]
     if kind == "error":
         raise value
@@ -254,11 +372,11 @@ def fold_chain(total: Any, partials: Sequence[Any]) -> Any:
 
     if ctx.rank > 0:
         box: list[Any] = [None]
-        td.recv_object_list(box, src=ctx.rank - 1)
+        _collective(td.recv_object_list, box, src=ctx.rank - 1)
         total = box[0]
     total = fold(total, partials)
     if ctx.rank < ctx.world_size - 1:
-        td.send_object_list([total], dst=ctx.rank + 1)
+        _collective(td.send_object_list, [total], dst=ctx.rank + 1)
     out = [total]
-    td.broadcast_object_list(out, src=ctx.world_size - 1)
+    _collective(td.broadcast_object_list, out, src=ctx.world_size - 1)
     return out[0]

@@ -45,13 +45,13 @@ from typing import Any, Iterator
 import pandas as pd
 import torch
 
-from .._internal import display, vocab
+from .._internal import display, files, vocab
 from .._internal.provenance import Provenance, dumps, versions, write_atomic
 from .._internal.report import Report
 from ..tasks import BigramBackcopy, Sampler, TextCorpus
 from .config import TrainConfig, preset, with_later_defaults  # noqa: F401  (preset: used by the docstring example)
 from .evaluate import masked_ce, probe_stats, round_metric, val_losses
-from .model import LabModel, build_model, replace_problem, save_trained
+from .model import LabModel, build_model, remove_save, replace_problem, save_trained
 
 CKPT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -310,11 +310,7 @@ def _clear_run(out: Path) -> None:
     for name in (CKPT, METRICS, TIMING, SUMMARY):
         with contextlib.suppress(FileNotFoundError):
             (out / name).unlink()
-    model = out / MODEL
-    if model.is_dir() and not model.is_symlink() and not replace_problem(model):
-        import shutil
-
-        shutil.rmtree(model)
+    remove_save(out / MODEL)  # the files its save recorded, unchanged; a user's file keeps the folder (train refuses it)
 
 
 def _refuse(path: Path, why: str) -> ValueError:
@@ -478,11 +474,16 @@ class TrainResult(Report):
 
 
 def read_metrics(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The lines of a run's ``metrics.jsonl`` (old key names read as the new ones)."""
+    """The lines of a run's ``metrics.jsonl`` (old key names read as the new ones).
+
+    A cut-off last line (a run stopped while appending it) is dropped with a warning; resuming rewrites the file
+    without it.
+    """
     p = Path(out_dir) / METRICS
     if not p.is_file():
         return []
-    return [vocab.upgrade("metrics", json.loads(line)) for line in p.read_text().splitlines() if line.strip()]
+    fix = "remove the damaged lines, or train afresh in that folder (resume=False, --fresh)"
+    return [vocab.upgrade("metrics", m) for m in files.read_jsonl(p, fix=fix)]
 
 
 # --------------------------------------------------------------------------- the loop
@@ -554,6 +555,13 @@ def train(
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig (see sink_interp.training.preset), got {type(cfg).__name__}")
     out = Path(out_dir).expanduser()
+    for name in ("text_corpus", "bb_source"):  # a data file is an input: never inside the folder the run writes
+        data = getattr(cfg, name)
+        if data not in ("natural", "random", "big") and out.resolve() in Path(data).expanduser().resolve().parents:
+            raise ValueError(
+                f"{name} {data!r} lies inside the run folder {str(out)!r}, which the run writes; "
+                "fix: keep the data outside the run folder"
+            )
     claim_dir(out, run_config, "run")  # refuse before writing anything, the lock file included
     out.mkdir(parents=True, exist_ok=True)
     with dir_lock(out, "run"), _threads(threads):
@@ -605,6 +613,15 @@ def _train(
             raise _refuse(ckpt_path, f"does not fit this model ({type(e).__name__}: {first})") from None
         resumed_from = step
         kept = [m for m in read_metrics(out) if m["step"] <= step]
+        lost = sorted(set(_eval_steps(cfg, step)) - {m.get("step") for m in kept})
+        if lost:  # a stopped append loses only a line past the checkpoint (evaluated again); these are older
+            import warnings
+
+            warnings.warn(
+                f"{metrics_path} lacks the evaluations at steps {lost[:5]}, which the checkpoint (step {step}) is past; "
+                "the run resumes without them; fix: resume=False (--fresh) for a complete record",
+                stacklevel=3,
+            )
         write_atomic(metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
     write_atomic(
         out / CONFIG,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._internal import files
 from ..models import register_folder_loader
 from .config import TrainConfig
 from .knobs import KnobParams, KnobRuntime
@@ -220,7 +222,14 @@ def save_trained(lab: LabModel, path: str | os.PathLike[str], extra: dict[str, A
             clean.save_pretrained(str(tmp))
         lab.tokenizer.save_pretrained(str(tmp))
         torch.save(knob_state, tmp / "sink_knobs.pt")
-        meta = {"format": FORMAT_VERSION, "train_config": lab.cfg.to_dict(), "versions": versions(), **(extra or {})}
+        meta = {
+            "format": FORMAT_VERSION,
+            "train_config": lab.cfg.to_dict(),
+            "versions": versions(),
+            **(extra or {}),
+            # what this save wrote (name, size, SHA-256): the only files a later save or --fresh may remove
+            "files": files.manifest(tmp, [e.name for e in tmp.iterdir()]),
+        }
         (tmp / MARKER).write_text(dumps(meta))
         problem = replace_problem(path, written={e.name for e in tmp.iterdir()})
         if problem:
@@ -238,30 +247,59 @@ def save_trained(lab: LabModel, path: str | os.PathLike[str], extra: dict[str, A
     return path
 
 
-#: Files a Hugging Face ``save_pretrained`` of a model and tokenizer may write, besides :data:`MARKER` and ``sink_knobs.pt``.
-_HF_FILES = (
-    "config.json",
-    "generation_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "*.safetensors",
-    "*.safetensors.index.json",
-    "tokenizer*",
-    "chat_template*",
+#: What a save wrote before saves recorded their files (sink_interp <= 0.x): exact names, and weight shards.
+_OLD_SAVE_FILES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.json",
+        "merges.txt",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "chat_template.json",
+        "sink_knobs.pt",
+    }
 )
+_OLD_SHARD = re.compile(r"^model-[0-9]{5}-of-[0-9]{5}\.safetensors$")
+
+
+def saved_files(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The files the save in ``path`` wrote, ``{name: record}`` from its :data:`MARKER` (None: a save that kept no record).
+
+    A record is ``{"size", "sha256"}``; a save older than the records gives its known file names with record None.
+    """
+    p = Path(path)
+    try:
+        meta = json.loads((p / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    recorded = meta.get("files") if isinstance(meta, dict) else None
+    if isinstance(recorded, dict):
+        return recorded
+    return {e.name: None for e in p.iterdir() if e.name in _OLD_SAVE_FILES or _OLD_SHARD.match(e.name)}
+
+
+def _ours(path: Path, name: str, record: Any) -> bool:
+    """Whether ``path/name`` is a file the save wrote and nobody changed since (records: same size and SHA-256)."""
+    f = path / name
+    if f.is_symlink() or not f.is_file():
+        return False
+    return record is None or files.unchanged(path, name, record)
 
 
 def replace_problem(path: str | os.PathLike[str], written: set[str] | frozenset[str] = frozenset()) -> str | None:
-    """Why :func:`save_trained` must not replace ``path`` (None: absent, empty, or a model it wrote).
+    """Why :func:`save_trained` must not replace ``path`` (None: absent, empty, or a model it wrote, unchanged).
 
-    A directory is replaced only when it carries :data:`MARKER` and holds
-    nothing but the files a save writes (``written``, the Hugging Face file
-    names, ``sink_knobs.pt``): a user's file or folder inside it is never deleted.
+    A directory is replaced (or cleared by ``--fresh``) only when it carries :data:`MARKER` and holds
+    nothing but the files that save recorded in it (name, size and SHA-256: a file changed since is the
+    user's). A user's file or folder inside it is never deleted, whatever its name. ``written`` is kept
+    for callers of older versions and not used.
     """
-    import fnmatch
-
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return None
@@ -272,16 +310,23 @@ def replace_problem(path: str | os.PathLike[str], written: set[str] | frozenset[
         return None
     if not (path / MARKER).is_file():
         return f"is not a model directory sink_interp wrote (no {MARKER})"
-    ours = set(written) | {MARKER, "sink_knobs.pt"}
-    foreign = [
-        n
-        for n in names
-        if (path / n).is_dir() or (path / n).is_symlink() or not (n in ours or any(fnmatch.fnmatch(n, pat) for pat in _HF_FILES))
-    ]
+    recorded = saved_files(path) or {}
+    foreign = [n for n in names if n != MARKER and not (n in recorded and _ours(path, n, recorded[n]))]
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        return f"holds {shown}, which a save does not write"
+        return f"holds {shown}, which its save did not write (or which changed since)"
     return None
+
+
+def remove_save(path: str | os.PathLike[str]) -> bool:
+    """Remove a save of ours file by file (only when :func:`replace_problem` finds nothing else); True when removed."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink() or replace_problem(path):
+        return False
+    for entry in list(path.iterdir()):  # names from the folder itself: a record never points outside it
+        entry.unlink()
+    path.rmdir()  # empty now: anything else would have been named by replace_problem
+    return True
 
 
 def is_trained_dir(path: str | os.PathLike[str]) -> bool:
@@ -299,7 +344,6 @@ def load_trained(path: str | os.PathLike[str], device: str | torch.device | None
         >>> lab.cfg.k_bias, lab.bridge(torch.tensor([[1, 5, 6, 7]]), return_type="logits").shape
         (True, torch.Size([1, 4, 68]))
     """
-    from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     p = Path(path).expanduser()
@@ -307,23 +351,42 @@ def load_trained(path: str | os.PathLike[str], device: str | torch.device | None
         raise FileNotFoundError(
             f"{p} is not a trained sink_interp model directory (no {MARKER}); train one with sink-interp train"
         )
-    meta = json.loads((p / MARKER).read_text())
-    cfg = TrainConfig.from_dict(meta["train_config"])
-    tok = AutoTokenizer.from_pretrained(str(p))
-    hf_cfg = json.loads((p / "config.json").read_text())
-    lab = build_model(cfg, int(hf_cfg["vocab_size"]), tok, device=device)
-    state = {}
-    for f in sorted(p.glob("*.safetensors")):
-        state.update(load_file(str(f)))
-    if cfg.tie_embeddings and "lm_head.weight" not in state:
+    fix = "train the run again, or copy the model folder again from where it was trained"
+    meta = files.read_json(p / MARKER, fix=fix)
+    try:
+        cfg = TrainConfig.from_dict(meta["train_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{p / MARKER} does not hold a valid train_config ({_first_line(e)}); fix: {fix}") from None
+    hf_cfg = files.read_json(p / "config.json", fix=fix)
+    vocab = hf_cfg.get("vocab_size")
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
+        raise ValueError(f"{p / 'config.json'} has vocab_size {vocab!r}, not a whole number >= 1; fix: {fix}")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(p))
+    except Exception as e:  # noqa: BLE001 - a damaged tokenizer file: one line naming the folder
+        raise ValueError(f"the tokenizer files in {p} do not load ({type(e).__name__}: {_first_line(e)}); fix: {fix}") from None
+    lab = build_model(cfg, vocab, tok, device=device)
+    state: dict[str, Tensor] = {}
+    for f in files.weight_files(p):  # the index's files, else model.safetensors: never any other *.safetensors
+        state.update(files.load_tensors(f))
+    if cfg.tie_embeddings and "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    knobs = torch.load(p / "sink_knobs.pt", map_location="cpu", weights_only=True)
+    knobs = files.torch_load(p / "sink_knobs.pt", fix=fix)
+    if not isinstance(knobs, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in knobs.items()):
+        raise ValueError(f"{p / 'sink_knobs.pt'} does not hold the knobs' tensors by name; fix: {fix}")
     state.update({f"model.sink_knobs.{k}": v for k, v in knobs.items()})
     names = {n for n, _ in lab.named}
     state = {k: v for k, v in state.items() if k in names}
-    lab.load_state_dict(state)
+    try:
+        lab.load_state_dict(state)
+    except (ValueError, RuntimeError) as e:
+        raise ValueError(f"the weights in {p} do not fit its config ({_first_line(e)}); fix: {fix}") from None
     lab.bridge.eval()
     return lab
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def _load_bridge(path: Path, device: torch.device) -> Any:

@@ -6,7 +6,6 @@ They take plain arrays / DataFrames, so they work with any result object;
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._internal import vocab
+from .._internal import files, vocab
 from ._page import View, concat, esc, html_table
 from ._svg import (
     BLUES,
@@ -537,15 +536,8 @@ def read_metrics(metrics: Any) -> pd.DataFrame:
             raise FileNotFoundError(
                 f"metrics file {str(metrics)!r} does not exist (expected a metrics.jsonl written by training)"
             )
-        rows = []
-        with p.open(encoding="utf-8") as f:
-            for i, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        rows.append(vocab.upgrade("metrics", json.loads(line)))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{p}:{i}: not valid JSON ({e.msg})") from None
-        return pd.DataFrame(rows)
+        rows = files.read_jsonl(p, fix="remove the damaged lines")
+        return pd.DataFrame([vocab.upgrade("metrics", m) for m in rows])
     if isinstance(metrics, (list, tuple)):
         return pd.DataFrame(list(metrics))
     raise ValueError(f"metrics must be a path to metrics.jsonl, a DataFrame or a list of dicts, got {type(metrics).__name__}")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..._internal import files
 from ..._internal.executors import check_executor, map_jobs
 from ..._internal.provenance import dumps, versions, write_atomic
 from ..config import TrainConfig
@@ -174,9 +175,15 @@ class Plan:
                 f"`sink-interp reproduce --out {root} --plan-only` (or sink_interp.training.reproduce.plan(..., out=))"
             )
         try:
-            return cls.from_json(path.read_text(encoding="utf-8"))
+            p = cls.from_json(path.read_text(encoding="utf-8"))
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path} is not a readable plan ({e}); fix: write it again with --plan-only") from None
+        for s in p.runs:  # a run folder is trained and written: it stays inside the output root
+            files.inside(root, s.dir, f"{path}: runs[{s.index}].dir", _PLAN_FIX.format(root=root))
+        return p
+
+
+_PLAN_FIX = "write the plan again (`sink-interp reproduce --out {root} --plan-only`): its run folders stay inside the output"
 
 
 def _over(overrides: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
@@ -361,7 +368,7 @@ def run_one(
                 f"run index must be a whole number in 0..{len(p) - 1} (the plan in {root / PLAN} has {len(p)} runs), got {spec!r}"
             )
         spec = p[spec]
-    d = root / spec.dir
+    d = files.inside(root, spec.dir, f"run {spec.index}'s folder", _PLAN_FIX.format(root=root))
     if not _done(d, spec):
         if not _trained(d, spec.config):
             train(spec.config, d, resume=True, device=device, threads=threads, progress=progress)
