@@ -40,10 +40,8 @@ from .adapters import (
     view_for,
 )
 from .attention import (
-    alpha_from_pattern,
     alpha_tokens_view,
     attention_view,
-    find_sink_positions,
     token_strings,
 )
 from .figures import (
@@ -68,7 +66,6 @@ __all__ = [
     "ADAPTERS",
     "View",
     "Widget",
-    "alpha_from_pattern",
     "alpha_tokens_view",
     "attention_view",
     "circuitsvis_bundle",
@@ -76,7 +73,6 @@ __all__ = [
     "effect_bars",
     "effect_report_view",
     "finding_curves_view",
-    "find_sink_positions",
     "head_heatmap",
     "patch_heatmap",
     "json_for_html",
