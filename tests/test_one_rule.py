@@ -61,3 +61,14 @@ def test_softcap_is_cap_tanh_x_over_cap_everywhere():
     import sink_interp.interventions as i
 
     assert a.softcap is b.softcap is i.softcap is scores.softcap
+
+
+def test_metrics_files_are_read_by_one_reader(tmp_path):
+    from sink_interp.training import read_metrics
+    from sink_interp.views.figures import _metrics_frame
+
+    old = [{"step": 0, "sink_rate": 1.5, "mean_alpha1": 0.2}, {"step": 2, "sink_rate": 3.0, "mean_alpha1": 0.25}]
+    (tmp_path / "metrics.jsonl").write_text("".join(__import__("json").dumps(m) + "\n" for m in old))
+    got = read_metrics(tmp_path)
+    assert got == [{"step": 0, "sink_rate_1": 1.5, "mean_alpha_1": 0.2}, {"step": 2, "sink_rate_1": 3.0, "mean_alpha_1": 0.25}]
+    assert _metrics_frame(tmp_path / "metrics.jsonl").to_dict(orient="records") == got

@@ -51,7 +51,6 @@ from .figures import (
     massive_activation_view,
     patch_heatmap,
     pca_2d,
-    read_metrics,
     trace_chain_view,
     training_curves,
 )
@@ -82,7 +81,6 @@ __all__ = [
     "massive_report_view",
     "pca_2d",
     "pending",
-    "read_metrics",
     "register_view",
     "safe_token",
     "section",
