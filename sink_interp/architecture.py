@@ -57,6 +57,7 @@ from torch import Tensor
 from ._internal import hooknames
 from ._internal.placement import materialized
 from ._internal.probe import ProbeSet, as_tokens
+from ._internal.scores import softcap
 from .masks import AttentionMask, as_mask
 
 #: how the bridge runs a layer's attention
@@ -266,8 +267,7 @@ class LayerAttention:
         r = H // G
         s = torch.matmul(q.float().reshape(b, G, r * Q, d), k.float().transpose(-1, -2)).view(b, H, Q, K)
         s = s * self.scale
-        if self.softcap is not None:
-            s = torch.tanh(s / self.softcap) * self.softcap
+        s = softcap(s, self.softcap)
         if self.alibi is not None:
             kp = torch.arange(K, device=s.device) if key_positions is None else key_positions.to(s.device)
             s = s + self.alibi_bias(kp)[None, :, None, :]

@@ -23,6 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._internal.errors import check_positive_int
+from ._internal.scores import softcap
 from ._internal.vocab import renamed_kwargs
 from .masks import CAUSAL, AttentionMask
 
@@ -264,8 +265,7 @@ def _one_block(
     qb = qs[:, :, :, a:e].reshape(b, G, r * Q, dq)
     s = torch.matmul(qb, kb.transpose(-1, -2)).view(b, G, r, Q, kb.shape[2])
     rule = extras.rule
-    if rule.softcap is not None:
-        s = torch.tanh(s / rule.softcap).mul_(rule.softcap)
+    s = softcap(s, rule.softcap)
     if extras.alibi is not None:
         s += extras.alibi[..., lo:hi] if keys is None else extras.alibi.index_select(-1, keys)
 

@@ -86,6 +86,7 @@ from torch import Tensor, nn
 
 from ._internal import hooknames, placement
 from ._internal.report import register_codec
+from ._internal.scores import softcap
 from ._internal.vocab import renamed_kwargs
 from .architecture import LayerAttention, describe_attention
 from .capture import attach_hooks
@@ -663,8 +664,7 @@ class KVBias(Intervention):
         q = ctx.q  # [b, T, H, d]
         k = self.k_star(layer).to(q.dtype).expand(self.n_heads, -1)
         logits = torch.einsum("bthd,hd->bht", q, k)[..., None] * la.scale
-        if la.softcap is not None:
-            logits = torch.tanh(logits / la.softcap) * la.softcap
+        logits = softcap(logits, la.softcap)
         if not self.all_heads(layer):
             logits = logits.masked_fill(~self.head_mask(layer, q.device)[None, :, None, None], float("-inf"))
         return logits

@@ -40,7 +40,6 @@ from .views import (
     alpha_tokens_view,
     attention_view,
     effect_report_view,
-    find_sink_positions,
     key_manifold_view,
     massive_activation_view,
     pending,
@@ -203,7 +202,8 @@ def _massive_section(ctx: ReportContext) -> View | None:
     if k is not None:
         keys = k["keys"]  # [n, T, d]
         n, T, d = keys.shape
-        found = find_sink_positions(ctx.report.alpha.mean(axis=0), ctx.eps)
+        pos = ctx.report.sink_positions(ctx.eps)
+        found = [int(k) - 1 for k, ok in zip(pos["k"], pos["reliable"]) if ok]
         sinks = found or [0]
         sink_name = f"sink token (pos {', '.join(map(str, found))})" if found else "first token (no sink above eps)"
         is_sink = np.zeros((n, T), dtype=bool)

@@ -22,7 +22,6 @@ from sink_interp.views import (
     circuitsvis_bundle,
     concat,
     effect_bars,
-    find_sink_positions,
     head_heatmap,
     json_for_html,
     key_manifold_view,
@@ -193,15 +192,6 @@ def test_attention_view_strip_is_alpha_and_props_are_the_pattern():
     np.testing.assert_allclose(np.array(props["attention"]), np.round(p[order], 4))
     assert props["maskUpperTri"] is True
     assert html.count('class="si-sinkcol"') == 1  # key 0 is the sink column
-
-
-def test_find_sink_positions_ignores_keys_with_few_queries():
-    a = np.zeros((2, 30))
-    a[0, 0] = 0.9
-    a[1, 10] = 0.5
-    a[0, 25] = 0.99  # 5 queries only
-    assert find_sink_positions(a, eps=0.3) == [0, 10]
-    assert find_sink_positions(a, eps=0.6) == [0]
 
 
 def test_attention_view_input_errors():

@@ -108,8 +108,8 @@ def test_run_metrics_with_the_old_names_are_read_with_the_new_ones(tmp_path):
         assert sorted(map(repr, leaves(m).values())) == sorted(map(repr, leaves(m_old).values()))
     res = sink_interp.load_report(OLD / "train.json")
     assert res.final["sink_rate_1"] == json.loads((OLD / "train.json").read_text())["final"]["sink_rate"]
-    # the views read metrics.jsonl files through the same map
-    df = sink_interp.views.read_metrics(tmp_path / "run" / "metrics.jsonl")
+    # the training curves read metrics.jsonl files through the same reader
+    df = sink_interp.views.figures._metrics_frame(tmp_path / "run" / "metrics.jsonl")
     assert "sink_rate_1" in df.columns and "sink_rate" not in df.columns
 
 

@@ -40,10 +40,8 @@ from .adapters import (
     view_for,
 )
 from .attention import (
-    alpha_from_pattern,
     alpha_tokens_view,
     attention_view,
-    find_sink_positions,
     token_strings,
 )
 from .figures import (
@@ -53,7 +51,6 @@ from .figures import (
     massive_activation_view,
     patch_heatmap,
     pca_2d,
-    read_metrics,
     trace_chain_view,
     training_curves,
 )
@@ -68,7 +65,6 @@ __all__ = [
     "ADAPTERS",
     "View",
     "Widget",
-    "alpha_from_pattern",
     "alpha_tokens_view",
     "attention_view",
     "circuitsvis_bundle",
@@ -76,7 +72,6 @@ __all__ = [
     "effect_bars",
     "effect_report_view",
     "finding_curves_view",
-    "find_sink_positions",
     "head_heatmap",
     "patch_heatmap",
     "json_for_html",
@@ -86,7 +81,6 @@ __all__ = [
     "massive_report_view",
     "pca_2d",
     "pending",
-    "read_metrics",
     "register_view",
     "safe_token",
     "section",
