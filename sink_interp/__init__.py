@@ -64,6 +64,9 @@ _EXPORTS: dict[str, str] = {
     "streaming_ppl": "streaming",
     "TraceReport": "trace",
     "KVQuant": "quant",
+    "KVEvict": "kvcache",
+    "KVReport": "kvcache",
+    "kv_policies": "kvcache",
     "QuantReport": "quant",
     "kv_quant": "quant",
     "trace_sink": "trace",
@@ -83,7 +86,7 @@ _providers.PROVIDERS.update(
     # load_report finds a report's class by name: the modules that define report classes
     reports=[
         f"{__name__}.{m}"
-        for m in ("metrics", "massive", "effects", "patching", "streaming", "longctx", "fit", "trace", "training.loop", "quant")
+        for m in ("metrics", "massive", "effects", "patching", "streaming", "longctx", "fit", "trace", "training.loop", "quant", "kvcache")
     ],
 )
 
@@ -117,6 +120,7 @@ if TYPE_CHECKING:  # what static tools (type checkers, the API reference) see
     from .pages import build_report, show_attention
     from .patching import PatchReport, patch_heads, patch_sink
     from .streaming import StreamReport, long_tokens, streaming_ppl
+    from .kvcache import KVEvict, KVReport, kv_policies
     from .quant import KVQuant, QuantReport, kv_quant
     from .trace import TraceReport, trace_sink
     from .training import TrainConfig, TrainResult, load_trained, preset, train
@@ -134,8 +138,8 @@ __all__ = [
     "intervene", "Intervention", "ZeroValue", "MaskKey", "ScaleAttention", "Calibrate", "AblateDims",
     "KVBias", "SinkLogit", "AttentionKernel", "StreamingWindow", "AttentionMask", "sink_heads",
     "compare", "scan_heads", "EffectReport", "fit_bias", "FitReport", "streaming_ppl", "StreamReport",
-    # sinks in practice: KV-cache quantization with intact sinks
-    "kv_quant", "KVQuant", "QuantReport",
+    # sinks in practice: KV-cache eviction policies, KV quantization with intact sinks
+    "kv_policies", "KVEvict", "KVReport", "kv_quant", "KVQuant", "QuantReport",
     # patch heads between a clean and a corrupted input
     "patch_heads", "patch_sink", "PatchReport",
     # train tiny models
