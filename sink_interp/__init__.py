@@ -86,8 +86,9 @@ _providers.PROVIDERS.update(
     # load_report finds a report's class by name: the modules that define report classes
     reports=[
         f"{__name__}.{m}"
-        for m in ("metrics", "massive", "effects", "patching", "streaming", "longctx", "fit", "trace", "training.loop", "quant", "kvcache")
-    ],
+        for m in ("metrics", "massive", "effects", "patching", "streaming", "longctx", "fit", "trace", "training.loop")
+    ]
+    + [f"{__name__}.{m}" for m in ("quant", "kvcache")],
 )
 
 if TYPE_CHECKING:  # what static tools (type checkers, the API reference) see
@@ -112,6 +113,7 @@ if TYPE_CHECKING:  # what static tools (type checkers, the API reference) see
         intervene,
         sink_heads,
     )
+    from .kvcache import KVEvict, KVReport, kv_policies
     from .longctx import LongContextReport, long_context_sinks
     from .masks import AttentionMask
     from .massive import MassiveReport, massive_activations
@@ -119,9 +121,8 @@ if TYPE_CHECKING:  # what static tools (type checkers, the API reference) see
     from .models import known_models, load_model, tiny_model
     from .pages import build_report, show_attention
     from .patching import PatchReport, patch_heads, patch_sink
-    from .streaming import StreamReport, long_tokens, streaming_ppl
-    from .kvcache import KVEvict, KVReport, kv_policies
     from .quant import KVQuant, QuantReport, kv_quant
+    from .streaming import StreamReport, long_tokens, streaming_ppl
     from .trace import TraceReport, trace_sink
     from .training import TrainConfig, TrainResult, load_trained, preset, train
 
