@@ -64,6 +64,8 @@ _EXPORTS: dict[str, str] = {
     "streaming_ppl": "streaming",
     "TraceReport": "trace",
     "KVQuant": "quant",
+    "OutlierReport": "outliers",
+    "activation_outliers": "outliers",
     "KVEvict": "kvcache",
     "KVReport": "kvcache",
     "kv_policies": "kvcache",
@@ -88,7 +90,7 @@ _providers.PROVIDERS.update(
         f"{__name__}.{m}"
         for m in ("metrics", "massive", "effects", "patching", "streaming", "longctx", "fit", "trace", "training.loop")
     ]
-    + [f"{__name__}.{m}" for m in ("quant", "kvcache")],
+    + [f"{__name__}.{m}" for m in ("quant", "kvcache", "outliers")],
 )
 
 if TYPE_CHECKING:  # what static tools (type checkers, the API reference) see
@@ -119,6 +121,7 @@ if TYPE_CHECKING:  # what static tools (type checkers, the API reference) see
     from .massive import MassiveReport, massive_activations
     from .metrics import SinkReport, SinkSummary, measure_sinks
     from .models import known_models, load_model, tiny_model
+    from .outliers import OutlierReport, activation_outliers
     from .pages import build_report, show_attention
     from .patching import PatchReport, patch_heads, patch_sink
     from .quant import KVQuant, QuantReport, kv_quant
@@ -140,7 +143,7 @@ __all__ = [
     "KVBias", "SinkLogit", "AttentionKernel", "StreamingWindow", "AttentionMask", "sink_heads",
     "compare", "scan_heads", "EffectReport", "fit_bias", "FitReport", "streaming_ppl", "StreamReport",
     # sinks in practice: KV-cache eviction policies, KV quantization with intact sinks
-    "kv_policies", "KVEvict", "KVReport", "kv_quant", "KVQuant", "QuantReport",
+    "kv_policies", "KVEvict", "KVReport", "kv_quant", "KVQuant", "QuantReport", "activation_outliers", "OutlierReport",
     # patch heads between a clean and a corrupted input
     "patch_heads", "patch_sink", "PatchReport",
     # train tiny models
