@@ -77,27 +77,46 @@ def llama():
 
 
 def hf_quant_loss(path, x, bits, intact):
-    """Independent reference: HF's own Llama with the formula applied inside its attention function."""
-    from transformers import AttentionInterface, AutoModelForCausalLM
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-    from transformers.models.llama.modeling_llama import eager_attention_forward
+    """Independent reference: HF's own model with the formula applied inside its eager attention function
+    (key_states after RoPE, before repeat_kv, [b, G, T, d])."""
+    import importlib
 
-    def fq_group(t):  # [b, G, T, d]: per token and KV head over head_dim (the formula, written again)
+    from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    def fq_group(t):  # per token and KV head over head_dim (the formula, written again)
         mn, mx = t.amin(-1, keepdim=True), t.amax(-1, keepdim=True)
         scale = (mx - mn) / (2**bits - 1)
         q = torch.clamp(torch.round((t - mn) / scale), 0, 2**bits - 1) * scale + mn
         q[:, :, :intact] = t[:, :, :intact]
         return q
 
+    arch = AutoConfig.from_pretrained(str(path)).architectures[0]
+    eager = importlib.import_module(AutoModelForCausalLM._model_mapping[type(AutoConfig.from_pretrained(str(path)))].__module__)
+    eager_attention_forward = eager.eager_attention_forward
+
     def attn(module, query, key, value, attention_mask, **kw):
         return eager_attention_forward(module, query, fq_group(key), fq_group(value), attention_mask, **kw)
 
     AttentionInterface.register("sink_interp_test_fq", attn)
-    AttentionMaskInterface.register("sink_interp_test_fq", eager_mask)  # HF's own causal mask, as for eager
+    AttentionMaskInterface.register("sink_interp_test_fq", eager_mask)  # HF's own causal (and sliding) mask, as for eager
     hf = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation="sink_interp_test_fq").eval()
+    assert type(hf).__name__ == arch
     with torch.no_grad():
         logits = hf(x).logits
     return float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)))
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gpt_neox", "qwen3"])
+def test_kv_quant_other_families_equal_hf(family):
+    """Soft-capped scores and a sliding window (Gemma-2), RoPE applied without hooks on part of head_dim (GPT-NeoX),
+    QK-norm (Qwen3): the same quantized cache as HF's own attention."""
+    path = tiny_checkpoint(family)
+    model = load_model(str(path))
+    x = torch.randint(4, 100, (1, 20), generator=torch.Generator().manual_seed(4))
+    rep = kv_quant(model, x, bits=(3,), intact=(0, 2), errors=False, progress=False)
+    for s in (0, 2):
+        assert rep.loss(3, s) == pytest.approx(hf_quant_loss(path, x, 3, s), abs=1e-4), s
 
 
 def test_kv_quant_equals_independent_hf_formula_and_full_precision_equals_model(llama, tmp_path):
