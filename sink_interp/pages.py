@@ -39,13 +39,10 @@ from .views import (
     View,
     alpha_tokens_view,
     attention_view,
-    effect_report_view,
     key_manifold_view,
     pending,
     section,
-    sink_report_view,
     token_strings,
-    trace_report_view,
     view_for,
 )
 from .views._page import circuitsvis_version, esc, html_table
@@ -119,7 +116,7 @@ def _summary_section(ctx: ReportContext) -> View:
         "1. Summary: where the sinks are",
         "A sink is a token that many heads attend to regardless of content. "
         "Each head's score α_k is the mean attention token k receives from the tokens after it (Gu et al.).",
-        [sink_report_view(ctx.report)],
+        [view_for(ctx.report)],
         anchor="summary",
     )
 
@@ -228,7 +225,7 @@ def _trace_section(ctx: ReportContext) -> View | None:
         t0 = time.perf_counter()
         rep = trace_sink(ctx.model, ctx.tokens[:n], layer=layer, head=head, massive=massive, progress=ctx.progress)
         ctx.timings["trace"] = time.perf_counter() - t0
-        view = trace_report_view(rep, massive=False, keys=False)  # both are in section 3 already
+        view = view_for(rep, massive=False, keys=False)  # both are in section 3 already
     except Exception as e:  # the report still renders; the box says what failed
         return pending(TRACE_TITLE, what, f"trace_sink(layer={layer}, head={head})", "trace", error=f"{type(e).__name__}: {e}")
     return section(
@@ -259,7 +256,7 @@ def _effects_section(ctx: ReportContext) -> View | None:
         t0 = time.perf_counter()
         rep = compare(ctx.model, ctx.tokens[:n], items, eps=ctx.eps, progress=ctx.progress)
         ctx.timings["interventions"] = time.perf_counter() - t0
-        view = effect_report_view(rep)
+        view = view_for(rep)
     except Exception as e:
         return pending(EFFECTS_TITLE, what, "compare(...) of sink_interp.effects", "effects", error=f"{type(e).__name__}: {e}")
     return section(

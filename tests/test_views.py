@@ -26,7 +26,6 @@ from sink_interp.views import (
     key_manifold_view,
     massive_activation_view,
     safe_token,
-    sink_report_view,
     trace_chain_view,
     training_curves,
     view_for,
@@ -37,6 +36,7 @@ from sink_interp.views.adapters import (
     trace_report_view,
     train_result_view,
 )
+from sink_interp.views.report import sink_report_view
 
 from .reference import hf_attentions
 
