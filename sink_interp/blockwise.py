@@ -24,7 +24,6 @@ from torch import Tensor
 
 from ._internal.errors import check_positive_int
 from ._internal.scores import softcap
-from ._internal.vocab import renamed_kwargs
 from .masks import CAUSAL, AttentionMask
 
 #: Working memory of one block of scores (batch x heads x queries x keys float32). Small blocks stay
@@ -91,9 +90,6 @@ class ScoreRule:
     def linear(self) -> bool:
         """True when logits are ``scale q . k`` (a fused kernel's LSE then applies)."""
         return self.softcap is None and self.alibi is None and self.sink_logits is None
-
-
-ScoreRule.__init__ = renamed_kwargs(sinks="sink_logits")(ScoreRule.__init__)  # type: ignore[method-assign]
 
 
 def score_rule(layer: Any, length: int, device: Any = None) -> ScoreRule:

@@ -87,7 +87,6 @@ from torch import Tensor, nn
 from ._internal import hooknames, placement
 from ._internal.report import register_codec
 from ._internal.scores import softcap
-from ._internal.vocab import renamed_kwargs
 from .architecture import LayerAttention, describe_attention
 from .capture import attach_hooks
 from .kernels import kernel_fn, visible_mask
@@ -811,7 +810,6 @@ class StreamingWindow(Intervention):
 
     has_positions = False
 
-    @renamed_kwargs(sinks="n_sinks", positions="rope_positions")
     def __init__(
         self,
         window: int,
@@ -829,12 +827,6 @@ class StreamingWindow(Intervention):
         if rope_positions not in ("cache", "original"):
             raise ValueError(f"rope_positions must be 'cache' (StreamingLLM) or 'original', got {rope_positions!r}")
         self.window, self.n_sinks, self.rope_positions = window, n_sinks, rope_positions
-
-    @property
-    def sinks(self) -> int:
-        """Deprecated name of :attr:`n_sinks`."""
-        warnings.warn("StreamingWindow.sinks is deprecated; use .n_sinks", DeprecationWarning, stacklevel=2)
-        return self.n_sinks
 
     def bind(self, model: Any) -> None:
         super().bind(model)

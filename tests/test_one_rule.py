@@ -72,3 +72,55 @@ def test_metrics_files_are_read_by_one_reader(tmp_path):
     got = read_metrics(tmp_path)
     assert got == [{"step": 0, "sink_rate_1": 1.5, "mean_alpha_1": 0.2}, {"step": 2, "sink_rate_1": 3.0, "mean_alpha_1": 0.25}]
     assert _metrics_frame(tmp_path / "metrics.jsonl").to_dict(orient="records") == got
+
+
+def _massive_cells(html: str) -> tuple[dict[tuple[int, int], str], dict[tuple[int, int], str]]:
+    """(layer, dim) -> the hover text of the massive view's dims panel; (layer, token) -> that of its tokens panel."""
+    import re
+
+    dims = {(int(l), int(d)): v for l, d, v in re.findall(r"layer (\d+), dim (\d+): max \|x\| = ([^\"<]*)", html)}
+    toks = {(int(l), int(t)): v for l, t, v in re.findall(r"layer (\d+), token (\d+) [^:\"<]*: ‖h‖ of input 1 = ([^\"<]*)", html)}
+    return dims, toks
+
+
+def test_the_report_page_shows_the_numbers_of_massive_activations():
+    """Section 3 of the HTML report draws ``massive_activations`` on the detail inputs: the same numbers as the
+    function (and so the CLI's ``sink-interp massive``), and both equal hook_resid_pre read by hand."""
+    from sink_interp._internal import hooknames
+    from sink_interp.massive import massive_activations
+    from sink_interp.pages import build_report
+    from sink_interp.views import token_strings, view_for
+    from sink_interp.views._svg import fmt
+
+    model = tiny_model(seed=1)
+    with torch.no_grad():  # a few large weights, so that some entries stand out
+        for name, p in model.named_parameters():
+            if "down_proj" in name and name.endswith("weight"):
+                p[::7].mul_(300.0)  # every 7th residual dim written large by the MLPs
+    x = torch.randint(4, 128, (6, 12), generator=torch.Generator().manual_seed(0))
+    page = build_report(model, x, sample=1, n_detail=4, trace=False, interventions=False)
+    html = page.to_html()
+    dims, toks = _massive_cells(html[html.index('id="massive"') : html.index('data-kind="manifold"')])
+    rep = massive_activations(model, x[:4], measure_sinks=False, progress=False)
+    assert (dims, toks) == _massive_cells(view_for(rep, sample=1, tokens=token_strings(model, x[1])).to_html())
+    # by hand: each sample's top-5 |x| of hook_resid_pre, the largest per (layer, dim); the median |x| of the
+    # sample holding the layer's maximum; ||h|| of input 1 per token
+    _, cache = model.run_with_cache(x[:4])
+    L, T = model.cfg.n_layers, x.shape[1]
+    for layer in range(L):
+        h = cache[hooknames.resid_pre(layer)].float()
+        a = h.abs()  # [n, T, D]
+        n, _, D = a.shape
+        vals, idx = a.flatten(1).topk(5, dim=1)
+        dim_max = np.zeros(D)
+        for s in range(n):
+            for v, i in zip(vals[s].tolist(), idx[s].tolist()):
+                dim_max[i % D] = max(dim_max[i % D], v)
+        med = float(np.median(a[int(vals[:, 0].argmax())].numpy()))
+        for (l, d), text in dims.items():
+            if l == layer:
+                assert text == f"{fmt(dim_max[d])} = {fmt(dim_max[d] / med)}× median", (l, d, text)
+        norms = h[1].norm(dim=-1).tolist()
+        assert [toks[(layer, t)] for t in range(T)] == [fmt(v) for v in norms]
+    assert len(dims) == L * 12 and len(toks) == L * T
+    assert max(float(v.split()[0]) for v in dims.values()) > 1  # the case has large entries (embeddings are ~0.05)

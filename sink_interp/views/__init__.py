@@ -29,16 +29,7 @@ from ._page import (
     safe_token,
     section,
 )
-from .adapters import (
-    ADAPTERS,
-    effect_report_view,
-    finding_curves_view,
-    massive_report_view,
-    register_view,
-    trace_report_view,
-    train_result_view,
-    view_for,
-)
+from .adapters import register_view, view_for
 from .attention import (
     alpha_tokens_view,
     attention_view,
@@ -57,12 +48,9 @@ from .figures import (
 from .report import (
     layer_rate_view,
     pending,
-    sink_report_html,
-    sink_report_view,
 )
 
 __all__ = [
-    "ADAPTERS",
     "View",
     "Widget",
     "alpha_tokens_view",
@@ -70,26 +58,19 @@ __all__ = [
     "circuitsvis_bundle",
     "concat",
     "effect_bars",
-    "effect_report_view",
-    "finding_curves_view",
     "head_heatmap",
     "patch_heatmap",
     "json_for_html",
     "key_manifold_view",
     "layer_rate_view",
     "massive_activation_view",
-    "massive_report_view",
     "pca_2d",
     "pending",
     "register_view",
     "safe_token",
     "section",
-    "sink_report_html",
-    "sink_report_view",
     "token_strings",
     "trace_chain_view",
-    "trace_report_view",
-    "train_result_view",
     "training_curves",
     "view_for",
 ]
