@@ -387,3 +387,25 @@ def test_support_page_lists_these_outcomes():
     assert DOC.read_text(encoding="utf-8") == text, (
         "docs/support-more.md is stale; fix: SINK_INTERP_WRITE_SUPPORT=1 pytest tests/test_refusals.py"
     )
+
+
+def test_report_page_leaves_out_the_key_view_where_keys_are_unreadable(extra):
+    """MLA keys live in a latent space the hooks do not give as [n, T, kv heads, d]: the page says so instead of crashing."""
+    from sink_interp.pages import build_report
+
+    bridge, _ = _model(extra, "deepseek_v2")
+    html = build_report(bridge, toks(3, 12, 7), n_detail=3, trace=False, interventions=False).to_html()
+    assert 'data-kind="massive"' in html and 'data-kind="manifold"' not in html
+    assert re.search(
+        r"The key view is left out: layer \d&#x27;s keys are not readable from hooks \(attention bridge MLAAttentionBridge", html
+    )
+
+
+def test_trace_layer_must_be_a_whole_number(extra):
+    bridge, _ = _model(extra, "olmo")
+    with pytest.raises(ValueError) as err:
+        trace_sink(bridge, toks(4, 12, 0), layer=1.0, head=0, progress=False)
+    assert (
+        str(err.value)
+        == "layer must be a whole number (int) in 0..1, got 1.0 (float); fix: pass layer in 0..1, or layer=None for the strongest sink head"
+    )
