@@ -625,8 +625,30 @@ def _uses_rope(cfg: Any, layer: int, hf_attn: Any) -> bool:
     return True if use is None else bool(use)
 
 
+def check_head_counts(spec: AttentionSpec, layers: Sequence[int], what: str) -> int:
+    """The query-head count shared by ``layers``; one line naming the counts where they differ (Laguna sets them per layer).
+
+    Reports hold one ``[layer, head]`` grid, so an analysis runs on layers that share a head count.
+    """
+    counts: dict[int, list[int]] = {}
+    for layer in layers:
+        counts.setdefault(spec.layer(layer).n_heads, []).append(int(layer))
+    if len(counts) > 1:
+        groups = "; ".join(f"{h} heads: layers {ls}" for h, ls in sorted(counts.items()))
+        first = next(iter(sorted(counts.items())))[1]
+        raise UnsupportedAttention(
+            f"{what}: this {spec.family} model has per-layer head counts ({groups}), and a report holds one head count "
+            f"for all its layers; fix: analyse the layers of one head count at a time, e.g. layers={first}"
+        )
+    return next(iter(counts)) if counts else spec.n_heads
+
+
 #: families whose norms follow attention and the MLP (GPT-1: ``ln_1(x + attn(x))``); W_K reads the raw residual
 _POST_NORM = frozenset({"openai-gpt"})
+
+
+#: attention bridges that read an attribute of the Hugging Face module that newer transformers releases dropped
+_BRIDGE_NEEDS = {"CodeGenAttentionBridge": "embed_positions"}
 
 
 def _check_blocks(model: Any, family: str, arch: str) -> None:
@@ -646,6 +668,17 @@ def _check_blocks(model: Any, family: str, arch: str) -> None:
             + (f" (attention only in block(s) {attn_layers})" if attn_layers else "")
             + "; sink_interp analyses models whose every block is attention (see docs/support.md)"
         )
+    for blk in blocks:
+        attn, hf_attn = blk.attn, unwrap(blk.attn)
+        for bridge_name, needs in _BRIDGE_NEEDS.items():
+            if type(attn).__name__ == bridge_name and not hasattr(hf_attn, needs):
+                import transformers
+
+                raise UnsupportedAttention(
+                    f"{arch} ({family}): the TransformerLens bridge reads {type(hf_attn).__name__}.{needs}, which "
+                    f"transformers {transformers.__version__} no longer has, so this model cannot run through the bridge; "
+                    "see docs/support.md"
+                )
     missing = [nm for nm in (hooknames.pattern(0), hooknames.resid_pre(0)) if nm not in model.hook_dict]
     if missing:
         raise UnsupportedAttention(
@@ -1026,23 +1059,22 @@ _REROTATED: weakref.WeakKeyDictionary[Any, dict[int, float]] = weakref.WeakKeyDi
 def rerotation_blockers(la: LayerAttention) -> list[str]:
     """What stops re-rotating layer ``la``'s queries to other positions from q before RoPE, in words (empty: nothing)."""
     out = []
-    if la.position not in ("rope", "nope"):
-        out.append(
-            {"alibi": "ALiBi (a bias by absolute key position)"}.get(
-                la.position, la.position.replace("rope inside MLA", "MLA's internal RoPE")
-            )
-        )
-    if (
-        la.position == "rope"
-        and la.rotary is not None
-        and (la.rotary.module is None or la.rotary.style not in ("half", "interleaved"))
-    ):
+    if la.position == "alibi":
+        out.append("ALiBi (a bias by absolute key position)")
+    elif la.position == "rope inside MLA":
+        out.append("MLA's internal RoPE")
+    elif la.position.startswith("rope inside "):
+        out.append("RoPE applied " + la.position[5:])
+    if la.position == "rope" and la.rotary is not None and la.rotary.module is None:
         out.append(f"{la.rotary.style} rotary without a table module")
+    elif la.position == "rope" and la.rotary is not None and la.rotary.style not in ("half", "interleaved"):
+        out.append(f"{la.rotary.style}-pair rotary, which sink_interp does not rotate itself")
     if la.query_scale:
         out.append(f"a position-dependent query scale ({la.query_scale})")
     if la.qk_norm_after_rope:
         out.append("QK-norm after RoPE")
-    out.extend(la.unsupported)
+    said = ("rotary embedding applied inside", "attention bridge MLA") if out else ("\0",)
+    out.extend(u for u in la.unsupported if not u.startswith(said))
     return out
 
 

@@ -88,8 +88,9 @@ class MassiveReducer(Reducer):
         L = int(model.cfg.n_layers)
         spec = describe_attention(model)
         names = [hooknames.resid_pre(l) for l in range(L)]
-        names += [spec.layer(l).k_hook for l in range(L)]
-        names += [hooknames.v(l) for l in range(L)]
+        # keys and values where the bridge has the hooks (JetMoE's has none: their norms stay NaN, and are said so)
+        names += [spec.layer(l).k_hook for l in range(L) if spec.layer(l).k_hook in model.hook_dict]
+        names += [hooknames.v(l) for l in range(L) if hooknames.v(l) in model.hook_dict]
         return names
 
     def begin(self, model: Any, n_samples: int, length: int) -> None:
@@ -105,6 +106,11 @@ class MassiveReducer(Reducer):
         self.h_norm = torch.zeros(n_samples, L, length)
         self.k_norm = torch.zeros(n_samples, L, G, length)
         self.v_norm = torch.zeros(n_samples, L, G, length)
+        for l in range(L):
+            if spec.layer(l).k_hook not in model.hook_dict:
+                self.k_norm[:, l] = float("nan")
+            if hooknames.v(l) not in model.hook_dict:
+                self.v_norm[:, l] = float("nan")
         self.median = torch.zeros(n_samples, L)
         self.top_abs = torch.zeros(n_samples, L, k)
         self.top_val = torch.zeros(n_samples, L, k)
@@ -114,6 +120,7 @@ class MassiveReducer(Reducer):
         self.n_flags = 0
         self.truncated = False
         self.seen: set[str] = set()
+        self.keys_unreadable: set[int] = set()
 
     def update(self, name: str, tensor: Tensor) -> None:
         self.seen.add(name)
@@ -122,10 +129,24 @@ class MassiveReducer(Reducer):
         x = tensor.detach().float()
         b = x.shape[0]
         if name in self.key_names:
-            self.k_norm[s : s + b, layer] = self._desc[layer].final(x).norm(dim=-1).transpose(1, 2).cpu()
+            la = self._desc[layer]
+            try:
+                k = la.final(x) if la.kind != "unknown" else None
+            except (RuntimeError, ValueError, IndexError):
+                k = None
+            if k is None or k.dim() != 4 or tuple(k.shape[1:3]) != (self.k_norm.shape[-1], self.k_norm.shape[2]):
+                # keys this description cannot read as [b, T, G, d] (MLA's latent attention): NaN, and said so
+                self.k_norm[s : s + b, layer] = float("nan")
+                self.keys_unreadable.add(layer)
+                return
+            self.k_norm[s : s + b, layer] = k.norm(dim=-1).transpose(1, 2).cpu()
             return
         if name in self.v_names:
-            self.v_norm[s : s + b, layer] = x.norm(dim=-1).transpose(1, 2).cpu()
+            v = x if x.dim() == 4 and x.shape[1] == self.v_norm.shape[-1] else None
+            if v is None or v.shape[2] != self.v_norm.shape[2]:
+                self.v_norm[s : s + b, layer] = float("nan")  # values in another layout (MLA)
+                return
+            self.v_norm[s : s + b, layer] = v.norm(dim=-1).transpose(1, 2).cpu()
             return
         # hook_resid_pre [b, T, D]
         self.h_norm[s : s + b, layer] = x.norm(dim=-1).cpu()
@@ -233,6 +254,8 @@ class MassiveReport(ModelRun, Report):
     key_after_rope: bool
     sink_report: SinkReport | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    _nan_fields = ("k_norm", "v_norm")  # NaN: layers whose keys or values the description cannot read (extra["keys_unreadable"])
 
     def _check(self) -> None:
         for name in ("top_abs", "median", "h_norm", "k_norm", "v_norm"):
@@ -615,6 +638,15 @@ def massive_activations(
     if missing:
         raise RuntimeError(f"hooks {missing[:4]} never fired during the forward pass; this architecture is not supported yet")
     res = red.result()
+    spec = describe_attention(model)
+    unreadable = sorted(
+        set(red.keys_unreadable)
+        | {
+            l
+            for l in range(spec.n_layers)
+            if not np.isfinite(res["k_norm"][:, l]).all() or not np.isfinite(res["v_norm"][:, l]).all()
+        }
+    )
     sink_report = None
     if sred is not None:
         alpha, row_sum = sred.result()
@@ -635,5 +667,5 @@ def massive_activations(
         **prov.report_fields(),
         key_after_rope=describe_attention(model).layer(0).rotary is not None,
         sink_report=sink_report,
-        extra=prov.extra(),
+        extra={**prov.extra(), **({"keys_unreadable": unreadable} if unreadable else {})},
     )

@@ -43,7 +43,7 @@ from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
 from ._internal.report import FieldError, ModelRun, Report, check_indices, check_range
 from ._internal.scores import MIN_QUERIES, SCORES, reliable_keys, sink_alpha, sink_rates
-from .architecture import check_model_tokens, describe_attention
+from .architecture import check_head_counts, check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .provenance import provenance
 
@@ -91,9 +91,9 @@ class SinkScoreReducer(Reducer):
         if bad:
             raise ValueError(f"layers {bad} out of range; the model has layers 0..{L - 1}")
         self._index = {layer: i for i, layer in enumerate(self.layers)}
-        H = int(model.cfg.n_heads)
         # learned sink logits (gpt-oss) take mass out of every row: those rows are softmax as they are
         spec = describe_attention(model)
+        H = check_head_counts(spec, self.layers, "sink scores")
         self._native_sinks = {layer for layer in self.layers if spec.layer(layer).has_sink_logits}
         self.alpha = torch.zeros(n_samples, len(self.layers), H, length, dtype=torch.float32)
         self.row_sum = torch.zeros(n_samples, len(self.layers), H, dtype=torch.float32)

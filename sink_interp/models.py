@@ -463,7 +463,7 @@ def _boot_local(path: str, device: torch.device | None, dtype: torch.dtype, **pl
     tokenizer_free = not has_tokenizer_files(path)
     if tokenizer_free:  # a checkpoint saved without its tokenizer: token ids work, text does not
         kwargs["tokenizer"] = _placeholder_tokenizer()
-    with quiet_loading():
+    with quiet_loading(), _unsupported_architecture(path):
         model = bridge_class().boot_transformers(path, dtype=dtype, **kwargs)
     if tokenizer_free:
         model.tokenizer = None
@@ -497,12 +497,35 @@ def special_token_ids(model: Any) -> dict[str, int]:
     return out
 
 
+@contextlib.contextmanager
+def _unsupported_architecture(name: str) -> Iterator[None]:
+    """TransformerLens's "Could not determine supported architecture" (a 4,000-character list) as one line naming it."""
+    try:
+        yield
+    except ValueError as e:
+        text = str(e)
+        if "supported architecture" not in text:
+            raise
+        import re
+
+        from ._internal.errors import UnsupportedArchitecture
+
+        archs = re.search(r"Config architectures: (\[[^\]]*\])", text)
+        mtype = re.search(r"Model type: (\S+)", text)
+        what = (archs.group(1) if archs else "this architecture") + (f" (model type {mtype.group(1)})" if mtype else "")
+        raise UnsupportedArchitecture(
+            f"{name}: the installed TransformerLens bridge cannot load {what}; the architectures it loads are listed in "
+            "transformer_lens.factories.architecture_adapter_factory.SUPPORTED_ARCHITECTURES, those checked with "
+            "sink_interp in docs/support.md"
+        ) from None
+
+
 def _boot_hub(name: str, device: torch.device | None, dtype: torch.dtype, **placement: Any) -> Any:
     kwargs: dict[str, Any] = dict(placement)
     if device is not None:
         kwargs["device"] = str(device)
     try:
-        with quiet_loading():
+        with quiet_loading(), _unsupported_architecture(name):
             model = bridge_class().boot_transformers(name, dtype=dtype, **kwargs)
     except OSError as e:
         raise OSError(

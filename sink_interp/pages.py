@@ -96,16 +96,29 @@ def _collect_details(
     n_det = max(1, min(n_detail, tokens.shape[0]))
     sub = tokens[:n_det]
     s = min(sample, n_det - 1)
+    # keys the description cannot read as [n, T, G, d] (MLA's latent attention, no hook): the key view is left out, said why
+    why_no_keys = None
+    if la.kind == "unknown" or key_name not in model.hook_dict:
+        why_no_keys = f"layer {key_layer}'s keys are not readable from hooks ({', '.join(la.unsupported) or 'no key hook'})"
     keep_p = Keep([hooknames.pattern(l) for l in att_layers], select=None)
-    keep_k = Keep([key_name])
-    run_reducers(model, sub, [keep_p, keep_k], progress=progress, desc="patterns, keys")
+    keep_k = Keep([key_name]) if why_no_keys is None else None
+    reducers = [keep_p] + ([keep_k] if keep_k is not None else [])
+    run_reducers(model, sub, reducers, progress=progress, desc="patterns, keys")
     pats = {l: keep_p.result()[hooknames.pattern(l)][s].numpy() for l in att_layers}
-    k_all = la.final(keep_k.result()[key_name])[:, :, key_head // group].numpy()  # [n, T, d]
+    keys = None
+    if keep_k is not None:
+        k = la.final(keep_k.result()[key_name])
+        if k.dim() == 4 and tuple(k.shape[1:3]) == (sub.shape[1], la.n_kv_heads):
+            k_all = k[:, :, key_head // group].numpy()  # [n, T, d]
+            keys = {"keys": k_all, "layer": key_layer, "head": key_head, "kv_head": key_head // group, "hook": key_name}
+        else:
+            why_no_keys = f"layer {key_layer}'s key hook {key_name} holds {list(k.shape)}, not [n, T, kv heads, d]"
     return {
         "top_heads": top_heads,
         "att_layers": att_layers,
         "patterns": pats,
-        "keys": {"keys": k_all, "layer": key_layer, "head": key_head, "kv_head": key_head // group, "hook": key_name},
+        "keys": keys,
+        "why_no_keys": why_no_keys,
         "sample": s,
     }
 
@@ -188,10 +201,11 @@ def _massive_section(ctx: ReportContext) -> View | None:
                 head=f"layer {k['layer']}, KV head {k['kv_head']} (used by the top sink head L{k['layer']}H{k['head']}; {k['hook']})",
             )
         )
+    why = ctx.extras.get("why_no_keys")
     return section(
         "3. Massive activations and the sink key",
         "The sink token carries a few huge residual values (massive activations); after the norm and W_K they give it a key "
-        "that lies apart from all other keys.",
+        "that lies apart from all other keys." + (f" The key view is left out: {why}." if k is None and why else ""),
         parts,
         anchor="massive",
     )
@@ -401,7 +415,12 @@ def build_report(
         keys=det["keys"],
         timings=timings,
         command=command,
-        extras={"n_detail": min(n_detail, tokens.shape[0]), "trace": bool(trace), "interventions": bool(interventions)},
+        extras={
+            "n_detail": min(n_detail, tokens.shape[0]),
+            "trace": bool(trace),
+            "interventions": bool(interventions),
+            "why_no_keys": det["why_no_keys"],
+        },
         progress=progress,
     )
     return layout_report(ctx, sections)

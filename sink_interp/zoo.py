@@ -50,8 +50,9 @@ def llama_like(
     d_mlp: int | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Config keywords of a Llama-style family (Llama, Mistral, Qwen, Gemma, StableLM, SmolLM3...) for a tiny model."""
-    return dict(
+    """Config keywords of a Llama-style family (Llama, Mistral, Qwen, Gemma, StableLM, SmolLM3...) for a tiny model;
+    ``extra`` adds or overrides keywords (e.g. per-layer ``num_key_value_heads``)."""
+    out = dict(
         vocab_size=d_vocab,
         hidden_size=d_model,
         intermediate_size=d_mlp or 2 * d_model,
@@ -60,8 +61,9 @@ def llama_like(
         num_key_value_heads=n_kv,
         max_position_embeddings=n_ctx,
         **SPECIAL,
-        **extra,
     )
+    out.update(extra)
+    return out
 
 
 def gpt2_like(
@@ -227,14 +229,157 @@ ZOO: dict[str, tuple[str, Callable[[], dict[str, Any]], str]] = {
 
 FAMILIES = tuple(ZOO)
 
+#: families beyond the zoo, one feature each that an analysis must rebuild exactly or refuse by name
+#: (``tests/test_refusals.py`` holds what each analysis does on them; ``docs/support-more.md`` shows it)
+EXTRA_ZOO: dict[str, tuple[str, Callable[[], dict[str, Any]], str]] = {
+    "ministral3": (
+        "Ministral3Config",
+        lambda: _llama_like(
+            head_dim=16,
+            rope_parameters=dict(
+                rope_type="default", rope_theta=1e4, llama_4_scaling_beta=0.5, original_max_position_embeddings=4
+            ),
+        ),
+        "Llama-4 query scale (llama_4_scaling_beta; original_max_position_embeddings 4 so it moves within the input)",
+    ),
+    "olmo": ("OlmoConfig", lambda: _llama_like(clip_qkv=1.0), "clip_qkv (q, k, v clamped before RoPE)"),
+    "smollm3": ("SmolLM3Config", lambda: _llama_like(no_rope_layers=[1, 0]), "NoPE layers (layer 1 without RoPE)"),
+    "deepseek_v2": (
+        "DeepseekV2Config",
+        lambda: _llama_like(
+            num_key_value_heads=N_HEADS,
+            kv_lora_rank=16,
+            q_lora_rank=None,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=16,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            first_k_dense_replace=1,
+            moe_intermediate_size=32,
+        ),
+        "MLA (latent attention; RoPE on 8 of 16 dims inside the bridge), mixture of experts",
+    ),
+    "mpt": (
+        "MptConfig",
+        lambda: dict(
+            vocab_size=D_VOCAB,
+            d_model=D_MODEL,
+            n_heads=N_HEADS,
+            n_layers=N_LAYERS,
+            max_seq_len=N_CTX,
+            initializer_range=INIT,
+            **SPECIAL,
+        ),
+        "ALiBi without Falcon (MPT's slopes)",
+    ),
+    "xglm": (
+        "XGLMConfig",
+        lambda: dict(
+            vocab_size=D_VOCAB,
+            d_model=D_MODEL,
+            attention_heads=N_HEADS,
+            num_layers=N_LAYERS,
+            ffn_dim=2 * D_MODEL,
+            max_position_embeddings=N_CTX,
+            init_std=INIT,
+            **SPECIAL,
+        ),
+        "sinusoidal absolute positions, attention computed inside HF",
+    ),
+    "openai_gpt": (
+        "OpenAIGPTConfig",
+        lambda: dict(
+            vocab_size=D_VOCAB,
+            n_embd=D_MODEL,
+            n_head=N_HEADS,
+            n_layer=N_LAYERS,
+            n_positions=N_CTX,
+            initializer_range=INIT,
+            **SPECIAL,
+        ),
+        "post-norm (GPT-1: ln_1 after attention), learned positions",
+    ),
+    "falcon_h1": (
+        "FalconH1Config",
+        lambda: _llama_like(
+            head_dim=16,
+            key_multiplier=0.3,
+            attention_in_multiplier=2.0,
+            mamba_d_ssm=32,
+            mamba_n_heads=4,
+            mamba_d_head=8,
+            mamba_n_groups=1,
+            mamba_d_state=8,
+            mamba_chunk_size=8,
+        ),
+        "key and attention-input multipliers, a Mamba mixer beside attention in every block",
+    ),
+    "laguna": (
+        "LagunaConfig",
+        lambda: _llama_like(head_dim=16, num_attention_heads_per_layer=[4, 8]),
+        "per-layer head counts (4 and 8), RoPE inside the HF module, QK-norm, mixture of experts",
+    ),
+    "cohere": ("CohereConfig", lambda: _llama_like(use_qk_norm=True), "QK-norm (LayerNorm per head), adjacent-pair rotary"),
+    "hunyuan_v1_dense": ("HunYuanDenseV1Config", lambda: _llama_like(head_dim=16), "QK-norm after RoPE"),
+    "nanochat": ("NanoChatConfig", lambda: _llama_like(), "RoPE and QK-norm inside the HF module (no hook for normed q, k)"),
+    "jetmoe": (
+        "JetMoeConfig",
+        lambda: dict(
+            vocab_size=D_VOCAB,
+            hidden_size=D_MODEL,
+            num_hidden_layers=N_LAYERS,
+            num_key_value_heads=N_KV,
+            kv_channels=16,
+            num_local_experts=2,
+            num_experts_per_tok=1,
+            max_position_embeddings=N_CTX,
+            initializer_range=INIT,
+            **SPECIAL,
+        ),
+        "mixture of attention heads (no q/k hooks), RoPE inside the HF module",
+    ),
+    "codegen": (
+        "CodeGenConfig",
+        lambda: dict(
+            vocab_size=D_VOCAB,
+            n_embd=D_MODEL,
+            n_head=N_HEADS,
+            n_layer=N_LAYERS,
+            n_positions=N_CTX,
+            rotary_dim=8,
+            initializer_range=INIT,
+            **SPECIAL,
+        ),
+        "a bridge that reads an attribute this transformers release dropped",
+    ),
+    "deepseek_v4": ("DeepseekV4Config", lambda: _llama_like(), "attention wrapped as a generic component (no hook_pattern)"),
+    "jamba": (
+        "JambaConfig",
+        lambda: _llama_like(
+            attn_layer_period=2,
+            attn_layer_offset=1,
+            expert_layer_period=2,
+            expert_layer_offset=1,
+            num_experts=2,
+            mamba_d_state=8,
+            mamba_dt_rank=8,
+            use_mamba_kernels=False,
+        ),
+        "hybrid: a Mamba block, then an attention block",
+    ),
+    "helium": ("HeliumConfig", lambda: _llama_like(), "an architecture the bridge cannot load"),
+}
+EXTRA_FAMILIES = tuple(EXTRA_ZOO)
+
 
 def zoo_config(family: str) -> Any:
     """The ``transformers`` config of a zoo family (eager attention)."""
     import transformers
 
-    if family not in ZOO:
-        raise ValueError(f"unknown family {family!r}; the zoo has {', '.join(FAMILIES)}")
-    cls_name, kwargs, _ = ZOO[family]
+    if family not in ZOO and family not in EXTRA_ZOO:
+        raise ValueError(f"unknown family {family!r}; the zoo has {', '.join(FAMILIES + EXTRA_FAMILIES)}")
+    cls_name, kwargs, _ = ZOO[family] if family in ZOO else EXTRA_ZOO[family]
     cls = getattr(transformers, cls_name, None)
     if cls is None:  # pragma: no cover - an older transformers
         raise ValueError(f"transformers {transformers.__version__} has no {cls_name}; family {family!r} needs a newer release")
@@ -265,7 +410,7 @@ def tiny_checkpoint(family: str, directory: str | os.PathLike[str] | None = None
     """Save a tiny random checkpoint of ``family`` (no tokenizer files) and return its folder.
 
     Args:
-        family: one of :data:`FAMILIES` (``"llama"``, ``"gemma2"``, ``"gpt_neox"``, ``"bloom"``...).
+        family: one of :data:`FAMILIES` (``"llama"``, ``"gemma2"``, ``"gpt_neox"``, ``"bloom"``...) or :data:`EXTRA_FAMILIES`.
         directory: where to write it (default: a new temporary folder). Written to a temporary
             folder beside it and renamed into place, so a killed call leaves nothing half-written.
         seed: weights' random seed.

@@ -144,7 +144,10 @@ class KeyLink(Link):
     q_top_dims: list = _doc("residual dims with the largest share of the queries")
     q_top_shares: list = _doc("their shares")
     q_n_dims_90: int = _doc("dims that make 90% of the dims' total share of the queries")
-    reconstruction_error: float = _doc("self-check: max |sum of contributions + bias - hook_k| / max |k| (~1e-6)")
+    reconstruction_error: float = _doc(
+        "self-check: max |sum of contributions + bias - hook_k| / max |k|; trace_sink refuses the link above the "
+        "tolerance of the weights' dtype (1e-4 in float32), so a report holds at most that"
+    )
 
 
 @register_record
