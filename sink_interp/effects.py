@@ -48,6 +48,7 @@ from ._internal import display
 from ._internal import distributed as dist
 from ._internal.errors import check_eps, check_positive_int
 from ._internal.probe import ProbeSet
+from ._internal.provenance import Provenance
 from ._internal.report import ModelRun, Report, register_record
 from ._internal.vocab import RENAMED
 from .architecture import check_model_tokens
@@ -182,14 +183,10 @@ class EffectReport(ModelRun, Report):
     """
 
     effects: tuple[Effect, ...]
-    model: str
-    data: str
-    bos: bool | None
+    provenance: Provenance
     eps: float
     n: int
     length: int
-    model_info: dict[str, Any]
-    versions: dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -483,7 +480,7 @@ def compare(
         eps=eps,
         n=n,
         length=T,
-        **prov.report_fields(),
+        provenance=prov,
         extra=prov.extra(),
     )
 

@@ -45,6 +45,7 @@ from torch import Tensor
 from ._internal import display, hooknames
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
+from ._internal.provenance import Provenance
 from ._internal.report import FieldError, ModelRun, Report, check_range
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
@@ -225,11 +226,7 @@ class MassiveReport(ModelRun, Report):
     flags_truncated: bool
     abs_threshold: float
     ratio_threshold: float
-    model: str
-    bos: bool | None
-    data: str
-    model_info: dict[str, Any]
-    versions: dict[str, str]
+    provenance: Provenance
     key_after_rope: bool
     sink_report: SinkReport | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -626,13 +623,13 @@ def massive_activations(
             score="softmax" if not used else "auto:" + "+".join(used),
             proxy_layers=dict(sred.proxy_layers),
             layers=tuple(sred.layers),
-            **prov.report_fields(),
+            provenance=prov,
         )
     return MassiveReport(
         **res,
         abs_threshold=abs_threshold,
         ratio_threshold=ratio_threshold,
-        **prov.report_fields(),
+        provenance=prov,
         key_after_rope=describe_attention(model).layer(0).rotary is not None,
         sink_report=sink_report,
         extra=prov.extra(),

@@ -69,6 +69,7 @@ from ._internal import display, hooknames
 from ._internal import distributed as dist
 from ._internal.errors import NonFiniteError, check_positive_int
 from ._internal.probe import ProbeSet, as_tokens
+from ._internal.provenance import Provenance
 from ._internal.report import FieldError, ModelRun, Report, check_indices
 from .architecture import LayerAttention, check_model_tokens, describe_attention, verify_attention
 from .capture import attach_hooks, model_device
@@ -247,13 +248,9 @@ class PatchReport(ModelRun, Report):
     n_heads: int
     n_kv_heads: int
     seconds: dict[str, float]
-    model: str
-    data: str
-    bos: bool | None
+    provenance: Provenance
     n: int
     length: int
-    model_info: dict[str, Any]
-    versions: dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)
 
     _nan_fields = ("values", "kv_values", "estimate", "estimate_linear", "kv_estimate")  # NaN: heads not patched
@@ -917,7 +914,7 @@ def patch_heads(
         seconds=seconds,
         n=n,
         length=T,
-        **prov.report_fields(),
+        provenance=prov,
         extra={**prov.extra(), **meta, **(extra or {})},
     )
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._internal.provenance import Provenance
 from .._internal.report import ModelRun, Report, register_record
 from ..massive import MassiveReport
 from .story import explain_text, story_text
@@ -224,11 +225,7 @@ class TraceReport(ModelRun, Report):
     links: dict[str, Link]
     skipped: dict[str, str]
     massive: MassiveReport
-    model: str
-    bos: bool | None
-    data: str
-    model_info: dict[str, Any]
-    versions: dict[str, str]
+    provenance: Provenance
     key_pca: dict[str, np.ndarray] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
