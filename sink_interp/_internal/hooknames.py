@@ -100,6 +100,15 @@ def mlp_post(layer: int) -> str:  # [b, s, d_mlp] input of the MLP's output proj
     return block(layer, "mlp.hook_post")
 
 
+#: the linear layers whose inputs activation quantization reads (fused ``attn.qkv`` is absent: its hook_in edits
+#: do not reach the bridge's split q/k/v)
+LINEARS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.in", "mlp.out")
+
+
+def linear_in(layer: int, linear: str) -> str:  # [b, s, ...] input of a linear layer of the block ("attn.q", "mlp.out")
+    return block(layer, f"{linear}.hook_in")
+
+
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 
 

@@ -122,22 +122,35 @@ def effect_report_view(rep: Any, values: tuple[str, ...] = ("delta_loss", "kl", 
 
 
 def patch_report_view(rep: Any) -> View:
-    """A ``PatchReport``: the normalised effect of patching each head, exact and attribution side by side."""
+    """A ``PatchReport``: the normalised effect of patching each head, exact and attribution side by side (the effect in
+    metric units where normalising is refused: a clean-corrupted gap too small or of the wrong sign)."""
     what = {"noise": "clean run, corrupted activation written in", "denoise": "corrupted run, clean activation written in"}
     est = np.asarray(rep.estimate, dtype=float)
-    extra = {"metric": np.asarray(rep.values, dtype=float)}
+    vals = np.asarray(rep.values, dtype=float)
+    extra = {"metric": vals}
     if est.size:
         extra["estimate"] = est
+    why = rep.gap_problem() if hasattr(rep, "gap_problem") else None
+    if why is None:
+        shown, shown_est = rep.normalised(), rep.normalised(est) if est.size else None
+        name, cell = (
+            "normalised effect",
+            "(patched - base) / (other - base); 1 = this head alone carries the whole difference, 0 = nothing",
+        )
+    else:
+        shown, shown_est = vals - rep.base, est - rep.base if est.size else None
+        name, cell = "effect", f"patched - base, in metric units (normalising refused: {why})"
+    if not np.isfinite(shown).any() and shown_est is not None:  # an estimate alone (no head patched exactly)
+        shown, shown_est = shown_est, None
     return patch_heatmap(
-        rep.normalised(),
-        rep.normalised(est) if est.size else None,
-        value_name="normalised effect",
+        shown,
+        shown_est,
+        value_name=name,
         extra=extra,
         title=f"Patching {rep.what} of each head on {rep.model} ({rep.method})",
         caption=(
             f"{what.get(rep.direction, rep.direction)}; metric {rep.metric}: clean {rep.clean:.4g}, corrupted "
-            f"{rep.corrupted:.4g}. Each cell: (patched - base) / (other - base); 1 = this head alone carries the whole "
-            "difference, 0 = nothing, grey = not patched. Hover a cell for the metric."
+            f"{rep.corrupted:.4g}. Each cell: {cell}; grey = not patched. Hover a cell for the metric."
         ),
     )
 
