@@ -46,7 +46,7 @@ from ._internal import display, hooknames
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
 from ._internal.provenance import Provenance
-from ._internal.report import FieldError, ModelRun, Report, check_range
+from ._internal.report import FieldError, ModelRun, Report, check_range, summary_head, summary_tail
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .metrics import SinkReport, SinkScoreReducer
@@ -502,9 +502,7 @@ class MassiveReport(ModelRun, Report):
         """Provenance and headline numbers (what :meth:`to_json` writes)."""
         massive_layers = [int(l) for l in np.nonzero(self.is_massive())[0]]
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "n": self.n,
             "length": self.length,
             "dtype": self.dtype,
@@ -525,9 +523,7 @@ class MassiveReport(ModelRun, Report):
             "layers": self.to_frame().to_dict(orient="records"),
             "extreme_tokens": self.extreme_tokens().to_dict(orient="records"),
             "extreme_triple": self.extreme_triple(),
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     def __repr__(self) -> str:

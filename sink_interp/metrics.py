@@ -42,7 +42,7 @@ from ._internal import distributed as dist
 from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
 from ._internal.provenance import Provenance
-from ._internal.report import FieldError, ModelRun, Report, check_indices, check_range
+from ._internal.report import FieldError, ModelRun, Report, check_indices, check_range, summary_head, summary_tail
 from ._internal.scores import MIN_QUERIES, SCORES, reliable_keys, sink_alpha, sink_rates
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
@@ -352,9 +352,7 @@ class SinkReport(ModelRun, Report):
         """Provenance and headline numbers (what :meth:`to_json` writes, minus the full scores)."""
         top = self.head_table().head(10)
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "eps": self.eps,
             "length": self.length,
             "n": self.n,
@@ -370,9 +368,7 @@ class SinkReport(ModelRun, Report):
             "mean_alpha_1": float(self.alpha[..., 0].mean()),
             "top_heads": top.to_dict(orient="records"),
             "sink_positions": self.sink_positions().to_dict(orient="records"),
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     @classmethod
@@ -676,9 +672,7 @@ class SinkSummary(ModelRun, Report):
 
     def summary(self) -> dict[str, Any]:
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "eps": self.eps,
             "length": self.length,
             "n": self.n,
@@ -693,9 +687,7 @@ class SinkSummary(ModelRun, Report):
             "sink_rates": [float(x) for x in self.rates()],
             "layer_rates": [float(x) for x in self.layer_rates(1)],
             "mean_alpha_1": float(self.mean_alpha(1).mean()),
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     def __repr__(self) -> str:

@@ -73,7 +73,7 @@ from ._internal import distributed as dist
 from ._internal.errors import NonFiniteError, check_positive_int
 from ._internal.probe import ProbeSet, as_tokens
 from ._internal.provenance import Provenance
-from ._internal.report import FieldError, ModelRun, Report, check_indices
+from ._internal.report import FieldError, ModelRun, Report, check_indices, summary_head
 from .architecture import LayerAttention, check_model_tokens, describe_attention, verify_attention
 from .capture import attach_hooks, model_device
 from .models import special_token_ids
@@ -447,9 +447,7 @@ class PatchReport(ModelRun, Report):
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "n": self.n,
             "length": self.length,
             "what": self.what,

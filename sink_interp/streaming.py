@@ -42,7 +42,7 @@ from ._internal import display
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
 from ._internal.provenance import Provenance
-from ._internal.report import FieldError, Provenanced, Report, check_range
+from ._internal.report import FieldError, Provenanced, Report, check_range, summary_head, summary_tail
 from .architecture import check_model_tokens, describe_attention
 from .capture import run_reducers
 from .effects import NextTokenReducer
@@ -185,9 +185,7 @@ class StreamReport(Provenanced, Report):
     def summary(self) -> dict[str, Any]:
         after = self.full_from
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "n": self.n,
             "length": self.length,
             "n_sinks": self.n_sinks,
@@ -199,9 +197,7 @@ class StreamReport(Provenanced, Report):
             "ppl_all": {c: self.ppl(c) for c in self.conditions},
             f"ppl_from_{after}": {c: self.ppl(c, after) for c in self.conditions},
             "buckets": self.to_frame().to_dict(orient="records"),
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     def __repr__(self) -> str:

@@ -204,6 +204,17 @@ class Provenanced:
         return self.provenance.versions
 
 
+def summary_head(rep: Any) -> dict[str, Any]:
+    """The first keys of a model run's ``summary()``, in this order: ``model``, ``data``, ``bos``."""
+    return {"model": rep.model, "data": rep.data, "bos": rep.bos}
+
+
+def summary_tail(rep: Any) -> dict[str, Any]:
+    """The last keys of a model run's ``summary()``: ``model_info``, ``versions`` and ``extra`` when it holds anything."""
+    extra = getattr(rep, "extra", None)
+    return {"model_info": rep.model_info, "versions": rep.versions, **({"extra": extra} if extra else {})}
+
+
 #: the fields a report held before its provenance was one field
 OLD_PROVENANCE_FIELDS = ("model", "bos", "data", "model_info", "versions")
 

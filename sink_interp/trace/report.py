@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .._internal.provenance import Provenance
-from .._internal.report import ModelRun, Report, register_record
+from .._internal.report import ModelRun, Report, register_record, summary_head, summary_tail
 from ..massive import MassiveReport
 from .story import explain_text, story_text
 
@@ -277,9 +277,7 @@ class TraceReport(ModelRun, Report):
     def summary(self) -> dict[str, Any]:
         """Provenance, the issue's JSON keys (``massive``, ``value_norm_ratio``, ``writer``) and every link."""
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "n": self.n,
             "length": self.length,
             "dtype": self.dtype,
@@ -297,9 +295,7 @@ class TraceReport(ModelRun, Report):
             "docs": {k: v.docs() for k, v in self.links.items()},
             "skipped": self.skipped,
             "massive_report": self.massive.summary(),
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     def __repr__(self) -> str:
