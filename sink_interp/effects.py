@@ -48,7 +48,8 @@ from ._internal import display
 from ._internal import distributed as dist
 from ._internal.errors import check_eps, check_positive_int
 from ._internal.probe import ProbeSet
-from ._internal.report import ModelRun, Report, register_record
+from ._internal.provenance import Provenance
+from ._internal.report import ModelRun, Report, register_record, summary_head, summary_tail
 from ._internal.vocab import RENAMED
 from .architecture import check_model_tokens
 from .capture import Reducer, run_reducers
@@ -182,14 +183,10 @@ class EffectReport(ModelRun, Report):
     """
 
     effects: tuple[Effect, ...]
-    model: str
-    data: str
-    bos: bool | None
+    provenance: Provenance
     eps: float
     n: int
     length: int
-    model_info: dict[str, Any]
-    versions: dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -225,18 +222,14 @@ class EffectReport(ModelRun, Report):
 
     def summary(self) -> dict[str, Any]:
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "eps": self.eps,
             "n": self.n,
             "length": self.length,
             "dtype": self.dtype,
             "device": self.device,
             "effects": [e.row() for e in self.effects],
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     def table(
@@ -483,7 +476,7 @@ def compare(
         eps=eps,
         n=n,
         length=T,
-        **prov.report_fields(),
+        provenance=prov,
         extra=prov.extra(),
     )
 

@@ -28,6 +28,7 @@ from torch import Tensor
 from ._internal import hooknames
 from ._internal.errors import NonFiniteError, check_positive_int
 from ._internal.probe import ProbeSet
+from ._internal.provenance import Provenance
 from ._internal.report import Report
 from .architecture import check_model_tokens, describe_attention
 from .capture import Keep, explain_non_finite, model_device, run_reducers
@@ -61,6 +62,13 @@ class FitReport(Report):
     history: Float[np.ndarray, " steps"]
     effects: EffectReport | None
     settings: dict[str, Any]
+
+    @property
+    def provenance(self) -> Provenance:
+        """That of the evaluation (``effects``); empty for a fit that was not evaluated."""
+        if self.effects is None:
+            return Provenance(model="", model_info={}, data="", bos=None, versions={})
+        return self.effects.provenance
 
     def _eff(self) -> EffectReport:
         if self.effects is None:

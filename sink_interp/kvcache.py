@@ -52,7 +52,7 @@ from torch import Tensor
 from ._internal import display
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
-from ._internal.report import FieldError, Report, check_range
+from ._internal.report import FieldError, Report, check_range, summary_head, summary_tail
 from .architecture import check_model_tokens, describe_attention
 from .interventions import Intervention
 from .kernels import visible_mask
@@ -591,9 +591,7 @@ class KVReport(Report):
 
     def summary(self) -> dict[str, Any]:
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "n": self.n,
             "length": self.length,
             "n_sinks": self.n_sinks,
@@ -603,9 +601,7 @@ class KVReport(Report):
             "results": self.to_frame().to_dict(orient="records"),
             "dtype": self.model_info.get("dtype"),
             "device": self.model_info.get("device"),
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     def __repr__(self) -> str:

@@ -41,6 +41,7 @@ from torch import Tensor
 from ._internal import display
 from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
+from ._internal.provenance import Provenance
 from ._internal.report import FieldError, Report, check_range
 from .architecture import check_model_tokens
 from .lse import bucket_edges, lse_column_sums, normalize_edges
@@ -89,6 +90,11 @@ class LongContextReport(Report):
             check_range("bucket_alpha", a, 0.0, ALPHA_MAX)
 
     # ------------------------------------------------------------- basics
+    @property
+    def provenance(self) -> Provenance:
+        """That of the whole-input :class:`~sink_interp.SinkReport` it holds."""
+        return self.sink_report.provenance
+
     @property
     def eps(self) -> float:
         return self.sink_report.eps
@@ -284,7 +290,7 @@ def long_context_sinks(
         score="softmax",
         proxy_layers={},
         layers=tuple(sums.layers),
-        **prov.report_fields(),
+        provenance=prov,
         method="lse",
         extra=extra,
     )

@@ -45,7 +45,8 @@ from torch import Tensor
 from ._internal import display, hooknames
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
-from ._internal.report import FieldError, ModelRun, Report, check_range
+from ._internal.provenance import Provenance
+from ._internal.report import FieldError, ModelRun, Report, check_range, summary_head, summary_tail
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .metrics import SinkReport, SinkScoreReducer
@@ -246,11 +247,7 @@ class MassiveReport(ModelRun, Report):
     flags_truncated: bool
     abs_threshold: float
     ratio_threshold: float
-    model: str
-    bos: bool | None
-    data: str
-    model_info: dict[str, Any]
-    versions: dict[str, str]
+    provenance: Provenance
     key_after_rope: bool
     sink_report: SinkReport | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -528,9 +525,7 @@ class MassiveReport(ModelRun, Report):
         """Provenance and headline numbers (what :meth:`to_json` writes)."""
         massive_layers = [int(l) for l in np.nonzero(self.is_massive())[0]]
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "n": self.n,
             "length": self.length,
             "dtype": self.dtype,
@@ -551,9 +546,7 @@ class MassiveReport(ModelRun, Report):
             "layers": self.to_frame().to_dict(orient="records"),
             "extreme_tokens": self.extreme_tokens().to_dict(orient="records"),
             "extreme_triple": self.extreme_triple(),
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     def __repr__(self) -> str:
@@ -658,13 +651,13 @@ def massive_activations(
             score="softmax" if not used else "auto:" + "+".join(used),
             proxy_layers=dict(sred.proxy_layers),
             layers=tuple(sred.layers),
-            **prov.report_fields(),
+            provenance=prov,
         )
     return MassiveReport(
         **res,
         abs_threshold=abs_threshold,
         ratio_threshold=ratio_threshold,
-        **prov.report_fields(),
+        provenance=prov,
         key_after_rope=describe_attention(model).layer(0).rotary is not None,
         sink_report=sink_report,
         extra={**prov.extra(), **({"keys_unreadable": unreadable} if unreadable else {})},

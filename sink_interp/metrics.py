@@ -41,7 +41,8 @@ from ._internal import display, hooknames
 from ._internal import distributed as dist
 from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
-from ._internal.report import FieldError, ModelRun, Report, check_indices, check_range
+from ._internal.provenance import Provenance
+from ._internal.report import FieldError, ModelRun, Report, check_indices, check_range, summary_head, summary_tail
 from ._internal.scores import MIN_QUERIES, SCORES, reliable_keys, sink_alpha, sink_rates
 from .architecture import check_head_counts, check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
@@ -187,14 +188,10 @@ class SinkReport(ModelRun, Report):
     alpha: Float[np.ndarray, "n layer head pos"]
     row_sum: Float[np.ndarray, "n layer head"]
     eps: float
-    model: str
-    bos: bool | None
-    data: str
+    provenance: Provenance
     score: str
     proxy_layers: dict[int, str]
     layers: tuple[int, ...]
-    model_info: dict[str, Any]
-    versions: dict[str, str]
     method: str = "pattern"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -355,9 +352,7 @@ class SinkReport(ModelRun, Report):
         """Provenance and headline numbers (what :meth:`to_json` writes, minus the full scores)."""
         top = self.head_table().head(10)
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "eps": self.eps,
             "length": self.length,
             "n": self.n,
@@ -373,9 +368,7 @@ class SinkReport(ModelRun, Report):
             "mean_alpha_1": float(self.alpha[..., 0].mean()),
             "top_heads": top.to_dict(orient="records"),
             "sink_positions": self.sink_positions().to_dict(orient="records"),
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     @classmethod
@@ -388,14 +381,18 @@ class SinkReport(ModelRun, Report):
             alpha=np.asarray(d["alpha"], dtype=np.float32),
             row_sum=np.asarray(d["row_sum"], dtype=np.float32),
             eps=float(d["eps"]),
-            model=d["model"],
-            bos=d.get("bos"),
-            data=d["data"],
+            provenance=Provenance(
+                model=d["model"],
+                model_info=d["model_info"],
+                data=d["data"],
+                bos=d.get("bos"),
+                probe=(d.get("extra") or {}).get("probe"),
+                mask=(d.get("extra") or {}).get("mask"),
+                versions=d["versions"],
+            ),
             score=d["score"],
             proxy_layers={int(k): v for k, v in (d.get("proxy_layers") or {}).items()},
             layers=tuple(int(x) for x in d["layers"]),
-            model_info=d["model_info"],
-            versions=d["versions"],
             method=d.get("method", "pattern"),
             extra=d.get("extra", {}),
         )
@@ -535,7 +532,7 @@ def measure_sinks(
         score=score if score != "auto" else ("softmax" if not used else "auto:" + "+".join(used)),
         proxy_layers=proxy_layers,
         layers=tuple(layer_list),
-        **prov.report_fields(),
+        provenance=prov,
         method=method,
         extra=extra,
     )
@@ -580,14 +577,10 @@ class SinkSummary(ModelRun, Report):
     n: int
     eps_grid: tuple[float, ...]
     eps: float
-    model: str
-    bos: bool | None
-    data: str
+    provenance: Provenance
     score: str
     proxy_layers: dict[int, str]
     layers: tuple[int, ...]
-    model_info: dict[str, Any]
-    versions: dict[str, str]
     method: str = "pattern"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -679,9 +672,7 @@ class SinkSummary(ModelRun, Report):
 
     def summary(self) -> dict[str, Any]:
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "eps": self.eps,
             "length": self.length,
             "n": self.n,
@@ -696,9 +687,7 @@ class SinkSummary(ModelRun, Report):
             "sink_rates": [float(x) for x in self.rates()],
             "layer_rates": [float(x) for x in self.layer_rates(1)],
             "mean_alpha_1": float(self.mean_alpha(1).mean()),
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     def __repr__(self) -> str:
@@ -775,7 +764,7 @@ def _measure_summary(
         score=scores[0] if len(scores) == 1 else "+".join(scores),
         proxy_layers=proxy,
         layers=tuple(first[7]),
-        **prov.report_fields(),
+        provenance=prov,
         method=first[6],
         extra={**extra, **prov.extra()},
     )

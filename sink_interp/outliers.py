@@ -39,7 +39,7 @@ from ._internal import display, hooknames
 from ._internal import distributed as dist
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
-from ._internal.report import FieldError, Report, check_range
+from ._internal.report import FieldError, Report, check_range, summary_head, summary_tail
 from .architecture import check_model_tokens
 from .capture import attach_hooks
 from .provenance import provenance
@@ -200,9 +200,7 @@ class OutlierReport(Report):
     def summary(self) -> dict[str, Any]:
         lf = self.loss_frame()
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "n": self.n,
             "length": self.length,
             "hook": "hook_resid_post (each block's output)",
@@ -221,9 +219,7 @@ class OutlierReport(Report):
             "loss": {c: {q: float(lf.loc[c, q]) for q in self.quant_labels} for c in self.conditions},
             "dtype": self.model_info.get("dtype"),
             "device": self.model_info.get("device"),
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     def __repr__(self) -> str:

@@ -72,7 +72,8 @@ from ._internal import display, hooknames
 from ._internal import distributed as dist
 from ._internal.errors import NonFiniteError, check_positive_int
 from ._internal.probe import ProbeSet, as_tokens
-from ._internal.report import FieldError, ModelRun, Report, check_indices
+from ._internal.provenance import Provenance
+from ._internal.report import FieldError, ModelRun, Report, check_indices, summary_head
 from .architecture import LayerAttention, check_model_tokens, describe_attention, verify_attention
 from .capture import attach_hooks, model_device
 from .models import special_token_ids
@@ -254,13 +255,9 @@ class PatchReport(ModelRun, Report):
     n_heads: int
     n_kv_heads: int
     seconds: dict[str, float]
-    model: str
-    data: str
-    bos: bool | None
+    provenance: Provenance
     n: int
     length: int
-    model_info: dict[str, Any]
-    versions: dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)
     #: the sign ``clean - corrupted`` should have for the metric (+1 logprob/logit_diff, -1 kl, 0 unknown: not checked)
     expect: int = 0
@@ -450,9 +447,7 @@ class PatchReport(ModelRun, Report):
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "n": self.n,
             "length": self.length,
             "what": self.what,
@@ -989,7 +984,7 @@ def patch_heads(
         seconds=seconds,
         n=n,
         length=T,
-        **prov.report_fields(),
+        provenance=prov,
         extra={**prov.extra(), **meta, **(extra or {})},
         expect=expect,
     )

@@ -52,7 +52,7 @@ from ._internal import display, hooknames
 from ._internal import distributed as dist
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
-from ._internal.report import FieldError, Report, check_range
+from ._internal.report import FieldError, Report, check_range, summary_head, summary_tail
 from .architecture import check_model_tokens, describe_attention, expand_kv, verify_attention
 from .capture import attach_hooks, run_reducers
 from .effects import NextTokenReducer
@@ -503,9 +503,7 @@ class QuantReport(Report):
 
     def summary(self) -> dict[str, Any]:
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "n": self.n,
             "length": self.length,
             "key_mode": self.key_mode,
@@ -525,9 +523,7 @@ class QuantReport(Report):
             },
             "dtype": self.model_info.get("dtype"),
             "device": self.model_info.get("device"),
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     def table(self) -> pd.DataFrame:

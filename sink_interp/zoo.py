@@ -39,6 +39,29 @@ SPECIAL = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
 # --------------------------------------------------------------------------- one builder for every tiny model
+def hidden_like(
+    *,
+    d_vocab: int = D_VOCAB,
+    d_model: int = D_MODEL,
+    n_layers: int = N_LAYERS,
+    n_heads: int = N_HEADS,
+    n_ctx: int = N_CTX,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Config keywords shared by the families that name their sizes ``hidden_size``, ``num_hidden_layers``...;
+    ``extra`` adds or overrides keywords."""
+    out = dict(
+        vocab_size=d_vocab,
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        max_position_embeddings=n_ctx,
+        **SPECIAL,
+    )
+    out.update(extra)
+    return out
+
+
 def llama_like(
     *,
     d_vocab: int = D_VOCAB,
@@ -52,18 +75,9 @@ def llama_like(
 ) -> dict[str, Any]:
     """Config keywords of a Llama-style family (Llama, Mistral, Qwen, Gemma, StableLM, SmolLM3...) for a tiny model;
     ``extra`` adds or overrides keywords (e.g. per-layer ``num_key_value_heads``)."""
-    out = dict(
-        vocab_size=d_vocab,
-        hidden_size=d_model,
-        intermediate_size=d_mlp or 2 * d_model,
-        num_hidden_layers=n_layers,
-        num_attention_heads=n_heads,
-        num_key_value_heads=n_kv,
-        max_position_embeddings=n_ctx,
-        **SPECIAL,
-    )
-    out.update(extra)
-    return out
+    sizes = dict(intermediate_size=d_mlp or 2 * d_model, num_key_value_heads=n_kv)
+    sizes.update(extra)
+    return hidden_like(d_vocab=d_vocab, d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_ctx=n_ctx, **sizes)
 
 
 def gpt2_like(
@@ -152,17 +166,7 @@ ZOO: dict[str, tuple[str, Callable[[], dict[str, Any]], str]] = {
     "gpt2": ("GPT2Config", lambda: gpt2_like(initializer_range=INIT), "learned absolute positions, Conv1D fused qkv"),
     "gpt_neox": (
         "GPTNeoXConfig",
-        lambda: dict(
-            vocab_size=D_VOCAB,
-            hidden_size=D_MODEL,
-            intermediate_size=2 * D_MODEL,
-            num_hidden_layers=N_LAYERS,
-            num_attention_heads=N_HEADS,
-            max_position_embeddings=N_CTX,
-            rotary_pct=0.25,
-            initializer_range=INIT,
-            **SPECIAL,
-        ),
+        lambda: hidden_like(intermediate_size=2 * D_MODEL, rotary_pct=0.25, initializer_range=INIT),
         "partial rotary (25 %), fused per-head qkv, parallel attention + MLP",
     ),
     "gptj": (
@@ -172,30 +176,12 @@ ZOO: dict[str, tuple[str, Callable[[], dict[str, Any]], str]] = {
     ),
     "opt": (
         "OPTConfig",
-        lambda: dict(
-            vocab_size=D_VOCAB,
-            hidden_size=D_MODEL,
-            ffn_dim=2 * D_MODEL,
-            num_hidden_layers=N_LAYERS,
-            num_attention_heads=N_HEADS,
-            max_position_embeddings=N_CTX,
-            word_embed_proj_dim=D_MODEL,
-            init_std=INIT,
-            **SPECIAL,
-        ),
+        lambda: hidden_like(ffn_dim=2 * D_MODEL, word_embed_proj_dim=D_MODEL, init_std=INIT),
         "learned positions with offset, query scaled before the scores, attention computed inside HF",
     ),
     "falcon": (
         "FalconConfig",
-        lambda: dict(
-            vocab_size=D_VOCAB,
-            hidden_size=D_MODEL,
-            num_hidden_layers=N_LAYERS,
-            num_attention_heads=N_HEADS,
-            max_position_embeddings=N_CTX,
-            initializer_range=INIT,
-            **SPECIAL,
-        ),
+        lambda: hidden_like(initializer_range=INIT),
         "multi-query, RoPE, parallel attention + MLP, fused qkv",
     ),
     "bloom": (

@@ -124,3 +124,25 @@ def test_the_report_page_shows_the_numbers_of_massive_activations():
         assert [toks[(layer, t)] for t in range(T)] == [fmt(v) for v in norms]
     assert len(dims) == L * 12 and len(toks) == L * T
     assert max(float(v.split()[0]) for v in dims.values()) > 1  # the case has large entries (embeddings are ~0.05)
+
+
+def test_every_report_class_gives_its_provenance():
+    """One field ``provenance`` (or, for a report holding another, that report's); no report rebuilds it by getattr."""
+    import dataclasses
+
+    import sink_interp
+    from sink_interp._internal import providers
+    from sink_interp._internal.report import REPORT_TYPES
+
+    providers.load("reports")
+    assert sink_interp  # the package registers its report modules
+    for name, cls in REPORT_TYPES.items():
+        if name == "Toy":
+            continue
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert "provenance" in fields or isinstance(getattr(cls, "provenance", None), property), name
+        if "provenance" in fields:
+            assert not {"model", "bos", "data", "model_info", "versions"} & fields, name
+    model = tiny_model()
+    rep = measure_sinks(model, torch.randint(4, 128, (2, 10)), progress=False)
+    assert rep.provenance.model == rep.model and rep.provenance.model_info is rep.model_info

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._internal.report import ModelRun, Report, register_record
+from .._internal.provenance import Provenance
+from .._internal.report import ModelRun, Report, register_record, summary_head, summary_tail
 from ..massive import MassiveReport
 from .story import explain_text, story_text
 
@@ -227,11 +228,7 @@ class TraceReport(ModelRun, Report):
     links: dict[str, Link]
     skipped: dict[str, str]
     massive: MassiveReport
-    model: str
-    bos: bool | None
-    data: str
-    model_info: dict[str, Any]
-    versions: dict[str, str]
+    provenance: Provenance
     key_pca: dict[str, np.ndarray] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -283,9 +280,7 @@ class TraceReport(ModelRun, Report):
     def summary(self) -> dict[str, Any]:
         """Provenance, the issue's JSON keys (``massive``, ``value_norm_ratio``, ``writer``) and every link."""
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "n": self.n,
             "length": self.length,
             "dtype": self.dtype,
@@ -303,9 +298,7 @@ class TraceReport(ModelRun, Report):
             "docs": {k: v.docs() for k, v in self.links.items()},
             "skipped": self.skipped,
             "massive_report": self.massive.summary(),
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     def __repr__(self) -> str:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .._internal.errors import check_positive_int
 from .._internal.probe import ProbeSet, probe_of
-from .._internal.provenance import versions
+from .._internal.provenance import Provenance, versions
 from ..architecture import UnsupportedAttention, attention_atol, check_model_tokens, describe_attention
 from ..massive import (
     DEFAULT_ABS_THRESHOLD,
@@ -297,11 +297,9 @@ def trace_sink(
         links={k: out_links[k] for k in order},
         skipped=skipped,
         massive=massive,
-        model=mi.name,
-        bos=massive.bos,
-        data=massive.data,
-        model_info=mi.to_dict(),
-        versions=versions(),
+        provenance=Provenance(
+            model=mi.name, model_info=mi.to_dict(), data=massive.data, bos=massive.bos, probe=info, versions=versions()
+        ),
         key_pca=key_pca,
         extra={
             **({"probe": info} if info is not None else {}),
