@@ -57,6 +57,7 @@ from .figures import (
     trace_chain_view,
     training_curves,
 )
+from .practice import kv_budget_view, outlier_map_view, quant_bits_view
 from .report import (
     layer_rate_view,
     pending,
@@ -78,6 +79,9 @@ __all__ = [
     "finding_curves_view",
     "find_sink_positions",
     "head_heatmap",
+    "kv_budget_view",
+    "outlier_map_view",
+    "quant_bits_view",
     "patch_heatmap",
     "json_for_html",
     "key_manifold_view",
