@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import html
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -166,18 +165,6 @@ class Effect:
             "score": self.score,
             "description": self.description,
         }
-
-    @property
-    def sink_1(self) -> float:
-        """Deprecated name of :attr:`sink_rate_1`."""
-        warnings.warn("Effect.sink_1 is deprecated; use Effect.sink_rate_1", DeprecationWarning, stacklevel=2)
-        return self.sink_rate_1
-
-    @property
-    def sink_2(self) -> float:
-        """Deprecated name of :attr:`sink_rate_2`."""
-        warnings.warn("Effect.sink_2 is deprecated; use Effect.sink_rate_2", DeprecationWarning, stacklevel=2)
-        return self.sink_rate_2
 
 
 @dataclass(frozen=True, eq=False, repr=False)

@@ -90,12 +90,6 @@ class LongContextReport(Report):
 
     # ------------------------------------------------------------- basics
     @property
-    def sinks(self) -> SinkReport:
-        """Deprecated name of :attr:`sink_report`."""
-        warnings.warn("LongContextReport.sinks is deprecated; use .sink_report", DeprecationWarning, stacklevel=2)
-        return self.sink_report
-
-    @property
     def eps(self) -> float:
         return self.sink_report.eps
 

@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import html
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +46,6 @@ from ._internal import display, hooknames
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
 from ._internal.report import FieldError, ModelRun, Report, check_range
-from ._internal.vocab import renamed_kwargs
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .metrics import SinkReport, SinkScoreReducer
@@ -253,12 +251,6 @@ class MassiveReport(ModelRun, Report):
             )
 
     # ------------------------------------------------------------ shape facts
-    @property
-    def sinks(self) -> SinkReport | None:
-        """Deprecated name of :attr:`sink_report`."""
-        warnings.warn("MassiveReport.sinks is deprecated; use .sink_report", DeprecationWarning, stacklevel=2)
-        return self.sink_report
-
     @property
     def n(self) -> int:
         return int(self.top_abs.shape[0])
@@ -569,7 +561,6 @@ class MassiveReport(ModelRun, Report):
         )
 
 
-@renamed_kwargs(sinks="measure_sinks")
 def massive_activations(
     model: Any,
     tokens: Tensor | ProbeSet,

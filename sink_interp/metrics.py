@@ -42,12 +42,10 @@ from ._internal import distributed as dist
 from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
 from ._internal.report import FieldError, ModelRun, Report, check_indices, check_range
+from ._internal.scores import MIN_QUERIES, SCORES, reliable_keys, sink_alpha, sink_rates
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .provenance import provenance
-
-SCORES = ("auto", "softmax", "proxy", "abs-proxy")
-PROXY_EPS = 1e-8
 
 # score="auto" resolves to this for models that know how their attention must be read
 # (set by sink_interp.training for trained kernels: a K-bias model is scored on its raw pattern)
@@ -59,31 +57,6 @@ def register_score(model: Any, score: str) -> None:
     if score not in SCORES[1:]:
         raise ValueError(f"score must be one of {SCORES[1:]}, got {score!r}")
     _MODEL_SCORE[model] = score
-
-
-def sink_alpha(pattern: Float[Tensor, "... q k"], score: str = "softmax") -> Float[Tensor, "... k"]:
-    """``alpha_k`` for every key position of a causal attention pattern, in float32.
-
-    ``score``: ``"softmax"`` uses the pattern as is; ``"proxy"`` divides each
-    row by its sum (+1e-8); ``"abs-proxy"`` uses ``|A| / (sum |A| + 1e-8)``.
-
-    Examples:
-        >>> import torch
-        >>> uniform = torch.tril(torch.ones(4, 4)) / torch.arange(1, 5)[:, None]
-        >>> sink_alpha(uniform)  # key 1 gets 1, 1/2, 1/3, 1/4 -> mean 0.5208; key 2: (1/2+1/3+1/4)/3
-        tensor([0.5208, 0.3611, 0.2917, 0.2500])
-    """
-    p = pattern.float()
-    if score == "proxy":
-        p = p / (p.sum(-1, keepdim=True) + PROXY_EPS)
-    elif score == "abs-proxy":
-        p = p.abs()
-        p = p / (p.sum(-1, keepdim=True) + PROXY_EPS)
-    elif score != "softmax":
-        raise ValueError(f"score must be one of {SCORES[1:]}, got {score!r}")
-    T = p.shape[-1]
-    n_queries = torch.arange(T, 0, -1, device=p.device, dtype=torch.float32)  # T - k + 1 for k = 1..T
-    return p.sum(-2) / n_queries
 
 
 def _row_tolerance(dtype: torch.dtype) -> float:
@@ -268,7 +241,7 @@ class SinkReport(ModelRun, Report):
 
     def rates(self, eps: float | None = None) -> np.ndarray:
         """``Sink_k^eps`` in percent for every ``k = 1..length`` (array index ``k - 1``)."""
-        return 100.0 * self.is_sink(eps).mean(axis=(0, 1, 2))
+        return sink_rates(self.alpha, self._eps(eps))
 
     def rate(self, k: int = 1, eps: float | None = None) -> float:
         """``Sink_k^eps`` in percent: the share of (sample, layer, head) with ``alpha_k > eps``."""
@@ -331,22 +304,24 @@ class SinkReport(ModelRun, Report):
         df = pd.DataFrame(rows)
         return df.sort_values(f"mean_alpha_{k}", ascending=False, kind="stable").reset_index(drop=True)
 
-    def sink_positions(self, eps: float | None = None, min_rate: float = 1.0, min_queries: int = 8) -> pd.DataFrame:
+    def sink_positions(self, eps: float | None = None, min_rate: float = 1.0, min_queries: int = MIN_QUERIES) -> pd.DataFrame:
         """Key positions ``k`` whose ``Sink_k`` (column ``sink_rate``, at ``attrs["eps"]``) is at least ``min_rate`` percent.
 
         ``reliable`` is False where ``alpha_k`` averages fewer than
-        ``min_queries`` queries: the last keys are scored by a handful of
-        attention weights, so a high rate there is not evidence of a sink.
+        ``min_queries`` queries (all of them, for inputs shorter than that): the last keys are
+        scored by a handful of attention weights, so a high rate there is not evidence of a sink.
+        The rule of :func:`sink_interp._internal.scores.sink_positions`, which the views use too.
         """
         rates = self.rates(eps)
         mean = self.alpha.mean(axis=(0, 1, 2))
+        reliable = reliable_keys(self.length, min_queries)
         rows = [
             {
                 "k": k + 1,
                 "sink_rate": float(rates[k]),
                 "mean_alpha": float(mean[k]),
                 "n_queries": self.length - k,
-                "reliable": bool(self.length - k >= min_queries),
+                "reliable": bool(reliable[k]),
             }
             for k in range(self.length)
             if rates[k] >= min_rate
@@ -355,7 +330,7 @@ class SinkReport(ModelRun, Report):
         df.attrs["eps"] = self._eps(eps)
         return df
 
-    def secondary_sinks(self, eps: float | None = None, min_rate: float = 1.0, min_queries: int = 8) -> list[int]:
+    def secondary_sinks(self, eps: float | None = None, min_rate: float = 1.0, min_queries: int = MIN_QUERIES) -> list[int]:
         """Reliable sink positions other than the first token."""
         df = self.sink_positions(eps, min_rate, min_queries)
         return [int(k) for k, ok in zip(df["k"], df["reliable"]) if k > 1 and ok]

@@ -35,7 +35,9 @@ per query head (``values``, only that query head sees it).
 
 Normalised effect: ``(patched - base) / (other - base)``, with ``base`` the metric of the run
 that is patched (clean for noising) and ``other`` that of the input the activation comes from:
-1 means the head alone carries the whole difference, 0 nothing.
+1 means the head alone carries the whole difference, 0 nothing. It is refused (NaN and one warning)
+when the clean-corrupted gap is smaller than ``GAP_TOL`` or has the sign the metric says is wrong
+(:meth:`PatchReport.gap_problem`): dividing by a tiny or inverted gap flips signs and makes ratios above 1.
 
 Example:
     >>> import torch
@@ -55,6 +57,7 @@ import html
 import math
 import time
 import types
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -81,6 +84,10 @@ SITES = ("z", "q", "k", "v", "pattern", "k-sink", "v-sink", "pattern-sink")
 METRICS = ("logit_diff", "logprob", "kl")
 DIRECTIONS = ("noise", "denoise")
 METHODS = ("exact", "attribution", "both")
+#: normalised effects are refused when ``|clean - corrupted|`` is below this (metric units; see PatchReport.gap_problem)
+GAP_TOL = 1e-2
+#: the sign of ``clean - corrupted`` each named metric should have: higher on the clean input's behaviour (+1) or lower (-1)
+METRIC_EXPECT = {"logit_diff": 1, "logprob": 1, "kl": -1}
 #: ways :func:`corrupt_tokens` makes the corrupted input of a sink experiment
 CORRUPTIONS = ("bos", "first-token", "shuffle")
 
@@ -255,6 +262,8 @@ class PatchReport(ModelRun, Report):
     model_info: dict[str, Any]
     versions: dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the sign ``clean - corrupted`` should have for the metric (+1 logprob/logit_diff, -1 kl, 0 unknown: not checked)
+    expect: int = 0
 
     _nan_fields = ("values", "kv_values", "estimate", "estimate_linear", "kv_estimate")  # NaN: heads not patched
 
@@ -295,12 +304,31 @@ class PatchReport(ModelRun, Report):
         """``values - base``: the change one head's patch makes."""
         return self.values - self.base
 
-    def normalised(self, values: np.ndarray | None = None) -> np.ndarray:
-        """``(values - base) / (other - base)`` (default: :attr:`values`); NaN when the two runs agree."""
+    def gap_problem(self, tol: float = GAP_TOL) -> str | None:
+        """Why normalising by ``other - base`` would mislead, or None: the clean-corrupted gap is under ``tol`` (metric
+        units) or has the wrong sign for the metric (``expect``: logprob and logit_diff should be higher on the clean
+        input, kl lower; a metric function may say so with an ``expect`` attribute of +1 or -1)."""
+        gap = self.clean - self.corrupted
+        if not abs(gap) >= tol:
+            return f"the clean-corrupted gap of {self.metric} is {gap:+.4g}, below the tolerance {tol:g}"
+        if self.expect and np.sign(gap) != np.sign(self.expect):
+            want = "above" if self.expect > 0 else "below"
+            return (
+                f"the clean-corrupted gap of {self.metric} is {gap:+.4g}, but {self.metric} should be {want} on the clean input"
+            )
+        return None
+
+    def normalised(self, values: np.ndarray | None = None, *, tol: float = GAP_TOL) -> np.ndarray:
+        """``(values - base) / (other - base)`` (default: :attr:`values`).
+
+        All NaN, with one warning, when :meth:`gap_problem` finds the gap under ``tol`` or of the wrong sign: read
+        :attr:`effect` (metric units) instead."""
         v = self.values if values is None else values
-        span = self.other - self.base
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return (v - self.base) / span if span != 0 else np.full_like(v, np.nan)
+        why = self.gap_problem(tol)
+        if why is not None:
+            warnings.warn(f"normalised effects refused: {why}; read report.effect (metric units) instead", stacklevel=2)
+            return np.full_like(np.asarray(v, dtype=float), np.nan)
+        return (v - self.base) / (self.other - self.base)
 
     @property
     def group(self) -> int:
@@ -354,8 +382,11 @@ class PatchReport(ModelRun, Report):
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, head) run: ``layer``, ``head``, ``kv_head``, ``metric``, ``effect``, ``normalised``,
         and where present ``kv_metric`` (the KV head patched), ``estimate``, ``estimate_linear``."""
-        norm = self.normalised()
-        est_norm = self.normalised(self.estimate) if self.estimate.size else None
+        norm = self.normalised()  # one warning when refused
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est_norm = self.normalised(self.estimate) if self.estimate.size else None
+        cancels = self._cancelling_groups()
         rows = []
         for l_ in self.layers:
             for h in self.heads:
@@ -370,6 +401,8 @@ class PatchReport(ModelRun, Report):
                 }
                 if self.kv_values.size:
                     r["kv_metric"] = float(self.kv_values[l_, g])
+                    if self.group > 1:
+                        r["kv_cancels"] = (l_, g) in cancels
                 if self.estimate.size:
                     r["estimate"] = float(self.estimate[l_, h])
                     r["estimate_normalised"] = float(est_norm[l_, h])  # type: ignore[index]
@@ -377,6 +410,38 @@ class PatchReport(ModelRun, Report):
                     r["estimate_linear"] = float(self.estimate_linear[l_, h])
                 rows.append(r)
         return pd.DataFrame(rows)
+
+    def kv_groups(self, *, important: float = 0.1) -> pd.DataFrame:
+        """Per KV group of a grouped-query model (``k``/``v`` sites): the query heads' effects beside the whole KV head's.
+
+        Patching a key or value for one query head at a time can give large effects that cancel when the group's
+        heads see the patch together (e.g. +0.14, +0.06 and -0.20, while the KV head gives -0.005): ``values`` alone
+        would overstate them. ``cancels`` is True where the largest query-head ``|effect|`` is at least ``important`` ×
+        the largest of the report, the heads' effects have both signs, and the KV head's ``|effect|`` is under half
+        the largest query head's. Columns: ``layer``, ``kv_head``, ``heads``, ``head_effects``, ``sum_head_effects``,
+        ``kv_effect``, ``cancels``. Empty for other sites and for models with one query head per KV head.
+        """
+        cols = ["layer", "kv_head", "heads", "head_effects", "sum_head_effects", "kv_effect", "cancels"]
+        if not self.kv_values.size or self.group <= 1:
+            return pd.DataFrame(columns=cols)
+        eff = self.values - self.base
+        top = float(np.nanmax(np.abs(eff))) if np.isfinite(eff).any() else 0.0
+        rows = []
+        for l_ in self.layers:
+            for g in sorted({h // self.group for h in self.heads}):
+                hs = [h for h in self.heads if h // self.group == g]
+                e = [float(eff[l_, h]) for h in hs]
+                kv = float(self.kv_values[l_, g] - self.base)
+                big = max((abs(x) for x in e), default=0.0)
+                cancels = bool(
+                    top > 0 and big >= important * top and min(e) < 0 < max(e) and (not np.isfinite(kv) or abs(kv) < 0.5 * big)
+                )
+                rows.append([l_, g, tuple(hs), tuple(e), float(sum(e)), kv, cancels])
+        return pd.DataFrame(rows, columns=cols)
+
+    def _cancelling_groups(self) -> set[tuple[int, int]]:
+        df = self.kv_groups()
+        return {(int(r.layer), int(r.kv_head)) for r in df.itertuples() if r.cancels}
 
     def top(self, k: int = 5) -> pd.DataFrame:
         """The ``k`` heads with the largest ``|effect|``."""
@@ -397,7 +462,9 @@ class PatchReport(ModelRun, Report):
             "positions": None if self.positions is None else list(self.positions),
             "clean": self.clean,
             "corrupted": self.corrupted,
-            "top_heads": self.top(5)[["layer", "head", "metric", "effect", "normalised"]].to_dict(orient="records"),
+            "top_heads": self.top(5)[
+                ["layer", "head", "metric", "effect"] + (["normalised"] if self.gap_problem() is None else [])
+            ].to_dict(orient="records"),
             "seconds": self.seconds,
             "dtype": self.dtype,
             "device": self.device,
@@ -406,6 +473,12 @@ class PatchReport(ModelRun, Report):
         }
         if self.estimate.size:
             out["agreement"] = self.agreement()
+        why = self.gap_problem()
+        if why is not None:
+            out["normalised_refused"] = why
+        cancel = sorted(self._cancelling_groups())
+        if cancel:
+            out["kv_groups_cancelling"] = [list(c) for c in cancel]
         if self.extra:
             out["extra"] = self.extra
         return out
@@ -783,6 +856,7 @@ def patch_heads(
     src_logits, src = _forward_capture(model, src_t, names_src)
     base_logits, base_cache = _forward_capture(model, base_t, [hooknames.resid_pre(l_) for l_ in layers_])
     clean_logits = base_logits if direction == "noise" else src_logits
+    expect = METRIC_EXPECT[metric] if isinstance(metric, str) else int(np.sign(getattr(metric, "expect", 0) or 0))
     if isinstance(metric, str):
         metric_name = metric if not metric_from else f"{metric}[{metric_from}:]"
         fn = named_metric(metric, clean_t, corr_t, clean_logits, start=metric_from)
@@ -860,8 +934,6 @@ def patch_heads(
 
     if method in ("attribution", "both"):
         if metric_name.startswith("kl") and direction == "noise":
-            import warnings
-
             warnings.warn(
                 "metric='kl' with direction='noise': the KL to the clean run is at its minimum (0) on the clean run, so its "
                 "gradient there is 0 and the attribution estimate is ~0 for every head; use metric='logprob' or "
@@ -919,6 +991,7 @@ def patch_heads(
         length=T,
         **prov.report_fields(),
         extra={**prov.extra(), **meta, **(extra or {})},
+        expect=expect,
     )
 
 

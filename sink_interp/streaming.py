@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import html
 import json
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,6 @@ from ._internal import display
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
 from ._internal.report import FieldError, Report, check_range
-from ._internal.vocab import renamed_kwargs
 from .architecture import check_model_tokens, describe_attention
 from .capture import run_reducers
 from .effects import NextTokenReducer
@@ -158,12 +156,6 @@ class StreamReport(Report):
         check_range("nll", self.nll, 0.0, None)
 
     @property
-    def sinks(self) -> int:
-        """Deprecated name of :attr:`n_sinks`."""
-        warnings.warn("StreamReport.sinks is deprecated; use .n_sinks", DeprecationWarning, stacklevel=2)
-        return self.n_sinks
-
-    @property
     def full_from(self) -> int:
         """First query position at which tokens have been evicted (the cache is full)."""
         return self.n_sinks + self.window
@@ -231,7 +223,6 @@ class StreamReport(Report):
         )
 
 
-@renamed_kwargs(sinks="n_sinks")
 def streaming_ppl(
     model: Any,
     tokens: Tensor | ProbeSet,

@@ -38,20 +38,67 @@ INIT = 0.3
 SPECIAL = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
-def _llama_like(**extra: Any) -> dict[str, Any]:
+# --------------------------------------------------------------------------- one builder for every tiny model
+def llama_like(
+    *,
+    d_vocab: int = D_VOCAB,
+    d_model: int = D_MODEL,
+    n_layers: int = N_LAYERS,
+    n_heads: int = N_HEADS,
+    n_kv: int = N_KV,
+    n_ctx: int = N_CTX,
+    d_mlp: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Config keywords of a Llama-style family (Llama, Mistral, Qwen, Gemma, StableLM, SmolLM3...) for a tiny model."""
     return dict(
-        vocab_size=D_VOCAB,
-        hidden_size=D_MODEL,
-        intermediate_size=2 * D_MODEL,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=N_HEADS,
-        num_key_value_heads=N_KV,
-        max_position_embeddings=N_CTX,
-        initializer_range=INIT,
-        tie_word_embeddings=False,
+        vocab_size=d_vocab,
+        hidden_size=d_model,
+        intermediate_size=d_mlp or 2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv,
+        max_position_embeddings=n_ctx,
         **SPECIAL,
         **extra,
     )
+
+
+def gpt2_like(
+    *,
+    d_vocab: int = D_VOCAB,
+    d_model: int = D_MODEL,
+    n_layers: int = N_LAYERS,
+    n_heads: int = N_HEADS,
+    n_ctx: int = N_CTX,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Config keywords of a GPT-2-style family (GPT-2, GPTBigCode, GPT-J) for a tiny model."""
+    return dict(vocab_size=d_vocab, n_positions=n_ctx, n_embd=d_model, n_layer=n_layers, n_head=n_heads, **SPECIAL, **extra)
+
+
+def random_hf_model(config_class: str, kwargs: dict[str, Any], seed: int = 0) -> Any:
+    """A randomly initialised Hugging Face causal LM of ``transformers.<config_class>(**kwargs)`` with eager
+    attention, in eval mode, its ``architectures`` set (the bridge picks its adapter from it). Same arguments,
+    same weights: the one builder behind :func:`sink_interp.models.tiny_hf_model` and :func:`tiny_checkpoint`.
+    """
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    cls = getattr(transformers, config_class, None)
+    if cls is None:  # pragma: no cover - an older transformers
+        raise ValueError(f"transformers {transformers.__version__} has no {config_class}; a newer release is needed")
+    torch.manual_seed(seed)
+    cfg = cls(**kwargs)
+    cfg._attn_implementation = "eager"
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    model.config._attn_implementation = "eager"
+    model.config.architectures = [type(model).__name__]
+    return model.eval()
+
+
+def _llama_like(**extra: Any) -> dict[str, Any]:
+    return llama_like(initializer_range=INIT, tie_word_embeddings=False, **extra)
 
 
 #: family -> (``transformers`` config class name, config keyword arguments, what the family exercises)
@@ -100,19 +147,7 @@ ZOO: dict[str, tuple[str, Callable[[], dict[str, Any]], str]] = {
         lambda: _llama_like(partial_rotary_factor=0.25, use_qkv_bias=True),
         "partial rotary (25 %), LayerNorm, QKV bias",
     ),
-    "gpt2": (
-        "GPT2Config",
-        lambda: dict(
-            vocab_size=D_VOCAB,
-            n_embd=D_MODEL,
-            n_layer=N_LAYERS,
-            n_head=N_HEADS,
-            n_positions=N_CTX,
-            initializer_range=INIT,
-            **SPECIAL,
-        ),
-        "learned absolute positions, Conv1D fused qkv",
-    ),
+    "gpt2": ("GPT2Config", lambda: gpt2_like(initializer_range=INIT), "learned absolute positions, Conv1D fused qkv"),
     "gpt_neox": (
         "GPTNeoXConfig",
         lambda: dict(
@@ -130,16 +165,7 @@ ZOO: dict[str, tuple[str, Callable[[], dict[str, Any]], str]] = {
     ),
     "gptj": (
         "GPTJConfig",
-        lambda: dict(
-            vocab_size=D_VOCAB,
-            n_embd=D_MODEL,
-            n_layer=N_LAYERS,
-            n_head=N_HEADS,
-            n_positions=N_CTX,
-            rotary_dim=8,
-            initializer_range=INIT,
-            **SPECIAL,
-        ),
+        lambda: gpt2_like(rotary_dim=8, initializer_range=INIT),
         "interleaved partial rotary, parallel attention + MLP, attention computed inside HF",
     ),
     "opt": (
@@ -219,11 +245,10 @@ def zoo_config(family: str) -> Any:
 
 def tiny_hf_checkpoint_model(family: str, seed: int = 0) -> Any:
     """The random HF model of :func:`tiny_checkpoint` (eager attention, eval mode), not saved."""
-    from transformers import AutoModelForCausalLM
-
-    cfg = zoo_config(family)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    if family not in ZOO:
+        raise ValueError(f"unknown family {family!r}; the zoo has {', '.join(FAMILIES)}")
+    cls_name, kwargs, _ = ZOO[family]
+    model = random_hf_model(cls_name, kwargs(), seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             leaf = name.rsplit(".", 1)[0].rsplit(".", 1)[-1]
@@ -233,8 +258,7 @@ def tiny_hf_checkpoint_model(family: str, seed: int = 0) -> Any:
                     p.fill_(2.0)
                 else:
                     p.mul_(3.0)
-    model.config.architectures = [type(model).__name__]
-    return model.eval()
+    return model
 
 
 def tiny_checkpoint(family: str, directory: str | os.PathLike[str] | None = None, seed: int = 0) -> Path:

@@ -52,14 +52,6 @@ def ln1_out(layer: int) -> str:  # [b, s, D] normalized * gain (+ bias)
     return block(layer, "ln1.hook_out")
 
 
-def ln2_scale(layer: int) -> str:
-    return block(layer, "ln2.hook_scale")
-
-
-def ln2_normalized(layer: int) -> str:
-    return block(layer, "ln2.hook_normalized")
-
-
 def ln2_out(layer: int) -> str:
     return block(layer, "ln2.hook_out")
 

@@ -35,11 +35,12 @@ from .practice import kv_budget_view, outlier_map_view, quant_bits_view
 from .report import sink_report_view
 
 
-def massive_report_view(rep: Any, top: int = 12) -> View:
-    """A ``MassiveReport``: layer x top dims from its top-k entries, and mean ‖h‖ per token.
+def massive_report_view(rep: Any, top: int = 12, sample: int | None = None, tokens: Any = None) -> View:
+    """A ``MassiveReport``: layer x top dims from its top-k entries, and ‖h‖ per token.
 
     ``top_abs/top_dim [n, layer, k]`` give, per layer, the largest ``|x|`` seen in each dim
-    (dims never in a sample's top-k stay empty); ``h_norm [n, layer, pos]`` is averaged over samples.
+    (dims never in a sample's top-k stay empty); ``h_norm [n, layer, pos]`` is averaged over samples,
+    or is that of input ``sample`` (whose token strings ``tokens`` label the axis).
     """
     top_abs = np.asarray(rep.top_abs, dtype=float)
     top_dim = np.asarray(rep.top_dim, dtype=int)
@@ -48,18 +49,21 @@ def massive_report_view(rep: Any, top: int = 12) -> View:
     dim_max = np.zeros((L, D))
     layer_idx = np.broadcast_to(np.arange(L)[None, :, None], top_dim.shape)
     np.maximum.at(dim_max, (layer_idx.ravel(), top_dim.ravel()), np.abs(top_abs).ravel())
-    h_norm = np.asarray(rep.h_norm, dtype=float).mean(axis=0)
+    h_all = np.asarray(rep.h_norm, dtype=float)
+    h_norm = h_all.mean(axis=0) if sample is None else h_all[sample]
+    who = "mean ‖h‖" if sample is None else f"‖h‖ of input {sample}"
     return massive_activation_view(
         dim_max,
         h_norm,
+        tokens=tokens,
         median=np.asarray(rep.layer_median, dtype=float),
         top=top,
         threshold=float(rep.abs_threshold),
         ratio=float(rep.ratio_threshold),
         stage=f"residual stream entering each block (hook_resid_pre; {rep.model}, {n} inputs; each sample's top-{top_abs.shape[2]} entries)",
-        token_value_name="mean ‖h‖",
+        token_value_name=who,
         caption=(
-            f"Largest |x| entering each block by hidden dimension (grey: in no sample's top-{top_abs.shape[2]}), and the mean residual norm ‖h‖ of each token (log colour); "
+            f"Largest |x| entering each block by hidden dimension (grey: in no sample's top-{top_abs.shape[2]}), and {'the mean' if sample is None else f'input {sample}’s'} residual norm ‖h‖ of each token (log colour); "
             f"massive = |x| > {float(rep.abs_threshold):g} and ≥ {float(rep.ratio_threshold):g}× the median |x| (Sun et al. 2024)."
         ),
     )
@@ -119,22 +123,35 @@ def effect_report_view(rep: Any, values: tuple[str, ...] = ("delta_loss", "kl", 
 
 
 def patch_report_view(rep: Any) -> View:
-    """A ``PatchReport``: the normalised effect of patching each head, exact and attribution side by side."""
+    """A ``PatchReport``: the normalised effect of patching each head, exact and attribution side by side (the effect in
+    metric units where normalising is refused: a clean-corrupted gap too small or of the wrong sign)."""
     what = {"noise": "clean run, corrupted activation written in", "denoise": "corrupted run, clean activation written in"}
     est = np.asarray(rep.estimate, dtype=float)
-    extra = {"metric": np.asarray(rep.values, dtype=float)}
+    vals = np.asarray(rep.values, dtype=float)
+    extra = {"metric": vals}
     if est.size:
         extra["estimate"] = est
+    why = rep.gap_problem() if hasattr(rep, "gap_problem") else None
+    if why is None:
+        shown, shown_est = rep.normalised(), rep.normalised(est) if est.size else None
+        name, cell = (
+            "normalised effect",
+            "(patched - base) / (other - base); 1 = this head alone carries the whole difference, 0 = nothing",
+        )
+    else:
+        shown, shown_est = vals - rep.base, est - rep.base if est.size else None
+        name, cell = "effect", f"patched - base, in metric units (normalising refused: {why})"
+    if not np.isfinite(shown).any() and shown_est is not None:  # an estimate alone (no head patched exactly)
+        shown, shown_est = shown_est, None
     return patch_heatmap(
-        rep.normalised(),
-        rep.normalised(est) if est.size else None,
-        value_name="normalised effect",
+        shown,
+        shown_est,
+        value_name=name,
         extra=extra,
         title=f"Patching {rep.what} of each head on {rep.model} ({rep.method})",
         caption=(
             f"{what.get(rep.direction, rep.direction)}; metric {rep.metric}: clean {rep.clean:.4g}, corrupted "
-            f"{rep.corrupted:.4g}. Each cell: (patched - base) / (other - base); 1 = this head alone carries the whole "
-            "difference, 0 = nothing, grey = not patched. Hover a cell for the metric."
+            f"{rep.corrupted:.4g}. Each cell: {cell}; grey = not patched. Hover a cell for the metric."
         ),
     )
 
