@@ -20,7 +20,15 @@ def on_page_markdown(markdown, page, config, files):
 
 
 #: submodule names worth a place on the API page beside those that moved out of the top level
-EXTRA = {"add_hooks": "capture", "AttachedHooks": "capture", "LayerPipeline": "pipeline"}
+EXTRA = {
+    "add_hooks": "capture",
+    "AttachedHooks": "capture",
+    "LayerPipeline": "pipeline",
+    # sinks in practice (docs/kvcache.md)
+    **dict.fromkeys(["kv_policies", "KVEvict", "KVReport", "KVPolicy", "PriorityPolicy", "MaskPolicy"], "kvcache"),
+    **dict.fromkeys(["kv_quant", "KVQuant", "QuantReport", "fake_quant"], "quant"),
+    **dict.fromkeys(["activation_outliers", "find_prefix", "OutlierReport"], "outliers"),
+}
 
 
 def on_page_content(html, page, config, files):
