@@ -11,7 +11,7 @@ def on_page_markdown(markdown, page, config, files):
 
     blocks = [f"::: sink_interp.{name}\n" for name in sink_interp.__all__]
     by_module: dict[str, list[str]] = {}
-    for name, module in {**sink_interp._MOVED, **EXTRA}.items():
+    for name, module in {**getattr(sink_interp, "_MOVED", {}), **EXTRA}.items():  # _MOVED: gone since 0.1
         by_module.setdefault(module, []).append(name)
     for module in sorted(by_module):
         blocks.append(f"## `sink_interp.{module}`\n")

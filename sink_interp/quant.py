@@ -225,7 +225,7 @@ class KVQuant(Intervention):
                 "key_mode='channel' groups the tokens after the intact ones: pass intact as a number of first tokens"
             )
         self.key_mode = key_mode
-        self.group = check_positive_int(group, "group")
+        self.group_size = check_positive_int(group, "group")
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -233,7 +233,7 @@ class KVQuant(Intervention):
             "value_bits": self.value_bits,
             "intact": self.intact,
             "key_mode": self.key_mode,
-            "group": self.group,
+            "group": self.group_size,
             "layers": self.layers_arg,
             "name": self.name,
         }
@@ -251,7 +251,7 @@ class KVQuant(Intervention):
     def edit_scores(self, layer: int, scores: Tensor, ctx: Ctx) -> Tensor:
         k = ctx.k  # [b, T, G, d] as it meets the queries (after RoPE)
         T = k.shape[1]
-        kq = quantize_keys(k, self.bits, self.intact, self.key_mode, self.group)
+        kq = quantize_keys(k, self.bits, self.intact, self.key_mode, self.group_size)
         la = self.attention(layer)
         sq = la.logits(ctx.q.transpose(1, 2), kq.transpose(1, 2)).to(scores.dtype)  # [b, H, T, T]
         dev = scores.device
@@ -259,7 +259,7 @@ class KVQuant(Intervention):
         if self.key_mode == "channel":
             s = int(self.intact)  # type: ignore[arg-type]
             j = torch.arange(T, device=dev)
-            ends = s + ((j - s) // self.group + 1) * self.group - 1  # each key's group ends here
+            ends = s + ((j - s) // self.group_size + 1) * self.group_size - 1  # each key's group ends here
             quantized = (j >= s) & (ends < T)
             seen = torch.arange(T, device=dev)[:, None] >= ends[None, :]  # [T, T]: the query sees the group quantized
             use = use & (quantized[None, :] & seen)[None, None]
@@ -276,7 +276,7 @@ class KVQuant(Intervention):
         kb = "fp" if self.bits is None else f"{self.bits}-bit"
         vb = "fp" if self.value_bits is None else f"{self.value_bits}-bit"
         it = f"first {self.intact}" if isinstance(self.intact, int) else f"positions {list(self.intact)}"
-        mode = "per token" if self.key_mode == "token" else f"keys per channel (groups of {self.group})"
+        mode = "per token" if self.key_mode == "token" else f"keys per channel (groups of {self.group_size})"
         return f"KVQuant(K {kb}, V {vb}, {mode}, {it} intact)"
 
 
