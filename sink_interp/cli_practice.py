@@ -60,7 +60,11 @@ def register(
     add_model_args(q)
     _data_args(q, 512, 4)
     q.add_argument("--bits", default="8,4,3,2", help="KV bit widths (default 8,4,3,2)")
-    q.add_argument("--intact", default="0,1,4", help="first tokens kept in full precision (default 0,1,4)")
+    q.add_argument(
+        "--intact",
+        default="0,1,4",
+        help="first tokens kept in full precision (default 0,1,4); sinks:K = the K positions of largest sink score",
+    )
     q.add_argument(
         "--key-mode", default="token", choices=["token", "channel"], help="keys per token (default) or per channel (KIVI)"
     )
@@ -144,7 +148,9 @@ def cmd_quant(args: argparse.Namespace, placement: Callable[..., dict[str, Any]]
 
     t0 = time.time()
     bits = _ints(args.bits, "--bits")
-    intact = _ints(args.intact, "--intact")
+    intact: list[Any] = [
+        x.strip() if x.strip().startswith("sinks:") else _ints(x, "--intact")[0] for x in args.intact.split(",") if x.strip()
+    ]
     model, toks = _load(args, placement)
     rep = kv_quant(
         model,

@@ -408,12 +408,22 @@ POLICIES = ("window", "sinks+window", "fastgen", "h2o", "h2o+sinks")
 def make_policy(name: str | KVPolicy, n_sinks: int = 4) -> KVPolicy:
     """A policy by name (``window``, ``sinks+window``, ``fastgen``, ``h2o``, ``h2o+sinks``), or the policy itself.
 
+    ``"sinks+window:1"`` / ``"h2o+sinks:1"`` name the number of sink tokens (default ``n_sinks``), so that one
+    evaluation compares several (the policy keeps that name).
+
     Example:
-        >>> make_policy("sinks+window", n_sinks=1).n_sinks
-        1
+        >>> make_policy("sinks+window", n_sinks=1).n_sinks, make_policy("h2o+sinks:2").name
+        (1, 'h2o+sinks:2')
     """
     if isinstance(name, KVPolicy):
         return name
+    if isinstance(name, str) and ":" in name and name.split(":", 1)[0] in ("sinks+window", "h2o+sinks"):
+        base, _, k = name.partition(":")
+        if not k.isdigit() or int(k) < 1:
+            raise ValueError(f"KV policy {name!r}: the number after ':' is the sink tokens kept, an integer >= 1")
+        pol = make_policy(base, int(k))
+        pol.name = name
+        return pol
     if name == "window":
         return Window()
     if name == "sinks+window":

@@ -225,3 +225,12 @@ def test_report_saves_and_loads(llama, text, tmp_path):
     assert type(back).__name__ == "KVReport" and back.summary() == rep.summary()
     assert np.array_equal(back.nll, rep.nll)
     assert rep.table().shape == (2, 3) and "KVReport" in repr(rep) and "<table" in rep._repr_html_()
+
+
+def test_several_sink_counts_in_one_evaluation(llama, text):
+    model, _ = llama
+    rep = kv_policies(model, text, ("window", "sinks+window:1", "sinks+window:4"), (8,), progress=False)
+    assert rep.policies == ("window", "sinks+window:1", "sinks+window:4")
+    assert rep.loss("sinks+window:4", 8) == pytest.approx(float(one_pass(model, text, SinksWindow(4), 8).mean()), abs=1e-6)
+    with pytest.raises(ValueError, match="after ':'"):
+        kv_policies(model, text, ("sinks+window:x",), (8,), progress=False)

@@ -189,3 +189,20 @@ def test_kivi_channel_keys_pattern_by_hand(llama):
             expected[h, t, : t + 1] = torch.softmax(torch.tensor(row), -1)
     torch.testing.assert_close(got[names[2]][0], expected, atol=1e-5, rtol=0)
     assert not torch.allclose(clean[names[2]], got[names[2]], atol=1e-3)
+
+
+def test_intact_chosen_by_sink_score(llama):
+    from sink_interp import measure_sinks
+    from sink_interp.quant import top_sink_positions
+
+    model, _ = llama
+    x = torch.randint(4, 128, (2, 12), generator=torch.Generator().manual_seed(8))
+    score = measure_sinks(model, x, progress=False).alpha.mean(axis=(0, 1, 2))[:6]
+    top = top_sink_positions(model, x, 2)
+    assert top == sorted(np.argsort(-score, kind="stable")[:2].tolist())
+    rep = kv_quant(model, x, bits=(2,), intact=("sinks:2", 0), errors=False, progress=False)
+    assert rep.extra["intact_by_sink_score"] == {"sinks:2": top}
+    by_hand = kv_quant(model, x, bits=(2,), intact=(top,), errors=False, progress=False)
+    assert rep.loss(2, tuple(top)) == by_hand.loss(2, tuple(top))
+    with pytest.raises(ValueError, match="sinks:K"):
+        kv_quant(model, x, bits=(2,), intact=("first:2",), progress=False)
