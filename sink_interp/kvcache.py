@@ -172,6 +172,8 @@ class KVPolicy:
     name = "policy"
     dynamic = False
     n_sinks = 0
+    #: evicts only when the cache is over budget (so a budget >= T is the model itself, with no score edited)
+    only_over_budget = True
 
     def bind(self, model: Any) -> None:
         """Check the policy against ``model`` (called once per evaluation)."""
@@ -319,6 +321,8 @@ class MaskPolicy(KVPolicy):
         >>> every_other.static_mask(torch.zeros(1, 3, dtype=torch.long), 3).shape
         torch.Size([1, 3, 3])
     """
+
+    only_over_budget = False  # a user mask may drop keys before the cache is full
 
     def __init__(self, keep: Callable[[Tensor, int], Tensor], name: str = "custom"):
         self.keep, self.name = keep, name
@@ -500,7 +504,7 @@ class KVEvict(Intervention):
 
     def edit_scores(self, layer: int, scores: Tensor, ctx: Ctx) -> Tensor:
         T = scores.shape[-1]
-        if self._budget(T) >= T and not self.policy.dynamic:
+        if self._budget(T) >= T and self.policy.only_over_budget:
             return scores  # nothing is ever evicted
         keep = self.keep_mask(layer, scores)  # [b, G or 1, T, T]
         if keep.shape[1] > 1:
