@@ -48,6 +48,10 @@ SUBMODULE_API = {
     "training_curves": "views",
     "view_for": "views",
     "tiny_checkpoint": "zoo",
+    # sinks in practice (docs/kvcache.md)
+    **dict.fromkeys(["kv_policies", "KVEvict", "KVReport", "KVPolicy", "PriorityPolicy", "MaskPolicy"], "kvcache"),
+    **dict.fromkeys(["kv_quant", "KVQuant", "QuantReport", "fake_quant"], "quant"),
+    **dict.fromkeys(["activation_outliers", "find_prefix", "OutlierReport"], "outliers"),
 }
 
 

@@ -63,14 +63,6 @@ _EXPORTS: dict[str, str] = {
     "long_tokens": "streaming",
     "streaming_ppl": "streaming",
     "TraceReport": "trace",
-    "KVQuant": "quant",
-    "OutlierReport": "outliers",
-    "activation_outliers": "outliers",
-    "KVEvict": "kvcache",
-    "KVReport": "kvcache",
-    "kv_policies": "kvcache",
-    "QuantReport": "quant",
-    "kv_quant": "quant",
     "trace_sink": "trace",
     "TrainConfig": "training",
     "TrainResult": "training",
@@ -90,7 +82,7 @@ _providers.PROVIDERS.update(
         f"{__name__}.{m}"
         for m in ("metrics", "massive", "effects", "patching", "streaming", "longctx", "fit", "trace", "training.loop")
     ]
-    + [f"{__name__}.{m}" for m in ("quant", "kvcache", "outliers")],
+    + [f"{__name__}.{m}" for m in ("quant", "kvcache", "outliers")],  # sinks in practice (from sink_interp.quant import kv_quant)
 )
 
 if TYPE_CHECKING:  # what static tools (type checkers, the API reference) see
@@ -115,16 +107,13 @@ if TYPE_CHECKING:  # what static tools (type checkers, the API reference) see
         intervene,
         sink_heads,
     )
-    from .kvcache import KVEvict, KVReport, kv_policies
     from .longctx import LongContextReport, long_context_sinks
     from .masks import AttentionMask
     from .massive import MassiveReport, massive_activations
     from .metrics import SinkReport, SinkSummary, measure_sinks
     from .models import known_models, load_model, tiny_model
-    from .outliers import OutlierReport, activation_outliers
     from .pages import build_report, show_attention
     from .patching import PatchReport, patch_heads, patch_sink
-    from .quant import KVQuant, QuantReport, kv_quant
     from .streaming import StreamReport, long_tokens, streaming_ppl
     from .trace import TraceReport, trace_sink
     from .training import TrainConfig, TrainResult, load_trained, preset, train
@@ -142,8 +131,6 @@ __all__ = [
     "intervene", "Intervention", "ZeroValue", "MaskKey", "ScaleAttention", "Calibrate", "AblateDims",
     "KVBias", "SinkLogit", "AttentionKernel", "StreamingWindow", "AttentionMask", "sink_heads",
     "compare", "scan_heads", "EffectReport", "fit_bias", "FitReport", "streaming_ppl", "StreamReport",
-    # sinks in practice: KV-cache eviction policies, KV quantization with intact sinks
-    "kv_policies", "KVEvict", "KVReport", "kv_quant", "KVQuant", "QuantReport", "activation_outliers", "OutlierReport",
     # patch heads between a clean and a corrupted input
     "patch_heads", "patch_sink", "PatchReport",
     # train tiny models

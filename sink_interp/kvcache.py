@@ -172,6 +172,8 @@ class KVPolicy:
     name = "policy"
     dynamic = False
     n_sinks = 0
+    #: evicts only when the cache is over budget (so a budget >= T is the model itself, with no score edited)
+    only_over_budget = True
 
     def bind(self, model: Any) -> None:
         """Check the policy against ``model`` (called once per evaluation)."""
@@ -320,6 +322,8 @@ class MaskPolicy(KVPolicy):
         torch.Size([1, 3, 3])
     """
 
+    only_over_budget = False  # a user mask may drop keys before the cache is full
+
     def __init__(self, keep: Callable[[Tensor, int], Tensor], name: str = "custom"):
         self.keep, self.name = keep, name
 
@@ -408,12 +412,22 @@ POLICIES = ("window", "sinks+window", "fastgen", "h2o", "h2o+sinks")
 def make_policy(name: str | KVPolicy, n_sinks: int = 4) -> KVPolicy:
     """A policy by name (``window``, ``sinks+window``, ``fastgen``, ``h2o``, ``h2o+sinks``), or the policy itself.
 
+    ``"sinks+window:1"`` / ``"h2o+sinks:1"`` name the number of sink tokens (default ``n_sinks``), so that one
+    evaluation compares several (the policy keeps that name).
+
     Example:
-        >>> make_policy("sinks+window", n_sinks=1).n_sinks
-        1
+        >>> make_policy("sinks+window", n_sinks=1).n_sinks, make_policy("h2o+sinks:2").name
+        (1, 'h2o+sinks:2')
     """
     if isinstance(name, KVPolicy):
         return name
+    if isinstance(name, str) and ":" in name and name.split(":", 1)[0] in ("sinks+window", "h2o+sinks"):
+        base, _, k = name.partition(":")
+        if not k.isdigit() or int(k) < 1:
+            raise ValueError(f"KV policy {name!r}: the number after ':' is the sink tokens kept, an integer >= 1")
+        pol = make_policy(base, int(k))
+        pol.name = name
+        return pol
     if name == "window":
         return Window()
     if name == "sinks+window":
@@ -490,7 +504,7 @@ class KVEvict(Intervention):
 
     def edit_scores(self, layer: int, scores: Tensor, ctx: Ctx) -> Tensor:
         T = scores.shape[-1]
-        if self._budget(T) >= T and not self.policy.dynamic:
+        if self._budget(T) >= T and self.policy.only_over_budget:
             return scores  # nothing is ever evicted
         keep = self.keep_mask(layer, scores)  # [b, G or 1, T, T]
         if keep.shape[1] > 1:

@@ -165,6 +165,26 @@ def quantize_keys(
     return out
 
 
+def top_sink_positions(model: Any, tokens: Tensor | ProbeSet, k: int) -> list[int]:
+    """The ``k`` key positions with the largest mean sink score ``alpha`` (over texts, layers and heads), among the
+    first half of the positions (the last keys average too few queries to be called sinks).
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model
+        >>> len(top_sink_positions(tiny_model(), torch.randint(4, 128, (1, 12)), 2))
+        2
+    """
+    from .metrics import measure_sinks
+
+    k = check_positive_int(k, "k")
+    rep = measure_sinks(model, tokens, progress=False)
+    score = rep.alpha.mean(axis=(0, 1, 2))  # [T]
+    half = max(k, (score.shape[0] + 1) // 2)
+    order = np.argsort(-score[:half], kind="stable")
+    return sorted(int(p) for p in order[:k])
+
+
 def _check_intact(intact: Any, name: str = "intact") -> int | tuple[int, ...]:
     if isinstance(intact, (int, np.integer)) and not isinstance(intact, bool):
         if intact < 0:
@@ -225,7 +245,7 @@ class KVQuant(Intervention):
                 "key_mode='channel' groups the tokens after the intact ones: pass intact as a number of first tokens"
             )
         self.key_mode = key_mode
-        self.group = check_positive_int(group, "group")
+        self.group_size = check_positive_int(group, "group")
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -233,7 +253,7 @@ class KVQuant(Intervention):
             "value_bits": self.value_bits,
             "intact": self.intact,
             "key_mode": self.key_mode,
-            "group": self.group,
+            "group": self.group_size,
             "layers": self.layers_arg,
             "name": self.name,
         }
@@ -251,7 +271,7 @@ class KVQuant(Intervention):
     def edit_scores(self, layer: int, scores: Tensor, ctx: Ctx) -> Tensor:
         k = ctx.k  # [b, T, G, d] as it meets the queries (after RoPE)
         T = k.shape[1]
-        kq = quantize_keys(k, self.bits, self.intact, self.key_mode, self.group)
+        kq = quantize_keys(k, self.bits, self.intact, self.key_mode, self.group_size)
         la = self.attention(layer)
         sq = la.logits(ctx.q.transpose(1, 2), kq.transpose(1, 2)).to(scores.dtype)  # [b, H, T, T]
         dev = scores.device
@@ -259,7 +279,7 @@ class KVQuant(Intervention):
         if self.key_mode == "channel":
             s = int(self.intact)  # type: ignore[arg-type]
             j = torch.arange(T, device=dev)
-            ends = s + ((j - s) // self.group + 1) * self.group - 1  # each key's group ends here
+            ends = s + ((j - s) // self.group_size + 1) * self.group_size - 1  # each key's group ends here
             quantized = (j >= s) & (ends < T)
             seen = torch.arange(T, device=dev)[:, None] >= ends[None, :]  # [T, T]: the query sees the group quantized
             use = use & (quantized[None, :] & seen)[None, None]
@@ -276,7 +296,7 @@ class KVQuant(Intervention):
         kb = "fp" if self.bits is None else f"{self.bits}-bit"
         vb = "fp" if self.value_bits is None else f"{self.value_bits}-bit"
         it = f"first {self.intact}" if isinstance(self.intact, int) else f"positions {list(self.intact)}"
-        mode = "per token" if self.key_mode == "token" else f"keys per channel (groups of {self.group})"
+        mode = "per token" if self.key_mode == "token" else f"keys per channel (groups of {self.group_size})"
         return f"KVQuant(K {kb}, V {vb}, {mode}, {it} intact)"
 
 
@@ -546,7 +566,7 @@ def kv_quant(
     model: Any,
     tokens: Tensor | ProbeSet,
     bits: Sequence[int] = (8, 4, 3, 2),
-    intact: Sequence[int | Sequence[int]] = (0, 1, 4),
+    intact: Sequence[int | Sequence[int] | str] = (0, 1, 4),
     *,
     key_mode: str = "token",
     group: int = 32,
@@ -563,7 +583,8 @@ def kv_quant(
         model: a TransformerBridge.
         tokens: ``[n, T]`` token ids.
         bits: bit widths (16 is full precision and always included).
-        intact: numbers of first tokens (or lists of positions) kept in full precision.
+        intact: numbers of first tokens (or lists of positions) kept in full precision; ``"sinks:K"``: the ``K``
+            positions with the largest sink score on these texts (:func:`top_sink_positions`).
         key_mode: ``"token"`` or ``"channel"`` (KIVI, groups of ``group`` tokens); values are per token.
         sink_positions: the quantization error is reported at positions ``< sink_positions`` and at the rest.
         errors: also measure the per-layer quantization error (one more forward per batch).
@@ -580,7 +601,14 @@ def kv_quant(
     bl = [_bits(b) for b in bits]
     if not bl:
         raise ValueError("bits must name at least one bit width, e.g. (8, 4, 3, 2)")
-    its = [_check_intact(s) for s in intact] or [0]
+    by_score: dict[str, list[int]] = {}
+    for s in intact:
+        if isinstance(s, str):
+            head, _, k = s.partition(":")
+            if head != "sinks" or not k.isdigit() or int(k) < 1:
+                raise ValueError(f"intact {s!r}: write 'sinks:K' (the K positions with the largest sink score) or a number")
+            by_score[s] = top_sink_positions(model, toks, int(k))
+    its = [_check_intact(by_score.get(s, s) if isinstance(s, str) else s) for s in intact] or [0]
     sink_positions = check_positive_int(sink_positions, "sink_positions", minimum=1)
     conds: list[tuple[str, list[Intervention]]] = [("full precision", [])]
     meta: list[tuple[int, Any]] = [(FULL_BITS, 0)]
@@ -592,6 +620,7 @@ def kv_quant(
             conds.append((lab, [KVQuant(b, intact=s, key_mode=key_mode, group=group)]))
             meta.append((b, s))
     settings = {"bits": bl, "intact": its, "key_mode": key_mode, "group": group}
+    extra_by_score = {s: v for s, v in by_score.items()}
     nll, secs = condition_losses(model, toks, conds, batch_size=batch_size, progress=progress, desc="kv quant", settings=settings)
     qb = [b for b in bl if b is not None]
     qerr = (
@@ -614,5 +643,5 @@ def kv_quant(
         length=int(toks.shape[1]),
         seconds=tuple(secs),
         **prov.report_fields(),
-        extra=prov.extra(),
+        extra={**prov.extra(), **({"intact_by_sink_score": extra_by_score} if extra_by_score else {})},
     )

@@ -155,8 +155,9 @@ def test_every_policy_at_full_budget_equals_the_model(llama, text):
         assert rep.loss(p, 1.0) == rep.full_loss, p  # no key evicted: the model's own numbers
         assert rep.loss(p, T) == rep.full_loss
         assert rep.loss(p, 5) != rep.full_loss
-    # masked through the pipeline at full budget (H2O recomputes its pattern): equal to float precision
-    np.testing.assert_allclose(one_pass(model, text, H2O(0), T), own, atol=1e-5)
+    # a user mask that keeps every key goes through the pipeline (pattern recomputed): equal to float precision
+    everything = MaskPolicy(lambda toks, Bn: torch.ones(T, T).tril().bool(), name="all")
+    np.testing.assert_allclose(one_pass(model, text, everything, T), own, atol=1e-5)
 
 
 def test_evict_by_priority_window_and_sinks_closed_forms():
@@ -225,3 +226,12 @@ def test_report_saves_and_loads(llama, text, tmp_path):
     assert type(back).__name__ == "KVReport" and back.summary() == rep.summary()
     assert np.array_equal(back.nll, rep.nll)
     assert rep.table().shape == (2, 3) and "KVReport" in repr(rep) and "<table" in rep._repr_html_()
+
+
+def test_several_sink_counts_in_one_evaluation(llama, text):
+    model, _ = llama
+    rep = kv_policies(model, text, ("window", "sinks+window:1", "sinks+window:4"), (8,), progress=False)
+    assert rep.policies == ("window", "sinks+window:1", "sinks+window:4")
+    assert rep.loss("sinks+window:4", 8) == pytest.approx(float(one_pass(model, text, SinksWindow(4), 8).mean()), abs=1e-6)
+    with pytest.raises(ValueError, match="after ':'"):
+        kv_policies(model, text, ("sinks+window:x",), (8,), progress=False)

@@ -159,3 +159,50 @@ def test_kv_quant_errors_and_describe(llama):
     with pytest.raises(ValueError, match="bits"):
         kv_quant(model, torch.randint(4, 128, (1, 8)), bits=(0,), progress=False)
     assert "4-bit" in KVQuant(4, intact=1).describe()
+
+
+def test_kivi_channel_keys_pattern_by_hand(llama):
+    """Key mode 'channel': query t sees key j quantized (per channel over its group of 4 tokens after the 1 intact one)
+    once j's group is complete (its last token <= t), in full precision before; the pattern of layer 0 by hand."""
+    model, _ = llama
+    x = torch.randint(4, 128, (1, 12), generator=torch.Generator().manual_seed(6))
+    names = ["blocks.0.attn.hook_rot_q", "blocks.0.attn.hook_rot_k", "blocks.0.attn.hook_pattern"]
+    with torch.no_grad():
+        _, clean = model.run_with_cache(x, names_filter=lambda n: n in names)
+        with intervene(model, KVQuant(2, value_bits=None, intact=1, key_mode="channel", group=4, layers=[0])):
+            _, got = model.run_with_cache(x, names_filter=lambda n: n in names)
+    q, k = clean[names[0]][0], clean[names[1]][0]  # [T, H, d], [T, G, d]
+    kq = k.clone()
+    for a in (1, 5):  # groups 1-4 and 5-8; 9-11 are the residual
+        for g in range(k.shape[1]):
+            for d in range(k.shape[2]):
+                kq[a : a + 4, g, d] = formula(k[a : a + 4, g, d], 2)
+    T, H = 12, q.shape[1]
+    expected = torch.zeros(H, T, T)
+    for h in range(H):
+        g = h // (H // k.shape[1])
+        for t in range(T):
+            row = []
+            for j in range(t + 1):
+                done = j >= 1 and (j - 1) // 4 * 4 + 4 <= t and (j - 1) // 4 * 4 + 4 <= 8
+                row.append(float(q[t, h] @ (kq[j, g] if done else k[j, g])) / k.shape[-1] ** 0.5)
+            expected[h, t, : t + 1] = torch.softmax(torch.tensor(row), -1)
+    torch.testing.assert_close(got[names[2]][0], expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(clean[names[2]], got[names[2]], atol=1e-3)
+
+
+def test_intact_chosen_by_sink_score(llama):
+    from sink_interp import measure_sinks
+    from sink_interp.quant import top_sink_positions
+
+    model, _ = llama
+    x = torch.randint(4, 128, (2, 12), generator=torch.Generator().manual_seed(8))
+    score = measure_sinks(model, x, progress=False).alpha.mean(axis=(0, 1, 2))[:6]
+    top = top_sink_positions(model, x, 2)
+    assert top == sorted(np.argsort(-score, kind="stable")[:2].tolist())
+    rep = kv_quant(model, x, bits=(2,), intact=("sinks:2", 0), errors=False, progress=False)
+    assert rep.extra["intact_by_sink_score"] == {"sinks:2": top}
+    by_hand = kv_quant(model, x, bits=(2,), intact=(top,), errors=False, progress=False)
+    assert rep.loss(2, tuple(top)) == by_hand.loss(2, tuple(top))
+    with pytest.raises(ValueError, match="sinks:K"):
+        kv_quant(model, x, bits=(2,), intact=("first:2",), progress=False)

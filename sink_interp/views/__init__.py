@@ -45,6 +45,7 @@ from .figures import (
     trace_chain_view,
     training_curves,
 )
+from .practice import kv_budget_view, outlier_map_view, quant_bits_view
 from .report import (
     layer_rate_view,
     pending,
@@ -59,6 +60,9 @@ __all__ = [
     "concat",
     "effect_bars",
     "head_heatmap",
+    "kv_budget_view",
+    "outlier_map_view",
+    "quant_bits_view",
     "patch_heatmap",
     "json_for_html",
     "key_manifold_view",

@@ -31,6 +31,7 @@ from .figures import (
     trace_chain_view,
     training_curves,
 )
+from .practice import kv_budget_view, outlier_map_view, quant_bits_view
 from .report import sink_report_view
 
 
@@ -218,6 +219,9 @@ for _name, _fn in {
     "StreamReport": stream_report_view,
     "LongContextReport": long_context_view,
     "FindingCurves": finding_curves_view,
+    "KVReport": kv_budget_view,
+    "QuantReport": quant_bits_view,
+    "OutlierReport": outlier_map_view,
 }.items():
     display.register_view(_name, _fn)
 del _name, _fn
