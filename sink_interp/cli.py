@@ -12,7 +12,7 @@ sink-interp reproduce --out DIR --plan-only | --run-one INDEX | --tabulate   # t
 sink-interp report --model smollm2-135m [--data natural] --out report.html
 sink-interp trace --model smollm2-135m --data natural --n 20 --length 64 [--layer L --head H] [--json OUT]
 sink-interp patch --model smollm2-135m --data natural --n 4 --length 32 --corrupt bos|first-token|shuffle \
-                  --what z|k-sink|v-sink|... --method exact|attribution|both [--metric logprob] [--json OUT]
+                  --what z|k-sink|v-sink|... --method exact|attribution|atp*|ig|verified|both [--metric logprob] [--json OUT]
 """
 
 from __future__ import annotations
@@ -251,7 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["z", "q", "k", "v", "pattern", "k-sink", "v-sink", "pattern-sink"],
         help="the activation patched per head (default z; k-sink/v-sink: key/value at position 0)",
     )
-    pt.add_argument("--method", default="exact", choices=["exact", "attribution", "both"], help="default exact")
+    pt.add_argument(
+        "--method",
+        default="exact",
+        choices=["exact", "attribution", "atp*", "ig", "verified", "both"],
+        help="default exact; ig: integrated gradients; verified: estimate, then patch the top heads exactly",
+    )
     pt.add_argument("--metric", default="logprob", choices=["logprob", "kl", "logit_diff"], help="default logprob")
     pt.add_argument(
         "--direction", default=None, choices=["noise", "denoise"], help="default: the recipe's (bos, first-token: denoise)"
@@ -788,7 +793,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
     print()
     cols = [c for c in ("layer", "head", "metric", "effect", "normalised", "kv_metric", "estimate") if c in rep.to_frame()]
     print(rep.top(args.top)[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
-    if rep.estimate.size:
+    if rep.estimate.size and rep.method == "both":
         ag = rep.agreement()
         print()
         print(f"attribution vs exact: Spearman {ag['spearman']:.3f} over {ag['n_heads']} heads; missed {len(ag['missed'])}")

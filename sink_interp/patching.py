@@ -75,6 +75,7 @@ from ._internal.probe import ProbeSet, as_tokens
 from ._internal.provenance import Provenance
 from ._internal.report import FieldError, ModelRun, Report, check_indices, summary_head
 from .architecture import LayerAttention, check_model_tokens, describe_attention, verify_attention
+from .attribution import ESTIMATORS, AttributionSettings, estimate, estimate_graddrop, forward_capture, metric_value
 from .capture import attach_hooks, model_device
 from .models import special_token_ids
 from .provenance import provenance
@@ -84,7 +85,7 @@ SITES = ("z", "q", "k", "v", "pattern", "k-sink", "v-sink", "pattern-sink")
 #: named metrics (see :func:`named_metric`)
 METRICS = ("logit_diff", "logprob", "kl")
 DIRECTIONS = ("noise", "denoise")
-METHODS = ("exact", "attribution", "both")
+METHODS = ("exact", "attribution", "atp*", "ig", "fast", "verified", "both")
 #: normalised effects are refused when ``|clean - corrupted|`` is below this (metric units; see PatchReport.gap_problem)
 GAP_TOL = 1e-2
 #: the sign of ``clean - corrupted`` each named metric should have: higher on the clean input's behaviour (+1) or lower (-1)
@@ -186,35 +187,6 @@ def named_metric(name: str, clean: Tensor, corrupted: Tensor, clean_logits: Tens
     raise ValueError(f"metric must be a function of the logits or one of {METRICS}, got {name!r}")
 
 
-def _scalar(value: Any, where: str) -> float:
-    """The metric's value on one run (``where`` names it): a float tensor of one element, finite.
-
-    Anything else is one line: the wrong type or shape a ``ValueError``, NaN/Inf a :class:`NonFiniteError`
-    (as in every analysis: no number is made from a NaN).
-    """
-    fix = "return a float tensor of one number computed from the logits, e.g. logits[:, -2, token].mean()"
-    if not isinstance(value, torch.Tensor):
-        shown = repr(value)
-        shown = shown if len(shown) <= 40 else shown[:40] + "..."
-        raise ValueError(
-            f"metric must return a scalar tensor; it returned a {type(value).__name__} ({shown}) on {where}; fix: {fix}"
-        )
-    if value.numel() != 1:
-        raise ValueError(
-            f"metric must return one number (a scalar tensor), got shape {tuple(value.shape)} on {where}; "
-            "fix: reduce inside it, e.g. .mean()"
-        )
-    if not value.dtype.is_floating_point:
-        raise ValueError(f"metric must return a float tensor, got {value.dtype} on {where}; fix: {fix}")
-    v = float(value.detach().reshape(()))
-    if not math.isfinite(v):
-        raise NonFiniteError(
-            f"the metric is {v} on {where}: a report holds finite numbers only; fix: check the metric (a log of 0, "
-            "a division by 0) and the model (measure_sinks names a NaN in its weights or hooks)"
-        )
-    return v
-
-
 # --------------------------------------------------------------------------- the report
 
 
@@ -261,8 +233,16 @@ class PatchReport(ModelRun, Report):
     extra: dict[str, Any] = field(default_factory=dict)
     #: the sign ``clean - corrupted`` should have for the metric (+1 logprob/logit_diff, -1 kl, 0 unknown: not checked)
     expect: int = 0
+    #: the estimator behind ``estimate`` ("" when none): "attribution" (AtP), "atp*" or "ig"
+    estimator: str = ""
+    #: integrated-gradient steps of ``estimate`` (``estimator="ig"``; 0 otherwise)
+    steps: int = 0
+    #: ``method="verified"``: the (layer, head) patched exactly, in the order they were verified
+    verified: tuple[tuple[int, int], ...] = ()
+    #: ``method="verified"``: the screen that ordered the heads (see :func:`sink_interp.attribution.estimate`)
+    screen: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
-    _nan_fields = ("values", "kv_values", "estimate", "estimate_linear", "kv_estimate")  # NaN: heads not patched
+    _nan_fields = ("values", "kv_values", "estimate", "estimate_linear", "kv_estimate", "screen")  # NaN: heads not patched
 
     def _check(self) -> None:
         L, H = self.values.shape
@@ -279,11 +259,31 @@ class PatchReport(ModelRun, Report):
         for name in self._nan_fields:
             if np.isinf(getattr(self, name)).any():
                 raise FieldError(name, "holds Inf; a report holds finite numbers (NaN only for heads not patched)")
-        run = self.values[np.ix_(list(self.layers), list(self.heads))] if self.layers and self.heads else np.zeros(0)
-        if not np.isfinite(run).all():
-            raise FieldError(
-                "values", f"holds NaN for {int((~np.isfinite(run)).sum())} patched heads; a patched head has a finite value"
-            )
+        ix = np.ix_(list(self.layers), list(self.heads))
+        exact = self.method in ("exact", "both")
+        for name, table in (("values", self.values), ("estimate", self.estimate)):
+            wanted = exact if name == "values" else self.method not in ("exact",)
+            if not wanted or not (self.layers and self.heads):
+                continue
+            run = table[ix] if table.size else np.full(1, np.nan)
+            if not np.isfinite(run).all():
+                raise FieldError(
+                    name, f"holds NaN for {int((~np.isfinite(run)).sum())} patched heads; a patched head has a finite value"
+                )
+        for l_, h in self.verified:
+            if not (0 <= l_ < L and 0 <= h < H and np.isfinite(self.values[l_, h])):
+                raise FieldError("verified", f"names L{l_}H{h}, which has no exact value")
+
+    @classmethod
+    def _from_fields(cls, fields: dict[str, Any]) -> Any:
+        # files written before estimates had their own field: method="attribution" kept them in values
+        if fields.get("method") == "attribution" and not np.asarray(fields.get("estimate", np.zeros(0))).size:
+            vals = np.asarray(fields["values"])
+            fields = {**fields, "estimate": vals, "values": np.full_like(vals, np.nan), "estimator": "attribution"}
+            kv = np.asarray(fields.get("kv_values", np.zeros((0, 0))))
+            if kv.size:
+                fields.update(kv_estimate=kv, kv_values=np.full_like(kv, np.nan))
+        return cls(**fields)
 
     # ------------------------------------------------------------ baselines
     @property
@@ -350,8 +350,8 @@ class PatchReport(ModelRun, Report):
             ['missed', 'n_heads', 'pearson', 'spearman']
         """
         if other is not None:
-            exact, est = (self, other) if self.method != "attribution" else (other, self)
-            a, b = exact.values, est.values
+            exact, est = (self, other) if self.method in ("exact", "both") else (other, self)
+            a, b = exact.values, est.estimate if est.estimate.size else est.values
             base = exact.base
         elif self.estimate.size:
             a, b, base = self.values, self.estimate, self.base
@@ -440,10 +440,22 @@ class PatchReport(ModelRun, Report):
         df = self.kv_groups()
         return {(int(r.layer), int(r.kv_head)) for r in df.itertuples() if r.cancels}
 
+    def _top_records(self, k: int = 5) -> list[dict[str, Any]]:
+        cols = ["layer", "head", "metric", "effect"] + (["normalised"] if self.gap_problem() is None else [])
+        df = self.top(k)
+        cols += ["estimate"] if "estimate" in df.columns else []
+        return [
+            {c: (None if isinstance(v, float) and not math.isfinite(v) else v) for c, v in r.items()}
+            for r in df[cols].to_dict("records")
+        ]
+
     def top(self, k: int = 5) -> pd.DataFrame:
         """The ``k`` heads with the largest ``|effect|``."""
         df = self.to_frame()
-        return df.reindex(df["effect"].abs().sort_values(ascending=False).index).head(k).reset_index(drop=True)
+        size = df["effect"].abs()
+        if "estimate" in df.columns:  # heads not patched exactly are ranked by their estimate
+            size = size.fillna((df["estimate"] - self.base).abs())
+        return df.reindex(size.sort_values(ascending=False).index).head(k).reset_index(drop=True)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -457,17 +469,19 @@ class PatchReport(ModelRun, Report):
             "positions": None if self.positions is None else list(self.positions),
             "clean": self.clean,
             "corrupted": self.corrupted,
-            "top_heads": self.top(5)[
-                ["layer", "head", "metric", "effect"] + (["normalised"] if self.gap_problem() is None else [])
-            ].to_dict(orient="records"),
+            "top_heads": self._top_records(),
             "seconds": self.seconds,
             "dtype": self.dtype,
             "device": self.device,
             "model_info": self.model_info,
             "versions": self.versions,
         }
-        if self.estimate.size:
+        if self.estimator:
+            out["estimator"] = self.estimator + (f" ({self.steps} steps)" if self.steps else "")
+        if self.estimate.size and np.isfinite(self.values).any():
             out["agreement"] = self.agreement()
+        if self.method == "verified":
+            out["verified"] = [list(v) for v in self.verified]
         why = self.gap_problem()
         if why is not None:
             out["normalised_refused"] = why
@@ -502,37 +516,6 @@ class PatchReport(ModelRun, Report):
 
 
 # --------------------------------------------------------------------------- running the model
-
-
-def _forward_capture(
-    model: Any,
-    tokens: Tensor,
-    names: Sequence[str],
-    *,
-    grad: bool = False,
-    cut: str | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Logits of ``tokens`` and the tensors at ``names`` (in the graph when ``grad``; ``cut``: a hook whose
-    tensor becomes a fresh leaf, so the backward stops there)."""
-    got: dict[str, Tensor] = {}
-
-    def keeper(name: str) -> Any:
-        def keep(x: Tensor, hook: Any) -> Tensor:
-            got[name] = x if grad else x.detach()
-            return x  # returned, so that the tensor kept is the one the model goes on with (its gradient is the one wanted)
-
-        return keep
-
-    def leaf(x: Tensor, hook: Any) -> Tensor:
-        return x.detach().requires_grad_(True)
-
-    hooks = ([(cut, leaf)] if cut else []) + [(nm, keeper(nm)) for nm in dict.fromkeys(names)]
-    ctx = torch.enable_grad() if grad else torch.no_grad()
-    with attach_hooks(model, hooks), ctx:
-        logits = model(tokens, return_type="logits")
-    if not bool(torch.isfinite(logits).all()):
-        raise NonFiniteError("the logits of an unpatched run hold NaN/Inf; fix: check the model's weights and dtype")
-    return logits, got
 
 
 def _identity_block(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -591,7 +574,7 @@ def can_start_at_layer(model: Any, tokens: Tensor, logits: Tensor, cache: dict[s
     try:
         resid = (cache or {}).get(name)
         if resid is None:
-            _, got = _forward_capture(model, tokens, [name])
+            _, got = forward_capture(model, tokens, [name])
             resid = got[name]
         with torch.no_grad():
             out = _run_from(model, L - 1, resid, tokens, skip=True)
@@ -740,6 +723,64 @@ def _default_chunk(model: Any, n: int, T: int, n_conds: int) -> int:
     return int(max(1, min(n_conds, 64 // max(n, 1), 512e6 // max(per, 1))))
 
 
+def _verify(
+    site: _Site,
+    spec: Any,
+    layers: Sequence[int],
+    heads: Sequence[int],
+    screens: np.ndarray,
+    values: np.ndarray,
+    base_value: float,
+    settings: AttributionSettings,
+    run_exact: Callable[[list[_Cond], str], None],
+    stop: bool,
+) -> list[tuple[int, int]]:
+    """Patch heads exactly, the best-screened first, ``settings.batch`` per round; the heads verified, in order.
+
+    The order interleaves the screens' rankings (a head comes as early as its best rank in any screen: a head one
+    screen misses, another may catch). ``stop`` (``"verified"``): until no head left has a screen value above the
+    ``settings.top``-th largest exact ``|effect|`` so far (or ``max_verified``); else (``"fast"``) the first
+    ``settings.budget`` of the heads."""
+    H, G = spec.n_heads, spec.n_kv_heads
+    heads_all = [(l_, h) for l_ in layers for h in heads]
+    ranks = []
+    for sc in screens:
+        vals = np.array([float(sc[lh]) for lh in heads_all])
+        vals = np.where(np.isfinite(vals), vals, -np.inf)
+        r = np.empty(len(vals), int)
+        r[np.argsort(-vals, kind="stable")] = np.arange(len(vals))
+        ranks.append(r)
+    best = np.min(ranks, axis=0)
+    bound = np.fmax.reduce(screens)
+    order = [heads_all[i] for i in sorted(range(len(heads_all)), key=lambda i: (best[i], -float(bound[heads_all[i]])))]
+    if stop:
+        cap = len(order) if settings.max_verified is None else min(settings.max_verified, len(order))
+    else:
+        cap = max(settings.top, math.ceil(settings.budget * len(order)))
+        cap = min(cap, len(order))
+    done: list[tuple[int, int]] = []
+
+    def cond(l_: int, h: int) -> _Cond:
+        if not site.kv:
+            return _Cond(l_, "head", h, "values")
+        if G == H:
+            return _Cond(l_, "head", h, "kv_values")
+        return _Cond(l_, "qk" if site.base == "k" else "qv", h, "values")
+
+    while len(done) < cap:
+        size = int(settings.batch) if stop else cap  # type: ignore[arg-type]
+        batch = order[len(done) : min(len(done) + size, cap)]
+        run_exact([cond(l_, h) for l_, h in batch], f"verify {len(done)}")
+        done += batch
+        if len(done) >= cap or not stop:
+            break
+        found = sorted((abs(float(values[lh] - base_value)) for lh in done), reverse=True)
+        left = max(float(bound[lh]) for lh in order[len(done) :])
+        if len(found) >= settings.top and left < found[settings.top - 1]:
+            break
+    return done
+
+
 def patch_heads(
     model: Any,
     clean: Tensor,
@@ -758,6 +799,7 @@ def patch_heads(
     bos: bool | None = None,
     data: str | None = None,
     extra: dict[str, Any] | None = None,
+    attribution: AttributionSettings | None = None,
 ) -> PatchReport:
     """Patch each head's ``what`` from one input into the other and report ``metric`` of the logits.
 
@@ -803,6 +845,12 @@ def patch_heads(
         raise ValueError(f"direction must be 'noise' (run clean, patch in corrupted) or 'denoise'; got {direction!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if attribution is not None and not isinstance(attribution, AttributionSettings):
+        raise ValueError(
+            f"attribution must be an AttributionSettings, got {type(attribution).__name__}; fix: "
+            "attribution=AttributionSettings(steps=8)"
+        )
+    settings = attribution or AttributionSettings()
     clean_t = check_model_tokens(model, clean, min_length=2, name="clean")
     corr_t = check_model_tokens(model, corrupted, min_length=2, name="corrupted")
     if clean_t.shape != corr_t.shape:
@@ -847,9 +895,11 @@ def patch_heads(
         names_src += [spec.layer(l_).k_hook for l_ in layers_]
     if site.qk and method != "exact":
         names_src += [getattr(spec.layer(l_), f"{site.base}_hook") for l_ in layers_]
+    if method == "ig" or (method in ("both", "fast", "verified") and settings.estimator == "ig"):
+        names_src.append(hooknames.EMBED)
     t0 = time.perf_counter()
-    src_logits, src = _forward_capture(model, src_t, names_src)
-    base_logits, base_cache = _forward_capture(model, base_t, [hooknames.resid_pre(l_) for l_ in layers_])
+    src_logits, src = forward_capture(model, src_t, names_src)
+    base_logits, base_cache = forward_capture(model, base_t, [hooknames.resid_pre(l_) for l_ in layers_])
     clean_logits = base_logits if direction == "noise" else src_logits
     expect = METRIC_EXPECT[metric] if isinstance(metric, str) else int(np.sign(getattr(metric, "expect", 0) or 0))
     if isinstance(metric, str):
@@ -861,88 +911,41 @@ def patch_heads(
         ("the clean input", "the corrupted input") if direction == "noise" else ("the corrupted input", "the clean input")
     )
     with torch.no_grad():
-        base_value = _scalar(fn(base_logits), f"{base_name} (unpatched)")
-        src_value = _scalar(fn(src_logits), f"{src_name} (unpatched)")
+        base_value = metric_value(fn(base_logits), f"{base_name} (unpatched)")
+        src_value = metric_value(fn(src_logits), f"{src_name} (unpatched)")
     clean_value, corr_value = (base_value, src_value) if direction == "noise" else (src_value, base_value)
     seconds = {"baselines": time.perf_counter() - t0}
 
     values = np.full((L, H), np.nan)
     kv_values = np.full((L, G), np.nan) if site.kv else np.zeros((0, 0))
-    estimate = np.zeros((0, 0))
+    estimate_ = np.zeros((0, 0))
     estimate_linear = np.zeros((0, 0))
     kv_estimate = np.zeros((0, 0))
+    verified: list[tuple[int, int]] = []
+    screen = np.zeros((0, 0))
     meta: dict[str, Any] = {}
 
-    if method in ("exact", "both"):
-        t0 = time.perf_counter()
-        conds = _conditions(site, layers_, heads_, spec, H, G)
-        skip = can_start_at_layer(model, base_t, base_logits, base_cache)
-        meta["started_at_layer"] = skip
-        from tqdm.auto import tqdm
-
-        by_layer: dict[int, list[_Cond]] = {}
-        for c in conds:
-            by_layer.setdefault(c.layer, []).append(c)
-        plan = []
-        for cs in by_layer.values():
-            k = chunk_arg or _default_chunk(model, n, T, len(cs))
-            plan += [cs[i : i + k] for i in range(0, len(cs), k)]
-        # inside sink_interp.distributed() each rank runs a contiguous block of the patched forwards: the metric
-        # reads all n samples' logits at once, so the conditions are split, not the samples
-        inputs = {
-            "clean": clean_t,
-            "corrupted": corr_t,
-            "model": model,
-            "settings": [what, direction, method, metric_name, layers_, heads_, pos_t, [len(c) for c in plan]],
-        }
-        mine = dist.shard(len(plan), inputs)
-        got: list[tuple[str, int, int, float]] = []
-        bar = tqdm(total=len(mine), desc=f"patch {what}", unit="forward", disable=not (progress and dist.is_main()), leave=False)
-        failed: BaseException | None = None
-        try:
-            for chunk in (plan[i] for i in mine):
-                l_ = chunk[0].layer
-                la = spec.layer(l_)
-                k = len(chunk)
-                hooks = _edit_hooks(la, site, chunk, src, n, pos, T)
-                with attach_hooks(model, hooks), torch.no_grad():
-                    resid = base_cache[hooknames.resid_pre(l_)]
-                    logits = _run_from(model, l_, resid.repeat(k, 1, 1), base_t.repeat(k, 1), skip)
-                with torch.no_grad():
-                    for i, c in enumerate(chunk):
-                        part = "KV head" if c.table == "kv_values" else "head"
-                        where = f"{base_name} with layer {c.layer} {part} {c.index}'s {what} patched"
-                        got.append((c.table, c.layer, c.index, _scalar(fn(logits[i * n : (i + 1) * n]), where)))
-                del logits
-                bar.update(1)
-        except Exception as e:  # noqa: BLE001 - re-raised on every rank
-            failed = e
-        finally:
-            bar.close()
-        dist.raise_any(failed)
-        for table, layer_, index, v in (g for rank_got in dist.gather(got) for g in rank_got):
-            (values if table == "values" else kv_values)[layer_, index] = v
-        if site.kv and G == H:  # one KV head per query head: the two tables are the same patches
-            values[np.ix_(layers_, heads_)] = kv_values[np.ix_(layers_, heads_)]
-        meta["forwards"] = len(plan)
-        seconds["exact"] = time.perf_counter() - t0
-
-    if method in ("attribution", "both"):
-        if metric_name.startswith("kl") and direction == "noise":
+    kind = method if method in ESTIMATORS else (settings.estimator if method in ("both", "fast", "verified") else None)
+    if kind is not None:
+        if metric_name.startswith("kl") and direction == "noise" and kind != "ig":
             warnings.warn(
                 "metric='kl' with direction='noise': the KL to the clean run is at its minimum (0) on the clean run, so its "
-                "gradient there is 0 and the attribution estimate is ~0 for every head; use metric='logprob' or "
-                "direction='denoise' for attribution",
+                "gradient there is 0 and the attribution estimate is ~0 for every head; use metric='logprob', "
+                "direction='denoise' or method='ig' for attribution",
                 stacklevel=2,
             )
         t0 = time.perf_counter()
 
         def attribution() -> Any:
-            with dist.local():  # one forward and one backward: rank 0 computes, the others receive
-                return _attribution(model, spec, site, layers_, heads_, base_t, src, fn, pos, T, n)
+            with dist.local():  # forwards and backwards on one rank: rank 0 computes, the others receive
+                if kind == "atp*":
+                    return estimate_graddrop(model, spec, site, layers_, heads_, base_t, src, fn, pos, T)
+                return estimate(
+                    model, spec, site, layers_, heads_, base_t, src, fn, pos, T, n, estimator=kind, steps=settings.steps
+                )
 
-        est, est_lin, kv_est = dist.decide(attribution)
-        seconds["attribution"] = time.perf_counter() - t0
+        est, est_lin, kv_est, screen = dist.decide(attribution)
+        seconds[kind] = time.perf_counter() - t0
         for name, arr in (("estimate", est), ("linear estimate", est_lin), ("KV estimate", kv_est)):
             ran = np.zeros(0) if arr is None else arr[np.ix_(layers_, heads_ if arr.shape[1] == H else range(arr.shape[1]))]
             if not np.isfinite(ran).all():
@@ -951,23 +954,80 @@ def patch_heads(
                     "or the activations hold NaN/Inf): a report holds finite numbers only; fix: check the metric and the model, "
                     "or method='exact'"
                 )
-        est = est + base_value
-        est_lin = est_lin + base_value if est_lin is not None else None
-        kv_est = kv_est + base_value if kv_est is not None else None
-        if method == "attribution":
-            values = est
-            kv_values = kv_est if kv_est is not None else np.zeros((0, 0))
-        else:
-            estimate = est
-            kv_estimate = kv_est if kv_est is not None else np.zeros((0, 0))
+        estimate_ = est + base_value
         if est_lin is not None:
-            estimate_linear = est_lin
+            estimate_linear = est_lin + base_value
+        kv_estimate = kv_est + base_value if kv_est is not None else np.zeros((0, 0))
+
+    if method in ("exact", "both", "fast", "verified"):
+        t0 = time.perf_counter()
+        skip = can_start_at_layer(model, base_t, base_logits, base_cache)
+        meta["started_at_layer"] = skip
+        from tqdm.auto import tqdm
+
+        def run_exact(conds: list[_Cond], tag: str) -> None:
+            by_layer: dict[int, list[_Cond]] = {}
+            for c in conds:
+                by_layer.setdefault(c.layer, []).append(c)
+            plan = []
+            for cs in by_layer.values():
+                k = chunk_arg or _default_chunk(model, n, T, len(cs))
+                plan += [cs[i : i + k] for i in range(0, len(cs), k)]
+            # inside sink_interp.distributed() each rank runs a contiguous block of the patched forwards: the metric
+            # reads all n samples' logits at once, so the conditions are split, not the samples
+            inputs = {
+                "clean": clean_t,
+                "corrupted": corr_t,
+                "model": model,
+                "settings": [what, direction, method, metric_name, layers_, heads_, pos_t, [len(c) for c in plan], tag],
+            }
+            mine = dist.shard(len(plan), inputs)
+            got: list[tuple[str, int, int, float]] = []
+            bar = tqdm(
+                total=len(mine), desc=f"patch {what}", unit="forward", disable=not (progress and dist.is_main()), leave=False
+            )
+            failed: BaseException | None = None
+            try:
+                for chunk in (plan[i] for i in mine):
+                    l_ = chunk[0].layer
+                    la = spec.layer(l_)
+                    k = len(chunk)
+                    hooks = _edit_hooks(la, site, chunk, src, n, pos, T)
+                    with attach_hooks(model, hooks), torch.no_grad():
+                        resid = base_cache[hooknames.resid_pre(l_)]
+                        logits = _run_from(model, l_, resid.repeat(k, 1, 1), base_t.repeat(k, 1), skip)
+                    with torch.no_grad():
+                        for i, c in enumerate(chunk):
+                            part = "KV head" if c.table == "kv_values" else "head"
+                            where = f"{base_name} with layer {c.layer} {part} {c.index}'s {what} patched"
+                            got.append((c.table, c.layer, c.index, metric_value(fn(logits[i * n : (i + 1) * n]), where)))
+                    del logits
+                    bar.update(1)
+            except Exception as e:  # noqa: BLE001 - re-raised on every rank
+                failed = e
+            finally:
+                bar.close()
+            dist.raise_any(failed)
+            for table, layer_, index, v in (g for rank_got in dist.gather(got) for g in rank_got):
+                (values if table == "values" else kv_values)[layer_, index] = v
+            if site.kv and G == H:  # one KV head per query head: the two tables are the same patches
+                ran = [(c.layer, c.index) for c in conds]
+                for l_, h in ran:
+                    values[l_, h] = kv_values[l_, h]
+            meta["forwards"] = meta.get("forwards", 0) + len(plan)
+
+        if method in ("exact", "both"):
+            run_exact(_conditions(site, layers_, heads_, spec, H, G), "all")
+        else:
+            verified = _verify(site, spec, layers_, heads_, screen, values, base_value, settings, run_exact, method == "verified")
+            screen = np.fmax.reduce(screen)
+        seconds["exact"] = time.perf_counter() - t0
 
     prov = provenance(model, clean_t.cpu(), bos=bos, data=data)
     return PatchReport(
         values=values,
         kv_values=kv_values,
-        estimate=estimate,
+        estimate=estimate_,
         estimate_linear=estimate_linear,
         kv_estimate=kv_estimate,
         clean=clean_value,
@@ -987,114 +1047,11 @@ def patch_heads(
         provenance=prov,
         extra={**prov.extra(), **meta, **(extra or {})},
         expect=expect,
+        estimator=kind or "",
+        steps=settings.steps if kind == "ig" else 0,
+        verified=tuple(verified),
+        screen=screen if method in ("fast", "verified") else np.zeros((0, 0)),
     )
-
-
-# --------------------------------------------------------------------------- attribution
-
-
-def _attribution(
-    model: Any,
-    spec: Any,
-    site: _Site,
-    layers: Sequence[int],
-    heads: Sequence[int],
-    base_t: Tensor,
-    src: dict[str, Tensor],
-    fn: Metric,
-    pos: Any,
-    T: int,
-    n: int,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """AtP estimates of ``metric(patched) - metric(base)``: per query head, the plain linear one for q/k sites,
-    per KV head for k/v sites. One forward with autograd on the base input and one backward."""
-    L, H, G = spec.n_layers, spec.n_heads, spec.n_kv_heads
-    per_q_kv = site.kv and G < H
-    names: list[str] = []
-    for l_ in layers:
-        la = spec.layer(l_)
-        names.append(site.hook(l_))
-        if site.qk:
-            names += [la.q_hook, la.k_hook, hooknames.pattern(l_)]
-        if per_q_kv and site.base == "v":
-            names += [hooknames.z(l_), hooknames.pattern(l_)]
-    logits, got = _forward_capture(model, base_t, names, grad=True, cut=hooknames.resid_pre(min(layers)))
-    value = fn(logits)
-    _scalar(value, "the attribution's forward (the input that is patched)")
-    if not value.requires_grad:
-        raise ValueError(
-            "method='attribution' needs the metric's gradient, but the metric's value does not depend on the logits "
-            "(it was detached or made with .item()); fix: compute it from the logits with torch operations, or method='exact'"
-        )
-    wanted = list(dict.fromkeys(names))
-    grads = torch.autograd.grad(value.reshape(()), [got[nm] for nm in wanted], allow_unused=True)
-    grad = {nm: (torch.zeros_like(got[nm]) if g is None else g.detach()) for nm, g in zip(wanted, grads)}
-    acts = {nm: t.detach() for nm, t in got.items()}
-    del logits, value, got
-
-    est = np.full((L, H), np.nan)
-    est_lin = np.full((L, H), np.nan) if site.qk else None
-    kv_est = np.full((L, G), np.nan) if site.kv else None
-    for l_ in layers:
-        la = spec.layer(l_)
-        name = site.hook(l_)
-        a, s, g_ = acts[name].float(), src[name].float(), grad[name].float()
-        delta = torch.zeros_like(a)
-        if site.base == "pattern":
-            if site.sink:
-                delta[:, :, :, pos] = (s - a)[:, :, :, pos]
-            else:
-                delta[:, :, pos] = (s - a)[:, :, pos]
-            lin = (g_ * delta).sum((0, 2, 3))  # [H]
-        else:
-            delta[:, pos] = (s - a)[:, pos]
-            lin = (g_ * delta).sum((0, 1, 3))  # [heads or KV heads]
-        if site.kv:
-            kv_est[l_] = lin.double().cpu().numpy()  # type: ignore[index]
-        if site.qk:
-            # AtP*: the softmax recomputed with the patched queries/keys; the estimate goes through the pattern change
-            q_f, k_f = acts[la.q_hook], acts[la.k_hook]
-            hook_q = src[la.q_hook] if site.base == "q" else q_f
-            hook_k = src[la.k_hook] if site.base == "k" else k_f
-            q_mix, k_mix = q_f.clone(), k_f.clone()
-            q_mix[:, pos] = hook_q[:, pos].to(q_mix.dtype)
-            k_mix[:, pos] = hook_k[:, pos].to(k_mix.dtype)
-            qa, ka = la.final_qk(q_f, k_f)
-            qb, kb = la.final_qk(q_mix, k_mix)
-            A0 = la.pattern(qa.transpose(1, 2), ka.transpose(1, 2))
-            A1 = la.pattern(qb.transpose(1, 2), kb.transpose(1, 2))
-            star = (grad[hooknames.pattern(l_)].float() * (A1 - A0)).sum((0, 2, 3))  # [H]
-            if site.base == "q":
-                est_lin[l_] = lin.double().cpu().numpy()  # type: ignore[index]
-            else:
-                # the plain estimate per query head: through the scores, which are linear in the key
-                s0 = la.logits(qa.transpose(1, 2), ka.transpose(1, 2), check=False)
-                s1 = la.logits(qa.transpose(1, 2), kb.transpose(1, 2), check=False)
-                vis = la.mask().dense(T, device=s0.device)
-                ds = torch.where(vis, s1 - s0, torch.zeros_like(s0))
-                dA = (grad[hooknames.pattern(l_)].float() * A0).detach()
-                # d metric / d scores through the softmax: A * (g - sum_j A g)
-                gs = dA - A0 * dA.sum(-1, keepdim=True)
-                est_lin[l_] = (gs * ds).sum((0, 2, 3)).double().cpu().numpy()  # type: ignore[index]
-                kv_est[l_] = np.array([float(star[[h for h in range(H) if la.kv_head(h) == g]].sum()) for g in range(G)])  # type: ignore[index]
-            est[l_] = star.double().cpu().numpy()
-        elif site.kv:
-            if per_q_kv:  # v per query head: z_h changes by A_h @ dv_g
-                A = acts[hooknames.pattern(l_)].float()
-                gz = grad[hooknames.z(l_)].float()
-                dv = delta.repeat_interleave(la.group, dim=2)  # [b, T, H, d]
-                dz = torch.einsum("bhqk,bkhd->bqhd", A, dv)
-                est[l_] = (gz * dz).sum((0, 1, 3)).double().cpu().numpy()
-            else:
-                est[l_] = lin.double().cpu().numpy()
-        else:
-            est[l_] = lin.double().cpu().numpy()
-    mask = np.zeros((L, H), bool)
-    mask[np.ix_(list(layers), list(heads))] = True
-    est[~mask] = np.nan
-    if est_lin is not None:
-        est_lin[~mask] = np.nan
-    return est, est_lin, kv_est
 
 
 # --------------------------------------------------------------------------- sink recipes

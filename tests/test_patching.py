@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sink_interp import PatchReport, load_report, patch_heads, tiny_model
+from sink_interp.attribution import AttributionSettings
 from sink_interp.capture import hook_snapshot
 from sink_interp.patching import can_start_at_layer, corrupt_tokens, named_metric, patch_sink
 
@@ -303,7 +304,8 @@ def test_qk_fix_beats_linear_attribution_on_saturated_heads():
     clean, _ = _pair(n=4, T=12, seed=12)
     corr = clean.clone()
     corr[:, 0] = (clean[:, 0] + 7) % 124 + 4
-    rep = patch_heads(model, clean, corr, "logprob", what="k-sink", method="both", progress=False)
+    atp = AttributionSettings(estimator="attribution")
+    rep = patch_heads(model, clean, corr, "logprob", what="k-sink", method="both", attribution=atp, progress=False)
     ex = rep.effect
     star = rep.estimate - rep.base
     lin = rep.estimate_linear - rep.base
@@ -313,7 +315,8 @@ def test_qk_fix_beats_linear_attribution_on_saturated_heads():
     assert rep.kv_estimate.shape == rep.kv_values.shape
     # the attribution run alone gives the same estimate; two separate reports give the same agreement
     att = patch_heads(model, clean, corr, "logprob", what="k-sink", method="attribution", progress=False)
-    np.testing.assert_allclose(att.values, rep.estimate, atol=1e-6)
+    np.testing.assert_allclose(att.estimate, rep.estimate, atol=1e-6)
+    assert np.isnan(att.values).all() and att.estimator == "attribution"  # estimates never sit in values
     assert rep.agreement(att)["spearman"] == pytest.approx(rep.agreement()["spearman"])
 
 
@@ -323,7 +326,7 @@ def test_pattern_attribution_is_exact_to_first_order(gqa):
     assert rep.estimate.shape == rep.values.shape and np.isfinite(rep.estimate).all()
     with pytest.warns(UserWarning, match="gradient there is 0"):
         rep = patch_heads(gqa, clean, corr, "kl", what="z", layers=[1], method="attribution", progress=False)
-    assert np.abs(rep.values[1] - rep.base).max() < 1e-6  # the KL to clean has no slope at the clean run
+    assert np.abs(rep.estimate[1] - rep.base).max() < 1e-6  # the KL to clean has no slope at the clean run
 
 
 # --------------------------------------------------------------------------- recipes
