@@ -49,7 +49,7 @@ from ._internal import distributed as dist
 from ._internal.errors import check_eps, check_positive_int
 from ._internal.probe import ProbeSet
 from ._internal.provenance import Provenance
-from ._internal.report import ModelRun, Report, register_record, summary_head, summary_tail
+from ._internal.report import ModelRun, Provenanced, Report, register_record, summary_head, summary_tail
 from ._internal.vocab import RENAMED
 from .architecture import check_model_tokens
 from .capture import Reducer, run_reducers
@@ -169,7 +169,7 @@ class Effect:
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class EffectReport(ModelRun, Report):
+class EffectReport(Provenanced, ModelRun, Report):
     """Effects of several interventions against the clean model, on the same tokens.
 
     ``effects[0]`` is the clean model. ``report["label"]`` gives one :class:`Effect`.

@@ -46,7 +46,7 @@ from ._internal import display, hooknames
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
 from ._internal.provenance import Provenance
-from ._internal.report import FieldError, ModelRun, Report, check_range, summary_head, summary_tail
+from ._internal.report import FieldError, ModelRun, Provenanced, Report, check_range, summary_head, summary_tail
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .metrics import SinkReport, SinkScoreReducer
@@ -219,7 +219,7 @@ class MassiveReducer(Reducer):
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class MassiveReport(ModelRun, Report):
+class MassiveReport(Provenanced, ModelRun, Report):
     """Massive activations of every block, per-token norms and the extreme-token triple.
 
     Arrays are indexed ``[sample, layer, ...]``; ``top_*`` hold each sample's

@@ -42,7 +42,7 @@ from ._internal import distributed as dist
 from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
 from ._internal.provenance import Provenance
-from ._internal.report import FieldError, ModelRun, Report, check_indices, check_range, summary_head, summary_tail
+from ._internal.report import FieldError, ModelRun, Provenanced, Report, check_indices, check_range, summary_head, summary_tail
 from ._internal.scores import MIN_QUERIES, SCORES, reliable_keys, sink_alpha, sink_rates
 from .architecture import check_head_counts, check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
@@ -169,7 +169,7 @@ def _check_layers(rep: Any, n_layers: int, field_name: str) -> None:
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class SinkReport(ModelRun, Report):
+class SinkReport(Provenanced, ModelRun, Report):
     """Sink scores of every (sample, layer, head, key position), with what produced them.
 
     ``alpha`` has shape ``[n, layers, heads, length]``; positions ``k`` in the
@@ -554,7 +554,7 @@ def _fixed(x: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class SinkSummary(ModelRun, Report):
+class SinkSummary(Provenanced, ModelRun, Report):
     """What ``measure_sinks(..., keep="summary")`` keeps: counts over a fixed eps grid and fixed-point sums.
 
     ``counts[g, layer, head, k - 1]`` is the number of samples with ``alpha_k > eps_grid[g]``;

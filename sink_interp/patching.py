@@ -73,7 +73,7 @@ from ._internal import distributed as dist
 from ._internal.errors import NonFiniteError, check_positive_int
 from ._internal.probe import ProbeSet, as_tokens
 from ._internal.provenance import Provenance
-from ._internal.report import FieldError, ModelRun, Report, check_indices, summary_head
+from ._internal.report import FieldError, ModelRun, Provenanced, Report, check_indices, summary_head
 from .architecture import LayerAttention, check_model_tokens, describe_attention, verify_attention
 from .attribution import ESTIMATORS, AttributionSettings, estimate, estimate_graddrop, forward_capture, metric_value
 from .capture import attach_hooks, model_device
@@ -191,7 +191,7 @@ def named_metric(name: str, clean: Tensor, corrupted: Tensor, clean_logits: Tens
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class PatchReport(ModelRun, Report):
+class PatchReport(Provenanced, ModelRun, Report):
     """Patching every chosen head: a layer × head table of metric values, with the baselines.
 
     ``values[l, h]``: the metric with head ``h`` of layer ``l`` patched (NaN for heads not run);

@@ -259,8 +259,14 @@ def _five_field_provenance(rep: Any) -> Provenance:
     )
 
 
-class ModelRun(Provenanced):
-    """``dtype`` and ``device`` of the model a report ran, read from its ``model_info`` (mixed into such reports)."""
+class ModelRun:
+    """``dtype`` and ``device`` of the model a report ran, read from its ``model_info`` (mixed into such reports).
+
+    It defines no ``model``/``bos``/``data``/``model_info``/``versions`` attribute, so a report that still keeps
+    those as fields of its own can mix it in; a report with one ``provenance`` field mixes in :class:`Provenanced` too.
+    """
+
+    model_info: dict[str, Any]
 
     @property
     def dtype(self) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .._internal.provenance import Provenance
-from .._internal.report import ModelRun, Report, register_record, summary_head, summary_tail
+from .._internal.report import ModelRun, Provenanced, Report, register_record, summary_head, summary_tail
 from ..massive import MassiveReport
 from .story import explain_text, story_text
 
@@ -206,7 +206,7 @@ class ManifoldLink(Link):
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class TraceReport(ModelRun, Report):
+class TraceReport(Provenanced, ModelRun, Report):
     """Every link of the sink mechanism at one (layer, head), with the massive-activation report it builds on.
 
     ``links`` maps link names (``spike, writer, gated_mlp, norm, wk, rope, manifold``)
