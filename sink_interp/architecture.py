@@ -67,6 +67,10 @@ from .masks import AttentionMask, as_mask
 KINDS = ("rotated", "joint", "alibi", "delegated")
 
 
+#: what still works where scores cannot be rebuilt from q and k
+PATTERN_FIX = "method='pattern' (reads the model's own attention weights)"
+
+
 class UnsupportedAttention(NotImplementedError):
     """The description cannot reproduce this model's attention scores; the message names the feature and the alternative."""
 
@@ -214,12 +218,12 @@ class LayerAttention:
         m = as_mask(mask)
         return m.within(self.window) if self.window is not None else m
 
-    def check_supported(self, what: str) -> None:
+    def check_supported(self, what: str, fix: str | None = None) -> None:
         """Raise :class:`UnsupportedAttention` naming the feature when q/k cannot give this layer's scores."""
         if self.unsupported:
             raise UnsupportedAttention(
                 f"{what}: layer {self.layer} uses {', '.join(self.unsupported)}, which sink_interp cannot rebuild from q and k; "
-                "fix: method='pattern' (reads the model's own attention weights)"
+                f"fix: {fix or PATTERN_FIX}"
             )
 
     # ------------------------------------------------------------ scores
@@ -1018,7 +1022,7 @@ VERIFY_TOKENS = 64
 _VERIFIED: weakref.WeakKeyDictionary[Any, dict[int, float]] = weakref.WeakKeyDictionary()
 
 
-def verify_attention(model: Any, layers: Sequence[int], what: str) -> None:
+def verify_attention(model: Any, layers: Sequence[int], what: str, fix: str | None = None) -> None:
     """Refuse, by name, to rebuild attention from q and k where the description does not reproduce the model.
 
     Interventions that form scores again from q and k (prefix masks; every edit on layers whose
@@ -1028,7 +1032,7 @@ def verify_attention(model: Any, layers: Sequence[int], what: str) -> None:
     """
     spec = describe_attention(model)
     for layer in layers:
-        spec.layer(layer).check_supported(what)
+        spec.layer(layer).check_supported(what, fix)
     try:
         diffs = _VERIFIED.get(model)
     except TypeError:  # pragma: no cover - not weak-referenceable
