@@ -655,12 +655,22 @@ _POST_NORM = frozenset({"openai-gpt"})
 _BRIDGE_NEEDS = {"CodeGenAttentionBridge": "embed_positions"}
 
 
+def _mixer(layer: Any) -> str:
+    """A non-attention block in words: its token mixer (``mamba (JambaMambaMixer)``), else the block's class."""
+    skip = ("norm", "mlp", "feed_forward", "ffn", "moe", "dropout", "act", "hook")
+    if isinstance(layer, torch.nn.Module):
+        for name, child in layer.named_children():
+            if not any(w in name.lower() for w in skip):
+                return f"{type(layer).__name__} with {name} ({type(unwrap(child)).__name__})"
+    return type(layer).__name__
+
+
 def _check_blocks(model: Any, family: str, arch: str) -> None:
     """Refuse, in one line, a model whose blocks are not all attention, or whose bridge exposes no attention weights."""
     blocks = list(model.blocks)
     other = [l for l, blk in enumerate(blocks) if getattr(blk, "attn", None) is None]
     if other:
-        kinds = sorted({type(unwrap(blocks[l])).__name__ for l in other})
+        kinds = sorted({_mixer(unwrap(blocks[l])) for l in other})
         attn_layers = [l for l in range(len(blocks)) if l not in other]
         what = (
             f"a hybrid: block(s) {other} are {', '.join(kinds)}"

@@ -47,7 +47,7 @@ ANALYSES = {
     "stream": "`StreamingWindow` cache positions",
     "mask": "`MaskKey` vs HF padding",
 }
-HYBRID = r"is a hybrid: block\(s\) \[0\] are JambaMambaDecoderLayer \(attention only in block\(s\) \[1\]\)"
+HYBRID = r"is a hybrid: block\(s\) \[0\] are JambaMambaDecoderLayer with mamba \(JambaMambaMixer\) \(attention only in block\(s\) \[1\]\)"
 NO_PATTERN = r"exposes no blocks\.0\.attn\.hook_pattern"
 CODEGEN = r"reads CodeGenAttention\.embed_positions, which transformers .* no longer has"
 QK_LINKS = r"the wk, qk_norm, rope, manifold link\(s\) cannot be traced; fix: links=\['spike', 'writer', 'gated_mlp', 'norm'\]"
