@@ -68,6 +68,10 @@ from .masks import AttentionMask, as_mask
 KINDS = ("rotated", "joint", "alibi", "delegated")
 
 
+#: what still works where scores cannot be rebuilt from q and k
+PATTERN_FIX = "method='pattern' (reads the model's own attention weights)"
+
+
 class UnsupportedAttention(NotImplementedError):
     """The description cannot reproduce this model's attention scores; the message names the feature and the alternative."""
 
@@ -215,12 +219,12 @@ class LayerAttention:
         m = as_mask(mask)
         return m.within(self.window) if self.window is not None else m
 
-    def check_supported(self, what: str) -> None:
+    def check_supported(self, what: str, fix: str | None = None) -> None:
         """Raise :class:`UnsupportedAttention` naming the feature when q/k cannot give this layer's scores."""
         if self.unsupported:
             raise UnsupportedAttention(
                 f"{what}: layer {self.layer} uses {', '.join(self.unsupported)}, which sink_interp cannot rebuild from q and k; "
-                "fix: method='pattern' (reads the model's own attention weights)"
+                f"fix: {fix or PATTERN_FIX}"
             )
 
     # ------------------------------------------------------------ scores
@@ -651,12 +655,22 @@ _POST_NORM = frozenset({"openai-gpt"})
 _BRIDGE_NEEDS = {"CodeGenAttentionBridge": "embed_positions"}
 
 
+def _mixer(layer: Any) -> str:
+    """A non-attention block in words: its token mixer (``mamba (JambaMambaMixer)``), else the block's class."""
+    skip = ("norm", "mlp", "feed_forward", "ffn", "moe", "dropout", "act", "hook")
+    if isinstance(layer, torch.nn.Module):
+        for name, child in layer.named_children():
+            if not any(w in name.lower() for w in skip):
+                return f"{type(layer).__name__} with {name} ({type(unwrap(child)).__name__})"
+    return type(layer).__name__
+
+
 def _check_blocks(model: Any, family: str, arch: str) -> None:
     """Refuse, in one line, a model whose blocks are not all attention, or whose bridge exposes no attention weights."""
     blocks = list(model.blocks)
     other = [l for l, blk in enumerate(blocks) if getattr(blk, "attn", None) is None]
     if other:
-        kinds = sorted({type(unwrap(blocks[l])).__name__ for l in other})
+        kinds = sorted({_mixer(unwrap(blocks[l])) for l in other})
         attn_layers = [l for l in range(len(blocks)) if l not in other]
         what = (
             f"a hybrid: block(s) {other} are {', '.join(kinds)}"
@@ -1018,7 +1032,7 @@ VERIFY_TOKENS = 64
 _VERIFIED: weakref.WeakKeyDictionary[Any, dict[int, float]] = weakref.WeakKeyDictionary()
 
 
-def verify_attention(model: Any, layers: Sequence[int], what: str) -> None:
+def verify_attention(model: Any, layers: Sequence[int], what: str, fix: str | None = None) -> None:
     """Refuse, by name, to rebuild attention from q and k where the description does not reproduce the model.
 
     Interventions that form scores again from q and k (prefix masks; every edit on layers whose
@@ -1028,7 +1042,7 @@ def verify_attention(model: Any, layers: Sequence[int], what: str) -> None:
     """
     spec = describe_attention(model)
     for layer in layers:
-        spec.layer(layer).check_supported(what)
+        spec.layer(layer).check_supported(what, fix)
     try:
         diffs = _VERIFIED.get(model)
     except TypeError:  # pragma: no cover - not weak-referenceable

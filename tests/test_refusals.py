@@ -47,7 +47,7 @@ ANALYSES = {
     "stream": "`StreamingWindow` cache positions",
     "mask": "`MaskKey` vs HF padding",
 }
-HYBRID = r"is a hybrid: block\(s\) \[0\] are JambaMambaDecoderLayer \(attention only in block\(s\) \[1\]\)"
+HYBRID = r"is a hybrid: block\(s\) \[0\] are JambaMambaDecoderLayer with mamba \(JambaMambaMixer\) \(attention only in block\(s\) \[1\]\)"
 NO_PATTERN = r"exposes no blocks\.0\.attn\.hook_pattern"
 CODEGEN = r"reads CodeGenAttention\.embed_positions, which transformers .* no longer has"
 QK_LINKS = r"the wk, qk_norm, rope, manifold link\(s\) cannot be traced; fix: links=\['spike', 'writer', 'gated_mlp', 'norm'\]"
@@ -413,3 +413,31 @@ def test_trace_layer_must_be_a_whole_number(extra):
         str(err.value)
         == "layer must be a whole number (int) in 0..1, got 1.0 (float); fix: pass layer in 0..1, or layer=None for the strongest sink head"
     )
+
+
+def test_edits_that_read_q_k_or_v_refuse_on_mla_and_pattern_edits_run(extra):
+    from sink_interp import KVBias, ScaleAttention, ZeroValue, fit_bias
+
+    bridge, _ = _model(extra, "deepseek_v2")
+    x = toks(2, 12, 0)
+    for iv in (ZeroValue(), KVBias()):
+        with pytest.raises(
+            NotImplementedError, match=r"on layer 0: it uses attention bridge MLAAttentionBridge.*fix: edits of the"
+        ):
+            with torch.no_grad(), intervene(bridge, iv):
+                bridge(x)
+    with pytest.raises(
+        NotImplementedError, match=r"fit_bias\(init='sink'\) reads .*MLAAttentionBridge.*massive_activations still run"
+    ):
+        fit_bias(bridge, x, "k", init="sink", steps=1, batch_size=2, progress=False)
+    with torch.no_grad(), intervene(bridge, ScaleAttention(0.5, positions=[0])):
+        assert torch.isfinite(bridge(x)).all()
+
+
+def test_fit_bias_reads_heads_first_keys(extra):
+    """HunYuan's bridge fires its QK-normed keys heads-first: the sink key is picked after putting them [b, T, G, d]."""
+    from sink_interp import fit_bias
+
+    bridge, _ = _model(extra, "hunyuan_v1_dense")
+    fit = fit_bias(bridge, toks(2, 12, 0), "k", init="sink", steps=1, batch_size=2, progress=False)
+    assert np.isfinite([fit.loss_clean, fit.loss_fitted]).all()
