@@ -74,7 +74,7 @@ from ._internal.errors import NonFiniteError, check_positive_int
 from ._internal.probe import ProbeSet, as_tokens
 from ._internal.report import FieldError, ModelRun, Report, check_indices
 from .architecture import LayerAttention, check_model_tokens, describe_attention, verify_attention
-from .attribution import ESTIMATORS, AttributionSettings, forward_capture, metric_value, estimate, estimate_graddrop
+from .attribution import ESTIMATORS, AttributionSettings, estimate, estimate_graddrop, forward_capture, metric_value
 from .capture import attach_hooks, model_device
 from .models import special_token_ids
 from .provenance import provenance

@@ -23,6 +23,7 @@ import pandas as pd
 
 from .._internal import display
 from ._page import View, concat
+from .circuits import circuit_report_view
 from .figures import (
     effect_bars,
     key_manifold_view,
@@ -214,6 +215,7 @@ for _name, _fn in {
     "StreamReport": stream_report_view,
     "LongContextReport": long_context_view,
     "FindingCurves": finding_curves_view,
+    "CircuitReport": circuit_report_view,
 }.items():
     display.register_view(_name, _fn)
 del _name, _fn
