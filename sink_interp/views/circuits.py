@@ -19,9 +19,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._page import View, esc
-from ._svg import OTHER_COLOR, SINK_COLOR, _svg, _t, fmt
+from ._svg import OTHER_COLOR, SINK_COLOR, fmt
 
 _DASH = {"q": "", "k": "6 3", "v": "2 3", "in": ""}
+
+
+def _svg(width: float, height: float, inner: str, label: str) -> str:
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+        f'viewBox="0 0 {width:.0f} {height:.0f}" role="img" aria-label="{esc(label)}">{inner}</svg>'
+    )
+
+
+def _t(x: float, y: float, s: str, *, size: int = 11, anchor: str = "middle", fill: str = "#333") -> str:
+    return f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" fill="{fill}">{esc(s)}</text>'
 
 
 def _place(node: str) -> tuple[int, int]:
