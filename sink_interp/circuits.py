@@ -34,8 +34,8 @@ Example:
     >>> m = tiny_model()
     >>> clean = torch.randint(4, 128, (2, 6), generator=torch.Generator().manual_seed(0))
     >>> rep = sink_circuit(m, clean, clean.flip(0), lambda lo: lo[:, -1, 5].mean(), CircuitSettings(steps=2), progress=False)
-    >>> rep.edges().columns[:4].tolist(), rep.curve_sizes[-1] == len(rep.scores)
-    (['src', 'dst', 'kind', 'score'], True)
+    >>> " ".join(rep.edges().columns[:4]), rep.curve_sizes[-1] == len(rep.scores)
+    ('src dst kind score', True)
 """
 
 from __future__ import annotations
@@ -496,8 +496,8 @@ class CircuitReport(ModelRun, Report):
         >>> m = tiny_model()
         >>> x = torch.randint(4, 128, (2, 6), generator=torch.Generator().manual_seed(0))
         >>> rep = sink_circuit(m, x, x.flip(0), lambda lo: lo[:, -1, 5].mean(), progress=False)
-        >>> sorted(rep.summary())[:3]
-        ['bos', 'circuit_edges', 'circuit_nodes']
+        >>> {"circuit_edges", "circuit_nodes", "faithfulness"} <= set(rep.summary())
+        True
     """
 
     nodes: tuple[str, ...]
@@ -718,6 +718,16 @@ def sink_circuit(
 
     Returns:
         :class:`CircuitReport`: every edge's score, the faithfulness curve by exact patching, the pruned circuit.
+
+    Example:
+        >>> import torch
+        >>> from sink_interp import tiny_model
+        >>> m = tiny_model()
+        >>> x = torch.randint(4, 128, (2, 6), generator=torch.Generator().manual_seed(0))
+        >>> y = torch.randint(4, 128, (2, 6), generator=torch.Generator().manual_seed(1))
+        >>> rep = sink_circuit(m, x, y, massive_metric(1, 3), CircuitSettings(steps=2), progress=False)
+        >>> rep.metric, "M1" in rep.nodes, round(float(rep.curve[-1]), 4)
+        ('massive L1 pos 0 dim 3', True, 1.0)
     """
     s = settings or CircuitSettings()
     if not isinstance(s, CircuitSettings):
