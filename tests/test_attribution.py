@@ -89,7 +89,9 @@ def test_graddrop_equals_one_run_per_dropped_layer(gqa):
     a_base, a_src = _acts(gqa, clean, L), _acts(gqa, corr, L)
 
     def atp(grads):
-        return np.array([[float(((a_src[l] - a_base[l])[:, :, h] * grads[l][:, :, h]).sum()) for h in range(H)] for l in range(L)])
+        return np.array(
+            [[float(((a_src[l] - a_base[l])[:, :, h] * grads[l][:, :, h]).sum()) for h in range(H)] for l in range(L)]
+        )
 
     plain = atp(_grad_z(gqa, clean, fn, L))
     total = np.zeros_like(plain)
