@@ -59,6 +59,8 @@ _EXPORTS: dict[str, str] = {
     "PatchReport": "patching",
     "patch_heads": "patching",
     "patch_sink": "patching",
+    "CircuitReport": "circuits",
+    "sink_circuit": "circuits",
     "StreamReport": "streaming",
     "long_tokens": "streaming",
     "streaming_ppl": "streaming",
@@ -80,7 +82,18 @@ _providers.PROVIDERS.update(
     # load_report finds a report's class by name: the modules that define report classes
     reports=[
         f"{__name__}.{m}"
-        for m in ("metrics", "massive", "effects", "patching", "streaming", "longctx", "fit", "trace", "training.loop")
+        for m in (
+            "metrics",
+            "massive",
+            "effects",
+            "patching",
+            "circuits",
+            "streaming",
+            "longctx",
+            "fit",
+            "trace",
+            "training.loop",
+        )
     ]
     + [f"{__name__}.{m}" for m in ("quant", "kvcache", "outliers")],  # sinks in practice (from sink_interp.quant import kv_quant)
 )
@@ -90,6 +103,7 @@ if TYPE_CHECKING:  # what static tools (type checkers, the API reference) see
     from ._internal.report import load_report
     from .architecture import describe_attention
     from .capture import NonFiniteError
+    from .circuits import CircuitReport, sink_circuit
     from .data import ProbeSet, probe_tokens
     from .effects import EffectReport, compare, scan_heads
     from .fit import FitReport, fit_bias
@@ -133,6 +147,8 @@ __all__ = [
     "compare", "scan_heads", "EffectReport", "fit_bias", "FitReport", "streaming_ppl", "StreamReport",
     # patch heads between a clean and a corrupted input
     "patch_heads", "patch_sink", "PatchReport",
+    # the circuit (heads, MLPs, residual paths) behind a sink
+    "sink_circuit", "CircuitReport",
     # train tiny models
     "train", "preset", "TrainConfig", "TrainResult", "load_trained",
     # look, save, load

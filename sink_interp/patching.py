@@ -25,6 +25,10 @@ input and reports a metric of the logits for every (layer, head):
   change; the plain linear estimate is kept in ``estimate_linear``. Sink heads are where
   this matters: their pattern is saturated, so a gradient through the softmax sees almost
   nothing of a large change.
+* ``method="ig"`` and ``"atp*"``: integrated gradients and AtP with GradDrop (:mod:`sink_interp.attribution`).
+  Estimates live in ``estimate`` (``values`` holds exact numbers only).
+* ``method="fast"`` / ``"verified"``: estimate every head, then patch exactly the best-screened ones: a fixed budget
+  (10 % of the heads), or until no head left could beat the 5th largest exact effect; ``verified`` names them.
 * ``method="both"``: exact values, the attribution estimate beside them, and their
   agreement (:meth:`PatchReport.agreement`).
 
@@ -813,8 +817,12 @@ def patch_heads(
             ``"k-sink"``, ``"v-sink"``, ``"pattern-sink"`` (key position 0 or ``positions``).
         direction: ``"noise"`` (default): run **clean**, write in the **corrupted** activation;
             ``"denoise"``: run corrupted, write in the clean activation.
-        method: ``"exact"`` (patched forwards), ``"attribution"`` (AtP with the AtP* QK fix, one forward
-            per input and one backward) or ``"both"``.
+        method: ``"exact"`` (patched forwards); estimates in ``estimate``, never in ``values``:
+            ``"attribution"`` (AtP with the AtP* QK fix, one forward per input and one backward), ``"atp*"``
+            (GradDrop too), ``"ig"`` (integrated gradients); estimates checked by exact patching: ``"fast"``
+            (the best-screened ``budget`` of the heads patched exactly: the fast default of docs/patching.md),
+            ``"verified"`` (until no head left can beat the ``top``-th exact effect); ``"both"`` (exact and an estimate).
+        attribution: :class:`~sink_interp.attribution.AttributionSettings` (steps, estimator, top, budget).
         layers: layers to patch (default all).
         heads: query heads to patch (default all).
         positions: token positions where the activation is replaced (default all; the key column for the

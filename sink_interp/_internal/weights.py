@@ -56,3 +56,13 @@ def mlp_weights(model: Any, layer: int) -> dict[str, Any]:
     out["act_fn"] = str(getattr(model.cfg, "act_fn", "") or "")
     out["gated"] = out["W_gate"] is not None
     return out
+
+
+def attn_out_weights(model: Any, layer: int) -> Tensor:
+    """``W_O [H, d, D]`` of block ``layer``'s attention: head ``h`` writes ``z[..., h, :] @ W_O[h]`` to the residual."""
+    attn = model.blocks[layer].attn
+    with materialized(attn):
+        w = _get(attn, "W_O")
+    if w is None:
+        raise ValueError(f"block {layer}'s attention exposes no W_O; fix: a model whose bridge exposes the output projection")
+    return w

@@ -157,12 +157,12 @@ CSS = """
 .si-root .si-arrow{align-self:center;font-size:20px;color:#888}
 """
 
-# Hover read-outs: a mark (.si-cell / .si-bar / .si-pt) carries its text in an SVG <title>
+# Hover read-outs: a mark (.si-cell / .si-bar / .si-pt / .si-edge / .si-node) carries its text in an SVG <title>
 # (the browser's own tooltip, also without JavaScript); hovering or clicking it also writes the
 # text into its figure's .si-readout line. One document-level listener, registered once.
 HOVER_JS = """
 (function(){if(window.__siHover)return;window.__siHover=true;
-function show(ev){var t=ev.target;if(!t||!t.closest)return;var c=t.closest('.si-cell,.si-bar,.si-pt');if(!c)return;
+function show(ev){var t=ev.target;if(!t||!t.closest)return;var c=t.closest('.si-cell,.si-bar,.si-pt,.si-edge,.si-node');if(!c)return;
 var f=c.closest('.si-fig');var o=f&&f.querySelector('.si-readout');var tt=c.querySelector('title');
 if(o&&tt)o.textContent=tt.textContent;}
 document.addEventListener('mouseover',show);document.addEventListener('click',show);})();

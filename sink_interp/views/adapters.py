@@ -23,6 +23,7 @@ import pandas as pd
 
 from .._internal import display
 from ._page import View, concat
+from .circuits import circuit_report_view
 from .figures import (
     effect_bars,
     key_manifold_view,
@@ -222,6 +223,7 @@ for _name, _fn in {
     "KVReport": kv_budget_view,
     "QuantReport": quant_bits_view,
     "OutlierReport": outlier_map_view,
+    "CircuitReport": circuit_report_view,
 }.items():
     display.register_view(_name, _fn)
 del _name, _fn
