@@ -26,8 +26,9 @@
 # Every number below is a next-token loss measured against the model's own full-precision run on the
 # same texts; [the sinks-in-practice page](../docs/kvcache.md) states the quantizer and the eviction rules
 # exactly, and how each is tested (one masked forward pass equals decoding with a Hugging Face cache that
-# evicts those keys; the quantized loss equals the formula applied inside HF's own attention). A few minutes
-# offline on a CPU with `CI=true`; longer texts without it.
+# evicts those keys; the quantized loss equals the formula applied inside HF's own attention). The notebook here
+# was executed with `CI=true` (one text of 256 tokens): 26 minutes on a 2-core CPU shared with other jobs
+# (load average about 10), a small fraction of that on a quiet machine; without `CI`, two texts of 512 tokens.
 
 # %%
 import os
@@ -72,9 +73,13 @@ kv = kv_policies(model, texts, budgets=(B, 2 * B, LENGTH), n_sinks=4, progress=F
 kv.table()
 
 # %% [markdown]
-# At full budget every policy is the model itself (the last row). Below it, the window alone loses the
-# sink and pays for it; four sink tokens beside the same window recover most of the loss. H2O keeps the
-# keys that received the most attention, and the sink is such a key, so H2O finds it without being told.
+# At full budget every policy is the model itself (the last row: no score is edited). Below it, the window
+# alone loses the first token, SmolLM2's sink, and pays for it; the same budget with 4 sink tokens recovers
+# most of the loss. H2O keeps the keys that received the most attention so far, and the sink is such a key:
+# it lands next to sinks + window without being told. FastGen's special + punctuation + local does worst on
+# this text: without BOS the first token is an ordinary word, evicted like one, and the punctuation it keeps
+# takes room from the recent window. (One text here; [docs/results/kv-smollm2.txt](../docs/results/kv-smollm2.txt)
+# has two texts of 512 tokens.)
 
 # %%
 from sink_interp.views import view_for
@@ -96,9 +101,11 @@ print(f"full precision: {q.full_loss:.4f}")
 q.table()
 
 # %% [markdown]
-# Eight bits cost almost nothing; two bits break the model whatever we keep, though less with the sinks
-# intact. Where does the error sit? The sink token's key is an outlier (tutorial 2 traced the massive
-# activation behind it), so a per-token min-max scale fits it worst:
+# Eight bits cost nothing measurable. Two bits break the model whatever we keep; keeping the first 4
+# tokens intact lowers the loss, keeping only the first one does not, and at 4 bits the intact tokens do not
+# help at all on this text. IntactKV's gain is not automatic: it depends on how many pivot tokens are kept
+# and on the bit width. Where does the error sit? The sink token's key is an outlier (tutorial 2 traced the
+# massive activation behind it), so a per-token min-max scale fits it worst:
 
 # %%
 err = q.error_frame()
@@ -121,6 +128,14 @@ from sink_interp.outliers import activation_outliers
 o = activation_outliers(model, texts, prefix="prefixquant", bits=(8, 4), progress=False)
 print("prefix:", list(o.prefix_tokens), o.prefix_method)
 o.layer_frame().groupby("condition")[["max_abs", "max_abs_from_1"]].max()
+
+# %% [markdown]
+# Without the prefix the first text token carries a value of about 20 000 in the residual stream (the sink's
+# massive activation), and one int8 scale for the whole text cannot span it: per-tensor int8 activations
+# wreck the model. With the prefix the massive activation moves into the prefix, which stays in full
+# precision, the text's largest value drops twentyfold, and per-tensor int8 comes back near full precision.
+# Per-token scales need the prefix less: every token gets its own. (The full-precision loss moves too: the
+# prefix is more context.)
 
 # %%
 o.loss_frame()
