@@ -184,6 +184,11 @@ class LayerAttention:
         return head // self.group
 
     @property
+    def qkv_readable(self) -> bool:
+        """Whether the hooks give this layer's q, k and v per head as ``[b, T, heads, d_head]`` (not MLA's, not missing)."""
+        return not any(u.startswith(("attention bridge", "no hook")) for u in self.unsupported)
+
+    @property
     def scores_hookable(self) -> bool:
         """Whether edits at ``hook_attn_scores`` / ``hook_pattern`` reach the layer's output."""
         return self.kind != "delegated"

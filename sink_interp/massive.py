@@ -132,7 +132,7 @@ class MassiveReducer(Reducer):
         if name in self.key_names:
             la = self._desc[layer]
             try:
-                k = la.final(x) if la.kind != "unknown" else None
+                k = la.final(x) if la.qkv_readable else None
             except (RuntimeError, ValueError, IndexError):
                 k = None
             if k is None or k.dim() != 4 or tuple(k.shape[1:3]) != (self.k_norm.shape[-1], self.k_norm.shape[2]):

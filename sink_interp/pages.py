@@ -98,7 +98,7 @@ def _collect_details(
     s = min(sample, n_det - 1)
     # keys the description cannot read as [n, T, G, d] (MLA's latent attention, no hook): the key view is left out, said why
     why_no_keys = None
-    if la.kind == "unknown" or key_name not in model.hook_dict:
+    if not la.qkv_readable or key_name not in model.hook_dict:
         why_no_keys = f"layer {key_layer}'s keys are not readable from hooks ({', '.join(la.unsupported) or 'no key hook'})"
     keep_p = Keep([hooknames.pattern(l) for l in att_layers], select=None)
     keep_k = Keep([key_name]) if why_no_keys is None else None

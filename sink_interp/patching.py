@@ -78,7 +78,14 @@ from ._internal.errors import NonFiniteError, check_positive_int
 from ._internal.probe import ProbeSet, as_tokens
 from ._internal.provenance import Provenance
 from ._internal.report import FieldError, ModelRun, Provenanced, Report, check_indices, summary_head
-from .architecture import LayerAttention, check_model_tokens, describe_attention, verify_attention
+from .architecture import (
+    LayerAttention,
+    UnsupportedAttention,
+    check_head_counts,
+    check_model_tokens,
+    describe_attention,
+    verify_attention,
+)
 from .attribution import ESTIMATORS, AttributionSettings, estimate, estimate_graddrop, forward_capture, metric_value
 from .capture import attach_hooks, model_device
 from .models import special_token_ids
@@ -876,6 +883,21 @@ def patch_heads(
     heads_ = _check_list(heads, H, "heads")
     n, T = clean_t.shape
     pos_t = _positions(positions, site, T)
+    H = check_head_counts(spec, layers_, f"patch_heads(what={what!r})")
+    if site.base != "pattern":  # per-head q, k, v, z: the hooks must give them [b, T, heads, d] (not MLA's, not missing)
+        bad_rows = [spec.layer(l_) for l_ in layers_ if not spec.layer(l_).qkv_readable or site.hook(l_) not in model.hook_dict]
+        if bad_rows:
+            la = bad_rows[0]
+            raise UnsupportedAttention(
+                f"patch_heads(what={what!r}): layer {la.layer} of this {spec.family} model uses "
+                f"{', '.join(la.unsupported) or 'no hook ' + site.hook(la.layer)}, whose hooks do not give each head's "
+                f"{site.base} as attention uses it; "
+                + (
+                    "fix: what='pattern'"
+                    if la.scores_hookable
+                    else "no head can be patched on this model (attention runs inside HF)"
+                )
+            )
     if site.base == "pattern" or (site.kv and site.base == "k" and G < H) or (site.qk and method != "exact"):
         bad = [l_ for l_ in layers_ if not spec.layer(l_).scores_hookable]
         if bad:

@@ -131,12 +131,12 @@ class LayerPipeline:
             self.needs |= {"v"}
         self.recompute = bool(self.score_editors or self.extras or self.kernels or self.rebuild)
         reads_qkv = bool(self.needs & {"q", "k", "v", "q_pre"}) or bool(self.z_editors)
-        if self.la.kind == "unknown" and reads_qkv:
+        if not self.la.qkv_readable and reads_qkv:
             from .architecture import UnsupportedAttention
 
             names = ", ".join(dict.fromkeys(type(iv).__name__ for iv in ivs))
             raise UnsupportedAttention(
-                f"{names} on layer {layer}: it uses {', '.join(self.la.unsupported)}, whose hooks do not give q, k and v "
+                f"{names} on layer {layer}: it uses {', '.join(self.la.unsupported)}; these hooks do not give q, k and v "
                 "per head as attention uses them, so edits that read them cannot run there; fix: edits of the attention "
                 "pattern only (MaskKey, ScaleAttention, Calibrate, SinkLogit), or AblateDims"
             )

@@ -226,7 +226,8 @@ def _massive(extra, family):
     for layer in range(int(bridge.cfg.n_layers)):
         np.testing.assert_allclose(rep.layer_max[layer], hs[layer].abs().amax().item(), rtol=1e-5)
     spec = describe_attention(bridge)
-    unreadable = [la.layer for la in spec.layers if la.kind == "unknown" or la.k_hook not in bridge.hook_dict]
+    unreadable = [la.layer for la in spec.layers if not la.qkv_readable or la.k_hook not in bridge.hook_dict]
+    assert unreadable == ([0, 1] if family in ("deepseek_v2", "jetmoe") else [])
     assert rep.extra.get("keys_unreadable", []) == unreadable
     assert np.isnan(rep.k_norm[:, unreadable]).all() and np.isfinite(np.delete(rep.k_norm, unreadable, axis=1)).all()
 
@@ -422,7 +423,7 @@ def test_edits_that_read_q_k_or_v_refuse_on_mla_and_pattern_edits_run(extra):
     x = toks(2, 12, 0)
     for iv in (ZeroValue(), KVBias()):
         with pytest.raises(
-            NotImplementedError, match=r"on layer 0: it uses attention bridge MLAAttentionBridge.*fix: edits of the"
+            NotImplementedError, match=r"on layer 0: it uses attention bridge MLAAttentionBridge; these hooks .*fix: edits of the"
         ):
             with torch.no_grad(), intervene(bridge, iv):
                 bridge(x)
@@ -441,3 +442,32 @@ def test_fit_bias_reads_heads_first_keys(extra):
     bridge, _ = _model(extra, "hunyuan_v1_dense")
     fit = fit_bias(bridge, toks(2, 12, 0), "k", init="sink", steps=1, batch_size=2, progress=False)
     assert np.isfinite([fit.loss_clean, fit.loss_fitted]).all()
+
+
+@pytest.mark.parametrize(
+    ("family", "what", "words"),
+    [
+        (
+            "deepseek_v2",
+            "z",
+            r"uses attention bridge MLAAttentionBridge, whose hooks do not give each head's z .*fix: what='pattern'",
+        ),
+        ("jetmoe", "v", r"no hook blocks\.0\.attn\.hook_q.*no head can be patched on this model"),
+        ("laguna", "pattern", HEADS),
+    ],
+)
+def test_patch_heads_refuses_heads_the_hooks_do_not_give(extra, family, what, words):
+    """MLA fires hook_q/k/v heads-first with its own head sizes and hook_z with 8 'heads' of 8: patching them by head index
+    would patch the wrong numbers."""
+    from sink_interp import patch_heads
+
+    bridge, _ = _model(extra, family)
+    outcome(words, lambda: patch_heads(bridge, toks(2, 10, 0), toks(2, 10, 1), "logprob", what=what, progress=False))
+
+
+def test_patch_heads_on_mla_patterns_runs(extra):
+    from sink_interp import patch_heads
+
+    bridge, _ = _model(extra, "deepseek_v2")
+    rep = patch_heads(bridge, toks(2, 10, 0), toks(2, 10, 1), "logprob", what="pattern", progress=False)
+    assert np.isfinite(rep.values).all()
