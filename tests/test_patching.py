@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from sink_interp import PatchReport, load_report, patch_heads, tiny_model
-from sink_interp.capture import hook_snapshot
 from sink_interp.attribution import AttributionSettings
+from sink_interp.capture import hook_snapshot
 from sink_interp.patching import can_start_at_layer, corrupt_tokens, named_metric, patch_sink
 
 from .conftest import warm
