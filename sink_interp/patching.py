@@ -57,7 +57,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import html
 import math
 import time
 import types
@@ -511,19 +510,8 @@ class PatchReport(Provenanced, ModelRun, Report):
         )
 
     def _repr_html_(self) -> str:
-        """The heat map of :func:`sink_interp.views.view_for` above the top heads."""
-        e = html.escape
-        rows = "".join(
-            f"<tr><td>{r.layer}</td><td>{r.head}</td><td>{r.metric:.4f}</td><td>{r.effect:+.4f}</td><td>{r.normalised:.3f}</td></tr>"
-            for r in self.top(5).itertuples()
-        )
-        table = (
-            f"<div><b>PatchReport</b> &mdash; {e(self.model)}, {e(self.what)} patched ({e(self.direction)}, {e(self.method)}), "
-            f"metric {e(self.metric)}: clean {self.clean:.4f}, corrupted {self.corrupted:.4f}"
-            "<table><tr><th>layer</th><th>head</th><th>metric</th><th>effect</th><th>normalised</th></tr>"
-            f"{rows}</table></div>"
-        )
-        return display.html_of(self, fallback=lambda: "") + table
+        """The heat map and the top heads of :func:`sink_interp.views.view_for` (views/adapters.py)."""
+        return display.html_of(self)
 
 
 # --------------------------------------------------------------------------- running the model

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .._internal import display
-from ._page import View, concat
+from ._page import View, concat, html_table
 from .circuits import circuit_report_view
 from .figures import (
     effect_bars,
@@ -144,16 +144,33 @@ def patch_report_view(rep: Any) -> View:
         name, cell = "effect", f"patched - base, in metric units (normalising refused: {why})"
     if not np.isfinite(shown).any() and shown_est is not None:  # an estimate alone (no head patched exactly)
         shown, shown_est = shown_est, None
-    return patch_heatmap(
-        shown,
-        shown_est,
-        value_name=name,
-        extra=extra,
-        title=f"Patching {rep.what} of each head on {rep.model} ({rep.method})",
-        caption=(
-            f"{what.get(rep.direction, rep.direction)}; metric {rep.metric}: clean {rep.clean:.4g}, corrupted "
-            f"{rep.corrupted:.4g}. Each cell: {cell}; grey = not patched. Hover a cell for the metric."
-        ),
+    top = rep.top(5)
+    cols = [c for c in ("layer", "head", "metric", "effect", "normalised", "estimate") if c in top.columns]
+    table = View(
+        [
+            html_table(
+                top[cols].to_dict("records"),
+                cols,
+                fmt={"metric": ".4f", "effect": "+.4f", "normalised": ".3f", "estimate": ".4f"},
+            )
+        ],
+        title=f"Top heads ({rep.method})",
+        caption=f"The 5 heads with the largest |effect| (by the estimate where a head was not patched exactly); base {rep.base:.4f}.",
+        kind="patch-top",
+    )
+    return (
+        patch_heatmap(
+            shown,
+            shown_est,
+            value_name=name,
+            extra=extra,
+            title=f"Patching {rep.what} of each head on {rep.model} ({rep.method})",
+            caption=(
+                f"{what.get(rep.direction, rep.direction)}; metric {rep.metric}: clean {rep.clean:.4g}, corrupted "
+                f"{rep.corrupted:.4g}. Each cell: {cell}; grey = not patched. Hover a cell for the metric."
+            ),
+        )
+        + table
     )
 
 
