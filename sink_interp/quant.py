@@ -23,10 +23,14 @@ keys, values and scores are the model's own, bit for bit. Per-token quantization
 cache entry depends on that token alone), so one forward pass with the fake-quantized cache equals
 token-by-token decoding with a quantized cache.
 
-It runs through the layer pipeline (:mod:`sink_interp.pipeline`): scores are formed again from the
-layer's queries and quantized keys by the layer's description (scale, soft-cap, ALiBi; the model's own
-sliding window and sink logits stay), and the output gets ``A (V' - V)`` added at ``hook_z``, so every
-family the description reproduces is exact, and the others are refused by name.
+Where the bridge computes a layer's attention itself from the final keys at a hook (after RoPE: Llama,
+Mistral, Qwen, Gemma...), per-token quantization is applied right at that hook and at ``hook_v``: the
+model's own attention reads the quantized cache, with the same arithmetic as Hugging Face's eager attention
+(bit for bit on SmolLM2). Elsewhere (RoPE applied after the hooks, as in GPT-NeoX; attention inside Hugging
+Face, as in OPT; KIVI's per-query residual) it runs through the layer pipeline (:mod:`sink_interp.pipeline`):
+scores are formed again from the layer's queries and quantized keys by the layer's description (scale,
+soft-cap, ALiBi; the model's own sliding window and sink logits stay), and ``A (V' - V)`` is added at
+``hook_z``, exact to float rounding; layers the description does not reproduce are refused by name.
 
 Example:
     >>> import torch
@@ -260,7 +264,37 @@ class KVQuant(Intervention):
 
     def bind(self, model: Any) -> None:
         super().bind(model)
-        verify_attention(model, list(self.layers), "KV quantization (scores formed again from q and the quantized keys)")
+        spec = describe_attention(model)
+        asked = self.layers_arg if self.layers_arg is not None else tuple(range(spec.n_layers))
+        # where the bridge computes attention itself from the final keys (after RoPE) at a hook, the cache is
+        # quantized right there: the model's own attention reads it, bit for bit as HF's does; elsewhere (RoPE
+        # applied after the hooks, attention inside HF, KIVI's per-query residual) through the layer pipeline
+        self.direct_layers = tuple(
+            layer
+            for layer in asked
+            if self.key_mode == "token"
+            and spec.layer(layer).kind in ("rotated", "joint")
+            and spec.layer(layer).rotate_after_hooks is None
+        )
+        self.layers = tuple(layer for layer in asked if layer not in self.direct_layers)
+        if self.layers and (self.bits is not None or self.value_bits is not None):
+            verify_attention(model, list(self.layers), "KV quantization (scores formed again from q and the quantized keys)")
+
+    def residual_hooks(self, model: Any) -> list[tuple[str, Callable[..., Any]]]:
+        spec = describe_attention(model)
+        out: list[tuple[str, Callable[..., Any]]] = []
+        for layer in self.direct_layers:
+            if self.bits is not None:
+                out.append((spec.layer(layer).k_hook, self._direct_hook(quantize_keys, self.bits)))
+            if self.value_bits is not None:
+                out.append((hooknames.v(layer), self._direct_hook(quantize_values, self.value_bits)))
+        return out
+
+    def _direct_hook(self, fn: Callable[..., Tensor], bits: int) -> Callable[..., Tensor]:
+        def hook(x: Tensor, hook: Any) -> Tensor:
+            return fn(x, bits, self.intact)
+
+        return hook
 
     def edits_scores(self) -> bool:
         return self.bits is not None
