@@ -376,9 +376,9 @@ def zoo_config(family: str) -> Any:
 
 def tiny_hf_checkpoint_model(family: str, seed: int = 0) -> Any:
     """The random HF model of :func:`tiny_checkpoint` (eager attention, eval mode), not saved."""
-    if family not in ZOO:
-        raise ValueError(f"unknown family {family!r}; the zoo has {', '.join(FAMILIES)}")
-    cls_name, kwargs, _ = ZOO[family]
+    if family not in ZOO and family not in EXTRA_ZOO:
+        raise ValueError(f"unknown family {family!r}; the zoo has {', '.join(FAMILIES + EXTRA_FAMILIES)}")
+    cls_name, kwargs, _ = ZOO[family] if family in ZOO else EXTRA_ZOO[family]
     model = random_hf_model(cls_name, kwargs(), seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

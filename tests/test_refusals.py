@@ -161,7 +161,9 @@ def extra(tmp_path_factory):
         if family not in cache:
             try:
                 path = tiny_checkpoint(family, root / family)
-            except ValueError as e:  # a transformers release without this config class
+            except ValueError as e:  # a transformers release without this config class (and nothing else) skips
+                if "has no" not in str(e):
+                    raise
                 pytest.skip(str(e))
             hf = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation="eager").eval()
             try:
