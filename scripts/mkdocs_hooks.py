@@ -11,7 +11,7 @@ def on_page_markdown(markdown, page, config, files):
 
     blocks = [f"::: sink_interp.{name}\n" for name in sink_interp.__all__]
     by_module: dict[str, list[str]] = {}
-    for name, module in {**sink_interp._MOVED, **EXTRA}.items():
+    for name, module in SUBMODULE_API.items():
         by_module.setdefault(module, []).append(name)
     for module in sorted(by_module):
         blocks.append(f"## `sink_interp.{module}`\n")
@@ -19,8 +19,40 @@ def on_page_markdown(markdown, page, config, files):
     return markdown.replace("<!-- API_REFERENCE -->", "\n".join(blocks))
 
 
-#: submodule names worth a place on the API page beside those that moved out of the top level
-EXTRA = {"add_hooks": "capture", "AttachedHooks": "capture", "LayerPipeline": "pipeline"}
+#: the building blocks the API page lists under their submodule (imported from there, not from the top level)
+SUBMODULE_API = {
+    "AttentionSpec": "architecture",
+    "Keep": "capture",
+    "Reduce": "capture",
+    "Reducer": "capture",
+    "attach_hooks": "capture",
+    "add_hooks": "capture",
+    "AttachedHooks": "capture",
+    "hook_snapshot": "capture",
+    "run_reducers": "capture",
+    "Effect": "effects",
+    "ModelInfo": "models",
+    "model_info": "models",
+    "sink_alpha": "metrics",
+    "LayerPipeline": "pipeline",
+    "BigramBackcopy": "tasks",
+    "TextCorpus": "tasks",
+    "View": "views",
+    "alpha_tokens_view": "views",
+    "attention_view": "views",
+    "concat": "views",
+    "effect_bars": "views",
+    "head_heatmap": "views",
+    "key_manifold_view": "views",
+    "massive_activation_view": "views",
+    "training_curves": "views",
+    "view_for": "views",
+    "tiny_checkpoint": "zoo",
+    # sinks in practice (docs/kvcache.md)
+    **dict.fromkeys(["kv_policies", "KVEvict", "KVReport", "KVPolicy", "PriorityPolicy", "MaskPolicy"], "kvcache"),
+    **dict.fromkeys(["kv_quant", "KVQuant", "QuantReport", "fake_quant"], "quant"),
+    **dict.fromkeys(["activation_outliers", "find_prefix", "OutlierReport"], "outliers"),
+}
 
 
 def on_page_content(html, page, config, files):

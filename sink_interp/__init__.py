@@ -94,7 +94,8 @@ _providers.PROVIDERS.update(
             "trace",
             "training.loop",
         )
-    ],
+    ]
+    + [f"{__name__}.{m}" for m in ("quant", "kvcache", "outliers")],  # sinks in practice (from sink_interp.quant import kv_quant)
 )
 
 if TYPE_CHECKING:  # what static tools (type checkers, the API reference) see
@@ -156,46 +157,12 @@ __all__ = [
     "distributed",
 ]  # fmt: skip
 
-#: names the package exported before they moved to their submodule: still found there, with a warning
-_MOVED = {
-    "AttentionSpec": "architecture",
-    "Keep": "capture",
-    "Reduce": "capture",
-    "Reducer": "capture",
-    "attach_hooks": "capture",
-    "hook_snapshot": "capture",
-    "run_reducers": "capture",
-    "Effect": "effects",
-    "ModelInfo": "models",
-    "model_info": "models",
-    "sink_alpha": "metrics",
-    "BigramBackcopy": "tasks",
-    "TextCorpus": "tasks",
-    "View": "views",
-    "alpha_tokens_view": "views",
-    "attention_view": "views",
-    "concat": "views",
-    "effect_bars": "views",
-    "head_heatmap": "views",
-    "key_manifold_view": "views",
-    "massive_activation_view": "views",
-    "training_curves": "views",
-    "view_for": "views",
-    "tiny_checkpoint": "zoo",
-}
-
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
         globals()[name] = value  # later lookups are plain attribute reads
         return value
-    if name in _MOVED:
-        import warnings
-
-        where = f"sink_interp.{_MOVED[name]}"
-        warnings.warn(f"sink_interp.{name} moved to {where}; fix: from {where} import {name}", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(where), name)
     raise AttributeError(f"module 'sink_interp' has no attribute {name!r}")
 
 

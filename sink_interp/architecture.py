@@ -57,6 +57,7 @@ from torch import Tensor
 from ._internal import hooknames
 from ._internal.placement import materialized
 from ._internal.probe import ProbeSet, as_tokens
+from ._internal.scores import softcap
 from .masks import AttentionMask, as_mask
 
 #: how the bridge runs a layer's attention
@@ -65,6 +66,10 @@ from .masks import AttentionMask, as_mask
 #: has RoPE); ``"alibi"``: like joint, plus Bloom's ALiBi bias; ``"delegated"``: the Hugging Face module computes
 #: attention and the bridge reports its weights afterwards (edits at hook_attn_scores/hook_pattern are ignored).
 KINDS = ("rotated", "joint", "alibi", "delegated")
+
+
+#: what still works where scores cannot be rebuilt from q and k
+PATTERN_FIX = "method='pattern' (reads the model's own attention weights)"
 
 
 class UnsupportedAttention(NotImplementedError):
@@ -162,6 +167,11 @@ class LayerAttention:
     qk_norm: str | None = None
     module: Any = field(repr=False, default=None)
     unsupported: tuple[str, ...] = ()
+    position: str = "nope"
+    clip_qkv: float | None = None
+    query_scale: str | None = None
+    multipliers: tuple[str, ...] = ()
+    qk_norm_after_rope: bool = False
 
     # ------------------------------------------------------------ facts
     @property
@@ -172,6 +182,11 @@ class LayerAttention:
     def kv_head(self, head: int) -> int:
         """The KV head query head ``head`` reads."""
         return head // self.group
+
+    @property
+    def qkv_readable(self) -> bool:
+        """Whether the hooks give this layer's q, k and v per head as ``[b, T, heads, d_head]`` (not MLA's, not missing)."""
+        return not any(u.startswith(("attention bridge", "no hook")) for u in self.unsupported)
 
     @property
     def scores_hookable(self) -> bool:
@@ -186,12 +201,14 @@ class LayerAttention:
     @property
     def q_pre_rotary_hook(self) -> str:
         """Queries right before the rotary embedding (after QK-norm where the model has one)."""
-        return hooknames.block(self.layer, "attn.hook_q_normed") if self.qk_norm else hooknames.q(self.layer)
+        normed = self.qk_norm and not self.qk_norm_after_rope
+        return hooknames.block(self.layer, "attn.hook_q_normed") if normed else hooknames.q(self.layer)
 
     @property
     def k_pre_rotary_hook(self) -> str:
         """Keys right before the rotary embedding (after QK-norm where the model has one)."""
-        return hooknames.block(self.layer, "attn.hook_k_normed") if self.qk_norm else hooknames.k(self.layer)
+        normed = self.qk_norm and not self.qk_norm_after_rope
+        return hooknames.block(self.layer, "attn.hook_k_normed") if normed else hooknames.k(self.layer)
 
     def sink_logits(self) -> Tensor | None:
         """The learned per-head sink logits ``[H]`` (gpt-oss), read live from the module; None elsewhere."""
@@ -207,29 +224,44 @@ class LayerAttention:
         m = as_mask(mask)
         return m.within(self.window) if self.window is not None else m
 
-    def check_supported(self, what: str) -> None:
+    def check_supported(self, what: str, fix: str | None = None) -> None:
         """Raise :class:`UnsupportedAttention` naming the feature when q/k cannot give this layer's scores."""
         if self.unsupported:
             raise UnsupportedAttention(
                 f"{what}: layer {self.layer} uses {', '.join(self.unsupported)}, which sink_interp cannot rebuild from q and k; "
-                "fix: method='pattern' (reads the model's own attention weights)"
+                f"fix: {fix or PATTERN_FIX}"
             )
 
     # ------------------------------------------------------------ scores
+    def _bthd(self, x: Tensor, heads_first: bool) -> Tensor:
+        """``x`` as ``[b, T, heads, d]``: flat ``[b, T, heads * d]`` is split; a 4-d tensor is read by its head count
+        (the bridge fires some QK-norm hooks heads-first, ``[b, heads, T, d]``), by ``heads_first`` where ambiguous."""
+        if x.dim() == 3:
+            return x.reshape(x.shape[0], x.shape[1], -1, self.d_head)
+        if x.dim() != 4:
+            return x
+        counts = {self.n_heads, self.n_kv_heads}
+        if x.shape[2] in counts and x.shape[1] not in counts:
+            return x
+        if x.shape[1] in counts and x.shape[2] not in counts:
+            return x.transpose(1, 2)
+        return x.transpose(1, 2) if heads_first else x
+
     def pre_rotary(self, x: Tensor) -> Float[Tensor, "b T heads d"]:
         """A tensor read at :attr:`q_pre_rotary_hook` / :attr:`k_pre_rotary_hook` as ``[b, T, heads, d]``.
 
         The bridge fires per-head QK-norm hooks heads-first (``[b, heads, T, d]``) and OLMo-2's all-heads
         norm on the flat ``[b, T, heads * d]``; plain ``hook_q`` / ``hook_k`` are already ``[b, T, heads, d]``.
+        With OLMo's ``clip_qkv`` the clamp the model applies before RoPE is applied here too.
         """
-        if self.qk_norm == "all-heads" and x.dim() == 3:
-            return x.reshape(x.shape[0], x.shape[1], -1, self.d_head)
-        if self.qk_norm == "per-head" and x.dim() == 4:
-            return x.transpose(1, 2)
+        x = self._bthd(x, heads_first=self.qk_norm == "per-head")
+        if self.clip_qkv is not None and not self.qk_norm:
+            x = x.clamp(-self.clip_qkv, self.clip_qkv)
         return x
 
     def final(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
         """A tensor read at :attr:`q_hook` or :attr:`k_hook` (``[b, T, heads, d]``) as it meets the other in the scores."""
+        x = self._bthd(x, heads_first=self.qk_norm_after_rope)
         rot = self.rotate_after_hooks
         return x if rot is None else rot.apply(x, positions)
 
@@ -266,8 +298,7 @@ class LayerAttention:
         r = H // G
         s = torch.matmul(q.float().reshape(b, G, r * Q, d), k.float().transpose(-1, -2)).view(b, H, Q, K)
         s = s * self.scale
-        if self.softcap is not None:
-            s = torch.tanh(s / self.softcap) * self.softcap
+        s = softcap(s, self.softcap)
         if self.alibi is not None:
             kp = torch.arange(K, device=s.device) if key_positions is None else key_positions.to(s.device)
             s = s + self.alibi_bias(kp)[None, :, None, :]
@@ -305,6 +336,11 @@ class LayerAttention:
             "k_hook": self.k_hook,
             "scores_hookable": self.scores_hookable,
             "unsupported": list(self.unsupported),
+            "position": self.position,
+            "n_heads": self.n_heads,
+            "clip_qkv": self.clip_qkv,
+            "query_scale": self.query_scale,
+            "multipliers": list(self.multipliers),
         }
 
 
@@ -386,8 +422,31 @@ class AttentionSpec:
                 + ("on all layers" if all(w is not None for w in ws) else "on some layers")
                 + f" ({max(w for w in ws if w)})"
             )
-        if any(la.alibi for la in self.layers):
-            out.append("ALiBi")
+        heads = [la.n_heads for la in self.layers]
+        if len(set(heads)) > 1:
+            out.append("per-layer head counts (" + "/".join(str(h) for h in heads) + ")")
+        positions = [la.position for la in self.layers]
+        if any(p == "alibi" for p in positions):
+            out.append("MPT's ALiBi" if self.family == "mpt" else "ALiBi")
+        if self.positional == "sinusoidal":
+            out.append("sinusoidal absolute positions")
+        if any(p == "rope inside MLA" for p in positions):
+            out.append("MLA (latent attention; RoPE on part of each head, inside the bridge)")
+        inside = sorted({p for p in positions if p.startswith("rope inside ") and p != "rope inside MLA"})
+        if inside:
+            out.append("RoPE applied " + ", ".join(p[5:] for p in inside))
+        nope = [la.layer for la in self.layers if la.position == "nope"]
+        if nope and len(nope) < len(self.layers) and any(p.startswith("rope") for p in positions):
+            out.append(f"NoPE on layer(s) {nope}")
+        clip = {la.clip_qkv for la in self.layers if la.clip_qkv is not None}
+        if clip:
+            out.append(f"clip_qkv {max(clip):g} (q, k, v clamped)")
+        qs = {la.query_scale for la in self.layers if la.query_scale}
+        if qs:
+            out.append("position-dependent query scale (" + ", ".join(sorted(qs)) + ")")
+        mult = sorted({m for la in self.layers for m in la.multipliers})
+        if mult:
+            out.append("multipliers (" + ", ".join(mult) + ")")
         if self.has_sink_logits:
             out.append("learned sink logits")
         if any(la.qk_norm for la in self.layers):
@@ -396,14 +455,14 @@ class AttentionSpec:
         if rot is not None and (rot.style != "half" or rot.dims < self.d_head):
             label = {"half": "rotate-half", "interleaved": "interleaved", "adjacent": "adjacent-pair"}.get(rot.style, rot.style)
             out.append(f"{label} rotary on {rot.dims}/{self.d_head} dims")
-        if self.n_kv_heads not in (self.n_heads,):
+        if self.n_kv_heads not in (self.n_heads,) and len(set(heads)) == 1:
             out.append("MQA" if self.n_kv_heads == 1 else f"GQA ({self.n_heads} q / {self.n_kv_heads} kv heads)")
         if self.qkv_bias:
             out.append("QKV bias")
         if self.parallel:
             out.append("parallel attention + MLP")
         if not self.pre_norm:
-            out.append("no norm before attention")
+            out.append("post-norm (ln_1 after attention)" if self.family in _POST_NORM else "no norm before attention")
         if self.gain_offset:
             out.append("norm gain 1 + w")
         if self.fused_qkv:
@@ -575,6 +634,128 @@ def _uses_rope(cfg: Any, layer: int, hf_attn: Any) -> bool:
     return True if use is None else bool(use)
 
 
+def check_head_counts(spec: AttentionSpec, layers: Sequence[int], what: str) -> int:
+    """The query-head count shared by ``layers``; one line naming the counts where they differ (Laguna sets them per layer).
+
+    Reports hold one ``[layer, head]`` grid, so an analysis runs on layers that share a head count.
+    """
+    counts: dict[int, list[int]] = {}
+    for layer in layers:
+        counts.setdefault(spec.layer(layer).n_heads, []).append(int(layer))
+    if len(counts) > 1:
+        groups = "; ".join(f"{h} heads: layers {ls}" for h, ls in sorted(counts.items()))
+        first = next(iter(sorted(counts.items())))[1]
+        raise UnsupportedAttention(
+            f"{what}: this {spec.family} model has per-layer head counts ({groups}), and a report holds one head count "
+            f"for all its layers; fix: analyse the layers of one head count at a time, e.g. layers={first}"
+        )
+    return next(iter(counts)) if counts else spec.n_heads
+
+
+#: families whose norms follow attention and the MLP (GPT-1: ``ln_1(x + attn(x))``); W_K reads the raw residual
+_POST_NORM = frozenset({"openai-gpt"})
+
+
+#: attention bridges that read an attribute of the Hugging Face module that newer transformers releases dropped
+_BRIDGE_NEEDS = {"CodeGenAttentionBridge": "embed_positions"}
+
+
+def _mixer(layer: Any) -> str:
+    """A non-attention block in words: its token mixer (``mamba (JambaMambaMixer)``), else the block's class."""
+    skip = ("norm", "mlp", "feed_forward", "ffn", "moe", "dropout", "act", "hook")
+    if isinstance(layer, torch.nn.Module):
+        for name, child in layer.named_children():
+            if not any(w in name.lower() for w in skip):
+                return f"{type(layer).__name__} with {name} ({type(unwrap(child)).__name__})"
+    return type(layer).__name__
+
+
+def _check_blocks(model: Any, family: str, arch: str) -> None:
+    """Refuse, in one line, a model whose blocks are not all attention, or whose bridge exposes no attention weights."""
+    blocks = list(model.blocks)
+    other = [l for l, blk in enumerate(blocks) if getattr(blk, "attn", None) is None]
+    if other:
+        kinds = sorted({_mixer(unwrap(blocks[l])) for l in other})
+        attn_layers = [l for l in range(len(blocks)) if l not in other]
+        what = (
+            f"a hybrid: block(s) {other} are {', '.join(kinds)}"
+            if attn_layers
+            else f"not attention: its blocks are {', '.join(kinds)}"
+        )
+        raise UnsupportedAttention(
+            f"{arch} ({family}) is {what}"
+            + (f" (attention only in block(s) {attn_layers})" if attn_layers else "")
+            + "; sink_interp analyses models whose every block is attention (see docs/support.md)"
+        )
+    for blk in blocks:
+        attn, hf_attn = blk.attn, unwrap(blk.attn)
+        for bridge_name, needs in _BRIDGE_NEEDS.items():
+            if type(attn).__name__ == bridge_name and not hasattr(hf_attn, needs):
+                import transformers
+
+                raise UnsupportedAttention(
+                    f"{arch} ({family}): the TransformerLens bridge reads {type(hf_attn).__name__}.{needs}, which "
+                    f"transformers {transformers.__version__} no longer has, so this model cannot run through the bridge; "
+                    "see docs/support.md"
+                )
+    missing = [nm for nm in (hooknames.pattern(0), hooknames.resid_pre(0)) if nm not in model.hook_dict]
+    if missing:
+        raise UnsupportedAttention(
+            f"{arch} ({family}): the TransformerLens bridge exposes no {', '.join(missing)} for this architecture "
+            "(its attention is wrapped as a generic component), so no analysis can read its attention; see docs/support.md"
+        )
+
+
+def _query_scale(cfg: Any) -> str | None:
+    """A position-dependent query scale the model applies after RoPE (Ministral-3 / Llama-4 ``llama_4_scaling_beta``)."""
+    if cfg is None:
+        return None
+    rp = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None)
+    beta = rp.get("llama_4_scaling_beta") if isinstance(rp, dict) else None
+    if beta:
+        return f"llama_4_scaling_beta {float(beta):g}"
+    if getattr(cfg, "attn_temperature_tuning", False) and getattr(cfg, "model_type", "").startswith("llama4"):
+        return "attn_temperature_tuning"
+    return None
+
+
+def _multipliers(cfg: Any) -> tuple[str, ...]:
+    """Scalar multipliers on attention's input or keys (Falcon-H1's muP multipliers), in words."""
+    out = []
+    for name in ("key_multiplier", "attention_in_multiplier"):
+        v = getattr(cfg, name, None) if cfg is not None else None
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and float(v) != 1.0:
+            out.append(f"{name} {float(v):g}")
+    return tuple(out)
+
+
+def _layer_heads(hf_attn: Any, d: int, default: int) -> int:
+    """Query heads of one layer (Laguna sets them per layer), from the module's own attributes or projection."""
+    for name in ("num_heads", "num_attention_heads", "n_heads"):
+        v = getattr(hf_attn, name, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    q = getattr(hf_attn, "q_proj", None)
+    out = getattr(q, "out_features", None)
+    hd = getattr(hf_attn, "head_dim", None) or d
+    if (
+        isinstance(out, int)
+        and isinstance(hd, int)
+        and hd > 0
+        and out % hd == 0
+        and getattr(hf_attn, "kv_a_proj_with_mqa", None) is None
+    ):
+        return out // hd
+    return default
+
+
+def _sinusoidal(hf_model: Any) -> bool:
+    """Whether the model adds fixed sinusoidal position embeddings (XGLM)."""
+    if hf_model is None:
+        return False
+    return any("Sinusoidal" in type(m).__name__ for _, m in hf_model.named_modules())
+
+
 def describe_attention(model: Any) -> AttentionSpec:
     """Read how every layer of ``model`` (a TransformerBridge) forms its attention.
 
@@ -623,6 +804,17 @@ def _describe(model: Any) -> AttentionSpec:
     except TypeError:  # not weak-referenceable
         registered = {}
 
+    _check_blocks(model, family, arch)
+    mpt_alibi = family == "mpt"
+    clip_qkv = getattr(hf_cfg, "clip_qkv", None) if hf_cfg is not None else None
+    if clip_qkv is None and hf_cfg is not None:
+        clip_qkv = (
+            (getattr(hf_cfg, "attn_config", None) or {}).get("clip_qkv")
+            if isinstance(getattr(hf_cfg, "attn_config", None), dict)
+            else None
+        )
+    query_scale = _query_scale(hf_cfg)
+    multipliers = _multipliers(hf_cfg)
     layers = []
     for l in range(L):
         attn = model.blocks[l].attn
@@ -661,6 +853,8 @@ def _describe(model: Any) -> AttentionSpec:
                 rotary = Rotary("half", int(round(d * fraction)), False, rot_module)
             if kind == "alibi":
                 alibi = "bloom"
+            elif kind == "alibi-falcon" and mpt_alibi:
+                unsupported.append("MPT's ALiBi (its own slopes, alibi_bias_max, which sink_interp does not rebuild)")
             elif kind == "alibi-falcon":
                 unsupported.append("Falcon's ALiBi (added twice in Hugging Face's eager attention)")
         elif kind == "delegated":
@@ -686,13 +880,26 @@ def _describe(model: Any) -> AttentionSpec:
         for nm in (q_hook, k_hook):
             if nm not in points:
                 unsupported.append(f"no hook {nm}")
+        if type(attn).__name__.startswith("MLA"):
+            position = "rope inside MLA"
+        elif rotary is not None:
+            position = "rope"
+        elif kind in ("alibi", "alibi-falcon"):
+            position = "alibi"
+        elif rot_module is not None and _uses_rope(hf_cfg, l, hf_attn) and positional_cfg in ("rotary", ""):
+            position = f"rope inside {type(hf_attn).__name__}"
+        else:
+            position = "nope"
+        heads_l = _layer_heads(hf_attn, d, H)
+        if heads_l != H:
+            unsupported.append(f"per-layer head counts (layer {l} has {heads_l} heads, the config {H})")
         if registered.get("attention_knobs"):
             unsupported.append("training knobs on attention (" + ", ".join(registered["attention_knobs"]) + ")")
         layers.append(
             LayerAttention(
                 layer=l,
                 kind=kind if kind in KINDS else "unknown",
-                n_heads=H,
+                n_heads=heads_l,
                 n_kv_heads=G,
                 d_head=d,
                 scale=scale,
@@ -705,6 +912,11 @@ def _describe(model: Any) -> AttentionSpec:
                 qk_norm=qk_norm,
                 module=hf_attn,
                 unsupported=tuple(dict.fromkeys(unsupported)),
+                position=position,
+                clip_qkv=None if clip_qkv is None else float(clip_qkv),
+                query_scale=query_scale,
+                multipliers=multipliers,
+                qk_norm_after_rope=bool(getattr(cfg, "qk_norm_after_rope", False) and qk_norm),
             )
         )
 
@@ -727,14 +939,16 @@ def _describe(model: Any) -> AttentionSpec:
         or any("expert" in n for n in mlp_names)
     )
     parallel = hooknames.resid_mid(0) not in points
-    pre_norm = hooknames.ln1_normalized(0) in points
+    pre_norm = hooknames.ln1_normalized(0) in points and family not in _POST_NORM
     ln = getattr(model.blocks[0], "ln1", None) or getattr(model.blocks[0], "ln2", None)
     norm = "rms" if getattr(ln, "uses_rms_norm", str(getattr(cfg, "normalization_type", "")).startswith("RMS")) else "layer"
     gain_offset = 1.0 if getattr(ln, "uses_weight_offset", False) else 0.0
-    if any(la.alibi for la in layers):
+    if any(la.position == "alibi" for la in layers):
         positional = "alibi"
-    elif any(la.rotary is not None for la in layers):
-        positional = "rope" if all(la.rotary is not None for la in layers) else "rope+nope"
+    elif any(la.position.startswith("rope") for la in layers):
+        positional = "rope" if all(la.position.startswith("rope") for la in layers) else "rope+nope"
+    elif _sinusoidal(hf_model):
+        positional = "sinusoidal"
     elif "pos_embed" in dict(model.named_children()):
         positional = "learned"
     else:
@@ -800,9 +1014,12 @@ def check_attention(model: Any, tokens: Tensor | ProbeSet | None = None, *, leng
     got = keep.result()
     out = {}
     for la in layers:
-        q, k = la.final_qk(got[la.q_hook], got[la.k_hook])
-        A = la.pattern(q.transpose(1, 2), k.transpose(1, 2))
-        out[la.layer] = float((A - got[hooknames.pattern(la.layer)].float()).abs().max())
+        try:
+            q, k = la.final_qk(got[la.q_hook], got[la.k_hook])
+            A = la.pattern(q.transpose(1, 2), k.transpose(1, 2))
+            out[la.layer] = float((A - got[hooknames.pattern(la.layer)].float()).abs().max())
+        except (RuntimeError, ValueError, IndexError):  # q and k that do not fit together: not reproduced
+            out[la.layer] = float("inf")
     return out
 
 
@@ -820,7 +1037,7 @@ VERIFY_TOKENS = 64
 _VERIFIED: weakref.WeakKeyDictionary[Any, dict[int, float]] = weakref.WeakKeyDictionary()
 
 
-def verify_attention(model: Any, layers: Sequence[int], what: str) -> None:
+def verify_attention(model: Any, layers: Sequence[int], what: str, fix: str | None = None) -> None:
     """Refuse, by name, to rebuild attention from q and k where the description does not reproduce the model.
 
     Interventions that form scores again from q and k (prefix masks; every edit on layers whose
@@ -830,7 +1047,7 @@ def verify_attention(model: Any, layers: Sequence[int], what: str) -> None:
     """
     spec = describe_attention(model)
     for layer in layers:
-        spec.layer(layer).check_supported(what)
+        spec.layer(layer).check_supported(what, fix)
     try:
         diffs = _VERIFIED.get(model)
     except TypeError:  # pragma: no cover - not weak-referenceable
@@ -852,6 +1069,89 @@ def verify_attention(model: Any, layers: Sequence[int], what: str) -> None:
             f"{what}: the description of layer(s) {sorted(bad)} does not reproduce this {spec.family} model's own "
             f"attention (max |diff| {worst:.2e}), so sink_interp will not rebuild it from q and k; fix: use analyses "
             "that read the model's own weights (method='pattern', AblateDims), and see docs/support.md"
+        )
+
+
+_REROTATED: weakref.WeakKeyDictionary[Any, dict[int, float]] = weakref.WeakKeyDictionary()
+
+
+def rerotation_blockers(la: LayerAttention) -> list[str]:
+    """What stops re-rotating layer ``la``'s queries to other positions from q before RoPE, in words (empty: nothing)."""
+    out = []
+    if la.position == "alibi":
+        out.append("ALiBi (a bias by absolute key position)")
+    elif la.position == "rope inside MLA":
+        out.append("MLA's internal RoPE")
+    elif la.position.startswith("rope inside "):
+        out.append("RoPE applied " + la.position[5:])
+    if la.position == "rope" and la.rotary is not None and la.rotary.module is None:
+        out.append(f"{la.rotary.style} rotary without a table module")
+    elif la.position == "rope" and la.rotary is not None and la.rotary.style not in ("half", "interleaved"):
+        out.append(f"{la.rotary.style}-pair rotary, which sink_interp does not rotate itself")
+    if la.query_scale:
+        out.append(f"a position-dependent query scale ({la.query_scale})")
+    if la.qk_norm_after_rope:
+        out.append("QK-norm after RoPE")
+    said = ("rotary embedding applied inside", "attention bridge MLA") if out else ("\0",)
+    out.extend(u for u in la.unsupported if not u.startswith(said))
+    return out
+
+
+def verify_rerotation(model: Any, layers: Sequence[int], what: str) -> None:
+    """Refuse, by name, to rotate queries to other positions where the description cannot rebuild the model's own.
+
+    :class:`~sink_interp.StreamingWindow` with cache positions rotates each layer's queries (read before
+    RoPE) to a new position. Features that rotation cannot carry (a position-dependent query scale,
+    ALiBi, MLA's internal RoPE, RoPE inside a Hugging Face module) are refused by name; then, once per
+    model, the queries rotated back to their own positions on a probe of ``VERIFY_TOKENS`` random tokens
+    are compared with the model's own rotated queries, and a layer off by more than :func:`attention_atol`
+    (relative to the largest query entry) is refused too.
+    """
+    spec = describe_attention(model)
+    for layer in layers:
+        why = rerotation_blockers(spec.layer(layer))
+        if why:
+            raise UnsupportedAttention(
+                f"{what}: layer {layer} of this {spec.family} model uses {', '.join(why)}, which sink_interp cannot "
+                "rebuild at other positions; fix: rope_positions='original' (only the mask changes)"
+            )
+    verify_attention(model, layers, what)
+    rotated = [spec.layer(layer) for layer in layers if spec.layer(layer).rotary is not None]
+    if not rotated:
+        return
+    try:
+        errs = _REROTATED.get(model)
+    except TypeError:  # pragma: no cover
+        errs = None
+    if errs is None:
+        from .capture import Keep, model_device, run_reducers
+
+        gen = torch.Generator().manual_seed(0)
+        length = min(VERIFY_TOKENS, int(getattr(model.cfg, "n_ctx", VERIFY_TOKENS) or VERIFY_TOKENS))
+        tokens = torch.randint(0, int(model.cfg.d_vocab), (1, length), generator=gen)
+        las = [la for la in spec.layers if la.rotary is not None and not rerotation_blockers(la)]
+        keep = Keep(list(dict.fromkeys(n for la in las for n in (la.q_pre_rotary_hook, la.q_hook))), dtype=None)
+        run_reducers(model, tokens.to(model_device(model)), [keep], progress=False, stop_early=True)
+        got = keep.result()
+        errs = {}
+        for la in las:
+            try:
+                want = la.final(got[la.q_hook]).float()
+                mine = la.rotary.apply(la.pre_rotary(got[la.q_pre_rotary_hook]).float())
+                errs[la.layer] = float((mine - want).abs().max() / want.abs().max().clamp_min(1e-30))
+            except (RuntimeError, ValueError, IndexError):
+                errs[la.layer] = float("inf")
+        try:
+            _REROTATED[model] = errs
+        except TypeError:  # pragma: no cover
+            pass
+    tol = attention_atol(model)
+    bad = {la.layer: errs.get(la.layer, float("inf")) for la in rotated if not errs.get(la.layer, float("inf")) <= tol}
+    if bad:
+        raise UnsupportedAttention(
+            f"{what}: on a probe, the queries of layer(s) {sorted(bad)} rotated from before RoPE differ from this "
+            f"{spec.family} model's own by {max(bad.values()):.2e} (relative; tolerance {tol:g}), so sink_interp will not "
+            "rotate them to other positions; fix: rope_positions='original' (only the mask changes)"
         )
 
 

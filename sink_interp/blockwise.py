@@ -23,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._internal.errors import check_positive_int
-from ._internal.vocab import renamed_kwargs
+from ._internal.scores import softcap
 from .masks import CAUSAL, AttentionMask
 
 #: Working memory of one block of scores (batch x heads x queries x keys float32). Small blocks stay
@@ -90,9 +90,6 @@ class ScoreRule:
     def linear(self) -> bool:
         """True when logits are ``scale q . k`` (a fused kernel's LSE then applies)."""
         return self.softcap is None and self.alibi is None and self.sink_logits is None
-
-
-ScoreRule.__init__ = renamed_kwargs(sinks="sink_logits")(ScoreRule.__init__)  # type: ignore[method-assign]
 
 
 def score_rule(layer: Any, length: int, device: Any = None) -> ScoreRule:
@@ -264,8 +261,7 @@ def _one_block(
     qb = qs[:, :, :, a:e].reshape(b, G, r * Q, dq)
     s = torch.matmul(qb, kb.transpose(-1, -2)).view(b, G, r, Q, kb.shape[2])
     rule = extras.rule
-    if rule.softcap is not None:
-        s = torch.tanh(s / rule.softcap).mul_(rule.softcap)
+    s = softcap(s, rule.softcap)
     if extras.alibi is not None:
         s += extras.alibi[..., lo:hi] if keys is None else extras.alibi.index_select(-1, keys)
 

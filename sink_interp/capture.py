@@ -37,7 +37,7 @@ from torch import Tensor
 from ._internal import distributed as dist
 from ._internal import hooknames
 from ._internal import placement as _placement
-from ._internal.errors import NonFiniteError, check_positive_int, check_tokens
+from ._internal.errors import NonFiniteError, bridge_failure, check_positive_int, check_tokens
 from ._internal.probe import ProbeSet
 
 HookFn = Callable[..., Any]
@@ -499,6 +499,11 @@ def run_reducers(
                     out = model(batch, return_type="logits" if needs_logits else None)
                 except _StopForward:
                     out = None
+                except (AttributeError, TypeError, KeyError) as e:  # the bridge's own failure: one line naming the architecture
+                    err = bridge_failure(model, e)
+                    if err is e:
+                        raise
+                    raise err from None
                 if needs_logits and out is not None and out.is_floating_point():
                     flags.append(("logits", _non_finite("logits", out).any()))
                 if flags and bool(torch.stack([f for _, f in flags]).any()):

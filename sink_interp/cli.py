@@ -3,6 +3,7 @@
 sink-interp measure --model smollm2-135m --data natural --n 100 --length 64 --eps 0.3 [--bos] [--json OUT]
 sink-interp ablate  --model smollm2-135m --data natural --n 32 --length 64 [--fit-steps 40] [--json OUT]
 sink-interp stream  --model smollm2-135m --sinks 4 --window 256 [--length 1536 --n 8] [--json OUT]
+sink-interp kv | quant | outliers --model smollm2-135m --length 512 --n 4 [--json OUT]   # sinks in practice
 sink-interp measure --length 8192            # long inputs: method auto -> lse, passages joined
 sink-interp long --length 8192 --buckets 8   # Sink_k by query bucket and by key position
 sink-interp train --preset bb-softmax [--steps N] [--set key=value ...] --out DIR
@@ -366,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_trace)
+    from .cli_practice import register as _register_practice  # kv, quant, outliers (sinks in practice)
+
+    _register_practice(sub, _add_model_args, _placement)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     for sp in sub.choices.values():
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
@@ -1242,7 +1246,7 @@ def _torchrun() -> bool:
 
 
 #: commands that shard their samples over the ranks when launched by torchrun
-SHARDED_COMMANDS = ("measure", "massive", "trace", "ablate", "long", "patch")
+SHARDED_COMMANDS = ("measure", "massive", "trace", "ablate", "long", "patch", "kv", "quant", "outliers")
 
 
 @contextlib.contextmanager

@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import html
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -49,7 +48,8 @@ from ._internal import display
 from ._internal import distributed as dist
 from ._internal.errors import check_eps, check_positive_int
 from ._internal.probe import ProbeSet
-from ._internal.report import ModelRun, Report, register_record
+from ._internal.provenance import Provenance
+from ._internal.report import ModelRun, Provenanced, Report, register_record, summary_head, summary_tail
 from ._internal.vocab import RENAMED
 from .architecture import check_model_tokens
 from .capture import Reducer, run_reducers
@@ -167,21 +167,9 @@ class Effect:
             "description": self.description,
         }
 
-    @property
-    def sink_1(self) -> float:
-        """Deprecated name of :attr:`sink_rate_1`."""
-        warnings.warn("Effect.sink_1 is deprecated; use Effect.sink_rate_1", DeprecationWarning, stacklevel=2)
-        return self.sink_rate_1
-
-    @property
-    def sink_2(self) -> float:
-        """Deprecated name of :attr:`sink_rate_2`."""
-        warnings.warn("Effect.sink_2 is deprecated; use Effect.sink_rate_2", DeprecationWarning, stacklevel=2)
-        return self.sink_rate_2
-
 
 @dataclass(frozen=True, eq=False, repr=False)
-class EffectReport(ModelRun, Report):
+class EffectReport(Provenanced, ModelRun, Report):
     """Effects of several interventions against the clean model, on the same tokens.
 
     ``effects[0]`` is the clean model. ``report["label"]`` gives one :class:`Effect`.
@@ -195,14 +183,10 @@ class EffectReport(ModelRun, Report):
     """
 
     effects: tuple[Effect, ...]
-    model: str
-    data: str
-    bos: bool | None
+    provenance: Provenance
     eps: float
     n: int
     length: int
-    model_info: dict[str, Any]
-    versions: dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -238,18 +222,14 @@ class EffectReport(ModelRun, Report):
 
     def summary(self) -> dict[str, Any]:
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "eps": self.eps,
             "n": self.n,
             "length": self.length,
             "dtype": self.dtype,
             "device": self.device,
             "effects": [e.row() for e in self.effects],
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     def table(
@@ -496,7 +476,7 @@ def compare(
         eps=eps,
         n=n,
         length=T,
-        **prov.report_fields(),
+        provenance=prov,
         extra=prov.extra(),
     )
 

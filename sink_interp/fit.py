@@ -28,6 +28,7 @@ from torch import Tensor
 from ._internal import hooknames
 from ._internal.errors import NonFiniteError, check_positive_int
 from ._internal.probe import ProbeSet
+from ._internal.provenance import Provenance
 from ._internal.report import Report
 from .architecture import check_model_tokens, describe_attention
 from .capture import Keep, explain_non_finite, model_device, run_reducers
@@ -61,6 +62,13 @@ class FitReport(Report):
     history: Float[np.ndarray, " steps"]
     effects: EffectReport | None
     settings: dict[str, Any]
+
+    @property
+    def provenance(self) -> Provenance:
+        """That of the evaluation (``effects``); empty for a fit that was not evaluated."""
+        if self.effects is None:
+            return Provenance(model="", model_info={}, data="", bos=None, versions={})
+        return self.effects.provenance
 
     def _eff(self) -> EffectReport:
         if self.effects is None:
@@ -123,10 +131,16 @@ def _sink_kv_init(
     """Mean key (after RoPE) and value of the sink position per layer (per query head, or averaged over heads)."""
     spec = describe_attention(model)
     desc = {layer: spec.layer(layer) for layer in layers}
+    for layer in layers:  # the sink's key must be readable as attention sees it (not MLA's latent keys, not a missing hook)
+        desc[layer].check_supported(
+            "fit_bias(init='sink') reads the sink's key and value",
+            "a fitted bias needs q and k on its layers; sink scores (method='pattern') and massive_activations still run",
+        )
     knames = [desc[layer].k_hook for layer in layers]
     vnames = [hooknames.v(layer) for layer in layers]
-    # keys are rotated (where the description rotates them after the hook) before the position is picked
-    keep = Keep(knames + vnames, select=lambda x: x[:, : position + 1])
+    # keys are put in [b, T, G, d] and rotated (where the description rotates them after the hook) before the position
+    # is picked: some bridges fire QK-normed keys heads-first
+    keep = Keep(knames + vnames)
     run_reducers(model, tokens, [keep], progress=False)
     got = keep.result()
     H, G = spec.n_heads, spec.n_kv_heads

@@ -86,8 +86,8 @@ from torch import Tensor, nn
 
 from ._internal import hooknames, placement
 from ._internal.report import register_codec
-from ._internal.vocab import renamed_kwargs
-from .architecture import LayerAttention, describe_attention
+from ._internal.scores import softcap
+from .architecture import LayerAttention, describe_attention, verify_rerotation
 from .capture import attach_hooks
 from .kernels import kernel_fn, visible_mask
 from .masks import AttentionMask, as_mask
@@ -663,8 +663,7 @@ class KVBias(Intervention):
         q = ctx.q  # [b, T, H, d]
         k = self.k_star(layer).to(q.dtype).expand(self.n_heads, -1)
         logits = torch.einsum("bthd,hd->bht", q, k)[..., None] * la.scale
-        if la.softcap is not None:
-            logits = torch.tanh(logits / la.softcap) * la.softcap
+        logits = softcap(logits, la.softcap)
         if not self.all_heads(layer):
             logits = logits.masked_fill(~self.head_mask(layer, q.device)[None, :, None, None], float("-inf"))
         return logits
@@ -811,7 +810,6 @@ class StreamingWindow(Intervention):
 
     has_positions = False
 
-    @renamed_kwargs(sinks="n_sinks", positions="rope_positions")
     def __init__(
         self,
         window: int,
@@ -830,33 +828,24 @@ class StreamingWindow(Intervention):
             raise ValueError(f"rope_positions must be 'cache' (StreamingLLM) or 'original', got {rope_positions!r}")
         self.window, self.n_sinks, self.rope_positions = window, n_sinks, rope_positions
 
-    @property
-    def sinks(self) -> int:
-        """Deprecated name of :attr:`n_sinks`."""
-        warnings.warn("StreamingWindow.sinks is deprecated; use .n_sinks", DeprecationWarning, stacklevel=2)
-        return self.n_sinks
-
     def bind(self, model: Any) -> None:
         super().bind(model)
         spec = describe_attention(model)
         kind = spec.positional
-        if self.rope_positions == "cache" and self.n_sinks > 0 and kind in ("learned", "alibi", "relative", "t5"):
+        if self.rope_positions == "cache" and self.n_sinks > 0 and kind in ("learned", "sinusoidal", "alibi", "relative", "t5"):
             where = {
                 "learned": "adds learned absolute position embeddings before the first block",
-                "alibi": "biases scores by absolute key positions (ALiBi)",
+                "sinusoidal": "adds sinusoidal absolute position embeddings before the first block",
+                "alibi": "biases scores by absolute key positions (" + ("MPT's ALiBi" if spec.family == "mpt" else "ALiBi") + ")",
             }.get(kind, f"biases scores by the original query-key distances ({kind} position buckets)")
             raise ValueError(
                 f"rope_positions='cache' needs relative positions (RoPE or NoPE); this model {where}, which hooks "
                 "cannot re-index per query. Fix: rope_positions='original'"
             )
-        rotated = [spec.layer(layer) for layer in self.layers if spec.layer(layer).rotary is not None]
-        self._rerotate = self.rope_positions == "cache" and self.n_sinks > 0 and bool(rotated)
-        for la in rotated if self._rerotate else []:
-            if la.rotary.module is None or la.rotary.style not in ("half", "interleaved"):
-                raise ValueError(
-                    f"rope_positions='cache' re-rotates queries with the model's rotary embedding; layer {la.layer}'s "
-                    f"({la.rotary.style}) cannot be rebuilt at other positions. Fix: rope_positions='original'"
-                )
+        self._rerotate = self.rope_positions == "cache" and self.n_sinks > 0 and kind != "nope"
+        if self._rerotate:
+            # every rebuilt rotation gates itself: features it cannot carry are refused by name, the rest checked on a probe
+            verify_rerotation(model, list(self.layers), "StreamingWindow(rope_positions='cache')")
         self.needs = frozenset({"q_pre", "k"}) if self._rerotate else frozenset()
 
     def edit_scores(self, layer: int, scores: Tensor, ctx: Ctx) -> Tensor:

@@ -62,8 +62,6 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from ._internal.vocab import renamed_kwargs
-
 Scores = Float[Tensor, "... q k"]
 Mask = Bool[Tensor, "... q k"]
 Extra = Float[Tensor, "... q m"]
@@ -287,7 +285,6 @@ def kernel_fn(name: str, **params: Any) -> Callable[[Scores, Optional[Mask], Opt
     return bound
 
 
-@renamed_kwargs(sinks="n_sinks")
 def causal_mask(
     q_len: int, k_len: int | None = None, device: Any = None, window: int | None = None, n_sinks: int = 0
 ) -> Bool[Tensor, "q k"]:

@@ -41,6 +41,7 @@ from torch import Tensor
 from ._internal import display
 from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
+from ._internal.provenance import Provenance
 from ._internal.report import FieldError, Report, check_range
 from .architecture import check_model_tokens
 from .lse import bucket_edges, lse_column_sums, normalize_edges
@@ -90,10 +91,9 @@ class LongContextReport(Report):
 
     # ------------------------------------------------------------- basics
     @property
-    def sinks(self) -> SinkReport:
-        """Deprecated name of :attr:`sink_report`."""
-        warnings.warn("LongContextReport.sinks is deprecated; use .sink_report", DeprecationWarning, stacklevel=2)
-        return self.sink_report
+    def provenance(self) -> Provenance:
+        """That of the whole-input :class:`~sink_interp.SinkReport` it holds."""
+        return self.sink_report.provenance
 
     @property
     def eps(self) -> float:
@@ -290,7 +290,7 @@ def long_context_sinks(
         score="softmax",
         proxy_layers={},
         layers=tuple(sums.layers),
-        **prov.report_fields(),
+        provenance=prov,
         method="lse",
         extra=extra,
     )

@@ -31,15 +31,12 @@ Examples:
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from jaxtyping import Bool
 from torch import Tensor
-
-from ._internal.vocab import renamed_kwargs
 
 
 def _check_int(value: Any, name: str, minimum: int, allow_none: bool = False) -> int | None:
@@ -85,12 +82,6 @@ class AttentionMask:
         _check_int(self.n_sinks, "n_sinks", 0)
         if self.n_sinks and self.window is None:
             raise ValueError("n_sinks only matter with a window (without one every earlier key is visible); fix: pass window=")
-
-    @property
-    def sinks(self) -> int:
-        """Deprecated name of :attr:`n_sinks`."""
-        warnings.warn("AttentionMask.sinks is deprecated; use .n_sinks", DeprecationWarning, stacklevel=2)
-        return self.n_sinks
 
     @property
     def is_causal(self) -> bool:
@@ -156,7 +147,6 @@ class AttentionMask:
         return " + ".join(parts)
 
 
-AttentionMask.__init__ = renamed_kwargs(sinks="n_sinks")(AttentionMask.__init__)  # type: ignore[method-assign]
 CAUSAL = AttentionMask()
 
 

@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import html
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,8 +45,8 @@ from torch import Tensor
 from ._internal import display, hooknames
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
-from ._internal.report import FieldError, ModelRun, Report, check_range
-from ._internal.vocab import renamed_kwargs
+from ._internal.provenance import Provenance
+from ._internal.report import FieldError, ModelRun, Provenanced, Report, check_range, summary_head, summary_tail
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .metrics import SinkReport, SinkScoreReducer
@@ -90,8 +89,9 @@ class MassiveReducer(Reducer):
         L = int(model.cfg.n_layers)
         spec = describe_attention(model)
         names = [hooknames.resid_pre(l) for l in range(L)]
-        names += [spec.layer(l).k_hook for l in range(L)]
-        names += [hooknames.v(l) for l in range(L)]
+        # keys and values where the bridge has the hooks (JetMoE's has none: their norms stay NaN, and are said so)
+        names += [spec.layer(l).k_hook for l in range(L) if spec.layer(l).k_hook in model.hook_dict]
+        names += [hooknames.v(l) for l in range(L) if hooknames.v(l) in model.hook_dict]
         return names
 
     def begin(self, model: Any, n_samples: int, length: int) -> None:
@@ -107,6 +107,11 @@ class MassiveReducer(Reducer):
         self.h_norm = torch.zeros(n_samples, L, length)
         self.k_norm = torch.zeros(n_samples, L, G, length)
         self.v_norm = torch.zeros(n_samples, L, G, length)
+        for l in range(L):
+            if spec.layer(l).k_hook not in model.hook_dict:
+                self.k_norm[:, l] = float("nan")
+            if hooknames.v(l) not in model.hook_dict:
+                self.v_norm[:, l] = float("nan")
         self.median = torch.zeros(n_samples, L)
         self.top_abs = torch.zeros(n_samples, L, k)
         self.top_val = torch.zeros(n_samples, L, k)
@@ -116,6 +121,7 @@ class MassiveReducer(Reducer):
         self.n_flags = 0
         self.truncated = False
         self.seen: set[str] = set()
+        self.keys_unreadable: set[int] = set()
 
     def update(self, name: str, tensor: Tensor) -> None:
         self.seen.add(name)
@@ -124,10 +130,24 @@ class MassiveReducer(Reducer):
         x = tensor.detach().float()
         b = x.shape[0]
         if name in self.key_names:
-            self.k_norm[s : s + b, layer] = self._desc[layer].final(x).norm(dim=-1).transpose(1, 2).cpu()
+            la = self._desc[layer]
+            try:
+                k = la.final(x) if la.qkv_readable else None
+            except (RuntimeError, ValueError, IndexError):
+                k = None
+            if k is None or k.dim() != 4 or tuple(k.shape[1:3]) != (self.k_norm.shape[-1], self.k_norm.shape[2]):
+                # keys this description cannot read as [b, T, G, d] (MLA's latent attention): NaN, and said so
+                self.k_norm[s : s + b, layer] = float("nan")
+                self.keys_unreadable.add(layer)
+                return
+            self.k_norm[s : s + b, layer] = k.norm(dim=-1).transpose(1, 2).cpu()
             return
         if name in self.v_names:
-            self.v_norm[s : s + b, layer] = x.norm(dim=-1).transpose(1, 2).cpu()
+            v = x if x.dim() == 4 and x.shape[1] == self.v_norm.shape[-1] else None
+            if v is None or v.shape[2] != self.v_norm.shape[2]:
+                self.v_norm[s : s + b, layer] = float("nan")  # values in another layout (MLA)
+                return
+            self.v_norm[s : s + b, layer] = v.norm(dim=-1).transpose(1, 2).cpu()
             return
         # hook_resid_pre [b, T, D]
         self.h_norm[s : s + b, layer] = x.norm(dim=-1).cpu()
@@ -199,7 +219,7 @@ class MassiveReducer(Reducer):
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class MassiveReport(ModelRun, Report):
+class MassiveReport(Provenanced, ModelRun, Report):
     """Massive activations of every block, per-token norms and the extreme-token triple.
 
     Arrays are indexed ``[sample, layer, ...]``; ``top_*`` hold each sample's
@@ -227,14 +247,12 @@ class MassiveReport(ModelRun, Report):
     flags_truncated: bool
     abs_threshold: float
     ratio_threshold: float
-    model: str
-    bos: bool | None
-    data: str
-    model_info: dict[str, Any]
-    versions: dict[str, str]
+    provenance: Provenance
     key_after_rope: bool
     sink_report: SinkReport | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    _nan_fields = ("k_norm", "v_norm")  # NaN: layers whose keys or values the description cannot read (extra["keys_unreadable"])
 
     def _check(self) -> None:
         for name in ("top_abs", "median", "h_norm", "k_norm", "v_norm"):
@@ -253,12 +271,6 @@ class MassiveReport(ModelRun, Report):
             )
 
     # ------------------------------------------------------------ shape facts
-    @property
-    def sinks(self) -> SinkReport | None:
-        """Deprecated name of :attr:`sink_report`."""
-        warnings.warn("MassiveReport.sinks is deprecated; use .sink_report", DeprecationWarning, stacklevel=2)
-        return self.sink_report
-
     @property
     def n(self) -> int:
         return int(self.top_abs.shape[0])
@@ -513,9 +525,7 @@ class MassiveReport(ModelRun, Report):
         """Provenance and headline numbers (what :meth:`to_json` writes)."""
         massive_layers = [int(l) for l in np.nonzero(self.is_massive())[0]]
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "n": self.n,
             "length": self.length,
             "dtype": self.dtype,
@@ -536,9 +546,7 @@ class MassiveReport(ModelRun, Report):
             "layers": self.to_frame().to_dict(orient="records"),
             "extreme_tokens": self.extreme_tokens().to_dict(orient="records"),
             "extreme_triple": self.extreme_triple(),
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     def __repr__(self) -> str:
@@ -569,7 +577,6 @@ class MassiveReport(ModelRun, Report):
         )
 
 
-@renamed_kwargs(sinks="measure_sinks")
 def massive_activations(
     model: Any,
     tokens: Tensor | ProbeSet,
@@ -624,6 +631,15 @@ def massive_activations(
     if missing:
         raise RuntimeError(f"hooks {missing[:4]} never fired during the forward pass; this architecture is not supported yet")
     res = red.result()
+    spec = describe_attention(model)
+    unreadable = sorted(
+        set(red.keys_unreadable)
+        | {
+            l
+            for l in range(spec.n_layers)
+            if not np.isfinite(res["k_norm"][:, l]).all() or not np.isfinite(res["v_norm"][:, l]).all()
+        }
+    )
     sink_report = None
     if sred is not None:
         alpha, row_sum = sred.result()
@@ -635,14 +651,14 @@ def massive_activations(
             score="softmax" if not used else "auto:" + "+".join(used),
             proxy_layers=dict(sred.proxy_layers),
             layers=tuple(sred.layers),
-            **prov.report_fields(),
+            provenance=prov,
         )
     return MassiveReport(
         **res,
         abs_threshold=abs_threshold,
         ratio_threshold=ratio_threshold,
-        **prov.report_fields(),
+        provenance=prov,
         key_after_rope=describe_attention(model).layer(0).rotary is not None,
         sink_report=sink_report,
-        extra=prov.extra(),
+        extra={**prov.extra(), **({"keys_unreadable": unreadable} if unreadable else {})},
     )

@@ -41,13 +41,12 @@ from ._internal import display, hooknames
 from ._internal import distributed as dist
 from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
-from ._internal.report import FieldError, ModelRun, Report, check_indices, check_range
-from .architecture import check_model_tokens, describe_attention
+from ._internal.provenance import Provenance
+from ._internal.report import FieldError, ModelRun, Provenanced, Report, check_indices, check_range, summary_head, summary_tail
+from ._internal.scores import MIN_QUERIES, SCORES, reliable_keys, sink_alpha, sink_rates
+from .architecture import check_head_counts, check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .provenance import provenance
-
-SCORES = ("auto", "softmax", "proxy", "abs-proxy")
-PROXY_EPS = 1e-8
 
 # score="auto" resolves to this for models that know how their attention must be read
 # (set by sink_interp.training for trained kernels: a K-bias model is scored on its raw pattern)
@@ -59,31 +58,6 @@ def register_score(model: Any, score: str) -> None:
     if score not in SCORES[1:]:
         raise ValueError(f"score must be one of {SCORES[1:]}, got {score!r}")
     _MODEL_SCORE[model] = score
-
-
-def sink_alpha(pattern: Float[Tensor, "... q k"], score: str = "softmax") -> Float[Tensor, "... k"]:
-    """``alpha_k`` for every key position of a causal attention pattern, in float32.
-
-    ``score``: ``"softmax"`` uses the pattern as is; ``"proxy"`` divides each
-    row by its sum (+1e-8); ``"abs-proxy"`` uses ``|A| / (sum |A| + 1e-8)``.
-
-    Examples:
-        >>> import torch
-        >>> uniform = torch.tril(torch.ones(4, 4)) / torch.arange(1, 5)[:, None]
-        >>> sink_alpha(uniform)  # key 1 gets 1, 1/2, 1/3, 1/4 -> mean 0.5208; key 2: (1/2+1/3+1/4)/3
-        tensor([0.5208, 0.3611, 0.2917, 0.2500])
-    """
-    p = pattern.float()
-    if score == "proxy":
-        p = p / (p.sum(-1, keepdim=True) + PROXY_EPS)
-    elif score == "abs-proxy":
-        p = p.abs()
-        p = p / (p.sum(-1, keepdim=True) + PROXY_EPS)
-    elif score != "softmax":
-        raise ValueError(f"score must be one of {SCORES[1:]}, got {score!r}")
-    T = p.shape[-1]
-    n_queries = torch.arange(T, 0, -1, device=p.device, dtype=torch.float32)  # T - k + 1 for k = 1..T
-    return p.sum(-2) / n_queries
 
 
 def _row_tolerance(dtype: torch.dtype) -> float:
@@ -118,9 +92,9 @@ class SinkScoreReducer(Reducer):
         if bad:
             raise ValueError(f"layers {bad} out of range; the model has layers 0..{L - 1}")
         self._index = {layer: i for i, layer in enumerate(self.layers)}
-        H = int(model.cfg.n_heads)
         # learned sink logits (gpt-oss) take mass out of every row: those rows are softmax as they are
         spec = describe_attention(model)
+        H = check_head_counts(spec, self.layers, "sink scores")
         self._native_sinks = {layer for layer in self.layers if spec.layer(layer).has_sink_logits}
         self.alpha = torch.zeros(n_samples, len(self.layers), H, length, dtype=torch.float32)
         self.row_sum = torch.zeros(n_samples, len(self.layers), H, dtype=torch.float32)
@@ -195,7 +169,7 @@ def _check_layers(rep: Any, n_layers: int, field_name: str) -> None:
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class SinkReport(ModelRun, Report):
+class SinkReport(Provenanced, ModelRun, Report):
     """Sink scores of every (sample, layer, head, key position), with what produced them.
 
     ``alpha`` has shape ``[n, layers, heads, length]``; positions ``k`` in the
@@ -214,14 +188,10 @@ class SinkReport(ModelRun, Report):
     alpha: Float[np.ndarray, "n layer head pos"]
     row_sum: Float[np.ndarray, "n layer head"]
     eps: float
-    model: str
-    bos: bool | None
-    data: str
+    provenance: Provenance
     score: str
     proxy_layers: dict[int, str]
     layers: tuple[int, ...]
-    model_info: dict[str, Any]
-    versions: dict[str, str]
     method: str = "pattern"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -268,7 +238,7 @@ class SinkReport(ModelRun, Report):
 
     def rates(self, eps: float | None = None) -> np.ndarray:
         """``Sink_k^eps`` in percent for every ``k = 1..length`` (array index ``k - 1``)."""
-        return 100.0 * self.is_sink(eps).mean(axis=(0, 1, 2))
+        return sink_rates(self.alpha, self._eps(eps))
 
     def rate(self, k: int = 1, eps: float | None = None) -> float:
         """``Sink_k^eps`` in percent: the share of (sample, layer, head) with ``alpha_k > eps``."""
@@ -331,22 +301,24 @@ class SinkReport(ModelRun, Report):
         df = pd.DataFrame(rows)
         return df.sort_values(f"mean_alpha_{k}", ascending=False, kind="stable").reset_index(drop=True)
 
-    def sink_positions(self, eps: float | None = None, min_rate: float = 1.0, min_queries: int = 8) -> pd.DataFrame:
+    def sink_positions(self, eps: float | None = None, min_rate: float = 1.0, min_queries: int = MIN_QUERIES) -> pd.DataFrame:
         """Key positions ``k`` whose ``Sink_k`` (column ``sink_rate``, at ``attrs["eps"]``) is at least ``min_rate`` percent.
 
         ``reliable`` is False where ``alpha_k`` averages fewer than
-        ``min_queries`` queries: the last keys are scored by a handful of
-        attention weights, so a high rate there is not evidence of a sink.
+        ``min_queries`` queries (all of them, for inputs shorter than that): the last keys are
+        scored by a handful of attention weights, so a high rate there is not evidence of a sink.
+        The rule of :func:`sink_interp._internal.scores.sink_positions`, which the views use too.
         """
         rates = self.rates(eps)
         mean = self.alpha.mean(axis=(0, 1, 2))
+        reliable = reliable_keys(self.length, min_queries)
         rows = [
             {
                 "k": k + 1,
                 "sink_rate": float(rates[k]),
                 "mean_alpha": float(mean[k]),
                 "n_queries": self.length - k,
-                "reliable": bool(self.length - k >= min_queries),
+                "reliable": bool(reliable[k]),
             }
             for k in range(self.length)
             if rates[k] >= min_rate
@@ -355,7 +327,7 @@ class SinkReport(ModelRun, Report):
         df.attrs["eps"] = self._eps(eps)
         return df
 
-    def secondary_sinks(self, eps: float | None = None, min_rate: float = 1.0, min_queries: int = 8) -> list[int]:
+    def secondary_sinks(self, eps: float | None = None, min_rate: float = 1.0, min_queries: int = MIN_QUERIES) -> list[int]:
         """Reliable sink positions other than the first token."""
         df = self.sink_positions(eps, min_rate, min_queries)
         return [int(k) for k, ok in zip(df["k"], df["reliable"]) if k > 1 and ok]
@@ -380,9 +352,7 @@ class SinkReport(ModelRun, Report):
         """Provenance and headline numbers (what :meth:`to_json` writes, minus the full scores)."""
         top = self.head_table().head(10)
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "eps": self.eps,
             "length": self.length,
             "n": self.n,
@@ -398,9 +368,7 @@ class SinkReport(ModelRun, Report):
             "mean_alpha_1": float(self.alpha[..., 0].mean()),
             "top_heads": top.to_dict(orient="records"),
             "sink_positions": self.sink_positions().to_dict(orient="records"),
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     @classmethod
@@ -413,14 +381,18 @@ class SinkReport(ModelRun, Report):
             alpha=np.asarray(d["alpha"], dtype=np.float32),
             row_sum=np.asarray(d["row_sum"], dtype=np.float32),
             eps=float(d["eps"]),
-            model=d["model"],
-            bos=d.get("bos"),
-            data=d["data"],
+            provenance=Provenance(
+                model=d["model"],
+                model_info=d["model_info"],
+                data=d["data"],
+                bos=d.get("bos"),
+                probe=(d.get("extra") or {}).get("probe"),
+                mask=(d.get("extra") or {}).get("mask"),
+                versions=d["versions"],
+            ),
             score=d["score"],
             proxy_layers={int(k): v for k, v in (d.get("proxy_layers") or {}).items()},
             layers=tuple(int(x) for x in d["layers"]),
-            model_info=d["model_info"],
-            versions=d["versions"],
             method=d.get("method", "pattern"),
             extra=d.get("extra", {}),
         )
@@ -560,7 +532,7 @@ def measure_sinks(
         score=score if score != "auto" else ("softmax" if not used else "auto:" + "+".join(used)),
         proxy_layers=proxy_layers,
         layers=tuple(layer_list),
-        **prov.report_fields(),
+        provenance=prov,
         method=method,
         extra=extra,
     )
@@ -582,7 +554,7 @@ def _fixed(x: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class SinkSummary(ModelRun, Report):
+class SinkSummary(Provenanced, ModelRun, Report):
     """What ``measure_sinks(..., keep="summary")`` keeps: counts over a fixed eps grid and fixed-point sums.
 
     ``counts[g, layer, head, k - 1]`` is the number of samples with ``alpha_k > eps_grid[g]``;
@@ -605,14 +577,10 @@ class SinkSummary(ModelRun, Report):
     n: int
     eps_grid: tuple[float, ...]
     eps: float
-    model: str
-    bos: bool | None
-    data: str
+    provenance: Provenance
     score: str
     proxy_layers: dict[int, str]
     layers: tuple[int, ...]
-    model_info: dict[str, Any]
-    versions: dict[str, str]
     method: str = "pattern"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -704,9 +672,7 @@ class SinkSummary(ModelRun, Report):
 
     def summary(self) -> dict[str, Any]:
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "eps": self.eps,
             "length": self.length,
             "n": self.n,
@@ -721,9 +687,7 @@ class SinkSummary(ModelRun, Report):
             "sink_rates": [float(x) for x in self.rates()],
             "layer_rates": [float(x) for x in self.layer_rates(1)],
             "mean_alpha_1": float(self.mean_alpha(1).mean()),
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     def __repr__(self) -> str:
@@ -800,7 +764,7 @@ def _measure_summary(
         score=scores[0] if len(scores) == 1 else "+".join(scores),
         proxy_layers=proxy,
         layers=tuple(first[7]),
-        **prov.report_fields(),
+        provenance=prov,
         method=first[6],
         extra={**extra, **prov.extra()},
     )

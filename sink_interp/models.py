@@ -463,7 +463,7 @@ def _boot_local(path: str, device: torch.device | None, dtype: torch.dtype, **pl
     tokenizer_free = not has_tokenizer_files(path)
     if tokenizer_free:  # a checkpoint saved without its tokenizer: token ids work, text does not
         kwargs["tokenizer"] = _placeholder_tokenizer()
-    with quiet_loading():
+    with quiet_loading(), _unsupported_architecture(path):
         model = bridge_class().boot_transformers(path, dtype=dtype, **kwargs)
     if tokenizer_free:
         model.tokenizer = None
@@ -497,12 +497,35 @@ def special_token_ids(model: Any) -> dict[str, int]:
     return out
 
 
+@contextlib.contextmanager
+def _unsupported_architecture(name: str) -> Iterator[None]:
+    """TransformerLens's "Could not determine supported architecture" (a 4,000-character list) as one line naming it."""
+    try:
+        yield
+    except ValueError as e:
+        text = str(e)
+        if "supported architecture" not in text:
+            raise
+        import re
+
+        from ._internal.errors import UnsupportedArchitecture
+
+        archs = re.search(r"Config architectures: (\[[^\]]*\])", text)
+        mtype = re.search(r"Model type: (\S+)", text)
+        what = (archs.group(1) if archs else "this architecture") + (f" (model type {mtype.group(1)})" if mtype else "")
+        raise UnsupportedArchitecture(
+            f"{name}: the installed TransformerLens bridge cannot load {what}; the architectures it loads are listed in "
+            "transformer_lens.factories.architecture_adapter_factory.SUPPORTED_ARCHITECTURES, those checked with "
+            "sink_interp in docs/support.md"
+        ) from None
+
+
 def _boot_hub(name: str, device: torch.device | None, dtype: torch.dtype, **placement: Any) -> Any:
     kwargs: dict[str, Any] = dict(placement)
     if device is not None:
         kwargs["device"] = str(device)
     try:
-        with quiet_loading():
+        with quiet_loading(), _unsupported_architecture(name):
             model = bridge_class().boot_transformers(name, dtype=dtype, **kwargs)
     except OSError as e:
         raise OSError(
@@ -871,18 +894,7 @@ def tiny_hf_model(
     ``"nope"`` (no positional information at all) or ``"learned"`` (absolute
     embeddings). ``norm``: ``"rms"`` or ``"layer"``.
     """
-    from transformers import (
-        GPT2Config,
-        GPT2LMHeadModel,
-        GPTBigCodeConfig,
-        GPTBigCodeForCausalLM,
-        LlamaConfig,
-        LlamaForCausalLM,
-        SmolLM3Config,
-        SmolLM3ForCausalLM,
-        StableLmConfig,
-        StableLmForCausalLM,
-    )
+    from .zoo import gpt2_like, llama_like, random_hf_model
 
     if attention not in ("mha", "mqa", "gqa"):
         raise ValueError(f"attention must be 'mha', 'mqa' or 'gqa', got {attention!r}")
@@ -894,8 +906,7 @@ def tiny_hf_model(
         raise ValueError(f"attention='gqa' needs an even n_heads, got {n_heads}")
     n_kv = {"mha": n_heads, "mqa": 1, "gqa": max(1, n_heads // 2)}[attention]
     d_mlp = d_mlp or 2 * d_model
-    special = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    torch.manual_seed(seed)
+    dims = dict(d_vocab=d_vocab, d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_ctx=n_ctx)
     if positions == "learned" or (positions == "nope" and norm == "layer"):
         if norm != "layer":
             raise ValueError("positions='learned' is available with norm='layer' (GPT-2 style); fix: norm='layer'")
@@ -904,74 +915,20 @@ def tiny_hf_model(
                 "learned/absolute positions come from GPT-2 (MHA) or GPTBigCode (MQA); fix: attention='mha' or 'mqa'"
             )
         if attention == "mqa":
-            cfg = GPTBigCodeConfig(
-                vocab_size=d_vocab,
-                n_positions=n_ctx,
-                n_embd=d_model,
-                n_layer=n_layers,
-                n_head=n_heads,
-                n_inner=d_mlp,
-                multi_query=True,
-                **special,
-            )
-            model = GPTBigCodeForCausalLM(cfg)
+            model = random_hf_model("GPTBigCodeConfig", gpt2_like(**dims, n_inner=d_mlp, multi_query=True), seed)
         else:
-            cfg = GPT2Config(
-                vocab_size=d_vocab,
-                n_positions=n_ctx,
-                n_embd=d_model,
-                n_layer=n_layers,
-                n_head=n_heads,
-                n_inner=d_mlp,
-                **special,
-            )
-            model = GPT2LMHeadModel(cfg)
+            model = random_hf_model("GPT2Config", gpt2_like(**dims, n_inner=d_mlp), seed)
         if positions == "nope":
             with torch.no_grad():
                 model.transformer.wpe.weight.zero_()
             model.transformer.wpe.weight.requires_grad_(False)
-    elif positions == "nope":
-        cfg = SmolLM3Config(
-            vocab_size=d_vocab,
-            hidden_size=d_model,
-            intermediate_size=d_mlp,
-            num_hidden_layers=n_layers,
-            num_attention_heads=n_heads,
-            num_key_value_heads=n_kv,
-            max_position_embeddings=n_ctx,
-            no_rope_layers=[0] * n_layers,
-            tie_word_embeddings=False,
-            **special,
-        )
-        model = SmolLM3ForCausalLM(cfg)
-    elif norm == "layer":
-        cfg = StableLmConfig(
-            vocab_size=d_vocab,
-            hidden_size=d_model,
-            intermediate_size=d_mlp,
-            num_hidden_layers=n_layers,
-            num_attention_heads=n_heads,
-            num_key_value_heads=n_kv,
-            max_position_embeddings=n_ctx,
-            partial_rotary_factor=1.0,
-            **special,
-        )
-        model = StableLmForCausalLM(cfg)
-    else:
-        cfg = LlamaConfig(
-            vocab_size=d_vocab,
-            hidden_size=d_model,
-            intermediate_size=d_mlp,
-            num_hidden_layers=n_layers,
-            num_attention_heads=n_heads,
-            num_key_value_heads=n_kv,
-            max_position_embeddings=n_ctx,
-            **special,
-        )
-        model = LlamaForCausalLM(cfg)
-    model.config._attn_implementation = "eager"
-    model.config.architectures = [type(model).__name__]  # the bridge picks its adapter from this
-    return model.eval()
+        return model
+    llama = llama_like(**dims, n_kv=n_kv, d_mlp=d_mlp)
+    if positions == "nope":
+        return random_hf_model("SmolLM3Config", {**llama, "no_rope_layers": [0] * n_layers, "tie_word_embeddings": False}, seed)
+    if norm == "layer":
+        return random_hf_model("StableLmConfig", {**llama, "partial_rotary_factor": 1.0}, seed)
+    return random_hf_model("LlamaConfig", llama, seed)
 
 
 def tiny_model(

@@ -30,7 +30,7 @@ from ._internal.errors import check_tokens
 from ._internal.probe import ProbeSet, as_tokens
 from .architecture import describe_attention
 from .battery import standard_battery
-from .capture import Keep, Reducer, run_reducers
+from .capture import Keep, run_reducers
 from .effects import compare
 from .massive import massive_activations
 from .metrics import measure_sinks
@@ -39,53 +39,16 @@ from .views import (
     View,
     alpha_tokens_view,
     attention_view,
-    effect_report_view,
-    find_sink_positions,
     key_manifold_view,
-    massive_activation_view,
     pending,
     section,
-    sink_report_view,
     token_strings,
-    trace_report_view,
+    view_for,
 )
 from .views._page import circuitsvis_version, esc, html_table
 
 
 # --------------------------------------------------------------------------- report data
-class _ResidStats(Reducer):
-    """Reducer: per layer, max |x| per dim (all tokens), max |x| per token of one sample, median |x|."""
-
-    def __init__(self, layers: Sequence[int], sample: int = 0):
-        self.layers = list(layers)
-        self.sample = sample
-
-    def hook_names(self, model: Any) -> list[str]:
-        return [hooknames.resid_post(l) for l in self.layers]
-
-    def begin(self, model: Any, n: int, T: int) -> None:
-        D = int(model.cfg.d_model)
-        self.dim_max = torch.zeros(len(self.layers), D)
-        self.token_max = torch.zeros(len(self.layers), T)
-        self.medians: list[list[float]] = [[] for _ in self.layers]
-
-    def update(self, name: str, x: torch.Tensor) -> None:
-        i = self.layers.index(hooknames.layer_of(name))
-        a = x.detach().abs().float()
-        self.dim_max[i] = torch.maximum(self.dim_max[i], a.amax(dim=(0, 1)).cpu())
-        s = self.sample - self.batch_start
-        if 0 <= s < a.shape[0]:
-            self.token_max[i] = a[s].amax(dim=-1).cpu()
-        self.medians[i].append(float(a.median()))
-
-    def result(self) -> dict[str, np.ndarray]:
-        return {
-            "dim_max": self.dim_max.numpy(),
-            "token_max": self.token_max.numpy(),
-            "median": np.array([np.mean(m) if m else np.nan for m in self.medians]),
-        }
-
-
 @dataclass
 class ReportContext:
     """Everything the report sections read."""
@@ -99,7 +62,6 @@ class ReportContext:
     attention_layers: list[int]
     top_heads: list[tuple[int, int]]
     patterns: dict[int, np.ndarray]
-    resid: dict[str, np.ndarray] | None
     keys: dict[str, Any] | None
     timings: dict[str, float]
     command: str | None = None
@@ -134,18 +96,29 @@ def _collect_details(
     n_det = max(1, min(n_detail, tokens.shape[0]))
     sub = tokens[:n_det]
     s = min(sample, n_det - 1)
-    stats = _ResidStats(range(int(model.cfg.n_layers)), sample=s)
+    # keys the description cannot read as [n, T, G, d] (MLA's latent attention, no hook): the key view is left out, said why
+    why_no_keys = None
+    if not la.qkv_readable or key_name not in model.hook_dict:
+        why_no_keys = f"layer {key_layer}'s keys are not readable from hooks ({', '.join(la.unsupported) or 'no key hook'})"
     keep_p = Keep([hooknames.pattern(l) for l in att_layers], select=None)
-    keep_k = Keep([key_name])
-    run_reducers(model, sub, [stats, keep_p, keep_k], progress=progress, desc="residual stream, patterns, keys")
+    keep_k = Keep([key_name]) if why_no_keys is None else None
+    reducers = [keep_p] + ([keep_k] if keep_k is not None else [])
+    run_reducers(model, sub, reducers, progress=progress, desc="patterns, keys")
     pats = {l: keep_p.result()[hooknames.pattern(l)][s].numpy() for l in att_layers}
-    k_all = la.final(keep_k.result()[key_name])[:, :, key_head // group].numpy()  # [n, T, d]
+    keys = None
+    if keep_k is not None:
+        k = la.final(keep_k.result()[key_name])
+        if k.dim() == 4 and tuple(k.shape[1:3]) == (sub.shape[1], la.n_kv_heads):
+            k_all = k[:, :, key_head // group].numpy()  # [n, T, d]
+            keys = {"keys": k_all, "layer": key_layer, "head": key_head, "kv_head": key_head // group, "hook": key_name}
+        else:
+            why_no_keys = f"layer {key_layer}'s key hook {key_name} holds {list(k.shape)}, not [n, T, kv heads, d]"
     return {
         "top_heads": top_heads,
         "att_layers": att_layers,
         "patterns": pats,
-        "resid": stats.result(),
-        "keys": {"keys": k_all, "layer": key_layer, "head": key_head, "kv_head": key_head // group, "hook": key_name},
+        "keys": keys,
+        "why_no_keys": why_no_keys,
         "sample": s,
     }
 
@@ -156,7 +129,7 @@ def _summary_section(ctx: ReportContext) -> View:
         "1. Summary: where the sinks are",
         "A sink is a token that many heads attend to regardless of content. "
         "Each head's score α_k is the mean attention token k receives from the tokens after it (Gu et al.).",
-        [sink_report_view(ctx.report)],
+        [view_for(ctx.report)],
         anchor="summary",
     )
 
@@ -188,22 +161,24 @@ def _attention_section(ctx: ReportContext) -> View:
 
 
 def _massive_section(ctx: ReportContext) -> View | None:
-    if ctx.resid is None:
-        return None
-    r = ctx.resid
-    v = massive_activation_view(
-        r["dim_max"],
-        r["token_max"],
-        tokens=ctx.strings,
-        median=r["median"],
-        stage=f"residual stream after each layer (hook_resid_post; dims over {ctx.extras.get('n_detail', '?')} inputs, tokens of input {ctx.sample})",
-    )
+    try:  # the numbers of massive_activations on the detail inputs (the CLI's `sink-interp massive`), drawn by its view
+        v = view_for(_shared_massive(ctx), sample=ctx.sample, tokens=ctx.strings)
+    except Exception as e:  # the report still renders; the box says what failed
+        n = int(ctx.extras.get("n_detail", 16))
+        return pending(
+            "3. Massive activations and the sink key",
+            "It shows the largest residual values entering each block and the keys of the sink.",
+            f"massive_activations on the first {n} inputs",
+            "massive",
+            error=f"{type(e).__name__}: {e}",
+        )
     parts: list[Any] = [v]
     k = ctx.keys
     if k is not None:
         keys = k["keys"]  # [n, T, d]
         n, T, d = keys.shape
-        found = find_sink_positions(ctx.report.alpha.mean(axis=0), ctx.eps)
+        pos = ctx.report.sink_positions(ctx.eps)
+        found = [int(k) - 1 for k, ok in zip(pos["k"], pos["reliable"]) if ok]
         sinks = found or [0]
         sink_name = f"sink token (pos {', '.join(map(str, found))})" if found else "first token (no sink above eps)"
         is_sink = np.zeros((n, T), dtype=bool)
@@ -226,10 +201,11 @@ def _massive_section(ctx: ReportContext) -> View | None:
                 head=f"layer {k['layer']}, KV head {k['kv_head']} (used by the top sink head L{k['layer']}H{k['head']}; {k['hook']})",
             )
         )
+    why = ctx.extras.get("why_no_keys")
     return section(
         "3. Massive activations and the sink key",
         "The sink token carries a few huge residual values (massive activations); after the norm and W_K they give it a key "
-        "that lies apart from all other keys.",
+        "that lies apart from all other keys." + (f" The key view is left out: {why}." if k is None and why else ""),
         parts,
         anchor="massive",
     )
@@ -240,10 +216,10 @@ EFFECTS_TITLE = "5. Intervention effects"
 
 
 def _shared_massive(ctx: ReportContext) -> Any:
-    """One massive-activation pass over the detail inputs, shared by the trace and the battery."""
+    """One massive-activation pass over the detail inputs, shared by section 3, the trace and the battery."""
     if "massive_report" not in ctx.extras:
         n = int(ctx.extras.get("n_detail", 16))
-        ctx.phase(f"massive activations of the first {n} inputs (for the trace and the interventions)")
+        ctx.phase(f"massive activations of the first {n} inputs")
         t0 = time.perf_counter()
         ctx.extras["massive_report"] = massive_activations(ctx.model, ctx.tokens[:n], measure_sinks=False, progress=ctx.progress)
         ctx.timings["massive"] = time.perf_counter() - t0
@@ -263,7 +239,7 @@ def _trace_section(ctx: ReportContext) -> View | None:
         t0 = time.perf_counter()
         rep = trace_sink(ctx.model, ctx.tokens[:n], layer=layer, head=head, massive=massive, progress=ctx.progress)
         ctx.timings["trace"] = time.perf_counter() - t0
-        view = trace_report_view(rep, massive=False, keys=False)  # both are in section 3 already
+        view = view_for(rep, massive=False, keys=False)  # both are in section 3 already
     except Exception as e:  # the report still renders; the box says what failed
         return pending(TRACE_TITLE, what, f"trace_sink(layer={layer}, head={head})", "trace", error=f"{type(e).__name__}: {e}")
     return section(
@@ -294,7 +270,7 @@ def _effects_section(ctx: ReportContext) -> View | None:
         t0 = time.perf_counter()
         rep = compare(ctx.model, ctx.tokens[:n], items, eps=ctx.eps, progress=ctx.progress)
         ctx.timings["interventions"] = time.perf_counter() - t0
-        view = effect_report_view(rep)
+        view = view_for(rep)
     except Exception as e:
         return pending(EFFECTS_TITLE, what, "compare(...) of sink_interp.effects", "effects", error=f"{type(e).__name__}: {e}")
     return section(
@@ -421,7 +397,7 @@ def build_report(
     timings["measure"] = time.perf_counter() - t0
     tokens = as_tokens(tokens)  # the page's sections run on (slices of) the plain tensor
     n_det = max(1, min(n_detail, n_all))
-    say(f"residual stream, attention patterns and keys of the first {n_det} inputs")
+    say(f"attention patterns and keys of the first {n_det} inputs")
     t1 = time.perf_counter()
     det = _collect_details(model, tokens, sink_report, sample, n_detail, attention_layers, progress=progress)
     timings["details"] = time.perf_counter() - t1
@@ -436,11 +412,15 @@ def build_report(
         attention_layers=det["att_layers"],
         top_heads=det["top_heads"],
         patterns=det["patterns"],
-        resid=det["resid"],
         keys=det["keys"],
         timings=timings,
         command=command,
-        extras={"n_detail": min(n_detail, tokens.shape[0]), "trace": bool(trace), "interventions": bool(interventions)},
+        extras={
+            "n_detail": min(n_detail, tokens.shape[0]),
+            "trace": bool(trace),
+            "interventions": bool(interventions),
+            "why_no_keys": det["why_no_keys"],
+        },
         progress=progress,
     )
     return layout_report(ctx, sections)

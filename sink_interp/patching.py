@@ -75,8 +75,16 @@ from ._internal import display, hooknames
 from ._internal import distributed as dist
 from ._internal.errors import NonFiniteError, check_positive_int
 from ._internal.probe import ProbeSet, as_tokens
-from ._internal.report import FieldError, ModelRun, Report, check_indices
-from .architecture import LayerAttention, check_model_tokens, describe_attention, verify_attention
+from ._internal.provenance import Provenance
+from ._internal.report import FieldError, ModelRun, Provenanced, Report, check_indices, summary_head
+from .architecture import (
+    LayerAttention,
+    UnsupportedAttention,
+    check_head_counts,
+    check_model_tokens,
+    describe_attention,
+    verify_attention,
+)
 from .attribution import ESTIMATORS, AttributionSettings, estimate, estimate_graddrop, forward_capture, metric_value
 from .capture import attach_hooks, model_device
 from .models import special_token_ids
@@ -193,7 +201,7 @@ def named_metric(name: str, clean: Tensor, corrupted: Tensor, clean_logits: Tens
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class PatchReport(ModelRun, Report):
+class PatchReport(Provenanced, ModelRun, Report):
     """Patching every chosen head: a layer × head table of metric values, with the baselines.
 
     ``values[l, h]``: the metric with head ``h`` of layer ``l`` patched (NaN for heads not run);
@@ -229,13 +237,9 @@ class PatchReport(ModelRun, Report):
     n_heads: int
     n_kv_heads: int
     seconds: dict[str, float]
-    model: str
-    data: str
-    bos: bool | None
+    provenance: Provenance
     n: int
     length: int
-    model_info: dict[str, Any]
-    versions: dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)
     #: the sign ``clean - corrupted`` should have for the metric (+1 logprob/logit_diff, -1 kl, 0 unknown: not checked)
     expect: int = 0
@@ -465,9 +469,7 @@ class PatchReport(ModelRun, Report):
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "n": self.n,
             "length": self.length,
             "what": self.what,
@@ -869,6 +871,21 @@ def patch_heads(
     heads_ = _check_list(heads, H, "heads")
     n, T = clean_t.shape
     pos_t = _positions(positions, site, T)
+    H = check_head_counts(spec, layers_, f"patch_heads(what={what!r})")
+    if site.base != "pattern":  # per-head q, k, v, z: the hooks must give them [b, T, heads, d] (not MLA's, not missing)
+        bad_rows = [spec.layer(l_) for l_ in layers_ if not spec.layer(l_).qkv_readable or site.hook(l_) not in model.hook_dict]
+        if bad_rows:
+            la = bad_rows[0]
+            raise UnsupportedAttention(
+                f"patch_heads(what={what!r}): layer {la.layer} of this {spec.family} model uses "
+                f"{', '.join(la.unsupported) or 'no hook ' + site.hook(la.layer)}, whose hooks do not give each head's "
+                f"{site.base} as attention uses it; "
+                + (
+                    "fix: what='pattern'"
+                    if la.scores_hookable
+                    else "no head can be patched on this model (attention runs inside HF)"
+                )
+            )
     if site.base == "pattern" or (site.kv and site.base == "k" and G < H) or (site.qk and method != "exact"):
         bad = [l_ for l_ in layers_ if not spec.layer(l_).scores_hookable]
         if bad:
@@ -1045,7 +1062,7 @@ def patch_heads(
         seconds=seconds,
         n=n,
         length=T,
-        **prov.report_fields(),
+        provenance=prov,
         extra={**prov.extra(), **meta, **(extra or {})},
         expect=expect,
         estimator=kind or "",

@@ -120,11 +120,26 @@ class LayerPipeline:
         self.reform = self.rebuild or (self.mask is not None and self.mask.prefix > 1)
         if self.reform:
             if verify:
-                verify_attention(model, [layer], f"an intervention or mask that rebuilds layer {layer}'s attention")
+                verify_attention(
+                    model,
+                    [layer],
+                    f"an intervention or mask that rebuilds layer {layer}'s attention",
+                    "AblateDims (edits the residual stream) still runs here, and sink scores with method='pattern'",
+                )
             self.needs |= {"q", "k"}
         if self.rebuild:
             self.needs |= {"v"}
         self.recompute = bool(self.score_editors or self.extras or self.kernels or self.rebuild)
+        reads_qkv = bool(self.needs & {"q", "k", "v", "q_pre"}) or bool(self.z_editors)
+        if not self.la.qkv_readable and reads_qkv:
+            from .architecture import UnsupportedAttention
+
+            names = ", ".join(dict.fromkeys(type(iv).__name__ for iv in ivs))
+            raise UnsupportedAttention(
+                f"{names} on layer {layer}: it uses {', '.join(self.la.unsupported)}; these hooks do not give q, k and v "
+                "per head as attention uses them, so edits that read them cannot run there; fix: edits of the attention "
+                "pattern only (MaskKey, ScaleAttention, Calibrate, SinkLogit), or AblateDims"
+            )
         self.value_ivs = [(i, iv) for i, iv in enumerate(self.extras) if iv.extra_values(layer) is not None]
         self.has_z_hook = bool(self.z_editors or self.value_ivs or self.rebuild)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import html
 import json
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +41,8 @@ from torch import Tensor
 from ._internal import display
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
-from ._internal.report import FieldError, Report, check_range
-from ._internal.vocab import renamed_kwargs
+from ._internal.provenance import Provenance
+from ._internal.report import FieldError, Provenanced, Report, check_range, summary_head, summary_tail
 from .architecture import check_model_tokens, describe_attention
 from .capture import run_reducers
 from .effects import NextTokenReducer
@@ -119,7 +118,7 @@ def long_tokens(model: Any, length: int = 1536, n: int = 8, bos: bool = False, p
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class StreamReport(Report):
+class StreamReport(Provenanced, Report):
     """Per-position next-token loss of each attention condition on long texts.
 
     ``nll[c, t]`` is the mean (over samples) loss of predicting token ``t + 1``
@@ -139,14 +138,10 @@ class StreamReport(Report):
     n_sinks: int
     window: int
     bucket: int
-    model: str
-    data: str
-    bos: bool | None
+    provenance: Provenance
     n: int
     length: int
     positional: str
-    model_info: dict[str, Any]
-    versions: dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)
 
     def _check(self) -> None:
@@ -156,12 +151,6 @@ class StreamReport(Report):
             if getattr(self, name) < low:
                 raise FieldError(name, f"is {getattr(self, name)}; it is at least {low}")
         check_range("nll", self.nll, 0.0, None)
-
-    @property
-    def sinks(self) -> int:
-        """Deprecated name of :attr:`n_sinks`."""
-        warnings.warn("StreamReport.sinks is deprecated; use .n_sinks", DeprecationWarning, stacklevel=2)
-        return self.n_sinks
 
     @property
     def full_from(self) -> int:
@@ -196,9 +185,7 @@ class StreamReport(Report):
     def summary(self) -> dict[str, Any]:
         after = self.full_from
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "n": self.n,
             "length": self.length,
             "n_sinks": self.n_sinks,
@@ -210,9 +197,7 @@ class StreamReport(Report):
             "ppl_all": {c: self.ppl(c) for c in self.conditions},
             f"ppl_from_{after}": {c: self.ppl(c, after) for c in self.conditions},
             "buckets": self.to_frame().to_dict(orient="records"),
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     def __repr__(self) -> str:
@@ -231,7 +216,6 @@ class StreamReport(Report):
         )
 
 
-@renamed_kwargs(sinks="n_sinks")
 def streaming_ppl(
     model: Any,
     tokens: Tensor | ProbeSet,
@@ -315,6 +299,6 @@ def streaming_ppl(
         n=n,
         length=T,
         positional=kind,
-        **prov.report_fields(),
+        provenance=prov,
         extra=prov.extra(),
     )

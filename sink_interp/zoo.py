@@ -38,20 +38,83 @@ INIT = 0.3
 SPECIAL = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
-def _llama_like(**extra: Any) -> dict[str, Any]:
-    return dict(
-        vocab_size=D_VOCAB,
-        hidden_size=D_MODEL,
-        intermediate_size=2 * D_MODEL,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=N_HEADS,
-        num_key_value_heads=N_KV,
-        max_position_embeddings=N_CTX,
-        initializer_range=INIT,
-        tie_word_embeddings=False,
+# --------------------------------------------------------------------------- one builder for every tiny model
+def hidden_like(
+    *,
+    d_vocab: int = D_VOCAB,
+    d_model: int = D_MODEL,
+    n_layers: int = N_LAYERS,
+    n_heads: int = N_HEADS,
+    n_ctx: int = N_CTX,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Config keywords shared by the families that name their sizes ``hidden_size``, ``num_hidden_layers``...;
+    ``extra`` adds or overrides keywords."""
+    out = dict(
+        vocab_size=d_vocab,
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        max_position_embeddings=n_ctx,
         **SPECIAL,
-        **extra,
     )
+    out.update(extra)
+    return out
+
+
+def llama_like(
+    *,
+    d_vocab: int = D_VOCAB,
+    d_model: int = D_MODEL,
+    n_layers: int = N_LAYERS,
+    n_heads: int = N_HEADS,
+    n_kv: int = N_KV,
+    n_ctx: int = N_CTX,
+    d_mlp: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Config keywords of a Llama-style family (Llama, Mistral, Qwen, Gemma, StableLM, SmolLM3...) for a tiny model;
+    ``extra`` adds or overrides keywords (e.g. per-layer ``num_key_value_heads``)."""
+    sizes = dict(intermediate_size=d_mlp or 2 * d_model, num_key_value_heads=n_kv)
+    sizes.update(extra)
+    return hidden_like(d_vocab=d_vocab, d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_ctx=n_ctx, **sizes)
+
+
+def gpt2_like(
+    *,
+    d_vocab: int = D_VOCAB,
+    d_model: int = D_MODEL,
+    n_layers: int = N_LAYERS,
+    n_heads: int = N_HEADS,
+    n_ctx: int = N_CTX,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Config keywords of a GPT-2-style family (GPT-2, GPTBigCode, GPT-J) for a tiny model."""
+    return dict(vocab_size=d_vocab, n_positions=n_ctx, n_embd=d_model, n_layer=n_layers, n_head=n_heads, **SPECIAL, **extra)
+
+
+def random_hf_model(config_class: str, kwargs: dict[str, Any], seed: int = 0) -> Any:
+    """A randomly initialised Hugging Face causal LM of ``transformers.<config_class>(**kwargs)`` with eager
+    attention, in eval mode, its ``architectures`` set (the bridge picks its adapter from it). Same arguments,
+    same weights: the one builder behind :func:`sink_interp.models.tiny_hf_model` and :func:`tiny_checkpoint`.
+    """
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    cls = getattr(transformers, config_class, None)
+    if cls is None:  # pragma: no cover - an older transformers
+        raise ValueError(f"transformers {transformers.__version__} has no {config_class}; a newer release is needed")
+    torch.manual_seed(seed)
+    cfg = cls(**kwargs)
+    cfg._attn_implementation = "eager"
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    model.config._attn_implementation = "eager"
+    model.config.architectures = [type(model).__name__]
+    return model.eval()
+
+
+def _llama_like(**extra: Any) -> dict[str, Any]:
+    return llama_like(initializer_range=INIT, tie_word_embeddings=False, **extra)
 
 
 #: family -> (``transformers`` config class name, config keyword arguments, what the family exercises)
@@ -100,74 +163,25 @@ ZOO: dict[str, tuple[str, Callable[[], dict[str, Any]], str]] = {
         lambda: _llama_like(partial_rotary_factor=0.25, use_qkv_bias=True),
         "partial rotary (25 %), LayerNorm, QKV bias",
     ),
-    "gpt2": (
-        "GPT2Config",
-        lambda: dict(
-            vocab_size=D_VOCAB,
-            n_embd=D_MODEL,
-            n_layer=N_LAYERS,
-            n_head=N_HEADS,
-            n_positions=N_CTX,
-            initializer_range=INIT,
-            **SPECIAL,
-        ),
-        "learned absolute positions, Conv1D fused qkv",
-    ),
+    "gpt2": ("GPT2Config", lambda: gpt2_like(initializer_range=INIT), "learned absolute positions, Conv1D fused qkv"),
     "gpt_neox": (
         "GPTNeoXConfig",
-        lambda: dict(
-            vocab_size=D_VOCAB,
-            hidden_size=D_MODEL,
-            intermediate_size=2 * D_MODEL,
-            num_hidden_layers=N_LAYERS,
-            num_attention_heads=N_HEADS,
-            max_position_embeddings=N_CTX,
-            rotary_pct=0.25,
-            initializer_range=INIT,
-            **SPECIAL,
-        ),
+        lambda: hidden_like(intermediate_size=2 * D_MODEL, rotary_pct=0.25, initializer_range=INIT),
         "partial rotary (25 %), fused per-head qkv, parallel attention + MLP",
     ),
     "gptj": (
         "GPTJConfig",
-        lambda: dict(
-            vocab_size=D_VOCAB,
-            n_embd=D_MODEL,
-            n_layer=N_LAYERS,
-            n_head=N_HEADS,
-            n_positions=N_CTX,
-            rotary_dim=8,
-            initializer_range=INIT,
-            **SPECIAL,
-        ),
+        lambda: gpt2_like(rotary_dim=8, initializer_range=INIT),
         "interleaved partial rotary, parallel attention + MLP, attention computed inside HF",
     ),
     "opt": (
         "OPTConfig",
-        lambda: dict(
-            vocab_size=D_VOCAB,
-            hidden_size=D_MODEL,
-            ffn_dim=2 * D_MODEL,
-            num_hidden_layers=N_LAYERS,
-            num_attention_heads=N_HEADS,
-            max_position_embeddings=N_CTX,
-            word_embed_proj_dim=D_MODEL,
-            init_std=INIT,
-            **SPECIAL,
-        ),
+        lambda: hidden_like(ffn_dim=2 * D_MODEL, word_embed_proj_dim=D_MODEL, init_std=INIT),
         "learned positions with offset, query scaled before the scores, attention computed inside HF",
     ),
     "falcon": (
         "FalconConfig",
-        lambda: dict(
-            vocab_size=D_VOCAB,
-            hidden_size=D_MODEL,
-            num_hidden_layers=N_LAYERS,
-            num_attention_heads=N_HEADS,
-            max_position_embeddings=N_CTX,
-            initializer_range=INIT,
-            **SPECIAL,
-        ),
+        lambda: hidden_like(initializer_range=INIT),
         "multi-query, RoPE, parallel attention + MLP, fused qkv",
     ),
     "bloom": (
@@ -201,14 +215,157 @@ ZOO: dict[str, tuple[str, Callable[[], dict[str, Any]], str]] = {
 
 FAMILIES = tuple(ZOO)
 
+#: families beyond the zoo, one feature each that an analysis must rebuild exactly or refuse by name
+#: (``tests/test_refusals.py`` holds what each analysis does on them; ``docs/support-more.md`` shows it)
+EXTRA_ZOO: dict[str, tuple[str, Callable[[], dict[str, Any]], str]] = {
+    "ministral3": (
+        "Ministral3Config",
+        lambda: _llama_like(
+            head_dim=16,
+            rope_parameters=dict(
+                rope_type="default", rope_theta=1e4, llama_4_scaling_beta=0.5, original_max_position_embeddings=4
+            ),
+        ),
+        "Llama-4 query scale (llama_4_scaling_beta; original_max_position_embeddings 4 so it moves within the input)",
+    ),
+    "olmo": ("OlmoConfig", lambda: _llama_like(clip_qkv=1.0), "clip_qkv (q, k, v clamped before RoPE)"),
+    "smollm3": ("SmolLM3Config", lambda: _llama_like(no_rope_layers=[1, 0]), "NoPE layers (layer 1 without RoPE)"),
+    "deepseek_v2": (
+        "DeepseekV2Config",
+        lambda: _llama_like(
+            num_key_value_heads=N_HEADS,
+            kv_lora_rank=16,
+            q_lora_rank=None,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=16,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            first_k_dense_replace=1,
+            moe_intermediate_size=32,
+        ),
+        "MLA (latent attention; RoPE on 8 of 16 dims inside the bridge), mixture of experts",
+    ),
+    "mpt": (
+        "MptConfig",
+        lambda: dict(
+            vocab_size=D_VOCAB,
+            d_model=D_MODEL,
+            n_heads=N_HEADS,
+            n_layers=N_LAYERS,
+            max_seq_len=N_CTX,
+            initializer_range=INIT,
+            **SPECIAL,
+        ),
+        "ALiBi without Falcon (MPT's slopes)",
+    ),
+    "xglm": (
+        "XGLMConfig",
+        lambda: dict(
+            vocab_size=D_VOCAB,
+            d_model=D_MODEL,
+            attention_heads=N_HEADS,
+            num_layers=N_LAYERS,
+            ffn_dim=2 * D_MODEL,
+            max_position_embeddings=N_CTX,
+            init_std=INIT,
+            **SPECIAL,
+        ),
+        "sinusoidal absolute positions, attention computed inside HF",
+    ),
+    "openai_gpt": (
+        "OpenAIGPTConfig",
+        lambda: dict(
+            vocab_size=D_VOCAB,
+            n_embd=D_MODEL,
+            n_head=N_HEADS,
+            n_layer=N_LAYERS,
+            n_positions=N_CTX,
+            initializer_range=INIT,
+            **SPECIAL,
+        ),
+        "post-norm (GPT-1: ln_1 after attention), learned positions",
+    ),
+    "falcon_h1": (
+        "FalconH1Config",
+        lambda: _llama_like(
+            head_dim=16,
+            key_multiplier=0.3,
+            attention_in_multiplier=2.0,
+            mamba_d_ssm=32,
+            mamba_n_heads=4,
+            mamba_d_head=8,
+            mamba_n_groups=1,
+            mamba_d_state=8,
+            mamba_chunk_size=8,
+        ),
+        "key and attention-input multipliers, a Mamba mixer beside attention in every block",
+    ),
+    "laguna": (
+        "LagunaConfig",
+        lambda: _llama_like(head_dim=16, num_attention_heads_per_layer=[4, 8]),
+        "per-layer head counts (4 and 8), RoPE inside the HF module, QK-norm, mixture of experts",
+    ),
+    "cohere": ("CohereConfig", lambda: _llama_like(use_qk_norm=True), "QK-norm (LayerNorm per head), adjacent-pair rotary"),
+    "hunyuan_v1_dense": ("HunYuanDenseV1Config", lambda: _llama_like(head_dim=16), "QK-norm after RoPE"),
+    "nanochat": ("NanoChatConfig", lambda: _llama_like(), "RoPE and QK-norm inside the HF module (no hook for normed q, k)"),
+    "jetmoe": (
+        "JetMoeConfig",
+        lambda: dict(
+            vocab_size=D_VOCAB,
+            hidden_size=D_MODEL,
+            num_hidden_layers=N_LAYERS,
+            num_key_value_heads=N_KV,
+            kv_channels=16,
+            num_local_experts=2,
+            num_experts_per_tok=1,
+            max_position_embeddings=N_CTX,
+            initializer_range=INIT,
+            **SPECIAL,
+        ),
+        "mixture of attention heads (no q/k hooks), RoPE inside the HF module",
+    ),
+    "codegen": (
+        "CodeGenConfig",
+        lambda: dict(
+            vocab_size=D_VOCAB,
+            n_embd=D_MODEL,
+            n_head=N_HEADS,
+            n_layer=N_LAYERS,
+            n_positions=N_CTX,
+            rotary_dim=8,
+            initializer_range=INIT,
+            **SPECIAL,
+        ),
+        "a bridge that reads an attribute this transformers release dropped",
+    ),
+    "deepseek_v4": ("DeepseekV4Config", lambda: _llama_like(), "attention wrapped as a generic component (no hook_pattern)"),
+    "jamba": (
+        "JambaConfig",
+        lambda: _llama_like(
+            attn_layer_period=2,
+            attn_layer_offset=1,
+            expert_layer_period=2,
+            expert_layer_offset=1,
+            num_experts=2,
+            mamba_d_state=8,
+            mamba_dt_rank=8,
+            use_mamba_kernels=False,
+        ),
+        "hybrid: a Mamba block, then an attention block",
+    ),
+    "helium": ("HeliumConfig", lambda: _llama_like(), "an architecture the bridge cannot load"),
+}
+EXTRA_FAMILIES = tuple(EXTRA_ZOO)
+
 
 def zoo_config(family: str) -> Any:
     """The ``transformers`` config of a zoo family (eager attention)."""
     import transformers
 
-    if family not in ZOO:
-        raise ValueError(f"unknown family {family!r}; the zoo has {', '.join(FAMILIES)}")
-    cls_name, kwargs, _ = ZOO[family]
+    if family not in ZOO and family not in EXTRA_ZOO:
+        raise ValueError(f"unknown family {family!r}; the zoo has {', '.join(FAMILIES + EXTRA_FAMILIES)}")
+    cls_name, kwargs, _ = ZOO[family] if family in ZOO else EXTRA_ZOO[family]
     cls = getattr(transformers, cls_name, None)
     if cls is None:  # pragma: no cover - an older transformers
         raise ValueError(f"transformers {transformers.__version__} has no {cls_name}; family {family!r} needs a newer release")
@@ -219,11 +376,10 @@ def zoo_config(family: str) -> Any:
 
 def tiny_hf_checkpoint_model(family: str, seed: int = 0) -> Any:
     """The random HF model of :func:`tiny_checkpoint` (eager attention, eval mode), not saved."""
-    from transformers import AutoModelForCausalLM
-
-    cfg = zoo_config(family)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    if family not in ZOO:
+        raise ValueError(f"unknown family {family!r}; the zoo has {', '.join(FAMILIES)}")
+    cls_name, kwargs, _ = ZOO[family]
+    model = random_hf_model(cls_name, kwargs(), seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             leaf = name.rsplit(".", 1)[0].rsplit(".", 1)[-1]
@@ -233,15 +389,14 @@ def tiny_hf_checkpoint_model(family: str, seed: int = 0) -> Any:
                     p.fill_(2.0)
                 else:
                     p.mul_(3.0)
-    model.config.architectures = [type(model).__name__]
-    return model.eval()
+    return model
 
 
 def tiny_checkpoint(family: str, directory: str | os.PathLike[str] | None = None, seed: int = 0) -> Path:
     """Save a tiny random checkpoint of ``family`` (no tokenizer files) and return its folder.
 
     Args:
-        family: one of :data:`FAMILIES` (``"llama"``, ``"gemma2"``, ``"gpt_neox"``, ``"bloom"``...).
+        family: one of :data:`FAMILIES` (``"llama"``, ``"gemma2"``, ``"gpt_neox"``, ``"bloom"``...) or :data:`EXTRA_FAMILIES`.
         directory: where to write it (default: a new temporary folder). Written to a temporary
             folder beside it and renamed into place, so a killed call leaves nothing half-written.
         seed: weights' random seed.

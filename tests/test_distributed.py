@@ -147,6 +147,26 @@ def _summary(n: int, bs: int) -> Callable[[], Any]:
     return run
 
 
+def _kv() -> Any:
+    from sink_interp.kvcache import kv_policies
+
+    return kv_policies(
+        _model(), _toks(5, 12, 6), ("window", "sinks+window", "h2o"), (4, 12), n_sinks=1, batch_size=2, progress=False
+    )
+
+
+def _quant() -> Any:
+    from sink_interp.quant import kv_quant
+
+    return kv_quant(_model(), _toks(5, 12, 7), bits=(4, 2), intact=(0, 1), batch_size=2, progress=False)
+
+
+def _outliers() -> Any:
+    from sink_interp.outliers import activation_outliers
+
+    return activation_outliers(_model(), _toks(5, 12, 10), prefix=[1, 5], bits=(4,), batch_size=2, progress=False)
+
+
 CASES: dict[str, Callable[[], Any]] = {
     "measure pattern, 3 batches (1 + 2)": _measure(5, 2, method="pattern"),
     "measure pattern, 1 batch (rank 0 empty)": _measure(2, 2, method="pattern"),
@@ -161,6 +181,9 @@ CASES: dict[str, Callable[[], Any]] = {
     "patch": _patch,
     "measure keep=summary, 1 chunk (rank 0 empty)": _summary(5, 2),
     "measure keep=summary, 2 chunks (32 + 8)": _summary(40, 4),
+    "kv policies": _kv,
+    "kv quant": _quant,
+    "activation outliers": _outliers,
 }
 
 

@@ -141,16 +141,16 @@ def test_executed_notebook_inlines_the_circuitsvis_bundle_at_most_once(src):
     assert text.count('data-si=\\"circuitsvis-bundle\\"') <= 1
 
 
-def test_top_level_api_fits_on_one_screen_and_moved_names_still_resolve():
-    """The top level holds what a study needs (one screen); names that moved to submodules still resolve there,
-    and through the top level with a DeprecationWarning naming the new import."""
+def test_top_level_api_fits_on_one_screen_and_submodule_names_stay_there():
+    """The top level holds what a study needs (one screen); the engine, views, model facts and tasks are imported
+    from their submodules only (no moved-name shims at 0.1)."""
     assert len(sink_interp.__all__) <= 50 and len(set(sink_interp.__all__)) == len(sink_interp.__all__)
-    assert not set(sink_interp.__all__) & set(sink_interp._MOVED)
+    assert not hasattr(sink_interp, "_MOVED")
     import importlib
 
-    for name, module in sink_interp._MOVED.items():
-        obj = getattr(importlib.import_module(f"sink_interp.{module}"), name)
-        with pytest.warns(DeprecationWarning, match=rf"from sink_interp\.{module} import {name}"):
-            assert getattr(sink_interp, name) is obj
+    for name, module in {"sink_alpha": "metrics", "Reducer": "capture", "view_for": "views", "tiny_checkpoint": "zoo"}.items():
+        assert hasattr(importlib.import_module(f"sink_interp.{module}"), name)
+        with pytest.raises(AttributeError):
+            getattr(sink_interp, name)
     with pytest.raises(AttributeError):
         sink_interp.no_such_name  # noqa: B018

@@ -233,7 +233,7 @@ def test_a_damaged_middle_line_is_one_line_naming_the_file_and_line(tmp_path):
 
 
 def test_the_curves_view_reads_a_torn_file_too(tmp_path):
-    from sink_interp.views.figures import read_metrics as view_metrics
+    from sink_interp.views.figures import _metrics_frame as view_metrics
 
     p = tmp_path / "metrics.jsonl"
     p.write_text('{"step": 0, "sink_rate": 1.0}\n{"step": 2, "sink_r')

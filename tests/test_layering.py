@@ -35,11 +35,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "battery",
             "streaming",
             "longctx",
+            "quant",
+            "kvcache",
+            "outliers",
             "training",
         ),
     ),
     ("views", ("views",)),
-    ("orchestration", ("pages", "cli", "")),  # "": the package's __init__ (the public names)
+    ("orchestration", ("pages", "cli", "cli_practice", "")),  # "": the package's __init__ (the public names)
 ]
 
 #: what the views may import: nothing but their own modules and _internal

@@ -16,8 +16,8 @@ from sink_interp.cli import main
 from sink_interp.trace import (
     LINKS,
     TraceReducer,
-    _cum_dims,
     angle_to,
+    cum_dims,
     dims_for,
     energy_shares,
     mean_pairwise_cos,
@@ -206,7 +206,7 @@ def test_small_maths_against_numpy():
     np.testing.assert_allclose(energy_shares(x).numpy(), s**2 / (s**2).sum(), rtol=1e-10)
     sh = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
     assert dims_for(sh, 0.9) == 3 and dims_for(sh, 0.5) == 1 and dims_for(sh, 0.8) == 2
-    assert _cum_dims(np.array([0.05, 0.6, -0.2, 0.55])) == 2  # 0.6 + 0.55 >= 0.9 * 1.0
+    assert cum_dims(np.array([0.05, 0.6, -0.2, 0.55])) == 2  # 0.6 + 0.55 >= 0.9 * 1.0
     basis = subspace(x, 0.9)
     v = torch.randn(5, generator=g, dtype=torch.float64)
     assert float(angle_to(v, basis)) == pytest.approx(angle_deg(v.numpy(), basis.numpy()), abs=1e-9)

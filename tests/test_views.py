@@ -14,21 +14,18 @@ import pytest
 import torch
 
 from sink_interp import measure_sinks
-from sink_interp._internal import hooknames
-from sink_interp.pages import _ResidStats, attention_patterns_for, build_report
+from sink_interp.pages import attention_patterns_for, build_report
 from sink_interp.views import (
     alpha_tokens_view,
     attention_view,
     circuitsvis_bundle,
     concat,
     effect_bars,
-    find_sink_positions,
     head_heatmap,
     json_for_html,
     key_manifold_view,
     massive_activation_view,
     safe_token,
-    sink_report_view,
     trace_chain_view,
     training_curves,
     view_for,
@@ -39,6 +36,7 @@ from sink_interp.views.adapters import (
     trace_report_view,
     train_result_view,
 )
+from sink_interp.views.report import sink_report_view
 
 from .reference import hf_attentions
 
@@ -195,15 +193,6 @@ def test_attention_view_strip_is_alpha_and_props_are_the_pattern():
     assert html.count('class="si-sinkcol"') == 1  # key 0 is the sink column
 
 
-def test_find_sink_positions_ignores_keys_with_few_queries():
-    a = np.zeros((2, 30))
-    a[0, 0] = 0.9
-    a[1, 10] = 0.5
-    a[0, 25] = 0.99  # 5 queries only
-    assert find_sink_positions(a, eps=0.3) == [0, 10]
-    assert find_sink_positions(a, eps=0.6) == [0]
-
-
 def test_attention_view_input_errors():
     with pytest.raises(ValueError, match="tokens has 3 entries"):
         attention_view(causal(2, 4), ["a", "b", "c"])
@@ -308,23 +297,6 @@ def test_attention_patterns_for_equal_hf_eager_attention(tiny):
         np.testing.assert_allclose(pats[layer], ref[layer].numpy(), atol=1e-5)
 
 
-def test_resid_stats_against_run_with_cache(tiny):
-    from sink_interp.capture import run_reducers
-
-    model, _, tokens = tiny
-    L = model.cfg.n_layers
-    stats = _ResidStats(range(L), sample=4)
-    run_reducers(model, tokens, [stats], batch_size=4, progress=False)  # 2 batches: sample 4 is in the second
-    got = stats.result()
-    _, cache = model.run_with_cache(tokens)
-    for layer in range(L):
-        x = cache[hooknames.resid_post(layer)].abs()
-        np.testing.assert_allclose(got["dim_max"][layer], x.amax(dim=(0, 1)).numpy(), rtol=1e-6)
-        np.testing.assert_allclose(got["token_max"][layer], x[4].amax(dim=-1).numpy(), rtol=1e-6)
-        per_batch = [x[:4].median().item(), x[4:].median().item()]
-        assert got["median"][layer] == pytest.approx(np.mean(per_batch), rel=1e-6)
-
-
 def test_build_report_tiny(tiny):
     model, _, tokens = tiny
     page = build_report(model, tokens, sample=1, attention_layers=2)
@@ -340,7 +312,7 @@ def test_build_report_tiny(tiny):
 
 
 def test_report_measures_massive_activations_once_and_says_each_phase(tiny, monkeypatch, capsys):
-    """The trace and the intervention battery share one massive-activation pass; every phase says it starts."""
+    """Section 3, the trace and the intervention battery share one massive-activation pass; every phase says it starts."""
     import sink_interp.battery
     import sink_interp.pages
     import sink_interp.trace.tracer
@@ -363,7 +335,7 @@ def test_report_measures_massive_activations_once_and_says_each_phase(tiny, monk
     assert calls == [(4, 12)]
     assert {"measure", "details", "massive", "trace", "interventions", "layout"} <= set(page.meta["timings"])
     phases = [line for line in capsys.readouterr().err.splitlines() if line.startswith("report: ")]
-    assert [p.split()[1] for p in phases] == ["sink", "residual", "massive", "trace", "interventions:", "assembling"], phases
+    assert [p.split()[1] for p in phases] == ["sink", "attention", "massive", "trace", "interventions:", "assembling"], phases
     html = page.to_html()
     assert "Skipped" not in html and 'id="effects"' in html
 
@@ -376,13 +348,12 @@ def test_report_without_interventions_or_trace_says_they_were_skipped(tiny, monk
 
     monkeypatch.setattr(sink_interp.pages, "compare", forbidden)
     monkeypatch.setattr(sink_interp.pages, "trace_sink", forbidden)
-    monkeypatch.setattr(sink_interp.pages, "massive_activations", forbidden)
     model, _, tokens = tiny
     page = build_report(model, tokens, trace=False, interventions=False)
     html = page.to_html()
     assert html.count("Skipped:") == 2 and "--no-interventions" in html and "--no-trace" in html
     assert "Could not be computed" not in html
-    assert not {"massive", "trace", "interventions"} & set(page.meta["timings"])
+    assert not {"trace", "interventions"} & set(page.meta["timings"])  # section 3's massive pass still runs
 
 
 def test_cli_report_tiny(tmp_path, capsys):

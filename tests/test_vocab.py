@@ -1,4 +1,4 @@
-"""One vocabulary: files written with the old key names load with equal numbers; old keywords still work, with a warning.
+"""One vocabulary: files written with the old key names load with equal numbers; old keywords are gone (0.1: no shims).
 
 The files in tests/data/old_names were written by the version before the names changed (tests/data/old_names/make.py).
 """
@@ -108,8 +108,10 @@ def test_run_metrics_with_the_old_names_are_read_with_the_new_ones(tmp_path):
         assert sorted(map(repr, leaves(m).values())) == sorted(map(repr, leaves(m_old).values()))
     res = sink_interp.load_report(OLD / "train.json")
     assert res.final["sink_rate_1"] == json.loads((OLD / "train.json").read_text())["final"]["sink_rate"]
-    # the views read metrics.jsonl files through the same map
-    df = sink_interp.views.read_metrics(tmp_path / "run" / "metrics.jsonl")
+    # the training curves read metrics.jsonl files through the same reader
+    from sink_interp.views.figures import _metrics_frame
+
+    df = _metrics_frame(tmp_path / "run" / "metrics.jsonl")
     assert "sink_rate_1" in df.columns and "sink_rate" not in df.columns
 
 
@@ -124,41 +126,27 @@ def test_upgrade_is_idempotent_and_documented():
         assert f"`{key}`" in docs, key
 
 
-def deprecated(fn, *args, **kw):
-    with pytest.warns(DeprecationWarning) as rec:
-        out = fn(*args, **kw)
-    return out, str(rec[0].message)
-
-
-def test_old_keywords_work_with_a_deprecation_warning():
-    m, msg = deprecated(AttentionMask, window=4, sinks=1)
-    assert m == AttentionMask(window=4, n_sinks=1) and "n_sinks" in msg
-    with pytest.warns(DeprecationWarning):
-        assert m.sinks == 1
-    assert sink_interp.masks.as_mask({"window": 4, "sinks": 1}) == m  # a mask dict saved before
-    sw, msg = deprecated(StreamingWindow, 4, sinks=2, positions="original")
-    assert (sw.n_sinks, sw.rope_positions) == (2, "original") and "StreamingWindow(sinks=...)" in msg
-    got, _ = deprecated(causal_mask, 6, window=2, sinks=1)
-    assert torch.equal(got, causal_mask(6, window=2, n_sinks=1))
-    rule, _ = deprecated(ScoreRule, 0.5, sinks=torch.zeros(2))
-    assert torch.equal(rule.sink_logits, torch.zeros(2))
-    with pytest.raises(TypeError, match="pass only n_sinks"):
-        AttentionMask(window=4, sinks=1, n_sinks=1)
-
-
-def test_old_keywords_of_analyses_give_the_same_numbers():
+def test_old_keywords_and_properties_are_gone_but_old_saved_data_still_loads():
+    """No shims at 0.1: the renamed keywords and the deprecated properties are refused like any unknown name;
+    data saved with the old names (a mask dict, report files) still loads with the new names."""
+    with pytest.raises(TypeError, match="sinks"):
+        AttentionMask(window=4, sinks=1)
+    with pytest.raises(TypeError, match="sinks"):
+        StreamingWindow(4, sinks=2)
+    with pytest.raises(TypeError, match="sinks"):
+        causal_mask(6, window=2, sinks=1)
+    with pytest.raises(TypeError, match="sinks"):
+        ScoreRule(0.5, sinks=torch.zeros(2))
     model = tiny_model()
     x = torch.randint(4, 128, (1, 20), generator=torch.Generator().manual_seed(3))
-    old, _ = deprecated(streaming_ppl, model, x, sinks=1, window=6, progress=False)
-    new = streaming_ppl(model, x, n_sinks=1, window=6, progress=False)
-    np.testing.assert_array_equal(old.nll, new.nll)
-    with pytest.warns(DeprecationWarning):
-        assert old.sinks == new.n_sinks == 1
-    mold, _ = deprecated(massive_activations, model, x, sinks=False, progress=False)
-    assert mold.sink_report is None
-    mrep = massive_activations(model, x, progress=False)
-    with pytest.warns(DeprecationWarning):
-        assert mrep.sinks is mrep.sink_report
+    with pytest.raises(TypeError, match="sinks"):
+        streaming_ppl(model, x, sinks=1, window=6, progress=False)
+    with pytest.raises(TypeError, match="sinks"):
+        massive_activations(model, x, sinks=False, progress=False)
+    assert not hasattr(AttentionMask(window=4, n_sinks=1), "sinks")
+    assert not hasattr(massive_activations(model, x, measure_sinks=False, progress=False), "sinks")
+    assert sink_interp.masks.as_mask({"window": 4, "sinks": 1}) == AttentionMask(window=4, n_sinks=1)  # saved data
     eff = sink_interp.load_report(OLD / "effects.json").effects[1]
-    with pytest.warns(DeprecationWarning):
-        assert eff.sink_1 == eff.sink_rate_1
+    assert (
+        not hasattr(eff, "sink_1") and eff.sink_rate_1 == json.loads((OLD / "effects.json").read_text())["effects"][1]["Sink_1"]
+    )

@@ -644,6 +644,9 @@ def render_support_matrix(rec: dict[str, dict[str, str]]) -> str:
         lines.append(f"| {family} | {ZOO[family][2]} | " + " | ".join(cells) + " |")
     lines += [
         "",
+        "More architectures (MLA, ALiBi without Falcon, sinusoidal positions, clip_qkv, the Llama-4 query scale,",
+        "per-layer head counts, hybrids, families the bridge cannot load): [support-more.md](support-more.md).",
+        "",
         "Engines: the **fused** engine runs the model's own Hugging Face modules with a fused attention kernel",
         "(or the blockwise pass for soft-capped, windowed or sink-logit layers); the **hooks** engine reads q and k",
         "at the bridge's hooks. Both must pass a self-check against the model's own attention before they are used.",

@@ -91,6 +91,33 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     return value
 
 
+class UnsupportedArchitecture(NotImplementedError):
+    """The installed TransformerLens bridge cannot load or run this architecture; the message is one line naming it."""
+
+
+def bridge_failure(model: Any, e: BaseException) -> BaseException:
+    """``e`` raised inside TransformerLens or transformers while running ``model``, as one line naming the architecture.
+
+    Errors raised elsewhere (a user's hook, sink_interp itself) come back unchanged.
+    """
+    import traceback
+
+    frames = [f.filename.replace("\\", "/") for f in traceback.extract_tb(e.__traceback__)]
+    ours = max((i for i, f in enumerate(frames) if "/sink_interp/" in f), default=-1)
+    after = frames[ours + 1 :]
+    libs = ("/transformer_lens/", "/transformers/", "/torch/")
+    if not any("/transformer_lens/" in f for f in after) or not after or not any(lib in after[-1] for lib in libs):
+        return e
+    hf = getattr(model, "original_model", None)
+    arch = type(hf).__name__ if hf is not None else type(model).__name__
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    where = [f for f in after if "/transformer_lens/" in f][-1].split("/transformer_lens/")[-1]
+    return UnsupportedArchitecture(
+        f"the TransformerLens bridge fails to run {arch} ({type(e).__name__}: {first}, in transformer_lens/{where}); "
+        "the installed TransformerLens and transformers do not support this architecture together; see docs/support.md"
+    )
+
+
 class NonFiniteError(ValueError):
     """A NaN or Inf reached a result; the message names where it first appeared and the likely cause.
 

@@ -29,6 +29,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from . import vocab
+
 #: the weights file of a checkpoint saved in one piece, and the index of one saved in shards (Hugging Face names)
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -94,6 +96,14 @@ def read_jsonl(path: str | os.PathLike[str], fix: str) -> list[dict[str, Any]]:
             raise ValueError(f"{p}, line {i}: a JSON {type(value).__name__}, not an object; fix: {fix}")
         out.append(value)
     return out
+
+
+def read_metrics_lines(path: str | os.PathLike[str], fix: str) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (:func:`read_jsonl`), old key names read as the new ones
+    (:func:`sink_interp._internal.vocab.upgrade`): the one reader behind ``training.read_metrics`` and the
+    training-curve views.
+    """
+    return [vocab.upgrade("metrics", m) for m in read_jsonl(path, fix=fix)]
 
 
 def check_safetensors(path: str | os.PathLike[str]) -> None:

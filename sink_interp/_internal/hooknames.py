@@ -52,14 +52,6 @@ def ln1_out(layer: int) -> str:  # [b, s, D] normalized * gain (+ bias)
     return block(layer, "ln1.hook_out")
 
 
-def ln2_scale(layer: int) -> str:
-    return block(layer, "ln2.hook_scale")
-
-
-def ln2_normalized(layer: int) -> str:
-    return block(layer, "ln2.hook_normalized")
-
-
 def ln2_out(layer: int) -> str:
     return block(layer, "ln2.hook_out")
 
@@ -106,6 +98,15 @@ def mlp_pre(layer: int) -> str:  # [b, s, d_mlp] gate pre-activation (gated MLPs
 
 def mlp_post(layer: int) -> str:  # [b, s, d_mlp] input of the MLP's output projection
     return block(layer, "mlp.hook_post")
+
+
+#: the linear layers whose inputs activation quantization reads (fused ``attn.qkv`` is absent: its hook_in edits
+#: do not reach the bridge's split q/k/v)
+LINEARS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.in", "mlp.out")
+
+
+def linear_in(layer: int, linear: str) -> str:  # [b, s, ...] input of a linear layer of the block ("attn.q", "mlp.out")
+    return block(layer, f"{linear}.hook_in")
 
 
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")

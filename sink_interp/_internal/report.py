@@ -46,8 +46,8 @@ FORMAT = "sink_interp.report/1"
 
 #: report class name -> class (filled by subclassing :class:`Report`)
 REPORT_TYPES: dict[str, type] = {}
-#: names of plain dataclasses that may appear inside reports (Effect, link records...)
-RECORD_TYPES: dict[str, type] = {}
+#: names of plain dataclasses that may appear inside reports (Effect, link records, the provenance...)
+RECORD_TYPES: dict[str, type] = {"Provenance": Provenance}
 
 
 #: class name -> ``from_record(dict)``, for objects that are not dataclasses (interventions with fitted tensors)
@@ -146,28 +146,14 @@ class Report:
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         REPORT_TYPES[cls.__name__] = cls
+        own = vars(cls).get("__annotations__", {})
+        if "model_info" in own and "provenance" not in own and not hasattr(cls, "provenance"):
+            # a report that still keeps model, bos, data, model_info and versions as five fields (kvcache, quant,
+            # outliers until they hold one provenance field): its provenance is read from them
+            cls.provenance = property(_five_field_provenance)  # type: ignore[attr-defined]
 
     def summary(self) -> dict[str, Any]:  # pragma: no cover - every report defines it
         raise NotImplementedError
-
-    @property
-    def provenance(self) -> Provenance:
-        """What produced this report: model and its facts, data and probe, BOS policy, mask, versions."""
-        extra = getattr(self, "extra", None) or {}
-        if not hasattr(self, "model_info"):  # LongContextReport, FitReport: the report they hold knows
-            for name in ("sink_report", "effects"):
-                inner = getattr(self, name, None)
-                if isinstance(inner, Report):
-                    return inner.provenance
-        return Provenance(
-            model=str(getattr(self, "model", "")),
-            model_info=dict(getattr(self, "model_info", {}) or {}),
-            data=str(getattr(self, "data", "")),
-            bos=getattr(self, "bos", None),
-            probe=extra.get("probe"),
-            mask=extra.get("mask"),
-            versions=dict(getattr(self, "versions", {}) or {}),
-        )
 
     def to_dict(self) -> dict[str, Any]:
         """The summary, plus a ``"report"`` block with every field (what :meth:`to_json` writes)."""
@@ -195,8 +181,90 @@ class Report:
         return None
 
 
+class Provenanced:
+    """A report that stores its :class:`Provenance` in one field, ``provenance``; ``model``, ``bos``, ``data``,
+    ``model_info`` and ``versions`` read from it (mixed into such reports; files written when these were five
+    fields of their own load into it, see :func:`old_provenance`)."""
+
+    provenance: Provenance
+
+    @property
+    def model(self) -> str:
+        return self.provenance.model
+
+    @property
+    def bos(self) -> bool | None:
+        return self.provenance.bos
+
+    @property
+    def data(self) -> str:
+        return self.provenance.data
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        return self.provenance.model_info
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return self.provenance.versions
+
+
+def summary_head(rep: Any) -> dict[str, Any]:
+    """The first keys of a model run's ``summary()``, in this order: ``model``, ``data``, ``bos``."""
+    return {"model": rep.model, "data": rep.data, "bos": rep.bos}
+
+
+def summary_tail(rep: Any) -> dict[str, Any]:
+    """The last keys of a model run's ``summary()``: ``model_info``, ``versions`` and ``extra`` when it holds anything."""
+    extra = getattr(rep, "extra", None)
+    return {"model_info": rep.model_info, "versions": rep.versions, **({"extra": extra} if extra else {})}
+
+
+#: the fields a report held before its provenance was one field
+OLD_PROVENANCE_FIELDS = ("model", "bos", "data", "model_info", "versions")
+
+
+def old_provenance(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` of a report written when ``model``, ``bos``, ``data``, ``model_info`` and ``versions`` were fields
+    of their own (the probe and mask were read from ``extra``), with those joined into one ``provenance``."""
+    if "provenance" in fields or not set(OLD_PROVENANCE_FIELDS) & set(fields):
+        return fields
+    out = {k: v for k, v in fields.items() if k not in OLD_PROVENANCE_FIELDS}
+    missing = [k for k in ("model", "data", "model_info", "versions") if k not in fields]
+    if missing:
+        raise FieldError(missing[0], "is missing (the report's provenance needs it)")
+    extra = fields.get("extra") if isinstance(fields.get("extra"), dict) else {}
+    out["provenance"] = Provenance(
+        model=fields["model"],
+        model_info=fields["model_info"],
+        data=fields["data"],
+        bos=fields.get("bos"),
+        probe=extra.get("probe"),
+        mask=extra.get("mask"),
+        versions=fields["versions"],
+    )
+    return out
+
+
+def _five_field_provenance(rep: Any) -> Provenance:
+    extra = rep.extra if isinstance(getattr(rep, "extra", None), dict) else {}
+    return Provenance(
+        model=rep.model,
+        model_info=rep.model_info,
+        data=rep.data,
+        bos=rep.bos,
+        probe=extra.get("probe"),
+        mask=extra.get("mask"),
+        versions=rep.versions,
+    )
+
+
 class ModelRun:
-    """``dtype`` and ``device`` of the model a report ran, read from its ``model_info`` (mixed into such reports)."""
+    """``dtype`` and ``device`` of the model a report ran, read from its ``model_info`` (mixed into such reports).
+
+    It defines no ``model``/``bos``/``data``/``model_info``/``versions`` attribute, so a report that still keeps
+    those as fields of its own can mix it in; a report with one ``provenance`` field mixes in :class:`Provenanced` too.
+    """
 
     model_info: dict[str, Any]
 
@@ -397,11 +465,15 @@ class _Reader:
     def build(self, cls: type, name: str, fields: dict[str, Any], where: str, depth: int) -> Any:
         """``cls`` from its stored fields (old names upgraded): missing and unknown fields are refused by name."""
         decoded = {k: self.decode(v, _join(where, k), depth + 1) for k, v in fields.items()}
+        known = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
         try:
             decoded = renamed(name, decoded)
+            if "provenance" in known:
+                decoded = old_provenance(decoded)
+        except FieldError as e:
+            raise self.fail(_join(where, e.field), e.why) from None
         except Exception as e:  # noqa: BLE001
             raise self.fail(where, f"has fields that cannot be read ({type(e).__name__}: {_first_line(e)})") from None
-        known = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
         skip = set(getattr(cls, "_json_skip", ()))
         if known:
             unknown = sorted(set(decoded) - set(known))

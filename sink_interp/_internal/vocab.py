@@ -1,4 +1,4 @@
-"""One name per metric, the old names they replace, and the deprecated keyword helper.
+"""One name per metric, and the old names they replace (read where saved data are loaded).
 
 Every frame, JSON, ``summary()`` and training metrics record names a metric the
 same way (:data:`METRIC_NAMES`, also in docs/concepts/metric.md). Positions in the
@@ -18,10 +18,8 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import re
-import warnings
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 #: metric key -> what it holds (the same name in frames, JSON, summaries and training metrics)
 METRIC_NAMES: dict[str, str] = {
@@ -117,38 +115,3 @@ def upgrade_summary(type_name: str, d: dict[str, Any]) -> dict[str, Any]:
     if type_name == "TrainResult" and isinstance(out.get("metrics"), list):
         out["metrics"] = [upgrade("metrics", m) for m in out["metrics"]]
     return out
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def renamed_kwargs(**old_to_new: str) -> Callable[[F], F]:
-    """Accept the old keyword names of a function (or ``__init__``) for one release, with a ``DeprecationWarning``.
-
-    Example:
-        >>> import warnings
-        >>> @renamed_kwargs(sinks="n_sinks")
-        ... def f(*, n_sinks=0):
-        ...     return n_sinks
-        >>> with warnings.catch_warnings(record=True) as w:
-        ...     warnings.simplefilter("always")
-        ...     f(sinks=3), str(w[0].message)
-        (3, 'f(sinks=...) is deprecated; use n_sinks=')
-    """
-
-    def wrap(fn: F) -> F:
-        where = fn.__qualname__.replace(".__init__", "")
-
-        @functools.wraps(fn)
-        def inner(*args: Any, **kw: Any) -> Any:
-            for old, new in old_to_new.items():
-                if old in kw:
-                    if new in kw:
-                        raise TypeError(f"{where}() got both {old}= (deprecated) and {new}=; pass only {new}=")
-                    warnings.warn(f"{where}({old}=...) is deprecated; use {new}=", DeprecationWarning, stacklevel=2)
-                    kw[new] = kw.pop(old)
-            return fn(*args, **kw)
-
-        return inner  # type: ignore[return-value]
-
-    return wrap

@@ -30,8 +30,15 @@ def _get(obj: Any, name: str) -> Tensor | None:
 def attn_weights(model: Any, layer: int) -> dict[str, Tensor | None]:
     """``W_Q, b_Q, W_K, b_K, W_V, b_V`` of block ``layer``'s attention."""
     attn = model.blocks[layer].attn
-    with materialized(attn):
-        out = {name: _get(attn, name) for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V")}
+    try:
+        with materialized(attn):
+            out = {name: _get(attn, name) for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V")}
+    except Exception as e:  # the bridge cannot split this layer's weights into heads (Gemma-4's per-layer geometry...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"block {layer}'s attention weights cannot be read as per-head W_Q/W_K/W_V ({type(e).__name__}: {first[:160]}); "
+            "the W_K link needs them (fix: trace without the 'wk' link: links=[...] without 'wk')"
+        ) from None
     for name in ("W_Q", "W_K", "W_V"):
         if out[name] is None:
             raise ValueError(

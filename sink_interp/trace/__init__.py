@@ -79,8 +79,6 @@ from .report import (
 from .story import explain_text, story_text
 from .tracer import trace_sink
 
-_cum_dims = cum_dims  # its name before the package split
-
 __all__ = [
     "LINKS",
     "MIN_PCA_SAMPLES",

@@ -63,7 +63,7 @@ class TraceReducer(Reducer):
         cfg = model.cfg
         spec = self.spec = describe_attention(model)
         la = self.la = spec.layer(layer)
-        self.L, self.H, self.G, self.D = spec.n_layers, spec.n_heads, spec.n_kv_heads, int(cfg.d_model)
+        self.L, self.H, self.G, self.D = spec.n_layers, la.n_heads, la.n_kv_heads, int(cfg.d_model)
         self.d_head = spec.d_head
         self.group = la.group
         self.g = la.kv_head(head)
@@ -260,7 +260,10 @@ class TraceReducer(Reducer):
         r["cos"] += float(torch.nn.functional.cosine_similarity(kb[:, sink], ka[:, sink], dim=-1).sum())
         if scale is not None:  # per-head norms fire [b, G, T, 1]; OLMo-2's all-heads norm [b, T, 1]
             sc = scale.double()
-            sc = sc[:, g, :, 0] if sc.dim() == 4 else sc[..., 0]
+            if sc.dim() == 4:  # heads-first [b, G, T, 1], or [b, T, G, 1] where the norm runs before the transpose (Cohere)
+                sc = sc[:, :, g, 0] if sc.shape[1] == self.T and sc.shape[2] != self.T else sc[:, g, :, 0]
+            else:
+                sc = sc[..., 0]
         elif self.la.qk_norm == "all-heads":
             sc = (before.flatten(2) ** 2).mean(-1).sqrt()
         else:

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._internal.report import ModelRun, Report, register_record
+from .._internal.provenance import Provenance
+from .._internal.report import ModelRun, Provenanced, Report, register_record, summary_head, summary_tail
 from ..massive import MassiveReport
 from .story import explain_text, story_text
 
@@ -144,7 +145,10 @@ class KeyLink(Link):
     q_top_dims: list = _doc("residual dims with the largest share of the queries")
     q_top_shares: list = _doc("their shares")
     q_n_dims_90: int = _doc("dims that make 90% of the dims' total share of the queries")
-    reconstruction_error: float = _doc("self-check: max |sum of contributions + bias - hook_k| / max |k| (~1e-6)")
+    reconstruction_error: float = _doc(
+        "self-check: max |sum of contributions + bias - hook_k| / max |k|; trace_sink refuses the link above the "
+        "tolerance of the weights' dtype (1e-4 in float32), so a report holds at most that"
+    )
 
 
 @register_record
@@ -202,7 +206,7 @@ class ManifoldLink(Link):
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class TraceReport(ModelRun, Report):
+class TraceReport(Provenanced, ModelRun, Report):
     """Every link of the sink mechanism at one (layer, head), with the massive-activation report it builds on.
 
     ``links`` maps link names (``spike, writer, gated_mlp, norm, wk, rope, manifold``)
@@ -224,11 +228,7 @@ class TraceReport(ModelRun, Report):
     links: dict[str, Link]
     skipped: dict[str, str]
     massive: MassiveReport
-    model: str
-    bos: bool | None
-    data: str
-    model_info: dict[str, Any]
-    versions: dict[str, str]
+    provenance: Provenance
     key_pca: dict[str, np.ndarray] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -280,9 +280,7 @@ class TraceReport(ModelRun, Report):
     def summary(self) -> dict[str, Any]:
         """Provenance, the issue's JSON keys (``massive``, ``value_norm_ratio``, ``writer``) and every link."""
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "n": self.n,
             "length": self.length,
             "dtype": self.dtype,
@@ -300,9 +298,7 @@ class TraceReport(ModelRun, Report):
             "docs": {k: v.docs() for k, v in self.links.items()},
             "skipped": self.skipped,
             "massive_report": self.massive.summary(),
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     def __repr__(self) -> str:

@@ -18,8 +18,8 @@ from torch import Tensor
 
 from .._internal.errors import check_positive_int
 from .._internal.probe import ProbeSet, probe_of
-from .._internal.provenance import versions
-from ..architecture import check_model_tokens, describe_attention
+from .._internal.provenance import Provenance, versions
+from ..architecture import UnsupportedAttention, attention_atol, check_model_tokens, describe_attention
 from ..massive import (
     DEFAULT_ABS_THRESHOLD,
     DEFAULT_RATIO_THRESHOLD,
@@ -44,9 +44,62 @@ from .report import LINKS, Link, TraceReport
 
 
 def _check_index(value: Any, name: str, upper: int, what: str, fix: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) < upper:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(
+            f"{name} must be a whole number (int) in 0..{upper - 1}, got {value!r} ({type(value).__name__}); fix: {fix}"
+        )
+    if not 0 <= int(value) < upper:
         raise ValueError(f"{name}={value!r} is out of range: {what} 0..{upper - 1}; fix: {fix}")
     return int(value)
+
+
+#: links that read the traced layer's q and k hooks (the rest read the residual stream, the norm and the MLPs)
+QK_LINKS = ("wk", "qk_norm", "rope", "manifold")
+
+
+def _check_qk_readable(model: Any, layer: int, links: set[str]) -> None:
+    """Refuse, in one line, links that read q and k where the layer's hooks do not carry what its attention uses."""
+    spec = describe_attention(model)
+    la = spec.layer(layer)
+    why = []
+    if la.position.startswith("rope inside"):
+        why.append("MLA's internal RoPE" if la.position == "rope inside MLA" else f"RoPE applied {la.position[5:]}")
+    if la.kind == "unknown":
+        why.extend(u for u in la.unsupported if u.startswith("attention bridge"))
+    needed = [la.q_hook, la.k_hook, la.q_pre_rotary_hook, la.k_pre_rotary_hook]
+    from .._internal import hooknames
+
+    needed += [hooknames.q(layer), hooknames.k(layer), hooknames.v(layer)]
+    missing = [nm for nm in dict.fromkeys(needed) if nm not in model.hook_dict]
+    if missing:
+        why.append("no hook " + ", ".join(missing))
+    asked = [k for k in QK_LINKS if k in links]
+    if why and asked:
+        rest = [k for k in LINKS if k not in QK_LINKS and k in links] or [k for k in LINKS if k not in QK_LINKS]
+        raise UnsupportedAttention(
+            f"trace_sink: layer {layer} of this {spec.family} model uses {'; '.join(why)}, so its hooks do not carry the q and k "
+            f"its attention uses and the {', '.join(asked)} link(s) cannot be traced; fix: links={rest}"
+        )
+
+
+def _check_key_rebuilt(model: Any, layer: int, err: float, links: set[str]) -> None:
+    """Refuse the W_K link where its key, rebuilt from the norm's output and W_K, is not the model's own ``hook_k``."""
+    tol = attention_atol(model)
+    if err <= tol:
+        return
+    spec = describe_attention(model)
+    la = spec.layer(layer)
+    feats = list(la.multipliers)
+    if la.clip_qkv is not None:
+        feats.append(f"clip_qkv {la.clip_qkv:g}")
+    what = (
+        f" ({', '.join(feats)})" if feats else " (a step between the attention norm and W_K that the description does not know)"
+    )
+    rest = [k for k in LINKS if k != "wk" and k in links] or [k for k in LINKS if k != "wk"]
+    raise UnsupportedAttention(
+        f"trace_sink's wk link: the sink key rebuilt from the attention norm's output and W_K differs from this {spec.family} "
+        f"model's own hook_k by {err:.2e} (relative; tolerance {tol:g}){what}; fix: links={rest}"
+    )
 
 
 def _not_applicable(model: Any, layer: int, links: set[str]) -> dict[str, str]:
@@ -188,6 +241,7 @@ def trace_sink(
         )
 
     layer, head, alpha_lh = _choose_head(massive, sink_pos, layer, head)
+    _check_qk_readable(model, layer, links_set)
     kv_head = spec.layer(layer).kv_head(head)
     skipped: dict[str, str] = _not_applicable(model, layer, links_set)
     links_set -= set(skipped)
@@ -224,6 +278,7 @@ def trace_sink(
         out_links["norm"] = norm_link(r, dims)
     if "wk" in links_set:
         out_links["wk"] = wk_link(r, dims)
+        _check_key_rebuilt(model, layer, float(r.recon_err), links_set)
     if "qk_norm" in links_set:
         out_links["qk_norm"] = qk_norm_link(model, r)
     if "rope" in links_set:
@@ -242,11 +297,9 @@ def trace_sink(
         links={k: out_links[k] for k in order},
         skipped=skipped,
         massive=massive,
-        model=mi.name,
-        bos=massive.bos,
-        data=massive.data,
-        model_info=mi.to_dict(),
-        versions=versions(),
+        provenance=Provenance(
+            model=mi.name, model_info=mi.to_dict(), data=massive.data, bos=massive.bos, probe=info, versions=versions()
+        ),
         key_pca=key_pca,
         extra={
             **({"probe": info} if info is not None else {}),

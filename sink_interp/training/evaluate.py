@@ -19,7 +19,6 @@ from torch import Tensor
 
 from .._internal import hooknames
 from .._internal.probe import ProbeSet, as_tokens
-from .._internal.vocab import renamed_kwargs
 from ..capture import Reduce, run_reducers
 from ..metrics import SinkScoreReducer
 
@@ -58,7 +57,6 @@ def val_losses(lab: Any, batches: Sequence[Any], task: Any = None) -> dict[str, 
     return out
 
 
-@renamed_kwargs(first_pos="first_k", sink_pos="sink_k", positions="max_k")
 def probe_stats(
     model: Any,
     tokens: Tensor | ProbeSet,

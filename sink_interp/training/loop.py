@@ -483,7 +483,7 @@ def read_metrics(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     if not p.is_file():
         return []
     fix = "remove the damaged lines, or train afresh in that folder (resume=False, --fresh)"
-    return [vocab.upgrade("metrics", m) for m in files.read_jsonl(p, fix=fix)]
+    return files.read_metrics_lines(p, fix=fix)
 
 
 # --------------------------------------------------------------------------- the loop

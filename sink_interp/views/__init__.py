@@ -29,21 +29,10 @@ from ._page import (
     safe_token,
     section,
 )
-from .adapters import (
-    ADAPTERS,
-    effect_report_view,
-    finding_curves_view,
-    massive_report_view,
-    register_view,
-    trace_report_view,
-    train_result_view,
-    view_for,
-)
+from .adapters import register_view, view_for
 from .attention import (
-    alpha_from_pattern,
     alpha_tokens_view,
     attention_view,
-    find_sink_positions,
     token_strings,
 )
 from .figures import (
@@ -53,49 +42,39 @@ from .figures import (
     massive_activation_view,
     patch_heatmap,
     pca_2d,
-    read_metrics,
     trace_chain_view,
     training_curves,
 )
+from .practice import kv_budget_view, outlier_map_view, quant_bits_view
 from .report import (
     layer_rate_view,
     pending,
-    sink_report_html,
-    sink_report_view,
 )
 
 __all__ = [
-    "ADAPTERS",
     "View",
     "Widget",
-    "alpha_from_pattern",
     "alpha_tokens_view",
     "attention_view",
     "circuitsvis_bundle",
     "concat",
     "effect_bars",
-    "effect_report_view",
-    "finding_curves_view",
-    "find_sink_positions",
     "head_heatmap",
+    "kv_budget_view",
+    "outlier_map_view",
+    "quant_bits_view",
     "patch_heatmap",
     "json_for_html",
     "key_manifold_view",
     "layer_rate_view",
     "massive_activation_view",
-    "massive_report_view",
     "pca_2d",
     "pending",
-    "read_metrics",
     "register_view",
     "safe_token",
     "section",
-    "sink_report_html",
-    "sink_report_view",
     "token_strings",
     "trace_chain_view",
-    "trace_report_view",
-    "train_result_view",
     "training_curves",
     "view_for",
 ]

@@ -32,14 +32,16 @@ from .figures import (
     trace_chain_view,
     training_curves,
 )
+from .practice import kv_budget_view, outlier_map_view, quant_bits_view
 from .report import sink_report_view
 
 
-def massive_report_view(rep: Any, top: int = 12) -> View:
-    """A ``MassiveReport``: layer x top dims from its top-k entries, and mean ‖h‖ per token.
+def massive_report_view(rep: Any, top: int = 12, sample: int | None = None, tokens: Any = None) -> View:
+    """A ``MassiveReport``: layer x top dims from its top-k entries, and ‖h‖ per token.
 
     ``top_abs/top_dim [n, layer, k]`` give, per layer, the largest ``|x|`` seen in each dim
-    (dims never in a sample's top-k stay empty); ``h_norm [n, layer, pos]`` is averaged over samples.
+    (dims never in a sample's top-k stay empty); ``h_norm [n, layer, pos]`` is averaged over samples,
+    or is that of input ``sample`` (whose token strings ``tokens`` label the axis).
     """
     top_abs = np.asarray(rep.top_abs, dtype=float)
     top_dim = np.asarray(rep.top_dim, dtype=int)
@@ -48,18 +50,21 @@ def massive_report_view(rep: Any, top: int = 12) -> View:
     dim_max = np.zeros((L, D))
     layer_idx = np.broadcast_to(np.arange(L)[None, :, None], top_dim.shape)
     np.maximum.at(dim_max, (layer_idx.ravel(), top_dim.ravel()), np.abs(top_abs).ravel())
-    h_norm = np.asarray(rep.h_norm, dtype=float).mean(axis=0)
+    h_all = np.asarray(rep.h_norm, dtype=float)
+    h_norm = h_all.mean(axis=0) if sample is None else h_all[sample]
+    who = "mean ‖h‖" if sample is None else f"‖h‖ of input {sample}"
     return massive_activation_view(
         dim_max,
         h_norm,
+        tokens=tokens,
         median=np.asarray(rep.layer_median, dtype=float),
         top=top,
         threshold=float(rep.abs_threshold),
         ratio=float(rep.ratio_threshold),
         stage=f"residual stream entering each block (hook_resid_pre; {rep.model}, {n} inputs; each sample's top-{top_abs.shape[2]} entries)",
-        token_value_name="mean ‖h‖",
+        token_value_name=who,
         caption=(
-            f"Largest |x| entering each block by hidden dimension (grey: in no sample's top-{top_abs.shape[2]}), and the mean residual norm ‖h‖ of each token (log colour); "
+            f"Largest |x| entering each block by hidden dimension (grey: in no sample's top-{top_abs.shape[2]}), and {'the mean' if sample is None else f'input {sample}’s'} residual norm ‖h‖ of each token (log colour); "
             f"massive = |x| > {float(rep.abs_threshold):g} and ≥ {float(rep.ratio_threshold):g}× the median |x| (Sun et al. 2024)."
         ),
     )
@@ -232,6 +237,9 @@ for _name, _fn in {
     "StreamReport": stream_report_view,
     "LongContextReport": long_context_view,
     "FindingCurves": finding_curves_view,
+    "KVReport": kv_budget_view,
+    "QuantReport": quant_bits_view,
+    "OutlierReport": outlier_map_view,
     "CircuitReport": circuit_report_view,
 }.items():
     display.register_view(_name, _fn)

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from .._internal.errors import check_eps
+from .._internal.scores import sink_alpha
+from .._internal.scores import sink_positions as find_sinks
 from ._page import View, Widget, esc, safe_token
 from ._svg import BLUES, fmt, heatmap_svg
 from .figures import as_array
@@ -25,31 +27,6 @@ SINK_MARK = "\u25c6"  # ◆ in front of sink tokens in CircuitsVis labels
 def _visible(token: str) -> str:
     """Newlines and tabs as visible marks (an axis label cannot show a line break)."""
     return token.replace("\n", "\u21b5").replace("\t", "\u21e5") or "\u2205"
-
-
-def alpha_from_pattern(pattern: np.ndarray) -> np.ndarray:
-    """``alpha_k`` of each head for one sample: ``[H, T, T]`` pattern -> ``[H, T]`` (Gu et al.).
-
-    The same float32 reduction as :func:`sink_interp.metrics.sink_alpha` (softmax score), bit for bit
-    (the view layer does not import the analyses).
-    """
-    p = torch.as_tensor(np.asarray(pattern, dtype=np.float32))
-    return (p.sum(-2) / torch.arange(p.shape[-1], 0, -1, dtype=torch.float32)).numpy()
-
-
-def find_sink_positions(alpha: np.ndarray, eps: float = 0.3, min_queries: int = 8) -> list[int]:
-    """0-indexed key positions where some head has ``alpha_k > eps``, averaged over at least ``min_queries`` queries.
-
-    Example:
-        >>> import numpy as np
-        >>> a = np.zeros((2, 20)); a[1, 0] = 0.9; a[0, 19] = 1.0   # the last key: 1 query only
-        >>> find_sink_positions(a)
-        [0]
-    """
-    a = np.asarray(alpha, dtype=float)
-    T = a.shape[-1]
-    best = a.reshape(-1, T).max(axis=0)
-    return [k for k in range(T) if best[k] > eps and (T - k >= min(min_queries, T) or k == 0)]
 
 
 def _norm_patterns(patterns: Any, layers: Sequence[int] | None) -> dict[int, np.ndarray]:
@@ -98,8 +75,8 @@ def attention_view(
         patterns: ``[heads, T, T]`` for one layer, ``[layers, heads, T, T]``, or ``{layer: [heads, T, T]}``.
         tokens: the ``T`` token strings (escaped for display).
         layers: layer numbers when ``patterns`` is an array.
-        sink_positions: 0-indexed key positions to mark (default: where some head has
-            ``alpha_k > eps`` over at least 8 queries).
+        sink_positions: 0-indexed key positions to mark (default: the rule of ``SinkReport.sink_positions``
+            over this layer's heads: some head has ``alpha_k > eps``, averaged over at least 8 queries).
         max_value: colour ceiling for CircuitsVis (default: each widget's max).
         order: heads in the widget by ``"index"`` or by ``"alpha"`` (strongest α₁ first, so
             the widget opens zoomed on the strongest sink head); names keep the real index.
@@ -124,8 +101,8 @@ def attention_view(
         if p.shape[-1] != T:
             raise ValueError(f"all layers must have the same length; layer {layer} has {p.shape[-1]}, expected {T}")
         H = p.shape[0]
-        alpha = alpha_from_pattern(p)
-        sinks = list(sink_positions) if sink_positions is not None else find_sink_positions(alpha, eps)
+        alpha = sink_alpha(torch.as_tensor(np.asarray(p, dtype=np.float32))).numpy()
+        sinks = list(sink_positions) if sink_positions is not None else find_sinks(alpha, eps)
         bad = [k for k in sinks if not 0 <= k < T]
         if bad:
             raise ValueError(f"sink_positions {bad} out of range 0..{T - 1} (0-indexed key positions)")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._internal import files, vocab
+from .._internal import files
 from ._page import View, concat, esc, html_table
 from ._svg import (
     BLUES,
@@ -526,7 +526,7 @@ def effect_bars(
 
 
 # --------------------------------------------------------------------------- training curves
-def read_metrics(metrics: Any) -> pd.DataFrame:
+def _metrics_frame(metrics: Any) -> pd.DataFrame:
     """A metrics table from a ``metrics.jsonl`` path (old key names read as the new ones), a DataFrame or a list of dicts."""
     if isinstance(metrics, pd.DataFrame):
         return metrics
@@ -536,8 +536,7 @@ def read_metrics(metrics: Any) -> pd.DataFrame:
             raise FileNotFoundError(
                 f"metrics file {str(metrics)!r} does not exist (expected a metrics.jsonl written by training)"
             )
-        rows = files.read_jsonl(p, fix="remove the damaged lines")
-        return pd.DataFrame([vocab.upgrade("metrics", m) for m in rows])
+        return pd.DataFrame(files.read_metrics_lines(p, fix="remove the damaged lines"))
     if isinstance(metrics, (list, tuple)):
         return pd.DataFrame(list(metrics))
     raise ValueError(f"metrics must be a path to metrics.jsonl, a DataFrame or a list of dicts, got {type(metrics).__name__}")
@@ -570,13 +569,13 @@ def training_curves(
     if isinstance(metrics, Mapping):
         frames = []
         for name, m in metrics.items():
-            df = read_metrics(m).copy()
+            df = _metrics_frame(m).copy()
             df["run"] = str(name)
             frames.append(df)
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         run = "run"
     else:
-        df = read_metrics(metrics)
+        df = _metrics_frame(metrics)
     if x not in df.columns:
         raise ValueError(f"x={x!r} is not a column of the metrics; columns: {list(df.columns)}")
     if isinstance(y, str):

@@ -105,11 +105,6 @@ def sink_report_view(report: Any, k: int = 1, top: int = 10) -> View:
     )
 
 
-def sink_report_html(report: Any) -> str:
-    """HTML of :func:`sink_report_view` (what ``SinkReport._repr_html_`` shows in notebooks)."""
-    return sink_report_view(report)._repr_html_()
-
-
 # --------------------------------------------------------------------------- report sections
 def pending(title: str, what: str, needs: str, anchor: str, error: str | None = None, skipped: str | None = None) -> View:
     """A clearly marked placeholder section for results that were skipped (``skipped``: how to get them),
