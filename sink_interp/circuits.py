@@ -94,6 +94,59 @@ def massive_metric(layer: int, dim: int, position: int = 0) -> CircuitMetric:
     return CircuitMetric(fn, layer=int(layer), name=f"massive L{layer} pos {position} dim {dim}")
 
 
+def alpha_metric(model: Any, layer: int, head: int, key: int = 0) -> CircuitMetric:
+    """The sink score ``alpha_{key+1}`` of head ``head`` in block ``layer`` (the mean over samples and over queries
+    ``t >= key`` of its attention to ``key``), computed from the residual entering that block (norm, ``W_Q``/``W_K``,
+    RoPE and softmax as the model does them): the graph is everything below the head.
+
+    Example:
+        >>> from sink_interp import tiny_model
+        >>> alpha_metric(tiny_model(), 1, 0).name
+        'alpha_1 L1H0'
+    """
+    from ._internal.weights import attn_weights
+
+    spec = describe_attention(model)
+    if not 1 <= layer < spec.n_layers:
+        raise ValueError(f"alpha_metric needs a head above block 0 (the graph is what comes before it); got layer {layer}")
+    if not 0 <= head < spec.n_heads:
+        raise ValueError(f"head must lie in [0, {spec.n_heads}), got {head}")
+    la = spec.layer(layer)
+    norm = str(getattr(model.cfg, "normalization_type", "") or "")
+    if la.qk_norm or norm not in ("RMS", "LN"):
+        raise ValueError(
+            f"alpha_metric recomputes the head's pattern from the residual and supports RMSNorm/LayerNorm without QK-norm; "
+            f"this model has normalization {norm!r}{' and QK-norm' if la.qk_norm else ''}; fix: a logits metric or massive_metric"
+        )
+    w = attn_weights(model, layer)
+    gain, bias = spec.norm_gain(model, layer, "ln1")
+    eps = float(model.cfg.eps)
+    g = la.kv_head(head)
+
+    def fn(x: Tensor) -> Tensor:
+        x = x.float()
+        if norm == "LN":
+            x = x - x.mean(-1, keepdim=True)
+        y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        if gain is not None:
+            y = y * gain.to(y.device)
+        if bias is not None:
+            y = y + bias.to(y.device)
+        q = y @ w["W_Q"][head].to(y.device)  # type: ignore[index]
+        k = y @ w["W_K"][g].to(y.device)  # type: ignore[index]
+        if w["b_Q"] is not None:
+            q = q + w["b_Q"][head].to(y.device)
+        if w["b_K"] is not None:
+            k = k + w["b_K"][g].to(y.device)
+        qf, kf = q[:, :, None], k[:, :, None]  # [n, T, 1, d], before the rotary embedding
+        if la.rotary is not None:
+            qf, kf = la.rotary.apply(qf), la.rotary.apply(kf)
+        A = la.pattern(qf.transpose(1, 2), kf.transpose(1, 2))[:, 0]  # [n, T, T]
+        return A[:, key:, key].mean()
+
+    return CircuitMetric(fn, layer=layer - 1, name=f"alpha_{key + 1} L{layer}H{head}")
+
+
 @dataclass(frozen=True)
 class CircuitSettings:
     """The knobs of :func:`sink_circuit` (one object).
@@ -793,4 +846,4 @@ def sink_circuit(
     )
 
 
-__all__ = ["CircuitMetric", "CircuitReport", "CircuitSettings", "massive_metric", "path_patch", "sink_circuit"]
+__all__ = ["CircuitMetric", "CircuitReport", "CircuitSettings", "alpha_metric", "massive_metric", "path_patch", "sink_circuit"]

@@ -279,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--massive", default=None, metavar="LAYER,DIM", help="metric: |residual| leaving block LAYER at --position, dim DIM"
     )
     ci.add_argument("--position", type=int, default=0, help="--massive: the token position (default 0)")
+    ci.add_argument("--alpha", default=None, metavar="LAYER,HEAD", help="metric: alpha_1 (sink score) of that head")
     ci.add_argument("--scores", default="ig", choices=["ig", "attribution", "exact"], help="edge scores (default ig)")
     ci.add_argument("--steps", type=int, default=4, help="integrated-gradient steps (default 4)")
     ci.add_argument("--keep", type=float, default=0.8, help="fraction of the effect the circuit keeps (default 0.8)")
@@ -785,7 +786,7 @@ def _parse_layers(text: str | None) -> list[int] | None:
 def cmd_circuit(args: argparse.Namespace) -> int:
     """The sink circuit between the probe inputs and their corrupted partners (:func:`sink_interp.circuits.sink_circuit`)."""
     from . import load_model
-    from .circuits import CircuitSettings, massive_metric, sink_circuit
+    from .circuits import CircuitSettings, alpha_metric, massive_metric, sink_circuit
     from .patching import corrupt_tokens, named_metric
 
     if args.corrupt == "bos" and not args.bos:
@@ -797,6 +798,9 @@ def cmd_circuit(args: argparse.Namespace) -> int:
     if args.massive:
         layer, dim = (int(x) for x in args.massive.split(","))
         metric: Any = massive_metric(layer, dim, args.position)
+    elif args.alpha:
+        layer, head = (int(x) for x in args.alpha.split(","))
+        metric = alpha_metric(model, layer, head)
     else:
         metric = named_metric("logprob", tokens.tokens, corrupted, None, start=1 if args.corrupt == "bos" else 0)  # type: ignore[arg-type]
     settings = CircuitSettings(scores=args.scores, steps=args.steps, keep=args.keep, direction=args.direction)

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from sink_interp import load_report
-from sink_interp.circuits import CircuitMetric, CircuitReport, CircuitSettings, massive_metric, path_patch, sink_circuit
+from sink_interp.circuits import (
+    CircuitMetric,
+    CircuitReport,
+    CircuitSettings,
+    alpha_metric,
+    massive_metric,
+    path_patch,
+    sink_circuit,
+)
 
 from .test_patching import _pair, _peaked
 
@@ -165,6 +173,23 @@ def test_a_residual_metric_stops_at_its_block(gqa):
     for r in _types(rep.edges()):
         want = _reference(gqa, clean, corr, metric.fn, (r.src, r.dst, r.kind), L, H, G, top=0) - base_value
         assert r.score == pytest.approx(want, abs=1e-4), (r.src, r.dst, r.kind)
+
+
+@pytest.mark.parametrize("head", [0, 3])
+def test_alpha_metric_is_the_models_own_sink_score_and_its_circuit_is_exact(gqa, head):
+    clean, corr = _pair(n=2, T=6, seed=37)
+    L, H, G = gqa.cfg.n_layers, gqa.cfg.n_heads, gqa.cfg.n_key_value_heads
+    metric = alpha_metric(gqa, 1, head)
+    _, got = _capture(gqa, clean, ["blocks.0.hook_resid_post", "blocks.1.attn.hook_pattern"])
+    alpha = got["blocks.1.attn.hook_pattern"][:, head, :, 0].mean()  # alpha_1: every query attends to key 0
+    assert float(metric.fn(got["blocks.0.hook_resid_post"])) == pytest.approx(float(alpha), abs=1e-5)
+    rep = sink_circuit(gqa, clean, corr, metric, CircuitSettings(scores="exact"), progress=False)
+    assert rep.metric == f"alpha_1 L1H{head}" and rep.metric_layer == 0
+    for r in _types(rep.edges()):
+        want = _reference(gqa, clean, corr, metric.fn, (r.src, r.dst, r.kind), L, H, G, top=0) - rep.clean
+        assert r.score == pytest.approx(want, abs=1e-5), (r.src, r.dst, r.kind)
+    with pytest.raises(ValueError, match="needs a head above block 0"):
+        alpha_metric(gqa, 0, 0)
 
 
 def test_patching_every_edge_is_the_other_run_and_ig_approaches_exact(gqa):

@@ -25,6 +25,12 @@ def test_circuit_logprob_shuffle(capsys):
     assert "metric  logprob" in capsys.readouterr().out
 
 
+def test_circuit_alpha_metric(capsys):
+    args = ["circuit", "--model", "tiny-gqa", "--data", "random", "--n", "2", "--length", "6", "--corrupt", "shuffle"]
+    assert main([*args, "--alpha", "1,2", "--scores", "attribution", "--quiet"]) == 0
+    assert "metric  alpha_1 L1H2" in capsys.readouterr().out
+
+
 def test_circuit_bos_without_bos_is_one_line(capsys):
     code = main(["circuit", "--model", "tiny-gqa", "--data", "random", "--n", "2", "--length", "6", "--quiet"])
     assert code == 2 and "fix: add --bos" in capsys.readouterr().err
