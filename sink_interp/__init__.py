@@ -59,7 +59,6 @@ _EXPORTS: dict[str, str] = {
     "PatchReport": "patching",
     "patch_heads": "patching",
     "patch_sink": "patching",
-    "CircuitReport": "circuits",
     "sink_circuit": "circuits",
     "StreamReport": "streaming",
     "long_tokens": "streaming",
@@ -103,7 +102,7 @@ if TYPE_CHECKING:  # what static tools (type checkers, the API reference) see
     from ._internal.report import load_report
     from .architecture import describe_attention
     from .capture import NonFiniteError
-    from .circuits import CircuitReport, sink_circuit
+    from .circuits import sink_circuit
     from .data import ProbeSet, probe_tokens
     from .effects import EffectReport, compare, scan_heads
     from .fit import FitReport, fit_bias
@@ -148,7 +147,7 @@ __all__ = [
     # patch heads between a clean and a corrupted input
     "patch_heads", "patch_sink", "PatchReport",
     # the circuit (heads, MLPs, residual paths) behind a sink
-    "sink_circuit", "CircuitReport",
+    "sink_circuit",
     # train tiny models
     "train", "preset", "TrainConfig", "TrainResult", "load_trained",
     # look, save, load

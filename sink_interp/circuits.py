@@ -53,7 +53,8 @@ from torch import Tensor
 from ._internal import display, hooknames
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
-from ._internal.report import FieldError, ModelRun, Report
+from ._internal.provenance import Provenance
+from ._internal.report import FieldError, ModelRun, Provenanced, Report, summary_head, summary_tail
 from ._internal.weights import attn_out_weights
 from .architecture import check_model_tokens, describe_attention, verify_attention
 from .attribution import forward_capture, metric_value
@@ -535,7 +536,7 @@ def _edge_set(edges: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str], li
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class CircuitReport(ModelRun, Report):
+class CircuitReport(Provenanced, ModelRun, Report):
     """A scored graph of nodes and residual-stream edges, its faithfulness curve and its pruned circuit.
 
     ``edge_src`` / ``edge_dst`` / ``edge_kind`` / ``scores``: every edge and its score (the estimated, or exact,
@@ -571,13 +572,9 @@ class CircuitReport(ModelRun, Report):
     mode: str
     steps: int
     seconds: dict[str, float]
-    model: str
-    data: str
-    bos: bool | None
+    provenance: Provenance
     n: int
     length: int
-    model_info: dict[str, Any]
-    versions: dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)
 
     _nan_fields = ("exact",)
@@ -626,9 +623,7 @@ class CircuitReport(ModelRun, Report):
     def summary(self) -> dict[str, Any]:
         top = self.edges().head(10)
         return {
-            "model": self.model,
-            "data": self.data,
-            "bos": self.bos,
+            **summary_head(self),
             "n": self.n,
             "length": self.length,
             "metric": self.metric,
@@ -649,9 +644,7 @@ class CircuitReport(ModelRun, Report):
             "seconds": self.seconds,
             "dtype": self.dtype,
             "device": self.device,
-            "model_info": self.model_info,
-            "versions": self.versions,
-            **({"extra": self.extra} if self.extra else {}),
+            **summary_tail(self),
         }
 
     def _repr_html_(self) -> str:
@@ -841,7 +834,7 @@ def sink_circuit(
         seconds=seconds,
         n=int(clean_t.shape[0]),
         length=int(clean_t.shape[1]),
-        **prov.report_fields(),
+        provenance=prov,
         extra=prov.extra(),
     )
 
