@@ -188,13 +188,14 @@ def test_a_wrong_description_is_never_used_to_rebuild_attention():
     import dataclasses
 
     from sink_interp import MaskKey, intervene, load_model
-    from sink_interp import architecture as arch
+    from sink_interp.architecture import checks as arch_checks
+    from sink_interp.architecture import describe as arch_describe
     from sink_interp.lse import SelfCheckFailed
 
     model = load_model(str(tiny_checkpoint("opt")))
     spec = describe_attention(model)
     wrong = dataclasses.replace(spec, layers=tuple(dataclasses.replace(la, scale=la.scale * 2) for la in spec.layers))
-    arch._CACHE[model] = wrong
+    arch_describe._CACHE[model] = wrong
     try:
         x = torch.randint(3, 128, (1, 12))
         with pytest.raises(UnsupportedAttention, match=r"does not reproduce this opt model's own attention.*method='pattern'"):
@@ -206,8 +207,8 @@ def test_a_wrong_description_is_never_used_to_rebuild_attention():
         exact = measure_sinks(model, x, method="pattern", progress=False)
         np.testing.assert_allclose(measure_sinks(model, x, method="lse", progress=False).alpha, exact.alpha, atol=1e-5)
     finally:
-        arch._CACHE.pop(model, None)
-        arch._VERIFIED.pop(model, None)
+        arch_describe._CACHE.pop(model, None)
+        arch_checks._VERIFIED.pop(model, None)
     with intervene(model, MaskKey()):  # the true description passes the gate
         model(x)
 

@@ -19,8 +19,9 @@ import uuid
 import pytest
 import torch
 
-from sink_interp import load_model, models
+from sink_interp import load_model
 from sink_interp.models import CacheError, resolve_device, smollm2_checkpoint
+from sink_interp.models import cache as models  # the SmolLM2 cache module: its private names and monkeypatch targets
 
 from .conftest import smollm2_available
 
@@ -187,7 +188,7 @@ def test_a_build_killed_midway_leaves_nothing_the_next_run_keeps(fake_cache, tmp
     code = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from sink_interp import models\n"
+        "from sink_interp.models import cache as models\n"
         f"models.smollm2_gguf_path = lambda: Path({str(tmp_path / 'fake.gguf')!r})\n"
         "def dequantise(gguf, out, progress):\n"
         "    (out / 'model.safetensors').write_bytes(bytes(100000))\n"

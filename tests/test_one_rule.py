@@ -56,7 +56,7 @@ def test_softcap_is_cap_tanh_x_over_cap_everywhere():
     assert torch.equal(scores.softcap(x, 5.0), 5.0 * torch.tanh(x / 5.0))
     assert scores.softcap(x, None) is x
     # the three callers (attention description, block engine, KV-bias intervention) import this one function
-    import sink_interp.architecture as a
+    import sink_interp.architecture.spec as a
     import sink_interp.blockwise as b
     import sink_interp.interventions as i
 

@@ -343,7 +343,7 @@ def test_clip_qkv_is_applied_before_rotating_queries(extra):
 
 def test_a_bridge_failure_while_running_is_one_line(extra, monkeypatch):
     """An error raised inside TransformerLens while an analysis runs the model becomes one line naming the architecture."""
-    import sink_interp.architecture as arch
+    import sink_interp.architecture.describe as arch
 
     monkeypatch.setattr(arch, "_BRIDGE_NEEDS", {})
     path = tiny_checkpoint("codegen")
