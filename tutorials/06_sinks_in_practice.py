@@ -78,8 +78,8 @@ kv.table()
 # most of the loss. H2O keeps the keys that received the most attention so far, and the sink is such a key:
 # it lands next to sinks + window without being told. FastGen's special + punctuation + local does worst on
 # this text: without BOS the first token is an ordinary word, evicted like one, and the punctuation it keeps
-# takes room from the recent window. (One text here; [docs/results/kv-smollm2.txt](../docs/results/kv-smollm2.txt)
-# has two texts of 512 tokens.)
+# takes room from the recent window. (One text here; [the results on the sinks-in-practice page](../docs/kvcache.md)
+# use two texts of 512 tokens.)
 
 # %%
 from sink_interp.views import view_for
