@@ -457,7 +457,8 @@ class KVEvict(Intervention):
         >>> x = torch.randint(4, 128, (1, 8)); ev.set_batch(x)
         >>> with intervene(m, ev):
         ...     _, cache = m.run_with_cache(x, names_filter="blocks.0.attn.hook_pattern")
-        >>> (cache["blocks.0.attn.hook_pattern"][0, 0, 7] > 0).int().tolist()
+        >>> p = cache["blocks.0.attn.hook_pattern"]
+        >>> (p[0, 0, 7] > 0).int().tolist()
         [1, 0, 0, 0, 0, 1, 1, 1]
     """
 

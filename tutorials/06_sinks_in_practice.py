@@ -27,8 +27,8 @@
 # same texts; [the sinks-in-practice page](../docs/kvcache.md) states the quantizer and the eviction rules
 # exactly, and how each is tested (one masked forward pass equals decoding with a Hugging Face cache that
 # evicts those keys; the quantized loss equals the formula applied inside HF's own attention). The notebook here
-# was executed with `CI=true` (one text of 256 tokens): 26 minutes on a 2-core CPU shared with other jobs
-# (load average about 10), a small fraction of that on a quiet machine; without `CI`, two texts of 512 tokens.
+# was executed with `CI=true` (one text of 256 tokens): 12 minutes on a 2-core CPU shared with other jobs
+# (load average about 9), a small fraction of that on a quiet machine; without `CI`, two texts of 512 tokens.
 
 # %%
 import os
@@ -78,8 +78,8 @@ kv.table()
 # most of the loss. H2O keeps the keys that received the most attention so far, and the sink is such a key:
 # it lands next to sinks + window without being told. FastGen's special + punctuation + local does worst on
 # this text: without BOS the first token is an ordinary word, evicted like one, and the punctuation it keeps
-# takes room from the recent window. (One text here; [docs/results/kv-smollm2.txt](../docs/results/kv-smollm2.txt)
-# has two texts of 512 tokens.)
+# takes room from the recent window. (One text here; [the results on the sinks-in-practice page](../docs/kvcache.md)
+# use two texts of 512 tokens.)
 
 # %%
 from sink_interp.views import view_for
@@ -101,11 +101,12 @@ print(f"full precision: {q.full_loss:.4f}")
 q.table()
 
 # %% [markdown]
-# Eight bits cost nothing measurable. Two bits break the model whatever we keep; keeping the first 4
-# tokens intact lowers the loss, keeping only the first one does not, and at 4 bits the intact tokens do not
-# help at all on this text. IntactKV's gain is not automatic: it depends on how many pivot tokens are kept
-# and on the bit width. Where does the error sit? The sink token's key is an outlier (tutorial 2 traced the
-# massive activation behind it), so a per-token min-max scale fits it worst:
+# Eight bits cost nothing measurable. Two bits break the model whatever we keep. On this text, keeping the
+# first 4 tokens intact lowers the loss at 4 and at 2 bits, and keeping only the first one does not: IntactKV's
+# gain is not automatic. Read small differences with care: a quantizer is a step function, and float rounding
+# alone moves a 2-bit loss by a tenth of a nat ([the page](../docs/kvcache.md) shows how much). Where does the
+# error sit? The sink token's key is an outlier (tutorial 2 traced the massive activation behind it), so a
+# per-token min-max scale fits it worst:
 
 # %%
 err = q.error_frame()
@@ -133,7 +134,7 @@ o.layer_frame().groupby("condition")[["max_abs", "max_abs_from_1"]].max()
 # Without the prefix the first text token carries a value of about 20 000 in the residual stream (the sink's
 # massive activation), and one int8 scale for the whole text cannot span it: per-tensor int8 activations
 # wreck the model. With the prefix the massive activation moves into the prefix, which stays in full
-# precision, the text's largest value drops twentyfold, and per-tensor int8 comes back near full precision.
+# precision, the text's largest value drops twentyfold, and per-tensor int8 comes back most of the way.
 # Per-token scales need the prefix less: every token gets its own. (The full-precision loss moves too: the
 # prefix is more context.)
 
