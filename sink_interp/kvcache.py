@@ -52,7 +52,8 @@ from torch import Tensor
 from ._internal import display
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
-from ._internal.report import FieldError, Report, check_range, summary_head, summary_tail
+from ._internal.provenance import Provenance
+from ._internal.report import FieldError, Provenanced, Report, check_range, summary_head, summary_tail
 from .architecture import check_model_tokens, describe_attention
 from .interventions import Intervention
 from .kernels import visible_mask
@@ -522,7 +523,7 @@ class KVEvict(Intervention):
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class KVReport(Report):
+class KVReport(Provenanced, Report):
     """Next-token loss per KV policy and budget, against the full cache.
 
     ``nll[p, k, t]``: mean loss of predicting token ``t + 1`` under ``policies[p]`` at ``budgets[k]`` keys;
@@ -542,13 +543,9 @@ class KVReport(Report):
     nll_full: Float[np.ndarray, " pos"]
     n_sinks: int
     policy_info: tuple[dict[str, Any], ...]
-    model: str
-    data: str
-    bos: bool | None
+    provenance: Provenance
     n: int
     length: int
-    model_info: dict[str, Any]
-    versions: dict[str, str]
     seconds: Float[np.ndarray, "policy budget"] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -690,6 +687,6 @@ def kv_policies(
         n=n,
         length=T,
         seconds=np.asarray(secs[1:], dtype=float).reshape(len(pols), len(Bs)),
-        **prov.report_fields(),
+        provenance=prov,
         extra=prov.extra(),
     )

@@ -39,7 +39,8 @@ from ._internal import display, hooknames
 from ._internal import distributed as dist
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
-from ._internal.report import FieldError, Report, check_range, summary_head, summary_tail
+from ._internal.provenance import Provenance
+from ._internal.report import FieldError, Provenanced, Report, check_range, summary_head, summary_tail
 from .architecture import check_model_tokens
 from .capture import attach_hooks
 from .provenance import provenance
@@ -125,7 +126,7 @@ def find_prefix(model: Any, tokens: Tensor | ProbeSet, k: int = 3, *, ratio: flo
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class OutlierReport(Report):
+class OutlierReport(Provenanced, Report):
     """Residual-stream outliers per block and text position, without and with a prefix, and the loss with quantized
     activations.
 
@@ -153,13 +154,9 @@ class OutlierReport(Report):
     prefix_max: Float[np.ndarray, "layer p"]
     quant_labels: tuple[str, ...]
     loss: Float[np.ndarray, "condition quant"]
-    model: str
-    data: str
-    bos: bool | None
+    provenance: Provenance
     n: int
     length: int
-    model_info: dict[str, Any]
-    versions: dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)
 
     def _check(self) -> None:
@@ -404,6 +401,6 @@ def activation_outliers(
         loss=nll / max(count, 1),
         n=n,
         length=T,
-        **prov.report_fields(),
+        provenance=prov,
         extra=prov.extra(),
     )

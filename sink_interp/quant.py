@@ -56,7 +56,8 @@ from ._internal import display, hooknames
 from ._internal import distributed as dist
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
-from ._internal.report import FieldError, Report, check_range, summary_head, summary_tail
+from ._internal.provenance import Provenance
+from ._internal.report import FieldError, Provenanced, Report, check_range, summary_head, summary_tail
 from .architecture import check_model_tokens, describe_attention, expand_kv, verify_attention
 from .capture import attach_hooks, run_reducers
 from .effects import NextTokenReducer
@@ -457,7 +458,7 @@ def _kv_errors(
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class QuantReport(Report):
+class QuantReport(Provenanced, Report):
     """Next-token loss with a fake-quantized KV cache, per (bits, intact first tokens), against full precision.
 
     ``nll[c, t]``: mean loss of predicting token ``t + 1`` under condition ``c`` (``bits[c]``, ``intact[c]``;
@@ -482,13 +483,9 @@ class QuantReport(Report):
     sink_positions: int
     key_mode: str
     group: int
-    model: str
-    data: str
-    bos: bool | None
+    provenance: Provenance
     n: int
     length: int
-    model_info: dict[str, Any]
-    versions: dict[str, str]
     seconds: tuple[float, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -676,6 +673,6 @@ def kv_quant(
         n=int(toks.shape[0]),
         length=int(toks.shape[1]),
         seconds=tuple(secs),
-        **prov.report_fields(),
+        provenance=prov,
         extra={**prov.extra(), **({"intact_by_sink_score": extra_by_score} if extra_by_score else {})},
     )

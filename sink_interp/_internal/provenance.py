@@ -156,11 +156,6 @@ class Provenance:
     mask: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=versions)
 
-    def report_fields(self) -> dict[str, Any]:
-        """``model``, ``bos``, ``data``, ``model_info``, ``versions`` as separate fields, for the reports that do not
-        hold one ``provenance`` field yet (kvcache, quant, outliers: issue 26 converts them after they land)."""
-        return {"model": self.model, "bos": self.bos, "data": self.data, "model_info": self.model_info, "versions": self.versions}
-
     def extra(self) -> dict[str, Any]:
         """What goes in a report's ``extra``: the probe's description and a non-causal mask."""
         out: dict[str, Any] = {}

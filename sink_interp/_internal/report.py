@@ -146,11 +146,6 @@ class Report:
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         REPORT_TYPES[cls.__name__] = cls
-        own = vars(cls).get("__annotations__", {})
-        if "model_info" in own and "provenance" not in own and not hasattr(cls, "provenance"):
-            # a report that still keeps model, bos, data, model_info and versions as five fields (kvcache, quant,
-            # outliers until they hold one provenance field): its provenance is read from them
-            cls.provenance = property(_five_field_provenance)  # type: ignore[attr-defined]
 
     def summary(self) -> dict[str, Any]:  # pragma: no cover - every report defines it
         raise NotImplementedError
@@ -244,19 +239,6 @@ def old_provenance(fields: dict[str, Any]) -> dict[str, Any]:
         versions=fields["versions"],
     )
     return out
-
-
-def _five_field_provenance(rep: Any) -> Provenance:
-    extra = rep.extra if isinstance(getattr(rep, "extra", None), dict) else {}
-    return Provenance(
-        model=rep.model,
-        model_info=rep.model_info,
-        data=rep.data,
-        bos=rep.bos,
-        probe=extra.get("probe"),
-        mask=extra.get("mask"),
-        versions=rep.versions,
-    )
 
 
 class ModelRun:
