@@ -1287,6 +1287,10 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
         if rank is not None and not msg.startswith("rank "):  # under torchrun every rank prints its own line
             msg = f"rank {rank}: {msg}"
         print(f"sink-interp {args.command}: error: {msg}", file=sys.stderr)
+        if rank is not None:  # a torchrun rank: leave now, the line said, before gloo's threads can abort the exit
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         return 2
 
 
