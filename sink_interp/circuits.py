@@ -54,7 +54,7 @@ from ._internal import display, hooknames
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
 from ._internal.provenance import Provenance
-from ._internal.report import FieldError, ModelRun, Provenanced, Report, summary_head, summary_tail
+from ._internal.report import FieldError, ModelRun, Patched, Provenanced, Report, summary_head, summary_tail
 from ._internal.weights import attn_out_weights
 from .architecture import check_model_tokens, describe_attention, verify_attention
 from .attribution import forward_capture, metric_value
@@ -536,7 +536,7 @@ def _edge_set(edges: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str], li
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class CircuitReport(Provenanced, ModelRun, Report):
+class CircuitReport(Patched, Provenanced, ModelRun, Report):
     """A scored graph of nodes and residual-stream edges, its faithfulness curve and its pruned circuit.
 
     ``edge_src`` / ``edge_dst`` / ``edge_kind`` / ``scores``: every edge and its score (the estimated, or exact,
@@ -591,14 +591,6 @@ class CircuitReport(Provenanced, ModelRun, Report):
             raise FieldError("curve", f"has {len(self.curve)} points, curve_sizes {len(self.curve_sizes)}")
         if not 0 <= self.size <= E:
             raise FieldError("size", f"is {self.size}, outside [0, {E}]")
-
-    @property
-    def base(self) -> float:
-        return self.clean if self.direction == "noise" else self.corrupted
-
-    @property
-    def other(self) -> float:
-        return self.corrupted if self.direction == "noise" else self.clean
 
     def edges(self) -> pd.DataFrame:
         """Every edge: ``src``, ``dst``, ``kind``, ``score``, ``exact``, ranked by ``|score|``."""

@@ -76,7 +76,7 @@ from ._internal import distributed as dist
 from ._internal.errors import NonFiniteError, check_positive_int
 from ._internal.probe import ProbeSet, as_tokens
 from ._internal.provenance import Provenance
-from ._internal.report import FieldError, ModelRun, Provenanced, Report, check_indices, summary_head
+from ._internal.report import FieldError, ModelRun, Patched, Provenanced, Report, check_indices, summary_head
 from .architecture import (
     LayerAttention,
     UnsupportedAttention,
@@ -201,7 +201,7 @@ def named_metric(name: str, clean: Tensor, corrupted: Tensor, clean_logits: Tens
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class PatchReport(Provenanced, ModelRun, Report):
+class PatchReport(Patched, Provenanced, ModelRun, Report):
     """Patching every chosen head: a layer × head table of metric values, with the baselines.
 
     ``values[l, h]``: the metric with head ``h`` of layer ``l`` patched (NaN for heads not run);
@@ -296,16 +296,6 @@ class PatchReport(Provenanced, ModelRun, Report):
         return cls(**fields)
 
     # ------------------------------------------------------------ baselines
-    @property
-    def base(self) -> float:
-        """The metric of the run that is patched: clean for ``"noise"``, corrupted for ``"denoise"``."""
-        return self.clean if self.direction == "noise" else self.corrupted
-
-    @property
-    def other(self) -> float:
-        """The metric of the input the patched activations come from."""
-        return self.corrupted if self.direction == "noise" else self.clean
-
     @property
     def effect(self) -> np.ndarray:
         """``values - base``: the change one head's patch makes."""

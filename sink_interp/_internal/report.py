@@ -241,6 +241,25 @@ def old_provenance(fields: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class Patched:
+    """``base`` and ``other`` of a report that patched between a clean and a corrupted run (mixed into such reports:
+    they hold ``clean``, ``corrupted`` and ``direction``)."""
+
+    clean: float
+    corrupted: float
+    direction: str
+
+    @property
+    def base(self) -> float:
+        """The metric of the run that is patched: clean for ``"noise"``, corrupted for ``"denoise"``."""
+        return self.clean if self.direction == "noise" else self.corrupted
+
+    @property
+    def other(self) -> float:
+        """The metric of the input the patched activations come from."""
+        return self.corrupted if self.direction == "noise" else self.clean
+
+
 class ModelRun:
     """``dtype`` and ``device`` of the model a report ran, read from its ``model_info`` (mixed into such reports).
 
