@@ -47,7 +47,7 @@ SUBMODULE_API = {
     "massive_activation_view": "views",
     "training_curves": "views",
     "view_for": "views",
-    "tiny_checkpoint": "zoo",
+    "tiny_checkpoint": "models",
     # sinks in practice (docs/kvcache.md)
     **dict.fromkeys(["kv_policies", "KVEvict", "KVReport", "KVPolicy", "PriorityPolicy", "MaskPolicy"], "kvcache"),
     **dict.fromkeys(["kv_quant", "KVQuant", "QuantReport", "fake_quant"], "quant"),

@@ -133,7 +133,7 @@ if TYPE_CHECKING:  # what static tools (type checkers, the API reference) see
 
 # The public names, by task. Everything else lives in its submodule: the hook engine in
 # sink_interp.capture, the views in sink_interp.views, the model facts in sink_interp.models and
-# sink_interp.architecture, training tasks in sink_interp.tasks, tiny checkpoints in sink_interp.zoo.
+# sink_interp.architecture, training tasks in sink_interp.tasks, tiny checkpoints in sink_interp.models (tiny_checkpoint).
 __all__ = [
     # load a model and make probe inputs
     "load_model", "tiny_model", "known_models", "probe_tokens", "long_tokens", "ProbeSet",

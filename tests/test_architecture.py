@@ -10,7 +10,7 @@ from sink_interp import AttentionMask, describe_attention, measure_sinks
 from sink_interp.architecture import UnsupportedAttention, check_attention, register_attention_facts
 from sink_interp.interventions import masked
 from sink_interp.lse import ScoreRule, block_alpha, lse_column_sums
-from sink_interp.zoo import tiny_checkpoint
+from sink_interp.models import tiny_checkpoint
 
 from .reference import official_alpha
 from .test_lse import visible_by_loops

@@ -466,7 +466,7 @@ def rebuilt(request, tmp_path_factory):
     """OPT and GPT-J: the bridge hands attention to Hugging Face, so interventions rebuild it at ``hook_z``."""
     from sink_interp import load_model
     from sink_interp.architecture import describe_attention
-    from sink_interp.zoo import tiny_checkpoint
+    from sink_interp.models import tiny_checkpoint
 
     model = load_model(str(tiny_checkpoint(request.param, tmp_path_factory.mktemp(request.param))))
     assert not describe_attention(model).layer(0).scores_hookable

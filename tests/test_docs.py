@@ -148,7 +148,7 @@ def test_top_level_api_fits_on_one_screen_and_submodule_names_stay_there():
     assert not hasattr(sink_interp, "_MOVED")
     import importlib
 
-    for name, module in {"sink_alpha": "metrics", "Reducer": "capture", "view_for": "views", "tiny_checkpoint": "zoo"}.items():
+    for name, module in {"sink_alpha": "metrics", "Reducer": "capture", "view_for": "views", "tiny_checkpoint": "models"}.items():
         assert hasattr(importlib.import_module(f"sink_interp.{module}"), name)
         with pytest.raises(AttributeError):
             getattr(sink_interp, name)

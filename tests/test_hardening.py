@@ -12,7 +12,7 @@ import sink_interp.cli as cli
 from sink_interp import MaskKey, NonFiniteError, compare, massive_activations, measure_sinks, probe_tokens, tiny_model, trace_sink
 from sink_interp.architecture import check_context
 from sink_interp.capture import attach_hooks, hook_snapshot
-from sink_interp.zoo import tiny_checkpoint
+from sink_interp.models import tiny_checkpoint
 
 
 def _nan_at(pos: int):

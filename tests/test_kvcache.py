@@ -22,7 +22,7 @@ from sink_interp.kvcache import (
     kv_policies,
     resolve_budget,
 )
-from sink_interp.zoo import tiny_checkpoint
+from sink_interp.models import tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

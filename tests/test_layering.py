@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent / PKG
 #: bottom to top; a module belongs to the layer of its longest listed prefix (the same table is in docs/concepts/layout.md)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engine", ("_internal", "capture")),
-    ("model", ("architecture", "masks", "kernels", "models", "provenance", "data", "tasks", "zoo")),
+    ("model", ("architecture", "masks", "kernels", "models", "provenance", "data", "tasks")),
     (
         "analyses",
         (

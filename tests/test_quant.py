@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sink_interp import intervene, load_model, load_report
+from sink_interp.models import tiny_checkpoint
 from sink_interp.quant import KVQuant, fake_quant, kv_quant, quantize_keys, quantize_values
-from sink_interp.zoo import tiny_checkpoint
 
 
 def formula(x: torch.Tensor, b: int) -> torch.Tensor:

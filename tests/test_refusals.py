@@ -1,6 +1,6 @@
 """Families beyond the zoo: every analysis equals Hugging Face or refuses in one line naming the feature.
 
-Each family of :data:`sink_interp.zoo.EXTRA_ZOO` carries one feature that an
+Each family of :data:`sink_interp.models.tiny.EXTRA_ZOO` carries one feature that an
 analysis re-applies (a position scheme, a query scale, a clamp, multipliers,
 per-layer head counts, hybrid blocks, a bridge that cannot load or run it).
 :data:`EXPECT` says, per family and analysis, ``"exact"`` (checked here
@@ -31,7 +31,7 @@ from sink_interp import (
     trace_sink,
 )
 from sink_interp.capture import hook_snapshot
-from sink_interp.zoo import EXTRA_FAMILIES, EXTRA_ZOO, tiny_checkpoint
+from sink_interp.models.tiny import EXTRA_FAMILIES, EXTRA_ZOO, tiny_checkpoint
 
 from .conftest import warm
 from .reference import official_alpha
@@ -359,7 +359,7 @@ def render_page() -> str:
         "# Support matrix: more architectures",
         "",
         "Generated from `tests/test_refusals.py` (`EXPECT`), whose tests check every cell; do not edit by hand.",
-        "Each family is a tiny random checkpoint of `sink_interp.zoo.EXTRA_ZOO` with one feature beyond",
+        "Each family is a tiny random checkpoint of `sink_interp.models.tiny.EXTRA_ZOO` with one feature beyond",
         "[the zoo](support.md). **exact** means equal to Hugging Face's own computation within 1e-4 (eager attention",
         "and the official sink formula, HF hidden states, HF's padding mask, HF attention re-rotated the StreamingLLM",
         "way); **refused** means one line that names the feature and what still works; **loads** means `load_model`",

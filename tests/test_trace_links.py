@@ -170,7 +170,7 @@ def test_qk_norm_link_alone_against_the_hf_k_norm(tmp_path):
     """Qwen3's per-head k-norm: key lengths before and after it and its RMS divisor, from HF's k_proj and k_norm."""
     from transformers import AutoModelForCausalLM
 
-    from sink_interp.zoo import tiny_checkpoint
+    from sink_interp.models import tiny_checkpoint
 
     path = tiny_checkpoint("qwen3", tmp_path / "qwen3")
     model = load_model(str(path), device="cpu")

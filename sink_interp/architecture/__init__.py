@@ -33,11 +33,11 @@ meaning causal and inside the layer's sliding window (``t - j < window``), and
 
 :func:`check_attention` compares the description with the model's own
 ``hook_pattern`` on a short input; the tests do this for every family of the
-zoo (:mod:`sink_interp.zoo`) against Hugging Face eager attention.
+zoo (:mod:`sink_interp.models.tiny`) against Hugging Face eager attention.
 
 Examples:
     >>> from sink_interp import load_model, describe_attention
-    >>> from sink_interp.zoo import tiny_checkpoint
+    >>> from sink_interp.models import tiny_checkpoint
     >>> spec = describe_attention(load_model(str(tiny_checkpoint("gemma2"))))
     >>> [(la.window, la.softcap, round(la.scale, 4)) for la in spec.layers]
     [(8, 5.0, 0.2041), (None, 5.0, 0.2041)]

@@ -222,7 +222,7 @@ def describe_attention(model: Any) -> AttentionSpec:
 
     Examples:
         >>> from sink_interp import load_model
-        >>> from sink_interp.zoo import tiny_checkpoint
+        >>> from sink_interp.models import tiny_checkpoint
         >>> spec = describe_attention(load_model(str(tiny_checkpoint("gpt_neox"))))
         >>> la = spec.layer(0)
         >>> la.kind, la.q_hook, la.rotary.dims, spec.parallel

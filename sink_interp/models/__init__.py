@@ -18,7 +18,8 @@ Three kinds of names are understood by :func:`load_model`:
   e.g. on Colab).
 
 The package's modules: :mod:`.loading` (``load_model``, placement, tokenizer facts, ``model_info``),
-:mod:`.cache` (the SmolLM2 GGUF cache), :mod:`.tiny` (the tiny test models) and :mod:`.base`
+:mod:`.cache` (the SmolLM2 GGUF cache), :mod:`.tiny` (the tiny test models, and :func:`tiny_checkpoint`: tiny
+random checkpoints of many families) and :mod:`.base`
 (device and dtype resolution shared by all three).
 """
 
@@ -38,7 +39,7 @@ from .loading import (
     special_token_ids,
     tokenizer_missing,
 )
-from .tiny import TINY_MODELS, tiny_hf_model, tiny_model, tiny_tokenizer
+from .tiny import EXTRA_FAMILIES, FAMILIES, TINY_MODELS, tiny_checkpoint, tiny_hf_model, tiny_model, tiny_tokenizer
 
 __all__ = [
     "LOADED_AS",
@@ -64,6 +65,9 @@ __all__ = [
     "special_token_ids",
     "tokenizer_missing",
     "TINY_MODELS",
+    "FAMILIES",
+    "EXTRA_FAMILIES",
+    "tiny_checkpoint",
     "tiny_hf_model",
     "tiny_model",
     "tiny_tokenizer",

@@ -332,7 +332,7 @@ def qk_norm_link(model: Any, r: TraceReducer) -> QKNormLink:
         >>> import torch
         >>> from sink_interp import load_model
         >>> from sink_interp.trace.reducers import collect_trace
-        >>> from sink_interp.zoo import tiny_checkpoint
+        >>> from sink_interp.models import tiny_checkpoint
         >>> m = load_model(str(tiny_checkpoint("qwen3")), device="cpu")
         >>> r = collect_trace(m, torch.randint(4, 128, (4, 12)), layer=0, head=0, links={"qk_norm"})
         >>> qk_norm_link(m, r).kind
