@@ -13,16 +13,9 @@ from sink_interp import massive_activations, trace_sink
 from sink_interp._internal import hooknames
 from sink_interp.capture import attach_hooks, hook_snapshot
 from sink_interp.cli import main
-from sink_interp.trace import (
-    LINKS,
-    TraceReducer,
-    angle_to,
-    cum_dims,
-    dims_for,
-    energy_shares,
-    mean_pairwise_cos,
-    subspace,
-)
+from sink_interp.trace import LINKS
+from sink_interp.trace.maths import angle_to, cum_dims, dims_for, energy_shares, mean_pairwise_cos, subspace
+from sink_interp.trace.reducers import TraceReducer
 
 from .conftest import ARCHS
 from .reference_trace import (

@@ -11,16 +11,9 @@ import pytest
 import torch
 
 from sink_interp import load_model, massive_activations
-from sink_interp.trace import (
-    WriterLink,
-    collect_trace,
-    gated_mlp_link,
-    norm_link,
-    qk_norm_link,
-    spike_dims,
-    spike_link,
-    wk_link,
-)
+from sink_interp.trace import WriterLink
+from sink_interp.trace.links import gated_mlp_link, norm_link, qk_norm_link, spike_dims, spike_link, wk_link
+from sink_interp.trace.reducers import collect_trace
 
 from .reference_trace import capture, config_numbers, decoder_layers, hidden_states, is_gpt, mean_pairwise_cos_loop, norm_scale
 

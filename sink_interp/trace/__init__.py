@@ -29,7 +29,7 @@ QK-norm; ``gated_mlp`` for non-gated or mixture-of-experts MLPs).
 (``TraceReport.explain()``, ``TraceReport.to_frame()``), and
 ``TraceReport.story()`` tells the chain in words.
 
-The package, one module per job:
+The package exports :func:`trace_sink`, :class:`TraceReport` and the link records; one module per job:
 
 * :mod:`~sink_interp.trace.tracer`: :func:`trace_sink`, which runs the passes and calls each link;
 * :mod:`~sink_interp.trace.links`: one function per link (:func:`spike_link`, :func:`writer_link`,
@@ -49,20 +49,6 @@ Example:
     (['gated_mlp', 'manifold', 'norm', 'rope', 'spike', 'wk', 'writer'], ['qk_norm'])
 """
 
-from .links import (
-    MIN_PCA_SAMPLES,
-    gated_mlp_link,
-    manifold_link,
-    norm_link,
-    qk_norm_link,
-    rope_link,
-    spike_dims,
-    spike_link,
-    wk_link,
-    writer_link,
-)
-from .maths import angle_to, cum_dims, dims_for, energy_shares, mean_pairwise_cos, subspace
-from .reducers import GatedMLPReducer, TraceReducer, collect_trace
 from .report import (
     LINKS,
     GatedMLPLink,
@@ -76,14 +62,11 @@ from .report import (
     TraceReport,
     WriterLink,
 )
-from .story import explain_text, story_text
 from .tracer import trace_sink
 
 __all__ = [
     "LINKS",
-    "MIN_PCA_SAMPLES",
     "GatedMLPLink",
-    "GatedMLPReducer",
     "KeyLink",
     "Link",
     "ManifoldLink",
@@ -91,26 +74,7 @@ __all__ = [
     "QKNormLink",
     "RopeLink",
     "SpikeLink",
-    "TraceReducer",
     "TraceReport",
     "WriterLink",
-    "angle_to",
-    "collect_trace",
-    "cum_dims",
-    "dims_for",
-    "energy_shares",
-    "explain_text",
-    "gated_mlp_link",
-    "manifold_link",
-    "mean_pairwise_cos",
-    "norm_link",
-    "qk_norm_link",
-    "rope_link",
-    "spike_dims",
-    "spike_link",
-    "story_text",
-    "subspace",
     "trace_sink",
-    "wk_link",
-    "writer_link",
 ]
