@@ -396,15 +396,7 @@ EXTRA_ZOO: dict[str, tuple[str, Callable[[], dict[str, Any]], str]] = {
     ),
     "openai_gpt": (
         "OpenAIGPTConfig",
-        lambda: dict(
-            vocab_size=D_VOCAB,
-            n_embd=D_MODEL,
-            n_head=N_HEADS,
-            n_layer=N_LAYERS,
-            n_positions=N_CTX,
-            initializer_range=INIT,
-            **SPECIAL,
-        ),
+        lambda: gpt2_like(initializer_range=INIT),
         "post-norm (GPT-1: ln_1 after attention), learned positions",
     ),
     "falcon_h1": (
@@ -448,16 +440,7 @@ EXTRA_ZOO: dict[str, tuple[str, Callable[[], dict[str, Any]], str]] = {
     ),
     "codegen": (
         "CodeGenConfig",
-        lambda: dict(
-            vocab_size=D_VOCAB,
-            n_embd=D_MODEL,
-            n_head=N_HEADS,
-            n_layer=N_LAYERS,
-            n_positions=N_CTX,
-            rotary_dim=8,
-            initializer_range=INIT,
-            **SPECIAL,
-        ),
+        lambda: gpt2_like(rotary_dim=8, initializer_range=INIT),
         "a bridge that reads an attribute this transformers release dropped",
     ),
     "deepseek_v4": ("DeepseekV4Config", lambda: _llama_like(), "attention wrapped as a generic component (no hook_pattern)"),
