@@ -66,6 +66,28 @@ def add_data_args(p: argparse.ArgumentParser, n: int | None, length: int, data: 
     p.add_argument("--seed", type=int, default=0, help="seed for random/repeat probes")
 
 
+def add_command(sub: Any, name: str, help: str, *, n: int | None, length: int, **data: Any) -> argparse.ArgumentParser:
+    """The subparser of a command that runs a model on a probe set: the model arguments, then the data arguments."""
+    p = sub.add_parser(name, help=help)
+    add_model_args(p)
+    add_data_args(p, n=n, length=length, **data)
+    return p
+
+
+def add_text_command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    """The subparser of kv, quant and outliers: the model arguments, then ``--length`` 512, ``--n`` 4, ``--data``,
+    ``--bos``, ``--batch-size`` 1 and the outputs."""
+    p = sub.add_parser(name, help=help)
+    add_model_args(p)
+    p.add_argument("--length", type=int, default=512, help="tokens per text (default 512)")
+    p.add_argument("--n", type=int, default=4, help="number of texts (default 4)")
+    p.add_argument("--data", default=None, help="JSONL file with text/source/title (default: the shipped natural corpus)")
+    p.add_argument("--bos", action="store_true", help="put the tokenizer's BOS token first (default: no BOS)")
+    p.add_argument("--batch-size", type=int, default=1, help="texts per forward pass (default 1)")
+    add_output_args(p, quiet_help="no progress bars")
+    return p
+
+
 def add_output_args(
     p: argparse.ArgumentParser, json_help: str = "write the report as JSON", quiet_help: str = "no progress bar"
 ) -> None:
@@ -122,11 +144,26 @@ def probe(model: Any, args: argparse.Namespace, n: int | None = None) -> ProbeSe
     return probe_tokens(model, args.data, n=n, length=args.length, bos=args.bos, seed=args.seed, concat=bool(concat and text))
 
 
-def long_probe(model: Any, args: argparse.Namespace) -> ProbeSet:
-    """``--n`` texts of ``--length`` tokens from the ``--data`` file or the shipped corpus (stream, kv, quant, outliers)."""
+def load_and_probe(args: argparse.Namespace) -> tuple[Any, ProbeSet, float]:
+    """The model (:func:`load`), the probe set (:func:`probe`) and the seconds the model took to load."""
+    t0 = time.time()
+    model = load(args)
+    t_load = time.time() - t0
+    return model, probe(model, args), t_load
+
+
+def options(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The arguments ``names`` as keywords of an analysis, and ``progress``: a bar unless ``--quiet``."""
+    return {**{name: getattr(args, name) for name in names}, "progress": not args.quiet}
+
+
+def load_texts(args: argparse.Namespace) -> tuple[Any, ProbeSet]:
+    """The model (:func:`load`) and ``--n`` texts of ``--length`` tokens from the ``--data`` file or the shipped
+    corpus (stream, kv, quant, outliers)."""
     from ..streaming import long_tokens
 
-    return long_tokens(model, length=args.length, n=args.n, bos=args.bos, path=args.data)
+    model = load(args)
+    return model, long_tokens(model, length=args.length, n=args.n, bos=args.bos, path=args.data)
 
 
 def number(kind: type, low: float | None = None, high: float | None = None, *, open_low: bool = False) -> Any:
@@ -248,6 +285,36 @@ def write_json(args: argparse.Namespace, rep: Any) -> None:
         print(f"wrote {args.json}")
 
 
+#: the facts of ``model_info`` a command's model line may add
+_FACTS = {
+    "kv": "{n_kv_heads} KV heads",
+    "d_model": "d_model {d_model}",
+    "normalization": "{normalization}",
+    "positional": "{positional} positions",
+}
+
+
+def model_line(rep: Any, *facts: str) -> str:
+    """``model   NAME  (L layers x H heads, <facts>, dtype, device)``; ``facts``: keys of :data:`_FACTS`."""
+    mi = rep.model_info
+    parts = [f"{mi['n_layers']} layers x {mi['n_heads']} heads", *(_FACTS[f].format(**mi) for f in facts)]
+    return f"model   {rep.model}  ({', '.join(parts)}, {rep.dtype}, {rep.device})"
+
+
+def data_line(rep: Any, info: dict[str, Any] | None = None) -> str:
+    """``data    SOURCE  n=N length=T BOS=yes|no``, and the lines the probe skipped when ``info`` says so."""
+    skipped = f", {info['skipped']} shorter lines skipped" if info and info.get("skipped") else ""
+    return f"data    {rep.data}  n={rep.n} length={rep.length} BOS={'yes' if rep.bos else 'no'}{skipped}"
+
+
+def corrupt_line(args: argparse.Namespace, rep: Any) -> str:
+    """The model, data and ``--corrupt`` line of patch and circuit."""
+    return (
+        f"model   {args.model}; data {rep.data} n={rep.n} length={rep.length} BOS={'yes' if rep.bos else 'no'}; "
+        f"corrupt {args.corrupt}"
+    )
+
+
 def method_line(report: Any) -> str:
     """How a :class:`~sink_interp.SinkReport` was computed (measure, long)."""
     if report.method != "lse":
@@ -276,6 +343,30 @@ def massive_table(rep: Any, h_norm: bool = False) -> str:
     ]
     head = ["layer", "max |x|", "pos", "dim", "x median", "massive", *(["||h_0||/mean"] if h_norm else []), "value_norm_ratio"]
     return fmt_table(rows, head)
+
+
+def footer(args: argparse.Namespace, rep: Any, t0: float) -> None:
+    """A blank line, the time since ``t0`` and the versions, then the ``--json`` file (stream, kv, quant, outliers)."""
+    print()
+    print(f"total {time.time() - t0:.0f}s; " + versions(rep))
+    write_json(args, rep)
+
+
+def long_data_line(rep: Any, documents: list[str], more: bool) -> str:
+    """``data    N texts of T tokens (...)``: the first four documents, then `` ...`` when ``more``."""
+    return (
+        f"data    {rep.n} texts of {rep.length} tokens ({rep.data}; BOS={'yes' if rep.bos else 'no'}): "
+        + ", ".join(documents[:4])
+        + (" ..." if more else "")
+    )
+
+
+def practice_header(rep: Any, toks: Any) -> None:
+    """The model and data lines of kv, quant and outliers."""
+    mi = rep.model_info
+    print(f"model   {rep.model}  ({mi['n_layers']} layers, {mi['dtype']}, {mi['device']})")
+    docs = toks.info.get("documents", [])
+    print(long_data_line(rep, docs, more=len(docs) > 4))
 
 
 # ---- running a command: output checks, threads, torchrun ranks, one-line errors
@@ -425,37 +516,3 @@ def run_command(args: argparse.Namespace, debug: bool) -> int:
             sys.stderr.flush()
             os._exit(2)
         return 2
-
-
-def footer(args: argparse.Namespace, rep: Any, t0: float) -> None:
-    """A blank line, the time since ``t0`` and the versions, then the ``--json`` file (stream, kv, quant, outliers)."""
-    print()
-    print(f"total {time.time() - t0:.0f}s; " + versions(rep))
-    write_json(args, rep)
-
-
-def long_data_line(rep: Any, documents: list[str], more: bool) -> str:
-    """``data    N texts of T tokens (...)``: the first four documents, then `` ...`` when ``more``."""
-    return (
-        f"data    {rep.n} texts of {rep.length} tokens ({rep.data}; BOS={'yes' if rep.bos else 'no'}): "
-        + ", ".join(documents[:4])
-        + (" ..." if more else "")
-    )
-
-
-def add_text_args(p: argparse.ArgumentParser, length: int, n: int) -> None:
-    """The texts and outputs of kv, quant and outliers: ``--length``, ``--n``, ``--data``, ``--bos``, ``--batch-size``."""
-    p.add_argument("--length", type=int, default=length, help=f"tokens per text (default {length})")
-    p.add_argument("--n", type=int, default=n, help=f"number of texts (default {n})")
-    p.add_argument("--data", default=None, help="JSONL file with text/source/title (default: the shipped natural corpus)")
-    p.add_argument("--bos", action="store_true", help="put the tokenizer's BOS token first (default: no BOS)")
-    p.add_argument("--batch-size", type=int, default=1, help="texts per forward pass (default 1)")
-    add_output_args(p, quiet_help="no progress bars")
-
-
-def practice_header(rep: Any, toks: Any) -> None:
-    """The model and data lines of kv, quant and outliers."""
-    mi = rep.model_info
-    print(f"model   {rep.model}  ({mi['n_layers']} layers, {mi['dtype']}, {mi['device']})")
-    docs = toks.info.get("documents", [])
-    print(long_data_line(rep, docs, more=len(docs) > 4))

@@ -7,13 +7,13 @@ import sys
 import time
 from typing import Any
 
-from ._common import add_data_args, add_model_args, add_output_args, load, probe, versions
+from ._common import add_command, add_output_args, load, options, probe, versions
 
 
 def add_parser(sub: Any) -> None:
-    a = sub.add_parser("ablate", help="standard battery of interventions on the sink: effect on loss, KL and Sink_1")
-    add_model_args(a)
-    add_data_args(a, n=32, length=64)
+    a = add_command(
+        sub, "ablate", "standard battery of interventions on the sink: effect on loss, KL and Sink_1", n=32, length=64
+    )
     a.add_argument("--eps", type=float, default=0.3, help="sink threshold; sink heads have mean alpha_1 > eps (default 0.3)")
     a.add_argument("--fit-steps", type=int, default=40, help="Adam steps for the fitted K bias (0: skip fitting)")
     a.add_argument("--fit-n", type=int, default=64, help="training samples for the K bias, taken after the evaluation samples")
@@ -46,20 +46,10 @@ def run(args: argparse.Namespace) -> int:
         f"model   {args.model}; data {info['source']} n={args.n} (+{len(tr)} training samples for the bias) "
         f"length={args.length} BOS={'yes' if args.bos else 'no'}"
     )
-    battery = standard_battery(
-        model,
-        ev,
-        train_tokens=tr if len(tr) else None,
-        eps=args.eps,
-        fit_steps=args.fit_steps,
-        fit_lr=args.fit_lr,
-        fit_batch=args.fit_batch,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-        log=print,
-    )
+    fit = options(args, "eps", "fit_steps", "fit_lr", "fit_batch", "batch_size")
+    battery = standard_battery(model, ev, train_tokens=tr if len(tr) else None, log=print, **fit)
     groups = [g for g in GROUPS if not (args.no_kernels and g == "kernels")]
-    eff = compare(model, ev, battery.items(*groups), eps=args.eps, batch_size=args.batch_size, progress=not args.quiet)
+    eff = compare(model, ev, battery.items(*groups), **options(args, "eps", "batch_size"))
     mi = eff.model_info
     print(f"        {mi['n_layers']} layers x {mi['n_heads']} heads ({mi['n_kv_heads']} KV heads), {eff.dtype}, {eff.device}")
     print()

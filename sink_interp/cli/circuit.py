@@ -6,13 +6,13 @@ import argparse
 import time
 from typing import Any
 
-from ._common import add_data_args, add_model_args, load, probe, write_json
+from ._common import add_command, corrupt_line, load, probe, write_json
 
 
 def add_parser(sub: Any) -> None:
-    ci = sub.add_parser("circuit", help="the sink circuit: heads, MLPs and residual paths that make a metric differ")
-    add_model_args(ci)
-    add_data_args(ci, n=2, length=16, concat=True)
+    ci = add_command(
+        sub, "circuit", "the sink circuit: heads, MLPs and residual paths that make a metric differ", n=2, length=16, concat=True
+    )
     ci.add_argument("--corrupt", default="bos", choices=["bos", "first-token", "shuffle"], help="as for patch (default bos)")
     ci.add_argument("--move-to", type=int, default=1, help="--corrupt first-token: where the first token goes (default 1)")
     ci.add_argument(
@@ -52,9 +52,7 @@ def run(args: argparse.Namespace) -> int:
         metric = named_metric("logprob", tokens.tokens, corrupted, None, start=1 if args.corrupt == "bos" else 0)  # type: ignore[arg-type]
     settings = CircuitSettings(scores=args.scores, steps=args.steps, keep=args.keep, direction=args.direction)
     rep = sink_circuit(model, tokens, corrupted, metric, settings, progress=not args.quiet)
-    print(
-        f"model   {args.model}; data {rep.data} n={rep.n} length={rep.length} BOS={'yes' if rep.bos else 'no'}; corrupt {args.corrupt}"
-    )
+    print(corrupt_line(args, rep))
     print(
         f"metric  {rep.metric}: clean {rep.clean:.4f}, corrupted {rep.corrupted:.4f}; {len(rep.scores)} edges scored ({rep.mode})"
     )

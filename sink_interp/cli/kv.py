@@ -10,13 +10,13 @@ import math
 import time
 from typing import Any
 
-from ._common import add_model_args, add_text_args, footer, load, long_probe, practice_header
+from ._common import add_text_command, footer, load_texts, options, practice_header
 
 
 def add_parser(sub: Any) -> None:
-    kv = sub.add_parser("kv", help="KV-cache eviction policies at a budget: window, sinks+window, FastGen, H2O; loss per policy")
-    add_model_args(kv)
-    add_text_args(kv, 512, 4)
+    kv = add_text_command(
+        sub, "kv", "KV-cache eviction policies at a budget: window, sinks+window, FastGen, H2O; loss per policy"
+    )
     kv.add_argument("--policies", default="window,sinks+window,fastgen,h2o,h2o+sinks", help="comma-separated policies")
     kv.add_argument(
         "--budgets", default="64,128,256,512", help="keys per query, or fractions of the length (default 64,128,256,512)"
@@ -44,9 +44,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     pols = [p.strip() for p in args.policies.split(",") if p.strip()]
     budgets = _budgets(args.budgets)
-    model = load(args)
-    toks = long_probe(model, args)
-    rep = kv_policies(model, toks, pols, budgets, n_sinks=args.sinks, batch_size=args.batch_size, progress=not args.quiet)
+    model, toks = load_texts(args)
+    rep = kv_policies(model, toks, pols, budgets, n_sinks=args.sinks, **options(args, "batch_size"))
     practice_header(rep, toks)
     print(
         f"cache   each query sees at most `budget` keys; a policy evicts one key per step past the budget (original positions); "

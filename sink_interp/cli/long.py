@@ -7,25 +7,30 @@ import time
 from typing import Any
 
 from ._common import (
-    add_data_args,
-    add_model_args,
+    add_command,
     add_output_args,
     bar,
+    data_line,
     fmt_table,
-    load,
+    load_and_probe,
     method_line,
+    model_line,
+    options,
     peak_rss_mb,
-    probe,
     write_json,
 )
 
 
 def add_parser(sub: Any) -> None:
-    lc = sub.add_parser(
-        "long", help="sinks at long context: Sink_k by query bucket and by key position (blockwise, no T x T map)"
+    lc = add_command(
+        sub,
+        "long",
+        "sinks at long context: Sink_k by query bucket and by key position (blockwise, no T x T map)",
+        n=1,
+        length=8192,
+        data="natural-concat",
+        concat=True,
     )
-    add_model_args(lc)
-    add_data_args(lc, n=1, length=8192, data="natural-concat", concat=True)
     lc.add_argument("--eps", type=float, default=0.3, help="sink threshold in (0, 1) (default 0.3)")
     lc.add_argument("--buckets", type=int, default=8, help="number of equal query buckets (default 8)")
     lc.add_argument("--batch-size", type=int, default=None, help="samples per forward pass")
@@ -39,21 +44,13 @@ def run(args: argparse.Namespace) -> int:
     from ..longctx import long_context_sinks
 
     check_eps(args.eps)
-    t0 = time.time()
-    model = load(args)
-    t_load = time.time() - t0
-    tokens = probe(model, args)
+    model, tokens, t_load = load_and_probe(args)
     t1 = time.time()
-    rep = long_context_sinks(
-        model, tokens, eps=args.eps, buckets=args.buckets, batch_size=args.batch_size, progress=not args.quiet
-    )
+    rep = long_context_sinks(model, tokens, **options(args, "eps", "buckets", "batch_size"))
     t_measure = time.time() - t1
     r = rep.sink_report
-    mi = r.model_info
-    print(
-        f"model   {r.model}  ({mi['n_layers']} layers x {mi['n_heads']} heads, {mi['n_kv_heads']} KV heads, {r.dtype}, {r.device})"
-    )
-    print(f"data    {r.data}  n={r.n} length={r.length} BOS={'yes' if r.bos else 'no'}")
+    print(model_line(r, "kv"))
+    print(data_line(r))
     print(f"method  {method_line(r)}")
     print()
     print(f"Sink_1 over all queries = {r.rate(1):.2f}%  (mean alpha_1 = {r.alpha[..., 0].mean():.3f}, eps={r.eps})")

@@ -6,13 +6,13 @@ import argparse
 import time
 from typing import Any
 
-from ._common import add_data_args, add_model_args, add_output_args, load, massive_table, probe, write_json
+from ._common import add_command, add_output_args, data_line, load_and_probe, massive_table, model_line, options, write_json
 
 
 def add_parser(sub: Any) -> None:
-    mv = sub.add_parser("massive", help="massive activations (Sun et al.) per block, norms at the sink, the extreme-token triple")
-    add_model_args(mv)
-    add_data_args(mv, n=20, length=64)
+    mv = add_command(
+        sub, "massive", "massive activations (Sun et al.) per block, norms at the sink, the extreme-token triple", n=20, length=64
+    )
     mv.add_argument("--abs-threshold", type=float, default=100.0, help="massive activation: |x| above this (default 100)")
     mv.add_argument(
         "--ratio-threshold", type=float, default=1000.0, help="massive activation: at least this many medians (default 1000)"
@@ -26,26 +26,12 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import massive_activations
 
-    t0 = time.time()
-    model = load(args)
-    t_load = time.time() - t0
-    tokens = probe(model, args)
+    model, tokens, t_load = load_and_probe(args)
     t1 = time.time()
-    rep = massive_activations(
-        model,
-        tokens,
-        abs_threshold=args.abs_threshold,
-        ratio_threshold=args.ratio_threshold,
-        top_k=args.top_k,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-    )
+    rep = massive_activations(model, tokens, **options(args, "abs_threshold", "ratio_threshold", "top_k", "batch_size"))
     t_run = time.time() - t1
-    mi = rep.model_info
-    print(
-        f"model   {rep.model}  ({mi['n_layers']} layers x {mi['n_heads']} heads, d_model {mi['d_model']}, {rep.dtype}, {rep.device})"
-    )
-    print(f"data    {rep.data}  n={rep.n} length={rep.length} BOS={'yes' if rep.bos else 'no'}")
+    print(model_line(rep, "d_model"))
+    print(data_line(rep))
     print(f"massive: |x| > {rep.abs_threshold:g} and > {rep.ratio_threshold:g} x the median |x| (Sun et al.)")
     print()
     print(massive_table(rep, h_norm=True))

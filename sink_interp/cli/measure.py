@@ -7,24 +7,23 @@ import time
 from typing import Any
 
 from ._common import (
-    add_data_args,
-    add_model_args,
+    add_command,
     add_output_args,
     bar,
+    data_line,
     fmt_table,
-    load,
+    load_and_probe,
     method_line,
+    model_line,
+    options,
     peak_rss_mb,
-    probe,
     versions,
     write_json,
 )
 
 
 def add_parser(sub: Any) -> None:
-    m = sub.add_parser("measure", help="measure Sink_k (Gu et al.) for every layer and head")
-    add_model_args(m)
-    add_data_args(m, n=None, length=64, concat=True)
+    m = add_command(sub, "measure", "measure Sink_k (Gu et al.) for every layer and head", n=None, length=64, concat=True)
     m.add_argument("--eps", type=float, default=0.3, help="sink threshold in (0, 1) (default 0.3)")
     m.add_argument("--batch-size", type=int, default=None, help="samples per forward pass")
     m.add_argument(
@@ -51,25 +50,15 @@ def run(args: argparse.Namespace) -> int:
     from .._internal.errors import check_eps
 
     check_eps(args.eps)
-    t0 = time.time()
-    model = load(args)
-    t_load = time.time() - t0
-    tokens = probe(model, args)
-    info = tokens.info
+    model, tokens, t_load = load_and_probe(args)
     t1 = time.time()
-    report = measure_sinks(
-        model, tokens, eps=args.eps, batch_size=args.batch_size, progress=not args.quiet, method=args.method, keep=args.keep
-    )
+    report = measure_sinks(model, tokens, **options(args, "eps", "batch_size", "method", "keep"))
     t_measure = time.time() - t1
     if args.keep == "summary":
         return _print_summary(report, args, t_load, t_measure)
 
-    mi = report.model_info
-    print(
-        f"model   {report.model}  ({mi['n_layers']} layers x {mi['n_heads']} heads, {mi['n_kv_heads']} KV heads, {report.dtype}, {report.device})"
-    )
-    skipped = f", {info['skipped']} shorter lines skipped" if info.get("skipped") else ""
-    print(f"data    {report.data}  n={report.n} length={report.length} BOS={'yes' if report.bos else 'no'}{skipped}")
+    print(model_line(report, "kv"))
+    print(data_line(report, tokens.info))
     print(f"metric  alpha_k = mean_(t>=k) A[t,k]; sink head when alpha_k > eps={report.eps}; score={report.score}")
     print(f"method  {method_line(report)}")
     print()

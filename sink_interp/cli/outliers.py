@@ -9,13 +9,11 @@ import argparse
 import time
 from typing import Any
 
-from ._common import add_model_args, add_text_args, footer, ints, load, long_probe, practice_header
+from ._common import add_text_command, footer, ints, load_texts, options, practice_header
 
 
 def add_parser(sub: Any) -> None:
-    o = sub.add_parser("outliers", help="activation outliers per block without and with a prefix; quantized activations")
-    add_model_args(o)
-    add_text_args(o, 512, 4)
+    o = add_text_command(sub, "outliers", "activation outliers per block without and with a prefix; quantized activations")
     o.add_argument("--prefix", default="prefixquant", help="prefixquant (found on the texts), none, or token ids 1,13,28")
     o.add_argument("--k-prefix", type=int, default=3, help="tokens the PrefixQuant recipe picks (default 3)")
     o.add_argument("--ratio", type=float, default=64.0, help="outlier: max|x| / median|x| above this (default 64)")
@@ -36,18 +34,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         prefix = ints(args.prefix, "--prefix")
     bits = ints(args.act_bits, "--act-bits")
-    model = load(args)
-    toks = long_probe(model, args)
-    rep = activation_outliers(
-        model,
-        toks,
-        prefix,
-        k_prefix=args.k_prefix,
-        ratio=args.ratio,
-        bits=bits,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-    )
+    model, toks = load_texts(args)
+    rep = activation_outliers(model, toks, prefix, bits=bits, **options(args, "k_prefix", "ratio", "batch_size"))
     practice_header(rep, toks)
     print(f"prefix  {list(rep.prefix)} = {list(rep.prefix_tokens)!r} ({rep.prefix_method})")
     print()

@@ -6,15 +6,18 @@ import argparse
 import time
 from typing import Any
 
-from ._common import add_data_args, add_model_args, add_output_args, load, probe, versions, write_json
+from ._common import add_command, add_output_args, corrupt_line, load, options, probe, versions, write_json
 
 
 def add_parser(sub: Any) -> None:
-    pt = sub.add_parser(
-        "patch", help="patch every head between an input and its corrupted partner (BOS removed, sink moved, another sample)"
+    pt = add_command(
+        sub,
+        "patch",
+        "patch every head between an input and its corrupted partner (BOS removed, sink moved, another sample)",
+        n=4,
+        length=32,
+        concat=True,
     )
-    add_model_args(pt)
-    add_data_args(pt, n=4, length=32, concat=True)
     pt.add_argument(
         "--corrupt",
         default="bos",
@@ -72,17 +75,12 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     model = load(args)
     tokens = probe(model, args)
-    kw: dict[str, Any] = {"progress": not args.quiet, "layers": parse_layers(args.layers), "batch_size": args.batch_size}
+    kw = options(args, "what", "method", "metric", "move_to", "batch_size")
     if args.direction:
         kw["direction"] = args.direction
-    rep = patch_sink(
-        model, tokens, args.corrupt, what=args.what, method=args.method, metric=args.metric, move_to=args.move_to, **kw
-    )
+    rep = patch_sink(model, tokens, args.corrupt, layers=parse_layers(args.layers), **kw)
     base = "corrupted" if rep.direction == "denoise" else "clean"
-    print(
-        f"model   {args.model}; data {rep.data} n={rep.n} length={rep.length} BOS={'yes' if rep.bos else 'no'}; "
-        f"corrupt {args.corrupt}"
-    )
+    print(corrupt_line(args, rep))
     print(
         f"patch   {rep.what} of each head ({rep.method}, {rep.direction}: the {base} run gets the other input's activation); "
         f"metric {rep.metric}: clean {rep.clean:.4f}, corrupted {rep.corrupted:.4f}"

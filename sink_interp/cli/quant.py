@@ -9,13 +9,11 @@ import argparse
 import time
 from typing import Any
 
-from ._common import add_model_args, add_text_args, footer, ints, load, long_probe, practice_header
+from ._common import add_text_command, footer, ints, load_texts, options, practice_header
 
 
 def add_parser(sub: Any) -> None:
-    q = sub.add_parser("quant", help="KV-cache quantization with intact first tokens (IntactKV, KIVI): loss per bits")
-    add_model_args(q)
-    add_text_args(q, 512, 4)
+    q = add_text_command(sub, "quant", "KV-cache quantization with intact first tokens (IntactKV, KIVI): loss per bits")
     q.add_argument("--bits", default="8,4,3,2", help="KV bit widths (default 8,4,3,2)")
     q.add_argument(
         "--intact",
@@ -39,20 +37,8 @@ def run(args: argparse.Namespace) -> int:
     intact: list[Any] = [
         x.strip() if x.strip().startswith("sinks:") else ints(x, "--intact")[0] for x in args.intact.split(",") if x.strip()
     ]
-    model = load(args)
-    toks = long_probe(model, args)
-    rep = kv_quant(
-        model,
-        toks,
-        bits,
-        intact,
-        key_mode=args.key_mode,
-        group=args.group,
-        sink_positions=args.sink_positions,
-        errors=args.errors,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-    )
+    model, toks = load_texts(args)
+    rep = kv_quant(model, toks, bits, intact, **options(args, "key_mode", "group", "sink_positions", "errors", "batch_size"))
     practice_header(rep, toks)
     mode = (
         "keys and values per token and KV head over head_dim"

@@ -8,15 +8,17 @@ import sys
 import time
 from typing import Any
 
-from ._common import add_data_args, add_model_args, load, probe
+from ._common import add_command, load, options, probe
 
 
 def add_parser(sub: Any) -> None:
-    r = sub.add_parser(
-        "report", help="write one standalone offline HTML page: sink map, top heads, attention, massive activations"
+    r = add_command(
+        sub,
+        "report",
+        "write one standalone offline HTML page: sink map, top heads, attention, massive activations",
+        n=100,
+        length=64,
     )
-    add_model_args(r)
-    add_data_args(r, n=100, length=64)
     r.add_argument("--eps", type=float, default=0.3, help="sink threshold in (0, 1) (default 0.3)")
     r.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
     r.add_argument("--sample", type=int, default=0, help="which input's attention to show (default 0)")
@@ -61,19 +63,8 @@ def run(args: argparse.Namespace) -> int:
             *skipped,
         ]
     )
-    page = build_report(
-        model,
-        tokens,
-        eps=args.eps,
-        sample=args.sample,
-        n_detail=args.n_detail,
-        attention_layers=args.attention_layers,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-        command=command.replace("--bos True", "--bos"),
-        trace=args.trace,
-        interventions=args.interventions,
-    )
+    names = ("eps", "sample", "n_detail", "attention_layers", "batch_size", "trace", "interventions")
+    page = build_report(model, tokens, command=command.replace("--bos True", "--bos"), **options(args, *names))
     path = page.save(args.out)
     size = os.path.getsize(path) / 1e6
     tm = page.meta["timings"]

@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from ._common import add_model_args, add_output_args, footer, load, long_data_line, long_probe
+from ._common import add_model_args, add_output_args, footer, load_texts, long_data_line, options
 
 
 def add_parser(sub: Any) -> None:
@@ -27,9 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from ..streaming import streaming_ppl
 
     t0 = time.time()
-    model = load(args)
-    toks = long_probe(model, args)
-    rep = streaming_ppl(model, toks, n_sinks=args.sinks, window=args.window, bucket=args.bucket, progress=not args.quiet)
+    model, toks = load_texts(args)
+    rep = streaming_ppl(model, toks, n_sinks=args.sinks, **options(args, "window", "bucket"))
     mi = rep.model_info
     print(f"model   {rep.model}  ({mi['n_layers']} layers, positions: {rep.positional}, {mi['dtype']}, {mi['device']})")
     print(long_data_line(rep, toks.info["documents"], more=rep.n > 4))
