@@ -144,12 +144,17 @@ def probe(model: Any, args: argparse.Namespace, n: int | None = None) -> ProbeSe
     return probe_tokens(model, args.data, n=n, length=args.length, bos=args.bos, seed=args.seed, concat=bool(concat and text))
 
 
-def load_and_probe(args: argparse.Namespace) -> tuple[Any, ProbeSet, float]:
-    """The model (:func:`load`), the probe set (:func:`probe`) and the seconds the model took to load."""
+def analyse(args: argparse.Namespace, analysis: Any, *names: str) -> tuple[Any, ProbeSet, Any, float, float]:
+    """Load the model (:func:`load`) and the probe set (:func:`probe`), then run ``analysis(model, tokens, **keywords)``
+    with the arguments ``names`` (:func:`options`): the model, the probe set, the report, and the seconds the model took
+    to load and the analysis to run (measure, long, massive, trace)."""
     t0 = time.time()
     model = load(args)
     t_load = time.time() - t0
-    return model, probe(model, args), t_load
+    tokens = probe(model, args)
+    t1 = time.time()
+    report = analysis(model, tokens, **options(args, *names))
+    return model, tokens, report, t_load, time.time() - t1
 
 
 def options(args: argparse.Namespace, *names: str) -> dict[str, Any]:

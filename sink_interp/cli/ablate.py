@@ -9,11 +9,12 @@ from typing import Any
 
 from ._common import add_command, add_output_args, load, options, probe, versions
 
+#: the command's line in ``sink-interp --help``
+HELP = "standard battery of interventions on the sink: effect on loss, KL and Sink_1"
+
 
 def add_parser(sub: Any) -> None:
-    a = add_command(
-        sub, "ablate", "standard battery of interventions on the sink: effect on loss, KL and Sink_1", n=32, length=64
-    )
+    a = add_command(sub, "ablate", HELP, n=32, length=64)
     a.add_argument("--eps", type=float, default=0.3, help="sink threshold; sink heads have mean alpha_1 > eps (default 0.3)")
     a.add_argument("--fit-steps", type=int, default=40, help="Adam steps for the fitted K bias (0: skip fitting)")
     a.add_argument("--fit-n", type=int, default=64, help="training samples for the K bias, taken after the evaluation samples")

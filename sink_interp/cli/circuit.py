@@ -8,11 +8,12 @@ from typing import Any
 
 from ._common import add_command, corrupt_line, load, probe, write_json
 
+#: the command's line in ``sink-interp --help``
+HELP = "the sink circuit: heads, MLPs and residual paths that make a metric differ"
+
 
 def add_parser(sub: Any) -> None:
-    ci = add_command(
-        sub, "circuit", "the sink circuit: heads, MLPs and residual paths that make a metric differ", n=2, length=16, concat=True
-    )
+    ci = add_command(sub, "circuit", HELP, n=2, length=16, concat=True)
     ci.add_argument("--corrupt", default="bos", choices=["bos", "first-token", "shuffle"], help="as for patch (default bos)")
     ci.add_argument("--move-to", type=int, default=1, help="--corrupt first-token: where the first token goes (default 1)")
     ci.add_argument(

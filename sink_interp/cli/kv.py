@@ -12,11 +12,12 @@ from typing import Any
 
 from ._common import add_text_command, footer, load_texts, options, practice_header
 
+#: the command's line in ``sink-interp --help``
+HELP = "KV-cache eviction policies at a budget: window, sinks+window, FastGen, H2O; loss per policy"
+
 
 def add_parser(sub: Any) -> None:
-    kv = add_text_command(
-        sub, "kv", "KV-cache eviction policies at a budget: window, sinks+window, FastGen, H2O; loss per policy"
-    )
+    kv = add_text_command(sub, "kv", HELP)
     kv.add_argument("--policies", default="window,sinks+window,fastgen,h2o,h2o+sinks", help="comma-separated policies")
     kv.add_argument(
         "--budgets", default="64,128,256,512", help="keys per query, or fractions of the length (default 64,128,256,512)"

@@ -3,34 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 from ._common import (
     add_command,
     add_output_args,
+    analyse,
     bar,
     data_line,
     fmt_table,
-    load_and_probe,
     method_line,
     model_line,
-    options,
     peak_rss_mb,
     write_json,
 )
 
+#: the command's line in ``sink-interp --help``
+HELP = "sinks at long context: Sink_k by query bucket and by key position (blockwise, no T x T map)"
+
 
 def add_parser(sub: Any) -> None:
-    lc = add_command(
-        sub,
-        "long",
-        "sinks at long context: Sink_k by query bucket and by key position (blockwise, no T x T map)",
-        n=1,
-        length=8192,
-        data="natural-concat",
-        concat=True,
-    )
+    lc = add_command(sub, "long", HELP, n=1, length=8192, data="natural-concat", concat=True)
     lc.add_argument("--eps", type=float, default=0.3, help="sink threshold in (0, 1) (default 0.3)")
     lc.add_argument("--buckets", type=int, default=8, help="number of equal query buckets (default 8)")
     lc.add_argument("--batch-size", type=int, default=None, help="samples per forward pass")
@@ -44,10 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ..longctx import long_context_sinks
 
     check_eps(args.eps)
-    model, tokens, t_load = load_and_probe(args)
-    t1 = time.time()
-    rep = long_context_sinks(model, tokens, **options(args, "eps", "buckets", "batch_size"))
-    t_measure = time.time() - t1
+    model, _, rep, t_load, t_measure = analyse(args, long_context_sinks, "eps", "buckets", "batch_size")
     r = rep.sink_report
     print(model_line(r, "kv"))
     print(data_line(r))

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
-from ._common import add_command, add_output_args, data_line, load_and_probe, massive_table, model_line, options, write_json
+from ._common import add_command, add_output_args, analyse, data_line, massive_table, model_line, write_json
+
+#: the command's line in ``sink-interp --help``
+HELP = "massive activations (Sun et al.) per block, norms at the sink, the extreme-token triple"
 
 
 def add_parser(sub: Any) -> None:
-    mv = add_command(
-        sub, "massive", "massive activations (Sun et al.) per block, norms at the sink, the extreme-token triple", n=20, length=64
-    )
+    mv = add_command(sub, "massive", HELP, n=20, length=64)
     mv.add_argument("--abs-threshold", type=float, default=100.0, help="massive activation: |x| above this (default 100)")
     mv.add_argument(
         "--ratio-threshold", type=float, default=1000.0, help="massive activation: at least this many medians (default 1000)"
@@ -26,10 +26,8 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import massive_activations
 
-    model, tokens, t_load = load_and_probe(args)
-    t1 = time.time()
-    rep = massive_activations(model, tokens, **options(args, "abs_threshold", "ratio_threshold", "top_k", "batch_size"))
-    t_run = time.time() - t1
+    names = ("abs_threshold", "ratio_threshold", "top_k", "batch_size")
+    _, _, rep, t_load, t_run = analyse(args, massive_activations, *names)
     print(model_line(rep, "d_model"))
     print(data_line(rep))
     print(f"massive: |x| > {rep.abs_threshold:g} and > {rep.ratio_threshold:g} x the median |x| (Sun et al.)")

@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 from ._common import (
     add_command,
     add_output_args,
+    analyse,
     bar,
     data_line,
     fmt_table,
-    load_and_probe,
     method_line,
     model_line,
-    options,
     peak_rss_mb,
     versions,
     write_json,
 )
 
+#: the command's line in ``sink-interp --help``
+HELP = "measure Sink_k (Gu et al.) for every layer and head"
+
 
 def add_parser(sub: Any) -> None:
-    m = add_command(sub, "measure", "measure Sink_k (Gu et al.) for every layer and head", n=None, length=64, concat=True)
+    m = add_command(sub, "measure", HELP, n=None, length=64, concat=True)
     m.add_argument("--eps", type=float, default=0.3, help="sink threshold in (0, 1) (default 0.3)")
     m.add_argument("--batch-size", type=int, default=None, help="samples per forward pass")
     m.add_argument(
@@ -50,10 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from .._internal.errors import check_eps
 
     check_eps(args.eps)
-    model, tokens, t_load = load_and_probe(args)
-    t1 = time.time()
-    report = measure_sinks(model, tokens, **options(args, "eps", "batch_size", "method", "keep"))
-    t_measure = time.time() - t1
+    _, tokens, report, t_load, t_measure = analyse(args, measure_sinks, "eps", "batch_size", "method", "keep")
     if args.keep == "summary":
         return _print_summary(report, args, t_load, t_measure)
 

@@ -11,9 +11,12 @@ from typing import Any
 
 from ._common import add_text_command, footer, ints, load_texts, options, practice_header
 
+#: the command's line in ``sink-interp --help``
+HELP = "activation outliers per block without and with a prefix; quantized activations"
+
 
 def add_parser(sub: Any) -> None:
-    o = add_text_command(sub, "outliers", "activation outliers per block without and with a prefix; quantized activations")
+    o = add_text_command(sub, "outliers", HELP)
     o.add_argument("--prefix", default="prefixquant", help="prefixquant (found on the texts), none, or token ids 1,13,28")
     o.add_argument("--k-prefix", type=int, default=3, help="tokens the PrefixQuant recipe picks (default 3)")
     o.add_argument("--ratio", type=float, default=64.0, help="outlier: max|x| / median|x| above this (default 64)")

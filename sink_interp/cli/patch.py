@@ -8,16 +8,12 @@ from typing import Any
 
 from ._common import add_command, add_output_args, corrupt_line, load, options, probe, versions, write_json
 
+#: the command's line in ``sink-interp --help``
+HELP = "patch every head between an input and its corrupted partner (BOS removed, sink moved, another sample)"
+
 
 def add_parser(sub: Any) -> None:
-    pt = add_command(
-        sub,
-        "patch",
-        "patch every head between an input and its corrupted partner (BOS removed, sink moved, another sample)",
-        n=4,
-        length=32,
-        concat=True,
-    )
+    pt = add_command(sub, "patch", HELP, n=4, length=32, concat=True)
     pt.add_argument(
         "--corrupt",
         default="bos",

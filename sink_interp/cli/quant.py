@@ -11,9 +11,12 @@ from typing import Any
 
 from ._common import add_text_command, footer, ints, load_texts, options, practice_header
 
+#: the command's line in ``sink-interp --help``
+HELP = "KV-cache quantization with intact first tokens (IntactKV, KIVI): loss per bits"
+
 
 def add_parser(sub: Any) -> None:
-    q = add_text_command(sub, "quant", "KV-cache quantization with intact first tokens (IntactKV, KIVI): loss per bits")
+    q = add_text_command(sub, "quant", HELP)
     q.add_argument("--bits", default="8,4,3,2", help="KV bit widths (default 8,4,3,2)")
     q.add_argument(
         "--intact",

@@ -10,15 +10,12 @@ from typing import Any
 
 from ._common import add_command, load, options, probe
 
+#: the command's line in ``sink-interp --help``
+HELP = "write one standalone offline HTML page: sink map, top heads, attention, massive activations"
+
 
 def add_parser(sub: Any) -> None:
-    r = add_command(
-        sub,
-        "report",
-        "write one standalone offline HTML page: sink map, top heads, attention, massive activations",
-        n=100,
-        length=64,
-    )
+    r = add_command(sub, "report", HELP, n=100, length=64)
     r.add_argument("--eps", type=float, default=0.3, help="sink threshold in (0, 1) (default 0.3)")
     r.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
     r.add_argument("--sample", type=int, default=0, help="which input's attention to show (default 0)")

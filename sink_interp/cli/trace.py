@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 from ._common import (
     add_command,
     add_output_args,
+    analyse,
     data_line,
-    load_and_probe,
     massive_table,
     model_line,
-    options,
     versions,
     write_json,
 )
 
+#: the command's line in ``sink-interp --help``
+HELP = "trace the sink mechanism: spike, writer, norm, W_K, RoPE, key manifold"
+
 
 def add_parser(sub: Any) -> None:
-    t = add_command(sub, "trace", "trace the sink mechanism: spike, writer, norm, W_K, RoPE, key manifold", n=20, length=64)
+    t = add_command(sub, "trace", HELP, n=20, length=64)
     t.add_argument("--layer", type=int, default=None, help="layer to trace (default: the strongest sink head's)")
     t.add_argument("--head", type=int, default=None, help="head to trace (default: the strongest sink head)")
     t.add_argument("--sink-pos", type=int, default=0, help="sink position, 0 = first token (default 0)")
@@ -37,11 +38,8 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import trace_sink
 
-    model, tokens, t_load = load_and_probe(args)
-    t1 = time.time()
     names = ("layer", "head", "sink_pos", "abs_threshold", "ratio_threshold", "batch_size")
-    rep = trace_sink(model, tokens, **options(args, *names))
-    t_trace = time.time() - t1
+    _, tokens, rep, t_load, t_trace = analyse(args, trace_sink, *names)
     print(model_line(rep, "kv", "d_model", "normalization", "positional"))
     print(data_line(rep, tokens.info))
     print()
