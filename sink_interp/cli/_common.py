@@ -290,7 +290,7 @@ def write_json(args: argparse.Namespace, rep: Any) -> None:
         print(f"wrote {args.json}")
 
 
-#: the facts of ``model_info`` a command's model line may add
+#: the facts of ``model_info`` a command's model line may add (:func:`header`)
 _FACTS = {
     "kv": "{n_kv_heads} KV heads",
     "d_model": "d_model {d_model}",
@@ -299,17 +299,15 @@ _FACTS = {
 }
 
 
-def model_line(rep: Any, *facts: str) -> str:
-    """``model   NAME  (L layers x H heads, <facts>, dtype, device)``; ``facts``: keys of :data:`_FACTS`."""
+def header(rep: Any, *facts: str, info: dict[str, Any] | None = None) -> None:
+    """The model and data lines of a report: ``model   NAME  (L layers x H heads, <facts>, dtype, device)`` (``facts``:
+    keys of :data:`_FACTS`), then ``data    SOURCE  n=N length=T BOS=yes|no`` and the lines the probe skipped
+    when ``info`` says so."""
     mi = rep.model_info
     parts = [f"{mi['n_layers']} layers x {mi['n_heads']} heads", *(_FACTS[f].format(**mi) for f in facts)]
-    return f"model   {rep.model}  ({', '.join(parts)}, {rep.dtype}, {rep.device})"
-
-
-def data_line(rep: Any, info: dict[str, Any] | None = None) -> str:
-    """``data    SOURCE  n=N length=T BOS=yes|no``, and the lines the probe skipped when ``info`` says so."""
+    print(f"model   {rep.model}  ({', '.join(parts)}, {rep.dtype}, {rep.device})")
     skipped = f", {info['skipped']} shorter lines skipped" if info and info.get("skipped") else ""
-    return f"data    {rep.data}  n={rep.n} length={rep.length} BOS={'yes' if rep.bos else 'no'}{skipped}"
+    print(f"data    {rep.data}  n={rep.n} length={rep.length} BOS={'yes' if rep.bos else 'no'}{skipped}")
 
 
 def corrupt_line(args: argparse.Namespace, rep: Any) -> str:

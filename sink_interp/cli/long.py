@@ -5,18 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import (
-    add_command,
-    add_output_args,
-    analyse,
-    bar,
-    data_line,
-    fmt_table,
-    method_line,
-    model_line,
-    peak_rss_mb,
-    write_json,
-)
+from ._common import add_command, add_output_args, analyse, bar, fmt_table, header, method_line, peak_rss_mb, write_json
 
 #: the command's line in ``sink-interp --help``
 HELP = "sinks at long context: Sink_k by query bucket and by key position (blockwise, no T x T map)"
@@ -39,8 +28,7 @@ def run(args: argparse.Namespace) -> int:
     check_eps(args.eps)
     model, _, rep, t_load, t_measure = analyse(args, long_context_sinks, "eps", "buckets", "batch_size")
     r = rep.sink_report
-    print(model_line(r, "kv"))
-    print(data_line(r))
+    header(r, "kv")
     print(f"method  {method_line(r)}")
     print()
     print(f"Sink_1 over all queries = {r.rate(1):.2f}%  (mean alpha_1 = {r.alpha[..., 0].mean():.3f}, eps={r.eps})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import add_command, add_output_args, analyse, data_line, massive_table, model_line, write_json
+from ._common import add_command, add_output_args, analyse, header, massive_table, write_json
 
 #: the command's line in ``sink-interp --help``
 HELP = "massive activations (Sun et al.) per block, norms at the sink, the extreme-token triple"
@@ -28,8 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     names = ("abs_threshold", "ratio_threshold", "top_k", "batch_size")
     _, _, rep, t_load, t_run = analyse(args, massive_activations, *names)
-    print(model_line(rep, "d_model"))
-    print(data_line(rep))
+    header(rep, "d_model")
     print(f"massive: |x| > {rep.abs_threshold:g} and > {rep.ratio_threshold:g} x the median |x| (Sun et al.)")
     print()
     print(massive_table(rep, h_norm=True))

@@ -5,19 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import (
-    add_command,
-    add_output_args,
-    analyse,
-    bar,
-    data_line,
-    fmt_table,
-    method_line,
-    model_line,
-    peak_rss_mb,
-    versions,
-    write_json,
-)
+from ._common import add_command, add_output_args, analyse, bar, fmt_table, header, method_line, peak_rss_mb, versions, write_json
 
 #: the command's line in ``sink-interp --help``
 HELP = "measure Sink_k (Gu et al.) for every layer and head"
@@ -55,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.keep == "summary":
         return _print_summary(report, args, t_load, t_measure)
 
-    print(model_line(report, "kv"))
-    print(data_line(report, tokens.info))
+    header(report, "kv", info=tokens.info)
     print(f"metric  alpha_k = mean_(t>=k) A[t,k]; sink head when alpha_k > eps={report.eps}; score={report.score}")
     print(f"method  {method_line(report)}")
     print()

@@ -5,16 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import (
-    add_command,
-    add_output_args,
-    analyse,
-    data_line,
-    massive_table,
-    model_line,
-    versions,
-    write_json,
-)
+from ._common import add_command, add_output_args, analyse, header, massive_table, versions, write_json
 
 #: the command's line in ``sink-interp --help``
 HELP = "trace the sink mechanism: spike, writer, norm, W_K, RoPE, key manifold"
@@ -40,8 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     names = ("layer", "head", "sink_pos", "abs_threshold", "ratio_threshold", "batch_size")
     _, tokens, rep, t_load, t_trace = analyse(args, trace_sink, *names)
-    print(model_line(rep, "kv", "d_model", "normalization", "positional"))
-    print(data_line(rep, tokens.info))
+    header(rep, "kv", "d_model", "normalization", "positional", info=tokens.info)
     print()
     print(rep.story())
     print()
