@@ -34,13 +34,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from sink_interp import load_model, patch_heads, probe_tokens
     from sink_interp._internal import hooknames
-    from sink_interp.cli import _parse_layers
+    from sink_interp.cli.patch import parse_layers
 
     model = load_model(args.model, device="cpu")
     toks = probe_tokens(model, "natural", n=2 * args.n, length=args.length)
     clean, corrupted = toks[: args.n], toks[args.n :]
     L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
-    layers = _parse_layers(args.layers) or list(range(L))
+    layers = parse_layers(args.layers) or list(range(L))
     tgt = clean[:, 1:]
 
     def metric(logits: torch.Tensor) -> torch.Tensor:  # mean log-prob of the clean next tokens

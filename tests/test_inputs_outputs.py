@@ -85,13 +85,14 @@ def test_an_output_inside_the_model_folder_is_refused(tmp_path, capsys, command,
 
 def test_an_output_next_to_the_data_is_fine(tmp_path, data):
     """Only the data file itself is refused: the same folder, another name, passes the check."""
-    from sink_interp.cli import _check_outputs, build_parser
+    from sink_interp.cli import build_parser
+    from sink_interp.cli._common import check_outputs
 
     args = build_parser().parse_args(["measure", "--data", str(data), "--json", str(tmp_path / "report.json")])
-    _check_outputs(args)
+    check_outputs(args)
     args = build_parser().parse_args(["measure", "--data", str(data), "--json", str(data)])
     with pytest.raises(ValueError, match="is the --data file"):
-        _check_outputs(args)
+        check_outputs(args)
 
 
 def test_training_data_inside_the_run_folder_is_refused(tmp_path, data):
@@ -185,12 +186,12 @@ def test_a_torn_last_metrics_line_heals_on_resume(tmp_path):
 
 
 def test_the_cli_resumes_past_a_torn_line_with_one_warning_line(tmp_path):
-    from sink_interp.cli import _parse_set
+    from sink_interp.cli._common import parse_set
     from sink_interp.training import preset
 
     d = tmp_path / "run"
     sets = [*SMALL, "--set", "ckpt_every=2"]
-    train(preset("bb-softmax", steps=4, **_parse_set(sets[1::2])), d, progress=False, stop_at=2)  # the CLI's run, stopped
+    train(preset("bb-softmax", steps=4, **parse_set(sets[1::2])), d, progress=False, stop_at=2)  # the CLI's run, stopped
     m = d / "metrics.jsonl"
     m.write_text(m.read_text() + '{"step": 4, "tokens": 1')  # stopped while appending step 4 (its checkpoint is at 2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}

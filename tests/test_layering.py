@@ -42,7 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("views", ("views",)),
-    ("orchestration", ("pages", "cli", "cli_practice", "")),  # "": the package's __init__ (the public names)
+    ("orchestration", ("pages", "cli", "")),  # cli: the package of one module per command; "": the package's __init__
 ]
 
 #: what the views may import: nothing but their own modules and _internal
