@@ -61,6 +61,12 @@ like a first token, and becomes the new sink (the sink relocates); masking
 only for queries ``t >= 2`` (``min_query=2``), or only in the sink heads,
 keeps token 1 an ordinary second token.
 
+The package: the base class :class:`Intervention` (and :func:`sink_heads`) in ``base``; the catalogue, by kind:
+stage edits (:class:`MaskKey`, :class:`StreamingWindow`, :class:`ScaleAttention`, :class:`Calibrate`,
+:class:`ZeroValue`, :class:`AblateDims`) in ``edits``, virtual keys and kernels (:class:`KVBias`,
+:class:`SinkLogit`, :class:`AttentionKernel`) in ``keys``; running them (:func:`intervene`, :func:`masked`,
+:func:`mask_hooks`, nesting, the hooks attached and removed) in ``runtime``.
+
 Example:
     >>> import torch
     >>> from sink_interp import tiny_model, intervene, ZeroValue, MaskKey

@@ -43,6 +43,10 @@ that is patched (clean for noising) and ``other`` that of the input the activati
 when the clean-corrupted gap is smaller than ``GAP_TOL`` or has the sign the metric says is wrong
 (:meth:`PatchReport.gap_problem`): dividing by a tiny or inverted gap flips signs and makes ratios above 1.
 
+The package: the names each argument accepts, the sites and the named metrics in ``sites``, :class:`PatchReport`
+in ``report``, running the patched model (forwards that start at a layer, stacked conditions, their hooks,
+exact checks of screened heads) in ``run``, :func:`patch_heads` and the sink recipes in ``heads``.
+
 Example:
     >>> import torch
     >>> from sink_interp import tiny_model, patch_heads
