@@ -15,7 +15,7 @@ def test_patch_bos_exact_writes_a_report(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "patch   z of each head (exact, denoise" in text and "normalised" in text
     rep = load_report(out)
-    assert isinstance(rep, PatchReport) and rep.extra["recipe"] == "bos" and rep.values.shape == (2, 4)
+    assert isinstance(rep, PatchReport) and rep.recipe == "bos" and rep.values.shape == (2, 4)
 
 
 @pytest.mark.parametrize("what", ["k-sink", "v-sink"])

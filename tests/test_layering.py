@@ -26,10 +26,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "massive",
             "trace",
             "pipeline",
-            "interventions",
+            "interventions",  # a package: base, edits, keys (the catalogue), runtime (intervene, masked, nesting)
             "effects",
             "attribution",
-            "patching",
+            "patching",  # a package: sites, report, run, heads
             "circuits",
             "fit",
             "battery",

@@ -58,7 +58,7 @@ def test_softcap_is_cap_tanh_x_over_cap_everywhere():
     # the three callers (attention description, block engine, KV-bias intervention) import this one function
     import sink_interp.architecture.spec as a
     import sink_interp.blockwise as b
-    import sink_interp.interventions as i
+    import sink_interp.interventions.keys as i
 
     assert a.softcap is b.softcap is i.softcap is scores.softcap
 

@@ -196,7 +196,7 @@ def test_positions_layers_heads_and_batching(gqa):
 
 def test_full_forward_path_gives_the_same(gqa, monkeypatch):
     """Where blocks cannot be skipped, every patched forward runs the whole model: the same numbers."""
-    import sink_interp.patching as P
+    import sink_interp.patching.heads as P
 
     clean, corr = _pair(seed=8)
     fast = patch_heads(gqa, clean, corr, "logprob", progress=False)
@@ -278,6 +278,31 @@ def test_report_frame_and_round_trip(gqa, tmp_path):
     assert isinstance(rep.top(3), pd.DataFrame) and len(rep.top(3)) == 3
 
 
+def test_files_of_the_old_layout_load_into_the_fields(gqa, tmp_path):
+    """Files written when method="attribution" kept its estimates in ``values`` and patch_sink its recipe in ``extra``
+    load with the estimates in ``estimate`` (``values`` all NaN: no head patched exactly) and the recipe in its fields."""
+    import json
+
+    from sink_interp import probe_tokens
+    from sink_interp._internal.report import encode
+
+    rep = patch_sink(
+        gqa, probe_tokens(gqa, "random", n=2, length=8), "first-token", move_to=2, method="attribution", progress=False
+    )
+    assert rep.recipe == "first-token" and rep.move_to == 2 and "recipe" not in rep.extra
+    assert np.isnan(rep.values).all() and np.isfinite(rep.estimate).all() and rep.estimator == "attribution"
+    d = json.loads(rep.to_json())
+    f = d["report"]["fields"]
+    f["values"], f["estimate"] = f["estimate"], encode(np.zeros((0, 0)))
+    f["extra"]["__dict__"].update(recipe=f.pop("recipe"), move_to=f.pop("move_to"))
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(d))
+    back = load_report(path)
+    np.testing.assert_array_equal(back.estimate, rep.estimate)
+    assert np.isnan(back.values).all() and back.recipe == "first-token" and back.move_to == 2
+    assert back.extra == rep.extra and back.summary() == rep.summary()
+
+
 # --------------------------------------------------------------------------- attribution
 
 
@@ -343,7 +368,7 @@ def test_corrupt_tokens_and_recipes(gqa):
 
     toks = probe_tokens(gqa, "random", n=3, length=10, bos=True)
     rep = patch_sink(gqa, toks, "bos", what="z", progress=False)
-    assert rep.direction == "denoise" and rep.extra["recipe"] == "bos" and rep.bos is True
+    assert rep.direction == "denoise" and rep.recipe == "bos" and rep.bos is True
     assert rep.metric == "logprob[1:]"
     base = toks.tokens.clone()
     base[:, 0] = toks[:, 1]
@@ -378,7 +403,7 @@ def test_named_metrics_by_formula():
 def test_skipping_blocks_restores_an_instance_level_forward(gqa):
     """Blocks skipped for a forward that starts at a layer get back exactly the forward they had, also one set on the
     instance (accelerate's device_map hooks live there)."""
-    from sink_interp.patching import _skip_blocks_below
+    from sink_interp.patching.run import _skip_blocks_below
 
     block = gqa.blocks[0]
     own = block.forward

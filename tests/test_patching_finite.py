@@ -123,9 +123,7 @@ def test_patch_sink_bos_refuses_tokens_without_bos(model):
         patch_sink(model, torch.randint(4, 128, (2, 8)), "bos", progress=False)
     with pytest.raises(ValueError, match=r"^corrupt='bos' removes the BOS token, but these tokens were made without BOS"):
         patch_sink(model, probe_tokens(model, "random", n=2, length=8, bos=False), "bos", progress=False)
-    assert (
-        patch_sink(model, probe_tokens(model, "random", n=2, length=8, bos=True), "bos", progress=False).extra["recipe"] == "bos"
-    )
+    assert patch_sink(model, probe_tokens(model, "random", n=2, length=8, bos=True), "bos", progress=False).recipe == "bos"
 
 
 def test_patch_sink_bos_on_a_model_that_names_no_bos(tmp_path):
@@ -140,4 +138,4 @@ def test_patch_sink_bos_on_a_model_that_names_no_bos(tmp_path):
     toks = torch.randint(4, 128, (2, 8))
     with pytest.raises(ValueError, match=r"^corrupt='bos' removes the BOS token, but this model names no BOS id"):
         patch_sink(m, toks, "bos", progress=False)
-    assert patch_sink(m, toks, "first-token", progress=False).extra["recipe"] == "first-token"
+    assert patch_sink(m, toks, "first-token", progress=False).recipe == "first-token"
