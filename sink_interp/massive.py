@@ -32,7 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +41,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ._internal import display, hooknames
+from ._internal import hooknames
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
 from ._internal.provenance import Provenance
@@ -555,25 +554,6 @@ class MassiveReport(Provenanced, ModelRun, Report):
             f"MassiveReport(model={self.model!r}, data={self.data!r}, n={self.n}, length={self.length}, "
             f"max |x|={g['max']:.1f} at layer {g['layer']} pos {g['pos']} dim {g['dim']}, "
             f"massive layers={int(self.is_massive().sum())}/{self.n_layers})"
-        )
-
-    def _repr_html_(self) -> str:
-        """The figure of :func:`sink_interp.views.view_for` above the table of numbers."""
-        return display.html_of(self, fallback=lambda: "") + self._table_html()
-
-    def _table_html(self) -> str:
-        e = html.escape
-        df = self.to_frame()
-        rows = "".join(
-            f"<tr><td>{int(r.layer)}</td><td>{r.max:.1f}</td><td>{int(r.pos)}</td><td>{int(r.dim)}</td>"
-            f"<td>{r.ratio:.0f}</td><td>{'yes' if r.massive else ''}</td><td>{r.value_norm_ratio:.3f}</td></tr>"
-            for r in df.itertuples()
-        )
-        return (
-            f"<div><b>MassiveReport</b> &mdash; {e(self.model)} on {e(str(self.data))} (n={self.n}, length={self.length}, "
-            f"BOS={self.bos}, thresholds |x|&gt;{self.abs_threshold:g} and &ge;{self.ratio_threshold:g}&times; median, {e(self.dtype)})"
-            f"<table><tr><th>layer</th><th>max |x|</th><th>pos</th><th>dim</th><th>/median</th><th>massive</th>"
-            f"<th>||v<sub>0</sub>|| / mean ||v||</th></tr>{rows}</table></div>"
         )
 
 

@@ -26,7 +26,6 @@ attention weight), so ``Sink_T`` is noisy: it is reported, but
 
 from __future__ import annotations
 
-import html
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -37,8 +36,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ._internal import display, hooknames
 from ._internal import distributed as dist
+from ._internal import hooknames
 from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
 from ._internal.provenance import Provenance
@@ -403,25 +402,6 @@ class SinkReport(Provenanced, ModelRun, Report):
             f"n={self.n}, length={self.length}, Sink_1={self.rate(1):.2f}%)"
         )
 
-    def _repr_html_(self) -> str:
-        """The view of :func:`sink_interp.views.view_for` (a plain summary table when no view is registered)."""
-        return display.html_of(self, fallback=self._summary_html)
-
-    def _summary_html(self) -> str:
-        e = html.escape
-        top = self.head_table().head(8)
-        rows = "".join(
-            f"<tr><td>{int(r.layer)}</td><td>{int(r.head)}</td><td>{r.mean_alpha_1:.3f}</td><td>{r.sink_rate_1:.1f}%</td></tr>"
-            for r in top.itertuples()
-        )
-        return (
-            f"<div><b>SinkReport</b> &mdash; {e(self.model)} on {e(self.data)} "
-            f"(n={self.n}, length={self.length}, BOS={self.bos}, eps={self.eps}, {e(self.dtype)})<br>"
-            f"<b>Sink<sub>1</sub> = {self.rate(1):.2f}%</b> of (sample, layer, head) triples have "
-            f"&alpha;<sub>1</sub> &gt; {self.eps}."
-            f"<table><tr><th>layer</th><th>head</th><th>mean &alpha;<sub>1</sub></th><th>sink rate</th></tr>{rows}</table></div>"
-        )
-
 
 def measure_sinks(
     model: Any,
@@ -658,16 +638,6 @@ class SinkSummary(Provenanced, ModelRun, Report):
                 "mean_alpha": (self.alpha_sum / (FIXED * self.n)).reshape(-1),
                 "sink_rate": (100.0 * self.counts[self._g(eps)] / self.n).reshape(-1),
             }
-        )
-
-    def _repr_html_(self) -> str:
-        return display.html_of(self, fallback=self._summary_html)
-
-    def _summary_html(self) -> str:
-        e = html.escape
-        return (
-            f"<div><b>SinkSummary</b> &mdash; {e(self.model)} on {e(self.data)} (n={self.n}, length={self.length}, "
-            f"BOS={self.bos}, eps={self.eps}): <b>Sink<sub>1</sub> = {self.rate(1):.2f}%</b></div>"
         )
 
     def summary(self) -> dict[str, Any]:

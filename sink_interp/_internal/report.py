@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import providers, vocab
+from . import display, providers, vocab
 from .errors import check_eps
 from .provenance import Provenance, dumps, write_atomic
 
@@ -149,6 +149,11 @@ class Report:
 
     def summary(self) -> dict[str, Any]:  # pragma: no cover - every report defines it
         raise NotImplementedError
+
+    def _repr_html_(self) -> str | None:
+        """The view registered for this class in :mod:`~sink_interp._internal.display` (the view layer draws every
+        report: a figure and its table of numbers); None when none is registered (Jupyter then shows ``repr``)."""
+        return display.html_of(self, fallback=lambda: None)
 
     def to_dict(self) -> dict[str, Any]:
         """The summary, plus a ``"report"`` block with every field (what :meth:`to_json` writes)."""

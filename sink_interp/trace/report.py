@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -306,23 +305,4 @@ class TraceReport(Provenanced, ModelRun, Report):
         ws = f", writer={w['layer']}.{w['component']}" if w else ""
         return (
             f"TraceReport(model={self.model!r}, layer={self.layer}, head={self.head}, sink_pos={self.sink_pos}, n={self.n}{ws})"
-        )
-
-    def _repr_html_(self) -> str:
-        """The figure of :func:`sink_interp.views.view_for` above the table of numbers."""
-        from .._internal import display
-
-        return display.html_of(self, fallback=lambda: "") + self._table_html()
-
-    def _table_html(self) -> str:
-        e = html.escape
-        story = e(self.story())
-        rows = "".join(
-            f"<tr><td>{e(r.link)}</td><td>{e(r.name)}</td><td>{e(f'{r.value:.4g}' if isinstance(r.value, float) else str(r.value))}</td><td>{e(r.doc)}</td></tr>"
-            for r in self.to_frame().itertuples()
-        )
-        return (
-            f"<div><b>TraceReport</b> &mdash; {e(self.model)} layer {self.layer} head {self.head}"
-            f"<pre style='white-space:pre-wrap'>{story}</pre>"
-            f"<details><summary>all numbers</summary><table><tr><th>link</th><th>number</th><th>value</th><th>how to read it</th></tr>{rows}</table></details></div>"
         )
