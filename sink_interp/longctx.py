@@ -39,7 +39,7 @@ from torch import Tensor
 
 from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
-from ._internal.provenance import Provenance
+from ._internal.provenance import Provenance, distributed_run
 from ._internal.report import FieldError, Report, check_range
 from .architecture import check_model_tokens
 from .lse import bucket_edges, lse_column_sums, normalize_edges
@@ -261,7 +261,6 @@ def long_context_sinks(
         model, checked, layers=layers, mask=mask, query_edges=edges, batch_size=batch_size, progress=progress, fused=fused
     )
     prov = provenance(model, tokens, bos=bos, data=data, mask=mask)
-    extra: dict[str, Any] = {"lse": sums.info, **prov.extra()}
     report = SinkReport(
         alpha=sums.alpha().numpy(),
         row_sum=sums.row_sum.numpy(),
@@ -271,7 +270,8 @@ def long_context_sinks(
         layers=tuple(sums.layers),
         provenance=prov,
         method="lse",
-        extra=extra,
+        engine=sums.info,
+        distributed=distributed_run(),
     )
     return LongContextReport(
         sink_report=report,

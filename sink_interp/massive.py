@@ -32,7 +32,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,8 +44,17 @@ from torch import Tensor
 from ._internal import hooknames
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
-from ._internal.provenance import Provenance
-from ._internal.report import FieldError, ModelRun, Provenanced, Report, check_range, summary_head, summary_tail
+from ._internal.provenance import Provenance, distributed_run
+from ._internal.report import (
+    FieldError,
+    ModelRun,
+    Provenanced,
+    Report,
+    check_range,
+    from_extra,
+    summary_head,
+    summary_tail,
+)
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .metrics import SinkReport, SinkScoreReducer
@@ -249,9 +258,15 @@ class MassiveReport(Provenanced, ModelRun, Report):
     provenance: Provenance
     key_after_rope: bool
     sink_report: SinkReport | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    keys_unreadable: tuple[int, ...] = ()  # layers whose keys or values the description cannot read
+    distributed: dict[str, Any] | None = None  # the run of sink_interp.distributed() it was part of
 
-    _nan_fields = ("k_norm", "v_norm")  # NaN: layers whose keys or values the description cannot read (extra["keys_unreadable"])
+    _nan_fields = ("k_norm", "v_norm")  # NaN: the layers of keys_unreadable
+
+    @classmethod
+    def _upgrade(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        """Files written when ``keys_unreadable`` and ``distributed`` sat in ``extra``."""
+        return from_extra(fields, keys_unreadable=("keys_unreadable", tuple), distributed=("distributed", dict))
 
     def _check(self) -> None:
         for name in ("top_abs", "median", "h_norm", "k_norm", "v_norm"):
@@ -545,7 +560,7 @@ class MassiveReport(Provenanced, ModelRun, Report):
             "layers": self.to_frame().to_dict(orient="records"),
             "extreme_tokens": self.extreme_tokens().to_dict(orient="records"),
             "extreme_triple": self.extreme_triple(),
-            **summary_tail(self),
+            **summary_tail(self, keys_unreadable=list(self.keys_unreadable) or None),
         }
 
     def __repr__(self) -> str:
@@ -640,5 +655,6 @@ def massive_activations(
         provenance=prov,
         key_after_rope=describe_attention(model).layer(0).rotary is not None,
         sink_report=sink_report,
-        extra={**prov.extra(), **({"keys_unreadable": unreadable} if unreadable else {})},
+        keys_unreadable=tuple(unreadable),
+        distributed=distributed_run(),
     )

@@ -27,7 +27,7 @@ attention weight), so ``Sink_T`` is noisy: it is reported, but
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,8 +40,18 @@ from ._internal import distributed as dist
 from ._internal import hooknames
 from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
-from ._internal.provenance import Provenance
-from ._internal.report import FieldError, ModelRun, Provenanced, Report, check_indices, check_range, summary_head, summary_tail
+from ._internal.provenance import LseEngine, Provenance, distributed_run
+from ._internal.report import (
+    FieldError,
+    ModelRun,
+    Provenanced,
+    Report,
+    check_indices,
+    check_range,
+    from_extra,
+    summary_head,
+    summary_tail,
+)
 from ._internal.scores import MIN_QUERIES, SCORES, reliable_keys, sink_alpha, sink_rates
 from .architecture import check_head_counts, check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
@@ -167,8 +177,30 @@ def _check_layers(rep: Any, n_layers: int, field_name: str) -> None:
         raise FieldError("proxy_layers", f"names layers {extra}, which were not measured (layers {list(rep.layers)})")
 
 
+@dataclass(frozen=True, kw_only=True)
+class HowMeasured:
+    """How a sink report's scores were read (mixed into :class:`SinkReport` and :class:`SinkSummary`): ``method``
+    (``"pattern"`` or ``"lse"``), the LSE ``engine`` that ran (``"lse"`` only), why ``method="auto"`` fell back to the
+    pattern (``why_not_lse``), and the run of ``sink_interp.distributed()`` it was part of (``distributed``)."""
+
+    method: str = "pattern"
+    engine: LseEngine | None = None
+    why_not_lse: str | None = None
+    distributed: dict[str, Any] | None = None
+
+    @classmethod
+    def _upgrade(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        """Files written when these facts sat in ``extra`` (``lse``, ``why_not_lse``, ``distributed``)."""
+        return from_extra(
+            fields, engine=("lse", LseEngine.from_info), why_not_lse=("why_not_lse", str), distributed=("distributed", dict)
+        )
+
+    def _summary_tail(self) -> dict[str, Any]:
+        return summary_tail(self, why_not_lse=self.why_not_lse, lse=self.engine.info() if self.engine else None)
+
+
 @dataclass(frozen=True, eq=False, repr=False)
-class SinkReport(Provenanced, ModelRun, Report):
+class SinkReport(Provenanced, ModelRun, HowMeasured, Report):
     """Sink scores of every (sample, layer, head, key position), with what produced them.
 
     ``alpha`` has shape ``[n, layers, heads, length]``; positions ``k`` in the
@@ -191,8 +223,6 @@ class SinkReport(Provenanced, ModelRun, Report):
     score: str
     proxy_layers: dict[int, str]
     layers: tuple[int, ...]
-    method: str = "pattern"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- shape facts
     @property
@@ -367,7 +397,7 @@ class SinkReport(Provenanced, ModelRun, Report):
             "mean_alpha_1": float(self.alpha[..., 0].mean()),
             "top_heads": top.to_dict(orient="records"),
             "sink_positions": self.sink_positions().to_dict(orient="records"),
-            **summary_tail(self),
+            **self._summary_tail(),
         }
 
     @classmethod
@@ -393,7 +423,7 @@ class SinkReport(Provenanced, ModelRun, Report):
             proxy_layers={int(k): v for k, v in (d.get("proxy_layers") or {}).items()},
             layers=tuple(int(x) for x in d["layers"]),
             method=d.get("method", "pattern"),
-            extra=d.get("extra", {}),
+            **HowMeasured._upgrade({"extra": d.get("extra") or {}}),
         )
 
     def __repr__(self) -> str:
@@ -482,7 +512,7 @@ def measure_sinks(
     method = dist.decide(lambda: _lse.choose_method(model, tokens_checked, chosen, score=score, batch_size=batch_size))
     mask = _lse.as_mask(mask)
     prov = provenance(model, tokens, bos=bos, data=data, mask=mask)
-    extra: dict[str, Any] = prov.extra()
+    why_not_lse, engine = None, None
     if method == "lse":
         try:
             sums = _lse.lse_column_sums(
@@ -491,11 +521,11 @@ def measure_sinks(
         except _lse.SelfCheckFailed as e:
             if requested != "auto":
                 raise
-            method, extra["why_not_lse"] = "pattern", str(e)
+            method, why_not_lse = "pattern", str(e)
     if method == "lse":
         alpha, row_sum, layer_list, proxy_layers, used = sums.alpha(), sums.row_sum, sums.layers, {}, []
         score = "softmax"
-        extra["lse"] = sums.info
+        engine = sums.info
     else:
         reducer = SinkScoreReducer(layers=layers, score=score)
         from .interventions import masked
@@ -514,7 +544,9 @@ def measure_sinks(
         layers=tuple(layer_list),
         provenance=prov,
         method=method,
-        extra=extra,
+        engine=engine,
+        why_not_lse=why_not_lse,
+        distributed=distributed_run(),
     )
 
 
@@ -534,7 +566,7 @@ def _fixed(x: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class SinkSummary(Provenanced, ModelRun, Report):
+class SinkSummary(Provenanced, ModelRun, HowMeasured, Report):
     """What ``measure_sinks(..., keep="summary")`` keeps: counts over a fixed eps grid and fixed-point sums.
 
     ``counts[g, layer, head, k - 1]`` is the number of samples with ``alpha_k > eps_grid[g]``;
@@ -561,8 +593,6 @@ class SinkSummary(Provenanced, ModelRun, Report):
     score: str
     proxy_layers: dict[int, str]
     layers: tuple[int, ...]
-    method: str = "pattern"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def length(self) -> int:
@@ -657,7 +687,7 @@ class SinkSummary(Provenanced, ModelRun, Report):
             "sink_rates": [float(x) for x in self.rates()],
             "layer_rates": [float(x) for x in self.layer_rates(1)],
             "mean_alpha_1": float(self.mean_alpha(1).mean()),
-            **summary_tail(self),
+            **self._summary_tail(),
         }
 
     def __repr__(self) -> str:
@@ -706,7 +736,8 @@ def _measure_summary(
                         rep.score,
                         rep.method,
                         rep.layers,
-                        rep.extra,
+                        rep.engine,
+                        rep.why_not_lse,
                     )
                 )
     except Exception as e:  # noqa: BLE001 - re-raised on every rank
@@ -721,8 +752,6 @@ def _measure_summary(
         proxy.update(p[4])
     scores = sorted({p[5] for p in allp})
     first = allp[0]
-    extra = dict(first[8])
-    extra.pop("probe", None)
     prov = provenance(model, tokens, bos=kw["bos"], data=kw["data"], mask=_lse.as_mask(kw["mask"]))
     return SinkSummary(
         counts=counts.numpy(),
@@ -736,5 +765,7 @@ def _measure_summary(
         layers=tuple(first[7]),
         provenance=prov,
         method=first[6],
-        extra={**extra, **prov.extra()},
+        engine=first[8],
+        why_not_lse=first[9],
+        distributed=distributed_run(),
     )

@@ -215,8 +215,11 @@ def _failure_on_one_rank() -> tuple[str, bool]:
 def _record(rep: Any) -> Any:
     """The report's record of the ranks (a long-context report keeps it in its SinkReport, a fit in its EffectReport)."""
     inner = getattr(rep, "sink_report", None) or getattr(rep, "effects", None)
-    extra = getattr(rep, "extra", None) or getattr(inner, "extra", None) or {}
-    return extra.get("distributed")
+    for r in (rep, inner):
+        got = getattr(r, "distributed", None) or (getattr(r, "extra", None) or {}).get("distributed")
+        if got is not None:
+            return got
+    return None
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -241,7 +244,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                 "records": {name: _record(got[name]) for name in CASES},
                 "ref_records": {name: _record(ref[name]) for name in CASES},
                 "failures": failures,
-                "engines": {name: got[name].extra.get("lse", {}).get("engine") for name in CASES if "measure lse" in name},
+                "engines": {name: getattr(got[name].engine, "engine", None) for name in CASES if "measure lse" in name},
             }
             Path(out).write_bytes(pickle.dumps(result))
         td.barrier()
@@ -312,8 +315,8 @@ def test_report_records_world_size_inside_the_block():
 
     with si.distributed():
         rep = si.measure_sinks(_model(), _toks(2, 8), progress=False)
-    assert rep.extra["distributed"] == {"world_size": 1, "backend": "none"}
-    assert "distributed" not in si.measure_sinks(_model(), _toks(2, 8), progress=False).extra
+    assert rep.distributed == {"world_size": 1, "backend": "none"}
+    assert si.measure_sinks(_model(), _toks(2, 8), progress=False).distributed is None
 
 
 def test_summary_rates_equal_the_full_report_bit_for_bit(tmp_path: Path):

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .._internal.provenance import Provenance
-from .._internal.report import ModelRun, Provenanced, Report, register_record, summary_head, summary_tail
+from .._internal.report import ModelRun, Provenanced, Report, from_extra, register_record, summary_head, summary_tail
 from ..massive import MassiveReport
 from .story import explain_text, story_text
 
@@ -229,7 +229,12 @@ class TraceReport(Provenanced, ModelRun, Report):
     massive: MassiveReport
     provenance: Provenance
     key_pca: dict[str, np.ndarray] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+    distributed: dict[str, Any] | None = None  # the run of sink_interp.distributed() its massive activations were part of
+
+    @classmethod
+    def _upgrade(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        """Files written when ``distributed`` sat in ``extra`` (with the probe, which is in the provenance)."""
+        return from_extra(fields, distributed=("distributed", dict))
 
     @property
     def n(self) -> int:
