@@ -615,11 +615,7 @@ class CircuitReport(Patched, Provenanced, ModelRun, Report):
     def summary(self) -> dict[str, Any]:
         top = self.edges().head(10)
         return {
-            **summary_head(self),
-            "n": self.n,
-            "length": self.length,
-            "metric": self.metric,
-            "direction": self.direction,
+            **summary_head(self, "n", "length", "metric", "direction"),
             "scores": self.mode + (f" ({self.steps} steps)" if self.mode == "ig" else ""),
             "clean": self.clean,
             "corrupted": self.corrupted,

@@ -220,12 +220,7 @@ class EffectReport(Provenanced, ModelRun, Report):
 
     def summary(self) -> dict[str, Any]:
         return {
-            **summary_head(self),
-            "eps": self.eps,
-            "n": self.n,
-            "length": self.length,
-            "dtype": self.dtype,
-            "device": self.device,
+            **summary_head(self, "eps", "n", "length", "dtype", "device"),
             "effects": [e.row() for e in self.effects],
             **summary_tail(self),
         }

@@ -601,10 +601,7 @@ class KVReport(Provenanced, Report):
 
     def summary(self) -> dict[str, Any]:
         return {
-            **summary_head(self),
-            "n": self.n,
-            "length": self.length,
-            "n_sinks": self.n_sinks,
+            **summary_head(self, "n", "length", "n_sinks"),
             "positions": "original (tokens keep their positions in the cache)",
             "full_loss": self.full_loss,
             "policies": [dict(d) for d in self.policy_info],

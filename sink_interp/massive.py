@@ -539,13 +539,7 @@ class MassiveReport(Provenanced, ModelRun, Report):
         """Provenance and headline numbers (what :meth:`to_json` writes)."""
         massive_layers = [int(l) for l in np.nonzero(self.is_massive())[0]]
         return {
-            **summary_head(self),
-            "n": self.n,
-            "length": self.length,
-            "dtype": self.dtype,
-            "device": self.device,
-            "abs_threshold": self.abs_threshold,
-            "ratio_threshold": self.ratio_threshold,
+            **summary_head(self, "n", "length", "dtype", "device", "abs_threshold", "ratio_threshold"),
             "top_k": int(self.top_abs.shape[2]),
             "key_after_rope": self.key_after_rope,
             "massive": self.massive_list(),

@@ -179,10 +179,16 @@ def _check_layers(rep: Any, n_layers: int, field_name: str) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class HowMeasured:
-    """How a sink report's scores were read (mixed into :class:`SinkReport` and :class:`SinkSummary`): ``method``
+    """How a sink report's scores were read (mixed into :class:`SinkReport` and :class:`SinkSummary`): the threshold
+    ``eps``, the provenance, the ``score`` rule (and the layers read through a proxy), the ``layers``, the ``method``
     (``"pattern"`` or ``"lse"``), the LSE ``engine`` that ran (``"lse"`` only), why ``method="auto"`` fell back to the
     pattern (``why_not_lse``), and the run of ``sink_interp.distributed()`` it was part of (``distributed``)."""
 
+    eps: float
+    provenance: Provenance
+    score: str
+    proxy_layers: dict[int, str]
+    layers: tuple[int, ...]
     method: str = "pattern"
     engine: LseEngine | None = None
     why_not_lse: str | None = None
@@ -218,11 +224,6 @@ class SinkReport(Provenanced, ModelRun, HowMeasured, Report):
 
     alpha: Float[np.ndarray, "n layer head pos"]
     row_sum: Float[np.ndarray, "n layer head"]
-    eps: float
-    provenance: Provenance
-    score: str
-    proxy_layers: dict[int, str]
-    layers: tuple[int, ...]
 
     # ---------------------------------------------------------------- shape facts
     @property
@@ -381,14 +382,7 @@ class SinkReport(Provenanced, ModelRun, HowMeasured, Report):
         """Provenance and headline numbers (what :meth:`to_json` writes, minus the full scores)."""
         top = self.head_table().head(10)
         return {
-            **summary_head(self),
-            "eps": self.eps,
-            "length": self.length,
-            "n": self.n,
-            "dtype": self.dtype,
-            "device": self.device,
-            "method": self.method,
-            "score": self.score,
+            **summary_head(self, "eps", "length", "n", "dtype", "device", "method", "score"),
             "proxy_layers": {str(k): v for k, v in sorted(self.proxy_layers.items())},
             "layers": list(self.layers),
             "sink_rate_1": self.rate(1),
@@ -588,11 +582,6 @@ class SinkSummary(Provenanced, ModelRun, HowMeasured, Report):
     row_sum_sum: Int[np.ndarray, "layer head"]  # int64, units of 1 / FIXED
     n: int
     eps_grid: tuple[float, ...]
-    eps: float
-    provenance: Provenance
-    score: str
-    proxy_layers: dict[int, str]
-    layers: tuple[int, ...]
 
     @property
     def length(self) -> int:
@@ -672,10 +661,7 @@ class SinkSummary(Provenanced, ModelRun, HowMeasured, Report):
 
     def summary(self) -> dict[str, Any]:
         return {
-            **summary_head(self),
-            "eps": self.eps,
-            "length": self.length,
-            "n": self.n,
+            **summary_head(self, "eps", "length", "n"),
             "keep": "summary",
             "eps_grid": list(self.eps_grid),
             "dtype": self.dtype,

@@ -196,9 +196,7 @@ class OutlierReport(Provenanced, Report):
     def summary(self) -> dict[str, Any]:
         lf = self.loss_frame()
         return {
-            **summary_head(self),
-            "n": self.n,
-            "length": self.length,
+            **summary_head(self, "n", "length"),
             "hook": "hook_resid_post (each block's output)",
             "quantizer": "asymmetric min-max at every linear layer's input; per-tensor: one scale per text, per-token: one per position; prefix positions in full precision",
             "prefix": list(self.prefix),

@@ -553,11 +553,7 @@ class QuantReport(Provenanced, Report):
 
     def summary(self) -> dict[str, Any]:
         return {
-            **summary_head(self),
-            "n": self.n,
-            "length": self.length,
-            "key_mode": self.key_mode,
-            "group": self.group,
+            **summary_head(self, "n", "length", "key_mode", "group"),
             "quantizer": "asymmetric min-max; scale=(max-min)/(2^b-1), q=clamp(round((x-min)/scale),0,2^b-1), x'=q*scale+min",
             "full_loss": self.full_loss,
             "conditions": self.to_frame().to_dict(orient="records"),

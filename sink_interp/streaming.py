@@ -183,13 +183,7 @@ class StreamReport(Provenanced, Report):
     def summary(self) -> dict[str, Any]:
         after = self.full_from
         return {
-            **summary_head(self),
-            "n": self.n,
-            "length": self.length,
-            "n_sinks": self.n_sinks,
-            "window": self.window,
-            "bucket": self.bucket,
-            "positional": self.positional,
+            **summary_head(self, "n", "length", "n_sinks", "window", "bucket", "positional"),
             "dtype": self.model_info.get("dtype"),
             "device": self.model_info.get("device"),
             "ppl_all": {c: self.ppl(c) for c in self.conditions},

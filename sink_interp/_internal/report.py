@@ -214,9 +214,10 @@ class Provenanced:
         return self.provenance.versions
 
 
-def summary_head(rep: Any) -> dict[str, Any]:
-    """The first keys of a model run's ``summary()``, in this order: ``model``, ``data``, ``bos``."""
-    return {"model": rep.model, "data": rep.data, "bos": rep.bos}
+def summary_head(rep: Any, *names: str) -> dict[str, Any]:
+    """The first keys of a model run's ``summary()``, in this order: ``model``, ``data``, ``bos``, then the report's
+    attributes ``names`` (``"n"``, ``"length"``, ``"dtype"``...) under their own names."""
+    return {"model": rep.model, "data": rep.data, "bos": rep.bos, **{name: getattr(rep, name) for name in names}}
 
 
 def summary_tail(rep: Any, **facts: Any) -> dict[str, Any]:

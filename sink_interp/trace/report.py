@@ -284,15 +284,7 @@ class TraceReport(Provenanced, ModelRun, Report):
     def summary(self) -> dict[str, Any]:
         """Provenance, the issue's JSON keys (``massive``, ``value_norm_ratio``, ``writer``) and every link."""
         return {
-            **summary_head(self),
-            "n": self.n,
-            "length": self.length,
-            "dtype": self.dtype,
-            "device": self.device,
-            "layer": self.layer,
-            "head": self.head,
-            "kv_head": self.kv_head,
-            "sink_pos": self.sink_pos,
+            **summary_head(self, "n", "length", "dtype", "device", "layer", "head", "kv_head", "sink_pos"),
             "abs_threshold": self.massive.abs_threshold,
             "ratio_threshold": self.massive.ratio_threshold,
             "massive": self.massive.massive_list(),

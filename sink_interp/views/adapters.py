@@ -36,10 +36,9 @@ from .practice import kv_budget_view, outlier_map_view, quant_bits_view
 from .report import layer_rate_view, sink_report_view
 from .tables import (
     effect_table,
-    kv_table,
     long_context_table,
+    loss_table,
     massive_table,
-    quant_table,
     repro_table,
     sink_rates_table,
     stream_table,
@@ -279,8 +278,8 @@ for _name, _fn in {
     "LongContextReport": lambda rep: with_table(long_context_view(rep), long_context_table(rep)),
     "FindingCurves": finding_curves_view,
     "ReproTable": repro_view,
-    "KVReport": lambda rep: with_table(kv_budget_view(rep), kv_table(rep)),
-    "QuantReport": lambda rep: with_table(quant_bits_view(rep), quant_table(rep)),
+    "KVReport": lambda rep: with_table(kv_budget_view(rep), loss_table(rep, "budget", "full cache")),
+    "QuantReport": lambda rep: with_table(quant_bits_view(rep), loss_table(rep, "bits", "full-precision")),
     "OutlierReport": outlier_map_view,
     "CircuitReport": circuit_report_view,
 }.items():

@@ -67,24 +67,15 @@ def _pct(x: float, digits: int = 1) -> str:
 
 
 # --------------------------------------------------------------------------- one table per report
-def kv_table(rep: Any) -> View:
-    """A ``KVReport``: loss with budgets as rows and policies as columns (and the full cache)."""
+def loss_table(rep: Any, rows: str, full: str) -> View:
+    """A ``KVReport`` (``rows="budget"``, columns: policies and the full cache) or a ``QuantReport`` (``rows="bits"``,
+    columns: intact first tokens): its ``table()`` of losses, ``full`` naming the unchanged model's loss."""
+    cols = "policy" if rows == "budget" else "intact first tokens"
     return table_view(
         rep.table(),
-        title="Loss by budget and policy",
-        caption=run_line(rep, f"full cache loss {rep.full_loss:.4f}"),
-        index="budget",
-        num=".4f",
-    )
-
-
-def quant_table(rep: Any) -> View:
-    """A ``QuantReport``: loss with bits as rows and intact first tokens as columns."""
-    return table_view(
-        rep.table(),
-        title="Loss by bits and intact first tokens",
-        caption=run_line(rep, f"full-precision loss {rep.full_loss:.4f}"),
-        index="bits",
+        title=f"Loss by {rows} and {cols}",
+        caption=run_line(rep, f"{full} loss {rep.full_loss:.4f}"),
+        index=rows,
         num=".4f",
     )
 
