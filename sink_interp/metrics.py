@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
@@ -193,6 +193,16 @@ class HowMeasured:
     engine: LseEngine | None = None
     why_not_lse: str | None = None
     distributed: dict[str, Any] | None = None
+    #: the field shaped ``[..., layer, head, key]`` that gives the sequence length and the number of heads
+    _by_key: ClassVar[str] = "alpha"
+
+    @property
+    def length(self) -> int:
+        return int(getattr(self, self._by_key).shape[-1])
+
+    @property
+    def n_heads(self) -> int:
+        return int(getattr(self, self._by_key).shape[2])
 
     @classmethod
     def _upgrade(cls, fields: dict[str, Any]) -> dict[str, Any]:
@@ -229,14 +239,6 @@ class SinkReport(Provenanced, ModelRun, HowMeasured, Report):
     @property
     def n(self) -> int:
         return int(self.alpha.shape[0])
-
-    @property
-    def length(self) -> int:
-        return int(self.alpha.shape[-1])
-
-    @property
-    def n_heads(self) -> int:
-        return int(self.alpha.shape[2])
 
     def n_queries(self, k: int) -> int:
         """How many queries ``alpha_k`` averages over (``T - k + 1``)."""
@@ -582,14 +584,7 @@ class SinkSummary(Provenanced, ModelRun, HowMeasured, Report):
     row_sum_sum: Int[np.ndarray, "layer head"]  # int64, units of 1 / FIXED
     n: int
     eps_grid: tuple[float, ...]
-
-    @property
-    def length(self) -> int:
-        return int(self.counts.shape[-1])
-
-    @property
-    def n_heads(self) -> int:
-        return int(self.counts.shape[2])
+    _by_key: ClassVar[str] = "counts"
 
     def _g(self, eps: float | None) -> int:
         e = self.eps if eps is None else check_eps(eps)
