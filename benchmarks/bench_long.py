@@ -162,7 +162,7 @@ def run_case(case: str, model_name: str, tokens_path: str, repeats: int, threads
             def fn(x):
                 rep = measure_sinks(bridge, x, batch_size=n, progress=False, **kw)
                 extra["Sink_1"] = rep.rate(1)
-                extra["engine"] = rep.extra.get("lse", {}).get("engine", "pattern")
+                extra["engine"] = rep.engine.engine if rep.engine else "pattern"
                 return rep
 
     fn(tokens[:1, : min(32, T)])  # warm-up: lazy hooks, kernel registration, allocator

@@ -50,7 +50,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ._internal import display, hooknames
+from ._internal import hooknames
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
 from ._internal.provenance import Provenance
@@ -615,11 +615,7 @@ class CircuitReport(Patched, Provenanced, ModelRun, Report):
     def summary(self) -> dict[str, Any]:
         top = self.edges().head(10)
         return {
-            **summary_head(self),
-            "n": self.n,
-            "length": self.length,
-            "metric": self.metric,
-            "direction": self.direction,
+            **summary_head(self, "n", "length", "metric", "direction"),
             "scores": self.mode + (f" ({self.steps} steps)" if self.mode == "ig" else ""),
             "clean": self.clean,
             "corrupted": self.corrupted,
@@ -638,10 +634,6 @@ class CircuitReport(Patched, Provenanced, ModelRun, Report):
             "device": self.device,
             **summary_tail(self),
         }
-
-    def _repr_html_(self) -> str:
-        """The graph and the faithfulness curve of :func:`sink_interp.views.view_for`."""
-        return display.html_of(self)
 
     def __repr__(self) -> str:
         return (

@@ -34,7 +34,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -44,7 +43,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ._internal import display
 from ._internal import distributed as dist
 from ._internal.errors import check_eps, check_positive_int
 from ._internal.probe import ProbeSet
@@ -222,12 +220,7 @@ class EffectReport(Provenanced, ModelRun, Report):
 
     def summary(self) -> dict[str, Any]:
         return {
-            **summary_head(self),
-            "eps": self.eps,
-            "n": self.n,
-            "length": self.length,
-            "dtype": self.dtype,
-            "device": self.device,
+            **summary_head(self, "eps", "n", "length", "dtype", "device"),
             "effects": [e.row() for e in self.effects],
             **summary_tail(self),
         }
@@ -257,24 +250,6 @@ class EffectReport(Provenanced, ModelRun, Report):
         return (
             f"EffectReport(model={self.model!r}, data={self.data!r}, n={self.n}, length={self.length}, "
             f"{len(self.effects) - 1} interventions, clean loss={self.clean.loss:.4f})"
-        )
-
-    def _repr_html_(self) -> str:
-        """The figure of :func:`sink_interp.views.view_for` above the table of numbers."""
-        return display.html_of(self, fallback=lambda: "") + self._table_html()
-
-    def _table_html(self) -> str:
-        e = html.escape
-        rows = "".join(
-            f"<tr><td>{e(x.label)}</td><td>{x.loss:.4f}</td><td>{x.delta_loss:+.4f}</td><td>{x.kl:.4f}</td>"
-            f"<td>{100 * x.top1:.1f}%</td><td>{x.sink_rate_1:.1f}%</td><td>{x.sink_mass:.3f}</td></tr>"
-            for x in self.effects
-        )
-        return (
-            f"<div><b>EffectReport</b> &mdash; {e(self.model)} on {e(self.data)} (n={self.n}, length={self.length}, "
-            f"BOS={self.bos}, eps={self.eps}, {e(self.dtype)})"
-            "<table><tr><th>intervention</th><th>loss</th><th>&Delta; loss</th><th>KL</th><th>top-1 kept</th>"
-            f"<th>Sink<sub>1</sub></th><th>sink mass</th></tr>{rows}</table></div>"
         )
 
 

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -114,14 +113,6 @@ class FitReport(Report):
         return (
             f"FitReport(kind={self.kind!r}, loss clean={self.loss_clean:.4f}, masked={self.loss_masked:.4f}, "
             f"masked+bias={self.loss_fitted:.4f}, recovered={100 * self.recovered:.1f}%)"
-        )
-
-    def _repr_html_(self) -> str:
-        if self.effects is None:
-            return f"<div><b>FitReport</b> ({html.escape(self.kind)}), not evaluated</div>"
-        return (
-            f"<div><b>FitReport</b> ({html.escape(self.kind)}): {100 * self.recovered:.1f}% of the loss gap recovered"
-            f"{self.effects._repr_html_()}</div>"
         )
 
 

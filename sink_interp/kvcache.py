@@ -35,7 +35,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 import math
 import string
 import unicodedata
@@ -49,7 +48,6 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from ._internal import display
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
 from ._internal.provenance import Provenance
@@ -603,10 +601,7 @@ class KVReport(Provenanced, Report):
 
     def summary(self) -> dict[str, Any]:
         return {
-            **summary_head(self),
-            "n": self.n,
-            "length": self.length,
-            "n_sinks": self.n_sinks,
+            **summary_head(self, "n", "length", "n_sinks"),
             "positions": "original (tokens keep their positions in the cache)",
             "full_loss": self.full_loss,
             "policies": [dict(d) for d in self.policy_info],
@@ -618,12 +613,6 @@ class KVReport(Provenanced, Report):
 
     def __repr__(self) -> str:
         return f"KVReport({self.model!r}, n={self.n}, length={self.length}, policies {list(self.policies)}, budgets {list(self.budgets)})"
-
-    def _repr_html_(self) -> str:
-        return display.html_of(self, fallback=lambda: "") + (
-            f"<div><b>KVReport</b> &mdash; {html.escape(self.model)}, n={self.n}, length={self.length}, "
-            f"full cache loss {self.full_loss:.4f}{self.table().to_html(float_format=lambda x: f'{x:.4f}')}</div>"
-        )
 
 
 def kv_policies(

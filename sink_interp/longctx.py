@@ -28,7 +28,6 @@ Examples:
 
 from __future__ import annotations
 
-import html
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -38,10 +37,9 @@ import pandas as pd
 from jaxtyping import Float
 from torch import Tensor
 
-from ._internal import display
 from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
-from ._internal.provenance import Provenance
+from ._internal.provenance import Provenance, distributed_run
 from ._internal.report import FieldError, Report, check_range
 from .architecture import check_model_tokens
 from .lse import bucket_edges, lse_column_sums, normalize_edges
@@ -211,25 +209,6 @@ class LongContextReport(Report):
             f"buckets={self.n_buckets}, Sink_1 first/last bucket={r[0]:.1f}%/{r[-1]:.1f}%)"
         )
 
-    def _repr_html_(self) -> str:
-        """The figure of :func:`sink_interp.views.view_for` above the table of numbers."""
-        return display.html_of(self, fallback=lambda: "") + self._table_html()
-
-    def _table_html(self) -> str:
-        e = html.escape
-        rates, mean = self.bucket_rates(1), self.bucket_mean_alpha(1)
-        rows = "".join(
-            f"<tr><td>{a + 1}&ndash;{b}</td><td>{rates[i]:.1f}%</td><td>{mean[i]:.3f}</td></tr>"
-            for i, (a, b) in enumerate(zip(self.edges, self.edges[1:]))
-        )
-        sec = ", ".join(str(k) for k in self.secondary_sinks()[:10]) or "none"
-        return (
-            f"<div><b>LongContextReport</b> &mdash; {e(self.sink_report.model)} on {e(self.sink_report.data)} "
-            f"(n={self.sink_report.n}, T={self.length}, BOS={self.sink_report.bos}, eps={self.eps})"
-            f"<table><tr><th>queries</th><th>Sink<sub>1</sub></th><th>mean &alpha;<sub>1</sub></th></tr>{rows}</table>"
-            f"secondary sinks (k): {e(sec)}</div>"
-        )
-
 
 def long_context_sinks(
     model: Any,
@@ -282,7 +261,6 @@ def long_context_sinks(
         model, checked, layers=layers, mask=mask, query_edges=edges, batch_size=batch_size, progress=progress, fused=fused
     )
     prov = provenance(model, tokens, bos=bos, data=data, mask=mask)
-    extra: dict[str, Any] = {"lse": sums.info, **prov.extra()}
     report = SinkReport(
         alpha=sums.alpha().numpy(),
         row_sum=sums.row_sum.numpy(),
@@ -292,7 +270,8 @@ def long_context_sinks(
         layers=tuple(sums.layers),
         provenance=prov,
         method="lse",
-        extra=extra,
+        engine=sums.info,
+        distributed=distributed_run(),
     )
     return LongContextReport(
         sink_report=report,

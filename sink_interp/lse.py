@@ -52,7 +52,7 @@ Examples:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -65,6 +65,7 @@ from ._internal import hooknames
 from ._internal.errors import NonFiniteError, check_positive_int
 from ._internal.memory import available_bytes
 from ._internal.probe import ProbeSet, as_tokens
+from ._internal.provenance import LseEngine
 from .architecture import UnsupportedAttention, attention_atol, describe_attention, qk_hooks
 
 # the blockwise kernel (its own module, so that the fused engine needs nothing from here)
@@ -160,7 +161,7 @@ class ColumnSums:
     edges: list[int]
     layers: list[int]
     engine: str
-    info: dict[str, Any] = field(default_factory=dict)
+    info: LseEngine
 
     def alpha(self) -> Float[Tensor, "n layer head T"]:
         """The sink score over all queries: ``sum_buckets col / (T - k + 1)``."""
@@ -324,7 +325,7 @@ def lse_column_sums(
                 raise NonFiniteError(
                     explain_non_finite(model, tokens[first : first + 1], seen_at="the fused engine's column sums")
                 )
-            return ColumnSums(col, rows, edges, layer_list, "fused", info)
+            return ColumnSums(col, rows, edges, layer_list, "fused", LseEngine.from_info(info))
 
     bs = dist.decide(lambda: auto_batch_size(model, T)) if batch_size is None else check_positive_int(batch_size, "batch_size")
 
@@ -342,9 +343,8 @@ def lse_column_sums(
 
     check = dist.decide(hooks_check)
     col, rows = hooks_engine(tokens, edges, bs, progress)
-    return ColumnSums(
-        col, rows, edges, layer_list, "hooks", {"engine": "hooks", "why_not_fused": reason, "batch_size": bs, "self_check": check}
-    )
+    info = LseEngine(engine="hooks", why_not_fused=reason, batch_size=bs, self_check=check)
+    return ColumnSums(col, rows, edges, layer_list, "hooks", info)
 
 
 # --------------------------------------------------------------------------- choosing a method

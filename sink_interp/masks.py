@@ -66,7 +66,7 @@ class AttentionMask:
         >>> mask.visible(torch.tensor([9]), torch.arange(10)).int()
         tensor([[1, 0, 0, 0, 0, 0, 1, 1, 1, 1]], dtype=torch.int32)
         >>> report = measure_sinks(tiny_model(), torch.randint(4, 128, (2, 16)), mask=mask, progress=False)
-        >>> report.extra["mask"]
+        >>> report.provenance.mask
         {'window': 4, 'prefix': 0, 'n_sinks': 1}
     """
 

@@ -32,8 +32,7 @@ Example:
 
 from __future__ import annotations
 
-import html
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,11 +41,20 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ._internal import display, hooknames
+from ._internal import hooknames
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
-from ._internal.provenance import Provenance
-from ._internal.report import FieldError, ModelRun, Provenanced, Report, check_range, summary_head, summary_tail
+from ._internal.provenance import Provenance, distributed_run
+from ._internal.report import (
+    FieldError,
+    ModelRun,
+    Provenanced,
+    Report,
+    check_range,
+    from_extra,
+    summary_head,
+    summary_tail,
+)
 from .architecture import check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
 from .metrics import SinkReport, SinkScoreReducer
@@ -250,9 +258,15 @@ class MassiveReport(Provenanced, ModelRun, Report):
     provenance: Provenance
     key_after_rope: bool
     sink_report: SinkReport | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    keys_unreadable: tuple[int, ...] = ()  # layers whose keys or values the description cannot read
+    distributed: dict[str, Any] | None = None  # the run of sink_interp.distributed() it was part of
 
-    _nan_fields = ("k_norm", "v_norm")  # NaN: layers whose keys or values the description cannot read (extra["keys_unreadable"])
+    _nan_fields = ("k_norm", "v_norm")  # NaN: the layers of keys_unreadable
+
+    @classmethod
+    def _upgrade(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        """Files written when ``keys_unreadable`` and ``distributed`` sat in ``extra``."""
+        return from_extra(fields, keys_unreadable=("keys_unreadable", tuple), distributed=("distributed", dict))
 
     def _check(self) -> None:
         for name in ("top_abs", "median", "h_norm", "k_norm", "v_norm"):
@@ -525,13 +539,7 @@ class MassiveReport(Provenanced, ModelRun, Report):
         """Provenance and headline numbers (what :meth:`to_json` writes)."""
         massive_layers = [int(l) for l in np.nonzero(self.is_massive())[0]]
         return {
-            **summary_head(self),
-            "n": self.n,
-            "length": self.length,
-            "dtype": self.dtype,
-            "device": self.device,
-            "abs_threshold": self.abs_threshold,
-            "ratio_threshold": self.ratio_threshold,
+            **summary_head(self, "n", "length", "dtype", "device", "abs_threshold", "ratio_threshold"),
             "top_k": int(self.top_abs.shape[2]),
             "key_after_rope": self.key_after_rope,
             "massive": self.massive_list(),
@@ -546,7 +554,7 @@ class MassiveReport(Provenanced, ModelRun, Report):
             "layers": self.to_frame().to_dict(orient="records"),
             "extreme_tokens": self.extreme_tokens().to_dict(orient="records"),
             "extreme_triple": self.extreme_triple(),
-            **summary_tail(self),
+            **summary_tail(self, keys_unreadable=list(self.keys_unreadable) or None),
         }
 
     def __repr__(self) -> str:
@@ -555,25 +563,6 @@ class MassiveReport(Provenanced, ModelRun, Report):
             f"MassiveReport(model={self.model!r}, data={self.data!r}, n={self.n}, length={self.length}, "
             f"max |x|={g['max']:.1f} at layer {g['layer']} pos {g['pos']} dim {g['dim']}, "
             f"massive layers={int(self.is_massive().sum())}/{self.n_layers})"
-        )
-
-    def _repr_html_(self) -> str:
-        """The figure of :func:`sink_interp.views.view_for` above the table of numbers."""
-        return display.html_of(self, fallback=lambda: "") + self._table_html()
-
-    def _table_html(self) -> str:
-        e = html.escape
-        df = self.to_frame()
-        rows = "".join(
-            f"<tr><td>{int(r.layer)}</td><td>{r.max:.1f}</td><td>{int(r.pos)}</td><td>{int(r.dim)}</td>"
-            f"<td>{r.ratio:.0f}</td><td>{'yes' if r.massive else ''}</td><td>{r.value_norm_ratio:.3f}</td></tr>"
-            for r in df.itertuples()
-        )
-        return (
-            f"<div><b>MassiveReport</b> &mdash; {e(self.model)} on {e(str(self.data))} (n={self.n}, length={self.length}, "
-            f"BOS={self.bos}, thresholds |x|&gt;{self.abs_threshold:g} and &ge;{self.ratio_threshold:g}&times; median, {e(self.dtype)})"
-            f"<table><tr><th>layer</th><th>max |x|</th><th>pos</th><th>dim</th><th>/median</th><th>massive</th>"
-            f"<th>||v<sub>0</sub>|| / mean ||v||</th></tr>{rows}</table></div>"
         )
 
 
@@ -660,5 +649,6 @@ def massive_activations(
         provenance=prov,
         key_after_rope=describe_attention(model).layer(0).rotary is not None,
         sink_report=sink_report,
-        extra={**prov.extra(), **({"keys_unreadable": unreadable} if unreadable else {})},
+        keys_unreadable=tuple(unreadable),
+        distributed=distributed_run(),
     )

@@ -26,10 +26,9 @@ attention weight), so ``Sink_T`` is noisy: it is reported, but
 
 from __future__ import annotations
 
-import html
 import weakref
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,12 +36,22 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ._internal import display, hooknames
 from ._internal import distributed as dist
+from ._internal import hooknames
 from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
-from ._internal.provenance import Provenance
-from ._internal.report import FieldError, ModelRun, Provenanced, Report, check_indices, check_range, summary_head, summary_tail
+from ._internal.provenance import LseEngine, Provenance, distributed_run
+from ._internal.report import (
+    FieldError,
+    ModelRun,
+    Provenanced,
+    Report,
+    check_indices,
+    check_range,
+    from_extra,
+    summary_head,
+    summary_tail,
+)
 from ._internal.scores import MIN_QUERIES, SCORES, reliable_keys, sink_alpha, sink_rates
 from .architecture import check_head_counts, check_model_tokens, describe_attention
 from .capture import Reducer, run_reducers
@@ -168,8 +177,46 @@ def _check_layers(rep: Any, n_layers: int, field_name: str) -> None:
         raise FieldError("proxy_layers", f"names layers {extra}, which were not measured (layers {list(rep.layers)})")
 
 
+@dataclass(frozen=True, kw_only=True)
+class HowMeasured:
+    """How a sink report's scores were read (mixed into :class:`SinkReport` and :class:`SinkSummary`): the threshold
+    ``eps``, the provenance, the ``score`` rule (and the layers read through a proxy), the ``layers``, the ``method``
+    (``"pattern"`` or ``"lse"``), the LSE ``engine`` that ran (``"lse"`` only), why ``method="auto"`` fell back to the
+    pattern (``why_not_lse``), and the run of ``sink_interp.distributed()`` it was part of (``distributed``)."""
+
+    eps: float
+    provenance: Provenance
+    score: str
+    proxy_layers: dict[int, str]
+    layers: tuple[int, ...]
+    method: str = "pattern"
+    engine: LseEngine | None = None
+    why_not_lse: str | None = None
+    distributed: dict[str, Any] | None = None
+    #: the field shaped ``[..., layer, head, key]`` that gives the sequence length and the number of heads
+    _by_key: ClassVar[str] = "alpha"
+
+    @property
+    def length(self) -> int:
+        return int(getattr(self, self._by_key).shape[-1])
+
+    @property
+    def n_heads(self) -> int:
+        return int(getattr(self, self._by_key).shape[2])
+
+    @classmethod
+    def _upgrade(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        """Files written when these facts sat in ``extra`` (``lse``, ``why_not_lse``, ``distributed``)."""
+        return from_extra(
+            fields, engine=("lse", LseEngine.from_info), why_not_lse=("why_not_lse", str), distributed=("distributed", dict)
+        )
+
+    def _summary_tail(self) -> dict[str, Any]:
+        return summary_tail(self, why_not_lse=self.why_not_lse, lse=self.engine.info() if self.engine else None)
+
+
 @dataclass(frozen=True, eq=False, repr=False)
-class SinkReport(Provenanced, ModelRun, Report):
+class SinkReport(Provenanced, ModelRun, HowMeasured, Report):
     """Sink scores of every (sample, layer, head, key position), with what produced them.
 
     ``alpha`` has shape ``[n, layers, heads, length]``; positions ``k`` in the
@@ -187,26 +234,11 @@ class SinkReport(Provenanced, ModelRun, Report):
 
     alpha: Float[np.ndarray, "n layer head pos"]
     row_sum: Float[np.ndarray, "n layer head"]
-    eps: float
-    provenance: Provenance
-    score: str
-    proxy_layers: dict[int, str]
-    layers: tuple[int, ...]
-    method: str = "pattern"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- shape facts
     @property
     def n(self) -> int:
         return int(self.alpha.shape[0])
-
-    @property
-    def length(self) -> int:
-        return int(self.alpha.shape[-1])
-
-    @property
-    def n_heads(self) -> int:
-        return int(self.alpha.shape[2])
 
     def n_queries(self, k: int) -> int:
         """How many queries ``alpha_k`` averages over (``T - k + 1``)."""
@@ -352,14 +384,7 @@ class SinkReport(Provenanced, ModelRun, Report):
         """Provenance and headline numbers (what :meth:`to_json` writes, minus the full scores)."""
         top = self.head_table().head(10)
         return {
-            **summary_head(self),
-            "eps": self.eps,
-            "length": self.length,
-            "n": self.n,
-            "dtype": self.dtype,
-            "device": self.device,
-            "method": self.method,
-            "score": self.score,
+            **summary_head(self, "eps", "length", "n", "dtype", "device", "method", "score"),
             "proxy_layers": {str(k): v for k, v in sorted(self.proxy_layers.items())},
             "layers": list(self.layers),
             "sink_rate_1": self.rate(1),
@@ -368,7 +393,7 @@ class SinkReport(Provenanced, ModelRun, Report):
             "mean_alpha_1": float(self.alpha[..., 0].mean()),
             "top_heads": top.to_dict(orient="records"),
             "sink_positions": self.sink_positions().to_dict(orient="records"),
-            **summary_tail(self),
+            **self._summary_tail(),
         }
 
     @classmethod
@@ -394,32 +419,13 @@ class SinkReport(Provenanced, ModelRun, Report):
             proxy_layers={int(k): v for k, v in (d.get("proxy_layers") or {}).items()},
             layers=tuple(int(x) for x in d["layers"]),
             method=d.get("method", "pattern"),
-            extra=d.get("extra", {}),
+            **HowMeasured._upgrade({"extra": d.get("extra") or {}}),
         )
 
     def __repr__(self) -> str:
         return (
             f"SinkReport(model={self.model!r}, data={self.data!r}, bos={self.bos}, eps={self.eps}, "
             f"n={self.n}, length={self.length}, Sink_1={self.rate(1):.2f}%)"
-        )
-
-    def _repr_html_(self) -> str:
-        """The view of :func:`sink_interp.views.view_for` (a plain summary table when no view is registered)."""
-        return display.html_of(self, fallback=self._summary_html)
-
-    def _summary_html(self) -> str:
-        e = html.escape
-        top = self.head_table().head(8)
-        rows = "".join(
-            f"<tr><td>{int(r.layer)}</td><td>{int(r.head)}</td><td>{r.mean_alpha_1:.3f}</td><td>{r.sink_rate_1:.1f}%</td></tr>"
-            for r in top.itertuples()
-        )
-        return (
-            f"<div><b>SinkReport</b> &mdash; {e(self.model)} on {e(self.data)} "
-            f"(n={self.n}, length={self.length}, BOS={self.bos}, eps={self.eps}, {e(self.dtype)})<br>"
-            f"<b>Sink<sub>1</sub> = {self.rate(1):.2f}%</b> of (sample, layer, head) triples have "
-            f"&alpha;<sub>1</sub> &gt; {self.eps}."
-            f"<table><tr><th>layer</th><th>head</th><th>mean &alpha;<sub>1</sub></th><th>sink rate</th></tr>{rows}</table></div>"
         )
 
 
@@ -502,7 +508,7 @@ def measure_sinks(
     method = dist.decide(lambda: _lse.choose_method(model, tokens_checked, chosen, score=score, batch_size=batch_size))
     mask = _lse.as_mask(mask)
     prov = provenance(model, tokens, bos=bos, data=data, mask=mask)
-    extra: dict[str, Any] = prov.extra()
+    why_not_lse, engine = None, None
     if method == "lse":
         try:
             sums = _lse.lse_column_sums(
@@ -511,11 +517,11 @@ def measure_sinks(
         except _lse.SelfCheckFailed as e:
             if requested != "auto":
                 raise
-            method, extra["why_not_lse"] = "pattern", str(e)
+            method, why_not_lse = "pattern", str(e)
     if method == "lse":
         alpha, row_sum, layer_list, proxy_layers, used = sums.alpha(), sums.row_sum, sums.layers, {}, []
         score = "softmax"
-        extra["lse"] = sums.info
+        engine = sums.info
     else:
         reducer = SinkScoreReducer(layers=layers, score=score)
         from .interventions import masked
@@ -534,7 +540,9 @@ def measure_sinks(
         layers=tuple(layer_list),
         provenance=prov,
         method=method,
-        extra=extra,
+        engine=engine,
+        why_not_lse=why_not_lse,
+        distributed=distributed_run(),
     )
 
 
@@ -554,7 +562,7 @@ def _fixed(x: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class SinkSummary(Provenanced, ModelRun, Report):
+class SinkSummary(Provenanced, ModelRun, HowMeasured, Report):
     """What ``measure_sinks(..., keep="summary")`` keeps: counts over a fixed eps grid and fixed-point sums.
 
     ``counts[g, layer, head, k - 1]`` is the number of samples with ``alpha_k > eps_grid[g]``;
@@ -576,21 +584,7 @@ class SinkSummary(Provenanced, ModelRun, Report):
     row_sum_sum: Int[np.ndarray, "layer head"]  # int64, units of 1 / FIXED
     n: int
     eps_grid: tuple[float, ...]
-    eps: float
-    provenance: Provenance
-    score: str
-    proxy_layers: dict[int, str]
-    layers: tuple[int, ...]
-    method: str = "pattern"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def length(self) -> int:
-        return int(self.counts.shape[-1])
-
-    @property
-    def n_heads(self) -> int:
-        return int(self.counts.shape[2])
+    _by_key: ClassVar[str] = "counts"
 
     def _g(self, eps: float | None) -> int:
         e = self.eps if eps is None else check_eps(eps)
@@ -660,22 +654,9 @@ class SinkSummary(Provenanced, ModelRun, Report):
             }
         )
 
-    def _repr_html_(self) -> str:
-        return display.html_of(self, fallback=self._summary_html)
-
-    def _summary_html(self) -> str:
-        e = html.escape
-        return (
-            f"<div><b>SinkSummary</b> &mdash; {e(self.model)} on {e(self.data)} (n={self.n}, length={self.length}, "
-            f"BOS={self.bos}, eps={self.eps}): <b>Sink<sub>1</sub> = {self.rate(1):.2f}%</b></div>"
-        )
-
     def summary(self) -> dict[str, Any]:
         return {
-            **summary_head(self),
-            "eps": self.eps,
-            "length": self.length,
-            "n": self.n,
+            **summary_head(self, "eps", "length", "n"),
             "keep": "summary",
             "eps_grid": list(self.eps_grid),
             "dtype": self.dtype,
@@ -687,7 +668,7 @@ class SinkSummary(Provenanced, ModelRun, Report):
             "sink_rates": [float(x) for x in self.rates()],
             "layer_rates": [float(x) for x in self.layer_rates(1)],
             "mean_alpha_1": float(self.mean_alpha(1).mean()),
-            **summary_tail(self),
+            **self._summary_tail(),
         }
 
     def __repr__(self) -> str:
@@ -736,7 +717,8 @@ def _measure_summary(
                         rep.score,
                         rep.method,
                         rep.layers,
-                        rep.extra,
+                        rep.engine,
+                        rep.why_not_lse,
                     )
                 )
     except Exception as e:  # noqa: BLE001 - re-raised on every rank
@@ -751,8 +733,6 @@ def _measure_summary(
         proxy.update(p[4])
     scores = sorted({p[5] for p in allp})
     first = allp[0]
-    extra = dict(first[8])
-    extra.pop("probe", None)
     prov = provenance(model, tokens, bos=kw["bos"], data=kw["data"], mask=_lse.as_mask(kw["mask"]))
     return SinkSummary(
         counts=counts.numpy(),
@@ -766,5 +746,7 @@ def _measure_summary(
         layers=tuple(first[7]),
         provenance=prov,
         method=first[6],
-        extra={**extra, **prov.extra()},
+        engine=first[8],
+        why_not_lse=first[9],
+        distributed=distributed_run(),
     )

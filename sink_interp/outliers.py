@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -35,8 +34,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ._internal import display, hooknames
 from ._internal import distributed as dist
+from ._internal import hooknames
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
 from ._internal.provenance import Provenance
@@ -197,9 +196,7 @@ class OutlierReport(Provenanced, Report):
     def summary(self) -> dict[str, Any]:
         lf = self.loss_frame()
         return {
-            **summary_head(self),
-            "n": self.n,
-            "length": self.length,
+            **summary_head(self, "n", "length"),
             "hook": "hook_resid_post (each block's output)",
             "quantizer": "asymmetric min-max at every linear layer's input; per-tensor: one scale per text, per-token: one per position; prefix positions in full precision",
             "prefix": list(self.prefix),
@@ -222,12 +219,6 @@ class OutlierReport(Provenanced, Report):
     def __repr__(self) -> str:
         mx = ", ".join(f"{c}: {float(self.max_abs[i].max()):.1f}" for i, c in enumerate(self.conditions))
         return f"OutlierReport({self.model!r}, n={self.n}, length={self.length}, prefix {list(self.prefix_tokens)}, max |x| {mx})"
-
-    def _repr_html_(self) -> str:
-        return display.html_of(self, fallback=lambda: "") + (
-            f"<div><b>OutlierReport</b> &mdash; {html.escape(self.model)}, prefix {html.escape(str(list(self.prefix_tokens)))}"
-            f"{self.loss_frame().to_html(float_format=lambda x: f'{x:.4f}')}</div>"
-        )
 
 
 def activation_outliers(

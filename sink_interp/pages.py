@@ -286,7 +286,7 @@ def _effects_section(ctx: ReportContext) -> View | None:
 def _provenance_section(ctx: ReportContext) -> View:
     r = ctx.report
     mi = r.model_info
-    probe = (r.extra or {}).get("probe", {}) if isinstance(r.extra, dict) else {}
+    probe = r.provenance.probe or {}
     rows = [
         {
             "what": "model",

@@ -42,7 +42,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -52,8 +51,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ._internal import display, hooknames
 from ._internal import distributed as dist
+from ._internal import hooknames
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
 from ._internal.provenance import Provenance
@@ -554,11 +553,7 @@ class QuantReport(Provenanced, Report):
 
     def summary(self) -> dict[str, Any]:
         return {
-            **summary_head(self),
-            "n": self.n,
-            "length": self.length,
-            "key_mode": self.key_mode,
-            "group": self.group,
+            **summary_head(self, "n", "length", "key_mode", "group"),
             "quantizer": "asymmetric min-max; scale=(max-min)/(2^b-1), q=clamp(round((x-min)/scale),0,2^b-1), x'=q*scale+min",
             "full_loss": self.full_loss,
             "conditions": self.to_frame().to_dict(orient="records"),
@@ -585,12 +580,6 @@ class QuantReport(Provenanced, Report):
 
     def __repr__(self) -> str:
         return f"QuantReport({self.model!r}, n={self.n}, length={self.length}, full loss {self.full_loss:.4f}, {len(self.conditions)} conditions)"
-
-    def _repr_html_(self) -> str:
-        return display.html_of(self, fallback=lambda: "") + (
-            f"<div><b>QuantReport</b> &mdash; {html.escape(self.model)}, n={self.n}, length={self.length}, "
-            f"full-precision loss {self.full_loss:.4f}{self.table().to_html(float_format=lambda x: f'{x:.4f}')}</div>"
-        )
 
 
 def kv_quant(

@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -38,7 +37,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ._internal import display
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
 from ._internal.provenance import Provenance
@@ -185,13 +183,7 @@ class StreamReport(Provenanced, Report):
     def summary(self) -> dict[str, Any]:
         after = self.full_from
         return {
-            **summary_head(self),
-            "n": self.n,
-            "length": self.length,
-            "n_sinks": self.n_sinks,
-            "window": self.window,
-            "bucket": self.bucket,
-            "positional": self.positional,
+            **summary_head(self, "n", "length", "n_sinks", "window", "bucket", "positional"),
             "dtype": self.model_info.get("dtype"),
             "device": self.model_info.get("device"),
             "ppl_all": {c: self.ppl(c) for c in self.conditions},
@@ -203,17 +195,6 @@ class StreamReport(Provenanced, Report):
     def __repr__(self) -> str:
         parts = ", ".join(f"{c}: {self.ppl(c, self.full_from):.2f}" for c in self.conditions)
         return f"StreamReport({self.model!r}, n={self.n}, length={self.length}, ppl after position {self.full_from}: {parts})"
-
-    def _repr_html_(self) -> str:
-        """The figure of :func:`sink_interp.views.view_for` above the table of numbers."""
-        return display.html_of(self, fallback=lambda: "") + self._table_html()
-
-    def _table_html(self) -> str:
-        pv = self.pivot()
-        return (
-            f"<div><b>StreamReport</b> &mdash; {html.escape(self.model)}, {self.n_sinks} sinks + window {self.window}, "
-            f"n={self.n}, length={self.length}, BOS={self.bos}{pv.to_html(float_format=lambda x: f'{x:.2f}')}</div>"
-        )
 
 
 def streaming_ppl(

@@ -224,7 +224,7 @@ def test_user_masks_on_windowed_models_agree_across_engines(family, mask):
     pattern = measure_sinks(model, x, method="pattern", mask=mask, progress=False)
     hooks = measure_sinks(model, x, method="lse", fused=False, mask=mask, progress=False)
     fused = measure_sinks(model, x, method="lse", mask=mask, progress=False)
-    assert fused.extra["lse"]["engine"] == "fused"
+    assert fused.engine.engine == "fused"
     np.testing.assert_allclose(hooks.alpha, pattern.alpha, atol=1e-4)
     np.testing.assert_allclose(fused.alpha, pattern.alpha, atol=1e-4)
     np.testing.assert_allclose(fused.row_sum, pattern.row_sum, atol=1e-4)

@@ -215,8 +215,11 @@ def _failure_on_one_rank() -> tuple[str, bool]:
 def _record(rep: Any) -> Any:
     """The report's record of the ranks (a long-context report keeps it in its SinkReport, a fit in its EffectReport)."""
     inner = getattr(rep, "sink_report", None) or getattr(rep, "effects", None)
-    extra = getattr(rep, "extra", None) or getattr(inner, "extra", None) or {}
-    return extra.get("distributed")
+    for r in (rep, inner):
+        got = getattr(r, "distributed", None) or (getattr(r, "extra", None) or {}).get("distributed")
+        if got is not None:
+            return got
+    return None
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -241,7 +244,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                 "records": {name: _record(got[name]) for name in CASES},
                 "ref_records": {name: _record(ref[name]) for name in CASES},
                 "failures": failures,
-                "engines": {name: got[name].extra.get("lse", {}).get("engine") for name in CASES if "measure lse" in name},
+                "engines": {name: getattr(got[name].engine, "engine", None) for name in CASES if "measure lse" in name},
             }
             Path(out).write_bytes(pickle.dumps(result))
         td.barrier()
@@ -312,8 +315,8 @@ def test_report_records_world_size_inside_the_block():
 
     with si.distributed():
         rep = si.measure_sinks(_model(), _toks(2, 8), progress=False)
-    assert rep.extra["distributed"] == {"world_size": 1, "backend": "none"}
-    assert "distributed" not in si.measure_sinks(_model(), _toks(2, 8), progress=False).extra
+    assert rep.distributed == {"world_size": 1, "backend": "none"}
+    assert si.measure_sinks(_model(), _toks(2, 8), progress=False).distributed is None
 
 
 def test_summary_rates_equal_the_full_report_bit_for_bit(tmp_path: Path):
@@ -332,7 +335,7 @@ def test_summary_rates_equal_the_full_report_bit_for_bit(tmp_path: Path):
     assert np.abs(s.mean_alpha(1) - full.mean_alpha(1)).max() < 1e-6  # fixed point vs float mean
     assert np.abs(s.sink_mass() - full.sink_mass()).max() < 1e-6
     assert np.array_equal(s.to_frame(0.2)["sink_rate"].to_numpy(), full.to_frame(0.2)["sink_rate"].to_numpy())
-    assert "Sink<sub>1</sub>" in s._repr_html_()
+    assert "Sink_1" in s._repr_html_()
     back = si.load_report(s.to_json(tmp_path / "s.json") and tmp_path / "s.json")
     assert isinstance(back, si.SinkSummary) and differences(back, s) == []
     with pytest.raises(ValueError, match=r"eps must be one of .*grid.*got 0.33"):

@@ -137,8 +137,8 @@ def test_measure_sinks_lse_report_records_method_and_engine(tiny_models, name):
     tokens = torch.randint(4, 128, (4, 24), generator=torch.Generator().manual_seed(1))
     rep = measure_sinks(model, tokens, method="lse", progress=False)
     assert rep.method == "lse" and rep.score == "softmax"
-    assert rep.extra["lse"]["engine"] == "fused"
-    assert rep.extra["lse"]["kernel"] == [fused_mod.CPU_KERNEL] and rep.extra["lse"]["lse"] == ["kernel"]
+    assert rep.engine.engine == "fused"
+    assert rep.engine.kernel == (fused_mod.CPU_KERNEL,) and rep.engine.lse == ("kernel",)
     with torch.no_grad():
         ref = official_alpha(torch.stack(hf(tokens, output_attentions=True).attentions, 1))
     np.testing.assert_allclose(rep.alpha, ref.numpy(), atol=1e-5)
@@ -154,7 +154,7 @@ def test_fused_engine_without_the_cpu_kernel_takes_the_row_normaliser_blockwise(
     tokens = torch.randint(4, 128, (3, 33), generator=torch.Generator().manual_seed(8))
     mask = MASKS[mask_name]
     rep = measure_sinks(model, tokens, method="lse", mask=mask, progress=False)
-    assert rep.extra["lse"]["kernel"] == [fused_mod.SDPA] and rep.extra["lse"]["lse"] == ["blockwise"]
+    assert rep.engine.kernel == (fused_mod.SDPA,) and rep.engine.lse == ("blockwise",)
     pattern = measure_sinks(model, tokens, method="pattern", mask=mask, progress=False)
     np.testing.assert_allclose(rep.alpha, pattern.alpha, atol=1e-5)
 
@@ -195,7 +195,7 @@ def test_hooks_on_the_model_send_lse_through_the_hooks_engine(tiny_models):
         with pytest.raises(ValueError, match="fused engine cannot run"):
             measure_sinks(model, tokens, method="lse", fused=True, progress=False)
     clean = measure_sinks(model, tokens, method="pattern", progress=False)
-    assert lse.extra["lse"]["engine"] == "hooks"
+    assert lse.engine.engine == "hooks"
     np.testing.assert_allclose(lse.alpha, pattern.alpha, atol=1e-5)
     assert np.abs(lse.alpha[:, 1] - clean.alpha[:, 1]).max() > 1e-4  # the intervention changed layer 1
 
@@ -212,8 +212,8 @@ def test_failed_self_check_falls_back_to_hooks(tiny_models, monkeypatch):
 
     monkeypatch.setattr(fused_mod, "fused_column_sums", wrong)
     sums = lse_column_sums(model, tokens, progress=False)
-    assert sums.engine == "hooks" and "self-check" in sums.info["why_not_fused"]
-    assert "self-check on" in sums.info["self_check"]
+    assert sums.engine == "hooks" and "self-check" in sums.info.why_not_fused
+    assert "self-check on" in sums.info.self_check
 
 
 def test_failed_self_check_everywhere_refuses_lse_and_auto_falls_back_to_pattern(tiny_models, monkeypatch):
@@ -226,7 +226,7 @@ def test_failed_self_check_everywhere_refuses_lse_and_auto_falls_back_to_pattern
     with pytest.raises(lse_mod.SelfCheckFailed, match="method='pattern'"):
         measure_sinks(model, tokens, method="lse", progress=False)
     rep = measure_sinks(model, tokens, progress=False)
-    assert rep.method == "pattern" and "self-check" in rep.extra["why_not_lse"]
+    assert rep.method == "pattern" and "self-check" in rep.why_not_lse
     with torch.no_grad():
         ref = official_alpha(torch.stack(hf(tokens, output_attentions=True).attentions, 1))
     np.testing.assert_allclose(rep.alpha, ref.numpy(), atol=1e-5)

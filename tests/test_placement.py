@@ -57,7 +57,7 @@ def test_offloaded_measure_sinks_equals_in_memory(pair, method):
     b = measure_sinks(ref, toks, progress=False, method=method)
     torch.testing.assert_close(torch.as_tensor(a.alpha), torch.as_tensor(b.alpha), rtol=0, atol=1e-5)
     if method == "lse":  # the fused twin has no accelerate hooks: the hooks engine runs, and says why
-        assert a.extra["lse"]["engine"] == "hooks" and "device_map" in a.extra["lse"]["why_not_fused"]
+        assert a.engine.engine == "hooks" and "device_map" in a.engine.why_not_fused
 
 
 def _numbers(x, path=""):

@@ -230,7 +230,7 @@ def _massive(extra, family):
     spec = describe_attention(bridge)
     unreadable = [la.layer for la in spec.layers if not la.qkv_readable or la.k_hook not in bridge.hook_dict]
     assert unreadable == ([0, 1] if family in ("deepseek_v2", "jetmoe") else [])
-    assert rep.extra.get("keys_unreadable", []) == unreadable
+    assert list(rep.keys_unreadable) == unreadable
     assert np.isnan(rep.k_norm[:, unreadable]).all() and np.isfinite(np.delete(rep.k_norm, unreadable, axis=1)).all()
 
 

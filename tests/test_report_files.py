@@ -132,8 +132,8 @@ def test_a_bomb_is_refused_in_2_s_and_200_mb(saved, tmp_path, case):
         want = "field alpha holds more bytes than its shape [4, 2, 4, 16] and dtype float32 declare (2048)"
     else:
         piece = {"__ndarray__": base64.b64encode(zlib_zeros(26 << 20)).decode(), "dtype": "<f4", "shape": [26 << 18]}
-        fields["extra"] = {"__dict__": {f"x{i}": piece for i in range(40)}}
-        want = "field extra['x2'] declares 26.0 MiB"
+        fields["distributed"] = {"__dict__": {f"x{i}": piece for i in range(40)}}
+        want = "field distributed['x2'] declares 26.0 MiB"
     path = write(tmp_path, d)
     seconds, grew, message = _load_in_fresh_process(path, saved["path"])
     assert message.startswith(f"ReportFileError: {path}: {want}"), message
@@ -144,7 +144,7 @@ def test_a_bomb_is_refused_in_2_s_and_200_mb(saved, tmp_path, case):
 def test_a_trusted_big_file_loads_with_max_bytes(saved, tmp_path):
     """The limit is a default, not a ceiling: a file declaring more than 16 x its size loads when the caller raises it."""
     d = copy.deepcopy(saved["json"])
-    d["report"]["fields"]["extra"] = {
+    d["report"]["fields"]["distributed"] = {
         "__dict__": {
             "zeros": {"__ndarray__": base64.b64encode(zlib_zeros(80 << 20)).decode(), "dtype": "<f4", "shape": [20 << 20]}
         }
@@ -153,8 +153,8 @@ def test_a_trusted_big_file_loads_with_max_bytes(saved, tmp_path):
     with pytest.raises(ReportFileError, match=r"max_bytes"):
         si.load_report(path)
     back = si.load_report(path, max_bytes=100 << 20)
-    assert back.extra["zeros"].shape == (20 << 20,) and not back.extra["zeros"].any()
-    assert back.extra["zeros"].flags.writeable  # an array as any other report's, not a read-only view
+    assert back.distributed["zeros"].shape == (20 << 20,) and not back.distributed["zeros"].any()
+    assert back.distributed["zeros"].flags.writeable  # an array as any other report's, not a read-only view
     with pytest.raises(ValueError, match="max_bytes must be a whole number"):
         si.load_report(path, max_bytes=-1)
 
@@ -237,15 +237,18 @@ TAMPERED: dict[str, tuple[Callable[[dict[str, Any], dict[str, Any]], None], str]
         lambda f, s: f["alpha"].__setitem__("dtype", [["a", "<f4"]]),
         "field alpha declares the dtype [['a', '<f4']]",
     ),
-    "unknown record": (_set("extra", {"__record__": "Nope", "fields": {}}), "field extra holds a record of unknown type 'Nope'"),
+    "unknown record": (
+        _set("distributed", {"__record__": "Nope", "fields": {}}),
+        "field distributed holds a record of unknown type 'Nope'",
+    ),
     "bad float tag": (_set("eps", {"__float__": "1e999"}), "field eps holds the float '1e999'"),
     "dict items with a list key": (
         _set("proxy_layers", {"__items__": [[{"__dict__": {}}, "proxy"]]}),
         "field proxy_layers[0] has a key that cannot be a dict key",
     ),
     "nested 300 deep": (
-        _set("extra", json.loads('{"__dict__": {"a": ' + "[" * 300 + "]" * 300 + "}}")),
-        "field extra['a']" + "[0]" * 30 + "... is nested more than 200 levels deep",
+        _set("distributed", json.loads('{"__dict__": {"a": ' + "[" * 300 + "]" * 300 + "}}")),
+        "field distributed['a']" + "[0]" * 28 + "... is nested more than 200 levels deep",
     ),
 }
 

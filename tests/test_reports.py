@@ -178,3 +178,31 @@ def test_fit_report_with_its_fitted_bias(model, tokens, tmp_path, kind):
     with torch.no_grad(), intervene(model, back.mask, back.bias):  # the loaded bias is the fitted one
         got = model(tokens)
     assert torch.equal(got, want)
+
+
+def test_files_with_run_facts_in_extra_load_into_typed_fields(model):
+    """Sink and massive reports written when the LSE engine, why_not_lse, the distributed run and the unreadable
+    keys sat in an ``extra`` dict load into their typed fields; the summary (the CLI's --json head) is unchanged."""
+    rep = measure_sinks(model, torch.randint(4, 128, (2, 8)), method="lse", progress=False)
+    d = json.loads(rep.to_json())
+    fields = d["report"]["fields"]
+    engine = rep.engine.info()
+    for key in ("engine", "why_not_lse", "distributed"):
+        fields.pop(key)
+    fields["extra"] = {
+        "__dict__": {
+            "probe": None,
+            "lse": {"__dict__": engine},
+            "why_not_lse": "x",
+            "distributed": {"__dict__": {"world_size": 2}},
+        }
+    }
+    back = loads_report(json.dumps(d))
+    assert back.engine == rep.engine and back.why_not_lse == "x" and back.distributed == {"world_size": 2}
+    assert back.summary()["extra"]["lse"] == engine == d["extra"]["lse"]
+    m = massive_activations(model, torch.randint(4, 128, (1, 8)), measure_sinks=False, progress=False)
+    d = json.loads(m.to_json())
+    for key in ("keys_unreadable", "distributed"):
+        d["report"]["fields"].pop(key)
+    d["report"]["fields"]["extra"] = {"__dict__": {"keys_unreadable": [0]}}
+    assert loads_report(json.dumps(d)).keys_unreadable == (0,)

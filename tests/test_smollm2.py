@@ -72,7 +72,7 @@ def test_lse_fused_equals_hf_eager_official_formula_on_concatenated_text(smollm2
     before = hook_snapshot(smollm2)
     report = measure_sinks(smollm2, tokens, method="lse", progress=False)
     assert hook_snapshot(smollm2) == before
-    assert report.method == "lse" and report.extra["lse"]["engine"] == "fused"
+    assert report.method == "lse" and report.engine.engine == "fused"
     alpha = official_alpha(hf_attentions(smollm2_hf, tokens.tokens, batch_size=1))
     np.testing.assert_allclose(report.alpha, alpha.numpy(), atol=2e-5)
     pattern = measure_sinks(smollm2, tokens, method="pattern", progress=False)

@@ -443,7 +443,7 @@ class TrainResult:
 
 
 def test_massive_report_adapter_rebuilds_dim_maxima_from_top_k():
-    html = view_for(MassiveReport())._repr_html_()
+    html = massive_report_view(MassiveReport())._repr_html_()
     got = {(int(c["data-layer"]), int(c["data-dim"])): float(c["data-value"]) for c in cells(html) if "data-dim" in c}
     assert got[(2, 6)] == 900.0 and got[(0, 2)] == 3.0 and got[(0, 6)] == 2.0 and got[(1, 6)] == 0.0
     tok = {(int(c["data-layer"]), int(c["data-pos"])): float(c["data-value"]) for c in cells(html) if "data-pos" in c}
@@ -453,7 +453,7 @@ def test_massive_report_adapter_rebuilds_dim_maxima_from_top_k():
 
 
 def test_trace_adapter_chain_pca_and_massive():
-    v = view_for(TraceReport())
+    v = trace_report_view(TraceReport())
     html = v._repr_html_()
     assert html.count('class="si-link"') == 2 and 'data-kind="trace"' in html
     # the rope link's per-head lists are shown for the traced head (1)
@@ -466,11 +466,11 @@ def test_trace_adapter_chain_pca_and_massive():
 
 
 def test_effect_and_training_adapters():
-    html = view_for(EffectReport())._repr_html_()
+    html = effect_report_view(EffectReport())._repr_html_()
     bars = re.findall(r'<rect class="si-bar"[^>]*data-value="([^"]+)"', html)
     assert [float(b) for b in bars] == [0.0, 0.5, 0.0, 0.2, 70.0, 0.0]
     assert effect_report_view(EffectReport()).kind == "effects"
-    t = view_for(TrainResult())
+    t = train_result_view(TrainResult())
     assert t.kind == "training" and "bb-softmax" in t.title and t._repr_html_().count('class="si-line"') == 3
     assert train_result_view(TrainResult()).kind == "training"
 

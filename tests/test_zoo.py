@@ -176,13 +176,11 @@ def test_sink_scores_by_every_method_equal_hf_eager(zoo, family):
     best = measure_sinks(bridge, x, method="lse", progress=False)
     np.testing.assert_allclose(best.alpha, ref, atol=ATOL)
     np.testing.assert_allclose(best.row_sum, pattern.row_sum, atol=ATOL)  # < 1 with gpt-oss's sink logits
-    info = best.extra["lse"]
+    info = best.engine
     record(
         family,
         "lse",
-        "exact (fused engine)"
-        if info["engine"] == "fused"
-        else f"exact (hooks engine; not fused: {_short(info['why_not_fused'])})",
+        "exact (fused engine)" if info.engine == "fused" else f"exact (hooks engine; not fused: {_short(info.why_not_fused)})",
     )
     assert hook_snapshot(bridge) == before
 
@@ -202,7 +200,7 @@ def test_default_method_switches_to_lse_at_long_inputs_and_stays_exact(zoo, fami
     rep = measure_sinks(bridge, x, progress=False)
     assert rep.method == "lse"
     np.testing.assert_allclose(rep.alpha, hf_alpha(hf, x), atol=ATOL)
-    record(family, "auto", f"exact (lse, {rep.extra['lse']['engine']} engine)")
+    record(family, "auto", f"exact (lse, {rep.engine.engine} engine)")
 
 
 def test_sink_logits_are_scored_as_they_are_and_their_mass_is_reported(zoo):

@@ -49,7 +49,7 @@ def view_of(obj: Any, **kw: Any) -> Any:
     return fn(obj, **kw)
 
 
-def html_of(obj: Any, fallback: Callable[[], str] | None = None, **kw: Any) -> str:
+def html_of(obj: Any, fallback: Callable[[], str | None] | None = None, **kw: Any) -> str | None:
     """HTML of ``obj``'s view; ``fallback()`` when no view is registered (``LookupError`` without one)."""
     if fallback is not None and view_fn(obj) is None:
         return fallback()

@@ -157,13 +157,61 @@ class Provenance:
     versions: dict[str, str] = field(default_factory=versions)
 
     def extra(self) -> dict[str, Any]:
-        """What goes in a report's ``extra``: the probe's description and a non-causal mask."""
+        """What goes in a report's ``extra``: the probe's description, a non-causal mask, the distributed run."""
         out: dict[str, Any] = {}
         if self.probe is not None:
             out["probe"] = self.probe
         if self.mask is not None:
             out["mask"] = self.mask
-        ctx = distributed.current()
-        if ctx is not None:  # run inside sink_interp.distributed(): the world size and backend
-            out["distributed"] = ctx.info()
+        run = distributed_run()
+        if run is not None:
+            out["distributed"] = run
+        return out
+
+
+def distributed_run() -> dict[str, Any] | None:
+    """The world size and backend when called inside ``sink_interp.distributed()``; None outside."""
+    ctx = distributed.current()
+    return None if ctx is None else ctx.info()
+
+
+@dataclass(frozen=True)
+class LseEngine:
+    """How sink scores were read without a T x T map (``method="lse"``): ``engine`` ``"fused"`` (the model's own
+    attention ``kernel``, the row LSE from ``lse``) or ``"hooks"`` (the bridge's q and k, ``why_not_fused``); the batch
+    size and the self-check against the model's own scores on a short slice.
+
+    Example:
+        >>> e = LseEngine.from_info({"engine": "hooks", "why_not_fused": "no kernel", "batch_size": 2})
+        >>> e.engine, e.info()
+        ('hooks', {'engine': 'hooks', 'why_not_fused': 'no kernel', 'batch_size': 2})
+    """
+
+    engine: str
+    kernel: tuple[str, ...] = ()
+    lse: tuple[str, ...] = ()
+    why_not_fused: str | None = None
+    batch_size: int | None = None
+    self_check: str | None = None
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> LseEngine:
+        """From the dict form (what a summary's ``extra["lse"]`` holds)."""
+        return cls(
+            engine=str(info["engine"]),
+            kernel=tuple(info.get("kernel") or ()),
+            lse=tuple(info.get("lse") or ()),
+            why_not_fused=info.get("why_not_fused"),
+            batch_size=info.get("batch_size"),
+            self_check=info.get("self_check"),
+        )
+
+    def info(self) -> dict[str, Any]:
+        """The dict form: ``engine``, then for a fused engine ``kernel`` and ``lse``, then the facts that are set."""
+        out: dict[str, Any] = {"engine": self.engine}
+        if self.engine == "fused" or self.kernel:
+            out.update(kernel=list(self.kernel), lse=list(self.lse))
+        for key in ("why_not_fused", "batch_size", "self_check"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out

@@ -38,16 +38,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import providers, vocab
+from . import display, providers, vocab
 from .errors import check_eps
-from .provenance import Provenance, dumps, write_atomic
+from .provenance import LseEngine, Provenance, dumps, write_atomic
 
 FORMAT = "sink_interp.report/1"
 
 #: report class name -> class (filled by subclassing :class:`Report`)
 REPORT_TYPES: dict[str, type] = {}
 #: names of plain dataclasses that may appear inside reports (Effect, link records, the provenance...)
-RECORD_TYPES: dict[str, type] = {"Provenance": Provenance}
+RECORD_TYPES: dict[str, type] = {"Provenance": Provenance, "LseEngine": LseEngine}
 
 
 #: class name -> ``from_record(dict)``, for objects that are not dataclasses (interventions with fitted tensors)
@@ -150,6 +150,11 @@ class Report:
     def summary(self) -> dict[str, Any]:  # pragma: no cover - every report defines it
         raise NotImplementedError
 
+    def _repr_html_(self) -> str | None:
+        """The view registered for this class in :mod:`~sink_interp._internal.display` (the view layer draws every
+        report: a figure and its table of numbers); None when none is registered (Jupyter then shows ``repr``)."""
+        return display.html_of(self, fallback=lambda: None)
+
     def to_dict(self) -> dict[str, Any]:
         """The summary, plus a ``"report"`` block with every field (what :meth:`to_json` writes)."""
         fields = {f.name: encode(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in self._json_skip}  # type: ignore[arg-type]
@@ -165,6 +170,11 @@ class Report:
     @classmethod
     def _from_fields(cls, fields: dict[str, Any]) -> Any:
         return cls(**fields)
+
+    @classmethod
+    def _upgrade(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        """Stored ``fields`` of an older version under today's names (before the unknown and missing ones are refused)."""
+        return fields
 
     def _check(self) -> None:
         """Checks of a loaded report beyond its fields' types, sizes and finiteness (:func:`check_fields`): ranges,
@@ -204,15 +214,40 @@ class Provenanced:
         return self.provenance.versions
 
 
-def summary_head(rep: Any) -> dict[str, Any]:
-    """The first keys of a model run's ``summary()``, in this order: ``model``, ``data``, ``bos``."""
-    return {"model": rep.model, "data": rep.data, "bos": rep.bos}
+def summary_head(rep: Any, *names: str) -> dict[str, Any]:
+    """The first keys of a model run's ``summary()``, in this order: ``model``, ``data``, ``bos``, then the report's
+    attributes ``names`` (``"n"``, ``"length"``, ``"dtype"``...) under their own names."""
+    return {"model": rep.model, "data": rep.data, "bos": rep.bos, **{name: getattr(rep, name) for name in names}}
 
 
-def summary_tail(rep: Any) -> dict[str, Any]:
-    """The last keys of a model run's ``summary()``: ``model_info``, ``versions`` and ``extra`` when it holds anything."""
-    extra = getattr(rep, "extra", None)
+def summary_tail(rep: Any, **facts: Any) -> dict[str, Any]:
+    """The last keys of a model run's ``summary()``: ``model_info``, ``versions`` and, when it holds anything,
+    ``extra``: the provenance's probe and non-causal mask, the report's ``distributed`` run, the ``facts`` that are not
+    None, then what the report's own ``extra`` field holds."""
+    prov = getattr(rep, "provenance", None)
+    extra: dict[str, Any] = {}
+    if prov is not None and prov.probe is not None:
+        extra["probe"] = prov.probe
+    if prov is not None and prov.mask is not None:
+        extra["mask"] = prov.mask
+    if getattr(rep, "distributed", None) is not None:
+        extra["distributed"] = rep.distributed
+    extra.update({k: v for k, v in facts.items() if v is not None})
+    extra.update(getattr(rep, "extra", None) or {})
     return {"model_info": rep.model_info, "versions": rep.versions, **({"extra": extra} if extra else {})}
+
+
+def from_extra(fields: dict[str, Any], **keys: Any) -> dict[str, Any]:
+    """``fields`` of a file written when run facts sat in an ``extra`` dict: field ``name`` read as ``fn(extra[key])``
+    for each ``name=(key, fn)`` of ``keys`` (the probe and mask that ``extra`` also held are in the provenance)."""
+    if "extra" not in fields:
+        return fields
+    out = dict(fields)
+    extra = out.pop("extra") or {}
+    for name, (key, fn) in keys.items():
+        if extra.get(key) is not None:
+            out[name] = fn(extra[key])
+    return out
 
 
 #: the fields a report held before its provenance was one field
@@ -471,6 +506,8 @@ class _Reader:
             decoded = renamed(name, decoded)
             if "provenance" in known:
                 decoded = old_provenance(decoded)
+            if isinstance(cls, type) and issubclass(cls, Report):
+                decoded = cls._upgrade(decoded)
         except FieldError as e:
             raise self.fail(_join(where, e.field), e.why) from None
         except Exception as e:  # noqa: BLE001

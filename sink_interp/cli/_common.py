@@ -321,12 +321,12 @@ def corrupt_line(args: argparse.Namespace, rep: Any) -> str:
 def method_line(report: Any) -> str:
     """How a :class:`~sink_interp.SinkReport` was computed (measure, long)."""
     if report.method != "lse":
-        why = report.extra.get("why_not_lse")
+        why = report.why_not_lse
         return "pattern (hook_pattern of every layer, reduced as computed)" + (f"; not lse: {why}" if why else "")
-    lse = report.extra.get("lse", {})
-    if lse.get("engine") == "fused":
-        return f"lse, fused attention ({', '.join(lse.get('kernel', []))}; row LSE from {', '.join(lse.get('lse', []))}), no T x T map"
-    return f"lse through the bridge's hooks (not fused: {lse.get('why_not_fused', '?')}), no T x T map kept"
+    lse = report.engine
+    if lse is not None and lse.engine == "fused":
+        return f"lse, fused attention ({', '.join(lse.kernel)}; row LSE from {', '.join(lse.lse)}), no T x T map"
+    return f"lse through the bridge's hooks (not fused: {lse.why_not_fused if lse else '?'}), no T x T map kept"
 
 
 def massive_table(rep: Any, h_norm: bool = False) -> str:

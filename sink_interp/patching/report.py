@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 from jaxtyping import Float
 
-from .._internal import display
 from .._internal.provenance import Provenance
 from .._internal.report import FieldError, ModelRun, Patched, Provenanced, Report, check_indices, summary_head
 from .sites import GAP_TOL
@@ -339,7 +338,3 @@ class PatchReport(Patched, Provenanced, ModelRun, Report):
             f"metric={self.metric!r}, clean={self.clean:.4f}, corrupted={self.corrupted:.4f}, "
             f"{len(self.layers)} layers x {len(self.heads)} heads)"
         )
-
-    def _repr_html_(self) -> str:
-        """The heat map and the top heads of :func:`sink_interp.views.view_for` (views/adapters.py)."""
-        return display.html_of(self)

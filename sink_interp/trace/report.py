@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .._internal.provenance import Provenance
-from .._internal.report import ModelRun, Provenanced, Report, register_record, summary_head, summary_tail
+from .._internal.report import ModelRun, Provenanced, Report, from_extra, register_record, summary_head, summary_tail
 from ..massive import MassiveReport
 from .story import explain_text, story_text
 
@@ -230,7 +229,12 @@ class TraceReport(Provenanced, ModelRun, Report):
     massive: MassiveReport
     provenance: Provenance
     key_pca: dict[str, np.ndarray] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+    distributed: dict[str, Any] | None = None  # the run of sink_interp.distributed() its massive activations were part of
+
+    @classmethod
+    def _upgrade(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        """Files written when ``distributed`` sat in ``extra`` (with the probe, which is in the provenance)."""
+        return from_extra(fields, distributed=("distributed", dict))
 
     @property
     def n(self) -> int:
@@ -280,15 +284,7 @@ class TraceReport(Provenanced, ModelRun, Report):
     def summary(self) -> dict[str, Any]:
         """Provenance, the issue's JSON keys (``massive``, ``value_norm_ratio``, ``writer``) and every link."""
         return {
-            **summary_head(self),
-            "n": self.n,
-            "length": self.length,
-            "dtype": self.dtype,
-            "device": self.device,
-            "layer": self.layer,
-            "head": self.head,
-            "kv_head": self.kv_head,
-            "sink_pos": self.sink_pos,
+            **summary_head(self, "n", "length", "dtype", "device", "layer", "head", "kv_head", "sink_pos"),
             "abs_threshold": self.massive.abs_threshold,
             "ratio_threshold": self.massive.ratio_threshold,
             "massive": self.massive.massive_list(),
@@ -306,23 +302,4 @@ class TraceReport(Provenanced, ModelRun, Report):
         ws = f", writer={w['layer']}.{w['component']}" if w else ""
         return (
             f"TraceReport(model={self.model!r}, layer={self.layer}, head={self.head}, sink_pos={self.sink_pos}, n={self.n}{ws})"
-        )
-
-    def _repr_html_(self) -> str:
-        """The figure of :func:`sink_interp.views.view_for` above the table of numbers."""
-        from .._internal import display
-
-        return display.html_of(self, fallback=lambda: "") + self._table_html()
-
-    def _table_html(self) -> str:
-        e = html.escape
-        story = e(self.story())
-        rows = "".join(
-            f"<tr><td>{e(r.link)}</td><td>{e(r.name)}</td><td>{e(f'{r.value:.4g}' if isinstance(r.value, float) else str(r.value))}</td><td>{e(r.doc)}</td></tr>"
-            for r in self.to_frame().itertuples()
-        )
-        return (
-            f"<div><b>TraceReport</b> &mdash; {e(self.model)} layer {self.layer} head {self.head}"
-            f"<pre style='white-space:pre-wrap'>{story}</pre>"
-            f"<details><summary>all numbers</summary><table><tr><th>link</th><th>number</th><th>value</th><th>how to read it</th></tr>{rows}</table></details></div>"
         )

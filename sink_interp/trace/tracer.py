@@ -301,8 +301,5 @@ def trace_sink(
             model=mi.name, model_info=mi.to_dict(), data=massive.data, bos=massive.bos, probe=info, versions=versions()
         ),
         key_pca=key_pca,
-        extra={
-            **({"probe": info} if info is not None else {}),
-            **({"distributed": massive.extra["distributed"]} if "distributed" in massive.extra else {}),
-        },
+        distributed=massive.distributed,
     )

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import html
 import json
 import math
 import os
@@ -45,7 +44,7 @@ from typing import Any, Iterator
 import pandas as pd
 import torch
 
-from .._internal import display, files, vocab
+from .._internal import files, vocab
 from .._internal.provenance import Provenance, dumps, versions, write_atomic
 from .._internal.report import Report
 from ..tasks import BigramBackcopy, Sampler, TextCorpus
@@ -450,26 +449,6 @@ class TrainResult(Report):
         return (
             f"TrainResult({self.config.get('name')!r}, steps={f.get('step')}, val_loss={f.get('val_loss', float('nan')):.4f}, "
             f"Sink_1={f.get('sink_rate_1', float('nan')):.1f}%, out_dir={self.out_dir!r})"
-        )
-
-    def _repr_html_(self) -> str:
-        try:
-            return display.html_of(self)  # training curves
-        except Exception:  # no view registered or unable to draw: a plain table
-            pass
-        e = html.escape
-        cols = ["step", "val_loss", "sink_rate_1", "mean_alpha_1", "value_norm_ratio", "resid_norm_ratio"]
-        rows = "".join(
-            "<tr>"
-            + "".join(f"<td>{m.get(c, ''):.4g}</td>" if isinstance(m.get(c), float) else f"<td>{m.get(c, '')}</td>" for c in cols)
-            + "</tr>"
-            for m in self.metrics
-        )
-        head = "".join(f"<th>{c}</th>" for c in cols)
-        return (
-            f"<div><b>TrainResult</b> {e(str(self.config.get('name')))} &mdash; {e(self.out_dir)} "
-            f"({self.n_params:,} parameters, {e(self.device)}, eps={self.config.get('eps')})"
-            f"<table><tr>{head}</tr>{rows}</table></div>"
         )
 
 

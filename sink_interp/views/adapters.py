@@ -33,7 +33,19 @@ from .figures import (
     training_curves,
 )
 from .practice import kv_budget_view, outlier_map_view, quant_bits_view
-from .report import sink_report_view
+from .report import layer_rate_view, sink_report_view
+from .tables import (
+    effect_table,
+    long_context_table,
+    loss_table,
+    massive_table,
+    repro_table,
+    sink_rates_table,
+    stream_table,
+    trace_table,
+    train_table,
+    with_table,
+)
 
 
 def massive_report_view(rep: Any, top: int = 12, sample: int | None = None, tokens: Any = None) -> View:
@@ -225,20 +237,49 @@ def finding_curves_view(rep: Any) -> View:
     return training_curves(dict(rep.metrics), y=("sink_rate_1", "val_loss", "mean_alpha_1"), title=rep.title)
 
 
+def sink_summary_view(rep: Any, k: int = 1) -> View:
+    """A ``SinkSummary`` (counts only): ``Sink_k`` per layer, and at every eps of its grid."""
+    return with_table(layer_rate_view(rep, k), sink_rates_table(rep, k, rep.eps_grid))
+
+
+def fit_report_view(rep: Any) -> View:
+    """A ``FitReport``: the share of the loss gap the fitted bias recovers, and the effects it was judged by."""
+    if rep.effects is None:
+        return View(["<p>not evaluated (no eval tokens)</p>"], title=f"Fitted {rep.kind} bias", kind="fit")
+    head = View(
+        [f"<p><b>{100 * rep.recovered:.1f}%</b> of the loss gap recovered</p>"], title=f"Fitted {rep.kind} bias", kind="fit"
+    )
+    return View([head, effect_report_view(rep.effects), effect_table(rep.effects)], figure=False, kind="fit")
+
+
+def training_view(rep: Any) -> View:
+    """A ``TrainResult``: the curves (when it logged any evaluation) and the table of its logged numbers."""
+    table = train_table(rep)
+    return with_table(train_result_view(rep), table) if rep.metrics else table
+
+
+def repro_view(rep: Any) -> View:
+    """A ``ReproTable``: one row per finding."""
+    return repro_table(rep)
+
+
 #: report class name -> view function: the registry of :mod:`sink_interp._internal.display` (one dict)
 ADAPTERS: dict[str, Callable[..., View]] = display.REGISTRY
 for _name, _fn in {
     "SinkReport": sink_report_view,
-    "MassiveReport": massive_report_view,
-    "TraceReport": trace_report_view,
-    "EffectReport": effect_report_view,
+    "SinkSummary": sink_summary_view,
+    "MassiveReport": lambda rep, **kw: with_table(massive_report_view(rep, **kw), massive_table(rep)),
+    "TraceReport": lambda rep, **kw: with_table(trace_report_view(rep, **kw), trace_table(rep)),
+    "EffectReport": lambda rep, **kw: with_table(effect_report_view(rep, **kw), effect_table(rep)),
+    "FitReport": fit_report_view,
     "PatchReport": patch_report_view,
-    "TrainResult": train_result_view,
-    "StreamReport": stream_report_view,
-    "LongContextReport": long_context_view,
+    "TrainResult": training_view,
+    "StreamReport": lambda rep: with_table(stream_report_view(rep), stream_table(rep)),
+    "LongContextReport": lambda rep: with_table(long_context_view(rep), long_context_table(rep)),
     "FindingCurves": finding_curves_view,
-    "KVReport": kv_budget_view,
-    "QuantReport": quant_bits_view,
+    "ReproTable": repro_view,
+    "KVReport": lambda rep: with_table(kv_budget_view(rep), loss_table(rep, "budget", "full cache")),
+    "QuantReport": lambda rep: with_table(quant_bits_view(rep), loss_table(rep, "bits", "full-precision")),
     "OutlierReport": outlier_map_view,
     "CircuitReport": circuit_report_view,
 }.items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -114,14 +113,9 @@ class ReproTable:
             lines.append(f"| {cell(r.finding + ': ' + r.claim)} | {paper} | {ours} | {r.verdict} | `{code(r.command)}` |")
         return "\n".join(lines) + "\n"
 
-    def _repr_html_(self) -> str:
-        e = html.escape
-        rows = "".join(
-            f"<tr><td><b>{e(r.finding)}</b>: {e(r.claim)}</td><td>{e(r.paper)}</td><td>{e(r.ours)}<br><i>{e(r.checks)}</i></td>"
-            f"<td>{e(r.verdict)}</td></tr>"
-            for r in self.rows
-        )
-        return f"<table><tr><th>finding</th><th>paper</th><th>ours</th><th>verdict</th></tr>{rows}</table>"
+    def _repr_html_(self) -> str | None:
+        """The view registered for this class (one row per finding)."""
+        return display.html_of(self, fallback=lambda: None)
 
 
 @dataclass(frozen=True)
