@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Iterator, NoReturn
+from typing import TYPE_CHECKING, Any, Iterator, NoReturn, Sequence
 
 if TYPE_CHECKING:
     from .._internal.probe import ProbeSet
@@ -94,6 +94,11 @@ def add_output_args(
     """``--json OUT`` and ``--quiet``, the last two arguments of most commands."""
     p.add_argument("--json", default=None, metavar="OUT", help=json_help)
     p.add_argument("--quiet", action="store_true", help=quiet_help)
+
+
+def add_choice(p: argparse.ArgumentParser, flag: str, choices: Sequence[str], help: str) -> None:
+    """An option whose default is the first of its ``choices``."""
+    p.add_argument(flag, default=choices[0], choices=list(choices), help=help)
 
 
 def placement(args: argparse.Namespace) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from ._common import add_command, add_output_args, corrupt_line, load, options, probe, versions, write_json
+from ._common import add_choice, add_command, add_output_args, corrupt_line, load, options, probe, versions, write_json
 
 #: the command's line in ``sink-interp --help``
 HELP = "patch every head between an input and its corrupted partner (BOS removed, sink moved, another sample)"
@@ -14,24 +14,24 @@ HELP = "patch every head between an input and its corrupted partner (BOS removed
 
 def add_parser(sub: Any) -> None:
     pt = add_command(sub, "patch", HELP, n=4, length=32, concat=True)
-    pt.add_argument(
+    add_choice(
+        pt,
         "--corrupt",
-        default="bos",
-        choices=["bos", "first-token", "shuffle"],
-        help="bos: the same text without BOS (needs --bos; default); first-token: the first token moved to --move-to; "
+        ["bos", "first-token", "shuffle"],
+        "bos: the same text without BOS (needs --bos; default); first-token: the first token moved to --move-to; "
         "shuffle: another sample",
     )
-    pt.add_argument(
+    add_choice(
+        pt,
         "--what",
-        default="z",
-        choices=["z", "q", "k", "v", "pattern", "k-sink", "v-sink", "pattern-sink"],
-        help="the activation patched per head (default z; k-sink/v-sink: key/value at position 0)",
+        ["z", "q", "k", "v", "pattern", "k-sink", "v-sink", "pattern-sink"],
+        "the activation patched per head (default z; k-sink/v-sink: key/value at position 0)",
     )
-    pt.add_argument(
+    add_choice(
+        pt,
         "--method",
-        default="exact",
-        choices=["exact", "attribution", "atp*", "ig", "fast", "verified", "both"],
-        help="default exact; fast: AtP, then the best-screened 10%% of heads patched exactly; verified: until the top 5 "
+        ["exact", "attribution", "atp*", "ig", "fast", "verified", "both"],
+        "default exact; fast: AtP, then the best-screened 10%% of heads patched exactly; verified: until the top 5 "
         "are certain; ig: integrated gradients",
     )
     pt.add_argument("--metric", default="logprob", choices=["logprob", "kl", "logit_diff"], help="default logprob")

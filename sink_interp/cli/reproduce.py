@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from ._common import fmt_table, parse_set
+from ._common import add_choice, fmt_table, parse_set
 
 
 def add_parser(sub: Any) -> None:
@@ -43,11 +43,11 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--list", action="store_true", help="list the findings and exit")
     r.add_argument("--jobs", type=int, default=1, help="runs trained in parallel local processes, one thread each (default 1)")
-    r.add_argument(
+    add_choice(
+        r,
         "--executor",
-        default="local",
-        choices=["local", "submitit", "ray"],
-        help="what runs the list: local processes (default), submitit (one SLURM array; pip install 'sink_interp[slurm]') "
+        ["local", "submitit", "ray"],
+        "what runs the list: local processes (default), submitit (one SLURM array; pip install 'sink_interp[slurm]') "
         "or ray (pip install 'sink_interp[ray]')",
     )
     r.add_argument(

@@ -523,7 +523,7 @@ _TEXT = dict(
 )
 
 _GPU = dict(
-    task="text",
+    _TEXT,  # the text recipe at the paper's scale
     seq_len=2048,
     n_layers=10,
     d_model=768,
@@ -532,8 +532,6 @@ _GPU = dict(
     text_vocab=32000,
     lr=4e-4,
     warmup=1000,
-    betas=(0.9, 0.95),
-    weight_decay=0.1,
     batch_size=512,  # the paper's 512 x 2048 tokens per step
     micro_batch=16,  # accumulated: 32 forwards of 16 x 2048 per step fit one 80 GB GPU
     steps=20000,

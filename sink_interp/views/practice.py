@@ -23,49 +23,49 @@ from ._page import View, esc
 from ._svg import BLUES, fmt, heatmap_svg, lines_svg
 
 
-def kv_budget_view(rep: Any) -> View:
-    """A ``KVReport``: next-token loss against the cache budget, one line per policy, the full cache as a line."""
-    df = rep.to_frame()
+def _loss_lines(df: pd.DataFrame, by: str, x: str, reference: str, ref_loss: float, label: Any) -> list:
+    """One (name, xs, losses) line per group of ``df[by]`` against ``df[x]``, and a flat ``reference`` line."""
     series = []
-    for name, g in df.groupby("policy", sort=False):
-        g = g.sort_values("budget")
-        series.append((str(name), g["budget"].to_numpy(float), g["loss"].to_numpy(float)))
-    xs = np.array([float(df["budget"].min()), float(df["budget"].max())])
-    series.append(("full cache", xs, np.full(2, float(rep.full_loss))))
-    svg = lines_svg(series, xlabel="budget (keys)", ylabel="loss")
+    for key, g in df.groupby(by, sort=False):
+        g = g.sort_values(x)
+        series.append((label(key), g[x].to_numpy(float), g["loss"].to_numpy(float)))
+    if len(df):
+        xs = np.array([float(df[x].min()), float(df[x].max())])
+        series.append((reference, xs, np.full(2, float(ref_loss))))
+    return series
+
+
+def _lines_view(svg: str, title: str, caption: str) -> View:
     return View(
         ['<div class="si-row"><div class="si-panel">', svg, "</div></div>"],
-        title=f"KV-cache policies on {rep.model}: loss against budget",
-        caption=(
-            f"Mean next-token loss over {rep.n} text(s) of {rep.length} tokens when each query sees only the keys its "
-            f"policy keeps ({rep.n_sinks} sink token(s) where a policy keeps sinks); lower is better. Hover a point."
-        ),
+        title=title,
+        caption=caption,
         kind="training",
         readout=True,
+    )
+
+
+def kv_budget_view(rep: Any) -> View:
+    """A ``KVReport``: next-token loss against the cache budget, one line per policy, the full cache as a line."""
+    series = _loss_lines(rep.to_frame(), "policy", "budget", "full cache", rep.full_loss, str)
+    return _lines_view(
+        lines_svg(series, xlabel="budget (keys)", ylabel="loss"),
+        f"KV-cache policies on {rep.model}: loss against budget",
+        f"Mean next-token loss over {rep.n} text(s) of {rep.length} tokens when each query sees only the keys its "
+        f"policy keeps ({rep.n_sinks} sink token(s) where a policy keeps sinks); lower is better. Hover a point.",
     )
 
 
 def quant_bits_view(rep: Any) -> View:
     """A ``QuantReport``: loss against KV bits, one line per number of intact first tokens, full precision as a line."""
     df = rep.to_frame()
-    q = df[df["bits"] != 16]
-    series = []
-    for s, g in q.groupby("intact", sort=False):
-        g = g.sort_values("bits")
-        series.append((f"{s} intact", g["bits"].to_numpy(float), g["loss"].to_numpy(float)))
-    if len(q):
-        xs = np.array([float(q["bits"].min()), float(q["bits"].max())])
-        series.append(("full precision", xs, np.full(2, float(rep.full_loss))))
-    svg = lines_svg(series, xlabel="bits", ylabel="loss", ylog=True)
-    return View(
-        ['<div class="si-row"><div class="si-panel">', svg, "</div></div>"],
-        title=f"KV-cache quantization on {rep.model}: loss against bits, with and without intact sinks",
-        caption=(
-            f"Keys (after RoPE) and values fake-quantized {'per token' if rep.key_mode == 'token' else 'keys per channel'} "
-            f"(asymmetric min-max), the first s tokens kept in full precision; {rep.n} text(s) of {rep.length} tokens."
-        ),
-        kind="training",
-        readout=True,
+    series = _loss_lines(df[df["bits"] != 16], "intact", "bits", "full precision", rep.full_loss, lambda s: f"{s} intact")
+    mode = "per token" if rep.key_mode == "token" else "keys per channel"
+    return _lines_view(
+        lines_svg(series, xlabel="bits", ylabel="loss", ylog=True),
+        f"KV-cache quantization on {rep.model}: loss against bits, with and without intact sinks",
+        f"Keys (after RoPE) and values fake-quantized {mode} "
+        f"(asymmetric min-max), the first s tokens kept in full precision; {rep.n} text(s) of {rep.length} tokens.",
     )
 
 
