@@ -1,7 +1,8 @@
 """Sink circuits: the components and the residual-stream paths between them that make a metric differ between two
 inputs, scored by edge attribution with integrated gradients, checked by exact path patching, and pruned.
 
-The graph (one cohesive engine, so one module):
+The graph (one cohesive engine, so one module of a little over 800 lines: the nodes, the replica runs that patch
+edges, the gradients that score them and the pruning share the same batch layout and hooks, and are tested together):
 
 * **nodes**: the embeddings ``emb``, every attention head ``A{l}.{h}``, every MLP ``M{l}``, and the ``metric``;
 * **edges**: the direct paths through the residual stream from a node to a later node's input. A head has three

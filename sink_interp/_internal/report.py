@@ -8,6 +8,11 @@ reads it back into the class it came from; the loaded report's ``summary()``,
 tables and views are those of the original. Fields renamed since a file was
 written are read under their new names (:data:`vocab.RENAMED`).
 
+One module, over 800 lines, because it is one cohesive thing: the file format (encoding arrays and records,
+the class registry, the upgrade of older layouts) and the base classes that every report shares (``Report``,
+``ModelRun``, ``Provenanced``, the summary head and tail) read and write the same structure, and a change to one
+is a change to the other.
+
 Example:
     >>> from dataclasses import dataclass
     >>> import numpy as np
