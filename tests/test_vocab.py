@@ -75,8 +75,11 @@ def test_reports_written_with_the_old_names_load_with_equal_numbers(name):
     # the arrays of every field: equal to the old file's, field renamed or not
     fields = RENAMED.get(TYPES[name], {})
     for old_name, enc in old["report"]["fields"].items():
-        got = getattr(rep, fields.get(old_name, old_name))
         want = arrays(decode(enc))
+        if old_name == "extra" and not hasattr(rep, "extra"):  # its facts are typed fields now (no arrays in it)
+            assert want == []
+            continue
+        got = getattr(rep, fields.get(old_name, old_name))
         assert len(arrays(got)) == len(want)
         for a, b in zip(arrays(got), want):
             np.testing.assert_array_equal(a, b)
