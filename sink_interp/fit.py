@@ -186,12 +186,10 @@ class FitReport(Report):
         )
 
     def _repr_html_(self) -> str:
+        head = f"<div><b>FitReport</b> ({html.escape(self.kind)})"
         if self.effects is None:
-            return f"<div><b>FitReport</b> ({html.escape(self.kind)}), not evaluated</div>"
-        return (
-            f"<div><b>FitReport</b> ({html.escape(self.kind)}): {100 * self.recovered:.1f}% of the loss gap recovered"
-            f"{self.effects._repr_html_()}</div>"
-        )
+            return head + ", not evaluated</div>"
+        return f"{head}: {100 * self.recovered:.1f}% of the loss gap recovered{self.effects._repr_html_()}</div>"
 
 
 def _sink_kv_init(
