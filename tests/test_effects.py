@@ -127,6 +127,25 @@ def test_grafting_the_mean_sink_key_and_value(tiny_models):
         FitSettings(kind="logit", init="sink")
 
 
+def test_fit_settings_refuse_in_one_line_naming_the_field(tiny_models):
+    """FitSettings checks its fields when made; fit_bias takes nothing else (the old keywords are gone)."""
+    for bad, field in (
+        (dict(kind="q"), "kind"),
+        (dict(init="mean"), "init"),
+        (dict(steps=-1), "steps"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(lr=0), "lr"),
+    ):
+        with pytest.raises(ValueError, match=f"^{field} must be") as e:
+            FitSettings(**bad)
+        assert "\n" not in str(e.value)
+    model, _ = tiny_models("tiny-gqa")
+    with pytest.raises(ValueError, match=r"settings must be a FitSettings, got str; fix: fit_bias\(model, tokens, FitSettings"):
+        fit_bias(model, toks(n=2, T=8, seed=5), "k")
+    with pytest.raises(TypeError):
+        fit_bias(model, toks(n=2, T=8, seed=5), steps=3)  # type: ignore[call-arg]
+
+
 def test_fit_bias_counts_the_parameters_it_trains(tiny_models):
     """A per-head key bias for head 1 of layer 0 only: the layer's k* has a row per head, one row trains."""
     model, _ = tiny_models("tiny-gqa")
