@@ -31,6 +31,7 @@ SUBMODULE_API = {
     "hook_snapshot": "capture",
     "run_reducers": "capture",
     "Effect": "effects",
+    "FitSettings": "fit",
     "ModelInfo": "models",
     "model_info": "models",
     "sink_alpha": "metrics",

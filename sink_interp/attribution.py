@@ -16,6 +16,9 @@ batch, the patched positions and the head's dimensions; they differ in the gradi
 All three recompute the softmax with the patched query or key for ``q``/``k`` sites (the QK fix of AtP*); the plain
 linear estimate through the softmax is kept beside it (``estimate_linear``, AtP only).
 
+The patching problem they estimate (the model, the site, the heads, the base input, the other input's activations, the
+metric, the patched positions) is one :class:`PatchProblem`, built once by :func:`sink_interp.patch_heads`.
+
 Example:
     >>> from sink_interp.attribution import AttributionSettings
     >>> AttributionSettings(steps=4).steps
@@ -83,6 +86,37 @@ class AttributionSettings:
             raise ValueError(f"budget must be a fraction of the heads in (0, 1], got {self.budget!r}")
 
 
+@dataclass(frozen=True, eq=False)
+class PatchProblem:
+    """What an estimate patches, and where: built once by :func:`sink_interp.patch_heads`, read by every estimator.
+
+    Args:
+        model: the TransformerBridge.
+        spec: its attention description (:class:`~sink_interp.architecture.AttentionSpec`).
+        site: what is patched (a :class:`~sink_interp.patching.sites.Site`: ``z``, ``k-sink``, ...).
+        layers: the patched layers.
+        heads: the patched query heads.
+        base_t: ``[n, T]`` the input that is run (its activations are replaced).
+        src: the other input's activations at the site's hooks (and its token embedding, ``hook_embed``, for ``"ig"``).
+        fn: the metric, ``fn(logits) -> scalar tensor``.
+        pos: the patched positions (an index tensor, or ``slice(None)``: all).
+        T: the length of the inputs.
+        n: the number of samples.
+    """
+
+    model: Any
+    spec: Any
+    site: Any
+    layers: Sequence[int]
+    heads: Sequence[int]
+    base_t: Tensor
+    src: dict[str, Tensor]
+    fn: Callable[[Tensor], Tensor]
+    pos: Any
+    T: int
+    n: int
+
+
 # --------------------------------------------------------------------------- running the model
 
 
@@ -146,8 +180,9 @@ def forward_capture(
     return logits, got
 
 
-def _names(spec: Any, site: Any, layers: Sequence[int]) -> list[str]:
+def _names(p: PatchProblem) -> list[str]:
     """The tensors whose activations and gradients an estimate reads."""
+    spec, site, layers = p.spec, p.site, p.layers
     per_q_kv = site.kv and spec.n_kv_heads < spec.n_heads
     names: list[str] = []
     for l_ in layers:
@@ -174,28 +209,16 @@ def _grads(value: Tensor, got: dict[str, Tensor], names: Sequence[str], retain: 
 
 
 def estimate(
-    model: Any,
-    spec: Any,
-    site: Any,
-    layers: Sequence[int],
-    heads: Sequence[int],
-    base_t: Tensor,
-    src: dict[str, Tensor],
-    fn: Callable[[Tensor], Tensor],
-    pos: Any,
-    T: int,
-    n: int,
-    *,
-    estimator: str = "attribution",
-    steps: int = 8,
+    p: PatchProblem, *, estimator: str = "attribution", steps: int = 8
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
     """Estimates of ``metric(patched) - metric(base)``: per query head ``[L, H]``, the plain linear one for q/k
     sites (AtP only, else None), per KV head ``[L, G]`` for k/v sites (else None); NaN for heads not asked for.
     Last, screens ``[k, L, H]`` that order the heads for ``method="verified"``/``"fast"``: the estimate's size, AtP's
     (``"ig"``) and the sum of AtP's per-position terms' sizes (:func:`_by_position`; NaN where not defined).
-    ``src`` holds the other input's activations (and its token embedding, ``hook_embed``, for ``"ig"``)."""
-    names = _names(spec, site, layers)
-    cut = hooknames.resid_pre(min(layers))
+    ``p.src`` holds the other input's activations (and its token embedding, ``hook_embed``, for ``"ig"``)."""
+    model, base_t, src, fn, n = p.model, p.base_t, p.src, p.fn, p.n
+    names = _names(p)
+    cut = hooknames.resid_pre(min(p.layers))
     where = "the attribution's forward (the input that is patched)"
     if estimator == "ig":
         emb_src = src[hooknames.EMBED]
@@ -221,9 +244,9 @@ def estimate(
         # rows are independent: replica 0's gradient is AtP's; the others', summed, the path average of the gradient
         g_atp = {nm: g[:n] for nm, g in g_all.items()}
         grad = {nm: g[n:].reshape(k, n, *g.shape[1:]).sum(0) for nm, g in g_all.items()}
-        out = _from_grads(spec, site, layers, heads, acts, grad, src, pos, T)
-        atp = _from_grads(spec, site, layers, heads, acts, g_atp, src, pos, T)[0]
-        screens = np.stack([np.abs(out[0]), np.abs(atp), _by_position(site, layers, heads, spec, acts, g_atp, src, pos)])
+        out = _from_grads(p, acts, grad)
+        atp = _from_grads(p, acts, g_atp)[0]
+        screens = np.stack([np.abs(out[0]), np.abs(atp), _by_position(p, acts, g_atp)])
         return (*out, screens)
     logits, got = forward_capture(model, base_t, names, grad=True, cut=cut)
     value = fn(logits)
@@ -232,23 +255,15 @@ def estimate(
     if estimator == "attribution":
         grad = _grads(value, got, names)
         acts = {nm: t.detach() for nm, t in got.items()}
-        out = _from_grads(spec, site, layers, heads, acts, grad, src, pos, T)
-        return (*out, np.stack([np.abs(out[0]), _by_position(site, layers, heads, spec, acts, grad, src, pos)]))
+        out = _from_grads(p, acts, grad)
+        return (*out, np.stack([np.abs(out[0]), _by_position(p, acts, grad)]))
     raise AssertionError(estimator)  # pragma: no cover - atp* goes through estimate_graddrop
 
 
-def _by_position(
-    site: Any,
-    layers: Sequence[int],
-    heads: Sequence[int],
-    spec: Any,
-    acts: dict[str, Tensor],
-    grad: dict[str, Tensor],
-    src: dict[str, Tensor],
-    pos: Any,
-) -> np.ndarray:
+def _by_position(p: PatchProblem, acts: dict[str, Tensor], grad: dict[str, Tensor]) -> np.ndarray:
     """``sum over samples and positions of |(a_other - a_base) . g|`` per query head: the estimate's terms without their
     cancellations (a screen for ``method="verified"``; NaN where the site's estimate is not a plain sum of such terms)."""
+    site, layers, heads, spec, src, pos = p.site, p.layers, p.heads, p.spec, p.src, p.pos
     L, H, G = spec.n_layers, spec.n_heads, spec.n_kv_heads
     out = np.full((L, H), np.nan)
     if site.base == "pattern" or site.qk or (site.kv and G < H):
@@ -260,22 +275,12 @@ def _by_position(
     return out
 
 
-def estimate_graddrop(
-    model: Any,
-    spec: Any,
-    site: Any,
-    layers: Sequence[int],
-    heads: Sequence[int],
-    base_t: Tensor,
-    src: dict[str, Tensor],
-    fn: Callable[[Tensor], Tensor],
-    pos: Any,
-    T: int,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
+def estimate_graddrop(p: PatchProblem) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
     """AtP* with GradDrop (see the module): ``sign(AtP) * sum_l |AtP with block l's writes cut| / (L - 1)``."""
-    L = spec.n_layers
-    names = _names(spec, site, layers)
-    low = min(layers)
+    model, fn = p.model, p.fn
+    L = p.spec.n_layers
+    names = _names(p)
+    low = min(p.layers)
     state: dict[str, int | None] = {"drop": None}
 
     def dropper(layer: int) -> Any:
@@ -288,40 +293,30 @@ def estimate_graddrop(
 
     drops = [(nm, dropper(l_)) for l_ in range(low, L) for nm in (hooknames.attn_out(l_), hooknames.mlp_out(l_))]
     with attach_hooks(model, drops):
-        logits, got = forward_capture(model, base_t, names, grad=True, cut=hooknames.resid_pre(low))
+        logits, got = forward_capture(model, p.base_t, names, grad=True, cut=hooknames.resid_pre(low))
     value = fn(logits)
     metric_value(value, "the attribution's forward (the input that is patched)")
     _needs_grad(value)
     acts = {nm: t.detach() for nm, t in got.items()}
-    plain = _from_grads(spec, site, layers, heads, acts, _grads(value, got, names, retain=True), src, pos, T)
-    total = [None if p is None else np.abs(p) * low for p in plain]  # blocks below the lowest patched layer: the plain one
+    plain = _from_grads(p, acts, _grads(value, got, names, retain=True))
+    total = [None if q is None else np.abs(q) * low for q in plain]  # blocks below the lowest patched layer: the plain one
     for l_ in range(low, L):
         state["drop"] = l_
-        part = _from_grads(spec, site, layers, heads, acts, _grads(value, got, names, retain=l_ < L - 1), src, pos, T)
-        total = [None if t is None else t + np.abs(p) for t, p in zip(total, part)]
+        part = _from_grads(p, acts, _grads(value, got, names, retain=l_ < L - 1))
+        total = [None if t is None else t + np.abs(q) for t, q in zip(total, part)]
     state["drop"] = None
     div = max(L - 1, 1)
-    est, _, kv = (None if t is None else np.sign(p) * t / div for t, p in zip(total, plain))
+    est, _, kv = (None if t is None else np.sign(q) * t / div for t, q in zip(total, plain))
     return est, None, kv, np.stack([np.abs(est), np.abs(plain[0])])  # type: ignore[return-value,arg-type]
 
 
 def _from_grads(
-    spec: Any,
-    site: Any,
-    layers: Sequence[int],
-    heads: Sequence[int],
-    acts: dict[str, Tensor],
-    grad: dict[str, Tensor],
-    src: dict[str, Tensor],
-    pos: Any,
-    T: int,
+    p: PatchProblem, acts: dict[str, Tensor], grad: dict[str, Tensor]
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """``(a_other - a_base) . grad`` per head, the softmax recomputed for q/k sites (the QK fix)."""
+    spec, site, layers, heads, src, pos, T = p.spec, p.site, p.layers, p.heads, p.src, p.pos, p.T
     L, H, G = spec.n_layers, spec.n_heads, spec.n_kv_heads
     per_q_kv = site.kv and G < H
-    est = np.full((L, H), np.nan)
-    est_lin = np.full((L, H), np.nan) if site.qk else None
-    kv_est = np.full((L, G), np.nan) if site.kv else None
     est = np.full((L, H), np.nan)
     est_lin = np.full((L, H), np.nan) if site.qk else None
     kv_est = np.full((L, G), np.nan) if site.kv else None

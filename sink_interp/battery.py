@@ -32,13 +32,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import Tensor
 
 from ._internal.probe import ProbeSet
-from .fit import fit_bias
+from .fit import FitSettings, fit_bias
 from .interventions import AblateDims, AttentionKernel, Calibrate, MaskKey, ZeroValue, sink_heads
 from .massive import massive_activations
 from .metrics import measure_sinks
@@ -186,13 +186,15 @@ def _grafts(
 ) -> None:
     """The ``"grafts"`` group: the sink masked in the sink heads and replaced by a constant key (and value)."""
     sh, grafts = battery.sink_heads, battery.groups["grafts"]
-    common = dict(eval_tokens=tokens, heads=sh, evaluate=False, progress=progress)
-    graft = fit_bias(model, train_tokens, "k", init="sink", steps=0, **common)
+    common = dict(eval_tokens=tokens, evaluate=False, progress=progress)
+    graft_k = FitSettings(kind="k", heads=sh, init="sink", steps=0)
+    graft = fit_bias(model, train_tokens, graft_k, **common)
     grafts["mask key, sink heads + mean sink key as k*, v*=0 (no training)"] = [graft.mask, graft.bias]
-    graft_kv = fit_bias(model, train_tokens, "kv", init="sink", steps=0, **common)
+    graft_kv = fit_bias(model, train_tokens, replace(graft_k, kind="kv"), **common)
     grafts["mask key, sink heads + mean sink key and value as k*, v* (no training)"] = [graft_kv.mask, graft_kv.bias]
     if fit_steps > 0:
-        fit = fit_bias(model, train_tokens, "k", init="zeros", steps=fit_steps, lr=fit_lr, batch_size=fit_batch, **common)
+        fitted = FitSettings(kind="k", heads=sh, init="zeros", steps=fit_steps, lr=fit_lr, batch_size=fit_batch)
+        fit = fit_bias(model, train_tokens, fitted, **common)
         grafts[f"mask key, sink heads + fitted K bias ({fit_steps} steps)"] = [fit.mask, fit.bias]
         battery.fit = fit
         say(

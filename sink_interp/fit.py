@@ -3,12 +3,13 @@
 The first token's key is masked (:class:`~sink_interp.interventions.MaskKey`) in the chosen
 heads, a key bias, a key+value bias or a sink logit per head is added, and the bias alone is
 fitted on the next-token loss (the model frozen). :func:`~sink_interp.effects.compare` then
-measures the clean model, the masked sink, and the masked sink plus the fitted bias.
+measures the clean model, the masked sink, and the masked sink plus the fitted bias. The fit's knobs are one
+:class:`FitSettings`.
 
 Example:
     >>> import torch
     >>> from sink_interp import tiny_model
-    >>> rep = fit_bias(tiny_model(), torch.randint(4, 128, (4, 10)), "kv", steps=2, progress=False)
+    >>> rep = fit_bias(tiny_model(), torch.randint(4, 128, (4, 10)), FitSettings(kind="kv", steps=2), progress=False)
     >>> rep.kind, len(rep.history)
     ('kv', 2)
 """
@@ -34,6 +35,74 @@ from .capture import Keep, explain_non_finite, model_device, run_reducers
 from .effects import EffectReport, compare
 from .interventions import Intervention, KVBias, MaskKey, SinkLogit, intervene
 
+#: the biases :func:`fit_bias` fits (``FitSettings.kind``)
+KINDS = ("k", "kv", "logit")
+#: where a key (and value) bias starts (``FitSettings.init``)
+INITS = ("zeros", "sink")
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """The knobs of :func:`fit_bias` (one object): what is fitted (``kind`` to ``init``), how it is optimised
+    (``steps`` to ``seed``) and evaluated (``eps``). Checked when made: a wrong value is one line naming the field.
+
+    Args:
+        kind: ``"k"`` (default): a key bias ``k*`` with ``v* = 0`` (:class:`~sink_interp.KVBias`); ``"kv"``: key and
+            value biases; ``"logit"``: a sink logit per head (:class:`~sink_interp.SinkLogit`).
+        layers: layers where the first key is masked and the bias added (default all).
+        heads: heads there: a list, or ``{layer: [heads]}`` such as ``sink_heads(report)`` (default all).
+        positions: the key positions masked (default ``(0,)``).
+        min_query: queries before this position keep the masked key (``2``: the sink is removed without token 1
+            becoming a new first token).
+        per_head: one bias per head (default), or one per layer shared by its heads.
+        init: ``"zeros"`` (default) or ``"sink"``: ``k*`` (and ``v*`` for ``kind="kv"``) start at the model's mean
+            first-token key (after RoPE) and value.
+        steps: Adam steps (``0``: the start grafted unfitted).
+        lr: Adam's learning rate.
+        batch_size: samples per step.
+        seed: the seed of the samples drawn at each step.
+        eps: the sink threshold of the evaluation (the ``Sink_k`` rates of ``effects``).
+
+    Example:
+        >>> FitSettings(kind="kv", steps=10).lr
+        0.05
+        >>> FitSettings(kind="logit", init="sink")
+        Traceback (most recent call last):
+        ...
+        ValueError: init='sink' sets k* from the sink's key; kind='logit' has no key. Fix: init='zeros'
+    """
+
+    kind: str = "k"
+    layers: Sequence[int] | None = None
+    heads: Any = None
+    positions: Sequence[int] = (0,)
+    min_query: int = 0
+    per_head: bool = True
+    init: str = "zeros"
+    steps: int = 100
+    lr: float = 0.05
+    batch_size: int = 8
+    seed: int = 0
+    eps: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(
+                f"kind must be 'k' (key bias, v*=0), 'kv' (key and value bias) or 'logit' (sink logit per head), got {self.kind!r}"
+            )
+        if self.init not in INITS:
+            raise ValueError(f"init must be 'zeros' or 'sink', got {self.init!r}")
+        if self.init == "sink" and self.kind == "logit":
+            raise ValueError("init='sink' sets k* from the sink's key; kind='logit' has no key. Fix: init='zeros'")
+        object.__setattr__(self, "steps", check_positive_int(self.steps, "steps", minimum=0))
+        object.__setattr__(self, "batch_size", check_positive_int(self.batch_size, "batch_size"))
+        try:
+            ok = not isinstance(self.lr, bool) and float(self.lr) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}; fix: a learning rate such as lr=0.05")
+
 
 @dataclass(frozen=True, eq=False, repr=False)
 class FitReport(Report):
@@ -48,7 +117,7 @@ class FitReport(Report):
         >>> import torch
         >>> from sink_interp import tiny_model, fit_bias, intervene
         >>> m, x = tiny_model(), torch.randint(4, 128, (4, 10))
-        >>> rep = fit_bias(m, x, "logit", steps=2, progress=False)
+        >>> rep = fit_bias(m, x, FitSettings(kind="logit", steps=2), progress=False)
         >>> rep.loss_masked >= 0, rep.settings["n_params"]  # one sink logit per head and layer
         (True, 8)
         >>> with intervene(m, rep.mask, rep.bias):
@@ -148,28 +217,17 @@ def _sink_kv_init(
 def fit_bias(
     model: Any,
     tokens: Tensor | ProbeSet,
-    kind: str = "k",
+    settings: FitSettings | None = None,
     *,
     eval_tokens: Tensor | ProbeSet | None = None,
-    layers: Sequence[int] | None = None,
-    heads: Any = None,
-    positions: Sequence[int] = (0,),
-    min_query: int = 0,
-    per_head: bool = True,
-    init: str = "zeros",
-    steps: int = 100,
-    lr: float = 0.05,
-    batch_size: int = 8,
-    seed: int = 0,
-    eps: float = 0.3,
     evaluate: bool = True,
     progress: bool = True,
 ) -> FitReport:
     """Mask the first token's key and fit a bias that takes over its job.
 
-    With ``MaskKey(positions)`` in the chosen layers and heads (default: all;
-    renormalised), and a bias in the same heads, fit by Adam on the next-token loss of ``tokens`` (model parameters frozen,
-    and restored exactly afterwards):
+    With ``MaskKey(positions)`` in the chosen layers and heads of ``settings`` (a :class:`FitSettings`; default:
+    all; renormalised), and a bias in the same heads, fit by Adam on the next-token loss of ``tokens`` (model
+    parameters frozen, and restored exactly afterwards):
 
     * ``kind="k"``: a key bias ``k*`` with ``v* = 0`` (:class:`KVBias`);
     * ``kind="kv"``: key and value biases;
@@ -184,30 +242,28 @@ def fit_bias(
 
     Mind the scope: with the first key masked in *all* heads, token 1 becomes
     a first token and the sink relocates to it (little loss, nothing for a bias
-    to recover); mask in the sink heads (``heads=sink_heads(report)``) or pass
-    ``min_query=2`` to remove the sink without giving it a new home.
+    to recover); mask in the sink heads (``FitSettings(heads=sink_heads(report))``)
+    or pass ``FitSettings(min_query=2)`` to remove the sink without giving it a new home.
 
     Example:
         >>> import torch
         >>> from sink_interp import tiny_model, fit_bias
-        >>> rep = fit_bias(tiny_model(), torch.randint(4, 128, (4, 10)), "k", steps=3, progress=False)
+        >>> from sink_interp.fit import FitSettings
+        >>> rep = fit_bias(tiny_model(), torch.randint(4, 128, (4, 10)), FitSettings(kind="k", steps=3), progress=False)
         >>> sorted(rep.effects.labels)
         ['clean', 'sink masked', 'sink masked + fitted bias']
     """
-    if kind not in ("k", "kv", "logit"):
+    if settings is not None and not isinstance(settings, FitSettings):
         raise ValueError(
-            f"kind must be 'k' (key bias, v*=0), 'kv' (key and value bias) or 'logit' (sink logit per head), got {kind!r}"
+            f"settings must be a FitSettings, got {type(settings).__name__}; fix: "
+            "fit_bias(model, tokens, FitSettings(kind='k', steps=100))"
         )
-    if init not in ("zeros", "sink"):
-        raise ValueError(f"init must be 'zeros' or 'sink', got {init!r}")
-    if init == "sink" and kind == "logit":
-        raise ValueError("init='sink' sets k* from the sink's key; kind='logit' has no key. Fix: init='zeros'")
-    steps = check_positive_int(steps, "steps", minimum=0)
-    batch_size = check_positive_int(batch_size, "batch_size")
-    if not float(lr) > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    cfg = settings or FitSettings()
+    kind, heads, per_head, init, steps, lr = cfg.kind, cfg.heads, cfg.per_head, cfg.init, cfg.steps, cfg.lr
     toks = check_model_tokens(model, tokens, min_length=2)
-    mask = MaskKey(layers=layers, heads=heads, positions=positions, min_query=min_query, renormalise=True, name="sink masked")
+    mask = MaskKey(
+        layers=cfg.layers, heads=heads, positions=cfg.positions, min_query=cfg.min_query, renormalise=True, name="sink masked"
+    )
     mask.bind(model)
     lay = list(mask.layers)
     bias_heads = heads if not isinstance(heads, Mapping) else {k: v for k, v in heads.items()}
@@ -233,7 +289,7 @@ def fit_bias(
     device = model_device(model)
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     was_training = model.training
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(int(cfg.seed))
     history: list[float] = []
     used = [torch.zeros_like(q, dtype=torch.bool) for q in params]  # entries that ever got a gradient
     from tqdm.auto import tqdm
@@ -246,7 +302,7 @@ def fit_bias(
         bar = tqdm(range(steps), desc=f"fit {kind} bias", disable=not progress, leave=False)
         with torch.enable_grad():
             for _ in bar:
-                idx = torch.randperm(toks.shape[0], generator=gen)[:batch_size]
+                idx = torch.randperm(toks.shape[0], generator=gen)[: cfg.batch_size]
                 batch = toks[idx].to(device)
                 with intervene(model, mask, bias):
                     logits = model(batch)
@@ -275,7 +331,7 @@ def fit_bias(
         p.requires_grad_(False)
     ev = (tokens if isinstance(tokens, ProbeSet) else toks) if eval_tokens is None else eval_tokens  # a ProbeSet keeps its facts
     effects = (
-        compare(model, ev, {"sink masked": mask, "sink masked + fitted bias": [mask, bias]}, eps=eps, progress=progress)
+        compare(model, ev, {"sink masked": mask, "sink masked + fitted bias": [mask, bias]}, eps=cfg.eps, progress=progress)
         if evaluate
         else None
     )
@@ -290,14 +346,14 @@ def fit_bias(
             "heads": "all"
             if heads is None
             else ({int(k): list(v) for k, v in heads.items()} if isinstance(heads, Mapping) else list(heads)),
-            "positions": list(positions),
-            "min_query": min_query,
+            "positions": list(cfg.positions),
+            "min_query": cfg.min_query,
             "per_head": per_head,
             "init": init,
             "steps": steps,
             "lr": float(lr),
-            "batch_size": batch_size,
-            "seed": seed,
+            "batch_size": cfg.batch_size,
+            "seed": cfg.seed,
             "n_train": int(toks.shape[0]),
             "n_eval": int(ev.shape[0]),
             "eval_is_train": eval_tokens is None,

@@ -121,8 +121,10 @@ def _compare() -> Any:
 
 def _fit() -> Any:
     import sink_interp as si
+    from sink_interp.fit import FitSettings
 
-    return si.fit_bias(_model(), _toks(6, 12, 8), "k", eval_tokens=_toks(5, 12, 9), steps=3, batch_size=4, progress=False)
+    settings = FitSettings(kind="k", steps=3, batch_size=4)
+    return si.fit_bias(_model(), _toks(6, 12, 8), settings, eval_tokens=_toks(5, 12, 9), progress=False)
 
 
 def _long() -> Any:

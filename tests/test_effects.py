@@ -10,6 +10,7 @@ import torch
 from sink_interp import EffectReport, KVBias, MaskKey, ZeroValue, compare, fit_bias, intervene, measure_sinks, scan_heads
 from sink_interp._internal import hooknames as hn
 from sink_interp.capture import hook_snapshot
+from sink_interp.fit import FitSettings
 
 
 def toks(n=5, T=10, seed=0):
@@ -93,7 +94,7 @@ def test_fit_bias_learns_and_leaves_the_model_untouched(tiny_models, kind):
     before, flags, hooks = state(model), [p.requires_grad for p in model.parameters()], hook_snapshot(model)
     with torch.no_grad():
         ref = model(x)
-    rep = fit_bias(model, x, kind, steps=25, lr=0.05, batch_size=4, progress=False)
+    rep = fit_bias(model, x, FitSettings(kind=kind, steps=25, lr=0.05, batch_size=4), progress=False)
     assert all(torch.equal(v, before[k]) for k, v in state(model).items())
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters())
@@ -117,20 +118,41 @@ def test_grafting_the_mean_sink_key_and_value(tiny_models):
     the key masked everywhere, k* = k_0 and v* = v_0 reproduce the clean model exactly."""
     model, _ = tiny_models("tiny-gqa")
     x = toks(n=1, T=9, seed=3)
-    rep = fit_bias(model, x, "kv", init="sink", steps=0, progress=False)
+    rep = fit_bias(model, x, FitSettings(kind="kv", init="sink", steps=0), progress=False)
     assert rep.loss_fitted == pytest.approx(rep.loss_clean, abs=1e-5)
     assert rep.recovered == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(ValueError, match="kind"):
-        fit_bias(model, x, "q")
+        FitSettings(kind="q")
     with pytest.raises(ValueError, match="init"):
-        fit_bias(model, x, "logit", init="sink")
+        FitSettings(kind="logit", init="sink")
+
+
+def test_fit_settings_refuse_in_one_line_naming_the_field(tiny_models):
+    """FitSettings checks its fields when made; fit_bias takes nothing else (the old keywords are gone)."""
+    for bad, field in (
+        (dict(kind="q"), "kind"),
+        (dict(init="mean"), "init"),
+        (dict(steps=-1), "steps"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(lr=0), "lr"),
+    ):
+        with pytest.raises(ValueError, match=f"^{field} must be") as e:
+            FitSettings(**bad)
+        assert "\n" not in str(e.value)
+    model, _ = tiny_models("tiny-gqa")
+    with pytest.raises(ValueError, match=r"settings must be a FitSettings, got str; fix: fit_bias\(model, tokens, FitSettings"):
+        fit_bias(model, toks(n=2, T=8, seed=5), "k")
+    with pytest.raises(TypeError):
+        fit_bias(model, toks(n=2, T=8, seed=5), steps=3)  # type: ignore[call-arg]
 
 
 def test_fit_bias_counts_the_parameters_it_trains(tiny_models):
     """A per-head key bias for head 1 of layer 0 only: the layer's k* has a row per head, one row trains."""
     model, _ = tiny_models("tiny-gqa")
     x = toks(n=4, T=10, seed=4)
-    rep = fit_bias(model, x, "k", heads={0: [1]}, steps=3, lr=0.05, batch_size=2, progress=False, evaluate=False)
+    rep = fit_bias(
+        model, x, FitSettings(kind="k", heads={0: [1]}, steps=3, lr=0.05, batch_size=2), progress=False, evaluate=False
+    )
     d_head = model.cfg.d_head
     assert rep.settings["n_params"] == sum(p.numel() for p in rep.bias.parameters())
     assert rep.settings["n_params_trained"] == d_head

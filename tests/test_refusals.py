@@ -420,6 +420,7 @@ def test_trace_layer_must_be_a_whole_number(extra):
 
 def test_edits_that_read_q_k_or_v_refuse_on_mla_and_pattern_edits_run(extra):
     from sink_interp import KVBias, ScaleAttention, ZeroValue, fit_bias
+    from sink_interp.fit import FitSettings
 
     bridge, _ = _model(extra, "deepseek_v2")
     x = toks(2, 12, 0)
@@ -432,7 +433,7 @@ def test_edits_that_read_q_k_or_v_refuse_on_mla_and_pattern_edits_run(extra):
     with pytest.raises(
         NotImplementedError, match=r"fit_bias\(init='sink'\) reads .*MLAAttentionBridge.*massive_activations still run"
     ):
-        fit_bias(bridge, x, "k", init="sink", steps=1, batch_size=2, progress=False)
+        fit_bias(bridge, x, FitSettings(kind="k", init="sink", steps=1, batch_size=2), progress=False)
     with torch.no_grad(), intervene(bridge, ScaleAttention(0.5, positions=[0])):
         assert torch.isfinite(bridge(x)).all()
 
@@ -440,9 +441,11 @@ def test_edits_that_read_q_k_or_v_refuse_on_mla_and_pattern_edits_run(extra):
 def test_fit_bias_reads_heads_first_keys(extra):
     """HunYuan's bridge fires its QK-normed keys heads-first: the sink key is picked after putting them [b, T, G, d]."""
     from sink_interp import fit_bias
+    from sink_interp.fit import FitSettings
 
     bridge, _ = _model(extra, "hunyuan_v1_dense")
-    fit = fit_bias(bridge, toks(2, 12, 0), "k", init="sink", steps=1, batch_size=2, progress=False)
+    settings = FitSettings(kind="k", init="sink", steps=1, batch_size=2)
+    fit = fit_bias(bridge, toks(2, 12, 0), settings, progress=False)
     assert np.isfinite([fit.loss_clean, fit.loss_fitted]).all()
 
 

@@ -55,6 +55,7 @@ from sink_interp import (
     trace_sink,
 )
 from sink_interp.capture import hook_snapshot
+from sink_interp.fit import FitSettings
 from sink_interp.lse import LSE_MIN_LENGTH
 from sink_interp.models import model_info
 from sink_interp.models.tiny import FAMILIES, WINDOW, ZOO, tiny_checkpoint
@@ -607,7 +608,7 @@ def test_long_context_fit_bias_and_streaming_ppl(zoo, family):
         ok = counts > 0
         torch.testing.assert_close(got[..., ok], want[..., ok], atol=ATOL, rtol=0)
     # a K bias grafted from the model's own mean sink key (rotated where the description rotates), 2 fitting steps
-    fit = fit_bias(bridge, x, "k", init="sink", steps=2, batch_size=2, progress=False)
+    fit = fit_bias(bridge, x, FitSettings(kind="k", init="sink", steps=2, batch_size=2), progress=False)
     assert np.isfinite([fit.loss_clean, fit.loss_masked, fit.loss_fitted]).all()
     sp = streaming_ppl(bridge, toks(1, 24, 11), n_sinks=1, window=6, progress=False)
     assert np.isfinite(sp.nll).all() and np.allclose(sp.nll[:, :6], sp.nll[:1, :6], atol=1e-4)

@@ -285,8 +285,10 @@ pd.DataFrame(rows).set_index("masking").round(2)
 
 # %%
 from sink_interp import fit_bias
+from sink_interp.fit import FitSettings
 
-fit = fit_bias(model, train_tokens, "k", eval_tokens=tokens, heads=heads, steps=FIT_STEPS, lr=0.1, batch_size=8, progress=False)
+k_bias = FitSettings(kind="k", heads=heads, steps=FIT_STEPS, lr=0.1, batch_size=8)
+fit = fit_bias(model, train_tokens, k_bias, eval_tokens=tokens, progress=False)
 print(fit)
 print(f"{fit.settings['n_params_trained']:,} trained parameters: the k* of the {n_sink} sink heads "
       f"({fit.settings['n_params']:,} allocated; the rows of the other heads of the same layers get no gradient), {FIT_STEPS} Adam steps of 8 passages; "
@@ -294,13 +296,13 @@ print(f"{fit.settings['n_params_trained']:,} trained parameters: the k* of the {
 
 # %% [markdown]
 # Then no training at all: graft the model's own mean first-token key and value, averaged over the
-# training passages (`init="sink"`, `steps=0`): a constant per head, the same for every input; and
+# training passages (`FitSettings(init="sink", steps=0)`): a constant per head, the same for every input; and
 # the same key with $v^* = 0$. These grafts need no evaluation of their own (`evaluate=False`): we
 # compare them on the same passages and compute `recovered` for every row from the losses.
 
 # %%
-graft_kv = fit_bias(model, train_tokens, "kv", heads=heads, init="sink", steps=0, evaluate=False, progress=False)
-graft_k = fit_bias(model, train_tokens, "k", heads=heads, init="sink", steps=0, evaluate=False, progress=False)
+graft_kv = fit_bias(model, train_tokens, FitSettings(kind="kv", heads=heads, init="sink", steps=0), evaluate=False, progress=False)
+graft_k = fit_bias(model, train_tokens, FitSettings(kind="k", heads=heads, init="sink", steps=0), evaluate=False, progress=False)
 grafts = compare(model, tokens, {
     "sink masked + mean sink key and value (no training)": [graft_kv.mask, graft_kv.bias],
     "sink masked + mean sink key, v* = 0 (no training)": [graft_k.mask, graft_k.bias],

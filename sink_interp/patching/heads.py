@@ -23,7 +23,15 @@ from ..architecture import (
     describe_attention,
     verify_attention,
 )
-from ..attribution import ESTIMATORS, AttributionSettings, estimate, estimate_graddrop, forward_capture, metric_value
+from ..attribution import (
+    ESTIMATORS,
+    AttributionSettings,
+    PatchProblem,
+    estimate,
+    estimate_graddrop,
+    forward_capture,
+    metric_value,
+)
 from ..capture import attach_hooks, model_device
 from ..models import special_token_ids
 from ..provenance import provenance
@@ -244,13 +252,13 @@ def patch_heads(
             )
         t0 = time.perf_counter()
 
+        problem = PatchProblem(model, spec, site, layers_, heads_, base_t, src, fn, pos, T, n)
+
         def attribution() -> Any:
             with dist.local():  # forwards and backwards on one rank: rank 0 computes, the others receive
                 if kind == "atp*":
-                    return estimate_graddrop(model, spec, site, layers_, heads_, base_t, src, fn, pos, T)
-                return estimate(
-                    model, spec, site, layers_, heads_, base_t, src, fn, pos, T, n, estimator=kind, steps=settings.steps
-                )
+                    return estimate_graddrop(problem)
+                return estimate(problem, estimator=kind, steps=settings.steps)
 
         est, est_lin, kv_est, screen = dist.decide(attribution)
         seconds[kind] = time.perf_counter() - t0
