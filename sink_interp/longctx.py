@@ -223,7 +223,7 @@ def long_context_sinks(
     data: str | None = None,
     batch_size: int | None = None,
     progress: bool = True,
-    fused: bool | None = None,
+    method: str = "lse",
 ) -> LongContextReport:
     """Sink scores by query bucket and by key position, blockwise (works at T = 8192 on a CPU).
 
@@ -240,7 +240,8 @@ def long_context_sinks(
         data: label of the inputs (default: the ProbeSet's source, else ``"tokens"``).
         batch_size: samples per forward pass.
         progress: show a progress bar.
-        fused: ``None`` fused attention when possible, ``False`` the bridge's hooks, ``True`` require fused.
+        method: the engine of the blockwise ``lse`` measurement: ``"lse"`` (default) fused attention when
+            possible, else the bridge's hooks; ``"lse-fused"`` requires fused attention; ``"lse-hooks"`` the hooks.
 
     Returns:
         A :class:`LongContextReport` (the method is always ``"lse"``).
@@ -258,7 +259,7 @@ def long_context_sinks(
     edges = normalize_edges(query_edges, T) if query_edges is not None else bucket_edges(T, buckets)
     mask = as_mask(mask)
     sums = lse_column_sums(
-        model, checked, layers=layers, mask=mask, query_edges=edges, batch_size=batch_size, progress=progress, fused=fused
+        model, checked, layers=layers, mask=mask, query_edges=edges, batch_size=batch_size, progress=progress, method=method
     )
     prov = provenance(model, tokens, bos=bos, data=data, mask=mask)
     report = SinkReport(

@@ -442,7 +442,6 @@ def measure_sinks(
     progress: bool = True,
     method: str = "auto",
     mask: Any = None,
-    fused: bool | None = None,
 ) -> SinkReport:
     """Measure the sink score of every head, layer and key position.
 
@@ -462,13 +461,14 @@ def measure_sinks(
         progress: show a progress bar.
         method: ``"pattern"``: reduce ``hook_pattern`` of every layer as it is computed;
             ``"lse"``: column sums from q, k and the row log-sum-exp, blockwise, never a
-            T x T map (:mod:`sink_interp.lse`; softmax attention only); ``"auto"`` (default):
-            ``"lse"`` for long inputs or when the maps would not fit in memory, else
-            ``"pattern"`` (see :func:`sink_interp.lse.choose_method`).
+            T x T map (:mod:`sink_interp.lse`; softmax attention only), with fused attention when
+            nothing hooks the model (:mod:`sink_interp.fused`), else through the bridge's hooks;
+            ``"lse-fused"``: ``"lse"`` that requires fused attention; ``"lse-hooks"``: ``"lse"``
+            through the bridge's hooks; ``"auto"`` (default): ``"lse"`` for long inputs or when the
+            maps would not fit in memory, else ``"pattern"`` (see :func:`sink_interp.lse.choose_method`).
+            The report records ``"pattern"`` or ``"lse"``, and the engine in ``report.engine``.
         mask: an :class:`sink_interp.AttentionMask` (sliding window, prefix LM, sink tokens)
             the model attends with during the measurement; default causal.
-        fused: for ``"lse"``: ``None`` uses fused attention when nothing hooks the model
-            (:mod:`sink_interp.fused`), ``False`` forces the bridge's hooks, ``True`` requires fused.
 
     Returns:
         :class:`SinkReport`: every sample's scores. For counts only (memory independent of ``n``) see
@@ -495,7 +495,13 @@ def measure_sinks(
     if method == "lse":
         try:
             sums = _lse.lse_column_sums(
-                model, tokens_checked, layers=layers, mask=mask, batch_size=batch_size, progress=progress, fused=fused
+                model,
+                tokens_checked,
+                layers=layers,
+                mask=mask,
+                batch_size=batch_size,
+                progress=progress,
+                method=requested if requested in _lse.LSE_METHODS else "lse",
             )
         except _lse.SelfCheckFailed as e:
             if requested != "auto":
@@ -682,7 +688,6 @@ def sink_summary(
     progress: bool = True,
     method: str = "auto",
     mask: Any = None,
-    fused: bool | None = None,
 ) -> SinkSummary:
     """The sink scores of :func:`measure_sinks`, kept as counts: memory independent of ``n``.
 
@@ -709,8 +714,9 @@ def sink_summary(
 
     if not any(abs(g - eps) < 1e-12 for g in EPS_GRID):
         raise ValueError(f"eps must be one of sink_summary's grid {list(EPS_GRID)}, got {eps!r}; fix: pick one of them")
-    kw = dict(bos=bos, data=data, layers=layers, score=_model_score(model, score), method=method, mask=mask, fused=fused)
-    kw["method"] = dist.decide(lambda: _lse.choose_method(model, checked, kw["method"], score=kw["score"], batch_size=batch_size))
+    kw = dict(bos=bos, data=data, layers=layers, score=_model_score(model, score), method=method, mask=mask)
+    chosen = dist.decide(lambda: _lse.choose_method(model, checked, method, score=kw["score"], batch_size=batch_size))
+    kw["method"] = method if chosen == "lse" and method in _lse.LSE_METHODS else chosen  # "auto" decided once, for every chunk
     n, T = checked.shape
     bs = batch_size or dist.decide(lambda: auto_batch_size(model, T))
     chunk = bs * max(1, SUMMARY_CHUNK // bs)

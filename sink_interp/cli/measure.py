@@ -18,9 +18,10 @@ def add_parser(sub: Any) -> None:
     m.add_argument(
         "--method",
         default="auto",
-        choices=["auto", "pattern", "lse"],
-        help="pattern: reduce hook_pattern; lse: blockwise from q, k and the row log-sum-exp (no T x T map); "
-        "auto (default): lse from length 512 or when the maps would not fit",
+        choices=["auto", "pattern", "lse", "lse-fused", "lse-hooks"],
+        help="pattern: reduce hook_pattern; lse: blockwise from q, k and the row log-sum-exp (no T x T map), with "
+        "fused attention when it can, else through the bridge's hooks; lse-fused: lse that requires fused attention; "
+        "lse-hooks: lse through the bridge's hooks; auto (default): lse from length 512 or when the maps would not fit",
     )
     m.add_argument(
         "--keep",
