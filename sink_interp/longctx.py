@@ -219,8 +219,6 @@ def long_context_sinks(
     query_edges: Sequence[int] | None = None,
     layers: Sequence[int] | None = None,
     mask: Any = None,
-    bos: bool | None = None,
-    data: str | None = None,
     batch_size: int | None = None,
     progress: bool = True,
     method: str = "lse",
@@ -236,8 +234,6 @@ def long_context_sinks(
         query_edges: explicit bucket edges ``[0, ..., T]``.
         layers: layers to measure (default: all).
         mask: an ``AttentionMask`` the model attends with (default: causal).
-        bos: whether ``tokens`` start with BOS (default: from the :class:`~sink_interp.ProbeSet` or the first column).
-        data: label of the inputs (default: the ProbeSet's source, else ``"tokens"``).
         batch_size: samples per forward pass.
         progress: show a progress bar.
         method: the engine of the blockwise ``lse`` measurement: ``"lse"`` (default) fused attention when
@@ -261,7 +257,7 @@ def long_context_sinks(
     sums = lse_column_sums(
         model, checked, layers=layers, mask=mask, query_edges=edges, batch_size=batch_size, progress=progress, method=method
     )
-    prov = provenance(model, tokens, bos=bos, data=data, mask=mask)
+    prov = provenance(model, tokens, mask=mask)
     report = SinkReport(
         alpha=sums.alpha().numpy(),
         row_sum=sums.row_sum.numpy(),

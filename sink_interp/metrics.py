@@ -434,8 +434,6 @@ def measure_sinks(
     tokens: Tensor | ProbeSet,
     eps: float = 0.3,
     *,
-    bos: bool | None = None,
-    data: str | None = None,
     layers: Sequence[int] | None = None,
     score: str = "auto",
     batch_size: int | None = None,
@@ -451,9 +449,6 @@ def measure_sinks(
             :func:`sink_interp.probe_tokens` (its source and facts are recorded) or a plain tensor.
             The model sees exactly these tokens: no BOS is added.
         eps: sink threshold in (0, 1); change it later with ``report.rate(k, eps=...)``.
-        bos: whether ``tokens`` start with BOS, recorded in the report
-            (default: the :class:`~sink_interp.ProbeSet`'s, else inferred from the first column).
-        data: label of the inputs recorded in the report (default: the ProbeSet's source, else ``"tokens"``).
         layers: layers to measure (default: all).
         score: ``"auto"`` (softmax rows as they are; the proxy for rows that do not
             sum to 1), ``"softmax"``, ``"proxy"`` or ``"abs-proxy"``.
@@ -490,7 +485,7 @@ def measure_sinks(
     chosen = method
     method = dist.decide(lambda: _lse.choose_method(model, tokens_checked, chosen, score=score, batch_size=batch_size))
     mask = _lse.as_mask(mask)
-    prov = provenance(model, tokens, bos=bos, data=data, mask=mask)
+    prov = provenance(model, tokens, mask=mask)
     why_not_lse, engine = None, None
     if method == "lse":
         try:
@@ -680,8 +675,6 @@ def sink_summary(
     tokens: Tensor | ProbeSet,
     eps: float = 0.3,
     *,
-    bos: bool | None = None,
-    data: str | None = None,
     layers: Sequence[int] | None = None,
     score: str = "auto",
     batch_size: int | None = None,
@@ -714,7 +707,7 @@ def sink_summary(
 
     if not any(abs(g - eps) < 1e-12 for g in EPS_GRID):
         raise ValueError(f"eps must be one of sink_summary's grid {list(EPS_GRID)}, got {eps!r}; fix: pick one of them")
-    kw = dict(bos=bos, data=data, layers=layers, score=_model_score(model, score), method=method, mask=mask)
+    kw = dict(layers=layers, score=_model_score(model, score), method=method, mask=mask)
     chosen = dist.decide(lambda: _lse.choose_method(model, checked, method, score=kw["score"], batch_size=batch_size))
     kw["method"] = method if chosen == "lse" and method in _lse.LSE_METHODS else chosen  # "auto" decided once, for every chunk
     n, T = checked.shape
@@ -758,7 +751,7 @@ def sink_summary(
         proxy.update(p[4])
     scores = sorted({p[5] for p in allp})
     first = allp[0]
-    prov = provenance(model, tokens, bos=kw["bos"], data=kw["data"], mask=_lse.as_mask(kw["mask"]))
+    prov = provenance(model, tokens, mask=_lse.as_mask(mask))
     return SinkSummary(
         counts=counts.numpy(),
         alpha_sum=alpha_sum.numpy(),

@@ -38,18 +38,17 @@ def bos_policy(model: Any, tokens: Tensor | ProbeSet, bos: bool | None = None) -
     return bool((t[:, 0] == bos_id).all().item())
 
 
-def provenance(
-    model: Any, tokens: Tensor | ProbeSet, *, bos: bool | None = None, data: str | None = None, mask: Any = None
-) -> Provenance:
+def provenance(model: Any, tokens: Tensor | ProbeSet, *, bos: bool | None = None, mask: Any = None) -> Provenance:
     """The :class:`Provenance` of running ``model`` on ``tokens`` (a :class:`ProbeSet` carries its source and facts).
 
-    ``data`` labels the inputs (default: the probe's source; ``"tokens"`` for a plain tensor); ``mask`` is an
-    :class:`sink_interp.AttentionMask` the model attended with (recorded when it is not causal).
+    The data is labelled with the probe's source (``"tokens"`` for a plain tensor, or a probe set without one);
+    ``bos`` overrides the BOS policy (:func:`bos_policy`; for callers that know it from elsewhere, such as
+    :func:`sink_interp.circuits.sink_circuit`); ``mask`` is an :class:`sink_interp.AttentionMask` the model
+    attended with (recorded when it is not causal).
     """
     probe = probe_of(tokens)
     info = probe.info if probe is not None else None
-    if data is None:
-        data = str(info["source"]) if info is not None and "source" in info else "tokens"
+    data = str(info["source"]) if info is not None and "source" in info else "tokens"
     mask_dict = None
     if mask is not None and not getattr(mask, "is_causal", True):
         mask_dict = mask.to_dict()
