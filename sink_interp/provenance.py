@@ -24,10 +24,8 @@ from ._internal.provenance import Provenance
 from .models import model_info
 
 
-def bos_policy(model: Any, tokens: Tensor | ProbeSet, bos: bool | None = None) -> bool | None:
-    """Whether ``tokens`` start with BOS: as given, else as the :class:`ProbeSet` says, else read from the first column."""
-    if bos is not None:
-        return bool(bos)
+def bos_policy(model: Any, tokens: Tensor | ProbeSet) -> bool | None:
+    """Whether ``tokens`` start with BOS: as the :class:`ProbeSet` says, else read from the first column."""
     probe = probe_of(tokens)
     if probe is not None and "bos" in probe.info:
         return bool(probe.info["bos"])
@@ -38,13 +36,12 @@ def bos_policy(model: Any, tokens: Tensor | ProbeSet, bos: bool | None = None) -
     return bool((t[:, 0] == bos_id).all().item())
 
 
-def provenance(model: Any, tokens: Tensor | ProbeSet, *, bos: bool | None = None, mask: Any = None) -> Provenance:
+def provenance(model: Any, tokens: Tensor | ProbeSet, *, mask: Any = None) -> Provenance:
     """The :class:`Provenance` of running ``model`` on ``tokens`` (a :class:`ProbeSet` carries its source and facts).
 
-    The data is labelled with the probe's source (``"tokens"`` for a plain tensor, or a probe set without one);
-    ``bos`` overrides the BOS policy (:func:`bos_policy`; for callers that know it from elsewhere, such as
-    :func:`sink_interp.circuits.sink_circuit`); ``mask`` is an :class:`sink_interp.AttentionMask` the model
-    attended with (recorded when it is not causal).
+    The data is labelled with the probe's source (``"tokens"`` for a plain tensor, or a probe set without one)
+    and its BOS policy is the probe's (:func:`bos_policy`); ``mask`` is an :class:`sink_interp.AttentionMask` the
+    model attended with (recorded when it is not causal).
     """
     probe = probe_of(tokens)
     info = probe.info if probe is not None else None
@@ -54,5 +51,5 @@ def provenance(model: Any, tokens: Tensor | ProbeSet, *, bos: bool | None = None
         mask_dict = mask.to_dict()
     mi = model_info(model)
     return Provenance(
-        model=mi.name, model_info=mi.to_dict(), data=data, bos=bos_policy(model, tokens, bos), probe=info, mask=mask_dict
+        model=mi.name, model_info=mi.to_dict(), data=data, bos=bos_policy(model, tokens), probe=info, mask=mask_dict
     )

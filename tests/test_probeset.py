@@ -204,6 +204,16 @@ def test_eval_rows_are_recorded_with_their_own_n(model):
     assert m.provenance.probe == rep.provenance.probe
 
 
+def test_patching_records_the_clean_probe_set(model):
+    from sink_interp import patch_heads, patch_sink
+
+    p = probe_tokens(model, "random", n=2, length=8, bos=True, seed=3)
+    for rep in (patch_heads(model, p, p.roll(1, 0), "logprob", layers=[1], progress=False), patch_sink(model, p, progress=False)):
+        assert (rep.data, rep.bos, rep.provenance.probe) == ("random", True, p.info)
+    bare = patch_heads(model, p.tokens, p.tokens.roll(1, 0), "logprob", layers=[1], progress=False)
+    assert bare.data == "tokens" and bare.provenance.probe is None
+
+
 def test_saved_provenance_is_the_info_dict(model, tmp_path):
     p = probe_tokens(model, "repeat", n=2, length=8, seed=5)
     rep = measure_sinks(model, p, progress=False)

@@ -329,7 +329,7 @@ def patch_heads(
             screen = np.fmax.reduce(screen)
         seconds["exact"] = time.perf_counter() - t0
 
-    prov = provenance(model, clean_t.cpu())
+    prov = provenance(model, clean)  # a ProbeSet says what the clean input is
     return PatchReport(
         values=values,
         kv_values=kv_values,
