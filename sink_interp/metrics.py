@@ -675,12 +675,12 @@ def sink_summary(
     tokens: Tensor | ProbeSet,
     eps: float = 0.3,
     *,
+    method: str = "auto",
+    mask: Any = None,
     layers: Sequence[int] | None = None,
     score: str = "auto",
     batch_size: int | None = None,
     progress: bool = True,
-    method: str = "auto",
-    mask: Any = None,
 ) -> SinkSummary:
     """The sink scores of :func:`measure_sinks`, kept as counts: memory independent of ``n``.
 
