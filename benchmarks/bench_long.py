@@ -20,7 +20,7 @@ Cases:
             Sink = mean(importance > eps); the .npy round trip to disk is left out (kept in memory instead)
   pattern   measure_sinks(bridge, tokens, method="pattern"): hook_pattern reduced layer by layer
   lse       measure_sinks(bridge, tokens, method="lse"): fused engine (HF twin + CPU flash kernel with LSE)
-  lse-hooks measure_sinks(bridge, tokens, method="lse", fused=False): blockwise lse through the bridge's hooks
+  lse-hooks measure_sinks(bridge, tokens, method="lse-hooks"): blockwise lse through the bridge's hooks
   bridge    bridge(tokens): the TransformerBridge's own forward (eager attention), no hooks
 
 A case whose estimated peak exceeds 85 % of the free memory is skipped; its
@@ -155,12 +155,9 @@ def run_case(case: str, model_name: str, tokens_path: str, repeats: int, threads
                 with torch.no_grad():
                     return bridge(x)
         else:
-            kw = {"pattern": dict(method="pattern"), "lse": dict(method="lse"), "lse-hooks": dict(method="lse", fused=False)}[
-                case
-            ]
 
             def fn(x):
-                rep = measure_sinks(bridge, x, batch_size=n, progress=False, **kw)
+                rep = measure_sinks(bridge, x, batch_size=n, progress=False, method=case)
                 extra["Sink_1"] = rep.rate(1)
                 extra["engine"] = rep.engine.engine if rep.engine else "pattern"
                 return rep

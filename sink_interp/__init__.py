@@ -49,8 +49,8 @@ _EXPORTS: dict[str, str] = {
     "MassiveReport": "massive",
     "massive_activations": "massive",
     "SinkReport": "metrics",
-    "SinkSummary": "metrics",
     "measure_sinks": "metrics",
+    "sink_summary": "metrics",
     "known_models": "models",
     "load_model": "models",
     "tiny_model": "models",
@@ -123,7 +123,7 @@ if TYPE_CHECKING:  # what static tools (type checkers, the API reference) see
     from .longctx import LongContextReport, long_context_sinks
     from .masks import AttentionMask
     from .massive import MassiveReport, massive_activations
-    from .metrics import SinkReport, SinkSummary, measure_sinks
+    from .metrics import SinkReport, measure_sinks, sink_summary
     from .models import known_models, load_model, tiny_model
     from .pages import build_report, show_attention
     from .patching import PatchReport, patch_heads, patch_sink
@@ -138,7 +138,7 @@ __all__ = [
     # load a model and make probe inputs
     "load_model", "tiny_model", "known_models", "probe_tokens", "long_tokens", "ProbeSet",
     # measure and explain sinks
-    "measure_sinks", "SinkReport", "SinkSummary", "massive_activations", "MassiveReport", "trace_sink", "TraceReport",
+    "measure_sinks", "SinkReport", "sink_summary", "massive_activations", "MassiveReport", "trace_sink", "TraceReport",
     "long_context_sinks", "LongContextReport", "describe_attention",
     # intervene and compare
     "intervene", "Intervention", "ZeroValue", "MaskKey", "ScaleAttention", "Calibrate", "AblateDims",

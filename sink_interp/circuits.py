@@ -53,7 +53,6 @@ from torch import Tensor
 
 from ._internal import hooknames
 from ._internal.errors import check_positive_int
-from ._internal.probe import ProbeSet
 from ._internal.provenance import Provenance
 from ._internal.report import FieldError, ModelRun, Patched, Provenanced, Report, summary_head, summary_tail
 from ._internal.weights import attn_out_weights
@@ -796,8 +795,7 @@ def sink_circuit(
     size = reached[0] if reached else 0
     m = eng.metric
     clean_v, corr_v = (eng.base_value, eng.src_value) if s.direction == "noise" else (eng.src_value, eng.base_value)
-    bos = clean.bos if isinstance(clean, ProbeSet) else None
-    prov = provenance(model, clean_t.cpu(), bos=bos)
+    prov = provenance(model, clean)  # a ProbeSet says what the clean input is
     return CircuitReport(
         nodes=tuple(eng.graph.nodes),
         edge_src=tuple(e[0] for e in edges),

@@ -366,8 +366,6 @@ def compare(
     sinks: bool = True,
     batch_size: int | None = None,
     progress: bool = True,
-    bos: bool | None = None,
-    data: str | None = None,
     _meta: Sequence[dict[str, Any]] | None = None,
 ) -> EffectReport:
     """Measure each intervention against the clean model on ``tokens``.
@@ -382,8 +380,6 @@ def compare(
         sinks: also measure the sink scores (one more reducer in the same forward).
         batch_size: samples per forward (default: small enough for two sets of log-probs).
         progress: one progress bar over all forward passes.
-        bos: recorded in the report (default: from the :class:`~sink_interp.ProbeSet`).
-        data: label of the inputs recorded in the report (default: the ProbeSet's source, else ``"tokens"``).
 
     Example:
         >>> import torch
@@ -445,7 +441,7 @@ def compare(
         accs[lab].effect(lab, " + ".join(iv.describe() for iv in ivs), clean_eff.loss, eps, meta, reference=True)
         for lab, ivs, meta in items
     ]
-    prov = provenance(model, tokens, bos=bos, data=data)
+    prov = provenance(model, tokens)
     return EffectReport(
         effects=tuple(effects),
         eps=eps,

@@ -624,8 +624,6 @@ def kv_policies(
     n_sinks: int = 4,
     batch_size: int = 1,
     progress: bool = True,
-    bos: bool | None = None,
-    data: str | None = None,
 ) -> KVReport:
     """Next-token loss of each KV-cache ``policy`` at each ``budget``, and of the full cache.
 
@@ -665,7 +663,7 @@ def kv_policies(
     nll, secs = condition_losses(
         model, toks, conds, batch_size=batch_size, progress=progress, desc="kv policies", settings=settings
     )
-    prov = provenance(model, tokens, bos=bos, data=data)
+    prov = provenance(model, tokens)
     return KVReport(
         policies=tuple(names),
         budgets=tuple(Bs),

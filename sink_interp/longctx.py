@@ -219,11 +219,9 @@ def long_context_sinks(
     query_edges: Sequence[int] | None = None,
     layers: Sequence[int] | None = None,
     mask: Any = None,
-    bos: bool | None = None,
-    data: str | None = None,
     batch_size: int | None = None,
     progress: bool = True,
-    fused: bool | None = None,
+    method: str = "lse",
 ) -> LongContextReport:
     """Sink scores by query bucket and by key position, blockwise (works at T = 8192 on a CPU).
 
@@ -236,11 +234,10 @@ def long_context_sinks(
         query_edges: explicit bucket edges ``[0, ..., T]``.
         layers: layers to measure (default: all).
         mask: an ``AttentionMask`` the model attends with (default: causal).
-        bos: whether ``tokens`` start with BOS (default: from the :class:`~sink_interp.ProbeSet` or the first column).
-        data: label of the inputs (default: the ProbeSet's source, else ``"tokens"``).
         batch_size: samples per forward pass.
         progress: show a progress bar.
-        fused: ``None`` fused attention when possible, ``False`` the bridge's hooks, ``True`` require fused.
+        method: the engine of the blockwise ``lse`` measurement: ``"lse"`` (default) fused attention when
+            possible, else the bridge's hooks; ``"lse-fused"`` requires fused attention; ``"lse-hooks"`` the hooks.
 
     Returns:
         A :class:`LongContextReport` (the method is always ``"lse"``).
@@ -258,9 +255,9 @@ def long_context_sinks(
     edges = normalize_edges(query_edges, T) if query_edges is not None else bucket_edges(T, buckets)
     mask = as_mask(mask)
     sums = lse_column_sums(
-        model, checked, layers=layers, mask=mask, query_edges=edges, batch_size=batch_size, progress=progress, fused=fused
+        model, checked, layers=layers, mask=mask, query_edges=edges, batch_size=batch_size, progress=progress, method=method
     )
-    prov = provenance(model, tokens, bos=bos, data=data, mask=mask)
+    prov = provenance(model, tokens, mask=mask)
     report = SinkReport(
         alpha=sums.alpha().numpy(),
         row_sum=sums.row_sum.numpy(),

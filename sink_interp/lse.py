@@ -31,8 +31,9 @@ Either engine first reproduces the model's own ``hook_pattern`` on a short
 slice of the input (``_SelfCheck``); a model whose scores the description
 cannot rebuild is refused by name (``method="pattern"`` is then exact).
 
-:func:`lse_column_sums` picks one; :func:`sink_interp.measure_sinks` with
-``method="lse"`` uses it.
+:func:`lse_column_sums` picks one (:data:`LSE_METHODS`: ``method="lse"`` the fused engine when it
+can, else the hooks; ``"lse-fused"`` requires the fused engine; ``"lse-hooks"`` the hooks engine);
+:func:`sink_interp.measure_sinks` with one of these methods uses it.
 
 Query buckets: ``query_edges=[0, e1, ..., T]`` keeps the column sums of each
 query bucket apart (``[b, H, buckets, T]``) — the blocks are cut at the bucket
@@ -252,18 +253,22 @@ def lse_column_sums(
     query_edges: Sequence[int] | None = None,
     batch_size: int | None = None,
     progress: bool = True,
-    fused: bool | None = None,
+    method: str = "lse",
     block_bytes: int = BLOCK_BYTES,
 ) -> ColumnSums:
     """Column sums of every layer's and head's attention without T x T maps, by the fused or the hooks engine.
 
-    ``fused=None`` uses the fused engine when it can (no hooks on the bridge, an HF model inside it
-    that passes a short self-check) and the hooks engine otherwise; ``True`` requires it; ``False``
-    uses the hooks engine. Either engine must first reproduce the model's own ``hook_pattern`` on a
+    ``method="lse"`` uses the fused engine when it can (no hooks on the bridge, an HF model inside it
+    that passes a short self-check) and the hooks engine otherwise; ``"lse-fused"`` requires it;
+    ``"lse-hooks"`` uses the hooks engine. Either engine must first reproduce the model's own ``hook_pattern`` on a
     short slice of the input (``_SelfCheck``); when neither does, :class:`SelfCheckFailed` is raised
     (``method="pattern"`` is then the exact alternative). The engine, its self-check and the reason
     for not fusing are recorded in ``info``.
     """
+    if method not in LSE_METHODS:
+        raise ValueError(
+            f"method must be one of {LSE_METHODS}, got {method!r}; fix: method='lse' (fused when it can, else hooks)"
+        )
     tokens = as_tokens(tokens)
     mask = as_mask(mask)
     n, T = tokens.shape
@@ -278,8 +283,8 @@ def lse_column_sums(
     edges = normalize_edges(query_edges, T)
 
     self_check = _SelfCheck(model, tokens, mask, layer_list)
-    reason = "fused=False"
-    if fused is not False:
+    reason = "method='lse-hooks'"
+    if method != "lse-hooks":
 
         def fused_decision() -> tuple[bool, str, str | None]:
             with dist.local():  # rank 0 checks on its own and tells the others (one engine everywhere)
@@ -305,8 +310,11 @@ def lse_column_sums(
             return ok, reason, check
 
         ok, reason, check = dist.decide(fused_decision)
-        if not ok and fused:
-            raise ValueError(f"the fused engine cannot run this model: {reason}; fix: fused=None or False (hooks engine)")
+        if not ok and method == "lse-fused":
+            raise ValueError(
+                f"method='lse-fused': the fused engine cannot run this model: {reason}; "
+                "fix: method='lse' (fused when it can, else the hooks) or 'lse-hooks'"
+            )
         if ok:
             col, rows, info = fused_mod.fused_column_sums(
                 model,
@@ -349,7 +357,10 @@ def lse_column_sums(
 
 # --------------------------------------------------------------------------- choosing a method
 
-METHODS = ("auto", "pattern", "lse")
+#: the engines of ``method="lse"``: the fused engine when it can, else the hooks; fused required; the hooks engine
+LSE_METHODS = ("lse", "lse-fused", "lse-hooks")
+#: what ``measure_sinks(method=...)`` takes: ``"auto"`` picks ``"pattern"`` or ``"lse"`` (:func:`choose_method`)
+METHODS = ("auto", "pattern", *LSE_METHODS)
 #: from this length on, ``method="auto"`` measures with ``"lse"``
 LSE_MIN_LENGTH = 512
 #: ``"auto"`` also takes ``"lse"`` when one layer's attention maps would need more than this share of free memory
@@ -382,7 +393,8 @@ def lse_blockers(model: Any) -> list[str]:
 def choose_method(
     model: Any, tokens: Tensor | ProbeSet, method: str = "auto", *, score: str = "auto", batch_size: int | None = None
 ) -> str:
-    """``"pattern"`` or ``"lse"`` for a measurement; validates an explicit choice.
+    """``"pattern"`` or ``"lse"`` for a measurement; validates an explicit choice (one of :data:`METHODS`;
+    ``"lse-fused"`` and ``"lse-hooks"`` give ``"lse"``: they choose its engine).
 
     ``"auto"`` takes ``"lse"`` when ``T >= LSE_MIN_LENGTH`` or when one layer's attention maps
     (:func:`pattern_bytes` for the batch) would take more than ``PATTERN_MEMORY_SHARE`` of the free
@@ -393,17 +405,19 @@ def choose_method(
     """
     tokens = as_tokens(tokens)
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise ValueError(
+            f"method must be one of {METHODS}, got {method!r}; fix: method='auto' (pattern or lse by length and memory)"
+        )
     needs_pattern = []
     if score not in ("auto", "softmax"):
         needs_pattern.append(f"score={score!r}")
     hooked = attention_hooks(model)
     if hooked:
         needs_pattern.append(f"hooks on {hooked[:2]}")
-    if method == "lse":
+    if method in LSE_METHODS:
         if needs_pattern:
             raise ValueError(
-                f"method='lse' scores softmax attention from q and k, but {' and '.join(needs_pattern)} "
+                f"method={method!r} scores softmax attention from q and k, but {' and '.join(needs_pattern)} "
                 "need the attention pattern itself; fix: method='pattern'"
             )
         return "lse"

@@ -574,8 +574,6 @@ def massive_activations(
     ratio_threshold: float = DEFAULT_RATIO_THRESHOLD,
     top_k: int = 5,
     measure_sinks: bool = True,
-    bos: bool | None = None,
-    data: str | None = None,
     batch_size: int | None = None,
     progress: bool = True,
     max_flags: int = 100_000,
@@ -590,9 +588,6 @@ def massive_activations(
         top_k: entries kept per sample and layer.
         measure_sinks: also measure sink scores (for the attention-sink part of the triple);
             ``report.sink_report`` is then a :class:`~sink_interp.SinkReport` at eps 0.3.
-        bos: whether ``tokens`` start with BOS, recorded in the report (default: from
-            the :class:`~sink_interp.ProbeSet`, else inferred from the first column).
-        data: label of the inputs recorded in the report (default: the ProbeSet's source, else ``"tokens"``).
         batch_size: samples per forward pass (default: chosen from the length).
         progress: show a progress bar.
         max_flags: cap on the number of flagged entries kept.
@@ -609,7 +604,7 @@ def massive_activations(
     top_k = check_positive_int(top_k, "top_k")
     max_flags = check_positive_int(max_flags, "max_flags", minimum=0) if max_flags else 0
     tokens_checked = check_model_tokens(model, tokens, min_length=2 if measure_sinks else 1)
-    prov = provenance(model, tokens, bos=bos, data=data)
+    prov = provenance(model, tokens)
     red = MassiveReducer(abs_threshold, ratio_threshold, top_k, max_flags)
     reducers: list[Reducer] = [red]
     sred = SinkScoreReducer() if measure_sinks else None

@@ -434,17 +434,13 @@ def measure_sinks(
     tokens: Tensor | ProbeSet,
     eps: float = 0.3,
     *,
-    bos: bool | None = None,
-    data: str | None = None,
     layers: Sequence[int] | None = None,
     score: str = "auto",
     batch_size: int | None = None,
     progress: bool = True,
     method: str = "auto",
     mask: Any = None,
-    fused: bool | None = None,
-    keep: str = "alpha",
-) -> SinkReport | SinkSummary:
+) -> SinkReport:
     """Measure the sink score of every head, layer and key position.
 
     Args:
@@ -453,9 +449,6 @@ def measure_sinks(
             :func:`sink_interp.probe_tokens` (its source and facts are recorded) or a plain tensor.
             The model sees exactly these tokens: no BOS is added.
         eps: sink threshold in (0, 1); change it later with ``report.rate(k, eps=...)``.
-        bos: whether ``tokens`` start with BOS, recorded in the report
-            (default: the :class:`~sink_interp.ProbeSet`'s, else inferred from the first column).
-        data: label of the inputs recorded in the report (default: the ProbeSet's source, else ``"tokens"``).
         layers: layers to measure (default: all).
         score: ``"auto"`` (softmax rows as they are; the proxy for rows that do not
             sum to 1), ``"softmax"``, ``"proxy"`` or ``"abs-proxy"``.
@@ -463,17 +456,18 @@ def measure_sinks(
         progress: show a progress bar.
         method: ``"pattern"``: reduce ``hook_pattern`` of every layer as it is computed;
             ``"lse"``: column sums from q, k and the row log-sum-exp, blockwise, never a
-            T x T map (:mod:`sink_interp.lse`; softmax attention only); ``"auto"`` (default):
-            ``"lse"`` for long inputs or when the maps would not fit in memory, else
-            ``"pattern"`` (see :func:`sink_interp.lse.choose_method`).
+            T x T map (:mod:`sink_interp.lse`; softmax attention only), with fused attention when
+            nothing hooks the model (:mod:`sink_interp.fused`), else through the bridge's hooks;
+            ``"lse-fused"``: ``"lse"`` that requires fused attention; ``"lse-hooks"``: ``"lse"``
+            through the bridge's hooks; ``"auto"`` (default): ``"lse"`` for long inputs or when the
+            maps would not fit in memory, else ``"pattern"`` (see :func:`sink_interp.lse.choose_method`).
+            The report records ``"pattern"`` or ``"lse"``, and the engine in ``report.engine``.
         mask: an :class:`sink_interp.AttentionMask` (sliding window, prefix LM, sink tokens)
             the model attends with during the measurement; default causal.
-        fused: for ``"lse"``: ``None`` uses fused attention when nothing hooks the model
-            (:mod:`sink_interp.fused`), ``False`` forces the bridge's hooks, ``True`` requires fused.
-        keep: ``"alpha"`` (default) keeps every sample's scores (a :class:`SinkReport`);
-            ``"summary"`` keeps integer counts of ``alpha > eps`` for the eps of :data:`EPS_GRID` and
-            fixed-point sums of alpha (a :class:`SinkSummary`: memory independent of ``n``, the same
-            numbers for any number of ranks).
+
+    Returns:
+        :class:`SinkReport`: every sample's scores. For counts only (memory independent of ``n``) see
+        :func:`sink_summary`.
 
     Examples:
         >>> import torch
@@ -483,36 +477,26 @@ def measure_sinks(
         (2,)
     """
     eps = check_eps(eps)
-    if keep not in KEEPS:
-        raise ValueError(f"keep must be one of {KEEPS}, got {keep!r}")
     tokens_checked = check_model_tokens(model, tokens, min_length=2)
-    if keep == "summary":
-        return _measure_summary(
-            model,
-            tokens,
-            tokens_checked,
-            eps,
-            dict(bos=bos, data=data, layers=layers, score=score, method=method, mask=mask, fused=fused),
-            batch_size,
-            progress,
-        )
     from . import lse as _lse
 
-    if score == "auto":
-        try:  # a model trained with a K bias etc. registers how its patterns are read (training)
-            score = _MODEL_SCORE.get(model, "auto")
-        except TypeError:  # not weak-referenceable: nothing registered
-            pass
+    score = _model_score(model, score)
     requested = method
     chosen = method
     method = dist.decide(lambda: _lse.choose_method(model, tokens_checked, chosen, score=score, batch_size=batch_size))
     mask = _lse.as_mask(mask)
-    prov = provenance(model, tokens, bos=bos, data=data, mask=mask)
+    prov = provenance(model, tokens, mask=mask)
     why_not_lse, engine = None, None
     if method == "lse":
         try:
             sums = _lse.lse_column_sums(
-                model, tokens_checked, layers=layers, mask=mask, batch_size=batch_size, progress=progress, fused=fused
+                model,
+                tokens_checked,
+                layers=layers,
+                mask=mask,
+                batch_size=batch_size,
+                progress=progress,
+                method=requested if requested in _lse.LSE_METHODS else "lse",
             )
         except _lse.SelfCheckFailed as e:
             if requested != "auto":
@@ -546,14 +530,23 @@ def measure_sinks(
     )
 
 
-# --------------------------------------------------------------------------- keep="summary"
+def _model_score(model: Any, score: str) -> str:
+    """``score``, or for ``"auto"`` how ``model``'s patterns are read when it registered that (training: a K bias, ...)."""
+    if score != "auto":
+        return score
+    try:
+        return _MODEL_SCORE.get(model, "auto")
+    except TypeError:  # not weak-referenceable: nothing registered
+        return score
 
-KEEPS = ("alpha", "summary")
-#: the thresholds ``keep="summary"`` counts ``alpha > eps`` for
+
+# --------------------------------------------------------------------------- sink_summary
+
+#: the thresholds :func:`sink_summary` counts ``alpha > eps`` for
 EPS_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
 #: fixed-point unit of the summed scores: ``round(alpha * FIXED)`` as int64 (exact sums in any order; n < 2**30)
 FIXED = 2**32
-#: samples measured at once by ``keep="summary"`` (whole batches; their scores are dropped after counting)
+#: samples measured at once by :func:`sink_summary` (whole batches; their scores are dropped after counting)
 SUMMARY_CHUNK = 32
 
 
@@ -563,7 +556,7 @@ def _fixed(x: Tensor) -> Tensor:
 
 @dataclass(frozen=True, eq=False, repr=False)
 class SinkSummary(Provenanced, ModelRun, HowMeasured, Report):
-    """What ``measure_sinks(..., keep="summary")`` keeps: counts over a fixed eps grid and fixed-point sums.
+    """What :func:`sink_summary` keeps: counts over a fixed eps grid and fixed-point sums.
 
     ``counts[g, layer, head, k - 1]`` is the number of samples with ``alpha_k > eps_grid[g]``;
     ``alpha_sum`` and ``row_sum_sum`` are sums over samples in units of ``1 / FIXED``. Integers add
@@ -572,9 +565,9 @@ class SinkSummary(Provenanced, ModelRun, HowMeasured, Report):
 
     Examples:
         >>> import torch
-        >>> from sink_interp import tiny_model, measure_sinks
+        >>> from sink_interp import tiny_model, measure_sinks, sink_summary
         >>> m, toks = tiny_model(), torch.randint(4, 128, (4, 16))
-        >>> s = measure_sinks(m, toks, keep="summary", progress=False)
+        >>> s = sink_summary(m, toks, progress=False)
         >>> s.rate(1, eps=0.2) == measure_sinks(m, toks, progress=False).rate(1, eps=0.2)
         True
     """
@@ -677,21 +670,46 @@ class SinkSummary(Provenanced, ModelRun, HowMeasured, Report):
         )
 
 
-def _measure_summary(
-    model: Any, tokens: Any, checked: Tensor, eps: float, kw: dict[str, Any], batch_size: int | None, progress: bool
+def sink_summary(
+    model: Any,
+    tokens: Tensor | ProbeSet,
+    eps: float = 0.3,
+    *,
+    method: str = "auto",
+    mask: Any = None,
+    layers: Sequence[int] | None = None,
+    score: str = "auto",
+    batch_size: int | None = None,
+    progress: bool = True,
 ) -> SinkSummary:
-    """``keep="summary"``: measure chunks of whole batches, count and sum their scores, drop them; ranks share the chunks."""
+    """The sink scores of :func:`measure_sinks`, kept as counts: memory independent of ``n``.
+
+    Whole batches are measured a chunk at a time; their scores are counted and summed, then dropped.
+    The arguments are those of :func:`measure_sinks`; ``eps`` must lie on :data:`EPS_GRID`
+    (0.05, 0.10, ..., 0.95).
+
+    Returns:
+        :class:`SinkSummary`: integer counts of ``alpha > eps`` for every eps of :data:`EPS_GRID` and
+        fixed-point sums of alpha; its rates equal those of :func:`measure_sinks`'s report bit for bit,
+        for any number of ranks (inside :func:`sink_interp.distributed` the ranks share the chunks).
+
+    Examples:
+        >>> import torch
+        >>> from sink_interp import tiny_model
+        >>> s = sink_summary(tiny_model(), torch.randint(4, 128, (4, 16)), eps=0.3, progress=False)
+        >>> s.counts.shape  # [eps grid, layer, head, key position]
+        (19, 2, 4, 16)
+    """
+    eps = check_eps(eps)
+    checked = check_model_tokens(model, tokens, min_length=2)
     from . import lse as _lse
     from .capture import auto_batch_size
 
     if not any(abs(g - eps) < 1e-12 for g in EPS_GRID):
-        raise ValueError(f"eps must be one of the keep='summary' grid {list(EPS_GRID)}, got {eps!r}; fix: pick one of them")
-    if kw["score"] == "auto":
-        try:
-            kw["score"] = _MODEL_SCORE.get(model, "auto")
-        except TypeError:
-            pass
-    kw["method"] = dist.decide(lambda: _lse.choose_method(model, checked, kw["method"], score=kw["score"], batch_size=batch_size))
+        raise ValueError(f"eps must be one of sink_summary's grid {list(EPS_GRID)}, got {eps!r}; fix: pick one of them")
+    kw = dict(layers=layers, score=_model_score(model, score), method=method, mask=mask)
+    chosen = dist.decide(lambda: _lse.choose_method(model, checked, method, score=kw["score"], batch_size=batch_size))
+    kw["method"] = method if chosen == "lse" and method in _lse.LSE_METHODS else chosen  # "auto" decided once, for every chunk
     n, T = checked.shape
     bs = batch_size or dist.decide(lambda: auto_batch_size(model, T))
     chunk = bs * max(1, SUMMARY_CHUNK // bs)
@@ -733,7 +751,7 @@ def _measure_summary(
         proxy.update(p[4])
     scores = sorted({p[5] for p in allp})
     first = allp[0]
-    prov = provenance(model, tokens, bos=kw["bos"], data=kw["data"], mask=_lse.as_mask(kw["mask"]))
+    prov = provenance(model, tokens, mask=_lse.as_mask(mask))
     return SinkSummary(
         counts=counts.numpy(),
         alpha_sum=alpha_sum.numpy(),

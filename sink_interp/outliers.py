@@ -234,8 +234,6 @@ def activation_outliers(
     top: int = 3,
     batch_size: int = 1,
     progress: bool = True,
-    bos: bool | None = None,
-    data: str | None = None,
 ) -> OutlierReport:
     """Outliers per block and text position, and the loss with quantized linear inputs, without and with a prefix.
 
@@ -377,7 +375,7 @@ def activation_outliers(
         count += part["count"]
     top_dims = torch.topk(ab, min(top, ab.shape[-1]), dim=-1).indices.numpy().astype(np.int64)
     tok = getattr(model, "tokenizer", None)
-    prov = provenance(model, tokens, bos=bos, data=data)
+    prov = provenance(model, tokens)
     return OutlierReport(
         conditions=tuple(c for c, _ in conds),
         prefix=tuple(pre),

@@ -24,10 +24,8 @@ from ._internal.provenance import Provenance
 from .models import model_info
 
 
-def bos_policy(model: Any, tokens: Tensor | ProbeSet, bos: bool | None = None) -> bool | None:
-    """Whether ``tokens`` start with BOS: as given, else as the :class:`ProbeSet` says, else read from the first column."""
-    if bos is not None:
-        return bool(bos)
+def bos_policy(model: Any, tokens: Tensor | ProbeSet) -> bool | None:
+    """Whether ``tokens`` start with BOS: as the :class:`ProbeSet` says, else read from the first column."""
     probe = probe_of(tokens)
     if probe is not None and "bos" in probe.info:
         return bool(probe.info["bos"])
@@ -38,22 +36,20 @@ def bos_policy(model: Any, tokens: Tensor | ProbeSet, bos: bool | None = None) -
     return bool((t[:, 0] == bos_id).all().item())
 
 
-def provenance(
-    model: Any, tokens: Tensor | ProbeSet, *, bos: bool | None = None, data: str | None = None, mask: Any = None
-) -> Provenance:
+def provenance(model: Any, tokens: Tensor | ProbeSet, *, mask: Any = None) -> Provenance:
     """The :class:`Provenance` of running ``model`` on ``tokens`` (a :class:`ProbeSet` carries its source and facts).
 
-    ``data`` labels the inputs (default: the probe's source; ``"tokens"`` for a plain tensor); ``mask`` is an
-    :class:`sink_interp.AttentionMask` the model attended with (recorded when it is not causal).
+    The data is labelled with the probe's source (``"tokens"`` for a plain tensor, or a probe set without one)
+    and its BOS policy is the probe's (:func:`bos_policy`); ``mask`` is an :class:`sink_interp.AttentionMask` the
+    model attended with (recorded when it is not causal).
     """
     probe = probe_of(tokens)
     info = probe.info if probe is not None else None
-    if data is None:
-        data = str(info["source"]) if info is not None and "source" in info else "tokens"
+    data = str(info["source"]) if info is not None and "source" in info else "tokens"
     mask_dict = None
     if mask is not None and not getattr(mask, "is_causal", True):
         mask_dict = mask.to_dict()
     mi = model_info(model)
     return Provenance(
-        model=mi.name, model_info=mi.to_dict(), data=data, bos=bos_policy(model, tokens, bos), probe=info, mask=mask_dict
+        model=mi.name, model_info=mi.to_dict(), data=data, bos=bos_policy(model, tokens), probe=info, mask=mask_dict
     )

@@ -594,8 +594,6 @@ def kv_quant(
     errors: bool = True,
     batch_size: int = 1,
     progress: bool = True,
-    bos: bool | None = None,
-    data: str | None = None,
 ) -> QuantReport:
     """Loss with the KV cache fake-quantized at each of ``bits``, keeping each of ``intact`` in full precision.
 
@@ -648,7 +646,7 @@ def kv_quant(
         if errors and qb
         else np.zeros((0, describe_attention(model).n_layers, 2, 2))
     )
-    prov = provenance(model, tokens, bos=bos, data=data)
+    prov = provenance(model, tokens)
     return QuantReport(
         conditions=tuple(c[0] for c in conds),
         bits=tuple(m[0] for m in meta),

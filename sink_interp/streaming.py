@@ -206,8 +206,6 @@ def streaming_ppl(
     bucket: int | None = None,
     original_positions: bool = True,
     batch_size: int = 1,
-    bos: bool | None = None,
-    data: str | None = None,
     progress: bool = True,
 ) -> StreamReport:
     """Perplexity per position bucket: full attention, sinks + window (StreamingLLM), window only.
@@ -270,7 +268,7 @@ def streaming_ppl(
             bar.update(1)
     finally:
         bar.close()
-    prov = provenance(model, tokens, bos=bos, data=data)
+    prov = provenance(model, tokens)
     return StreamReport(
         conditions=tuple(conds),
         nll=nll,

@@ -168,7 +168,7 @@ def test_prefix_mask_on_every_kind_of_layer_equals_hf_with_that_mask(family):
         out = hf(x, attention_mask=add, output_attentions=True, **kw)
     ref = official_alpha(torch.stack(out.attentions, 1).float()).numpy()
     pattern = measure_sinks(model, x, method="pattern", mask=mask, progress=False)
-    lse = measure_sinks(model, x, method="lse", fused=False, mask=mask, progress=False)
+    lse = measure_sinks(model, x, method="lse-hooks", mask=mask, progress=False)
     np.testing.assert_allclose(pattern.alpha, ref, atol=1e-4)
     np.testing.assert_allclose(lse.alpha, ref, atol=1e-4)
     with torch.no_grad(), masked(model, mask):
@@ -202,7 +202,7 @@ def test_a_wrong_description_is_never_used_to_rebuild_attention():
             with intervene(model, MaskKey()):
                 model(x)
         with pytest.raises(SelfCheckFailed, match="self-check of the hooks engine"):
-            measure_sinks(model, x, method="lse", fused=False, progress=False)
+            measure_sinks(model, x, method="lse-hooks", progress=False)
         # the fused engine runs HF's own attention with HF's own scale: its self-check passes and its numbers are right
         exact = measure_sinks(model, x, method="pattern", progress=False)
         np.testing.assert_allclose(measure_sinks(model, x, method="lse", progress=False).alpha, exact.alpha, atol=1e-5)
@@ -222,7 +222,7 @@ def test_user_masks_on_windowed_models_agree_across_engines(family, mask):
     model = load_model(str(tiny_checkpoint(family)))
     x = torch.randint(3, 128, (2, 30), generator=torch.Generator().manual_seed(4))
     pattern = measure_sinks(model, x, method="pattern", mask=mask, progress=False)
-    hooks = measure_sinks(model, x, method="lse", fused=False, mask=mask, progress=False)
+    hooks = measure_sinks(model, x, method="lse-hooks", mask=mask, progress=False)
     fused = measure_sinks(model, x, method="lse", mask=mask, progress=False)
     assert fused.engine.engine == "fused"
     np.testing.assert_allclose(hooks.alpha, pattern.alpha, atol=1e-4)

@@ -26,6 +26,16 @@ def test_measure_prints_and_writes_json(tmp_path, capsys):
     assert d["sink_rates"][0] == pytest.approx(d["sink_rate_1"])
 
 
+@pytest.mark.parametrize(
+    "method, line",
+    [("lse-hooks", "lse through the bridge's hooks (not fused: method='lse-hooks')"), ("lse-fused", "lse, fused attention")],
+)
+def test_measure_method_picks_the_lse_engine(capsys, method, line):
+    base = ["measure", "--model", "tiny-gqa", "--data", "random", "--n", "2", "--length", "12", "--quiet"]
+    assert main([*base, "--method", method]) == 0
+    assert f"method  {line}" in capsys.readouterr().out
+
+
 def test_measure_jsonl_with_bos(tmp_path, capsys):
     data = tmp_path / "p.jsonl"
     data.write_text("\n".join(json.dumps({"text": " ".join(f"t{i}" for i in range(5, 30))}) for _ in range(4)))

@@ -144,7 +144,7 @@ def _summary(n: int, bs: int) -> Callable[[], Any]:
     def run() -> Any:
         import sink_interp as si
 
-        return si.measure_sinks(_model(), _toks(n, 12, 6), batch_size=bs, keep="summary", progress=False)
+        return si.sink_summary(_model(), _toks(n, 12, 6), batch_size=bs, progress=False)
 
     return run
 
@@ -173,16 +173,16 @@ CASES: dict[str, Callable[[], Any]] = {
     "measure pattern, 3 batches (1 + 2)": _measure(5, 2, method="pattern"),
     "measure pattern, 1 batch (rank 0 empty)": _measure(2, 2, method="pattern"),
     "measure auto batch size": _measure(3, None),
-    "measure lse hooks": _measure(5, 2, method="lse", fused=False),
-    "measure lse fused": _measure(5, 2, method="lse", fused=True),
+    "measure lse hooks": _measure(5, 2, method="lse-hooks"),
+    "measure lse fused": _measure(5, 2, method="lse-fused"),
     "massive": _massive,
     "trace": _trace,
     "compare (ablate)": _compare,
     "fit_bias (ablate's fitted K bias)": _fit,
     "long": _long,
     "patch": _patch,
-    "measure keep=summary, 1 chunk (rank 0 empty)": _summary(5, 2),
-    "measure keep=summary, 2 chunks (32 + 8)": _summary(40, 4),
+    "sink_summary, 1 chunk (rank 0 empty)": _summary(5, 2),
+    "sink_summary, 2 chunks (32 + 8)": _summary(40, 4),
     "kv policies": _kv,
     "kv quant": _quant,
     "activation outliers": _outliers,
@@ -323,12 +323,12 @@ def test_report_records_world_size_inside_the_block():
 
 def test_summary_rates_equal_the_full_report_bit_for_bit(tmp_path: Path):
     import sink_interp as si
-    from sink_interp.metrics import EPS_GRID
+    from sink_interp.metrics import EPS_GRID, SinkSummary
 
     toks = _toks(37, 16, 7)
     full = si.measure_sinks(_model(), toks, batch_size=4, progress=False)
-    s = si.measure_sinks(_model(), toks, batch_size=4, keep="summary", progress=False)
-    assert isinstance(s, si.SinkSummary) and s.n == 37 and s.counts.dtype == np.int64
+    s = si.sink_summary(_model(), toks, batch_size=4, progress=False)
+    assert isinstance(s, SinkSummary) and s.n == 37 and s.counts.dtype == np.int64
     for e in EPS_GRID:
         assert np.array_equal(full.rates(e), s.rates(e))
         assert s.rate(2, e) == full.rate(2, e)
@@ -339,13 +339,11 @@ def test_summary_rates_equal_the_full_report_bit_for_bit(tmp_path: Path):
     assert np.array_equal(s.to_frame(0.2)["sink_rate"].to_numpy(), full.to_frame(0.2)["sink_rate"].to_numpy())
     assert "Sink_1" in s._repr_html_()
     back = si.load_report(s.to_json(tmp_path / "s.json") and tmp_path / "s.json")
-    assert isinstance(back, si.SinkSummary) and differences(back, s) == []
+    assert isinstance(back, SinkSummary) and differences(back, s) == []
     with pytest.raises(ValueError, match=r"eps must be one of .*grid.*got 0.33"):
         s.rate(1, eps=0.33)
     with pytest.raises(ValueError, match=r"eps must be one of .*grid.*got 0.33"):
-        si.measure_sinks(_model(), toks, eps=0.33, keep="summary", progress=False)
-    with pytest.raises(ValueError, match="keep must be one of"):
-        si.measure_sinks(_model(), toks, keep="everything", progress=False)
+        si.sink_summary(_model(), toks, eps=0.33, progress=False)
 
 
 # --------------------------------------------------------------------------- the CLI under torchrun

@@ -108,9 +108,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             got["patch, corrupted differ"] = _attempt(
                 lambda: si.patch_heads(model, same, toks.flip(0), "logprob", batch_size=1, progress=False)
             )
-            got["summary, tokens differ"] = _attempt(
-                lambda: si.measure_sinks(model, toks, keep="summary", batch_size=1, progress=False)
-            )
+            got["summary, tokens differ"] = _attempt(lambda: si.sink_summary(model, toks, batch_size=1, progress=False))
             got["same inputs"] = _attempt(lambda: si.measure_sinks(model, same, batch_size=1, progress=False))
         Path(f"{out}.{rank}").write_bytes(pickle.dumps(got))
         td.barrier()
@@ -200,7 +198,7 @@ def test_cli_a_failure_on_one_rank_is_one_line_on_every_rank(tmp_path):
     res, seconds = _launch([[*args, "--eps", "0.3"], [*args, "--eps", "0.33"]])
     (code0, _, err0), (code1, _, err1) = res
     assert code1 == 2 and err1.strip().splitlines() == [
-        "sink-interp measure: error: rank 1: eps must be one of the keep='summary' grid "
+        "sink-interp measure: error: rank 1: eps must be one of sink_summary's grid "
         "[0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95], got 0.33; "
         "fix: pick one of them"
     ]

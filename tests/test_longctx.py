@@ -28,12 +28,14 @@ def bucket_reference(A: torch.Tensor, edges: list[int]) -> np.ndarray:
 
 
 @pytest.mark.filterwarnings("ignore:Mean of empty slice")
-@pytest.mark.parametrize("name, fused", [("tiny-gqa", True), ("tiny-gqa", False), ("tiny-learned-mqa", True)])
-def test_bucket_alpha_is_the_mean_attention_of_each_query_bucket(tiny_models, name, fused):
+@pytest.mark.parametrize(
+    "name, method", [("tiny-gqa", "lse-fused"), ("tiny-gqa", "lse-hooks"), ("tiny-learned-mqa", "lse-fused")]
+)
+def test_bucket_alpha_is_the_mean_attention_of_each_query_bucket(tiny_models, name, method):
     model, hf = tiny_models(name)
     T = 48
     tokens = torch.randint(4, 128, (3, T), generator=torch.Generator().manual_seed(9))
-    rep = long_context_sinks(model, tokens, eps=0.05, query_edges=[0, 5, 20, 48], progress=False, fused=fused)
+    rep = long_context_sinks(model, tokens, eps=0.05, query_edges=[0, 5, 20, 48], progress=False, method=method)
     A = hf_attentions(hf, tokens)
     ref = bucket_reference(A, [0, 5, 20, 48])
     np.testing.assert_allclose(rep.bucket_alpha, ref, atol=1e-6)

@@ -116,16 +116,16 @@ def test_mask_hooks_make_the_bridge_equal_hf_eager_with_that_mask(tiny_models, n
 
 @pytest.mark.parametrize("name", ARCHS)
 @pytest.mark.parametrize("mask_name", ["causal", "window", "prefix", "prefix+window+sink"])
-@pytest.mark.parametrize("fused", [False, True])
-def test_lse_equals_pattern_on_every_tiny_architecture(tiny_models, name, mask_name, fused, monkeypatch):
+@pytest.mark.parametrize("method", ["lse-hooks", "lse-fused"])
+def test_lse_equals_pattern_on_every_tiny_architecture(tiny_models, name, mask_name, method, monkeypatch):
     monkeypatch.setattr(blockwise, "_MIN_BLOCK", 4)
     model, _ = tiny_models(name)
     mask = MASKS[mask_name]
     tokens = torch.randint(4, 128, (5, 40), generator=torch.Generator().manual_seed(7))
     before = hook_snapshot(model)
     pattern = measure_sinks(model, tokens, method="pattern", mask=mask, progress=False)
-    sums = lse_column_sums(model, tokens, mask=mask, batch_size=2, progress=False, fused=fused, block_bytes=4 * 2 * 4 * 40 * 6)
-    assert sums.engine == ("fused" if fused else "hooks")
+    sums = lse_column_sums(model, tokens, mask=mask, batch_size=2, progress=False, method=method, block_bytes=4 * 2 * 4 * 40 * 6)
+    assert sums.engine == method.removeprefix("lse-")
     np.testing.assert_allclose(sums.alpha().numpy(), pattern.alpha, atol=1e-5)
     np.testing.assert_allclose(sums.row_sum.numpy(), 1.0, atol=1e-5)
     assert hook_snapshot(model) == before
@@ -193,7 +193,7 @@ def test_hooks_on_the_model_send_lse_through_the_hooks_engine(tiny_models):
         lse = measure_sinks(model, tokens, method="lse", progress=False)
         pattern = measure_sinks(model, tokens, method="pattern", progress=False)
         with pytest.raises(ValueError, match="fused engine cannot run"):
-            measure_sinks(model, tokens, method="lse", fused=True, progress=False)
+            measure_sinks(model, tokens, method="lse-fused", progress=False)
     clean = measure_sinks(model, tokens, method="pattern", progress=False)
     assert lse.engine.engine == "hooks"
     np.testing.assert_allclose(lse.alpha, pattern.alpha, atol=1e-5)
@@ -252,6 +252,19 @@ def test_choose_method_by_length_memory_and_needs(tiny_models, monkeypatch):
             choose_method(model, long, "lse")
     with pytest.raises(ValueError, match="method must be one of"):
         choose_method(model, short, "flash")
+    assert choose_method(model, short, "lse-fused") == choose_method(model, short, "lse-hooks") == "lse"  # engines of lse
+    with pytest.raises(ValueError, match=r"^method must be one of \('lse', 'lse-fused', 'lse-hooks'\), got 'auto'; fix: "):
+        lse_column_sums(model, short, method="auto")
+
+
+def test_the_lse_engine_is_one_method_and_the_report_records_lse(tiny_models):
+    model, _ = tiny_models("tiny-gqa")
+    tokens = torch.randint(4, 128, (2, 24), generator=torch.Generator().manual_seed(3))
+    hooks = measure_sinks(model, tokens, method="lse-hooks", progress=False)
+    fused = measure_sinks(model, tokens, method="lse-fused", progress=False)
+    assert (hooks.method, hooks.engine.engine, hooks.engine.why_not_fused) == ("lse", "hooks", "method='lse-hooks'")
+    assert (fused.method, fused.engine.engine) == ("lse", "fused")
+    np.testing.assert_allclose(hooks.alpha, fused.alpha, atol=1e-5)
 
 
 def test_lse_measures_long_inputs_without_quadratic_memory(tiny_models):

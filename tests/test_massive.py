@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sink_interp import massive_activations
+from sink_interp import ProbeSet, massive_activations
 from sink_interp.capture import hook_snapshot
 from sink_interp.massive import exact_median
 from sink_interp.models import TINY_MODELS, tiny_hf_model, tiny_model
@@ -159,7 +159,7 @@ def test_exact_median_is_numpys():
 
 def test_report_exports(tmp_path, tiny_models):
     model, _ = tiny_models("tiny-mqa")
-    rep = massive_activations(model, torch.randint(4, 128, (3, 10)), progress=False, data="unit")
+    rep = massive_activations(model, ProbeSet.of(torch.randint(4, 128, (3, 10)), source="unit"), progress=False)
     path = tmp_path / "m.json"
     rep.to_json(path)
     d = json.loads(path.read_text())

@@ -159,7 +159,7 @@ def test_half_precision_lse_is_fused_float32_and_never_t_by_t(dtype):
     half, full = load_model("tiny-gqa", dtype=dtype), load_model("tiny-gqa")
     toks = torch.randint(4, 128, (2, T), generator=torch.Generator().manual_seed(1))
     with _Shapes() as rec:
-        sums = lse_column_sums(half, toks, fused=True, block_bytes=1 << 14)  # fused=True: refuses rather than falls back
+        sums = lse_column_sums(half, toks, method="lse-fused", block_bytes=1 << 14)  # lse-fused: refuses rather than falls back
     assert sums.engine == "fused" and sums.col.dtype == torch.float32 and sums.row_sum.dtype == torch.float32
     assert not [s for s in rec.shapes if len(s) >= 2 and s[-2:] == (T, T)]  # no T x T map anywhere
     # bf16 keeps 8 bits of mantissa (eps 2^-8 = 3.9e-3, fp16: 2^-11): attention weights rounded through the

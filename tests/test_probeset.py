@@ -164,10 +164,24 @@ def test_report_records_the_probe_and_its_numbers_equal_the_bare_tensor(model):
     rep = measure_sinks(model, p, progress=False)
     assert rep.data == "random" and rep.bos is True
     assert rep.provenance.probe == p.info
-    bare = measure_sinks(model, p.tokens, bos=True, progress=False)
+    bare = measure_sinks(model, p.tokens, progress=False)
     np.testing.assert_array_equal(rep.alpha, bare.alpha)
     np.testing.assert_array_equal(rep.row_sum, bare.row_sum)
-    assert bare.data == "tokens" and bare.provenance.probe is None
+    assert bare.data == "tokens" and bare.bos is True and bare.provenance.probe is None  # BOS read from the first column
+
+
+def test_probe_set_of_labels_ids_of_your_own_and_reports_record_the_label(model):
+    ids = probe_tokens(model, "random", n=3, length=12, bos=False, seed=5).tokens
+    mine = ProbeSet.of(ids, source="my-data", bos=True, seed=5)  # the label says BOS, whatever the first column holds
+    assert mine.info == {"source": "my-data", "bos": True, "n": 3, "length": 12, "seed": 5}
+    assert mine.data_ptr() == ids.data_ptr()  # the ids are shared
+    rep = measure_sinks(model, mine, progress=False)
+    assert (rep.data, rep.bos, rep.provenance.probe) == ("my-data", True, mine.info)
+    np.testing.assert_array_equal(rep.alpha, measure_sinks(model, ids, progress=False).alpha)
+    unsaid = ProbeSet.of(ids.tolist(), source="lists")  # nested lists; no BOS policy: read from the first column
+    assert "bos" not in unsaid.info and massive_activations(model, unsaid, progress=False).bos is False
+    with pytest.raises(ValueError, match="2-D"):
+        ProbeSet.of(ids[0])
 
 
 def test_a_bare_tensor_is_labelled_tokens_and_bos_read_from_the_first_column(model):
@@ -188,6 +202,16 @@ def test_eval_rows_are_recorded_with_their_own_n(model):
     assert rep.provenance.probe == {"bos": False, "n": 2, "length": 8, "seed": 1, "source": "random", "role": "evaluation"}
     m = massive_activations(model, ev, measure_sinks=False, progress=False)
     assert m.provenance.probe == rep.provenance.probe
+
+
+def test_patching_records_the_clean_probe_set(model):
+    from sink_interp import patch_heads, patch_sink
+
+    p = probe_tokens(model, "random", n=2, length=8, bos=True, seed=3)
+    for rep in (patch_heads(model, p, p.roll(1, 0), "logprob", layers=[1], progress=False), patch_sink(model, p, progress=False)):
+        assert (rep.data, rep.bos, rep.provenance.probe) == ("random", True, p.info)
+    bare = patch_heads(model, p.tokens, p.tokens.roll(1, 0), "logprob", layers=[1], progress=False)
+    assert bare.data == "tokens" and bare.provenance.probe is None
 
 
 def test_saved_provenance_is_the_info_dict(model, tmp_path):

@@ -214,7 +214,7 @@ def _sinks(extra, family, method):
     ref = hf_alpha(hf, x)
     np.testing.assert_allclose(rep.alpha, ref, atol=1e-4)
     if method == "lse":  # the hooks engine too (it reads q and k at the description's hooks: HunYuan's fire heads-first)
-        hooks = measure_sinks(bridge, x, method="lse", fused=False, progress=False)
+        hooks = measure_sinks(bridge, x, method="lse-hooks", progress=False)
         np.testing.assert_allclose(hooks.alpha, ref, atol=1e-4)
     assert hook_snapshot(bridge) == before
 

@@ -320,7 +320,7 @@ def _reports() -> dict[str, Any]:
         "stream": si.streaming_ppl(
             m, torch.randint(4, 128, (2, 24), generator=torch.Generator().manual_seed(1)), n_sinks=1, window=8, progress=False
         ),
-        "summary": si.measure_sinks(m, t, keep="summary", progress=False),
+        "summary": si.sink_summary(m, t, progress=False),
     }
 
 

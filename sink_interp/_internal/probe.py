@@ -45,7 +45,8 @@ class ProbeSet(Tensor):
     Every analysis that takes ``tokens`` takes a ``ProbeSet`` or a plain tensor; with a
     ``ProbeSet`` its report records ``info`` (the data label, the BOS policy and the probe's facts
     in ``report.provenance``), with a plain tensor the data is labelled ``"tokens"`` and BOS is
-    read from the first column.
+    read from the first column. To label ids of your own, make them a probe set:
+    ``ProbeSet.of(tokens, source="my-data", bos=True)`` (:meth:`of`).
 
     ``info`` is the dict of facts (``"source"``, ``"bos"``, ``"n"``, ``"length"``, ``"seed"``
     and, depending on the source, ``"skipped"``, ``"lines_read"``, ``"concat"``,
@@ -84,6 +85,14 @@ class ProbeSet(Tensor):
         >>> evaluation = probe.rows(slice(1, None))
         >>> evaluation.n, evaluation.source, evaluation.tolist()
         (2, 'random', [[4, 5, 6, 7], [8, 9, 10, 11]])
+
+        Ids of your own, labelled (every report on them records ``data="my-data"`` and ``bos=True``):
+
+        >>> mine = ProbeSet.of(torch.tensor([[1, 5, 6], [1, 7, 8]]), source="my-data", bos=True)
+        >>> mine
+        ProbeSet(source='my-data', n=2, length=3, bos=True)
+        >>> mine.info
+        {'source': 'my-data', 'bos': True, 'n': 2, 'length': 3}
     """
 
     def __new__(cls, tokens: Tensor, info: dict[str, Any]) -> ProbeSet:
@@ -94,6 +103,20 @@ class ProbeSet(Tensor):
         if not isinstance(info, dict):
             raise TypeError(f"ProbeSet.info must be a dict, got {type(info).__name__}")
         return cls._wrap(tokens, info)
+
+    @classmethod
+    def of(cls, tokens: Any, *, source: str = "tokens", bos: bool | None = None, **facts: Any) -> ProbeSet:
+        """``tokens`` (``[n, T]`` ids: a tensor or nested lists) as a probe set labelled ``source``.
+
+        ``info`` holds ``source``, ``bos`` (whether every row starts with BOS; left out when ``None``, and
+        an analysis then reads it from the first column), ``n`` and ``length`` from the shape, then
+        ``facts`` (``seed=...``, anything JSON can hold). The ids are shared, not copied.
+        """
+        probe = cls(torch.as_tensor(tokens), {"source": str(source)})  # checks: a 2-D tensor
+        if bos is not None:
+            probe.info["bos"] = bool(bos)
+        probe.info.update(n=int(probe.shape[0]), length=int(probe.shape[1]), **facts)
+        return probe
 
     @classmethod
     def _wrap(cls, tokens: Tensor, info: dict[str, Any]) -> ProbeSet:

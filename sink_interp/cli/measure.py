@@ -18,9 +18,10 @@ def add_parser(sub: Any) -> None:
     m.add_argument(
         "--method",
         default="auto",
-        choices=["auto", "pattern", "lse"],
-        help="pattern: reduce hook_pattern; lse: blockwise from q, k and the row log-sum-exp (no T x T map); "
-        "auto (default): lse from length 512 or when the maps would not fit",
+        choices=["auto", "pattern", "lse", "lse-fused", "lse-hooks"],
+        help="pattern: reduce hook_pattern; lse: blockwise from q, k and the row log-sum-exp (no T x T map), with "
+        "fused attention when it can, else through the bridge's hooks; lse-fused: lse that requires fused attention; "
+        "lse-hooks: lse through the bridge's hooks; auto (default): lse from length 512 or when the maps would not fit",
     )
     m.add_argument(
         "--keep",
@@ -35,11 +36,12 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import measure_sinks
+    from .. import measure_sinks, sink_summary
     from .._internal.errors import check_eps
 
     check_eps(args.eps)
-    _, tokens, report, t_load, t_measure = analyse(args, measure_sinks, "eps", "batch_size", "method", "keep")
+    analysis = sink_summary if args.keep == "summary" else measure_sinks
+    _, tokens, report, t_load, t_measure = analyse(args, analysis, "eps", "batch_size", "method")
     if args.keep == "summary":
         return _print_summary(report, args, t_load, t_measure)
 
@@ -86,7 +88,7 @@ def _layer_table(report: Any) -> str:
 
 
 def _print_summary(report: Any, args: argparse.Namespace, t_load: float, t_measure: float) -> int:
-    """``measure --keep summary``: the rates and top heads a :class:`~sink_interp.SinkSummary` answers."""
+    """``measure --keep summary``: the rates and top heads a :class:`~sink_interp.metrics.SinkSummary` (:func:`~sink_interp.sink_summary`) answers."""
     print(f"model   {report.model}  ({report.dtype}, {report.device}); data {report.data}  n={report.n} length={report.length}")
     print(f"method  {method_line(report)}; keep=summary (counts over eps {report.eps_grid[0]}..{report.eps_grid[-1]})")
     print(f"Sink_1 = {report.rate(1):.2f}%   {_sweep(report)}")

@@ -93,8 +93,6 @@ def patch_heads(
     batch_size: int | None = None,
     progress: bool = True,
     metric_from: int = 0,
-    bos: bool | None = None,
-    data: str | None = None,
     extra: dict[str, Any] | None = None,
     attribution: AttributionSettings | None = None,
 ) -> PatchReport:
@@ -125,8 +123,6 @@ def patch_heads(
         progress: a progress bar over the patched forwards.
         metric_from: the named metrics ``"logprob"`` and ``"kl"`` read the predictions made at positions
             ``metric_from..T-2`` (default all); recorded in the metric's name.
-        bos: whether the inputs start with BOS, recorded in the report (default: read from the tokens).
-        data: label of the inputs recorded in the report (default: the probe source).
         extra: more facts to record in the report.
 
     Returns:
@@ -341,7 +337,7 @@ def patch_heads(
             screen = np.fmax.reduce(screen)
         seconds["exact"] = time.perf_counter() - t0
 
-    prov = provenance(model, clean_t.cpu(), bos=bos, data=data)
+    prov = provenance(model, clean)  # a ProbeSet says what the clean input is
     return PatchReport(
         values=values,
         kv_values=kv_values,
@@ -405,7 +401,7 @@ def corrupt_tokens(model: Any, tokens: Tensor, how: str, *, move_to: int = 1) ->
         if bos_id is None and model is not None and said_bos is not True:
             raise ValueError(
                 "corrupt='bos' removes the BOS token, but this model names no BOS id (no tokenizer, no bos_token_id in its "
-                "config), so nothing shows that these tokens start with one; fix: pass a ProbeSet made with bos=True, or "
+                "config), so nothing shows that these tokens start with one; fix: pass a ProbeSet that says so, ProbeSet.of(tokens, bos=True), or "
                 "corrupt='first-token' (move the first token)"
             )
         out[:, 0] = t[:, 1]

@@ -154,8 +154,6 @@ def trace_sink(
     abs_threshold: float = DEFAULT_ABS_THRESHOLD,
     ratio_threshold: float = DEFAULT_RATIO_THRESHOLD,
     n_dims: int = 1,
-    bos: bool | None = None,
-    data: str | None = None,
     batch_size: int | None = None,
     progress: bool = True,
 ) -> TraceReport:
@@ -178,8 +176,6 @@ def trace_sink(
         ratio_threshold: Sun et al.'s ratio to the hidden state's median ``|x|`` (default 1000;
             that of ``massive`` when it is given).
         n_dims: how many dims make the spike when no dim passes the thresholds at the sink.
-        bos: whether ``tokens`` start with BOS, recorded in the report (default: from the :class:`~sink_interp.ProbeSet`).
-        data: label of the inputs recorded in the report (default: the ProbeSet's source, else ``"tokens"``).
         batch_size: samples per forward pass (default: chosen from the length).
         progress: show progress bars.
 
@@ -230,8 +226,6 @@ def trace_sink(
             abs_threshold=abs_threshold,
             ratio_threshold=ratio_threshold,
             measure_sinks=True,
-            bos=bos,
-            data=data,
             batch_size=batch_size,
             progress=progress,
         )

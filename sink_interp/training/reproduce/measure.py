@@ -238,7 +238,7 @@ def massive_stats(run: Run) -> dict[str, Any]:
     from ..model import load_trained
 
     lab = load_trained(run.model_dir)
-    rep = massive_activations(lab.bridge, _probe(run.cfg), measure_sinks=False, bos=run.cfg.bos == "fixed", progress=False)
+    rep = massive_activations(lab.bridge, _probe(run.cfg), measure_sinks=False, progress=False)
     arg = rep.layer_argmax
     return {
         "max": [round(float(x), 4) for x in rep.layer_max],
