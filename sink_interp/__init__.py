@@ -29,7 +29,7 @@ _EXPORTS: dict[str, str] = {
     "EffectReport": "effects",
     "compare": "effects",
     "scan_heads": "effects",
-    "FitReport": "fit",
+    "FitSettings": "fit",
     "fit_bias": "fit",
     "AblateDims": "interventions",
     "AttentionKernel": "interventions",
@@ -105,7 +105,7 @@ if TYPE_CHECKING:  # what static tools (type checkers, the API reference) see
     from .circuits import sink_circuit
     from .data import ProbeSet, probe_tokens
     from .effects import EffectReport, compare, scan_heads
-    from .fit import FitReport, fit_bias
+    from .fit import FitSettings, fit_bias
     from .interventions import (
         AblateDims,
         AttentionKernel,
@@ -143,7 +143,7 @@ __all__ = [
     # intervene and compare
     "intervene", "Intervention", "ZeroValue", "MaskKey", "ScaleAttention", "Calibrate", "AblateDims",
     "KVBias", "SinkLogit", "AttentionKernel", "StreamingWindow", "AttentionMask", "sink_heads",
-    "compare", "scan_heads", "EffectReport", "fit_bias", "FitReport", "streaming_ppl", "StreamReport",
+    "compare", "scan_heads", "EffectReport", "fit_bias", "FitSettings", "streaming_ppl", "StreamReport",
     # patch heads between a clean and a corrupted input
     "patch_heads", "patch_sink", "PatchReport",
     # the circuit (heads, MLPs, residual paths) behind a sink

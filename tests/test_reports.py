@@ -168,8 +168,8 @@ def test_bad_files_get_one_line(tmp_path):
 
 @pytest.mark.parametrize("kind", ["k", "kv", "logit"])
 def test_fit_report_with_its_fitted_bias(model, tokens, tmp_path, kind):
-    from sink_interp import FitReport, fit_bias, intervene
-    from sink_interp.fit import FitSettings
+    from sink_interp import fit_bias, intervene
+    from sink_interp.fit import FitReport, FitSettings
 
     rep = fit_bias(model, tokens, FitSettings(kind=kind, steps=3), progress=False)
     back = _round_trip(rep, tmp_path)
