@@ -80,7 +80,7 @@ def main() -> None:
     ag = exact.agreement(att)
     print(
         f"model {args.model}, {args.n} x {args.length} tokens, {len(layers)} layers x {H} heads = {len(layers) * H} heads, "
-        f"{args.threads} thread(s); blocks below the patched layer skipped: {exact.extra.get('started_at_layer')}"
+        f"{args.threads} thread(s); blocks below the patched layer skipped: {exact.started_at_layer}"
     )
     print(f"{'case':<13}{'time s':>9}{'ratio':>22}")
     print(f"{'loop':<13}{t_loop:>9.2f}{'1.00x loop':>22}")

@@ -200,10 +200,10 @@ def test_full_forward_path_gives_the_same(gqa, monkeypatch):
 
     clean, corr = _pair(seed=8)
     fast = patch_heads(gqa, clean, corr, "logprob", progress=False)
-    assert fast.extra["started_at_layer"] is True
+    assert fast.started_at_layer is True
     monkeypatch.setattr(P, "can_start_at_layer", lambda *a, **k: False)
     slow = patch_heads(gqa, clean, corr, "logprob", progress=False)
-    assert slow.extra["started_at_layer"] is False
+    assert slow.started_at_layer is False
     np.testing.assert_allclose(fast.values, slow.values, atol=1e-5)
 
 
@@ -301,6 +301,29 @@ def test_files_of_the_old_layout_load_into_the_fields(gqa, tmp_path):
     np.testing.assert_array_equal(back.estimate, rep.estimate)
     assert np.isnan(back.values).all() and back.recipe == "first-token" and back.move_to == 2
     assert back.extra == rep.extra and back.summary() == rep.summary()
+
+
+def test_the_exact_runs_facts_are_fields_and_old_files_load_them(gqa, tmp_path):
+    """``started_at_layer`` and ``forwards`` are fields (they sat in ``extra``); the summary writes them where it did,
+    and a file of the old layout loads into them."""
+    import json
+
+    clean = torch.randint(4, 128, (2, 8), generator=torch.Generator().manual_seed(1))
+    rep = patch_heads(gqa, clean, clean.flip(0), "kl", layers=[1], progress=False)
+    n_heads = gqa.cfg.n_heads
+    assert isinstance(rep.started_at_layer, bool) and rep.forwards >= 1 and "forwards" not in rep.extra
+    assert rep.summary()["extra"]["forwards"] == rep.forwards  # one exact forward per batch of heads, at most n_heads
+    assert rep.forwards <= n_heads
+    d = json.loads(rep.to_json())
+    f = d["report"]["fields"]
+    f["extra"]["__dict__"].update(started_at_layer=f.pop("started_at_layer"), forwards=f.pop("forwards"))
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(d))
+    back = load_report(path)
+    assert (back.started_at_layer, back.forwards) == (rep.started_at_layer, rep.forwards)
+    assert back.extra == rep.extra and back.summary() == rep.summary()
+    none = patch_heads(gqa, clean, clean.flip(0), "kl", layers=[1], method="attribution", progress=False)
+    assert none.started_at_layer is None and none.forwards == 0 and "forwards" not in none.summary().get("extra", {})
 
 
 # --------------------------------------------------------------------------- attribution

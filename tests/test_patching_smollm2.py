@@ -45,7 +45,7 @@ def test_z_equals_the_plain_loop_and_hooks_stay(smollm2):
     layers = [2, 27]
     before = hook_snapshot(smollm2)
     rep = patch_heads(smollm2, clean, corr, fn, layers=layers, progress=False)
-    assert hook_snapshot(smollm2) == before and rep.extra["started_at_layer"] is True
+    assert hook_snapshot(smollm2) == before and rep.started_at_layer is True
     for layer in layers:
         name = f"blocks.{layer}.attn.hook_z"
         _, cache = smollm2.run_with_cache(corr, names_filter=lambda n, name=name: n == name)

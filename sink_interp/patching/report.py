@@ -82,6 +82,11 @@ class PatchReport(Patched, Provenanced, ModelRun, Report):
     recipe: str = ""
     #: ``recipe="first-token"``: the position the first token was moved to (0 otherwise)
     move_to: int = 0
+    #: exact patching ran from the patched layer on (blocks below it skipped: their outputs are the base run's);
+    #: None when nothing was patched exactly
+    started_at_layer: bool | None = None
+    #: forward passes that exact patching ran (0 when nothing was patched exactly)
+    forwards: int = 0
 
     _nan_fields = ("values", "kv_values", "estimate", "estimate_linear", "kv_estimate", "screen")  # NaN: heads not patched
 
@@ -124,12 +129,14 @@ class PatchReport(Patched, Provenanced, ModelRun, Report):
             kv = np.asarray(fields.get("kv_values", np.zeros((0, 0))))
             if kv.size:
                 fields.update(kv_estimate=kv, kv_values=np.full_like(kv, np.nan))
-        # files written before the recipe had its own fields: patch_sink kept it (and move_to) in extra
-        old_extra = fields.get("extra") or {}
-        if "recipe" not in fields and "recipe" in old_extra:
-            rest = {k: v for k, v in old_extra.items() if k not in ("recipe", "move_to")}
-            fields = {**fields, "recipe": old_extra["recipe"], "move_to": int(old_extra.get("move_to", 0)), "extra": rest}
-        return cls(**fields)
+        # files written before the recipe and the exact run's facts had their own fields: they sat in extra
+        old_extra = dict(fields.get("extra") or {})
+        moved = {"recipe": str, "move_to": int, "started_at_layer": bool, "forwards": int}
+        for name, kind in moved.items():
+            if name not in fields and name in old_extra:
+                value = old_extra.pop(name)
+                fields = {**fields, name: None if value is None else kind(value)}
+        return cls(**{**fields, "extra": old_extra})
 
     # ------------------------------------------------------------ baselines
     @property
@@ -328,8 +335,10 @@ class PatchReport(Patched, Provenanced, ModelRun, Report):
             out["recipe"] = self.recipe
         if self.move_to:
             out["move_to"] = self.move_to
-        if self.extra:
-            out["extra"] = self.extra
+        run = {"started_at_layer": self.started_at_layer, "forwards": self.forwards or None}
+        extra = {**self.extra, **{k: v for k, v in run.items() if v is not None}}
+        if extra:
+            out["extra"] = extra
         return out
 
     def __repr__(self) -> str:
