@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -358,18 +358,23 @@ class _Engine:
 
             return hook
 
+        def patched_heads(gi: int, l_: int, inp: str) -> Iterator[tuple[int, int]]:
+            """(head, replica) of each head of layer ``l_`` whose input ``inp`` group ``gi`` reads from another replica."""
+            for h in range(self.H):
+                r = replica_of(gi, l_, (f"A{l_}.{h}", inp))
+                if r is not None:
+                    yield h, r
+
         def q_edit(l_: int) -> Any:
             def hook(x: Tensor, hook: Any) -> Tensor:
                 x5 = view(x)
                 out = [x5[:, i] for i in range(R)]
                 for gi in range(len(groups)):
                     m = mains[gi]
-                    for h in range(self.H):
-                        r = replica_of(gi, l_, (f"A{l_}.{h}", "q"))
-                        if r is not None:
-                            new = out[m].clone()
-                            new[..., h, :] = x5[:, r, ..., h, :]
-                            out[m] = new
+                    for h, r in patched_heads(gi, l_, "q"):
+                        new = out[m].clone()
+                        new[..., h, :] = x5[:, r, ..., h, :]
+                        out[m] = new
                 y = flat(torch.stack(out, 1))
                 live["q"] = y
                 return y
@@ -386,10 +391,7 @@ class _Engine:
                 out = [x5[:, i] for i in range(R)]
                 for gi in range(len(groups)):
                     m = mains[gi]
-                    for h in range(self.H):
-                        r = replica_of(gi, l_, (f"A{l_}.{h}", "k"))
-                        if r is None:
-                            continue
+                    for h, r in patched_heads(gi, l_, "k"):
                         g = la.kv_head(h)
                         qf = la.final(q5[:, m].reshape(S_ * n, T, self.H, -1))[:, :, h : h + 1]
                         kf = la.final(k5[:, r].reshape(S_ * n, T, self.G, -1))[:, :, g : g + 1]
@@ -409,10 +411,7 @@ class _Engine:
                 out = [x5[:, i] for i in range(R)]
                 for gi in range(len(groups)):
                     m = mains[gi]
-                    for h in range(self.H):
-                        r = replica_of(gi, l_, (f"A{l_}.{h}", "v"))
-                        if r is None:
-                            continue
+                    for h, r in patched_heads(gi, l_, "v"):
                         g = la.kv_head(h)
                         dv = (v5[:, r, :, :, g] - v5[:, m, :, :, g]).to(x.dtype)  # [S, n, T, d]
                         new = out[m].clone()
