@@ -259,22 +259,28 @@ def massive_activation_view(
     attrs = [[{"data-layer": layers[i], "data-dim": int(order[j])} for j in range(top)] for i in range(L)]
     lo = max(float(np.nanmin(dm[dm > 0])) if (dm > 0).any() else 1e-3, 1e-3)
     hi = float(np.nanmax(dm)) if dm.size else 1.0
-    panel1 = heatmap_svg(
-        sub,
-        layers,
-        [f"{d}" for d in order],
-        xlabel="hidden dimension (top by max |x|)",
-        ylabel="layer",
-        value_label="max |x|",
-        tips=tips,
-        vmin=lo,
-        vmax=hi,
-        log=True,
-        palette=HEAT,
-        cell_attrs=attrs,
-        show_values=False,
-        cell_w=max(16.0, min(36.0, 360.0 / top)),
-    )
+
+    def panel(values: np.ndarray, cols: list[str], xlabel: str, value_label: str, tips: Any, lims: tuple, **kw: Any) -> str:
+        """One of the two panels: layers down, a log colour scale from ``lims``, values in the hover text only."""
+        return heatmap_svg(
+            values,
+            layers,
+            cols,
+            xlabel=xlabel,
+            ylabel="layer",
+            value_label=value_label,
+            tips=tips,
+            vmin=lims[0],
+            vmax=lims[1],
+            log=True,
+            palette=HEAT,
+            show_values=False,
+            **kw,
+        )
+
+    cell_w = max(16.0, min(36.0, 360.0 / top))
+    cols = [f"{d}" for d in order]
+    panel1 = panel(sub, cols, "hidden dimension (top by max |x|)", "max |x|", tips, (lo, hi), cell_attrs=attrs, cell_w=cell_w)
     parts = ['<div class="si-row">', f'<div class="si-panel"><h4>by dimension</h4>{panel1}</div>']
     if token_max is not None:
         tm = np.abs(as_array(token_max, "token_max", 2))
@@ -296,20 +302,14 @@ def massive_activation_view(
         tpos = tm[tm > 0]
         tlo, thi = (lo, hi) if same else ((float(tpos.min()), float(tpos.max())) if tpos.size else (1e-3, 1.0))
         tattrs = [[{"data-layer": layers[i], "data-pos": p} for p in range(T)] for i in range(L)]
-        panel2 = heatmap_svg(
+        panel2 = panel(
             tm,
-            layers,
             col_labels,
-            xlabel="token position",
-            ylabel="layer",
-            value_label=token_value_name,
-            tips=ttips,
-            vmin=tlo,
-            vmax=thi,
-            log=True,
-            palette=HEAT,
+            "token position",
+            token_value_name,
+            ttips,
+            (tlo, thi),
             cell_attrs=tattrs,
-            show_values=False,
             cell_w=max(9.0, min(24.0, 640.0 / T)),
             rotate_cols=True,
             col_every=1 if T <= 80 else 2,
