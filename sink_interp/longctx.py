@@ -39,8 +39,8 @@ from torch import Tensor
 
 from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
-from ._internal.provenance import Provenance, distributed_run
-from ._internal.report import FieldError, Report, check_range
+from ._internal.provenance import distributed_run
+from ._internal.report import FieldError, Report, check_range, delegated
 from .architecture import check_model_tokens
 from .lse import bucket_edges, lse_column_sums, normalize_edges
 from .masks import as_mask
@@ -88,18 +88,10 @@ class LongContextReport(Report):
             check_range("bucket_alpha", a, 0.0, ALPHA_MAX)
 
     # ------------------------------------------------------------- basics
-    @property
-    def provenance(self) -> Provenance:
-        """That of the whole-input :class:`~sink_interp.SinkReport` it holds."""
-        return self.sink_report.provenance
-
-    @property
-    def eps(self) -> float:
-        return self.sink_report.eps
-
-    @property
-    def length(self) -> int:
-        return self.sink_report.length
+    #: that of the whole-input :class:`~sink_interp.SinkReport` it holds, like ``eps`` and ``length``
+    provenance = delegated("sink_report", "provenance", "That of the whole-input SinkReport it holds.")
+    eps = delegated("sink_report", "eps")
+    length = delegated("sink_report", "length")
 
     @property
     def n_buckets(self) -> int:

@@ -219,6 +219,22 @@ class Provenanced:
         return self.provenance.versions
 
 
+def delegated(inner: str, name: str, doc: str | None = None) -> Any:
+    """A read-only property ``self.<inner>.<name>``: a fact a report takes from the report it holds.
+
+    Example:
+        >>> class Outer:
+        ...     n = delegated("inner", "n")
+        ...     def __init__(self, inner):
+        ...         self.inner = inner
+        >>> class Inner:
+        ...     n = 3
+        >>> Outer(Inner()).n
+        3
+    """
+    return property(lambda self: getattr(getattr(self, inner), name), doc=doc or f"``{inner}.{name}``")
+
+
 def summary_head(rep: Any, *names: str) -> dict[str, Any]:
     """The first keys of a model run's ``summary()``, in this order: ``model``, ``data``, ``bos``, then the report's
     attributes ``names`` (``"n"``, ``"length"``, ``"dtype"``...) under their own names."""

@@ -15,7 +15,16 @@ import numpy as np
 import pandas as pd
 
 from .._internal.provenance import Provenance
-from .._internal.report import ModelRun, Provenanced, Report, from_extra, register_record, summary_head, summary_tail
+from .._internal.report import (
+    ModelRun,
+    Provenanced,
+    Report,
+    delegated,
+    from_extra,
+    register_record,
+    summary_head,
+    summary_tail,
+)
 from ..massive import MassiveReport
 from .story import explain_text, story_text
 
@@ -236,13 +245,8 @@ class TraceReport(Provenanced, ModelRun, Report):
         """Files written when ``distributed`` sat in ``extra`` (with the probe, which is in the provenance)."""
         return from_extra(fields, distributed=("distributed", dict))
 
-    @property
-    def n(self) -> int:
-        return self.massive.n
-
-    @property
-    def length(self) -> int:
-        return self.massive.length
+    n = delegated("massive", "n")
+    length = delegated("massive", "length")
 
     def __getattr__(self, name: str) -> Any:
         links = self.__dict__.get("links", {})
