@@ -258,16 +258,20 @@ def summary_tail(rep: Any, **facts: Any) -> dict[str, Any]:
     return {"model_info": rep.model_info, "versions": rep.versions, **({"extra": extra} if extra else {})}
 
 
-def from_extra(fields: dict[str, Any], **keys: Any) -> dict[str, Any]:
+def from_extra(fields: dict[str, Any], keep: bool = False, **keys: Any) -> dict[str, Any]:
     """``fields`` of a file written when run facts sat in an ``extra`` dict: field ``name`` read as ``fn(extra[key])``
-    for each ``name=(key, fn)`` of ``keys`` (the probe and mask that ``extra`` also held are in the provenance)."""
+    for each ``name=(key, fn)`` of ``keys`` (the probe and mask that ``extra`` also held are in the provenance).
+    ``keep``: the report still has an ``extra`` field, which keeps the keys not moved."""
     if "extra" not in fields:
         return fields
     out = dict(fields)
-    extra = out.pop("extra") or {}
+    extra = dict(out.pop("extra") or {})
     for name, (key, fn) in keys.items():
-        if extra.get(key) is not None:
-            out[name] = fn(extra[key])
+        value = extra.pop(key, None)
+        if value is not None and name not in out:
+            out[name] = fn(value)
+    if keep:
+        out["extra"] = extra
     return out
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 from jaxtyping import Float
 
 from .._internal.provenance import Provenance
-from .._internal.report import FieldError, ModelRun, Patched, Provenanced, Report, check_indices, summary_head
+from .._internal.report import FieldError, ModelRun, Patched, Provenanced, Report, check_indices, from_extra, summary_head
 from .sites import GAP_TOL
 
 # --------------------------------------------------------------------------- the report
@@ -130,13 +130,8 @@ class PatchReport(Patched, Provenanced, ModelRun, Report):
             if kv.size:
                 fields.update(kv_estimate=kv, kv_values=np.full_like(kv, np.nan))
         # files written before the recipe and the exact run's facts had their own fields: they sat in extra
-        old_extra = dict(fields.get("extra") or {})
         moved = {"recipe": str, "move_to": int, "started_at_layer": bool, "forwards": int}
-        for name, kind in moved.items():
-            if name not in fields and name in old_extra:
-                value = old_extra.pop(name)
-                fields = {**fields, name: None if value is None else kind(value)}
-        return cls(**{**fields, "extra": old_extra})
+        return cls(**from_extra(fields, keep=True, **{name: (name, kind) for name, kind in moved.items()}))
 
     # ------------------------------------------------------------ baselines
     @property
