@@ -307,6 +307,19 @@ class _Engine:
                 return None
             return sum(self.src_out[u] - cur[gi][u] for u in ups)  # type: ignore[return-value]
 
+        def shifted(gi: int, pset: dict, m: Tensor, key: tuple[str, str]) -> Tensor:
+            """``m`` moved by group ``gi``'s delta at input ``key``; kept in ``xs`` for the gradient pass."""
+            d = delta(gi, pset, key)
+            xd = m + 0 if d is None else m + d.to(m.dtype)
+            if grad:
+                xs[key] = xd
+            return xd
+
+        def replicas(x: Tensor) -> tuple[Tensor, list[Tensor]]:
+            """``x`` as [S, R, n, ...] and as its list of R replicas (the hooks replace some and stack them back)."""
+            x5 = view(x)
+            return x5, [x5[:, i] for i in range(R)]
+
         hooks: list[tuple[str, Any]] = []
         if grad and steps:
             _, emb_cache = forward_capture(self.model, self.src_t, [hooknames.EMBED])
@@ -332,12 +345,7 @@ class _Engine:
                     ins = by_layer.get(l_, [])
                     for r in range(1, width):
                         if r - 1 < len(ins) and not ins[r - 1][0].startswith("M"):
-                            key = ins[r - 1]
-                            d = delta(gi, pset, key)
-                            xd = m + 0 if d is None else m + d.to(m.dtype)
-                            if grad:
-                                xs[key] = xd
-                            reps.append(xd)
+                            reps.append(shifted(gi, pset, m, ins[r - 1]))
                         else:
                             reps.append(m)
                     parts.append(torch.stack(reps, 1))
@@ -367,8 +375,7 @@ class _Engine:
 
         def q_edit(l_: int) -> Any:
             def hook(x: Tensor, hook: Any) -> Tensor:
-                x5 = view(x)
-                out = [x5[:, i] for i in range(R)]
+                x5, out = replicas(x)
                 for gi in range(len(groups)):
                     m = mains[gi]
                     for h, r in patched_heads(gi, l_, "q"):
@@ -386,9 +393,8 @@ class _Engine:
             vis = la.mask().dense(T, device=self.base_t.device)
 
             def hook(x: Tensor, hook: Any) -> Tensor:
-                x5 = view(x)  # [S, R, n, H, T, T]
+                x5, out = replicas(x)  # x5: [S, R, n, H, T, T]
                 q5, k5 = view(live["q"]), view(live["k"])
-                out = [x5[:, i] for i in range(R)]
                 for gi in range(len(groups)):
                     m = mains[gi]
                     for h, r in patched_heads(gi, l_, "k"):
@@ -407,8 +413,8 @@ class _Engine:
             la = spec.layer(l_)
 
             def hook(x: Tensor, hook: Any) -> Tensor:
-                x5, v5, A5 = view(x), view(live["v"]), view(live["pattern"])
-                out = [x5[:, i] for i in range(R)]
+                x5, out = replicas(x)
+                v5, A5 = view(live["v"]), view(live["pattern"])
                 for gi in range(len(groups)):
                     m = mains[gi]
                     for h, r in patched_heads(gi, l_, "v"):
@@ -427,26 +433,19 @@ class _Engine:
 
         def mid_edit(l_: int) -> Any:
             def hook(x: Tensor, hook: Any) -> Tensor:
-                x5 = view(x)
-                out = [x5[:, i] for i in range(R)]
+                _, out = replicas(x)
                 for gi, (pset, _, _) in enumerate(groups):
                     r = replica_of(gi, l_, (f"M{l_}", "in"))
                     if r is None:
                         continue
-                    m = out[mains[gi]]
-                    d = delta(gi, pset, (f"M{l_}", "in"))
-                    xd = m + 0 if d is None else m + d.to(m.dtype)
-                    if grad:
-                        xs[(f"M{l_}", "in")] = xd
-                    out[r] = xd
+                    out[r] = shifted(gi, pset, out[mains[gi]], (f"M{l_}", "in"))
                 return flat(torch.stack(out, 1))
 
             return hook
 
         def mlp_edit(l_: int) -> Any:
             def hook(x: Tensor, hook: Any) -> Tensor:
-                x5 = view(x)
-                out = [x5[:, i] for i in range(R)]
+                x5, out = replicas(x)
                 for gi in range(len(groups)):
                     r = replica_of(gi, l_, (f"M{l_}", "in"))
                     if r is not None:
@@ -458,14 +457,9 @@ class _Engine:
             return hook
 
         def final(x: Tensor, hook: Any) -> Tensor:
-            x5 = view(x)
-            out = [x5[:, i] for i in range(R)]
+            _, out = replicas(x)
             for gi, (pset, _, _) in enumerate(groups):
-                m = out[mains[gi]]
-                d = delta(gi, pset, ("metric", "in"))
-                xd = m + 0 if d is None else m + d.to(m.dtype)
-                if grad:
-                    xs[("metric", "in")] = xd
+                xd = shifted(gi, pset, out[mains[gi]], ("metric", "in"))
                 metric_in.append(xd)
                 out[mains[gi]] = xd
             if self.metric.layer is not None:

@@ -199,14 +199,11 @@ class TrainConfig:
             raise ValueError("bos / intra_doc are text packing modes; BB sequences always start with bb_bos_num BOS tokens")
         if not 0.0 < self.eps < 1.0:
             raise ValueError(f"eps must be in (0, 1), got {self.eps}")
-        for name, lo, lo_open, hi, hi_open in _RANGES:
-            v = getattr(self, name)
-            if v is None:
-                continue
-            if (v < lo or (lo_open and v == lo)) or (hi is not None and (v > hi or (hi_open and v == hi))):
-                left, right = ("(" if lo_open else "["), ("" if hi is None else (")" if hi_open else "]"))
-                span = f"{left}{lo:g}, {'inf)' if hi is None else f'{hi:g}{right}'}"
-                raise ValueError(f"TrainConfig.{name} must be in {span}, got {v!r}")
+        for span, names in _RANGES.items():
+            for name in names:
+                v = getattr(self, name)
+                if v is not None and not _within(v, span):
+                    raise ValueError(f"TrainConfig.{name} must be in {span}, got {v!r}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {list(self.betas)}; e.g. betas=[0.9,0.95]")
 
@@ -410,28 +407,20 @@ _KIND_WORDS = {
     "tuple[float,float]": "a pair of numbers",
 }
 
-#: (field, low, low excluded?, high or None, high excluded?) for the numeric knobs not checked elsewhere.
-_RANGES: tuple[tuple[str, float, bool, float | None, bool], ...] = (
-    ("lr", 0.0, False, None, False),
-    ("min_lr", 0.0, False, None, False),
-    ("warmup", 0, False, None, False),
-    ("adam_eps", 0.0, True, None, False),
-    ("momentum", 0.0, False, 1.0, True),
-    ("weight_decay", 0.0, False, None, False),
-    ("grad_clip", 0.0, False, None, False),
-    ("seed", 0, False, None, False),
-    ("bb_vocab", 1, False, None, False),
-    ("bb_triggers", 0, False, None, False),
-    ("bb_bos_num", 0, False, None, False),
-    ("bb_delimiter_p", 0.0, False, 1.0, False),
-    ("text_vocab", 1, False, None, False),
-    ("fixed_token_id", 0, False, None, False),
-    ("data_tokens", 1, False, None, False),
-    ("n_kv_heads", 1, False, None, False),
-    ("rope_theta", 0.0, True, None, False),
-    ("softmax_alpha", 0.0, True, None, False),
-    ("softmax_p", 0.0, True, None, False),
-)
+#: the interval each numeric knob not checked elsewhere must lie in, written as its error message prints it.
+_RANGES: dict[str, tuple[str, ...]] = {
+    "[0, inf)": ("lr", "min_lr", "warmup", "weight_decay", "grad_clip", "seed", "bb_triggers", "bb_bos_num", "fixed_token_id"),
+    "(0, inf)": ("adam_eps", "rope_theta", "softmax_alpha", "softmax_p"),
+    "[1, inf)": ("bb_vocab", "text_vocab", "data_tokens", "n_kv_heads"),
+    "[0, 1)": ("momentum",),
+    "[0, 1]": ("bb_delimiter_p",),
+}
+
+
+def _within(v: float, span: str) -> bool:
+    """Whether ``v`` lies in the interval ``span`` (e.g. ``"(0, inf)"``: a round bracket leaves its end out)."""
+    lo, hi = (float(x) for x in span[1:-1].split(","))
+    return (lo < v if span[0] == "(" else lo <= v) and (v < hi if span[-1] == ")" else v <= hi)
 
 
 def _check_known(d: dict[str, Any]) -> None:

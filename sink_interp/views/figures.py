@@ -462,17 +462,19 @@ def key_manifold_view(
 
 
 # --------------------------------------------------------------------------- intervention effects
-def _to_frame(table: Any, label: str) -> pd.DataFrame:
+def _to_frame(table: Any, label: str = "", must: str = "table must be a DataFrame, a list of dicts or a dict") -> pd.DataFrame:
+    """A DataFrame from a DataFrame, a list of dicts or (given a ``label``) ``{label: value or dict}``; ``must`` is the
+    error's rule for anything else."""
     if isinstance(table, pd.DataFrame):
         return table.reset_index() if label not in table.columns and table.index.name == label else table
-    if isinstance(table, Mapping):
+    if isinstance(table, Mapping) and label:
         rows = []
         for k, v in table.items():
             rows.append({label: k, **(dict(v) if isinstance(v, Mapping) else {"value": v})})
         return pd.DataFrame(rows)
     if isinstance(table, (list, tuple)):
         return pd.DataFrame(list(table))
-    raise ValueError(f"table must be a DataFrame, a list of dicts or a dict, got {type(table).__name__}")
+    raise ValueError(f"{must}, got {type(table).__name__}")
 
 
 def effect_bars(
@@ -528,18 +530,12 @@ def effect_bars(
 # --------------------------------------------------------------------------- training curves
 def _metrics_frame(metrics: Any) -> pd.DataFrame:
     """A metrics table from a ``metrics.jsonl`` path (old key names read as the new ones), a DataFrame or a list of dicts."""
-    if isinstance(metrics, pd.DataFrame):
-        return metrics
-    if isinstance(metrics, (str, Path)):
-        p = Path(metrics).expanduser()
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"metrics file {str(metrics)!r} does not exist (expected a metrics.jsonl written by training)"
-            )
-        return pd.DataFrame(files.read_metrics_lines(p, fix="remove the damaged lines"))
-    if isinstance(metrics, (list, tuple)):
-        return pd.DataFrame(list(metrics))
-    raise ValueError(f"metrics must be a path to metrics.jsonl, a DataFrame or a list of dicts, got {type(metrics).__name__}")
+    if not isinstance(metrics, (str, Path)):
+        return _to_frame(metrics, must="metrics must be a path to metrics.jsonl, a DataFrame or a list of dicts")
+    p = Path(metrics).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"metrics file {str(metrics)!r} does not exist (expected a metrics.jsonl written by training)")
+    return pd.DataFrame(files.read_metrics_lines(p, fix="remove the damaged lines"))
 
 
 def training_curves(
