@@ -17,14 +17,27 @@ rope           :func:`rope_link`                           :class:`RopeLink`
 manifold       :func:`manifold_link`                       :class:`ManifoldLink`
 =============  ==========================================  =====================
 
-Example:
+Example (one pass over the probe feeds every link but the gated MLP's and QK-norm's, which have their own):
     >>> import torch
-    >>> from sink_interp import tiny_model
+    >>> from sink_interp import tiny_model, massive_activations
     >>> from sink_interp.trace.reducers import collect_trace
-    >>> r = collect_trace(tiny_model(), torch.randint(4, 128, (4, 12)), layer=1, head=0, links={"norm", "rope"})
-    >>> nl = norm_link(r, dims=[3])
-    >>> 0 <= nl.share_sink <= 1, rope_link(r).head
-    (True, 0)
+    >>> m, x = tiny_model(), torch.randint(4, 128, (4, 12))
+    >>> mr = massive_activations(m, x, progress=False)
+    >>> links = {"spike", "writer", "norm", "wk", "rope", "manifold"}
+    >>> r = collect_trace(m, x, layer=1, head=0, coord_pos=mr.global_max()["pos"], links=links)
+    >>> dims, massive = spike_dims(r, mr, n_dims=2)
+    >>> len(dims), massive, spike_link(r, mr, [5], False).dims
+    (2, False, [5])
+    >>> writer_link(r, mr, dim0=3).writer_component in ("attn", "mlp")
+    True
+    >>> nl, kl, ro = norm_link(r, [7, 8]), wk_link(r, [0]), rope_link(r)
+    >>> nl.kind, len(nl.gain), 0 <= nl.share_sink <= 1
+    ('RMSNorm', 2, True)
+    >>> kl.kv_head, kl.reconstruction_error < 1e-5, ro.positional, len(ro.cos_sink)
+    (0, True, 'rope', 4)
+    >>> ml, pca = manifold_link(r)
+    >>> 0 <= ml.angle <= 90, pca["sink"].shape
+    (True, (4, 2))
 """
 
 from __future__ import annotations
@@ -65,15 +78,7 @@ def spike_dims(r: TraceReducer, massive: MassiveReport, n_dims: int = 1) -> tupl
     is, the ``n_dims`` dims of largest mean ``|x|`` at the sink (or the global maximum's dim when
     the pass kept no layer tensors).
 
-    Example:
-        >>> import torch
-        >>> from sink_interp import tiny_model, massive_activations
-        >>> from sink_interp.trace.reducers import collect_trace
-        >>> m, x = tiny_model(), torch.randint(4, 128, (4, 12))
-        >>> r = collect_trace(m, x, layer=1, head=0, links={"spike"})
-        >>> dims, massive = spike_dims(r, massive_activations(m, x, progress=False), n_dims=2)
-        >>> len(dims), massive
-        (2, False)
+    Example: the module docstring's, which computes every link from one pass.
     """
     dims = massive.massive_dims(r.layer, r.sink)
     is_massive = bool(dims)
@@ -88,14 +93,7 @@ def spike_dims(r: TraceReducer, massive: MassiveReport, n_dims: int = 1) -> tupl
 def spike_link(r: TraceReducer, massive: MassiveReport, dims: Sequence[int], is_massive: bool) -> SpikeLink:
     """The spike: the residual entering ``r.layer`` at the sink, in the spike ``dims``, against the layer's median.
 
-    Example:
-        >>> import torch
-        >>> from sink_interp import tiny_model, massive_activations
-        >>> from sink_interp.trace.reducers import collect_trace
-        >>> m, x = tiny_model(), torch.randint(4, 128, (4, 12))
-        >>> r = collect_trace(m, x, layer=1, head=0, links={"spike"})
-        >>> spike_link(r, massive_activations(m, x, progress=False), [5], False).dims
-        [5]
+    Example: the module docstring's, which computes every link from one pass.
     """
     layer, sink_pos = r.layer, r.sink
     _, n_other = _other(r)
@@ -125,15 +123,7 @@ def writer_link(r: TraceReducer, massive: MassiveReport, dim0: int) -> WriterLin
     ``dim0`` is the traced layer's main spike dim (at ``r.sink``); the pass must have been
     collected with ``coord_pos`` at the global maximum's position (``massive.global_max()["pos"]``).
 
-    Example:
-        >>> import torch
-        >>> from sink_interp import tiny_model, massive_activations
-        >>> from sink_interp.trace.reducers import collect_trace
-        >>> m, x = tiny_model(), torch.randint(4, 128, (4, 12))
-        >>> mr = massive_activations(m, x, progress=False)
-        >>> r = collect_trace(m, x, layer=1, head=0, coord_pos=mr.global_max()["pos"], links={"writer"})
-        >>> writer_link(r, mr, dim0=3).writer_component in ("attn", "mlp")
-        True
+    Example: the module docstring's, which computes every link from one pass.
     """
     layer, sink, n = r.layer, r.sink, r.n
     gm = massive.global_max()
@@ -245,14 +235,7 @@ def gated_mlp_link(
 def norm_link(r: TraceReducer, dims: Sequence[int]) -> NormLink:
     """The attention norm at the sink: its divisor, and how constant and sparse it leaves the sink in the spike ``dims``.
 
-    Example:
-        >>> import torch
-        >>> from sink_interp import tiny_model
-        >>> from sink_interp.trace.reducers import collect_trace
-        >>> r = collect_trace(tiny_model(), torch.randint(4, 128, (4, 12)), layer=0, head=0, links={"norm"})
-        >>> nl = norm_link(r, [7, 8])
-        >>> nl.kind, len(nl.gain)
-        ('RMSNorm', 2)
+    Example: the module docstring's, which computes every link from one pass.
     """
     spec, n, sink_pos = r.spec, r.n, r.sink
     other, n_other = _other(r)
@@ -283,14 +266,7 @@ def norm_link(r: TraceReducer, dims: Sequence[int]) -> NormLink:
 def wk_link(r: TraceReducer, dims: Sequence[int]) -> KeyLink:
     """``g ⊙ W_K``: the sink key split into each residual dim's share, and the spike ``dims``' share of keys and queries.
 
-    Example:
-        >>> import torch
-        >>> from sink_interp import tiny_model
-        >>> from sink_interp.trace.reducers import collect_trace
-        >>> r = collect_trace(tiny_model(), torch.randint(4, 128, (4, 12)), layer=1, head=3, links={"wk"})
-        >>> kl = wk_link(r, [0])
-        >>> kl.kv_head, kl.reconstruction_error < 1e-5
-        (1, True)
+    Example: the module docstring's, which computes every link from one pass.
     """
     head, kv_head = r.head, r.g
     _, n_other = _other(r)
@@ -368,14 +344,7 @@ def rope_link(r: TraceReducer, alpha: Sequence[float] | np.ndarray | None = None
 
     ``alpha`` is the mean sink score per head of the layer, recorded as is (nan where not given).
 
-    Example:
-        >>> import torch
-        >>> from sink_interp import tiny_model
-        >>> from sink_interp.trace.reducers import collect_trace
-        >>> r = collect_trace(tiny_model(), torch.randint(4, 128, (4, 12)), layer=1, head=2, links={"rope"})
-        >>> ro = rope_link(r)
-        >>> ro.positional, len(ro.cos_sink)
-        ('rope', 4)
+    Example: the module docstring's, which computes every link from one pass.
     """
     n, H = r.n, r.H
     rr, c = r.rope, r.rope_counts
@@ -408,14 +377,7 @@ def manifold_link(r: TraceReducer) -> tuple[ManifoldLink, dict[str, np.ndarray]]
     keys (``{"sink": [n, 2], "other": [m, 2]}``, at most 4096 other keys), for the view.
     Needs at least :data:`MIN_PCA_SAMPLES` samples.
 
-    Example:
-        >>> import torch
-        >>> from sink_interp import tiny_model
-        >>> from sink_interp.trace.reducers import collect_trace
-        >>> r = collect_trace(tiny_model(), torch.randint(4, 128, (4, 12)), layer=1, head=0, links={"manifold"})
-        >>> ml, pca = manifold_link(r)
-        >>> 0 <= ml.angle <= 90, pca["sink"].shape
-        (True, (4, 2))
+    Example: the module docstring's, which computes every link from one pass.
     """
     sink = r.sink
     _, T, d = r.keys.shape
