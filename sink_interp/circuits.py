@@ -811,7 +811,6 @@ def sink_circuit(
         n=int(clean_t.shape[0]),
         length=int(clean_t.shape[1]),
         provenance=prov,
-        extra=prov.extra(),
     )
 
 

@@ -448,7 +448,6 @@ def compare(
         n=n,
         length=T,
         provenance=prov,
-        extra=prov.extra(),
     )
 
 

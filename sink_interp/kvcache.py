@@ -675,5 +675,4 @@ def kv_policies(
         length=T,
         seconds=np.asarray(secs[1:], dtype=float).reshape(len(pols), len(Bs)),
         provenance=prov,
-        extra=prov.extra(),
     )

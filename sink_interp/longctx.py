@@ -39,7 +39,6 @@ from torch import Tensor
 
 from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
-from ._internal.provenance import distributed_run
 from ._internal.report import FieldError, Report, check_range, delegated
 from .architecture import check_model_tokens
 from .lse import bucket_edges, lse_column_sums, normalize_edges
@@ -260,7 +259,6 @@ def long_context_sinks(
         provenance=prov,
         method="lse",
         engine=sums.info,
-        distributed=distributed_run(),
     )
     return LongContextReport(
         sink_report=report,

@@ -44,7 +44,7 @@ from torch import Tensor
 from ._internal import hooknames
 from ._internal.errors import check_positive_int
 from ._internal.probe import ProbeSet
-from ._internal.provenance import Provenance, distributed_run
+from ._internal.provenance import Provenance
 from ._internal.report import (
     FieldError,
     ModelRun,
@@ -259,14 +259,13 @@ class MassiveReport(Provenanced, ModelRun, Report):
     key_after_rope: bool
     sink_report: SinkReport | None = None
     keys_unreadable: tuple[int, ...] = ()  # layers whose keys or values the description cannot read
-    distributed: dict[str, Any] | None = None  # the run of sink_interp.distributed() it was part of
 
     _nan_fields = ("k_norm", "v_norm")  # NaN: the layers of keys_unreadable
 
     @classmethod
     def _upgrade(cls, fields: dict[str, Any]) -> dict[str, Any]:
-        """Files written when ``keys_unreadable`` and ``distributed`` sat in ``extra``."""
-        return from_extra(fields, keys_unreadable=("keys_unreadable", tuple), distributed=("distributed", dict))
+        """Files written when ``keys_unreadable`` sat in ``extra``."""
+        return from_extra(fields, keys_unreadable=("keys_unreadable", tuple))
 
     def _check(self) -> None:
         for name in ("top_abs", "median", "h_norm", "k_norm", "v_norm"):
@@ -645,5 +644,4 @@ def massive_activations(
         key_after_rope=describe_attention(model).layer(0).rotary is not None,
         sink_report=sink_report,
         keys_unreadable=tuple(unreadable),
-        distributed=distributed_run(),
     )

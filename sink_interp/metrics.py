@@ -40,7 +40,7 @@ from ._internal import distributed as dist
 from ._internal import hooknames
 from ._internal.errors import check_eps
 from ._internal.probe import ProbeSet
-from ._internal.provenance import LseEngine, Provenance, distributed_run
+from ._internal.provenance import LseEngine, Provenance
 from ._internal.report import (
     FieldError,
     ModelRun,
@@ -182,7 +182,7 @@ class HowMeasured:
     """How a sink report's scores were read (mixed into :class:`SinkReport` and :class:`SinkSummary`): the threshold
     ``eps``, the provenance, the ``score`` rule (and the layers read through a proxy), the ``layers``, the ``method``
     (``"pattern"`` or ``"lse"``), the LSE ``engine`` that ran (``"lse"`` only), why ``method="auto"`` fell back to the
-    pattern (``why_not_lse``), and the run of ``sink_interp.distributed()`` it was part of (``distributed``)."""
+    pattern (``why_not_lse``)."""
 
     eps: float
     provenance: Provenance
@@ -192,7 +192,6 @@ class HowMeasured:
     method: str = "pattern"
     engine: LseEngine | None = None
     why_not_lse: str | None = None
-    distributed: dict[str, Any] | None = None
     #: the field shaped ``[..., layer, head, key]`` that gives the sequence length and the number of heads
     _by_key: ClassVar[str] = "alpha"
 
@@ -206,10 +205,9 @@ class HowMeasured:
 
     @classmethod
     def _upgrade(cls, fields: dict[str, Any]) -> dict[str, Any]:
-        """Files written when these facts sat in ``extra`` (``lse``, ``why_not_lse``, ``distributed``)."""
-        return from_extra(
-            fields, engine=("lse", LseEngine.from_info), why_not_lse=("why_not_lse", str), distributed=("distributed", dict)
-        )
+        """Files written when these facts sat in ``extra`` (``lse``, ``why_not_lse``; the distributed run moved into
+        the provenance, see :func:`~sink_interp._internal.report.old_provenance`)."""
+        return from_extra(fields, engine=("lse", LseEngine.from_info), why_not_lse=("why_not_lse", str))
 
     def _summary_tail(self) -> dict[str, Any]:
         return summary_tail(self, why_not_lse=self.why_not_lse, lse=self.engine.info() if self.engine else None)
@@ -414,6 +412,7 @@ class SinkReport(Provenanced, ModelRun, HowMeasured, Report):
                 probe=(d.get("extra") or {}).get("probe"),
                 mask=(d.get("extra") or {}).get("mask"),
                 versions=d["versions"],
+                distributed=(d.get("extra") or {}).get("distributed"),
             ),
             score=d["score"],
             proxy_layers={int(k): v for k, v in (d.get("proxy_layers") or {}).items()},
@@ -526,7 +525,6 @@ def measure_sinks(
         method=method,
         engine=engine,
         why_not_lse=why_not_lse,
-        distributed=distributed_run(),
     )
 
 
@@ -766,5 +764,4 @@ def sink_summary(
         method=first[6],
         engine=first[8],
         why_not_lse=first[9],
-        distributed=distributed_run(),
     )

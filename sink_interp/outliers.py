@@ -391,5 +391,4 @@ def activation_outliers(
         n=n,
         length=T,
         provenance=prov,
-        extra=prov.extra(),
     )

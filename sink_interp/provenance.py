@@ -1,4 +1,5 @@
-"""What produced a result: the model, its facts, the data, the BOS policy, the mask and the library versions.
+"""What produced a result: the model, its facts, the data, the BOS policy, the mask, the library versions and the
+distributed run.
 
 Every analysis builds one :class:`Provenance` with :func:`provenance` and stores it in
 its report (``report.provenance`` gives it back, also for a report read with
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ._internal.probe import ProbeSet, as_tokens, probe_of
-from ._internal.provenance import Provenance
+from ._internal.provenance import Provenance, distributed_run
 from .models import model_info
 
 
@@ -41,7 +42,8 @@ def provenance(model: Any, tokens: Tensor | ProbeSet, *, mask: Any = None) -> Pr
 
     The data is labelled with the probe's source (``"tokens"`` for a plain tensor, or a probe set without one)
     and its BOS policy is the probe's (:func:`bos_policy`); ``mask`` is an :class:`sink_interp.AttentionMask` the
-    model attended with (recorded when it is not causal).
+    model attended with (recorded when it is not causal). Called inside ``sink_interp.distributed()``, it records
+    the run (world size and backend, :func:`~sink_interp._internal.provenance.distributed_run`).
     """
     probe = probe_of(tokens)
     info = probe.info if probe is not None else None
@@ -51,5 +53,11 @@ def provenance(model: Any, tokens: Tensor | ProbeSet, *, mask: Any = None) -> Pr
         mask_dict = mask.to_dict()
     mi = model_info(model)
     return Provenance(
-        model=mi.name, model_info=mi.to_dict(), data=data, bos=bos_policy(model, tokens), probe=info, mask=mask_dict
+        model=mi.name,
+        model_info=mi.to_dict(),
+        data=data,
+        bos=bos_policy(model, tokens),
+        probe=info,
+        mask=mask_dict,
+        distributed=distributed_run(),
     )

@@ -661,5 +661,5 @@ def kv_quant(
         length=int(toks.shape[1]),
         seconds=tuple(secs),
         provenance=prov,
-        extra={**prov.extra(), **({"intact_by_sink_score": extra_by_score} if extra_by_score else {})},
+        extra={"intact_by_sink_score": extra_by_score} if extra_by_score else {},
     )

@@ -279,5 +279,4 @@ def streaming_ppl(
         length=T,
         positional=kind,
         provenance=prov,
-        extra=prov.extra(),
     )

@@ -218,7 +218,7 @@ def _record(rep: Any) -> Any:
     """The report's record of the ranks (a long-context report keeps it in its SinkReport, a fit in its EffectReport)."""
     inner = getattr(rep, "sink_report", None) or getattr(rep, "effects", None)
     for r in (rep, inner):
-        got = getattr(r, "distributed", None) or (getattr(r, "extra", None) or {}).get("distributed")
+        got = getattr(r, "distributed", None)
         if got is not None:
             return got
     return None

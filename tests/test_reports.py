@@ -188,7 +188,7 @@ def test_files_with_run_facts_in_extra_load_into_typed_fields(model):
     d = json.loads(rep.to_json())
     fields = d["report"]["fields"]
     engine = rep.engine.info()
-    for key in ("engine", "why_not_lse", "distributed"):
+    for key in ("engine", "why_not_lse"):
         fields.pop(key)
     fields["extra"] = {
         "__dict__": {
@@ -203,7 +203,54 @@ def test_files_with_run_facts_in_extra_load_into_typed_fields(model):
     assert back.summary()["extra"]["lse"] == engine == d["extra"]["lse"]
     m = massive_activations(model, torch.randint(4, 128, (1, 8)), measure_sinks=False, progress=False)
     d = json.loads(m.to_json())
-    for key in ("keys_unreadable", "distributed"):
-        d["report"]["fields"].pop(key)
+    d["report"]["fields"].pop("keys_unreadable")
     d["report"]["fields"]["extra"] = {"__dict__": {"keys_unreadable": [0]}}
     assert loads_report(json.dumps(d)).keys_unreadable == (0,)
+
+
+def _without_run(d):
+    """``d``'s report block as a file written before the distributed run sat in the provenance (no such field there)."""
+    fields = d["report"]["fields"]
+    fields["provenance"]["fields"].pop("distributed")
+    return fields
+
+
+def test_files_with_the_distributed_run_outside_the_provenance_load_into_it(model, tokens):
+    """Files written when the distributed run was a field of sink and massive reports (``distributed``), or a key of
+    an analysis' ``extra`` (with the probe, repeated from the provenance), load with it in the provenance: the same
+    ``rep.distributed`` and summary, and an ``extra`` that keeps only the report's own keys."""
+    import sink_interp as si
+    from sink_interp import probe_tokens
+    from sink_interp._internal.report import encode
+
+    run = {"world_size": 2, "backend": "gloo"}
+    probe = probe_tokens(model, "random", n=4, length=16, bos=True)
+    with si.distributed():
+        reps = [
+            measure_sinks(model, tokens, progress=False),
+            massive_activations(model, tokens, progress=False),
+            compare(model, probe, {"mask": MaskKey()}, progress=False),
+            streaming_ppl(model, probe, n_sinks=1, window=8, progress=False),
+        ]
+    for rep in reps:
+        assert rep.distributed == rep.provenance.distributed == {"world_size": 1, "backend": "none"}
+        assert rep.summary()["extra"]["distributed"] == rep.distributed
+        d = json.loads(rep.to_json())
+        fields = _without_run(d)
+        if isinstance(rep, (SinkReport, MassiveReport)):  # the layout of a typed field
+            fields["distributed"] = encode(run)
+        else:  # the layout of extra=prov.extra(), with a key of the report's own
+            fields["extra"] = encode({"probe": rep.provenance.probe, "distributed": run, "mine": 1})
+        back = loads_report(json.dumps(d))
+        assert back.distributed == back.provenance.distributed == run, type(rep).__name__
+        want = {**rep.summary()["extra"], "distributed": run}
+        if not isinstance(rep, (SinkReport, MassiveReport)):
+            assert back.extra == {"mine": 1}
+            want["mine"] = 1
+        assert list(back.summary()) == list(rep.summary()) and back.summary()["extra"] == want
+        assert list(back.summary()["extra"]) == list(want)
+    outside = measure_sinks(model, tokens, progress=False)
+    assert outside.distributed is None and "distributed" not in outside.summary().get("extra", {})
+    d = json.loads(outside.to_json())
+    _without_run(d)  # a file written by this version outside distributed() and one before: the same report
+    assert loads_report(json.dumps(d)).provenance == outside.provenance

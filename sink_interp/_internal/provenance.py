@@ -135,7 +135,8 @@ def dumps(obj: Any) -> str:
 
 @dataclass(frozen=True)
 class Provenance:
-    """What produced a result: the model and its facts, the data and its probe, the BOS policy, the mask, the versions.
+    """What produced a result: the model and its facts, the data and its probe, the BOS policy, the mask, the versions
+    and the distributed run (world size and backend inside ``sink_interp.distributed()``).
 
     Built by :func:`sink_interp.provenance.provenance`; every report gives it back as ``report.provenance``.
 
@@ -155,18 +156,8 @@ class Provenance:
     probe: dict[str, Any] | None = None
     mask: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=versions)
-
-    def extra(self) -> dict[str, Any]:
-        """What goes in a report's ``extra``: the probe's description, a non-causal mask, the distributed run."""
-        out: dict[str, Any] = {}
-        if self.probe is not None:
-            out["probe"] = self.probe
-        if self.mask is not None:
-            out["mask"] = self.mask
-        run = distributed_run()
-        if run is not None:
-            out["distributed"] = run
-        return out
+    #: the run of ``sink_interp.distributed()`` it was part of (``{"world_size": ..., "backend": ...}``); None outside
+    distributed: dict[str, Any] | None = None
 
 
 def distributed_run() -> dict[str, Any] | None:

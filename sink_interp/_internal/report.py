@@ -193,8 +193,8 @@ class Report:
 
 class Provenanced:
     """A report that stores its :class:`Provenance` in one field, ``provenance``; ``model``, ``bos``, ``data``,
-    ``model_info`` and ``versions`` read from it (mixed into such reports; files written when these were five
-    fields of their own load into it, see :func:`old_provenance`)."""
+    ``model_info``, ``versions`` and ``distributed`` read from it (mixed into such reports; files written when these
+    were fields of their own, or sat in ``extra``, load into it, see :func:`old_provenance`)."""
 
     provenance: Provenance
 
@@ -217,6 +217,11 @@ class Provenanced:
     @property
     def versions(self) -> dict[str, str]:
         return self.provenance.versions
+
+    @property
+    def distributed(self) -> dict[str, Any] | None:
+        """The run of ``sink_interp.distributed()`` that produced the report (world size, backend); None outside."""
+        return self.provenance.distributed
 
 
 def delegated(inner: str, name: str, doc: str | None = None) -> Any:
@@ -241,18 +246,20 @@ def summary_head(rep: Any, *names: str) -> dict[str, Any]:
     return {"model": rep.model, "data": rep.data, "bos": rep.bos, **{name: getattr(rep, name) for name in names}}
 
 
+def provenance_extra(prov: Provenance | None) -> dict[str, Any]:
+    """The first keys of a summary's ``extra``, from the provenance: the probe, a non-causal mask, the distributed run
+    (those that are set, in this order)."""
+    if prov is None:
+        return {}
+    facts = {"probe": prov.probe, "mask": prov.mask, "distributed": prov.distributed}
+    return {k: v for k, v in facts.items() if v is not None}
+
+
 def summary_tail(rep: Any, **facts: Any) -> dict[str, Any]:
     """The last keys of a model run's ``summary()``: ``model_info``, ``versions`` and, when it holds anything,
-    ``extra``: the provenance's probe and non-causal mask, the report's ``distributed`` run, the ``facts`` that are not
-    None, then what the report's own ``extra`` field holds."""
-    prov = getattr(rep, "provenance", None)
-    extra: dict[str, Any] = {}
-    if prov is not None and prov.probe is not None:
-        extra["probe"] = prov.probe
-    if prov is not None and prov.mask is not None:
-        extra["mask"] = prov.mask
-    if getattr(rep, "distributed", None) is not None:
-        extra["distributed"] = rep.distributed
+    ``extra``: the provenance's probe, non-causal mask and distributed run (:func:`provenance_extra`), the ``facts``
+    that are not None, then what the report's own ``extra`` field holds."""
+    extra = provenance_extra(getattr(rep, "provenance", None))
     extra.update({k: v for k, v in facts.items() if v is not None})
     extra.update(getattr(rep, "extra", None) or {})
     return {"model_info": rep.model_info, "versions": rep.versions, **({"extra": extra} if extra else {})}
@@ -280,24 +287,41 @@ OLD_PROVENANCE_FIELDS = ("model", "bos", "data", "model_info", "versions")
 
 
 def old_provenance(fields: dict[str, Any]) -> dict[str, Any]:
-    """``fields`` of a report written when ``model``, ``bos``, ``data``, ``model_info`` and ``versions`` were fields
-    of their own (the probe and mask were read from ``extra``), with those joined into one ``provenance``."""
-    if "provenance" in fields or not set(OLD_PROVENANCE_FIELDS) & set(fields):
-        return fields
-    out = {k: v for k, v in fields.items() if k not in OLD_PROVENANCE_FIELDS}
-    missing = [k for k in ("model", "data", "model_info", "versions") if k not in fields]
-    if missing:
-        raise FieldError(missing[0], "is missing (the report's provenance needs it)")
-    extra = fields.get("extra") if isinstance(fields.get("extra"), dict) else {}
-    out["provenance"] = Provenance(
-        model=fields["model"],
-        model_info=fields["model_info"],
-        data=fields["data"],
-        bos=fields.get("bos"),
-        probe=extra.get("probe"),
-        mask=extra.get("mask"),
-        versions=fields["versions"],
-    )
+    """``fields`` of a report written in an older layout, with its provenance whole: ``model``, ``bos``, ``data``,
+    ``model_info`` and ``versions`` once fields of their own (the probe and mask then read from ``extra``) joined into
+    one ``provenance``; the distributed run once a field of its own (``distributed``) or a key of ``extra`` moved into
+    it; and the probe, mask and distributed run that ``extra`` repeated taken out of it (other keys stay)."""
+    out = dict(fields)
+    extra = dict(out["extra"]) if isinstance(out.get("extra"), dict) else None
+    if "provenance" not in out and set(OLD_PROVENANCE_FIELDS) & set(out):
+        missing = [k for k in ("model", "data", "model_info", "versions") if k not in out]
+        if missing:
+            raise FieldError(missing[0], "is missing (the report's provenance needs it)")
+        out = {k: v for k, v in out.items() if k not in OLD_PROVENANCE_FIELDS}
+        out["provenance"] = Provenance(
+            model=fields["model"],
+            model_info=fields["model_info"],
+            data=fields["data"],
+            bos=fields.get("bos"),
+            probe=(extra or {}).get("probe"),
+            mask=(extra or {}).get("mask"),
+            versions=fields["versions"],
+        )
+    prov = out.get("provenance")
+    if not isinstance(prov, Provenance):
+        return out
+    run = out.pop("distributed", None)
+    if extra is not None:
+        for key in ("probe", "mask"):
+            if key in extra and extra[key] == getattr(prov, key):
+                del extra[key]
+        moved = extra.pop("distributed", None)
+        run = moved if run is None else run
+        out.pop("extra")
+        if extra:  # what is left is the report's own (a report without an extra field reads it in its _upgrade)
+            out["extra"] = extra
+    if run is not None and prov.distributed is None:
+        out["provenance"] = dataclasses.replace(prov, distributed=run)
     return out
 
 

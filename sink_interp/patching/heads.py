@@ -359,7 +359,7 @@ def patch_heads(
         n=n,
         length=T,
         provenance=prov,
-        extra={**prov.extra(), **(extra or {})},
+        extra=dict(extra or {}),
         started_at_layer=meta.get("started_at_layer"),
         forwards=int(meta.get("forwards", 0)),
         expect=expect,

@@ -12,7 +12,17 @@ import pandas as pd
 from jaxtyping import Float
 
 from .._internal.provenance import Provenance
-from .._internal.report import FieldError, ModelRun, Patched, Provenanced, Report, check_indices, from_extra, summary_head
+from .._internal.report import (
+    FieldError,
+    ModelRun,
+    Patched,
+    Provenanced,
+    Report,
+    check_indices,
+    from_extra,
+    provenance_extra,
+    summary_head,
+)
 from .sites import GAP_TOL
 
 # --------------------------------------------------------------------------- the report
@@ -331,7 +341,7 @@ class PatchReport(Patched, Provenanced, ModelRun, Report):
         if self.move_to:
             out["move_to"] = self.move_to
         run = {"started_at_layer": self.started_at_layer, "forwards": self.forwards or None}
-        extra = {**self.extra, **{k: v for k, v in run.items() if v is not None}}
+        extra = {**provenance_extra(self.provenance), **self.extra, **{k: v for k, v in run.items() if v is not None}}
         if extra:
             out["extra"] = extra
         return out

@@ -20,7 +20,6 @@ from .._internal.report import (
     Provenanced,
     Report,
     delegated,
-    from_extra,
     register_record,
     summary_head,
     summary_tail,
@@ -238,12 +237,6 @@ class TraceReport(Provenanced, ModelRun, Report):
     massive: MassiveReport
     provenance: Provenance
     key_pca: dict[str, np.ndarray] = field(default_factory=dict)
-    distributed: dict[str, Any] | None = None  # the run of sink_interp.distributed() its massive activations were part of
-
-    @classmethod
-    def _upgrade(cls, fields: dict[str, Any]) -> dict[str, Any]:
-        """Files written when ``distributed`` sat in ``extra`` (with the probe, which is in the provenance)."""
-        return from_extra(fields, distributed=("distributed", dict))
 
     n = delegated("massive", "n")
     length = delegated("massive", "length")

@@ -292,8 +292,13 @@ def trace_sink(
         skipped=skipped,
         massive=massive,
         provenance=Provenance(
-            model=mi.name, model_info=mi.to_dict(), data=massive.data, bos=massive.bos, probe=info, versions=versions()
+            model=mi.name,
+            model_info=mi.to_dict(),
+            data=massive.data,
+            bos=massive.bos,
+            probe=info,
+            versions=versions(),
+            distributed=massive.distributed,  # the run its massive activations were part of
         ),
         key_pca=key_pca,
-        distributed=massive.distributed,
     )
