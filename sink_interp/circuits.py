@@ -788,7 +788,6 @@ def sink_circuit(
     size = reached[0] if reached else 0
     m = eng.metric
     clean_v, corr_v = (eng.base_value, eng.src_value) if s.direction == "noise" else (eng.src_value, eng.base_value)
-    prov = provenance(model, clean)  # a ProbeSet says what the clean input is
     return CircuitReport(
         nodes=tuple(eng.graph.nodes),
         edge_src=tuple(e[0] for e in edges),
@@ -810,7 +809,7 @@ def sink_circuit(
         seconds=seconds,
         n=int(clean_t.shape[0]),
         length=int(clean_t.shape[1]),
-        provenance=prov,
+        provenance=provenance(model, clean),  # a ProbeSet says what the clean input is
     )
 
 

@@ -441,13 +441,12 @@ def compare(
         accs[lab].effect(lab, " + ".join(iv.describe() for iv in ivs), clean_eff.loss, eps, meta, reference=True)
         for lab, ivs, meta in items
     ]
-    prov = provenance(model, tokens)
     return EffectReport(
         effects=tuple(effects),
         eps=eps,
         n=n,
         length=T,
-        provenance=prov,
+        provenance=provenance(model, tokens),
     )
 
 

@@ -663,7 +663,6 @@ def kv_policies(
     nll, secs = condition_losses(
         model, toks, conds, batch_size=batch_size, progress=progress, desc="kv policies", settings=settings
     )
-    prov = provenance(model, tokens)
     return KVReport(
         policies=tuple(names),
         budgets=tuple(Bs),
@@ -674,5 +673,5 @@ def kv_policies(
         n=n,
         length=T,
         seconds=np.asarray(secs[1:], dtype=float).reshape(len(pols), len(Bs)),
-        provenance=prov,
+        provenance=provenance(model, tokens),
     )

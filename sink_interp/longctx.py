@@ -248,7 +248,6 @@ def long_context_sinks(
     sums = lse_column_sums(
         model, checked, layers=layers, mask=mask, query_edges=edges, batch_size=batch_size, progress=progress, method=method
     )
-    prov = provenance(model, tokens, mask=mask)
     report = SinkReport(
         alpha=sums.alpha().numpy(),
         row_sum=sums.row_sum.numpy(),
@@ -256,7 +255,7 @@ def long_context_sinks(
         score="softmax",
         proxy_layers={},
         layers=tuple(sums.layers),
-        provenance=prov,
+        provenance=provenance(model, tokens, mask=mask),
         method="lse",
         engine=sums.info,
     )

@@ -375,7 +375,6 @@ def activation_outliers(
         count += part["count"]
     top_dims = torch.topk(ab, min(top, ab.shape[-1]), dim=-1).indices.numpy().astype(np.int64)
     tok = getattr(model, "tokenizer", None)
-    prov = provenance(model, tokens)
     return OutlierReport(
         conditions=tuple(c for c, _ in conds),
         prefix=tuple(pre),
@@ -390,5 +389,5 @@ def activation_outliers(
         loss=nll / max(count, 1),
         n=n,
         length=T,
-        provenance=prov,
+        provenance=provenance(model, tokens),
     )

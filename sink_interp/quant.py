@@ -646,7 +646,6 @@ def kv_quant(
         if errors and qb
         else np.zeros((0, describe_attention(model).n_layers, 2, 2))
     )
-    prov = provenance(model, tokens)
     return QuantReport(
         conditions=tuple(c[0] for c in conds),
         bits=tuple(m[0] for m in meta),
@@ -660,6 +659,6 @@ def kv_quant(
         n=int(toks.shape[0]),
         length=int(toks.shape[1]),
         seconds=tuple(secs),
-        provenance=prov,
+        provenance=provenance(model, tokens),
         extra={"intact_by_sink_score": extra_by_score} if extra_by_score else {},
     )

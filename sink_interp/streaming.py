@@ -268,7 +268,6 @@ def streaming_ppl(
             bar.update(1)
     finally:
         bar.close()
-    prov = provenance(model, tokens)
     return StreamReport(
         conditions=tuple(conds),
         nll=nll,
@@ -278,5 +277,5 @@ def streaming_ppl(
         n=n,
         length=T,
         positional=kind,
-        provenance=prov,
+        provenance=provenance(model, tokens),
     )

@@ -337,7 +337,6 @@ def patch_heads(
             screen = np.fmax.reduce(screen)
         seconds["exact"] = time.perf_counter() - t0
 
-    prov = provenance(model, clean)  # a ProbeSet says what the clean input is
     return PatchReport(
         values=values,
         kv_values=kv_values,
@@ -358,7 +357,7 @@ def patch_heads(
         seconds=seconds,
         n=n,
         length=T,
-        provenance=prov,
+        provenance=provenance(model, clean),  # a ProbeSet says what the clean input is
         extra=dict(extra or {}),
         started_at_layer=meta.get("started_at_layer"),
         forwards=int(meta.get("forwards", 0)),
