@@ -70,6 +70,39 @@ def test_split_run_killed_and_resumed_equals_one_call(reference, tmp_path):
     assert (root / "reproduce.md").read_text() == (ref_root / "reproduce.md").read_text()
 
 
+def test_partial_table_has_the_finished_findings_rows_and_names_the_pending_ones(reference, tmp_path, capsys):
+    ref_root, ref = reference
+    root = tmp_path / "partial"
+    p = plan(NAMES, steps=STEPS, overrides=SMALL, seeds=SEEDS, out=root)
+    run_one(3, root, progress=False)  # window's half: every finding still has a run left
+    with pytest.raises(ValueError, match="no finding .* has all its runs finished yet; nothing was tabulated"):
+        tabulate(root, partial=True)
+    assert not (root / "reproduce.json").exists()
+    for i in (0, 1):  # lr is now whole; window still needs run 2
+        run_one(i, root, progress=False)
+    with pytest.raises(ValueError, match=r"1 of 4 runs .* not finished \(plan index 2\).*--tabulate --partial"):
+        tabulate(root)
+    table = tabulate(root, partial=True)
+    assert table.pending == {"window": 1} and [r.finding for r in table.rows] == ["lr"]
+    assert rows(table) == [r for r in rows(ref) if r["finding"] == "lr"]  # the row the whole table has, number for number
+    d = json.loads((root / "reproduce.json").read_text())
+    assert d["pending"] == {"window": 1} and d["n"] == 1
+    md = (root / "reproduce.md").read_text()
+    assert "not the whole table:** 1 finding is pending: window (1 run left)" in md
+    assert "pending" in table._repr_html_() and "window (1 run left)" in table._repr_html_()
+    assert "pending" not in json.loads(ref.to_json()) and "not the whole table" not in ref.to_markdown()
+    assert main(["reproduce", "--out", str(root), "--partial"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("--partial goes with --tabulate (it tabulates the finished findings of DIR/plan.json)")
+    )
+    assert main(["reproduce", "--out", str(root), "--tabulate", "--partial"]) == 0
+    assert "1 finding is pending: window (1 run left)" in capsys.readouterr().out
+    run_one(p[2], root, progress=False)
+    assert rows(tabulate(root, partial=True)) == rows(ref) and tabulate(root).pending == {}
+
+
 class Recorder:
     """An executor object of the user's: anything with map(fn, items)."""
 

@@ -68,6 +68,12 @@ def add_parser(sub: Any) -> None:
         help="train run INDEX of DIR/plan.json (resumes; a finished run is kept)",
     )
     step.add_argument("--tabulate", action="store_true", help="write the table from the finished runs of DIR/plan.json")
+    r.add_argument(
+        "--partial",
+        action="store_true",
+        help="with --tabulate: tabulate the findings whose runs are all finished and list the others as pending "
+        "(a sweep still running)",
+    )
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=run)
 
@@ -94,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     scale = args.scale or "cpu"
     over = parse_set(args.set)
     seeds = _parse_seeds(args.seeds)
+    if args.partial and not args.tabulate:
+        raise ValueError("--partial goes with --tabulate (it tabulates the finished findings of DIR/plan.json)")
     if args.run_one is not None or args.tabulate:
         flag = "--run-one" if args.run_one is not None else "--tabulate"
         given = [
@@ -106,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         if given:
             raise ValueError(f"{flag} reads the runs from DIR/plan.json; fix: drop {', '.join(given)} (give them to --plan-only)")
         if args.tabulate:
-            table = tabulate(args.out)
+            table = tabulate(args.out, partial=args.partial)
             print(table.to_markdown())
             print(f"wrote {args.out}/reproduce.json and {args.out}/reproduce.md")
             return 0

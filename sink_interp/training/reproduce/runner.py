@@ -406,7 +406,8 @@ def _check_done(specs: Sequence[RunSpec], root: Path) -> None:
         shown = ", ".join(map(str, left[:8])) + (f" and {len(left) - 8} more" if len(left) > 8 else "")
         raise ValueError(
             f"{len(left)} of {len(specs)} runs under {root} are not finished (plan index {shown}); nothing was tabulated; "
-            f"fix: run them (`sink-interp reproduce --out {root} --run-one INDEX`), or the same reproduce command again"
+            f"fix: run them (`sink-interp reproduce --out {root} --run-one INDEX`), or the same reproduce command again; "
+            "`--tabulate --partial` tabulates the findings already finished"
         )
 
 
@@ -476,16 +477,17 @@ def reproduce(
 # --------------------------------------------------------------------------- tabulating
 
 
-def tabulate(root: str | os.PathLike[str]) -> ReproTable:
+def tabulate(root: str | os.PathLike[str], *, partial: bool = False) -> ReproTable:
     """The findings table of the plan in ``root`` from its finished runs; writes ``reproduce.json`` and ``reproduce.md``.
 
-    Refuses (one line, nothing written) while any run of the plan is not done.
+    Refuses (one line, nothing written) while any run of the plan is not done; with ``partial``, tabulates the
+    findings whose runs are all done and lists the others in ``pending`` (a sweep spread over days, read as it goes).
     """
     root = Path(root).expanduser()
     _ours(root)
     p = Plan.read(root)
     with dir_lock(root, "reproduce output"):
-        return _tabulate(p, root)
+        return _tabulate(p, root, partial=partial)
 
 
 def _load(spec: RunSpec, key: str, root: Path) -> Run:
@@ -529,10 +531,20 @@ def row(p: Plan, name: str, root: Path) -> ReproRow:
     )
 
 
-def _tabulate(p: Plan, root: Path) -> ReproTable:
-    _check_done(p.runs, root)
+def _tabulate(p: Plan, root: Path, partial: bool = False) -> ReproTable:
+    pending: dict[str, int] = {}
+    if partial:
+        for n in p.findings:
+            specs = {spec.index: spec for by_seed in p.arms(n).values() for spec in by_seed.values()}
+            left = sum(not _done(root / spec.dir, spec) for spec in specs.values())
+            if left:
+                pending[n] = left
+        if len(pending) == len(p.findings):
+            raise ValueError(f"no finding of {root}/plan.json has all its runs finished yet; nothing was tabulated")
+    else:
+        _check_done(p.runs, root)
     rows = []
-    for n in p.findings:
+    for n in (n for n in p.findings if n not in pending):
         r = row(p, n, root)
         arms = p.arms(n)
         metrics = {
@@ -544,7 +556,7 @@ def _tabulate(p: Plan, root: Path) -> ReproTable:
         if path:
             r = r.with_curves(_rel(Path(path), root))
         rows.append(r)
-    table = ReproTable(rows=tuple(rows), scale=p.scale, out=str(root), versions=versions())
+    table = ReproTable(rows=tuple(rows), scale=p.scale, out=str(root), versions=versions(), pending=pending)
     table.to_json(str(root / "reproduce.json"))
     write_atomic(root / "reproduce.md", table.to_markdown())
     return table

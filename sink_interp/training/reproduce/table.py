@@ -44,12 +44,17 @@ class ReproRow:
 
 @dataclass(frozen=True, eq=False)
 class ReproTable:
-    """The reproduction table: one row per finding (paper vs ours, the verdict across seeds)."""
+    """The reproduction table: one row per finding (paper vs ours, the verdict across seeds).
+
+    ``pending`` (a table of a sweep still running, ``tabulate(root, partial=True)``): each finding left out because
+    some of its runs are not finished, with how many; empty in a whole table.
+    """
 
     rows: tuple[ReproRow, ...]
     scale: str
     out: str
     versions: dict[str, str]
+    pending: dict[str, int] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(
@@ -83,6 +88,7 @@ class ReproTable:
             "not_comparable": c["not comparable"],
             "n": len(self.rows),
             "versions": self.versions,
+            **({"pending": self.pending} if self.pending else {}),
         }
 
     def to_json(self, path: str | None = None) -> str:
@@ -102,6 +108,7 @@ class ReproTable:
         lines = [
             f"{len(self.rows)} findings: " + ", ".join(f"{n} {v}" for v, n in c.items()) + ".",
             "",
+            *(self._pending_lines()),
             "| finding | paper | ours | verdict | command |",
             "|---|---|---|---|---|",
         ]
@@ -112,6 +119,13 @@ class ReproTable:
             ours = cell(r.ours) + (f" — *{cell(r.checks)}*" if r.checks else "")
             lines.append(f"| {cell(r.finding + ': ' + r.claim)} | {paper} | {ours} | {r.verdict} | `{code(r.command)}` |")
         return "\n".join(lines) + "\n"
+
+    def _pending_lines(self) -> list[str]:
+        if not self.pending:
+            return []
+        left = ", ".join(f"{f} ({n} {'run' if n == 1 else 'runs'} left)" for f, n in self.pending.items())
+        k = len(self.pending)
+        return [f"**A sweep in progress, not the whole table:** {k} finding{' is' if k == 1 else 's are'} pending: {left}.", ""]
 
     def _repr_html_(self) -> str | None:
         """The view registered for this class (one row per finding)."""
