@@ -88,7 +88,7 @@ def test_partial_table_has_the_finished_findings_rows_and_names_the_pending_ones
     d = json.loads((root / "reproduce.json").read_text())
     assert d["pending"] == {"window": 1} and d["n"] == 1
     md = (root / "reproduce.md").read_text()
-    assert "not the whole table:** 1 finding is pending: window (1 run left)" in md
+    assert "not the whole table: 1 finding is pending: window (1 run left).**" in md
     assert "pending" in table._repr_html_() and "window (1 run left)" in table._repr_html_()
     assert "pending" not in json.loads(ref.to_json()) and "not the whole table" not in ref.to_markdown()
     assert main(["reproduce", "--out", str(root), "--partial"]) == 2

@@ -188,14 +188,8 @@ def repro_table(rep: Any) -> View:
         }
         for r in rep.rows
     ]
-    pending = getattr(rep, "pending", None) or {}
-    caption = (
-        "A sweep in progress, not the whole table: pending "
-        + ", ".join(f"{f} ({n} {'run' if n == 1 else 'runs'} left)" for f, n in pending.items())
-        if pending
-        else None
-    )
-    return table_view(rows, title="Findings reproduced", caption=caption, columns=["finding", "paper", "ours", "verdict"])
+    note = rep.pending_note() or None
+    return table_view(rows, title="Findings reproduced", caption=note, columns=["finding", "paper", "ours", "verdict"])
 
 
 def sink_rates_table(rep: Any, k: int = 1, eps_grid: Sequence[float] = ()) -> View:

@@ -108,7 +108,7 @@ class ReproTable:
         lines = [
             f"{len(self.rows)} findings: " + ", ".join(f"{n} {v}" for v, n in c.items()) + ".",
             "",
-            *(self._pending_lines()),
+            *([f"**{self.pending_note()}**", ""] if self.pending else []),
             "| finding | paper | ours | verdict | command |",
             "|---|---|---|---|---|",
         ]
@@ -120,12 +120,13 @@ class ReproTable:
             lines.append(f"| {cell(r.finding + ': ' + r.claim)} | {paper} | {ours} | {r.verdict} | `{code(r.command)}` |")
         return "\n".join(lines) + "\n"
 
-    def _pending_lines(self) -> list[str]:
+    def pending_note(self) -> str:
+        """One sentence naming the pending findings (a table of a sweep in progress); "" for a whole table."""
         if not self.pending:
-            return []
+            return ""
         left = ", ".join(f"{f} ({n} {'run' if n == 1 else 'runs'} left)" for f, n in self.pending.items())
         k = len(self.pending)
-        return [f"**A sweep in progress, not the whole table:** {k} finding{' is' if k == 1 else 's are'} pending: {left}.", ""]
+        return f"A sweep in progress, not the whole table: {k} finding{' is' if k == 1 else 's are'} pending: {left}."
 
     def _repr_html_(self) -> str | None:
         """The view registered for this class (one row per finding)."""
