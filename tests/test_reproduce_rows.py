@@ -379,6 +379,19 @@ def test_published_runs_without_models_tabulate_to_the_same_table(tmp_path):
     assert again == json.loads(table.to_json())["rows"]
 
 
+def test_row_times_add_the_segments_of_a_resumed_run(tmp_path):
+    times = _script("row_times")
+    lines = [
+        {"step": 100, "wall_s": 10.0},
+        {"step": 200, "wall_s": 25.0},
+        {"step": 300, "wall_s": 9.0},
+        {"step": 400, "wall_s": 20.5},
+    ]
+    (tmp_path / "timing.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert times.run_seconds(tmp_path) == 25.0 + 20.5  # killed after step 200, resumed: the clock started again
+    assert times.run_seconds(tmp_path / "missing") == 0.0
+
+
 def test_markdown_cells_escape_brackets_and_bars():
     from sink_interp.training.reproduce import ReproRow, ReproTable
 
