@@ -42,7 +42,7 @@ def rows(root: Path) -> list[dict]:
     plan = Plan.read(root)
     out = []
     for name in plan.findings:
-        specs = {s.index: s for by_seed in plan.arms(name).values() for s in by_seed.values()}.values()
+        specs = plan.runs_of(name)
         done = [s for s in specs if _done(root / s.dir, s)]
         seconds = sum(run_seconds(root / s.dir) for s in done)
         seeds = sorted({seed for by_seed in plan.arms(name).values() for seed in by_seed})

@@ -400,6 +400,7 @@ class SinkReport(Provenanced, ModelRun, HowMeasured, Report):
         need = ("alpha", "row_sum", "eps", "model", "data", "score", "layers", "model_info", "versions")
         if not all(k in d for k in need) or not isinstance(d.get("alpha"), list):
             return None
+        extra = d.get("extra") or {}
         return cls(
             alpha=np.asarray(d["alpha"], dtype=np.float32),
             row_sum=np.asarray(d["row_sum"], dtype=np.float32),
@@ -409,16 +410,16 @@ class SinkReport(Provenanced, ModelRun, HowMeasured, Report):
                 model_info=d["model_info"],
                 data=d["data"],
                 bos=d.get("bos"),
-                probe=(d.get("extra") or {}).get("probe"),
-                mask=(d.get("extra") or {}).get("mask"),
+                probe=extra.get("probe"),
+                mask=extra.get("mask"),
                 versions=d["versions"],
-                distributed=(d.get("extra") or {}).get("distributed"),
+                distributed=extra.get("distributed"),
             ),
             score=d["score"],
             proxy_layers={int(k): v for k, v in (d.get("proxy_layers") or {}).items()},
             layers=tuple(int(x) for x in d["layers"]),
             method=d.get("method", "pattern"),
-            **HowMeasured._upgrade({"extra": d.get("extra") or {}}),
+            **HowMeasured._upgrade({"extra": extra}),
         )
 
     def __repr__(self) -> str:

@@ -136,6 +136,12 @@ class Plan:
                     out.setdefault(key, {})[seed] = s
         return out
 
+    def runs_of(self, finding: str) -> list[RunSpec]:
+        """The distinct runs one finding reads (a run shared by two of its arms once), in plan order."""
+        return sorted(
+            {s.index: s for by_seed in self.arms(finding).values() for s in by_seed.values()}.values(), key=lambda s: s.index
+        )
+
     def uses(self, finding: str, seed: int | None = None) -> dict[str, RunSpec]:
         """``{run key: spec}`` of one finding on one seed (default: each key's first seed)."""
         return {k: (v[seed] if seed is not None and seed in v else v[min(v)]) for k, v in self.arms(finding).items()}
@@ -535,8 +541,7 @@ def _tabulate(p: Plan, root: Path, partial: bool = False) -> ReproTable:
     pending: dict[str, int] = {}
     if partial:
         for n in p.findings:
-            specs = {spec.index: spec for by_seed in p.arms(n).values() for spec in by_seed.values()}
-            left = sum(not _done(root / spec.dir, spec) for spec in specs.values())
+            left = sum(not _done(root / spec.dir, spec) for spec in p.runs_of(n))
             if left:
                 pending[n] = left
         if len(pending) == len(p.findings):
