@@ -45,12 +45,11 @@ def test_every_finding_plans_on_its_seeds(scale):
         arms = p.arms(n)
         assert arms, n
         for key, by_seed in arms.items():
-            want = f.seeds_at(scale)[:1] if key in f.single_seed else f.seeds_at(scale)
-            assert tuple(sorted(by_seed)) == tuple(sorted(want)), (n, key)
+            assert tuple(sorted(by_seed)) == tuple(sorted(f.seeds_at(scale))), (n, key)
             assert len({s.dir for s in by_seed.values()}) == len(by_seed)  # one folder per seed
     if scale == "cpu":
         assert all(len(v) >= 3 for n in FINDINGS if n != "text-emergence" for v in p.arms(n).values())
-        assert all(len(v) >= 2 for k, v in p.arms("text-emergence").items() if k != "softmax_long")
+        assert all(len(v) >= 2 for v in p.arms("text-emergence").values())  # the 40k run too: no check rests on one seed
     else:
         assert all(s.config.task == "text" and s.config.d_model == 768 for s in p)
         assert all(s.config.batch_size == 512 for s in p if s.config.batch_size not in (128, 256, 1024))  # the paper's batch
@@ -417,11 +416,10 @@ def test_the_published_table_is_whole():
     for r in d["rows"]:
         assert r["command"] == f"sink-interp reproduce --finding {r['finding']} --out OUT"  # the paper's scale, no overrides
         assert r["verdict"] in ("agree", "disagree", "mixed", "not comparable") and r["numbers"] and r["checks"]
-        f = FINDINGS[r["finding"]]
         assert len(r["seeds"]) >= (2 if r["finding"] == "text-emergence" else len(SEEDS["cpu"]))
-        for key, by_seed in r["runs"].items():
+        for by_seed in r["runs"].values():
             for rel in by_seed.values():
                 assert not Path(rel).is_absolute() and (root / rel / "metrics.jsonl").is_file(), rel
-            assert len(by_seed) == (1 if key in f.single_seed else len(r["seeds"]))
+            assert len(by_seed) == len(r["seeds"])
     for v, k in (("agree", "agree"), ("disagree", "disagree"), ("mixed", "mixed"), ("not comparable", "not_comparable")):
         assert sum(r["verdict"] == v for r in d["rows"]) == d[k]

@@ -40,8 +40,7 @@ class Finding:
     """One of the paper's findings: the runs it needs, what they measure and how to judge them.
 
     ``not_in_seeds`` says what of ``paper`` the seed documents (the paper's abstract and talk)
-    do not hold, shown in the row; ``single_seed`` names runs trained on the first seed only
-    (their numbers serve every seed's judgement).
+    do not hold, shown in the row.
     """
 
     name: str
@@ -53,7 +52,6 @@ class Finding:
     measures: dict[str, tuple[str, ...]] | Callable[[str], dict[str, tuple[str, ...]]] = field(default_factory=dict)
     not_in_seeds: str = ""
     seeds: tuple[int, ...] | None = None
-    single_seed: tuple[str, ...] = ()
 
     def seeds_at(self, scale: str) -> tuple[int, ...]:
         return self.seeds if self.seeds is not None and scale == "cpu" else SEEDS[scale]

@@ -22,7 +22,6 @@ from ..._internal.executors import check_executor, map_jobs
 from ..._internal.provenance import dumps, versions, write_atomic
 from ..config import TrainConfig
 from ..loop import LOCK, claim_dir, dir_lock, read_metrics, run_config, train
-from .finding import Finding
 from .findings import FINDINGS
 from .measure import measure_run, missing, read_measured
 from .runs import Run, mean_run
@@ -218,11 +217,6 @@ def _shorter(c: TrainConfig, steps: int) -> TrainConfig:
     )
 
 
-def _seeds_of(f: Finding, scale: str, seeds: Sequence[int] | None, key: str) -> tuple[int, ...]:
-    s = tuple(seeds) if seeds is not None else f.seeds_at(scale)
-    return s[:1] if key in f.single_seed else s
-
-
 def _entries(
     names: list[str], scale: str, steps: int | None, overrides: dict[str, Any] | None, seeds: Sequence[int] | None
 ) -> list[tuple[str, TrainConfig, tuple[str, ...]]]:
@@ -231,12 +225,13 @@ def _entries(
     for n in names:
         f = FINDINGS[n]
         measures = f.measures_at(scale)
+        on = tuple(seeds) if seeds is not None else f.seeds_at(scale)
         for key, c in f.configs(scale).items():
             if overrides:
                 c = _override(c, overrides)
             if steps is not None:
                 c = _shorter(c, steps)
-            for s in _seeds_of(f, scale, seeds, key):
+            for s in on:
                 out.append((label(n, key, s), seeded(c, s), tuple(measures.get(key, ()))))
     return out
 
@@ -507,7 +502,7 @@ def row(p: Plan, name: str, root: Path) -> ReproRow:
     arms = p.arms(name)
     runs = {key: {s: _load(spec, key, root) for s, spec in by_seed.items()} for key, by_seed in arms.items()}
     seeds = sorted({s for by_seed in runs.values() for s in by_seed})
-    verdicts = [f.judge({k: v.get(s, v[min(v)]) for k, v in runs.items()}) for s in seeds]
+    verdicts = [f.judge({k: v[s] for k, v in runs.items()}) for s in seeds]
     comparable = [v.comparable for v in verdicts]
     decision = decide([v.test for v in verdicts], comparable if all(c is not None for c in comparable) else None)
     described = f.judge({k: mean_run(list(v.values())) for k, v in runs.items()})
