@@ -386,13 +386,17 @@ def bpe_tokenizer(corpus: str = "natural", vocab_size: int = 2048, refresh: bool
     )
 
 
+def tokenizer_hash(tok: Any) -> str:
+    """The first 12 hex digits of the SHA-256 of a fast tokenizer's JSON: which BPE a run's tokens came from."""
+    return hashlib.sha256(tok.backend_tokenizer.to_str().encode("utf-8")).hexdigest()[:12]
+
+
 def _tokenised_docs(tok: Any, texts: Sequence[str], digest: str, vocab_size: int) -> list[np.ndarray]:
     """The token ids of every document (int64 arrays), read from or written to a cache keyed by the
     corpus digest and the tokenizer's own hash, so each corpus is tokenised once per vocabulary."""
     from .models import cache_dir
 
-    tk_hash = hashlib.sha256(tok.backend_tokenizer.to_str().encode("utf-8")).hexdigest()[:12]
-    path = cache_dir() / "bpe" / f"tok-{vocab_size}-{digest}-{tk_hash}.npz"
+    path = cache_dir() / "bpe" / f"tok-{vocab_size}-{digest}-{tokenizer_hash(tok)}.npz"
     if path.is_file():
         try:
             with np.load(path) as z:
@@ -475,6 +479,7 @@ class TextCorpus:
             "task": "text",
             "corpus": self.corpus,
             "corpus_sha256_16": self.digest,
+            "tokenizer_sha256_12": tokenizer_hash(self._tok),  # the cached BPE is trained once per machine
             "vocab_size": self.d_vocab,
             "seq_len": self.seq_len,
             "train_docs": len(self.train_docs),

@@ -6,6 +6,7 @@ one check of the real "big" corpus is skipped when it has not been built.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -150,6 +151,11 @@ def test_split_field_decides_and_tokens_are_cached(tmp_path, monkeypatch):
     assert len(c.val_docs) == 10 and len(c.train_docs) == 30 and c.describe()["split"] == "file"
     cached = list((tmp_path / "cache" / "bpe").glob("tok-300-*.npz"))
     assert len(cached) == 1
+    # the run records which BPE made its tokens: the tokenizer's hash that keys the token cache
+    recorded = c.describe()["tokenizer_sha256_12"]
+    assert recorded == hashlib.sha256(c.tokenizer().backend_tokenizer.to_str().encode("utf-8")).hexdigest()[:12]
+    assert cached[0].stem.endswith("-" + recorded)
+    assert TextCorpus(str(path), vocab_size=320, seq_len=16).describe()["tokenizer_sha256_12"] != recorded
     again = TextCorpus(str(path), vocab_size=300, seq_len=16)  # read from the cache
     assert all((a == b).all() for a, b in zip(c.train_docs, again.train_docs))
     bad = tmp_path / "bad.jsonl"
