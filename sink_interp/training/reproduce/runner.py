@@ -143,7 +143,7 @@ class Plan:
 
     def uses(self, finding: str, seed: int | None = None) -> dict[str, RunSpec]:
         """``{run key: spec}`` of one finding on one seed (default: each key's first seed)."""
-        return {k: (v[seed] if seed is not None and seed in v else v[min(v)]) for k, v in self.arms(finding).items()}
+        return {k: v[min(v) if seed is None else seed] for k, v in self.arms(finding).items()}
 
     def to_json(self) -> str:
         return dumps(
