@@ -386,17 +386,12 @@ def bpe_tokenizer(corpus: str = "natural", vocab_size: int = 2048, refresh: bool
     )
 
 
-def tokenizer_hash(tok: Any) -> str:
-    """The first 12 hex digits of the SHA-256 of a fast tokenizer's JSON: which BPE a run's tokens came from."""
-    return hashlib.sha256(tok.backend_tokenizer.to_str().encode("utf-8")).hexdigest()[:12]
-
-
-def _tokenised_docs(tok: Any, texts: Sequence[str], digest: str, vocab_size: int) -> list[np.ndarray]:
+def _tokenised_docs(tok: Any, tk_hash: str, texts: Sequence[str], digest: str, vocab_size: int) -> list[np.ndarray]:
     """The token ids of every document (int64 arrays), read from or written to a cache keyed by the
     corpus digest and the tokenizer's own hash, so each corpus is tokenised once per vocabulary."""
     from .models import cache_dir
 
-    path = cache_dir() / "bpe" / f"tok-{vocab_size}-{digest}-{tokenizer_hash(tok)}.npz"
+    path = cache_dir() / "bpe" / f"tok-{vocab_size}-{digest}-{tk_hash}.npz"
     if path.is_file():
         try:
             with np.load(path) as z:
@@ -450,9 +445,11 @@ class TextCorpus:
         self.seq_len = check_positive_int(seq_len, "seq_len", 4)
         self.val_every = check_positive_int(val_every, "val_every", 2)
         self._tok = bpe_tokenizer(self.corpus, self.vocab_size)
+        # which BPE made the tokens (the cached BPE is trained once per machine): keys the token cache, and is recorded
+        self.tokenizer_digest = hashlib.sha256(self._tok.backend_tokenizer.to_str().encode("utf-8")).hexdigest()[:12]
         texts, splits, self.digest = _corpus_data(self.corpus)
         self.file_split = splits is not None
-        docs = _tokenised_docs(self._tok, texts, self.digest, self.vocab_size)
+        docs = _tokenised_docs(self._tok, self.tokenizer_digest, texts, self.digest, self.vocab_size)
         if splits is not None:
             self.train_docs = [d for d, sp in zip(docs, splits) if sp == "train"]
             self.val_docs = [d for d, sp in zip(docs, splits) if sp == "val"]
@@ -479,7 +476,7 @@ class TextCorpus:
             "task": "text",
             "corpus": self.corpus,
             "corpus_sha256_16": self.digest,
-            "tokenizer_sha256_12": tokenizer_hash(self._tok),  # the cached BPE is trained once per machine
+            "tokenizer_sha256_12": self.tokenizer_digest,
             "vocab_size": self.d_vocab,
             "seq_len": self.seq_len,
             "train_docs": len(self.train_docs),
