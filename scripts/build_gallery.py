@@ -31,43 +31,48 @@ RESULTS = ROOT / "docs" / "results"
 REPRO = RESULTS / "reproduce"
 
 
-def finding_runs(finding: str) -> dict[str, Path]:
-    """``{run key: metrics.jsonl}`` of one finding of the published table (keys as in its ``runs``)."""
+def arms(finding: str) -> dict[str, dict[str, Path]]:
+    """``{arm: {seed: metrics.jsonl}}`` of one finding of the published table (keys as in its ``runs``)."""
     rows = {r["finding"]: r for r in json.loads((REPRO / "reproduce.json").read_text())["rows"]}
-    return {k: REPRO / d / "metrics.jsonl" for k, d in rows[finding]["runs"].items() if k != "curves"}
+    return {k: {s: REPRO / d / "metrics.jsonl" for s, d in by_seed.items()} for k, by_seed in rows[finding]["runs"].items()}
+
+
+def seed_mean(paths: dict[str, Path]) -> pd.DataFrame:
+    """One arm's evaluations averaged over its seeds (the curve behind the row's "mean of N seeds")."""
+    return pd.concat(pd.read_json(p, lines=True) for p in paths.values()).groupby("step", as_index=False).mean(numeric_only=True)
 
 
 def training_figures() -> None:
     from sink_interp.views import training_curves
 
-    base = finding_runs("relu_sgd")
+    base = arms("relu_sgd")
     contrast = {
         "softmax": base["base"],
-        "sigmoid, no normaliser": finding_runs("sigmoid")["sigmoid_nonorm"],
-        "softpick": finding_runs("softpick")["softpick"],
+        "sigmoid, no normaliser": arms("sigmoid")["nonorm"],
+        "softpick": arms("softpick")["softpick"],
         "ReLU attention": base["relu"],
         "SGD": base["sgd"],
-        "lr / 8": finding_runs("lr")["small_lr"],
+        "lr / 8": arms("lr")["small_lr"],
     }
     training_curves(
-        contrast,
+        {k: seed_mean(v) for k, v in contrast.items()},
         y=["val_loss", "sink_rate_1", "value_norm_ratio_top"],
         title="Bigram-Backcopy task: the sink emerges with softmax, not with softpick, ReLU or SGD",
-        caption="Two-layer, one-head models trained 1000 steps on the BB task (CPU). Sink_1 in %, and ||v_BOS|| / mean ||v|| of the top sink head "
-        "(below 1: a value drain). Sigmoid without normaliser still reaches Sink_1 ~32% by the proxy metric, but without a value drain. "
+        caption="Two-layer, one-head models trained 1000 steps on the BB task (CPU), each curve the mean of 3 seeds (each seed's "
+        "curves: docs/results/reproduce/curves/). Sink_1 in %, and ||v_BOS|| / mean ||v|| of the top sink head (below 1: a "
+        "value drain). Sigmoid without normaliser still reaches Sink_1 ~35% by the proxy metric, but without a value drain. "
         "Command: sink-interp reproduce --finding all --scale cpu",
     ).save(OUT / "training_bb.html")
 
-    wd = finding_runs("weight_decay_schedule")
     training_curves(
-        {f"paper wd {k[2:]}": v for k, v in wd.items()},
+        {f"paper wd {k[2:]}": seed_mean(v) for k, v in arms("weight_decay").items()},
         y=["sink_rate_1", "val_loss"],
-        title="Weight decay with the paper's schedule (cosine, lr x wd per step as the paper's): Sink_1 rises, then vanishes",
-        caption="Bigram-Backcopy, 2 layers x 1 head, 1000 steps; weight decay scaled so that lr x wd per step equals the paper's "
-        "for its wd 0, 0.1, 0.5, 1, 2, 5. Command: sink-interp reproduce --finding weight_decay_schedule",
+        title="Weight decay with the paper's schedule (cosine, lr x wd per step as the paper's): the largest decays remove the sink",
+        caption="Bigram-Backcopy, 2 layers x 1 head, 1000 steps, each curve the mean of 3 seeds; weight decay scaled so that "
+        "lr x wd per step equals the paper's for its wd 0, 0.1, 0.5, 1, 2, 5. Command: sink-interp reproduce --finding weight_decay",
     ).save(OUT / "training_wd_schedule.html")
 
-    text = finding_runs("text-emergence")
+    text = arms("text-emergence")
     names = {
         "softmax_long": "softmax, fixed BOS, 40k steps",
         "softmax": "softmax, fixed BOS, 20k steps",
@@ -75,12 +80,12 @@ def training_figures() -> None:
         "no_bos": "softmax without BOS, 20k",
     }
     training_curves(
-        {label: text[k] for k, label in names.items()},
+        {f"{label} (seed {s})": p for k, label in names.items() for s, p in text[k].items()},
         x="tokens",
         y=["sink_rate_1", "mean_alpha_1", "val_loss"],
         title="Natural text at CPU scale: a first-token sink forms with softmax and a fixed BOS",
         caption="4 layers x 4 heads, d 128, 64-token windows of the offline corpus (scripts/build_corpus.py, 24M tokens, BPE 2048), "
-        "one CPU thread per run. Sink_1 in % at eps 0.3. Command: sink-interp reproduce --finding text-emergence",
+        "one CPU thread per run, 2 seeds per arm. Sink_1 in % at eps 0.3. Command: sink-interp reproduce --finding text-emergence",
     ).save(OUT / "training_text.html")
 
 
