@@ -1,6 +1,6 @@
 """How long each finding's runs took: a markdown table from a reproduce output's plan and its runs' ``timing.jsonl``.
 
-    python scripts/row_times.py docs/results/reproduce-seeds
+    python scripts/row_times.py docs/results/reproduce
 
 Per finding: its distinct runs (a run shared by several findings counts in each), how many are finished,
 their training steps, and the wall time they took (each run's ``timing.jsonl``: the clock restarts when a
@@ -73,7 +73,7 @@ def markdown(table: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("root", type=Path, help="a reproduce output (holds plan.json and runs/), e.g. docs/results/reproduce-seeds")
+    ap.add_argument("root", type=Path, help="a reproduce output (holds plan.json and runs/), e.g. docs/results/reproduce")
     a = ap.parse_args()
     if not (a.root / "plan.json").is_file():
         raise SystemExit(f"{a.root} holds no plan.json: give the folder of `sink-interp reproduce --out`")

@@ -404,11 +404,6 @@ def test_markdown_cells_escape_brackets_and_bars():
 def test_the_published_table_is_whole():
     """docs/results/reproduce: a reproduce output without models; every row decided on its seeds, with its runs present."""
     root = ROOT / "docs" / "results" / "reproduce"
-    if not (root / "plan.json").is_file():
-        pytest.skip(
-            "docs/results/reproduce is still the single-seed table (no plan.json); the seeded table replaces it when its "
-            "runs finish (docs/results/reproduce-seeds holds those done so far)"
-        )
     d = json.loads((root / "reproduce.json").read_text())
     assert d["n"] == len(d["rows"]) >= 25 and d["scale"] == "cpu" and not Path(d["out"]).is_absolute()
     assert not d.get("pending"), f"a partial table (--tabulate --partial) was published: pending {d['pending']}"
@@ -425,16 +420,13 @@ def test_the_published_table_is_whole():
         assert sum(r["verdict"] == v for r in d["rows"]) == d[k]
 
 
-@pytest.mark.parametrize("name", ["reproduce", "reproduce-seeds"])
-def test_the_committed_table_is_what_its_committed_runs_give(name):
+def test_the_committed_table_is_what_its_committed_runs_give():
     """Every committed row equals the row the judges give on the committed runs now: a judge that changed since
     the table was written (or a hand-edited number) fails here; republish with ``--tabulate``."""
     from sink_interp.training.reproduce.runner import Plan, row
     from sink_interp.training.reproduce.table import ReproTable
 
-    root = ROOT / "docs" / "results" / name
-    if not (root / "plan.json").is_file():
-        pytest.skip(f"docs/results/{name} has no plan.json (the single-seed table, or not there)")
+    root = ROOT / "docs" / "results" / "reproduce"
     p = Plan.read(root)
     d = json.loads((root / "reproduce.json").read_text())
     assert set(d.get("pending", {})) | {r["finding"] for r in d["rows"]} == set(p.findings)
