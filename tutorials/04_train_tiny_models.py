@@ -527,7 +527,8 @@ names = {
 r = rows["text-emergence"]
 for s, per_seed in r["numbers"]["per_seed"].items():
     final = per_seed["final"]
-    print(f"seed {s}: Sink_1 {final['sink_rate_1']:.1f}% after {final['step']} steps of the 40k run")
+    tail = final["tail_steps"]
+    print(f"seed {s}: Sink_1 {final['sink_rate_1']:.1f}% (the 40k run, mean of its evaluations at steps {tail[0]}-{tail[-1]})")
 print(f"text-emergence ({r['verdict']}): {r['ours']}")
 training_curves(
     {f"{label} (seed {s})": p for k, label in names.items() for s, p in seed_runs("text-emergence", k).items()},
