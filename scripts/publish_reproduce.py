@@ -4,7 +4,8 @@
     sink-interp reproduce --out docs/results/reproduce --tabulate     # the table, from what is published
 
 ``OUT`` is the folder of ``sink-interp reproduce --out OUT`` (or ``--plan-only``), finished or
-not. Copied: ``plan.json`` and the reproduce marker, then every run of the plan that is done
+not. Copied: ``plan.json`` and the reproduce marker (not ``OUT``'s table, which may be older than
+the runs: the table is always tabulated from the published folder), then every run of the plan that is done
 (evaluated to its last step, its measurements taken): its ``config.json``, ``metrics.jsonl``,
 ``timing.jsonl`` and ``measured/*.json``. The weights and checkpoints stay behind (the row's
 command re-makes them). Runs already published stay; each run folder is copied beside its place
@@ -16,7 +17,6 @@ table's paths are relative to it).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_FILES = ("config.json", "metrics.jsonl", "timing.jsonl")
-TOP_FILES = ("plan.json", "sink_interp_reproduce.json", "reproduce.json", "reproduce.md")
+TOP_FILES = ("plan.json", "sink_interp_reproduce.json")  # never OUT's table: it may predate the runs published here
 
 
 def publish(src: Path, dest: Path) -> tuple[int, int]:
@@ -55,18 +55,9 @@ def publish(src: Path, dest: Path) -> tuple[int, int]:
     for name in TOP_FILES:
         if (src / name).is_file():
             text = (src / name).read_text(encoding="utf-8")
-            if name == "reproduce.json":  # its run paths are relative; its out names the published folder
-                table = json.loads(text)
-                try:
-                    table["out"] = dest.resolve().relative_to(ROOT).as_posix()
-                except ValueError:
-                    table["out"] = str(dest)
-                text = json.dumps(table, indent=2)
             tmp_file = dest / f".{name}.tmp"
             tmp_file.write_text(text, encoding="utf-8")
             tmp_file.replace(dest / name)
-    if (src / "curves").is_dir():
-        shutil.copytree(src / "curves", dest / "curves", dirs_exist_ok=True)
     return copied, len(p)
 
 

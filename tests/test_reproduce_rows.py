@@ -373,6 +373,7 @@ def test_published_runs_without_models_tabulate_to_the_same_table(tmp_path):
         assert (d / "metrics.jsonl").read_bytes() == (src / spec_dir / "metrics.jsonl").read_bytes()
         assert (d / "measured").is_dir() and not (d / "model").exists() and not (d / "checkpoint.pt").exists()
     assert _script("publish_reproduce").publish(src, dest) == (0, 6)  # nothing new
+    assert not (dest / "reproduce.json").exists() and not (dest / "curves").exists()  # OUT's table is never copied
     assert main(["reproduce", "--out", str(dest), "--tabulate"]) == 0
     again = json.loads((dest / "reproduce.json").read_text())["rows"]
     assert again == json.loads(table.to_json())["rows"]
